@@ -1,0 +1,102 @@
+"""``qtsim profiles list|show`` and ``qtsim models``."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from qtsim.cli.options import FORMATS
+
+
+@click.group()
+def profiles():
+    """Hardware profiles: shipped (spec-derived) and yours (user directory, searched first)."""
+
+
+@profiles.command("list")
+@click.option("--format", "fmt", default="text", type=FORMATS, show_default=True)
+def list_cmd(fmt):
+    """Every visible profile, with where its numbers come from."""
+    from qtsim.profiles import list_profiles, user_profile_dir
+
+    rows = list_profiles()
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if fmt == "csv":
+        click.echo("name,origin,source,device,location")
+        for r in rows:
+            click.echo(f"{r['name']},{r['origin']},{r['source']},\"{r['device']}\",{r['location']}")
+        return
+    click.echo(f"{'name':26s} {'origin':8s} {'source':11s} device")
+    for r in rows:
+        click.echo(f"{r['name']:26s} {r['origin']:8s} {r['source']:11s} {r['device']}")
+    click.echo(f"(user profiles live in {user_profile_dir()} and are searched first)")
+
+
+@profiles.command("show")
+@click.argument("name", required=False)
+@click.option("--profile", "profile_path", type=click.Path(dir_okay=False), help="A profile file instead of a name.")
+@click.option("--format", "fmt", default="text", type=click.Choice(["text", "json", "toml"]), show_default=True)
+def show_cmd(name, profile_path, fmt):
+    """One profile's facts, constants (value ± stderr, unit, source) and provenance."""
+    from qtsim.profiles import load_profile
+
+    prof = load_profile(name, profile_path)
+    if fmt == "toml":
+        click.echo(prof.to_toml())
+        return
+    if fmt == "json":
+        click.echo(json.dumps({"hardware": prof.hardware, "provenance": prof.provenance,
+                               "physical": {k: vars(p) for k, p in prof.physical.items()},
+                               "constants": prof.constants, "fit": {k: v for k, v in prof.fit.items() if k != "correlation"}},
+                              indent=2, default=str))
+        return
+    hw = prof.hardware
+    click.echo(f"{prof.name}  ({hw.get('architecture', '')}, {hw['memory_gib']} GiB, TDP {hw['tdp_w']} W)  [{prof.path}]")
+    pv = prof.provenance
+    click.echo(f"source: {pv.get('source')}  date: {pv.get('date')}  device: {pv.get('device')}  "
+               f"measurements: {pv.get('n_measurements', 0)}")
+    click.echo(f"{'constant':26s} {'value':>12s} {'stderr':>11s} {'unit':18s} source     basis")
+    for k, p in prof.physical.items():
+        click.echo(f"{k:26s} {p.value:12.4g} {p.stderr:11.3g} {p.unit:18s} {p.source:10s} {p.basis[:70]}")
+    if prof.constants:
+        click.echo("paper constants: " + ", ".join(f"{k}={v}" for k, v in prof.constants.items()
+                                                  if not isinstance(v, dict)))
+    if prof.fit:
+        click.echo("fit: " + ", ".join(f"{k}={v}" for k, v in prof.fit.items()
+                                       if not isinstance(v, (list, dict))))
+
+
+@click.command()
+@click.option("--format", "fmt", default="text", type=FORMATS, show_default=True)
+def models(fmt):
+    """Shipped model architectures (any config.json path works too)."""
+    from qtsim.architecture import load_architecture, shipped_models
+    from qtsim.errors import ArchitectureError
+
+    rows = []
+    for m in shipped_models():
+        try:
+            a = load_architecture(m)
+            rows.append({"model": m, "params": a.n_params, "quantizable": a.n_quant_weights,
+                         "layers": a.num_layers, "linear_calls": a.n_linear_calls,
+                         "fp16_gib": a.weight_bytes("fp16") / 2**30,
+                         "nf4_gib": a.weight_bytes("nf4") / 2**30, "source": a.source})
+        except ArchitectureError as e:
+            rows.append({"model": m, "params": None, "note": str(e)})
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if fmt == "csv":
+        click.echo("model,params,quantizable,layers,linear_calls,fp16_gib,nf4_gib")
+        for r in rows:
+            if r["params"]:
+                click.echo(f"{r['model']},{r['params']},{r['quantizable']},{r['layers']},{r['linear_calls']},{r['fp16_gib']:.3f},{r['nf4_gib']:.3f}")
+        return
+    click.echo(f"{'model':16s} {'params':>8s} {'layers':>6s} {'fp16 GiB':>9s} {'nf4 GiB':>8s}")
+    for r in rows:
+        if r["params"]:
+            click.echo(f"{r['model']:16s} {r['params'] / 1e9:7.2f}B {r['layers']:6d} {r['fp16_gib']:9.2f} {r['nf4_gib']:8.2f}")
+        else:
+            click.echo(f"{r['model']:16s} refused: {r['note']}")

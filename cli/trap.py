@@ -1,0 +1,79 @@
+"""``qtsim trap``."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from qtsim.cli.options import FORMATS, profile_options
+
+from qtsim.precision import PRECISIONS
+
+
+@click.command()
+@profile_options
+@click.option("--model", required=True, help="Shipped model name (`qtsim models`) or a path to a config.json.")
+@click.option("--precision", required=True, type=click.Choice(list(PRECISIONS), case_sensitive=False),
+              help="Weight precision to assess against the native 16-bit reference.")
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1), help="Concurrent sequences B.")
+@click.option("--tokens", default=256, show_default=True, type=click.IntRange(min=1),
+              help="New tokens per query K (the paper's atomic hops).")
+@click.option("--prompt-tokens", default=128, show_default=True, type=click.IntRange(min=0),
+              help="Prompt length per query.")
+@click.option("--trust", "trust_table", type=click.Path(dir_okay=False),
+              help="CSV of accuracies (model,task,precision,accuracy,source) for the trust pillar.")
+@click.option("--policy", default="linear", show_default=True, type=click.Choice(["linear", "geometric"]),
+              help="SI aggregation: linear (eq. 6) or geometric (Remark 3.1).")
+@click.option("--draws", default=400, show_default=True, type=click.IntRange(min=10, max=100000),
+              help="Monte-Carlo draws of the profile's constants for the uncertainty bands.")
+@click.option("--format", "fmt", default="text", show_default=True, type=FORMATS)
+def trap(gpu, profile_path, model, precision, batch, tokens, prompt_tokens, trust_table, policy, draws, fmt):
+    """Will PRECISION trap us on this GPU for this model?
+
+    Answers from a hardware profile (shipped spec-derived, or calibrated by `qtsim calibrate`):
+    trapped or not on energy per query, on time and on the Sustainability Index, with the
+    numbers behind each verdict, COR, the critical batch B* and the critical model scale N*.
+    Bands are 68% ranges from the profile's stderr.
+
+    \b
+    Example:
+      qtsim trap --gpu l4 --model mistral-7b --precision nf4
+      qtsim trap --profile my-h100.toml --model ./config.json --precision int8 --batch 32 --format json
+    """
+    from qtsim.architecture import load_architecture
+    from qtsim.profiles import load_profile
+    from qtsim.trap import assess_trap, format_text
+
+    prof = load_profile(gpu, profile_path)
+    arch = load_architecture(model)
+    report = assess_trap(prof, arch, precision, batch, tokens, prompt_tokens, trust_table,
+                         policy, n_draws=draws)
+    if fmt == "json":
+        click.echo(json.dumps(report, indent=2))
+    elif fmt == "csv":
+        click.echo(_csv(report))
+    else:
+        click.echo(format_text(report))
+
+
+def _flatten(d, prefix=""):
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            yield from _flatten(v, key + ".")
+        elif isinstance(v, list):
+            yield key, ";".join(str(x) for x in v)
+        else:
+            yield key, v
+
+
+def _csv(report) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["key", "value"])
+    for k, v in _flatten(report):
+        w.writerow([k, v])
+    return buf.getvalue().rstrip("\n")

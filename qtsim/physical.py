@@ -1,0 +1,225 @@
+"""The physical model ("physical" mode): decode-step time and energy from architecture counts.
+
+Per decoding step (one token for each of B sequences), after DESIGN.md sec. 2:
+
+    t_step = t_step_s + L t_layer_s                                  host/launch floor
+           + sum over quantizable linears of  t_linear(path(p, B))   weights at precision p
+           + t_linear(native path) for lm_head (+ norms, biases)     bitsandbytes keeps it 16-bit
+           + B ctx (kv_bytes_per_token / BW + attention FLOPs)       KV cache and attention
+
+    t_linear(path, W, n_calls, B) = n_calls t_call[path]                    per-call floor
+                                  + W (bytes_per_weight(path) / BW + t_weight[path])
+                                  + B W t_tokweight[path]
+
+``t_weight`` is the per-step, per-weight casting (dequantisation) time that batching amortises;
+``t_tokweight`` is the per-token, per-weight time (the matmul itself, 2 FLOPs per weight, plus
+per-token casting such as LLM.int8()'s activation quantisation) that batching does not.
+
+Power: P = p_static_w + e_byte_j x (bytes/s) + e_flop_j x (FLOP/s), capped at the TDP, so
+energy per step is p_static_w t + e_byte_j bytes + e_flop_j FLOPs (<= tdp_w t).
+
+Kernel paths (the names calibration records): ``fp16``, ``bf16``, ``int8`` (LLM.int8(),
+threshold 6), ``int8_t0`` (threshold 0), ``nf4_b1``/``nf4_bn`` (batch 1 / batch >= 2 code
+paths), ``nf4dq_*`` (double quantisation), ``fp4_*``. A path the profile lacks falls back to a
+sibling (fp4 -> nf4, nf4dq -> nf4, bf16 <-> fp16) and the fallback is reported.
+
+Everything broadcasts: parameters may carry a leading axis of Monte-Carlo draws and the
+workload (batch, context, model counts) any shape that broadcasts with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from qtsim.architecture import NATIVE_BYTES, ArchCounts
+from qtsim.errors import ProfileError
+from qtsim.precision import get_precision
+
+PATH_COEFFS = ("t_call", "t_weight", "t_tokweight")
+GLOBAL_PARAMS = ("mem_bw_gbs", "t_step_s", "t_layer_s", "p_static_w", "e_byte_j", "e_flop_j")
+PATHS = ("fp16", "bf16", "int8", "int8_t0", "nf4_b1", "nf4_bn", "nf4dq_b1", "nf4dq_bn",
+         "fp4_b1", "fp4_bn")
+FALLBACK = {"fp4": "nf4", "nf4dq": "nf4", "bf16": "fp16", "fp16": "bf16", "int8_t0": "int8"}
+
+PARAM_UNITS = {
+    "mem_bw_gbs": "GB/s", "t_step_s": "s", "t_layer_s": "s", "p_static_w": "W",
+    "e_byte_j": "J/byte", "e_flop_j": "J/FLOP", "t_call": "s", "t_weight": "s/weight",
+    "t_tokweight": "s/(weight*token)",
+}
+
+
+def param_name(path: str, coeff: str) -> str:
+    """Profile key of one kernel-path coefficient, e.g. ``t_call_nf4_b1_s``."""
+    return f"{coeff}_{path}_s"
+
+
+def path_param_names(path: str) -> tuple[str, str, str]:
+    return tuple(param_name(path, c) for c in PATH_COEFFS)
+
+
+def path_family(precision: str, double_quant: bool = False, int8_threshold: float = 6.0) -> str:
+    """Path family of a user precision: fp16, bf16, int8, int8_t0, nf4, nf4dq or fp4."""
+    p = get_precision(precision).name
+    if p == "nf4" and double_quant:
+        return "nf4dq"
+    if p == "int8" and int8_threshold == 0:
+        return "int8_t0"
+    return p
+
+
+def resolve_path(params: Mapping, path: str) -> str:
+    """The path whose coefficients ``params`` holds for ``path`` (itself, or its fallback)."""
+    seen = []
+    cur = path
+    while cur not in seen:
+        seen.append(cur)
+        if all(n in params for n in path_param_names(cur)):
+            return cur
+        fam, _, suffix = cur.partition("_")
+        nxt = FALLBACK.get(cur) or FALLBACK.get(fam)
+        if nxt is None:
+            break
+        cur = f"{nxt}_{suffix}" if suffix and fam in FALLBACK else nxt
+    raise ProfileError(f"profile has no coefficients for kernel path {path!r} "
+                       f"(needs {', '.join(path_param_names(path))})")
+
+
+def path_coefficients(params: Mapping, family: str, batch):
+    """(t_call_s, t_weight_s, t_tokweight_s) for the code path ``batch`` selects in ``family``.
+
+    4-bit families split at batch 1 (bitsandbytes' fused GEMV) and batch >= 2.
+    """
+    if family in ("nf4", "nf4dq", "fp4"):
+        b1 = [params[n] for n in path_param_names(resolve_path(params, f"{family}_b1"))]
+        bn = [params[n] for n in path_param_names(resolve_path(params, f"{family}_bn"))]
+        one = np.asarray(batch) <= 1
+        return tuple(np.where(one, x, y) for x, y in zip(b1, bn))
+    return tuple(params[n] for n in path_param_names(resolve_path(params, family)))
+
+
+def bytes_per_weight(counts: ArchCounts, family: str):
+    """Bytes streamed per quantizable weight for a path family (scales included)."""
+    if family in ("fp16", "bf16"):
+        return NATIVE_BYTES
+    precision = {"nf4dq": "nf4", "int8_t0": "int8"}.get(family, family)
+    return counts.bits_per_weight(precision, double_quant=family == "nf4dq") / 8.0
+
+
+def linear_time_s(n_weights, n_calls, batch, bytes_per_weight_, t_call_s, t_weight_s,
+                  t_tokweight_s, mem_bw_gbs):
+    """Time of ``n_calls`` linear layers holding ``n_weights`` weights, one step, s."""
+    return (n_calls * t_call_s
+            + n_weights * (bytes_per_weight_ / (mem_bw_gbs * 1e9) + t_weight_s)
+            + batch * n_weights * t_tokweight_s)
+
+
+def step_time_s(counts: ArchCounts, family: str, batch, context, params: Mapping,
+                native: str = "fp16"):
+    """Wall time of one decoding step (one token for each of ``batch`` sequences), s.
+
+    ``context`` is the number of tokens already in the KV cache; ``native`` the 16-bit path the
+    lm_head and attention run in.
+    """
+    bw = params["mem_bw_gbs"]
+    q = path_coefficients(params, family, batch)
+    nat = path_coefficients(params, native, batch)
+    t_quant = linear_time_s(counts.n_quant_weights, counts.n_linear_calls, batch,
+                            bytes_per_weight(counts, family), *q, bw)
+    t_head = linear_time_s(counts.n_native_streamed, 1.0, batch, NATIVE_BYTES, *nat, bw)
+    kv_s = batch * context * counts.kv_bytes_per_token / (bw * 1e9)
+    attn_s = batch * context * counts.attn_flops_per_token_per_ctx * nat[2] / 2.0
+    return (params["t_step_s"] + counts.n_layers * params["t_layer_s"]
+            + t_quant + t_head + kv_s + attn_s)
+
+
+def step_bytes(counts: ArchCounts, family: str, batch, context):
+    """Bytes read from memory in one step: weights at precision plus the KV cache."""
+    return (counts.n_quant_weights * bytes_per_weight(counts, family)
+            + NATIVE_BYTES * counts.n_native_streamed
+            + batch * context * counts.kv_bytes_per_token)
+
+
+def step_flops(counts: ArchCounts, batch, context):
+    """FLOPs of one step: 2 per weight per token, plus attention over the context."""
+    return batch * (2.0 * (counts.n_quant_weights + counts.n_native_streamed)
+                    + context * counts.attn_flops_per_token_per_ctx)
+
+
+def step_energy_j(time_s, bytes_, flops, params: Mapping, tdp_w):
+    """Energy of one step from the power model, capped at TDP x time, J."""
+    e = params["p_static_w"] * time_s + params["e_byte_j"] * bytes_ + params["e_flop_j"] * flops
+    return np.minimum(e, tdp_w * time_s)
+
+
+def query(counts: ArchCounts, precision: str, batch, new_tokens, prompt_tokens,
+          params: Mapping, tdp_w, native: str = "fp16", double_quant: bool = False):
+    """Latency, throughput and energy of one batch of queries (prefill + K-1 decode steps).
+
+    Returns a dict of arrays: ``step_s`` (mean decode step), ``prefill_s``, ``latency_s``
+    (whole batch), ``tok_per_s`` (all sequences), ``j_per_query`` (power model),
+    ``j_per_query_hli`` (TDP x latency / B, the paper's HLI), ``avg_power_w``.
+    """
+    family = path_family(precision, double_quant)
+    b = np.asarray(batch, dtype=float)
+    k = np.asarray(new_tokens, dtype=float)
+    prompt = np.asarray(prompt_tokens, dtype=float)
+    ctx = prompt + k / 2.0
+    step = step_time_s(counts, family, b, ctx, params, native)
+    pre_tokens = b * np.maximum(prompt, 1.0)
+    prefill = step_time_s(counts, family, pre_tokens, prompt / 2.0, params, native)
+    n_steps = np.maximum(k - 1.0, 0.0)
+    latency = prefill + n_steps * step
+    e_step = step_energy_j(step, step_bytes(counts, family, b, ctx), step_flops(counts, b, ctx),
+                           params, tdp_w)
+    e_pre = step_energy_j(prefill, step_bytes(counts, family, 1.0, 0.0) + pre_tokens * prompt / 2
+                          * counts.kv_bytes_per_token, step_flops(counts, pre_tokens, prompt / 2),
+                          params, tdp_w)
+    energy = e_pre + n_steps * e_step
+    return {
+        "step_s": step, "prefill_s": prefill, "latency_s": latency,
+        "tok_per_s": b * k / latency, "j_per_query": energy / b,
+        "j_per_query_hli": tdp_w * latency / b, "avg_power_w": energy / latency,
+    }
+
+
+def peak_memory_bytes(counts: ArchCounts, precision: str, batch, new_tokens, prompt_tokens,
+                      double_quant: bool = False, overhead_bytes=0.0):
+    """Peak device memory: resident weights, the full KV cache, dequantisation workspace."""
+    p = get_precision(precision)
+    weights = counts.weight_bytes(p.name if p.name != "fp4" else "nf4", double_quant)
+    kv = np.asarray(batch, float) * (np.asarray(prompt_tokens, float) + new_tokens) \
+        * counts.kv_bytes_per_token
+    workspace = NATIVE_BYTES * counts.max_linear_weights if p.quantized else 0.0
+    return weights + kv + workspace + overhead_bytes
+
+
+def paper_constants(counts: ArchCounts, precision: str, params: Mapping, tdp_w,
+                    native: str = "fp16", context=0.0, double_quant: bool = False):
+    """The paper's alpha, gamma, phi(h, p) derived from the physical model at batch 1.
+
+    At B = 1 the physical energy per hop is split exactly as eq. 19 writes it,
+    E_hop(p) = gamma + alpha p + phi(h, p):
+
+    - ``alpha_j_per_bit``: energy to stream one bit of every quantizable weight once, J/bit per
+      hop, i.e. (e_byte + p_static / BW) x W_q / 8 (the static power burnt while the bytes move);
+    - ``gamma_j``: E_hop(native) - 16 alpha, the precision-independent part, J;
+    - ``phi_j``: E_hop(p) - gamma - alpha p, the casting energy, J (0 at native).
+    """
+    bw_bytes_per_s = params["mem_bw_gbs"] * 1e9
+    alpha = (params["e_byte_j"] + params["p_static_w"] / bw_bytes_per_s) \
+        * counts.n_quant_weights / 8.0
+    fam_n = path_family(native)
+    fam_p = path_family(precision, double_quant)
+
+    def e_hop(fam):
+        t = step_time_s(counts, fam, 1.0, context, params, native)
+        return step_energy_j(t, step_bytes(counts, fam, 1.0, context),
+                             step_flops(counts, 1.0, context), params, tdp_w)
+
+    e_nat = e_hop(fam_n)
+    gamma = e_nat - 16.0 * alpha
+    bits = get_precision(precision).bits
+    phi = e_hop(fam_p) - gamma - alpha * bits
+    return {"alpha_j_per_bit": alpha, "gamma_j": gamma, "phi_j": phi}

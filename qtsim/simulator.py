@@ -1,0 +1,233 @@
+"""The simulator: a hardware profile composed with the physical model (like pvlib's ModelChain).
+
+:class:`Simulator` evaluates latency, throughput, energy per query, COR, peak memory, B* and N*
+for any model size, precision and batch, vectorised over whole grids, and carries the
+profile's uncertainty by Monte-Carlo draws of its constants (``draws=True``): results then have
+a leading axis of draws, summarised by :func:`band`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from qtsim import paper, physical
+from qtsim.architecture import ArchCounts, Architecture
+from qtsim.precision import get_precision, reference_for
+from qtsim.profiles import HardwareProfile
+
+GIB = 2**30
+BAND = (16.0, 84.0)  # percentiles of the draws: a 68% band, one sigma for a normal
+
+
+def band(x, axis=0):
+    """(median, low, high) of Monte-Carlo draws along ``axis``."""
+    x = np.asarray(x, float)
+    x = np.where(np.isfinite(x), x, np.nan)
+    if np.all(np.isnan(x)):
+        return (np.nan,) * 3
+    with np.errstate(invalid="ignore"):
+        lo, med, hi = np.nanpercentile(x, [BAND[0], 50.0, BAND[1]], axis=axis)
+    return med, lo, hi
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A crossing of two energy curves: where quantized and native cost the same per query.
+
+    ``kind``: ``"crossing"`` (trapped below ``value``, free above), ``"reverse"`` (free below,
+    trapped above), ``"trapped_everywhere"`` (no crossing in the range: value = inf),
+    ``"never_trapped"`` (no crossing: value = 0) or ``"native_oom"`` (native does not fit).
+    """
+
+    value: float
+    kind: str
+    low: float = float("nan")
+    high: float = float("nan")
+    p_trapped_at_min: float = float("nan")
+    range_: tuple = ()
+    reason: str = ""
+
+    def to_dict(self):
+        return {"value": _num(self.value), "kind": self.kind, "band": [_num(self.low), _num(self.high)],
+                "range": [_num(x) for x in self.range_], "reason": self.reason}
+
+
+def _num(x):
+    x = float(x)
+    if np.isnan(x):
+        return None
+    if np.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return x
+
+
+def crossing(x, delta):
+    """First crossing of ``delta`` (quantized minus native energy) along the last axis.
+
+    ``x`` is increasing (1-D); ``delta`` has shape (..., len(x)). Returns (value, kind) arrays
+    with kind codes 0 crossing (+ to -), 1 reverse (- to +), 2 trapped everywhere, 3 never.
+    The crossing is interpolated linearly in log x.
+    """
+    d = np.asarray(delta, dtype=float)
+    lx = np.log(np.asarray(x, dtype=float))
+    pos = d > 0
+    change = pos[..., 1:] != pos[..., :1]
+    has = change.any(axis=-1)
+    i = np.where(has, change.argmax(axis=-1), 0)
+    d0 = np.take_along_axis(d, i[..., None], -1)[..., 0]
+    d1 = np.take_along_axis(d, (i + 1)[..., None], -1)[..., 0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = np.where(d0 != d1, d0 / (d0 - d1), 0.0)
+    val = np.exp(lx[i] + frac * (lx[np.minimum(i + 1, len(lx) - 1)] - lx[i]))
+    kind = np.where(has, np.where(pos[..., 0], 0, 1), np.where(pos[..., 0], 2, 3))
+    val = np.where(has, val, np.where(pos[..., 0], np.inf, 0.0))
+    return val, kind
+
+
+KIND_NAMES = {0: "crossing", 1: "reverse", 2: "trapped_everywhere", 3: "never_trapped"}
+
+
+class Simulator:
+    """Physical-model predictions from one hardware profile.
+
+    Parameters
+    ----------
+    profile : the hardware profile whose constants (and their stderr) drive the model
+    n_draws : Monte-Carlo draws used when ``draws=True``
+    seed : random seed of the draws (results are reproducible)
+    """
+
+    def __init__(self, profile: HardwareProfile, n_draws: int = 400, seed: int = 0):
+        self.profile = profile
+        self.n_draws = n_draws
+        self.seed = seed
+        self._central = profile.values()
+        self._draws = None
+
+    def params(self, draws: bool = False):
+        if not draws:
+            return self._central
+        if self._draws is None:
+            self._draws = self.profile.draws(self.n_draws, self.seed)
+        return self._draws
+
+    # ---- one configuration -------------------------------------------------------------------
+    def evaluate(self, counts: ArchCounts, precision: str, batch, new_tokens=256,
+                 prompt_tokens=128, draws=False, double_quant=False):
+        """Latency, throughput, J/query (power model and HLI) and peak memory, vectorised."""
+        out = physical.query(counts, precision, batch, new_tokens, prompt_tokens,
+                             self.params(draws), self.profile.tdp_w, self.profile.native,
+                             double_quant)
+        overhead = float(self.profile.hardware.get("runtime_overhead_gib", 0.0)) * GIB
+        out["peak_bytes"] = physical.peak_memory_bytes(counts, precision, batch, new_tokens,
+                                                       prompt_tokens, double_quant, overhead)
+        out["fits"] = out["peak_bytes"] <= self.profile.memory_bytes
+        return out
+
+    def compare(self, counts: ArchCounts, precision: str, batch, new_tokens=256,
+                prompt_tokens=128, draws=False, double_quant=False):
+        """Quantized against its native reference at the same workload.
+
+        Returns ``(quant, native, derived)``; ``derived`` holds COR (eq. 9 from step times),
+        the energy ratio (quantized / native J per query), the speed ratio (tok/s), and
+        ``delta_j`` (quantized minus native J/query; positive = trapped on energy).
+        """
+        ref = reference_for(precision) if get_precision(precision).quantized else precision
+        ref = self.profile.native if get_precision(precision).quantized else ref
+        q = self.evaluate(counts, precision, batch, new_tokens, prompt_tokens, draws, double_quant)
+        n = self.evaluate(counts, ref, batch, new_tokens, prompt_tokens, draws)
+        derived = {
+            "cor": paper.cor_from_latency(q["step_s"], n["step_s"]),
+            "energy_ratio": q["j_per_query"] / n["j_per_query"],
+            "energy_ratio_hli": q["j_per_query_hli"] / n["j_per_query_hli"],
+            "speed_ratio": q["tok_per_s"] / n["tok_per_s"],
+            "delta_j": q["j_per_query"] - n["j_per_query"],
+        }
+        return q, n, derived
+
+    # ---- thresholds --------------------------------------------------------------------------
+    def batch_limit(self, counts: ArchCounts, precision: str, new_tokens, prompt_tokens,
+                    double_quant=False) -> float:
+        """Largest batch whose peak memory fits the device (0 if even batch 1 does not)."""
+        overhead = float(self.profile.hardware.get("runtime_overhead_gib", 0.0)) * GIB
+        fixed = physical.peak_memory_bytes(counts, precision, 0.0, new_tokens, prompt_tokens,
+                                           double_quant, overhead)
+        per_seq = (prompt_tokens + new_tokens) * counts.kv_bytes_per_token
+        return float(np.floor(max(self.profile.memory_bytes - fixed, 0.0) / per_seq))
+
+    def b_star(self, counts: ArchCounts, precision: str, new_tokens=256, prompt_tokens=128,
+               b_max: float = 4096, draws=False, n_grid: int = 200) -> Threshold:
+        """Critical batch B*: where quantized J/query equals native (physical model).
+
+        Solved on a log grid of batches from 1 to the smaller of ``b_max`` and the native
+        configuration's memory limit. The paper's closed form (eq. 18) is
+        :func:`qtsim.paper.b_star` on :meth:`paper_constants`.
+        """
+        ref = self.profile.native
+        limit = min(b_max, self.batch_limit(counts, ref, new_tokens, prompt_tokens))
+        if limit < 1:
+            return Threshold(float("nan"), "native_oom", range_=(1, b_max),
+                             reason="the native 16-bit model does not fit in device memory at batch 1")
+        grid = np.unique(np.concatenate([[1.0], np.geomspace(min(2.0, limit), limit, n_grid)]))
+        _, _, d = self.compare(counts, precision, grid, new_tokens, prompt_tokens, draws)
+        val, kind = crossing(grid, d["delta_j"])
+        central, kc = crossing(grid, self.compare(counts, precision, grid, new_tokens,
+                                                  prompt_tokens, False)[2]["delta_j"])
+        kname = KIND_NAMES[int(kc)]
+        lo = hi = float("nan")
+        p_trap = float(np.mean(np.asarray(d["delta_j"])[..., 0] > 0)) if draws else float(
+            np.asarray(d["delta_j"])[..., 0] > 0)
+        if draws:
+            same = np.asarray(kind) == kc
+            if same.mean() > 0:
+                _, lo, hi = band(np.where(same, val, np.nan).ravel())
+        reason = {
+            "crossing": f"quantized costs more energy per query below B*, less above (searched batch 1..{limit:g})",
+            "reverse": f"quantized saves energy below this batch and costs more above it (searched 1..{limit:g})",
+            "trapped_everywhere": f"quantized costs more energy at every batch from 1 to {limit:g} (memory or range limit): B* > {limit:g}",
+            "never_trapped": f"quantized costs less energy at every batch from 1 to {limit:g}",
+        }[kname]
+        return Threshold(float(central), kname, lo, hi, p_trap, (1.0, limit), reason)
+
+    def n_star(self, arch: Architecture, precision: str, batch=1, new_tokens=256,
+               prompt_tokens=128, n_range=(1e8, 1e12), draws=False, n_grid: int = 160) -> Threshold:
+        """Critical Model Scale N*: the parameter count where quantized J/query equals native.
+
+        The paper names N* without defining it; qtsim defines it for a given hardware,
+        precision, batch and token count along the synthetic family of ``arch`` (width and
+        depth scaled together, :func:`qtsim.architecture.scale_counts`). It exists only
+        because some costs (per-call host and launch overhead, per-layer kernels) do not scale
+        with N: below N* those dominate and quantized loses; above N* the weight-byte savings
+        win. Memory limits are ignored here (a planner's curve, not a deployment check).
+        """
+        grid = np.geomspace(n_range[0], n_range[1], n_grid)
+        fam = arch.scaled(grid)
+        d = self.compare(fam, precision, batch, new_tokens, prompt_tokens, draws)[2]["delta_j"]
+        val, kind = crossing(grid, d)
+        dc = self.compare(fam, precision, batch, new_tokens, prompt_tokens, False)[2]["delta_j"]
+        central, kc = crossing(grid, dc)
+        kname = KIND_NAMES[int(kc)]
+        lo = hi = float("nan")
+        if draws:
+            same = np.asarray(kind) == kc
+            if same.mean() > 0:
+                _, lo, hi = band(np.where(same, val, np.nan).ravel())
+        span = f"{n_range[0]:.0e}..{n_range[1]:.0e} parameters"
+        reason = {
+            "crossing": f"quantized costs more energy per query below N*, less above (searched {span})",
+            "reverse": f"quantized saves energy below N* and costs more above (searched {span})",
+            "trapped_everywhere": f"no crossing in {span}: quantized costs more at every size, N* > {n_range[1]:.0e}",
+            "never_trapped": f"no crossing in {span}: quantized costs less at every size, N* < {n_range[0]:.0e}",
+        }[kname]
+        return Threshold(float(central), kname, lo, hi, float("nan"), tuple(n_range), reason)
+
+    def paper_constants(self, counts: ArchCounts, precision: str, draws=False,
+                        double_quant=False):
+        """The paper's alpha, gamma, phi(h, p) and eq. 18 B*, derived at batch 1."""
+        c = physical.paper_constants(counts, precision, self.params(draws), self.profile.tdp_w,
+                                     self.profile.native, double_quant=double_quant)
+        c["b_star_paper"] = paper.b_star(c["alpha_j_per_bit"], c["phi_j"],
+                                         get_precision(precision).bits)
+        return c

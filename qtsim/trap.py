@@ -1,0 +1,172 @@
+"""``qtsim trap``: will quantizing this model on this GPU trap us? (the planner's question)
+
+:func:`assess_trap` composes the simulator, the SI pillars (eq. 1-6) and the trust table into one
+report: verdicts on energy, time and SI (Prop. 3.2), the numbers behind them with uncertainty
+bands from the profile's stderr, COR (eq. 9), B* (physical, and the paper's eq. 18), N*, and
+the profile's provenance.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qtsim import sustainability as si
+from qtsim.architecture import Architecture
+from qtsim.precision import get_precision
+from qtsim.profiles import HardwareProfile
+from qtsim.simulator import GIB, Simulator, band
+from qtsim.trust import lookup_trust
+
+SURE = 0.84  # a verdict is "likely" when at least this share of the draws agree
+
+
+def _stat(central, draws):
+    med, lo, hi = band(np.asarray(draws).ravel())
+    return {"value": float(np.asarray(central)), "low": float(lo), "high": float(hi)}
+
+
+def _verdict(central_trapped: bool, share_trapped: float) -> str:
+    if central_trapped and share_trapped >= SURE:
+        return "trapped"
+    if not central_trapped and share_trapped <= 1 - SURE:
+        return "not trapped"
+    return "likely trapped (uncertain)" if central_trapped else "likely not trapped (uncertain)"
+
+
+def assess_trap(profile: HardwareProfile, arch: Architecture, precision: str, batch: int = 1,
+                new_tokens: int = 256, prompt_tokens: int = 128, trust_table: str | None = None,
+                policy: str = "linear", n_draws: int = 400, seed: int = 0) -> dict:
+    """The full trap report as a JSON-ready dict (keys documented in the README)."""
+    prec = get_precision(precision)
+    sim = Simulator(profile, n_draws=n_draws, seed=seed)
+    counts = arch.counts()
+    native = profile.native
+    args = (counts, prec.name, float(batch), float(new_tokens), float(prompt_tokens))
+    q, n, d = sim.compare(*args)
+    qd, nd, dd = sim.compare(*args, draws=True)
+
+    def side(c, dr):
+        return {
+            "tok_per_s": _stat(c["tok_per_s"], dr["tok_per_s"]),
+            "j_per_query": _stat(c["j_per_query"], dr["j_per_query"]),
+            "j_per_query_hli": _stat(c["j_per_query_hli"], dr["j_per_query_hli"]),
+            "latency_s": _stat(c["latency_s"], dr["latency_s"]),
+            "step_s": _stat(c["step_s"], dr["step_s"]),
+            "avg_power_w": _stat(c["avg_power_w"], dr["avg_power_w"]),
+            "peak_memory_gib": float(c["peak_bytes"]) / GIB,
+            "fits": bool(c["fits"]),
+        }
+
+    trust = lookup_trust(arch.name, prec.name, native, trust_table)
+    eta = q["tok_per_s"] / n["tok_per_s"]
+    rho = n["peak_bytes"] / q["peak_bytes"]
+    t_si = trust.t_si
+    e_si = float(si.e_si(eta, rho))
+    s_si = float(si.s_si_ratio(n["j_per_query"], q["j_per_query"]))
+    s_si_hli = float(si.s_si_ratio(n["j_per_query_hli"], q["j_per_query_hli"]))
+    si_q = float(si.sustainability_index(t_si, e_si, s_si, policy=policy))
+    e_si_d = si.e_si(qd["tok_per_s"] / nd["tok_per_s"], nd["peak_bytes"] / qd["peak_bytes"])
+    si_d = si.sustainability_index(t_si, e_si_d, nd["j_per_query"] / qd["j_per_query"], policy=policy)
+
+    share_e = float(np.mean(dd["delta_j"] > 0))
+    share_t = float(np.mean(dd["speed_ratio"] < 1))
+    share_si = float(np.mean(si_d < 1.0))
+    pc = sim.paper_constants(counts, prec.name)
+    b_star = sim.b_star(counts, prec.name, new_tokens, prompt_tokens, draws=True)
+    n_star = sim.n_star(arch, prec.name, batch, new_tokens, prompt_tokens, draws=True)
+
+    fits_note = ""
+    if not n["fits"] and q["fits"]:
+        fits_note = (f"the native {native} model needs {float(n['peak_bytes']) / GIB:.1f} GiB and "
+                     f"does not fit in {profile.memory_bytes / GIB:.1f} GiB: quantization is the "
+                     "only way to run it here, whatever it costs")
+    elif not q["fits"]:
+        fits_note = (f"even the {prec.name} model needs {float(q['peak_bytes']) / GIB:.1f} GiB and "
+                     f"does not fit in {profile.memory_bytes / GIB:.1f} GiB at batch {batch}")
+    calibrated = profile.source == "calibrated"
+    n_priors = sum(1 for p in profile.physical.values() if p.source == "prior")
+    return {
+        "query": {"gpu": profile.name, "model": arch.name, "precision": prec.name,
+                  "native": native, "batch": batch, "new_tokens": new_tokens,
+                  "prompt_tokens": prompt_tokens, "model_params": arch.n_params},
+        "verdict": {
+            "energy": _verdict(bool(d["delta_j"] > 0), share_e),
+            "time": _verdict(bool(d["speed_ratio"] < 1), share_t),
+            "si": _verdict(bool(si_q < 1.0), share_si),
+            "p_trapped_energy": share_e, "p_trapped_time": share_t, "p_trapped_si": share_si,
+            "fits_note": fits_note,
+        },
+        "quantized": side(q, qd),
+        "native": side(n, nd),
+        "ratios": {
+            "energy": _stat(d["energy_ratio"], dd["energy_ratio"]),
+            "energy_hli": float(d["energy_ratio_hli"]),
+            "speed": _stat(d["speed_ratio"], dd["speed_ratio"]),
+            "cor": _stat(d["cor"], dd["cor"]),
+        },
+        "b_star": b_star.to_dict(),
+        "n_star": n_star.to_dict(),
+        "paper": {"alpha_j_per_bit": float(pc["alpha_j_per_bit"]), "gamma_j": float(pc["gamma_j"]),
+                  "phi_j": float(pc["phi_j"]), "b_star_eq18": float(pc["b_star_paper"]),
+                  "note": "alpha, gamma, phi derived from the physical model at batch 1 "
+                          "(E_hop = gamma + alpha p + phi); B* by the paper's eq. 18"},
+        "si": {"policy": policy, "weights": list(si.DEFAULT_WEIGHTS), "t_si": t_si,
+               "e_si": e_si, "s_si": s_si, "s_si_hli": s_si_hli, "si": si_q,
+               "si_band": [float(x) for x in band(np.asarray(si_d).ravel())[1:]],
+               "si_native": 1.0, "trust": trust.to_dict(),
+               "energy_method": "power model (what an energy counter reads); s_si_hli uses the paper's HLI (TDP x latency)"},
+        "profile": {"name": profile.name, "source": profile.source,
+                    "calibrated": calibrated, "priors": n_priors,
+                    "date": profile.provenance.get("date", ""),
+                    "device": profile.provenance.get("device", ""),
+                    "location": profile.path or "",
+                    "uncertainty": f"{n_draws} Monte-Carlo draws of the profile's constants; bands are 16th-84th percentiles"},
+    }
+
+
+def _fmt(stat, unit="", digits=3):
+    v, lo, hi = stat["value"], stat["low"], stat["high"]
+    return f"{v:.{digits}g}{unit} [{lo:.{digits}g}-{hi:.{digits}g}]"
+
+
+def format_text(r: dict) -> str:
+    """A report a person reads in ten seconds."""
+    qy, v, qn, nt, ra = r["query"], r["verdict"], r["quantized"], r["native"], r["ratios"]
+    p, nat = qy["precision"].upper(), qy["native"].upper()
+    head = "TRAPPED" if v["energy"] == "trapped" else (
+        "NOT TRAPPED" if v["energy"] == "not trapped" else "UNCERTAIN")
+    lines = [
+        f"{head} on energy: {p} vs {nat} for {qy['model']} on {qy['gpu']}, batch {qy['batch']}, "
+        f"{qy['new_tokens']} new tokens ({qy['prompt_tokens']}-token prompt)",
+        f"  energy  {v['energy']:<30s} J/query {p} {_fmt(qn['j_per_query'])} vs {nat} {_fmt(nt['j_per_query'])}"
+        f"  ratio {_fmt(ra['energy'], 'x')}",
+        f"  time    {v['time']:<30s} tok/s   {p} {_fmt(qn['tok_per_s'])} vs {nat} {_fmt(nt['tok_per_s'])}"
+        f"  ratio {_fmt(ra['speed'], 'x')}",
+        f"  SI      {v['si']:<30s} SI {p} {r['si']['si']:.3f} [{r['si']['si_band'][0]:.3f}-{r['si']['si_band'][1]:.3f}] vs {nat} 1.000"
+        f"  (T {r['si']['t_si']:.3f}, E {r['si']['e_si']:.3f}, S {r['si']['s_si']:.3f})",
+        f"  COR {_fmt(ra['cor'])} (eq. 9)   HLI energy ratio {ra['energy_hli']:.3g}x (TDP x latency, the paper's method)",
+        f"  B*  {_threshold_text(r['b_star'], 'batch')}   paper eq. 18: {r['paper']['b_star_eq18']:.3g}",
+        f"  N*  {_threshold_text(r['n_star'], 'params')}",
+        f"  memory  {p} {qn['peak_memory_gib']:.1f} GiB, {nat} {nt['peak_memory_gib']:.1f} GiB",
+    ]
+    if v["fits_note"]:
+        lines.append(f"  NOTE {v['fits_note']}")
+    t = r["si"]["trust"]
+    lines.append(f"  trust: T_SI {t['t_si']:.3f} ({t['source']})")
+    pr = r["profile"]
+    src = ("calibrated" if pr["calibrated"] else f"{pr['source']}-derived with {pr['priors']} priors "
+           "(wide bands; run `qtsim calibrate` on this GPU to narrow them)")
+    lines.append(f"  profile: {pr['name']} ({src}; {pr['device']}, {pr['date']})")
+    lines.append("  [a-b] = 68% band from the profile's uncertainty; every figure is a prediction, not a measurement")
+    return "\n".join(lines)
+
+
+def _threshold_text(t: dict, unit: str) -> str:
+    v = t["value"]
+    lo, hi = t["band"]
+    fmt = (lambda x: f"{x:.3g}") if unit == "batch" else (lambda x: f"{x / 1e9:.3g}B")
+    if t["kind"] in ("crossing", "reverse"):
+        b = f" [{fmt(lo)}-{fmt(hi)}]" if lo is not None and hi is not None else ""
+        side = "trapped below" if t["kind"] == "crossing" else "trapped above"
+        return f"{fmt(v)}{b} ({side})"
+    return f"none: {t['reason']}"
