@@ -95,7 +95,7 @@ def path_coefficients(params: Mapping, family: str, batch):
         b1 = [params[n] for n in path_param_names(resolve_path(params, f"{family}_b1"))]
         bn = [params[n] for n in path_param_names(resolve_path(params, f"{family}_bn"))]
         one = np.asarray(batch) <= 1
-        return tuple(np.where(one, x, y) for x, y in zip(b1, bn))
+        return tuple(np.where(one, x, y) for x, y in zip(b1, bn, strict=True))
     return tuple(params[n] for n in path_param_names(resolve_path(params, family)))
 
 

@@ -251,7 +251,7 @@ def load_profile(name: str | None = None, path: str | None = None) -> HardwarePr
         names.append(stem)
         if key == stem.lower():
             return load()
-    for _origin, stem, where, load in _candidates():
+    for _origin, _stem, where, load in _candidates():
         text = Path(where).read_text() if not where.startswith("shipped:") else \
             (resources.files("qtsim.hardware_profiles") / where.split(":", 1)[1]).read_text()
         if key in (a.lower() for a in _aliases_of(text)):
