@@ -170,7 +170,7 @@ class Simulator:
         if limit < 1:
             return Threshold(float("nan"), "native_oom", range_=(1, b_max),
                              reason="the native 16-bit model does not fit in device memory at batch 1")
-        grid = np.unique(np.concatenate([[1.0], np.geomspace(min(2.0, limit), limit, n_grid)]))
+        grid = np.unique(np.round(np.geomspace(1.0, max(limit, 1.0), n_grid)))
         _, _, d = self.compare(counts, precision, grid, new_tokens, prompt_tokens, draws)
         val, kind = crossing(grid, d["delta_j"])
         central, kc = crossing(grid, self.compare(counts, precision, grid, new_tokens,
@@ -183,12 +183,18 @@ class Simulator:
             same = np.asarray(kind) == kc
             if same.mean() > 0:
                 _, lo, hi = band(np.where(same, val, np.nan).ravel())
+        jump = kname in ("crossing", "reverse") and central < 2.0
+        if jump:  # the sign flips between batch 1 and 2: a kernel switch, not a smooth crossing
+            central = 2.0
+            lo = hi = float("nan")
         reason = {
             "crossing": f"quantized costs more energy per query below B*, less above (searched batch 1..{limit:g})",
             "reverse": f"quantized saves energy below this batch and costs more above it (searched 1..{limit:g})",
             "trapped_everywhere": f"quantized costs more energy at every batch from 1 to {limit:g} (memory or range limit): B* > {limit:g}",
             "never_trapped": f"quantized costs less energy at every batch from 1 to {limit:g}",
         }[kname]
+        if jump:
+            reason += "; the flip happens at the kernel switch between batch 1 and 2 (4-bit GEMV -> GEMM)"
         return Threshold(float(central), kname, lo, hi, p_trap, (1.0, limit), reason)
 
     def n_star(self, arch: Architecture, precision: str, batch=1, new_tokens=256,

@@ -168,5 +168,7 @@ def _threshold_text(t: dict, unit: str) -> str:
     if t["kind"] in ("crossing", "reverse"):
         b = f" [{fmt(lo)}-{fmt(hi)}]" if lo is not None and hi is not None else ""
         side = "trapped below" if t["kind"] == "crossing" else "trapped above"
+        if "kernel switch" in t["reason"]:
+            side += ": the verdict flips where bitsandbytes leaves its batch-1 GEMV kernel"
         return f"{fmt(v)}{b} ({side})"
     return f"none: {t['reason']}"
