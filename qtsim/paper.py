@@ -47,9 +47,11 @@ def energy_gradient_bits(k, alpha_j_per_bit, batch, dphi_dbits):
 def b_star(alpha_j_per_bit, phi_j, bits, native_bits=NATIVE_BITS):
     """Critical batch threshold, eq. 10 (body) / eq. 18 (appendix): B* = alpha (pi - p) / phi.
 
-    Below B* the quantized configuration costs more energy per query than the native one under
-    eq. 19. Returns inf where phi is 0 (no casting cost: never trapped in this model, B* -> 0 is
-    the paper's reading; we return 0 there) -- see ``b_star`` docs in the README.
+    Where the quantized and native curves of eq. 19 meet. Note the direction: under eq. 19,
+    E_p - E_pi = K [phi - alpha (pi - p) / B] grows with B, so the quantized configuration costs
+    *more* energy per query *above* B* and less below it, the opposite of what Thm. 4.3 / A.4
+    states (``qtsim reproduce`` reports this as check C15). Returns 0 where phi <= 0 (no
+    casting cost: quantized is never more expensive under eq. 19).
     """
     alpha = np.asarray(alpha_j_per_bit, dtype=float)
     phi = np.asarray(phi_j, dtype=float)

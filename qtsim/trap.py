@@ -145,7 +145,7 @@ def format_text(r: dict) -> str:
         f"  SI      {v['si']:<30s} SI {p} {r['si']['si']:.3f} [{r['si']['si_band'][0]:.3f}-{r['si']['si_band'][1]:.3f}] vs {nat} 1.000"
         f"  (T {r['si']['t_si']:.3f}, E {r['si']['e_si']:.3f}, S {r['si']['s_si']:.3f})",
         f"  COR {_fmt(ra['cor'])} (eq. 9)   HLI energy ratio {ra['energy_hli']:.3g}x (TDP x latency, the paper's method)",
-        f"  B*  {_threshold_text(r['b_star'], 'batch')}   paper eq. 18: {r['paper']['b_star_eq18']:.3g}",
+        f"  B*  {_threshold_text(r['b_star'], 'batch')}   paper eq. 18: {r['paper']['b_star_eq18']:.3g} (eq. 19 is trapped above it)",
         f"  N*  {_threshold_text(r['n_star'], 'params')}",
         f"  memory  {p} {qn['peak_memory_gib']:.1f} GiB, {nat} {nt['peak_memory_gib']:.1f} GiB",
     ]

@@ -19,9 +19,12 @@ def test_b_star_is_where_eq19_curves_cross(alpha, phi, bits, gamma, k):
     e_q = paper.energy_functional_j(k, gamma, alpha, bits, b, phi)
     e_n = paper.energy_functional_j(k, gamma, alpha, 16, b, 0.0)
     assert e_q == pytest.approx(e_n, rel=1e-9)
-    # below B* quantized costs more (the trap), above it less
+    # under eq. 19 quantized is cheaper below B* and dearer above it: the paper's Thm 4.3
+    # states the reverse (qtsim reproduce, check C15)
     assert paper.energy_functional_j(k, gamma, alpha, bits, b / 2, phi) < \
         paper.energy_functional_j(k, gamma, alpha, 16, b / 2, 0.0)
+    assert paper.energy_functional_j(k, gamma, alpha, bits, 2 * b, phi) > \
+        paper.energy_functional_j(k, gamma, alpha, 16, 2 * b, 0.0)
 
 
 def test_b_star_without_casting_cost_is_zero():

@@ -1,0 +1,216 @@
+"""``qtsim simulate``: whole grids into HDF5 (and CSV), with plots."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+from qtsim.cli.options import int_list, precision_list, split_list
+
+PLOTS = ("trap", "fig1", "cor")
+
+
+def parse_batches(text: str) -> list[int]:
+    """``1,2,4`` or ``LO:HI:N`` (N geometric steps, rounded to distinct integers)."""
+    import numpy as np
+
+    if ":" in text:
+        try:
+            lo, hi, n = (float(x) for x in text.split(":"))
+        except ValueError:
+            raise click.BadParameter(f"--batch {text!r}: give LO:HI:N, e.g. 1:256:9") from None
+        if not (1 <= lo <= hi) or n < 1:
+            raise click.BadParameter(f"--batch {text!r}: need 1 <= LO <= HI and N >= 1")
+        return [int(x) for x in np.unique(np.round(np.geomspace(lo, hi, int(n))))]
+    return sorted(set(int_list(text, "--batch")))
+
+
+def _command_line(ctx) -> str:
+    """The invocation, rebuilt from the parsed options (recorded in the HDF5 file)."""
+    import shlex
+
+    parts = ["qtsim", ctx.info_name]
+    for p in ctx.command.params:
+        v = ctx.params.get(p.name)
+        if v in (None, False, ()) or not getattr(p, "opts", None):
+            continue
+        if v is True:
+            parts.append(p.opts[0])
+            continue
+        for x in v if isinstance(v, tuple) else (v,):
+            parts += [p.opts[0], shlex.quote(str(x))]
+    return " ".join(parts)
+
+
+@click.command()
+@click.option("--gpu", "gpus", help="Hardware profiles, comma-separated names or aliases.")
+@click.option("--profile", "profile_paths", multiple=True, type=click.Path(dir_okay=False),
+              help="A profile TOML file (repeatable); added after --gpu.")
+@click.option("--model", "models", help="Models, comma-separated: shipped names or config.json paths.")
+@click.option("--precision", "precisions", default="fp16,int8,nf4", show_default=True,
+              help="Weight precisions, comma-separated (each compared with the native 16-bit run).")
+@click.option("--batch", "batches", default="1,2,4,8,16,32,64,128", show_default=True,
+              help="Batch sizes: a comma list, or LO:HI:N geometric (rounded to integers).")
+@click.option("--tokens", default=256, show_default=True, type=click.IntRange(min=1),
+              help="New tokens per query K (the paper's atomic hops).")
+@click.option("--prompt-tokens", default=128, show_default=True, type=click.IntRange(min=0),
+              help="Prompt length per query.")
+@click.option("--sizes", help="Synthetic model sizes LO:HI:N (parameters, geometric) of --family, "
+                              "e.g. 0.5e9:80e9:40; appended to the model axis.")
+@click.option("--family", help="Architecture scaled for --sizes and N* (default: the first --model).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="HDF5 file to write.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False),
+              help="Also write every value in long format (gpu,precision,model,n_params,batch,quantity,value,unit).")
+@click.option("--plot", "plot_dir", type=click.Path(file_okay=False), help="Write PNG figures here.")
+@click.option("--plots", "which_plots", default="trap,fig1,cor", show_default=True,
+              help="Figures to write with --plot: trap (trap map), fig1 (paper Fig. 1 panel), cor (COR vs batch).")
+@click.option("--draws", default=0, show_default=True, type=click.IntRange(min=0, max=100000),
+              help="Monte-Carlo draws of the profile's constants: adds 16/84% bands and p_trapped_*.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the draws.")
+@click.option("--trust", "trust_table", type=click.Path(dir_okay=False),
+              help="CSV of accuracies (model,task,precision,accuracy,source) for the trust pillar.")
+@click.option("--depth", type=click.FloatRange(min=0, min_open=True),
+              help="Reasoning depth M (logical steps) to move published accuracies to: "
+                   "T_SI = (1 - eps_p)^M, flagged extrapolated.")
+@click.option("--policy", default="linear", show_default=True, type=click.Choice(["linear", "geometric"]),
+              help="SI aggregation: linear (eq. 6) or geometric (Remark 3.1).")
+def simulate(gpus, profile_paths, models, precisions, batches, tokens, prompt_tokens, sizes, family,
+             out, csv_path, plot_dir, which_plots, draws, seed, trust_table, depth, policy):
+    """Evaluate J/query (power model, HLI and eq. 19), latency, tok/s, COR, B*, N* and the SI
+    pillars over the whole grid GPU x precision x model x batch, in one vectorised pass per
+    (GPU, precision), into HDF5 (dimension scales, units, provenance).
+
+    \b
+    Examples:
+      qtsim simulate --gpu l4,h100-sxm --model mistral-7b,qwen3-0.6b --batch 1:256:9 --out grid.h5
+      qtsim simulate --gpu h100 --family mistral-7b --sizes 0.5e9:80e9:40 --precision int8,nf4 \\
+          --draws 200 --out sweep.h5 --csv sweep.csv --plot figs/
+    """
+    from qtsim.architecture import load_architecture
+    from qtsim.errors import QtsimError
+    from qtsim.profiles import load_profile
+    from qtsim.surface import parse_sizes, write_csv, write_hdf5
+    from qtsim.surface import simulate as run
+
+    ctx = click.get_current_context()
+    if not gpus and not profile_paths:
+        raise QtsimError("give --gpu GPU[,GPU...] or --profile FILE")
+    profiles = [load_profile(g) for g in (split_list(gpus, "--gpu") if gpus else [])]
+    profiles += [load_profile(path=p) for p in profile_paths]
+    names = [p.name for p in profiles]
+    if len(set(names)) != len(names):
+        raise QtsimError(f"GPU listed twice: {', '.join(names)}")
+    archs = [load_architecture(m) for m in split_list(models, "--model")] if models else []
+    fam = load_architecture(family) if family else None
+    size_grid = parse_sizes(sizes) if sizes else None
+    b = parse_batches(batches)
+    precs = precision_list(precisions)
+    plots = split_list(which_plots, "--plots")
+    bad = [p for p in plots if p not in PLOTS]
+    if bad:
+        raise QtsimError(f"--plots: unknown figure {bad[0]!r} (choose from {', '.join(PLOTS)})")
+
+    n_models = len(archs) + (len(size_grid) if size_grid is not None else 0)
+    steps = len(profiles) * len(precs)
+    work = steps * max(n_models, 1) * (len(b) + 400) * (1 + draws)
+    t0 = time.perf_counter()
+    if work > 3e6:
+        with click.progressbar(length=steps, label="simulating", file=sys.stderr) as bar:
+            surface = run(profiles, archs, precs, b, tokens, prompt_tokens, size_grid, fam,
+                          trust_table, depth, policy, n_draws=draws, seed=seed, progress=bar.update)
+    else:
+        surface = run(profiles, archs, precs, b, tokens, prompt_tokens, size_grid, fam,
+                      trust_table, depth, policy, n_draws=draws, seed=seed)
+    elapsed = time.perf_counter() - t0
+    write_hdf5(surface, out, _command_line(ctx))
+    g, p, m, nb = surface.shape
+    click.echo(f"{g} GPU x {p} precision x {m} model x {nb} batch = {surface.n_points} points"
+               f"{f', {draws} draws' if draws else ''} in {elapsed:.2f} s")
+    click.echo(f"wrote {out} ({len(surface.data)} quantities)")
+    if csv_path:
+        n = write_csv(surface, csv_path)
+        click.echo(f"wrote {csv_path} ({n} rows)")
+    if plot_dir:
+        for path in _plots(surface, plots, plot_dir, profiles, archs, fam, size_grid, b, tokens,
+                           prompt_tokens, draws, seed):
+            click.echo(f"wrote {path}")
+    click.echo(_summary(surface))
+
+
+def _plots(surface, plots, plot_dir, profiles, archs, fam, size_grid, batches, tokens,
+           prompt_tokens, draws, seed):
+    from pathlib import Path
+
+    import numpy as np
+
+    from qtsim import plots as qp
+    from qtsim.precision import get_precision
+    from qtsim.surface import trap_map
+
+    out = []
+    d = Path(plot_dir)
+    quant = [p for p in surface.coords["precision"] if get_precision(p).quantized]
+    family = fam or (archs[0] if archs else None)
+    if "trap" in plots and family is not None and quant:
+        lo, hi = (size_grid.min(), size_grid.max()) if size_grid is not None else (3e8, 1e11)
+        sizes = np.geomspace(lo, hi, 60)
+        b_lo, b_hi = (min(batches), max(batches)) if max(batches) >= 16 * min(batches) else (1, 512)
+        grid = np.unique(np.round(np.geomspace(b_lo, b_hi, 48)))
+        maps = [trap_map(prof, family, p, sizes, grid, tokens, prompt_tokens, draws or 200, seed)
+                for prof in profiles for p in quant]
+        marks = [(a.name, a.n_params) for a in archs]
+        out.append(qp.save(qp.plot_trap_maps(maps, ncols=len(quant), marks=marks),
+                           d / "trap_map.png"))
+    named = [m for m, syn in zip(surface.coords["model"], surface.coords["synthetic"], strict=True)
+             if not syn]
+    if "fig1" in plots:
+        for m in named:
+            out.append(qp.save(qp.plot_fig1_panel(surface, m), d / f"fig1_{m}.png"))
+    if "cor" in plots and len(batches) > 1 and quant:
+        out.append(qp.save(qp.plot_cor_vs_batch(surface, named or None), d / "cor_vs_batch.png"))
+    return out
+
+
+def _summary(surface) -> str:
+    """A few lines per (GPU, quantized precision, model) at the smallest batch; large grids skip it."""
+    import numpy as np
+
+    from qtsim.precision import get_precision
+    from qtsim.surface import KIND_CODES
+
+    c = surface.coords
+    quant = [p for p in c["precision"] if get_precision(p).quantized]
+    rows = len(c["gpu"]) * len(quant) * len(c["model"])
+    b0 = c["batch"][0]
+    foot = (f"{surface.attrs['disclaimer']}; profiles: "
+            + ", ".join(f"{p['name']} ({p['source']}, {p['priors']} priors)"
+                        for p in surface.attrs["profiles"]))
+    if rows == 0 or rows > 40:
+        return foot
+    trust = {(t["precision"], t["model"]): t["status"] for t in surface.trust}
+    lines = [f"at batch {b0:g}: J/query ratio and trapped on energy by the power model | HLI; "
+             "SI; batches trapped (B*)",
+             f"{'gpu':24s} {'prec':5s} {'model':18s} {'E ratio':>11s} {'trapped':>8s} {'SI':>6s}  "
+             f"{'trapped at':16s} trust"]
+    for g in c["gpu"]:
+        for p in quant:
+            for m in c["model"]:
+                def v(name, g=g, p=p, m=m):
+                    return float(surface.sel(name, gpu=g, precision=p, model=m, batch=b0))
+
+                bs = float(surface.sel("b_star", gpu=g, precision=p, model=m))
+                top = float(surface.sel("b_star_max", gpu=g, precision=p, model=m))
+                kind = KIND_CODES[int(surface.sel("b_star_kind", gpu=g, precision=p, model=m))]
+                bstar = {"crossing": f"B < {bs:.3g}", "reverse": f"B >= {bs:.3g}",
+                         "trapped_everywhere": f"all B <= {top:g}",
+                         "never_trapped": f"none B <= {top:g}",
+                         "native_oom": "native OOM"}[kind]
+                tr = ("yes" if v("trapped_energy") else "no") + "|" + (
+                    "yes" if v("trapped_energy_hli") else "no")
+                ratio = f"{v('energy_ratio'):.2f}|{v('energy_ratio_hli'):.2f}"
+                si_ = v("si")
+                lines.append(f"{g:24s} {p:5s} {m[:18]:18s} {ratio:>11s} {tr:>8s} "
+                             f"{si_ if np.isfinite(si_) else float('nan'):6.3f}  {bstar:16s} "
+                             f"{trust[(p, m)]}")
+    return "\n".join([*lines, foot])

@@ -1,0 +1,765 @@
+"""Surfaces: the simulator evaluated over whole grids of GPU x precision x model x batch.
+
+:func:`simulate` evaluates, in one vectorised pass per (GPU, precision), everything ``qtsim
+trap`` reports for one point: latency, tok/s, energy per query three ways, COR (eq. 8/9), the SI
+pillars and SI (eq. 1-6), trap verdicts, B* per model and N* per batch. Model counts are stacked
+(:func:`stack_counts`: an :class:`~qtsim.architecture.ArchCounts` whose fields are arrays, one
+entry per model, shipped or a synthetic size sweep from ``Architecture.scaled``).
+
+Energy per query, side by side (DESIGN.md sec. 2):
+
+- ``j_per_query``: the power model integrated over the query (what an NVML total-energy counter
+  would read, eq. 4);
+- ``j_per_query_hli``: the paper's Hardware-Latency Integration, TDP x latency / B (sec. 3.1);
+  it is latency times a constant, so HLI energy ratios are latency ratios;
+- ``j_per_query_paper``: the paper's energy functional, eq. 19, K [gamma + alpha p / B + phi],
+  with alpha, gamma, phi derived from the profile at batch 1 (:meth:`Simulator.paper_constants`);
+  prefill is not in eq. 19.
+
+Everything here is a prediction from a hardware profile, not a measurement. With draws, every
+key quantity also gets its 16th/84th percentiles (``*_low``, ``*_high``) over Monte-Carlo draws
+of the profile's constants, and the share of draws that are trapped (``p_trapped_*``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from qtsim import paper
+from qtsim import sustainability as si
+from qtsim.architecture import ArchCounts, Architecture
+from qtsim.errors import QtsimError
+from qtsim.precision import get_precision
+from qtsim.profiles import HardwareProfile
+from qtsim.simulator import BAND, KIND_NAMES, Simulator
+from qtsim.trust import TrustEstimate, lookup_trust
+
+GIB = 2**30
+DIMS = ("gpu", "precision", "model", "batch")
+KIND_CODES = {**KIND_NAMES, 4: "native_oom"}
+B_MAX = 4096.0  # B* search range, as Simulator.b_star
+B_GRID = 200
+N_RANGE = (1e8, 1e12)  # N* search range, as Simulator.n_star
+N_GRID = 160
+
+#: name -> (units, description, dims). Dims not listed are ``DIMS``.
+QUANTITIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "latency_s": ("s", "wall time of one batch of queries (prefill + K-1 decode steps)", DIMS),
+    "step_s": ("s", "mean decode step time (one token for each of B sequences)", DIMS),
+    "tok_per_s": ("tokens/s", "generated tokens per second, all B sequences", DIMS),
+    "j_per_query": ("J", "energy per query from the integrated power model (what an NVML energy counter would read, eq. 4)", DIMS),
+    "j_per_query_hli": ("J", "energy per query by the paper's HLI, TDP x latency / B (sec. 3.1): latency in disguise", DIMS),
+    "j_per_query_paper": ("J", "energy per query by the paper's eq. 19, K [gamma + alpha p / B + phi], constants from the profile at batch 1", DIMS),
+    "avg_power_w": ("W", "average board power over the query (power model)", DIMS),
+    "peak_memory_gib": ("GiB", "peak device memory: weights, full KV cache, dequantisation workspace, runtime overhead", DIMS),
+    "fits": ("1", "1 when the configuration fits in device memory", DIMS),
+    "native_fits": ("1", "1 when the native 16-bit configuration fits in device memory", DIMS),
+    "cor": ("1", "Casting Overhead Ratio, eq. 8/9: tau_p / tau_ref - 1 from decode step times", DIMS),
+    "energy_ratio": ("1", "quantized / native J per query (power model)", DIMS),
+    "energy_ratio_hli": ("1", "quantized / native J per query (HLI): equals the latency ratio", DIMS),
+    "energy_ratio_paper": ("1", "quantized / native J per query (eq. 19)", DIMS),
+    "speed_ratio": ("1", "quantized / native tok/s", DIMS),
+    "delta_j": ("J", "quantized minus native J per query (power model); > 0 trapped on energy", DIMS),
+    "trapped_energy": ("1", "1 when quantized J/query > native (power model)", DIMS),
+    "trapped_energy_hli": ("1", "1 when quantized J/query > native (HLI, i.e. when it is slower)", DIMS),
+    "trapped_energy_paper": ("1", "1 when quantized J/query > native by eq. 19; algebra of eq. 19 puts this at B > B* of eq. 18 (Thm. 4.3 says below: see qtsim reproduce, C15)", DIMS),
+    "trapped_time": ("1", "1 when quantized tok/s < native", DIMS),
+    "trapped_si": ("1", "1 when SI < SI(native) = 1 (Prop. 3.2 on the precision grid)", DIMS),
+    "t_si": ("1", "trust pillar T_SI, eq. 2 (see trust_status: measured, published, extrapolated or assumed)", DIMS),
+    "e_si": ("1", "economic pillar E_SI, eq. 3 (alpha_E = 0.5): harmonic mean of tok/s and VRAM gains", DIMS),
+    "s_si": ("1", "energy pillar S_SI = E_ref / E, same grid (sec. 3.1 III), power-model energy", DIMS),
+    "s_si_hli": ("1", "energy pillar S_SI with HLI energy (the paper's method)", DIMS),
+    "s_si_paper": ("1", "energy pillar S_SI with eq. 19 energy", DIMS),
+    "si": ("1", "Sustainability Index, eq. 6 (or Remark 3.1), power-model S_SI", DIMS),
+    "si_hli": ("1", "Sustainability Index with the HLI S_SI (the paper's method)", DIMS),
+    "alpha_j_per_bit": ("J/bit", "eq. 19 alpha: weight-movement energy per hop per bit, from the profile at batch 1", ("gpu", "precision", "model")),
+    "gamma_j": ("J", "eq. 19 gamma: precision-independent energy per hop", ("gpu", "precision", "model")),
+    "phi_j": ("J", "eq. 19 phi(h, p): casting energy per hop (0 at native)", ("gpu", "precision", "model")),
+    "b_star_paper": ("sequences", "critical batch by eq. 10/18, alpha (pi - p) / phi (0 where phi <= 0); eq. 19 is trapped above it", ("gpu", "precision", "model")),
+    "b_star": ("sequences", "critical batch B* from the physical model: quantized J/query = native (see b_star_kind)", ("gpu", "precision", "model")),
+    "b_star_kind": ("code", "0 crossing (trapped below B*), 1 reverse (trapped above), 2 trapped everywhere searched (B* > range), 3 never trapped, 4 native does not fit", ("gpu", "precision", "model")),
+    "b_star_max": ("sequences", "top of the B* search: min(4096, native memory limit)", ("gpu", "precision", "model")),
+    "n_star": ("parameters", "critical model scale N* along the family's synthetic sizes: quantized J/query = native (see n_star_kind)", ("gpu", "precision", "batch")),
+    "n_star_kind": ("code", "0 crossing (trapped below N*), 1 reverse (trapped above), 2 trapped at every size searched, 3 never trapped", ("gpu", "precision", "batch")),
+}
+
+
+@dataclass
+class Surface:
+    """Results on the grid: ``data[name]`` has the dims ``QUANTITIES`` gives (bands likewise).
+
+    ``coords``: gpu, precision (with ``bits``), model (with ``n_params``, ``synthetic``), batch.
+    ``trust``: the :class:`TrustEstimate` behind every (precision, model) T_SI.
+    ``attrs``: provenance (profiles, qtsim version, workload, draws, the disclaimer).
+    """
+
+    coords: dict
+    data: dict
+    trust: list
+    attrs: dict = field(default_factory=dict)
+
+    def dims_of(self, name: str) -> tuple[str, ...]:
+        base = name.removesuffix("_low").removesuffix("_high")
+        if name.startswith("p_"):
+            return DIMS
+        return QUANTITIES[base][2]
+
+    def sel(self, name: str, **where):
+        """``data[name]`` indexed by coordinate values, e.g. ``sel("si", gpu="l4", batch=1)``."""
+        arr = self.data[name]
+        idx = []
+        for d in self.dims_of(name):
+            if d in where:
+                vals = list(self.coords[d])
+                want = where[d]
+                if want not in vals:
+                    raise QtsimError(f"{want!r} is not on the {d} axis ({', '.join(map(str, vals))})")
+                idx.append(vals.index(want))
+            else:
+                idx.append(slice(None))
+        return arr[tuple(idx)]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(len(self.coords[d]) for d in DIMS)
+
+    @property
+    def n_points(self) -> int:
+        return int(np.prod(self.shape))
+
+
+# ---- counts -----------------------------------------------------------------------------------
+def stack_counts(counts: Sequence[ArchCounts]) -> ArchCounts:
+    """One ArchCounts whose fields are 1-D arrays, entry i from ``counts[i]``."""
+    if not counts:
+        raise QtsimError("no models to stack")
+    return ArchCounts(**{f.name: np.concatenate([np.ravel(np.asarray(getattr(c, f.name), float))
+                                                  for c in counts])
+                         for f in dataclasses.fields(ArchCounts)})
+
+
+def _map_counts(counts: ArchCounts, fn) -> ArchCounts:
+    return ArchCounts(**{f.name: fn(np.asarray(getattr(counts, f.name), float))
+                         for f in dataclasses.fields(ArchCounts)})
+
+
+def parse_sizes(text: str) -> np.ndarray:
+    """``"LO:HI:N"`` -> N parameter counts spaced geometrically from LO to HI (or a comma list)."""
+    try:
+        if ":" in text:
+            lo, hi, n = text.split(":")
+            lo, hi, n = float(lo), float(hi), int(n)
+            if not (0 < lo <= hi) or n < 1:
+                raise ValueError
+            return np.geomspace(lo, hi, n)
+        vals = np.array([float(v) for v in text.split(",") if v.strip()])
+        if vals.size == 0 or np.any(vals <= 0):
+            raise ValueError
+        return vals
+    except ValueError:
+        raise QtsimError(f"--sizes {text!r}: give LO:HI:N (e.g. 0.5e9:80e9:40) or a comma list of "
+                         "positive parameter counts") from None
+
+
+def size_label(family: str, n_params: float) -> str:
+    """Coordinate label of a synthetic size, e.g. ``mistral-7b~1.2B``."""
+    return f"{family}~{n_params / 1e9:.3g}B"
+
+
+# ---- grid evaluation ----------------------------------------------------------------------------
+def grid_eval(sim: Simulator, counts: ArchCounts, precision: str, batch, new_tokens,
+              prompt_tokens, draws: bool = False) -> dict:
+    """``sim.evaluate`` on the outer grid models x batches: arrays (M, B), or (n, M, B) with draws.
+
+    ``counts`` fields are 1-D (M,); ``batch`` is (B,) or per-model (M, B). Central values
+    broadcast without copies; draws (whose parameters carry shape (n, 1)) evaluate the flattened
+    grid and reshape.
+    """
+    b = np.asarray(batch, float)
+    m = np.size(np.asarray(counts.n_params))
+    shape = (m, b.shape[-1])
+    if not draws:
+        col = _map_counts(counts, lambda a: a.reshape(-1, 1) if a.size == m else a)
+        out = sim.evaluate(col, precision, b, new_tokens, prompt_tokens)
+        return {k: np.broadcast_to(v, shape) for k, v in out.items()}
+    flat = _map_counts(counts, lambda a: np.broadcast_to(a.reshape(-1, 1) if a.size == m else a,
+                                                         shape).ravel())
+    out = sim.evaluate(flat, precision, np.broadcast_to(b, shape).ravel(), new_tokens,
+                       prompt_tokens, draws=True)
+    return {k: np.asarray(v).reshape(np.shape(v)[:-1] + shape) for k, v in out.items()}
+
+
+def derived(q: dict, n: dict) -> dict:
+    """COR (eq. 9, from step times), energy, HLI and speed ratios, delta J: as Simulator.compare."""
+    return {
+        "cor": paper.cor_from_latency(q["step_s"], n["step_s"]),
+        "energy_ratio": q["j_per_query"] / n["j_per_query"],
+        "energy_ratio_hli": q["j_per_query_hli"] / n["j_per_query_hli"],
+        "speed_ratio": q["tok_per_s"] / n["tok_per_s"],
+        "delta_j": q["j_per_query"] - n["j_per_query"],
+    }
+
+
+def pillars(q: dict, n: dict, t_si, policy: str = "linear", weights=si.DEFAULT_WEIGHTS) -> dict:
+    """E_SI (eq. 3), S_SI (power model and HLI) and SI (eq. 6 / Remark 3.1) against native."""
+    eta = si.throughput_gain(q["tok_per_s"], n["tok_per_s"])
+    rho = si.residency_gain(n["peak_bytes"], q["peak_bytes"])
+    e = si.e_si(eta, rho)
+    s = si.s_si_ratio(n["j_per_query"], q["j_per_query"])
+    s_hli = si.s_si_ratio(n["j_per_query_hli"], q["j_per_query_hli"])
+    return {"t_si": np.broadcast_to(t_si, np.shape(e)), "e_si": e, "s_si": s, "s_si_hli": s_hli,
+            "si": si.sustainability_index(t_si, e, s, weights, policy),
+            "si_hli": si.sustainability_index(t_si, e, s_hli, weights, policy)}
+
+
+def paper_energy(sim: Simulator, counts: ArchCounts, precision: str, batch, new_tokens,
+                 draws: bool = False) -> dict:
+    """Eq. 19 energy per query on models x batches, constants from the profile at batch 1.
+
+    Returns ``alpha_j_per_bit``, ``gamma_j``, ``phi_j``, ``b_star_paper`` (per model, eq. 18) and
+    ``j_per_query_paper`` (M, B) for ``precision``; ``j_native`` the eq. 19 native energy
+    K (gamma + 16 alpha / B) on the same grid. With draws, a leading axis of draws.
+    """
+    c = sim.paper_constants(counts, precision, draws=draws)
+    bits = get_precision(precision).bits
+    quant = get_precision(precision).quantized
+    alpha, gamma = np.asarray(c["alpha_j_per_bit"]), np.asarray(c["gamma_j"])
+    phi = np.asarray(c["phi_j"]) if quant else np.zeros_like(alpha)
+    bits_eff = bits if quant else paper.NATIVE_BITS
+    b = np.asarray(batch, float)
+    e_q = paper.energy_functional_j(new_tokens, gamma[..., None], alpha[..., None], bits_eff, b,
+                                    phi[..., None])
+    e_n = paper.energy_functional_j(new_tokens, gamma[..., None], alpha[..., None],
+                                    paper.NATIVE_BITS, b, 0.0)
+    b_star = np.asarray(c["b_star_paper"]) if quant else np.zeros_like(alpha)
+    return {"alpha_j_per_bit": alpha, "gamma_j": gamma, "phi_j": phi, "b_star_paper": b_star,
+            "j_per_query_paper": e_q, "j_native": e_n}
+
+
+def crossing_rows(x, delta):
+    """First sign change of ``delta`` along its last axis, interpolated in log x.
+
+    Like :func:`qtsim.simulator.crossing` but ``x`` may differ per row (broadcastable to
+    ``delta``). Returns (value, kind) with kind codes 0 crossing (+ to -), 1 reverse (- to +),
+    2 positive everywhere (value inf), 3 negative everywhere (value 0).
+    """
+    d = np.asarray(delta, float)
+    lx = np.broadcast_to(np.log(np.asarray(x, float)), d.shape)
+    pos = d > 0
+    change = pos[..., 1:] != pos[..., :1]
+    has = change.any(axis=-1)
+    i = np.where(has, change.argmax(axis=-1), 0)
+    j = np.minimum(i + 1, d.shape[-1] - 1)
+
+    def take(a, k):
+        return np.take_along_axis(a, k[..., None], -1)[..., 0]
+
+    d0, d1, x0, x1 = take(d, i), take(d, j), take(lx, i), take(lx, j)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        frac = np.where(d0 != d1, d0 / (d0 - d1), 0.0)
+        val = np.where(has, np.exp(x0 + frac * (x1 - x0)), np.where(pos[..., 0], np.inf, 0.0))
+    kind = np.where(has, np.where(pos[..., 0], 0, 1), np.where(pos[..., 0], 2, 3))
+    return val, kind
+
+
+def nan_percentiles(x, qs=BAND):
+    """Percentiles along axis 0 ignoring NaN and inf (numpy's linear method), vectorised.
+
+    ``np.nanpercentile`` loops over columns in Python once any NaN is present; this sorts once.
+    Columns with no finite value give NaN.
+    """
+    x = np.asarray(x, float)
+    x = np.where(np.isfinite(x), x, np.nan)
+    s = np.sort(x, axis=0)  # NaN last
+    n = np.sum(~np.isnan(x), axis=0)
+    top = np.maximum(n - 1, 0)
+    out = []
+    for q in qs:
+        pos = q / 100.0 * top
+        lo = np.floor(pos).astype(np.intp)
+        hi = np.minimum(lo + 1, top)
+        v_lo = np.take_along_axis(s, lo[None], 0)[0]
+        v_hi = np.take_along_axis(s, hi[None], 0)[0]
+        out.append(np.where(n > 0, v_lo + (pos - lo) * (v_hi - v_lo), np.nan))
+    return out
+
+
+def _band_same_kind(val_draws, kind_draws, kind_central):
+    """16/84% of the draws' thresholds, over the draws whose kind matches the central one."""
+    v = np.where(np.asarray(kind_draws) == np.asarray(kind_central)[None], val_draws, np.nan)
+    return tuple(nan_percentiles(v))
+
+
+def batch_limit(sim: Simulator, counts: ArchCounts, precision: str, new_tokens, prompt_tokens):
+    """Largest batch whose peak memory fits (Simulator.batch_limit, vectorised over models)."""
+    from qtsim import physical
+
+    prof = sim.profile
+    overhead = float(prof.hardware.get("runtime_overhead_gib", 0.0)) * GIB
+    fixed = physical.peak_memory_bytes(counts, precision, 0.0, new_tokens, prompt_tokens,
+                                       False, overhead)
+    per_seq = (prompt_tokens + new_tokens) * np.asarray(counts.kv_bytes_per_token, float)
+    return np.floor(np.maximum(prof.memory_bytes - fixed, 0.0) / per_seq)
+
+
+def b_star_rows(sim: Simulator, counts: ArchCounts, precision: str, new_tokens, prompt_tokens,
+                b_max: float = B_MAX, n_grid: int = B_GRID, draws: bool = False) -> dict:
+    """B* for every model at once, on Simulator.b_star's grid and rules (vectorised over models).
+
+    Grid: integer batches rounded from a geometric grid 1..limit, limit = min(b_max, the native
+    configuration's memory limit). A sign flip between batch 1 and 2 is bitsandbytes leaving its
+    batch-1 GEMV kernel, not a smooth crossing: B* is reported as 2 with no band. Returns
+    ``b_star``, ``b_star_kind`` (codes of ``KIND_CODES``), ``b_star_max`` and with draws
+    ``b_star_low``, ``b_star_high``.
+    """
+    lim = np.atleast_1d(np.minimum(b_max, batch_limit(sim, counts, sim.profile.native,
+                                                      new_tokens, prompt_tokens)))
+    top = np.maximum(lim, 1.0)
+    grid = np.round(np.exp(np.linspace(0.0, 1.0, n_grid)[None, :] * np.log(top)[:, None]))
+    out = {"b_star_max": lim}
+
+    def delta(d):
+        q = grid_eval(sim, counts, precision, grid, new_tokens, prompt_tokens, d)
+        n = grid_eval(sim, counts, sim.profile.native, grid, new_tokens, prompt_tokens, d)
+        return q["j_per_query"] - n["j_per_query"]
+
+    val, kind = crossing_rows(grid, delta(False))
+    oom = lim < 1
+    jump = np.isin(kind, (0, 1)) & (val < 2.0)  # kernel switch between batch 1 and 2
+    out["b_star"] = np.where(oom, np.nan, np.where(jump, 2.0, val))
+    out["b_star_kind"] = np.where(oom, 4, kind)
+    if draws:
+        vd, kd = crossing_rows(grid, delta(True))
+        lo, hi = _band_same_kind(vd, kd, kind)
+        out["b_star_low"] = np.where(oom | jump, np.nan, lo)
+        out["b_star_high"] = np.where(oom | jump, np.nan, hi)
+    return out
+
+
+def n_star_rows(sim: Simulator, arch: Architecture, precision: str, batch, new_tokens,
+                prompt_tokens, n_range=N_RANGE, n_grid: int = N_GRID, draws: bool = False) -> dict:
+    """N* for every batch at once along ``arch``'s synthetic family (Simulator.n_star's grid)."""
+    sizes = np.geomspace(n_range[0], n_range[1], n_grid)
+    fam = arch.scaled(sizes)
+    b = np.atleast_1d(np.asarray(batch, float))
+
+    def delta(d):
+        q = grid_eval(sim, fam, precision, b, new_tokens, prompt_tokens, d)
+        n = grid_eval(sim, fam, sim.profile.native, b, new_tokens, prompt_tokens, d)
+        return np.swapaxes(q["j_per_query"] - n["j_per_query"], -1, -2)  # (..., B, S)
+
+    val, kind = crossing_rows(sizes, delta(False))
+    out = {"n_star": val, "n_star_kind": kind}
+    if draws:
+        vd, kd = crossing_rows(sizes, delta(True))
+        out["n_star_low"], out["n_star_high"] = _band_same_kind(vd, kd, kind)
+    return out
+
+
+def _trust_grid(precisions, names, synthetic, native, trust_table, depth, family):
+    """(T_SI array (P, M), list of TrustEstimate) for every precision and model."""
+    t = np.ones((len(precisions), len(names)))
+    est = []
+    cache = {}
+    for i, p in enumerate(precisions):
+        for j, (name, syn) in enumerate(zip(names, synthetic, strict=True)):
+            if syn and get_precision(p).quantized:
+                e = TrustEstimate(1.0, "assumed",
+                                  f"assumed: no accuracy loss (synthetic size of the {family} "
+                                  "family: no model of this size was evaluated)", depth=depth)
+            else:
+                key = (name, p)
+                if key not in cache:
+                    cache[key] = lookup_trust(name, p, native, trust_table, depth=depth)
+                e = cache[key]
+            t[i, j] = e.t_si
+            est.append({"precision": p, "model": name, **e.to_dict()})
+    return t, est
+
+
+# ---- the surface ----------------------------------------------------------------------------
+def evaluate_gpu(profile: HardwareProfile, counts: ArchCounts, names: Sequence[str],
+                 precisions: Sequence[str], batch, new_tokens: int = 256,
+                 prompt_tokens: int = 128, t_si=None, family: Architecture | None = None,
+                 policy: str = "linear", weights=si.DEFAULT_WEIGHTS, n_draws: int = 0,
+                 seed: int = 0, thresholds: bool = True,
+                 progress: Callable[[int], None] | None = None) -> dict:
+    """Every quantity for one GPU: arrays (precision, model, batch) and per-model/per-batch ones.
+
+    ``counts`` holds M models (1-D fields), ``batch`` B batch sizes; ``t_si`` a (P, M) array of
+    trust ratios (default 1). Native (16-bit) runs are evaluated once and shared by every
+    precision. ``family`` is the architecture whose synthetic sizes N* is searched along
+    (omitted: no N*). ``n_draws`` > 0 adds 16/84% bands and ``p_trapped_*`` shares.
+    """
+    sim = Simulator(profile, n_draws=max(n_draws, 1), seed=seed)
+    draws = n_draws > 0
+    b = np.atleast_1d(np.asarray(batch, float))
+    native = profile.native
+    m = len(names)
+    t_si = np.ones((len(precisions), m)) if t_si is None else np.asarray(t_si, float)
+    nat = grid_eval(sim, counts, native, b, new_tokens, prompt_tokens)
+    nat_d = grid_eval(sim, counts, native, b, new_tokens, prompt_tokens, True) if draws else None
+    pap_n = None
+    rows: dict[str, list] = {}
+
+    def put(name, value):
+        rows.setdefault(name, []).append(np.asarray(value))
+
+    for i, p in enumerate(precisions):
+        quant = get_precision(p).quantized
+        if p == native:
+            q = ref = nat
+        else:
+            q = grid_eval(sim, counts, p, b, new_tokens, prompt_tokens)
+            ref = nat if quant else q
+        d = derived(q, ref)
+        pil = pillars(q, ref, t_si[i][:, None], policy, weights)
+        pap = paper_energy(sim, counts, p, b, new_tokens)
+        pap_n = pap["j_native"]
+        for k in ("latency_s", "step_s", "tok_per_s", "j_per_query", "j_per_query_hli",
+                  "avg_power_w"):
+            put(k, q[k])
+        put("j_per_query_paper", pap["j_per_query_paper"])
+        put("peak_memory_gib", q["peak_bytes"] / GIB)
+        put("fits", q["fits"].astype(np.uint8))
+        put("native_fits", nat["fits"].astype(np.uint8))
+        for k, v in d.items():
+            put(k, v)
+        put("energy_ratio_paper", pap["j_per_query_paper"] / pap_n)
+        put("s_si_paper", pap_n / pap["j_per_query_paper"])
+        for k, v in pil.items():
+            put(k, v)
+        trapped = {
+            "trapped_energy": d["delta_j"] > 0,
+            "trapped_energy_hli": q["j_per_query_hli"] > ref["j_per_query_hli"],
+            "trapped_energy_paper": pap["j_per_query_paper"] > pap_n * (1 + 1e-12),
+            "trapped_time": d["speed_ratio"] < 1,
+            "trapped_si": pil["si"] < 1 - 1e-12,
+        }
+        for k, v in trapped.items():
+            put(k, np.asarray(v, np.uint8))
+        for k in ("alpha_j_per_bit", "gamma_j", "phi_j", "b_star_paper"):
+            put(k, np.broadcast_to(pap[k], (m,)))
+        if thresholds:
+            if quant:
+                bs = b_star_rows(sim, counts, p, new_tokens, prompt_tokens, draws=draws)
+            else:
+                bs = {"b_star": np.full(m, np.nan), "b_star_kind": np.full(m, 3),
+                      "b_star_max": np.full(m, np.nan)}
+                if draws:
+                    bs["b_star_low"] = bs["b_star_high"] = np.full(m, np.nan)
+            for k, v in bs.items():
+                put(k, v)
+            if family is not None and quant:
+                ns = n_star_rows(sim, family, p, b, new_tokens, prompt_tokens, draws=draws)
+            else:
+                ns = {"n_star": np.full(b.size, np.nan), "n_star_kind": np.full(b.size, 3)}
+                if draws:
+                    ns["n_star_low"] = ns["n_star_high"] = np.full(b.size, np.nan)
+            for k, v in ns.items():
+                put(k, v)
+        if draws:
+            qd = grid_eval(sim, counts, p, b, new_tokens, prompt_tokens, True)
+            rd = nat_d if quant else qd
+            dd = derived(qd, rd)
+            pd = pillars(qd, rd, t_si[i][:, None], policy, weights)
+            papd = paper_energy(sim, counts, p, b, new_tokens, draws=True)
+            samples = {**{k: qd[k] for k in ("latency_s", "tok_per_s", "j_per_query",
+                                             "j_per_query_hli")},
+                       "j_per_query_paper": papd["j_per_query_paper"], **dd,
+                       "energy_ratio_paper": papd["j_per_query_paper"] / papd["j_native"],
+                       "s_si_paper": papd["j_native"] / papd["j_per_query_paper"],
+                       **{k: pd[k] for k in ("e_si", "s_si", "s_si_hli", "si", "si_hli")}}
+            for k, v in samples.items():
+                lo, hi = nan_percentiles(v)
+                put(f"{k}_low", lo)
+                put(f"{k}_high", hi)
+            shares = {
+                "p_trapped_energy": dd["delta_j"] > 0,
+                "p_trapped_energy_hli": qd["j_per_query_hli"] > rd["j_per_query_hli"],
+                "p_trapped_energy_paper": papd["j_per_query_paper"] > papd["j_native"] * (1 + 1e-12),
+                "p_trapped_time": dd["speed_ratio"] < 1,
+                "p_trapped_si": pd["si"] < 1 - 1e-12,
+            }
+            for k, v in shares.items():
+                put(k, np.mean(v, axis=0) if quant else np.zeros(np.shape(v)[1:]))
+        if progress:
+            progress(1)
+    return {k: np.stack(v) for k, v in rows.items()}
+
+
+def simulate(profiles: Sequence[HardwareProfile], models: Sequence[Architecture] = (),
+             precisions: Sequence[str] = ("fp16", "int8", "nf4"), batch=(1, 8, 64),
+             new_tokens: int = 256, prompt_tokens: int = 128, sizes=None,
+             family: Architecture | None = None, trust_table: str | None = None,
+             depth: float | None = None, policy: str = "linear", weights=si.DEFAULT_WEIGHTS,
+             n_draws: int = 0, seed: int = 0, thresholds: bool = True,
+             progress: Callable[[int], None] | None = None) -> Surface:
+    """The whole grid: GPUs x precisions x (models, then synthetic ``sizes`` of ``family``) x batches.
+
+    ``family`` defaults to the first model; it is the architecture synthetic sizes and N* are
+    drawn from. ``depth`` moves published accuracies to another reasoning depth (trust.py).
+    """
+    from qtsim import __version__
+
+    if not profiles:
+        raise QtsimError("give at least one GPU")
+    precisions = [get_precision(p).name for p in precisions]
+    if len(set(precisions)) != len(precisions):
+        raise QtsimError(f"precision listed twice: {', '.join(precisions)}")
+    b = np.atleast_1d(np.asarray(batch, float))
+    if b.size == 0 or np.any(~np.isfinite(b)) or np.any(b < 1):
+        raise QtsimError("batch sizes must be >= 1")
+    if np.any(np.diff(b) <= 0):
+        raise QtsimError("batch sizes must be strictly increasing")
+    if new_tokens < 1 or prompt_tokens < 0:
+        raise QtsimError("--tokens must be >= 1 and --prompt-tokens >= 0")
+    family = family or (models[0] if models else None)
+    counts, names, synthetic = [], [], []
+    for a in models:
+        counts.append(a.counts())
+        names.append(a.name)
+        synthetic.append(False)
+    if sizes is not None:
+        if family is None:
+            raise QtsimError("--sizes needs --family MODEL (or a --model) to scale")
+        sz = np.atleast_1d(np.asarray(sizes, float))
+        counts.append(family.scaled(sz))
+        names += [size_label(family.name, x) for x in sz]
+        synthetic += [True] * sz.size
+    if not counts:
+        raise QtsimError("give --model or --sizes with --family")
+    if len(set(names)) != len(names):
+        raise QtsimError(f"model listed twice: {', '.join(names)}")
+    stacked = stack_counts(counts)
+    natives = {p.native for p in profiles}
+    t_si, trust = _trust_grid(precisions, names, synthetic, natives.pop() if len(natives) == 1
+                              else "fp16", trust_table, depth, family.name if family else "")
+    per_gpu = [evaluate_gpu(prof, stacked, names, precisions, b, new_tokens, prompt_tokens, t_si,
+                            family, policy, weights, n_draws, seed, thresholds, progress)
+               for prof in profiles]
+    data = {k: np.stack([g[k] for g in per_gpu]) for k in per_gpu[0]}
+    coords = {
+        "gpu": [p.name for p in profiles], "precision": precisions,
+        "bits": [get_precision(p).bits for p in precisions], "model": names,
+        "n_params": np.asarray(stacked.n_params, float), "synthetic": synthetic,
+        "batch": b,
+    }
+    attrs = {
+        "qtsim_version": __version__,
+        "disclaimer": "predictions, not measurements",
+        "new_tokens": int(new_tokens), "prompt_tokens": int(prompt_tokens),
+        "policy": policy, "si_weights": list(weights), "n_draws": int(n_draws), "seed": int(seed),
+        "band_percentiles": list(BAND),
+        "n_star_family": family.name if family else "",
+        "trust_depth": float(depth) if depth is not None else float("nan"),
+        "trust_table": trust_table or "shipped: data/reference/trust_table.csv",
+        "profiles": [{"name": p.name, "source": p.source,
+                      "date": str(p.provenance.get("date", "")),
+                      "device": str(p.provenance.get("device", "")),
+                      "location": p.path or "", "tdp_w": p.tdp_w,
+                      "priors": sum(1 for x in p.physical.values() if x.source == "prior")}
+                     for p in profiles],
+        "energy_methods": ("j_per_query: integrated power model (what an NVML energy counter "
+                           "would read); j_per_query_hli: the paper's HLI, TDP x latency / B, a "
+                           "latency ratio in disguise; j_per_query_paper: eq. 19"),
+    }
+    return Surface(coords, data, trust, attrs)
+
+
+# ---- trap map data --------------------------------------------------------------------------
+def trap_map(profile: HardwareProfile, arch: Architecture, precision: str, sizes, batches,
+             new_tokens: int = 256, prompt_tokens: int = 128, n_draws: int = 200,
+             seed: int = 0) -> dict:
+    """Model size x batch map of one GPU and precision for :func:`qtsim.plots.plot_trap_map`.
+
+    Returns ``sizes`` (S,), ``batches`` (B,), ``delta_j`` (S, B) quantized minus native J/query
+    (power model), ``trapped`` (S, B), ``b_star_of_n`` (S,) the first crossing along batch for
+    every size (B*(N), with its kind), ``n_star_of_b`` (B,) the first crossing along size for
+    every batch (N*(B)), ``native_fits`` (S, B), and with draws ``p_trapped`` (S, B): the share
+    of Monte-Carlo draws trapped (the boundary is uncertain where it lies in 16-84%).
+    """
+    sim = Simulator(profile, n_draws=max(n_draws, 1), seed=seed)
+    s = np.asarray(sizes, float)
+    b = np.asarray(batches, float)
+    fam = arch.scaled(s)
+    q = grid_eval(sim, fam, precision, b, new_tokens, prompt_tokens)
+    n = grid_eval(sim, fam, profile.native, b, new_tokens, prompt_tokens)
+    dj = q["j_per_query"] - n["j_per_query"]
+    bn, bk = crossing_rows(b, dj)
+    nb, nk = crossing_rows(s, dj.T)
+    out = {"sizes": s, "batches": b, "delta_j": dj, "trapped": dj > 0,
+           "energy_ratio": q["j_per_query"] / n["j_per_query"],
+           "b_star_of_n": bn, "b_star_kind": bk, "n_star_of_b": nb, "n_star_kind": nk,
+           "native_fits": np.asarray(n["fits"], bool), "fits": np.asarray(q["fits"], bool),
+           "gpu": profile.name, "precision": get_precision(precision).name,
+           "family": arch.name, "profile_source": profile.source, "n_draws": n_draws,
+           "new_tokens": new_tokens, "prompt_tokens": prompt_tokens, "p_trapped": None}
+    if n_draws > 0:
+        qd = grid_eval(sim, fam, precision, b, new_tokens, prompt_tokens, True)
+        nd = grid_eval(sim, fam, profile.native, b, new_tokens, prompt_tokens, True)
+        out["p_trapped"] = np.mean(qd["j_per_query"] > nd["j_per_query"], axis=0)
+    return out
+
+
+# ---- writing --------------------------------------------------------------------------------
+def write_hdf5(surface: Surface, path, command: str = "") -> None:
+    """One dataset per quantity, coordinates as HDF5 dimension scales, units and descriptions.
+
+    File attributes carry provenance: every profile's name, source, date and device (arrays in
+    GPU order), qtsim version, the command line, and "predictions, not measurements".
+    """
+    import json
+
+    import h5py
+
+    c = surface.coords
+    try:
+        fh = h5py.File(path, "w")
+    except OSError as e:
+        raise QtsimError(f"{path}: cannot write HDF5 ({e})") from None
+    with fh as f:
+        s = h5py.string_dtype()
+        scales = {
+            "gpu": f.create_dataset("gpu", data=np.array(c["gpu"], dtype=object), dtype=s),
+            "precision": f.create_dataset("precision", data=np.array(c["precision"], dtype=object), dtype=s),
+            "model": f.create_dataset("model", data=np.array(c["model"], dtype=object), dtype=s),
+            "batch": f.create_dataset("batch", data=np.asarray(c["batch"], float)),
+        }
+        aux = {
+            "precision": [("bits", f.create_dataset("bits", data=np.asarray(c["bits"], np.int16)))],
+            "model": [("n_params", f.create_dataset("n_params", data=np.asarray(c["n_params"], float))),
+                      ("synthetic", f.create_dataset("synthetic", data=np.asarray(c["synthetic"], np.uint8)))],
+        }
+        for name, ds in scales.items():
+            ds.make_scale(name)
+        for group in aux.values():
+            for name, ds in group:
+                ds.make_scale(name)
+        meta = {
+            "gpu": ("", "hardware profile name"), "precision": ("", "weight precision"),
+            "model": ("", "model name, or FAMILY~SIZE for a synthetic size"),
+            "batch": ("sequences", "batch size B (concurrent sequences)"),
+            "bits": ("bits", "the paper's p: bits per weight element"),
+            "n_params": ("parameters", "total parameter count"),
+            "synthetic": ("1", "1 for a synthetic size of the N* family (Architecture.scaled)"),
+        }
+        for name, (unit, desc) in meta.items():
+            f[name].attrs["units"] = unit
+            f[name].attrs["description"] = desc
+        for name, arr in surface.data.items():
+            dims = surface.dims_of(name)
+            ds = f.create_dataset(name, data=arr, compression="gzip" if arr.size > 4096 else None)
+            base = name.removesuffix("_low").removesuffix("_high")
+            if name.startswith("p_"):
+                unit, desc = "1", f"share of Monte-Carlo draws {name[2:].replace('_', ' ')}"
+            else:
+                unit, desc = QUANTITIES[base][:2]
+                if name != base:
+                    pct = BAND[0] if name.endswith("_low") else BAND[1]
+                    desc = f"{pct:g}th percentile over draws of: {desc}"
+            ds.attrs["units"] = unit
+            ds.attrs["description"] = desc
+            for k, d in enumerate(dims):
+                ds.dims[k].label = d
+                ds.dims[k].attach_scale(scales[d])
+                for _, aux_ds in aux.get(d, []):
+                    ds.dims[k].attach_scale(aux_ds)
+        f.create_dataset("trust_status", data=np.array(
+            [[t["status"] for t in surface.trust if t["precision"] == p] for p in c["precision"]],
+            dtype=object), dtype=s)
+        f.create_dataset("trust_source", data=np.array(
+            [[t["source"] for t in surface.trust if t["precision"] == p] for p in c["precision"]],
+            dtype=object), dtype=s)
+        for name in ("trust_status", "trust_source"):
+            f[name].dims[0].label, f[name].dims[1].label = "precision", "model"
+            f[name].dims[0].attach_scale(scales["precision"])
+            f[name].dims[1].attach_scale(scales["model"])
+            f[name].attrs["units"] = ""
+        f["trust_status"].attrs["description"] = "where T_SI comes from: reference, measured, published, extrapolated or assumed"
+        f["trust_source"].attrs["description"] = "the trust figure's source, or the assumption made"
+        a = surface.attrs
+        f.attrs["title"] = "qtsim simulate surface"
+        f.attrs["note"] = a["disclaimer"]
+        f.attrs["command"] = command
+        for k in ("qtsim_version", "new_tokens", "prompt_tokens", "policy", "n_draws", "seed",
+                  "n_star_family", "trust_depth", "trust_table", "energy_methods"):
+            f.attrs[k] = a[k]
+        f.attrs["si_weights"] = np.asarray(a["si_weights"], float)
+        f.attrs["band_percentiles"] = np.asarray(a["band_percentiles"], float)
+        for k in ("name", "source", "date", "device", "location"):
+            f.attrs[f"profile_{k}"] = np.array([str(p[k]) for p in a["profiles"]], dtype=object)
+        f.attrs["profiles_json"] = json.dumps(a["profiles"])
+        f.attrs["b_star_kind_codes"] = json.dumps(KIND_CODES)
+
+
+def read_hdf5(path) -> Surface:
+    """Read back what :func:`write_hdf5` wrote (for plots and tests)."""
+    import json
+
+    import h5py
+
+    try:
+        fh = h5py.File(path, "r")
+    except OSError as e:
+        raise QtsimError(f"{path}: cannot read HDF5 ({e})") from None
+    with fh as f:
+        dec = [x.decode() if isinstance(x, bytes) else str(x) for x in f["gpu"][()]]
+        coords = {
+            "gpu": dec,
+            "precision": [x.decode() for x in f["precision"][()]],
+            "bits": [int(x) for x in f["bits"][()]],
+            "model": [x.decode() for x in f["model"][()]],
+            "n_params": f["n_params"][()], "synthetic": [bool(x) for x in f["synthetic"][()]],
+            "batch": f["batch"][()],
+        }
+        skip = set(coords) | {"trust_status", "trust_source"}
+        data = {k: f[k][()] for k in f if k not in skip}
+        status, source = f["trust_status"][()], f["trust_source"][()]
+        trust = [{"precision": p, "model": m, "status": status[i, j].decode(),
+                  "source": source[i, j].decode()}
+                 for i, p in enumerate(coords["precision"]) for j, m in enumerate(coords["model"])]
+        attrs = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in f.attrs.items()}
+        attrs["profiles"] = json.loads(attrs.pop("profiles_json"))
+        attrs["disclaimer"] = attrs.get("note", "")
+    return Surface(coords, data, trust, attrs)
+
+
+def csv_rows(surface: Surface):
+    """Long format: (gpu, precision, model, n_params, batch, quantity, value, unit) per value."""
+    c = surface.coords
+    index = {"gpu": c["gpu"], "precision": c["precision"], "model": c["model"],
+             "batch": [f"{x:g}" for x in c["batch"]]}
+    n_params = dict(zip(c["model"], c["n_params"], strict=True))
+    for name, arr in surface.data.items():
+        dims = surface.dims_of(name)
+        base = name.removesuffix("_low").removesuffix("_high")
+        unit = "1" if name.startswith("p_") else QUANTITIES[base][0]
+        for idx in np.ndindex(arr.shape):
+            key = {d: index[d][i] for d, i in zip(dims, idx, strict=True)}
+            model = key.get("model", f"family:{surface.attrs.get('n_star_family', '')}")
+            yield (key["gpu"], key["precision"], model,
+                   f"{n_params[model]:.6g}" if model in n_params else "",
+                   key.get("batch", ""), name, f"{float(arr[idx]):.6g}", unit)
+
+
+def write_csv(surface: Surface, path) -> int:
+    """Write :func:`csv_rows` with a header; returns the number of rows."""
+    import csv
+
+    n = 0
+    try:
+        fh = open(path, "w", newline="")
+    except OSError as e:
+        raise QtsimError(f"{path}: cannot write CSV ({e})") from None
+    with fh:
+        w = csv.writer(fh)
+        w.writerow(["gpu", "precision", "model", "n_params", "batch", "quantity", "value", "unit"])
+        for row in csv_rows(surface):
+            w.writerow(row)
+            n += 1
+    return n

@@ -1,0 +1,96 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from qtsim import plots
+from qtsim import surface as sf
+from qtsim.architecture import load_architecture
+from qtsim.profiles import load_profile
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def surf():
+    return sf.simulate([load_profile(g) for g in ("l4", "a100-80gb")],
+                       [load_architecture(m) for m in ("mistral-7b", "falcon3-3b")],
+                       ("fp16", "int8", "nf4"), (1, 4, 16, 64), n_draws=30)
+
+
+@pytest.fixture(scope="module")
+def maps():
+    arch = load_architecture("mistral-7b")
+    return [sf.trap_map(load_profile(g), arch, p, np.geomspace(3e8, 1e11, 24),
+                        np.unique(np.round(np.geomspace(1, 512, 20))), n_draws=30)
+            for g in ("l4", "h100-sxm") for p in ("int8", "nf4")]
+
+
+def _check_png(fig, path):
+    plots.save(fig, path)
+    data = path.read_bytes()
+    assert data[:8] == PNG and len(data) > 10_000
+
+
+def _visible(fig):
+    return [ax for ax in fig.axes if ax.get_visible()]
+
+
+def test_trap_maps(maps, tmp_path):
+    fig = plots.plot_trap_maps(maps, ncols=2, marks=[("mistral-7b", 7.25e9)])
+    axes = _visible(fig)
+    assert len(axes) == 4
+    for ax in axes:
+        assert ax.get_xlabel() == "model size N (parameters)"
+        assert ax.get_ylabel() == "batch size B (sequences)"
+        assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    assert "l4" in axes[0].get_title() and "INT8" in axes[0].get_title()
+    legend = " ".join(t.get_text() for t in fig.legends[0].get_texts())
+    for needle in ("trapped", "B*(N)", "N*(B)", "16-84% of draws"):
+        assert needle in legend
+    _check_png(fig, tmp_path / "trap.png")
+
+
+def test_single_trap_map(maps, tmp_path):
+    fig = plots.plot_trap_map(maps[0])
+    assert len(_visible(fig)) == 1
+    _check_png(fig, tmp_path / "one.png")
+
+
+def test_fig1_panel(surf, tmp_path):
+    fig = plots.plot_fig1_panel(surf, "mistral-7b")
+    labels = [ax.get_ylabel() for ax in fig.axes]
+    assert labels == ["throughput (tokens/s)", "energy per query (J)", "T_SI (trust, eq. 2)",
+                      "E_SI (economy, eq. 3)", "S_SI (energy, E_ref/E)", "SI (eq. 6)"]
+    for ax in fig.axes:
+        assert ax.get_xlabel() == "GPU"
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["l4", "a100-80gb"]
+    legend = " ".join(t.get_text() for t in fig.legends[0].get_texts())
+    assert "FP16" in legend and "NF4" in legend and "HLI" in legend
+    _check_png(fig, tmp_path / "fig1.png")
+
+
+def test_cor_vs_batch(surf, tmp_path):
+    fig = plots.plot_cor_vs_batch(surf)
+    assert len(fig.axes) == 2
+    for ax in fig.axes:
+        assert ax.get_xlabel() == "batch size B (sequences)"
+        assert "COR" in ax.get_ylabel()
+        assert len(ax.get_lines()) >= 4  # 2 precisions x 2 GPUs, plus reference lines
+    assert [ax.get_title() for ax in fig.axes] == ["mistral-7b", "falcon3-3b"]
+    _check_png(fig, tmp_path / "cor.png")
+
+
+def test_plots_are_headless():
+    code = ("import sys, numpy as np\n"
+            "from qtsim import plots, surface\n"
+            "from qtsim.profiles import load_profile\n"
+            "from qtsim.architecture import load_architecture\n"
+            "m = surface.trap_map(load_profile('l4'), load_architecture('qwen3-0.6b'), 'nf4',"
+            " np.geomspace(1e9, 1e10, 5), np.arange(1, 6), n_draws=0)\n"
+            "plots.plot_trap_map(m).savefig('/dev/null', format='png')\n"
+            "print('PYPLOT', 'matplotlib.pyplot' in sys.modules)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={"PATH": "/usr/bin:/bin", "MPLBACKEND": "", "DISPLAY": ""})
+    assert "PYPLOT False" in r.stdout, r.stderr

@@ -1,0 +1,233 @@
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from qtsim import surface as sf
+from qtsim.architecture import load_architecture
+from qtsim.errors import QtsimError
+from qtsim.profiles import load_profile
+from qtsim.simulator import Simulator
+
+GPUS = ("l4", "h100-sxm")
+MODELS = ("mistral-7b", "qwen3-0.6b")
+BATCH = (1, 2, 8, 64)
+
+
+@pytest.fixture(scope="module")
+def surf():
+    return sf.simulate([load_profile(g) for g in GPUS], [load_architecture(m) for m in MODELS],
+                       ("fp16", "int8", "nf4"), BATCH, 256, 128, n_draws=40)
+
+
+def test_shapes_and_dims(surf):
+    assert surf.shape == (2, 3, 2, 4)
+    for name, arr in surf.data.items():
+        assert arr.shape == tuple(len(surf.coords[d]) for d in surf.dims_of(name)), name
+    assert surf.dims_of("b_star") == ("gpu", "precision", "model")
+    assert surf.dims_of("n_star") == ("gpu", "precision", "batch")
+    for q in ("j_per_query", "j_per_query_hli", "j_per_query_paper", "cor", "si", "tok_per_s"):
+        assert np.all(np.isfinite(surf.data[q]))
+
+
+def test_native_row_is_the_anchor(surf):
+    for q in ("e_si", "s_si", "s_si_hli", "si", "t_si", "energy_ratio"):
+        assert np.allclose(surf.sel(q, precision="fp16"), 1.0)
+    assert np.allclose(surf.sel("cor", precision="fp16"), 0.0)
+    assert not surf.sel("trapped_energy", precision="fp16").any()
+
+
+@pytest.mark.parametrize("gpu", GPUS)
+@pytest.mark.parametrize("prec", ("int8", "nf4"))
+def test_points_match_simulator_compare(surf, gpu, prec):
+    sim = Simulator(load_profile(gpu))
+    for m in MODELS:
+        for b in BATCH:
+            q, n, d = sim.compare(load_architecture(m).counts(), prec, float(b))
+            for k in ("cor", "energy_ratio", "energy_ratio_hli", "speed_ratio", "delta_j"):
+                assert surf.sel(k, gpu=gpu, precision=prec, model=m, batch=b) == pytest.approx(d[k])
+            assert surf.sel("j_per_query", gpu=gpu, precision=prec, model=m,
+                            batch=b) == pytest.approx(q["j_per_query"])
+
+
+def test_hli_verdict_is_the_latency_verdict(surf):
+    """HLI = TDP x latency / B: its energy ratio is the latency ratio, its trap the time trap."""
+    lat = surf.data["latency_s"]
+    ref = np.broadcast_to(surf.data["latency_s"][:, :1], lat.shape)
+    assert np.allclose(surf.data["energy_ratio_hli"], lat / ref)
+    assert np.array_equal(surf.data["trapped_energy_hli"], surf.data["trapped_time"])
+
+
+def test_paper_mode_trapped_above_eq18_b_star(surf):
+    bs = surf.data["b_star_paper"][..., None]
+    phi = surf.data["phi_j"][..., None]
+    b = np.asarray(BATCH, float)
+    expect = (phi > 0) & (b > bs)
+    quant = [i for i, p in enumerate(surf.coords["precision"]) if p != "fp16"]
+    assert np.array_equal(surf.data["trapped_energy_paper"][:, quant].astype(bool),
+                          np.broadcast_to(expect, surf.data["trapped_energy_paper"].shape)[:, quant])
+
+
+@pytest.mark.parametrize("gpu", ("l4", "a100-80gb", "h100-sxm", "rtx-pro-6000-blackwell"))
+@pytest.mark.parametrize("prec", ("int8", "nf4"))
+def test_b_star_rows_match_simulator(gpu, prec):
+    names = ("mistral-7b", "qwen3-0.6b", "falcon3-3b", "llama-3.1-70b", "qwen2.5-14b")
+    archs = [load_architecture(m) for m in names]
+    sim = Simulator(load_profile(gpu), n_draws=40)
+    r = sf.b_star_rows(sim, sf.stack_counts([a.counts() for a in archs]), prec, 256, 128, draws=True)
+    for i, a in enumerate(archs):
+        t = sim.b_star(a.counts(), prec, draws=True)
+        assert sf.KIND_CODES[int(r["b_star_kind"][i])] == t.kind
+        np.testing.assert_allclose([r["b_star"][i], r["b_star_low"][i], r["b_star_high"][i]],
+                                   [t.value, t.low, t.high], rtol=1e-9)
+
+
+@pytest.mark.parametrize("prec", ("int8", "nf4"))
+def test_n_star_rows_match_simulator(prec):
+    arch = load_architecture("mistral-7b")
+    sim = Simulator(load_profile("l4"), n_draws=40)
+    r = sf.n_star_rows(sim, arch, prec, [1, 8, 64], 256, 128, draws=True)
+    for j, b in enumerate((1, 8, 64)):
+        t = sim.n_star(arch, prec, b, draws=True)
+        np.testing.assert_allclose([r["n_star"][j], r["n_star_low"][j], r["n_star_high"][j]],
+                                   [t.value, t.low, t.high], rtol=1e-9)
+
+
+def test_draw_bands_and_shares(surf):
+    for q in ("j_per_query", "cor", "si", "energy_ratio_paper"):
+        lo, hi = surf.data[f"{q}_low"], surf.data[f"{q}_high"]
+        assert np.all(lo <= hi + 1e-12)
+    for k in ("p_trapped_energy", "p_trapped_energy_hli", "p_trapped_si"):
+        p = surf.data[k]
+        assert np.all((p >= 0) & (p <= 1))
+
+
+def test_trust_status_everywhere(surf):
+    st = {(t["precision"], t["model"]): t["status"] for t in surf.trust}
+    assert st[("nf4", "mistral-7b")] == "published"
+    assert st[("fp16", "qwen3-0.6b")] == "reference"
+    assert surf.sel("t_si", precision="nf4", model="mistral-7b")[0, 0] == pytest.approx(0.3942 / 0.4314)
+
+
+def test_size_sweep_is_synthetic_and_assumed():
+    fam = load_architecture("mistral-7b")
+    s = sf.simulate([load_profile("l4")], [fam], ("int8",), (1, 4), sizes=sf.parse_sizes("1e9:2e10:5"),
+                    depth=8)
+    assert s.coords["synthetic"] == [False] + [True] * 5
+    assert s.coords["model"][1] == "mistral-7b~1B"
+    assert np.allclose(s.coords["n_params"][1:], np.geomspace(1e9, 2e10, 5), rtol=1e-6)
+    st = [t["status"] for t in s.trust]
+    assert st[0] == "extrapolated" and set(st[1:]) == {"assumed"}
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    ({"batch": (4, 2)}, "increasing"),
+    ({"batch": (0, 2)}, ">= 1"),
+    ({"precisions": ("nf4", "nf4")}, "twice"),
+    ({"precisions": ("int3",)}, "int3"),
+])
+def test_bad_grids(kwargs, needle):
+    args = {"profiles": [load_profile("l4")], "models": [load_architecture("qwen3-0.6b")], **kwargs}
+    with pytest.raises(QtsimError, match=needle):
+        sf.simulate(**args)
+
+
+@pytest.mark.parametrize("text", ["1e9:5e8:3", "a:b:c", "", "-1,2"])
+def test_bad_sizes(text):
+    with pytest.raises(QtsimError, match="--sizes"):
+        sf.parse_sizes(text)
+
+
+def test_hdf5_layout_and_provenance(surf, tmp_path):
+    path = tmp_path / "s.h5"
+    sf.write_hdf5(surf, path, "qtsim simulate --gpu l4,h100-sxm")
+    with h5py.File(path) as f:
+        assert f.attrs["note"] == "predictions, not measurements"
+        assert f.attrs["command"].startswith("qtsim simulate")
+        assert f.attrs["qtsim_version"]
+        assert list(f.attrs["profile_name"]) == list(GPUS)
+        for k in ("profile_source", "profile_date", "profile_device"):
+            assert len(f.attrs[k]) == 2 and all(f.attrs[k])
+        d = f["j_per_query"]
+        assert d.attrs["units"] == "J" and "power model" in d.attrs["description"]
+        assert [x.label for x in d.dims] == ["gpu", "precision", "model", "batch"]
+        assert [list(x.keys()) for x in d.dims] == [["gpu"], ["precision", "bits"],
+                                                    ["model", "n_params", "synthetic"], ["batch"]]
+        assert list(d.dims[3][0][()]) == list(BATCH)
+        assert f["j_per_query_hli"].attrs["units"] == "J" and "HLI" in f["j_per_query_hli"].attrs["description"]
+        assert [x.label for x in f["b_star"].dims] == ["gpu", "precision", "model"]
+        assert [x.label for x in f["n_star"].dims] == ["gpu", "precision", "batch"]
+        for name in f:
+            assert "units" in f[name].attrs and "description" in f[name].attrs, name
+    back = sf.read_hdf5(path)
+    assert back.coords["gpu"] == list(GPUS) and back.coords["model"] == list(MODELS)
+    np.testing.assert_allclose(back.data["si"], surf.data["si"])
+    assert back.attrs["profiles"][0]["name"] == "l4"
+
+
+def test_csv_long_format(surf, tmp_path):
+    path = tmp_path / "s.csv"
+    n = sf.write_csv(surf, path)
+    lines = path.read_text().splitlines()
+    assert lines[0] == "gpu,precision,model,n_params,batch,quantity,value,unit"
+    assert n == len(lines) - 1 == sum(a.size for a in surf.data.values())
+    assert any(",j_per_query_hli," in x and x.endswith(",J") for x in lines)
+
+
+def test_trap_map_boundaries_follow_the_sign_change():
+    m = sf.trap_map(load_profile("l4"), load_architecture("mistral-7b"), "int8",
+                    np.geomspace(5e8, 5e10, 20), np.arange(1, 65), n_draws=30)
+    assert m["delta_j"].shape == (20, 64) and m["p_trapped"].shape == (20, 64)
+    for i in range(20):
+        row = m["delta_j"][i]
+        if m["b_star_kind"][i] in (0, 1):
+            k = np.argmax((row > 0) != (row[0] > 0))
+            assert m["batches"][k - 1] <= m["b_star_of_n"][i] <= m["batches"][k]
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "qtsim", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_simulate_command_from_a_fresh_shell(tmp_path):
+    out, csv, plots = tmp_path / "g.h5", tmp_path / "g.csv", tmp_path / "figs"
+    r = run_cli("simulate", "--gpu", "l4,h100", "--model", "mistral-7b,qwen3-0.6b",
+                "--precision", "fp16,int8,nf4", "--batch", "1:64:4", "--tokens", "128",
+                "--out", str(out), "--csv", str(csv), "--plot", str(plots), "--draws", "20")
+    assert r.returncode == 0, r.stderr
+    assert "predictions, not measurements" in r.stdout and "trapped" in r.stdout
+    with h5py.File(out) as f:
+        assert f["si"].shape == (2, 3, 2, 4)
+        assert "--batch 1:64:4" in f.attrs["command"]
+        assert list(f["batch"][()]) == [1, 4, 16, 64]
+        assert "si_low" in f and "p_trapped_energy" in f
+    assert csv.stat().st_size > 0
+    for name in ("trap_map.png", "fig1_mistral-7b.png", "fig1_qwen3-0.6b.png", "cor_vs_batch.png"):
+        assert (plots / name).stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--model", "mistral-7b"], "--gpu"),
+    (["--gpu", "l4", "--model", "mistral-7b", "--sizes", "1:2"], "--sizes"),
+    (["--gpu", "l4"], "--model"),
+    (["--gpu", "l4", "--model", "mistral-7b", "--plots", "pie"], "pie"),
+    (["--gpu", "l4", "--model", "mistral-7b", "--batch", "8:1:3"], "--batch"),
+])
+def test_simulate_bad_input_exits_2(tmp_path, args, needle):
+    r = run_cli("simulate", *args, "--out", str(tmp_path / "x.h5"))
+    assert r.returncode == 2, r.stderr
+    assert needle in r.stderr and "Traceback" not in r.stderr
+
+
+def test_nan_percentiles_match_numpy():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(60, 5, 4))
+    x[rng.random(x.shape) < 0.3] = np.nan
+    x[:, 0, 0] = np.nan
+    x[2, 1, 1] = np.inf
+    with np.errstate(all="ignore"), pytest.warns(RuntimeWarning):
+        ref = np.nanpercentile(np.where(np.isfinite(x), x, np.nan), (16, 84), axis=0)
+    np.testing.assert_allclose(sf.nan_percentiles(x), ref, rtol=1e-12, equal_nan=True)
