@@ -6,6 +6,7 @@ import sys
 import time
 
 import click
+
 from qtsim.cli.options import int_list, precision_list, split_list
 
 PLOTS = ("trap", "fig1", "cor")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import click
-from qtsim.cli.options import FORMATS, profile_options
 
+from qtsim.cli.options import FORMATS, profile_options
 from qtsim.precision import PRECISIONS
 
 

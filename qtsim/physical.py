@@ -2,15 +2,23 @@
 
 Per decoding step (one token for each of B sequences), after DESIGN.md sec. 2:
 
-    t_step = t_step_s + L t_layer_s                                  host/launch floor
+    t_step = t_step_s + L (t_layer[p] + B t_layertok[p])             host/launch floor, norms,
+                                                                     rotary, attention kernels
            + sum over quantizable linears of  t_linear(path(p, B))   weights at precision p
-           + t_linear(native path) for lm_head (+ norms, biases)     bitsandbytes keeps it 16-bit
+           + t_linear(activation path) for lm_head (+ norms, biases) bitsandbytes keeps it 16-bit
            + B ctx (kv_bytes_per_token / BW + attention FLOPs)       KV cache and attention
+           + B V t_vocab_s                                           logits handling per step
+
+The activation path is the 16-bit dtype the quantized model computes in (LLM.int8(): fp16;
+4-bit: its compute dtype, ``[hardware] compute_dtype_4bit``). ``t_layer[p]`` and
+``t_layertok[p]`` fall back to the generic ``t_layer_s`` and 0 where a profile has no
+per-precision floor (spec-derived profiles).
 
     t_linear(path, W, n_calls, B) = n_calls t_call[path]                    per-call floor
                                   + W (bytes_per_weight(path) / BW + t_weight[path])
                                   + B W t_tokweight[path]
 
+Any path may split into ``PATH_b1`` (batch 1: GEMV kernels) and ``PATH_bn`` (batch >= 2).
 ``t_weight`` is the per-step, per-weight casting (dequantisation) time that batching amortises;
 ``t_tokweight`` is the per-token, per-weight time (the matmul itself, 2 FLOPs per weight, plus
 per-token casting such as LLM.int8()'s activation quantisation) that batching does not.
@@ -44,7 +52,7 @@ PATHS = ("fp16", "bf16", "int8", "int8_t0", "nf4_b1", "nf4_bn", "nf4dq_b1", "nf4
 FALLBACK = {"fp4": "nf4", "nf4dq": "nf4", "bf16": "fp16", "fp16": "bf16", "int8_t0": "int8"}
 
 PARAM_UNITS = {
-    "mem_bw_gbs": "GB/s", "t_step_s": "s", "t_layer_s": "s", "p_static_w": "W",
+    "mem_bw_gbs": "GB/s", "t_step_s": "s", "t_layer_s": "s", "t_vocab_s": "s/(sequence*token)", "p_static_w": "W",
     "e_byte_j": "J/byte", "e_flop_j": "J/FLOP", "t_call": "s", "t_weight": "s/weight",
     "t_tokweight": "s/(weight*token)",
 }
@@ -69,19 +77,29 @@ def path_family(precision: str, double_quant: bool = False, int8_threshold: floa
     return p
 
 
+def _fallbacks(path: str) -> list[str]:
+    """``path`` then its stand-ins, nearest first: the unsplit family, then sibling families."""
+    fam, sep, suffix = path.partition("_")
+    if fam == "int8" and suffix.startswith("t0"):
+        fam, suffix = "int8_t0", suffix[3:]
+    suffix = suffix if suffix in ("b1", "bn") else ""
+    out, cur = [], fam
+    while cur and cur not in out:
+        out.append(cur)
+        cur = FALLBACK.get(cur)
+    names = []
+    for f in out:
+        if suffix:
+            names.append(f"{f}_{suffix}")
+        names.append(f)
+    return names
+
+
 def resolve_path(params: Mapping, path: str) -> str:
     """The path whose coefficients ``params`` holds for ``path`` (itself, or its fallback)."""
-    seen = []
-    cur = path
-    while cur not in seen:
-        seen.append(cur)
-        if all(n in params for n in path_param_names(cur)):
-            return cur
-        fam, _, suffix = cur.partition("_")
-        nxt = FALLBACK.get(cur) or FALLBACK.get(fam)
-        if nxt is None:
-            break
-        cur = f"{nxt}_{suffix}" if suffix and fam in FALLBACK else nxt
+    for cand in _fallbacks(path):
+        if all(n in params for n in path_param_names(cand)):
+            return cand
     raise ProfileError(f"profile has no coefficients for kernel path {path!r} "
                        f"(needs {', '.join(path_param_names(path))})")
 
@@ -89,14 +107,41 @@ def resolve_path(params: Mapping, path: str) -> str:
 def path_coefficients(params: Mapping, family: str, batch):
     """(t_call_s, t_weight_s, t_tokweight_s) for the code path ``batch`` selects in ``family``.
 
-    4-bit families split at batch 1 (bitsandbytes' fused GEMV) and batch >= 2.
+    Where the profile splits a family at batch 1 (GEMV kernels) and batch >= 2, the batch
+    picks the side; otherwise one set serves every batch.
     """
+    b1 = resolve_path(params, f"{family}_b1")
+    bn = resolve_path(params, f"{family}_bn")
+    if b1 == bn:
+        return tuple(params[n] for n in path_param_names(b1))
+    one = np.asarray(batch) <= 1
+    return tuple(np.where(one, params[x], params[y])
+                 for x, y in zip(path_param_names(b1), path_param_names(bn), strict=True))
+
+
+def activation_family(family: str, native: str = "fp16", compute_dtype_4bit: str | None = None) -> str:
+    """The 16-bit dtype a model at ``family`` computes activations (and its lm_head) in."""
+    if family in ("fp16", "bf16"):
+        return family
     if family in ("nf4", "nf4dq", "fp4"):
-        b1 = [params[n] for n in path_param_names(resolve_path(params, f"{family}_b1"))]
-        bn = [params[n] for n in path_param_names(resolve_path(params, f"{family}_bn"))]
-        one = np.asarray(batch) <= 1
-        return tuple(np.where(one, x, y) for x, y in zip(b1, bn, strict=True))
-    return tuple(params[n] for n in path_param_names(resolve_path(params, family)))
+        return compute_dtype_4bit or native
+    return "fp16"  # LLM.int8() runs its activations and outlier columns in fp16
+
+
+def layer_floor(params: Mapping, family: str, batch):
+    """(t_layer_s, t_layertok_s): per-layer per-step and per-layer per-sequence floor times.
+
+    A calibrated profile may split the per-step part at batch 1 and batch >= 2
+    (``t_layer_<fam>_b1_s`` / ``_bn_s``), as the kernels behind norms and attention differ.
+    """
+    for cand in _fallbacks(family):
+        tok = params.get(f"t_layertok_{cand}_s", 0.0)
+        if f"t_layer_{cand}_b1_s" in params and f"t_layer_{cand}_bn_s" in params:
+            one = np.asarray(batch) <= 1
+            return np.where(one, params[f"t_layer_{cand}_b1_s"], params[f"t_layer_{cand}_bn_s"]), tok
+        if f"t_layer_{cand}_s" in params:
+            return params[f"t_layer_{cand}_s"], tok
+    return params["t_layer_s"], 0.0
 
 
 def bytes_per_weight(counts: ArchCounts, family: str):
@@ -116,22 +161,24 @@ def linear_time_s(n_weights, n_calls, batch, bytes_per_weight_, t_call_s, t_weig
 
 
 def step_time_s(counts: ArchCounts, family: str, batch, context, params: Mapping,
-                native: str = "fp16"):
+                native: str = "fp16", compute_dtype_4bit: str | None = None):
     """Wall time of one decoding step (one token for each of ``batch`` sequences), s.
 
-    ``context`` is the number of tokens already in the KV cache; ``native`` the 16-bit path the
-    lm_head and attention run in.
+    ``context`` is the number of tokens already in the KV cache; ``native`` the reference
+    16-bit dtype and ``compute_dtype_4bit`` the 4-bit models' compute dtype (default native).
     """
     bw = params["mem_bw_gbs"]
     q = path_coefficients(params, family, batch)
-    nat = path_coefficients(params, native, batch)
+    act = path_coefficients(params, activation_family(family, native, compute_dtype_4bit), batch)
     t_quant = linear_time_s(counts.n_quant_weights, counts.n_linear_calls, batch,
                             bytes_per_weight(counts, family), *q, bw)
-    t_head = linear_time_s(counts.n_native_streamed, 1.0, batch, NATIVE_BYTES, *nat, bw)
+    t_head = linear_time_s(counts.n_native_streamed, 1.0, batch, NATIVE_BYTES, *act, bw)
     kv_s = batch * context * counts.kv_bytes_per_token / (bw * 1e9)
-    attn_s = batch * context * counts.attn_flops_per_token_per_ctx * nat[2] / 2.0
-    return (params["t_step_s"] + counts.n_layers * params["t_layer_s"]
-            + t_quant + t_head + kv_s + attn_s)
+    attn_s = batch * context * counts.attn_flops_per_token_per_ctx * act[2] / 2.0
+    t_layer, t_layertok = layer_floor(params, family, batch)
+    t_logits = batch * counts.vocab_size * params.get("t_vocab_s", 0.0)
+    return (params["t_step_s"] + counts.n_layers * (t_layer + batch * t_layertok)
+            + t_quant + t_head + kv_s + attn_s + t_logits)
 
 
 def step_bytes(counts: ArchCounts, family: str, batch, context):
@@ -154,7 +201,8 @@ def step_energy_j(time_s, bytes_, flops, params: Mapping, tdp_w):
 
 
 def query(counts: ArchCounts, precision: str, batch, new_tokens, prompt_tokens,
-          params: Mapping, tdp_w, native: str = "fp16", double_quant: bool = False):
+          params: Mapping, tdp_w, native: str = "fp16", double_quant: bool = False,
+          compute_dtype_4bit: str | None = None):
     """Latency, throughput and energy of one batch of queries (prefill + K-1 decode steps).
 
     Returns a dict of arrays: ``step_s`` (mean decode step), ``prefill_s``, ``latency_s``
@@ -166,9 +214,10 @@ def query(counts: ArchCounts, precision: str, batch, new_tokens, prompt_tokens,
     k = np.asarray(new_tokens, dtype=float)
     prompt = np.asarray(prompt_tokens, dtype=float)
     ctx = prompt + k / 2.0
-    step = step_time_s(counts, family, b, ctx, params, native)
+    step = step_time_s(counts, family, b, ctx, params, native, compute_dtype_4bit)
     pre_tokens = b * np.maximum(prompt, 1.0)
-    prefill = step_time_s(counts, family, pre_tokens, prompt / 2.0, params, native)
+    prefill = step_time_s(counts, family, pre_tokens, prompt / 2.0, params, native,
+                          compute_dtype_4bit)
     n_steps = np.maximum(k - 1.0, 0.0)
     latency = prefill + n_steps * step
     e_step = step_energy_j(step, step_bytes(counts, family, b, ctx), step_flops(counts, b, ctx),
@@ -196,7 +245,8 @@ def peak_memory_bytes(counts: ArchCounts, precision: str, batch, new_tokens, pro
 
 
 def paper_constants(counts: ArchCounts, precision: str, params: Mapping, tdp_w,
-                    native: str = "fp16", context=0.0, double_quant: bool = False):
+                    native: str = "fp16", context=0.0, double_quant: bool = False,
+                    compute_dtype_4bit: str | None = None):
     """The paper's alpha, gamma, phi(h, p) derived from the physical model at batch 1.
 
     At B = 1 the physical energy per hop is split exactly as eq. 19 writes it,
@@ -214,7 +264,7 @@ def paper_constants(counts: ArchCounts, precision: str, params: Mapping, tdp_w,
     fam_p = path_family(precision, double_quant)
 
     def e_hop(fam):
-        t = step_time_s(counts, fam, 1.0, context, params, native)
+        t = step_time_s(counts, fam, 1.0, context, params, native, compute_dtype_4bit)
         return step_energy_j(t, step_bytes(counts, fam, 1.0, context),
                              step_flops(counts, 1.0, context), params, tdp_w)
 

@@ -25,7 +25,7 @@ import numpy as np
 import tomllib
 
 from qtsim.errors import ProfileError, UnknownNameError, suggest
-from qtsim.physical import GLOBAL_PARAMS, path_param_names
+from qtsim.physical import GLOBAL_PARAMS, path_param_names, resolve_path
 
 SCHEMA_VERSION = 1
 SOURCES = ("spec", "prior", "published", "calibrated", "fixed", "assumed", "derived")
@@ -69,6 +69,11 @@ class HardwareProfile:
     def native(self) -> str:
         """The 16-bit dtype this hardware's reference runs use (fp16 on GPUs)."""
         return self.hardware.get("native_dtype", "fp16")
+
+    @property
+    def compute_dtype_4bit(self) -> str:
+        """The dtype 4-bit models compute in on this hardware (bitsandbytes compute_dtype)."""
+        return self.hardware.get("compute_dtype_4bit", self.native)
 
     @property
     def memory_bytes(self) -> float:
@@ -173,10 +178,15 @@ def parse_profile(text: str, where: str = "profile") -> HardwareProfile:
             _fail(where, f"[physical.{k}] source must be one of {', '.join(SOURCES)}, got {src!r}")
         physical[k] = Param(val, se, str(entry.get("unit", "")), src, str(entry.get("basis", "")))
     missing = [k for k in GLOBAL_PARAMS if k not in physical]
-    native = hw.get("native_dtype", "fp16")
-    missing += [n for n in path_param_names(native) if n not in physical]
     if missing:
         _fail(where, f"[physical] lacks {', '.join(missing)}")
+    native = hw.get("native_dtype", "fp16")
+    for side in ("b1", "bn"):
+        try:
+            resolve_path(physical, f"{native}_{side}")
+        except ProfileError:
+            _fail(where, f"[physical] lacks the native {native} path "
+                         f"({', '.join(path_param_names(native))} or its _b1/_bn split)")
     return HardwareProfile(hw, prov, physical, doc.get("constants", {}), doc.get("fit", {}), where)
 
 

@@ -119,7 +119,7 @@ class Simulator:
         """Latency, throughput, J/query (power model and HLI) and peak memory, vectorised."""
         out = physical.query(counts, precision, batch, new_tokens, prompt_tokens,
                              self.params(draws), self.profile.tdp_w, self.profile.native,
-                             double_quant)
+                             double_quant, self.profile.compute_dtype_4bit)
         overhead = float(self.profile.hardware.get("runtime_overhead_gib", 0.0)) * GIB
         out["peak_bytes"] = physical.peak_memory_bytes(counts, precision, batch, new_tokens,
                                                        prompt_tokens, double_quant, overhead)
@@ -233,7 +233,8 @@ class Simulator:
                         double_quant=False):
         """The paper's alpha, gamma, phi(h, p) and eq. 18 B*, derived at batch 1."""
         c = physical.paper_constants(counts, precision, self.params(draws), self.profile.tdp_w,
-                                     self.profile.native, double_quant=double_quant)
+                                     self.profile.native, double_quant=double_quant,
+                                     compute_dtype_4bit=self.profile.compute_dtype_4bit)
         c["b_star_paper"] = paper.b_star(c["alpha_j_per_bit"], c["phi_j"],
                                          get_precision(precision).bits)
         return c

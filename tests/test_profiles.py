@@ -62,6 +62,8 @@ def test_user_directory_searched_first(tmp_path, monkeypatch):
     (lambda t: t.replace("tdp_w = 72.0", "tdp_w = -72.0"), "tdp_w"),
     (lambda t: t.replace("value = 240.0", "value = nan"), "finite"),
     (lambda t: t.replace("[physical.t_step_s]", "[physical.t_step_sX]"), "lacks t_step_s"),
+    (lambda t: t.replace("[physical.t_call_fp16_s]", "[physical.t_call_fp16X_s]")
+     .replace("[physical.t_call_bf16_s]", "[physical.t_call_bf16X_s]"), "native fp16 path"),
     (lambda t: t[: len(t) // 2] + "[[[", "not valid TOML"),
 ])
 def test_corrupt_profiles_give_one_line_errors(mutate, msg):

@@ -1,0 +1,52 @@
+"""The conditions recorded with every measured point: hardware, software versions, clocks,
+temperature, power limit and the meters used. Versions are read with importlib.metadata, so
+this module imports neither torch nor bitsandbytes itself."""
+
+from __future__ import annotations
+
+from importlib import metadata
+from typing import Any
+
+
+def package_version(name: str) -> str | None:
+    """Installed version of distribution ``name``, or None when it is not installed."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def environment_attrs(device, monitor=None, purpose: str = "calibration") -> dict[str, Any]:
+    """Attributes common to every point measured on ``device`` with ``monitor``.
+
+    Clocks (MHz), temperature (C) and power limit (W) are read now, at the point's start.
+    """
+    info = device.describe()
+    attrs: dict[str, Any] = {
+        "hardware": device.name,
+        "backend": device.backend,
+        "device": info.get("device_string"),
+        "torch": package_version("torch"),
+        "transformers": package_version("transformers"),
+        "bitsandbytes": package_version("bitsandbytes"),
+        "accelerate": package_version("accelerate"),
+        "cuda": info.get("cuda_version"),
+        "driver": info.get("driver_version"),
+        "clocks": {
+            "sm_mhz": info.get("sm_clock_mhz"),
+            "mem_mhz": info.get("mem_clock_mhz"),
+            "max_sm_mhz": info.get("max_sm_clock_mhz"),
+            "max_mem_mhz": info.get("max_mem_clock_mhz"),
+        },
+        "temperature_c": info.get("temperature_c"),
+        "power_limit_w": info.get("power_limit_w"),
+        "memory_bytes": info.get("memory_bytes"),
+        "logical_cores": info.get("logical_cores"),
+        "torch_threads": info.get("torch_threads"),
+        "purpose": purpose,
+    }
+    if monitor is not None:
+        attrs["meters"] = list(monitor.meter_names)
+        attrs["tdp_w"] = monitor.tdp_w
+        attrs["hli_assumption"] = monitor.hli_assumption
+    return attrs

@@ -1,0 +1,422 @@
+"""Full real decoding runs of a random-weight causal LM built from an architecture config.
+
+Cost depends on shapes, not values, so weights are random (seeded). Quantised models take the
+honest route when transformers allows it: save the random 16-bit model as safetensors to a
+temporary directory and ``from_pretrained(tmp, quantization_config=BitsAndBytesConfig(...))``.
+If transformers refuses (on CPU it needs ``accelerate`` for bitsandbytes), the fallback swaps
+every ``nn.Linear`` except ``lm_head`` for the bitsandbytes layer carrying the same weights,
+as ``transformers.integrations.bitsandbytes.replace_with_bnb_linear`` does; the route taken and
+why are recorded in the point's attrs (``build_route``, ``build_route_reason``).
+
+Random weights have none of the activation outliers that make LLM.int8() take its fp16 path on
+real models; ``outlier_injection=True`` adds forward pre-hooks to every quantised linear that
+set 8 fixed input dims to +-20 (> threshold 6.0), so the outlier path runs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from qtsim.calibration.bench import (
+    DEFAULT_THRESHOLD,
+    OUTLIER_N_DIMS,
+    OUTLIER_SCALE,
+    _torch_dtype,
+    compute_dtype_name,
+    is_oom,
+    iters_for,
+    measurements_to_datasets,
+    oom_reason,
+    outlier_dims,
+    release_memory,
+)
+from qtsim.calibration.conditions import environment_attrs
+from qtsim.calibration.energy import EnergyMonitor
+from qtsim.calibration.raw import PointResult, make_point_id, now_iso
+from qtsim.errors import MeasurementError, QtsimError
+
+_DROP_CONFIG_KEYS = ("architectures", "transformers_version", "torch_dtype", "dtype",
+                     "quantization_config", "_name_or_path", "auto_map")
+PEAK_RSS_LABEL = "process peak RSS (VmHWM from /proc/self/status)"
+
+
+@dataclass
+class BuiltModel:
+    """A model ready to decode, with the attrs describing how it was built."""
+
+    model: Any
+    config: dict
+    precision: str
+    attrs: dict[str, Any]
+    device: Any
+
+
+def hf_config(config: dict):
+    """A transformers config object from an HF config.json dict (``model_type`` required)."""
+    from transformers import AutoConfig
+
+    cfg = {k: v for k, v in config.items() if k not in _DROP_CONFIG_KEYS}
+    model_type = cfg.pop("model_type", None)
+    if not model_type:
+        raise QtsimError("architecture config has no model_type")
+    try:
+        return AutoConfig.for_model(model_type, **cfg)
+    except (ValueError, KeyError) as exc:
+        raise QtsimError(f"transformers cannot build a {model_type!r} config: {exc}") from None
+
+
+def _random_model(config: dict, dtype_name: str, device, seed: int):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = hf_config(config)
+    if device.backend == "cuda":
+        with torch.device(device.torch_device):
+            model = AutoModelForCausalLM.from_config(cfg, dtype=_torch_dtype(dtype_name))
+    else:
+        model = AutoModelForCausalLM.from_config(cfg, dtype=_torch_dtype(dtype_name))
+    return model.to(device.torch_device).eval()
+
+
+def bnb_config(precision: str, device, *, double_quant: bool = False,
+               threshold: float = DEFAULT_THRESHOLD):
+    """The transformers ``BitsAndBytesConfig`` for a quantised precision."""
+    from transformers import BitsAndBytesConfig
+
+    if precision == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=threshold)
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type=precision,
+        bnb_4bit_compute_dtype=_torch_dtype(compute_dtype_name(device, precision)),
+        bnb_4bit_use_double_quant=double_quant,
+    )
+
+
+def _from_pretrained_route(config, precision, device, seed, double_quant, threshold):
+    from transformers import AutoModelForCausalLM
+
+    tmp = tempfile.mkdtemp(prefix="qtsim-random-model-")
+    try:
+        model16 = _random_model(config, compute_dtype_name(device, precision), device, seed)
+        model16.save_pretrained(tmp, safe_serialization=True)
+        del model16
+        release_memory(device)
+        kwargs: dict[str, Any] = {
+            "quantization_config": bnb_config(precision, device, double_quant=double_quant,
+                                              threshold=threshold),
+            "dtype": _torch_dtype(compute_dtype_name(device, precision)),
+        }
+        if device.backend == "cuda":
+            kwargs["device_map"] = {"": device.index}
+        return AutoModelForCausalLM.from_pretrained(tmp, **kwargs).eval()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class _quiet_progress_bars:
+    """Turn transformers' save/load progress bars off for the duration of a block."""
+
+    def __enter__(self):
+        from transformers.utils import logging as hf_logging
+
+        self._hf = hf_logging
+        self._was = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+
+    def __exit__(self, *exc):
+        if self._was:
+            self._hf.enable_progress_bar()
+        return False
+
+
+def replace_linears_with_bnb(model, precision: str, device, *, double_quant: bool = False,
+                             threshold: float = DEFAULT_THRESHOLD,
+                             skip: tuple[str, ...] = ("lm_head",)) -> int:
+    """Swap each ``nn.Linear`` (not in ``skip``) for its bitsandbytes layer, same weights.
+
+    Returns the number of layers replaced.
+    """
+    import bitsandbytes as bnb
+    import torch
+
+    cdt = _torch_dtype(compute_dtype_name(device, precision))
+    n = 0
+    for name, module in list(model.named_modules()):
+        if type(module) is not torch.nn.Linear or name.split(".")[-1] in skip:
+            continue
+        w = module.weight.data.detach().to("cpu")
+        bias = module.bias is not None
+        if precision == "int8":
+            new = bnb.nn.Linear8bitLt(module.in_features, module.out_features, bias=bias,
+                                      has_fp16_weights=False, threshold=threshold)
+            new.weight = bnb.nn.Int8Params(w.half(), requires_grad=False,
+                                           has_fp16_weights=False)
+            if bias:
+                new.bias = torch.nn.Parameter(module.bias.data.detach().to("cpu").half(),
+                                              requires_grad=False)
+        else:
+            new = bnb.nn.Linear4bit(module.in_features, module.out_features, bias=bias,
+                                    compute_dtype=cdt, compress_statistics=double_quant,
+                                    quant_type=precision)
+            new.weight = bnb.nn.Params4bit(w.to(cdt), requires_grad=False, quant_type=precision,
+                                           compress_statistics=double_quant)
+            if bias:
+                new.bias = torch.nn.Parameter(module.bias.data.detach().to("cpu", cdt),
+                                              requires_grad=False)
+        model.set_submodule(name, new.to(device.torch_device).eval())
+        n += 1
+    return n
+
+
+def quantised_linears(model) -> list:
+    """The bitsandbytes linear layers in ``model``."""
+    import bitsandbytes as bnb
+
+    return [m for m in model.modules() if isinstance(m, (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit))]
+
+
+def add_outlier_hooks(model, n_dims: int = OUTLIER_N_DIMS, scale: float = OUTLIER_SCALE) -> int:
+    """Forward pre-hooks on every quantised linear setting ``n_dims`` fixed input dims
+    (:func:`~qtsim.calibration.bench.outlier_dims`) to +-``scale``. Returns hooks added."""
+    import torch
+
+    def hook(module, args):
+        x = args[0]
+        dims = torch.tensor(outlier_dims(x.shape[-1], n_dims), device=x.device)
+        x = x.clone()
+        sel = x.index_select(-1, dims)
+        x.index_copy_(-1, dims, torch.where(sel < 0, -scale, scale).to(x.dtype))
+        return (x, *args[1:])
+
+    layers = quantised_linears(model)
+    for m in layers:
+        m.register_forward_pre_hook(hook)
+    return len(layers)
+
+
+def build_model(config: dict, precision: str, device, *, seed: int = 0,
+                outlier_injection: bool = False, double_quant: bool = False,
+                threshold: float = DEFAULT_THRESHOLD, route: str = "auto") -> BuiltModel:
+    """A random-weight causal LM of architecture ``config`` in ``precision`` on ``device``.
+
+    ``precision``: fp16 | bf16 (16-bit, ``from_config``), int8 (LLM.int8(), ``threshold``),
+    nf4 | fp4 (4-bit, compute dtype bf16 on CPU / fp16 on CUDA, ``double_quant``).
+    ``route``: "auto" (from_pretrained, falling back to module replacement),
+    "from_pretrained" or "module_replacement".
+    """
+    precision = precision.lower()
+    if precision not in ("fp16", "bf16", "int8", "nf4", "fp4"):
+        raise QtsimError(f"unknown precision {precision!r} (known: fp16, bf16, int8, nf4, fp4)")
+    attrs: dict[str, Any] = {
+        "precision": precision,
+        "compute_dtype": compute_dtype_name(device, precision),
+        "llm_int8_threshold": threshold if precision == "int8" else None,
+        "bnb_4bit_quant_type": precision if precision in ("nf4", "fp4") else None,
+        "bnb_4bit_use_double_quant": double_quant if precision in ("nf4", "fp4") else None,
+        "seed": seed,
+        "outlier_injection": outlier_injection,
+    }
+    if precision in ("fp16", "bf16"):
+        model = _random_model(config, precision, device, seed)
+        attrs.update(build_route="from_config", build_route_reason="16-bit: no quantisation")
+    else:
+        model = None
+        reason = "requested"
+        if route == "auto" and importlib.util.find_spec("accelerate") is None:
+            route = "module_replacement"
+            reason = "accelerate is not installed (transformers needs it for bitsandbytes)"
+        if route in ("auto", "from_pretrained"):
+            try:
+                with _quiet_progress_bars():
+                    model = _from_pretrained_route(config, precision, device, seed,
+                                                   double_quant, threshold)
+                attrs.update(build_route="from_pretrained",
+                             build_route_reason="transformers BitsAndBytesConfig")
+            except (ImportError, ValueError, RuntimeError, NotImplementedError, TypeError) as exc:
+                if route == "from_pretrained" or is_oom(exc):
+                    raise
+                reason = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+                release_memory(device)
+        if model is None:
+            model = _random_model(config, compute_dtype_name(device, precision), device, seed)
+            replace_linears_with_bnb(model, precision, device, double_quant=double_quant,
+                                     threshold=threshold)
+            attrs.update(build_route="module_replacement",
+                         build_route_reason=f"from_pretrained not used: {reason}")
+    attrs["n_quantised_linears"] = len(quantised_linears(model)) if precision not in (
+        "fp16", "bf16") else 0
+    if outlier_injection:
+        if precision in ("fp16", "bf16"):
+            attrs["outlier_hooks"] = 0
+        else:
+            attrs["outlier_hooks"] = add_outlier_hooks(model)
+        attrs.update(outlier_n_dims=OUTLIER_N_DIMS, outlier_scale=OUTLIER_SCALE,
+                     outlier_dims_rule=f"i * in_features // {OUTLIER_N_DIMS}, "
+                                       f"i < {OUTLIER_N_DIMS}; set to +-{OUTLIER_SCALE:g}")
+    try:
+        attrs["model_memory_bytes"] = int(model.get_memory_footprint())
+    except Exception:  # noqa: BLE001 - informative only
+        attrs["model_memory_bytes"] = None
+    return BuiltModel(model, dict(config), precision, attrs, device)
+
+
+# -- peak memory ----------------------------------------------------------------------------------
+def _proc_status_bytes(key: str) -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            m = re.search(rf"^{key}:\s+(\d+)\s+kB", f.read(), re.MULTILINE)
+        return int(m.group(1)) * 1024 if m else None
+    except OSError:
+        return None
+
+
+def reset_peak_memory(device) -> str:
+    """Reset the peak-memory mark; returns how peak memory will be labelled."""
+    if device.backend == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(device.index)
+        return "torch.cuda.max_memory_allocated"
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")  # Linux >= 4.0: reset VmHWM to the current RSS
+        return f"{PEAK_RSS_LABEL}, reset before the measured reps"
+    except OSError:
+        return f"{PEAK_RSS_LABEL}, since process start (reset not permitted)"
+
+
+def peak_memory_bytes(device) -> int | None:
+    """Peak memory since :func:`reset_peak_memory`, in bytes."""
+    if device.backend == "cuda":
+        import torch
+
+        return int(torch.cuda.max_memory_allocated(device.index))
+    return _proc_status_bytes("VmHWM")
+
+
+# -- decoding -------------------------------------------------------------------------------------
+def decode_point_id(model_name: str, precision: str, batch: int, prompt_len: int,
+                    new_tokens: int, *, double_quant: bool = False,
+                    threshold: float = DEFAULT_THRESHOLD, outlier_injection: bool = False) -> str:
+    """``decode__<model>__<precision>[dq|_t0]__b<batch>__p<prompt>__k<K>[__oi]``."""
+    tag = precision + ("dq" if double_quant and precision in ("nf4", "fp4") else "")
+    if precision == "int8" and threshold == 0.0:
+        tag += "_t0"
+    parts = [model_name, tag, f"b{batch}", f"p{prompt_len}", f"k{new_tokens}"]
+    if outlier_injection:
+        parts.append("oi")
+    return make_point_id("decode", *parts)
+
+
+def _timed(fn, device) -> float:
+    device.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    device.synchronize()
+    return time.perf_counter() - t0
+
+
+def decode_run(built: BuiltModel, batch: int, prompt_len: int, new_tokens: int,
+               reps: int = 3, warmup: int = 1, *, monitor: EnergyMonitor | None = None,
+               seed: int = 0, min_window_s: float | None = None, model_name: str = "model",
+               purpose: str = "calibration") -> PointResult:
+    """Greedy-decode exactly ``new_tokens`` (K) tokens for ``batch`` random prompts of
+    ``prompt_len`` tokens, ``reps`` measured windows after ``warmup`` unmeasured runs; and a
+    1-new-token generate per rep for the prefill time.
+
+    ``duration_s``/``prefill_s`` are window durations (s); a window holds ``iters_per_rep``
+    (``prefill_iters_per_rep``) generates, 1 unless ``min_window_s`` asks for longer windows.
+    """
+    import torch
+
+    device = built.device
+    monitor = monitor or EnergyMonitor(device)
+    model = built.model
+    vocab = int(built.config.get("vocab_size") or model.config.vocab_size)
+    attrs: dict[str, Any] = {
+        **environment_attrs(device, monitor, purpose), **built.attrs, "kind": "decode",
+        "model": model_name, "config_json": json.dumps(built.config, sort_keys=True),
+        "batch": batch, "prompt_len": prompt_len, "new_tokens": new_tokens, "reps": reps,
+        "warmup": warmup, "prompt_seed": seed, "started": now_iso(),
+    }
+    gen = torch.Generator().manual_seed(seed)
+    try:
+        with torch.inference_mode():
+            ids = torch.randint(1, vocab, (batch, prompt_len), generator=gen)
+            ids = ids.to(device.torch_device)
+            mask = torch.ones_like(ids)
+
+            def generate(k: int):
+                return model.generate(input_ids=ids, attention_mask=mask, min_new_tokens=k,
+                                      max_new_tokens=k, do_sample=False, use_cache=True,
+                                      pad_token_id=0)
+
+            out = generate(new_tokens)
+            if tuple(out.shape) != (batch, prompt_len + new_tokens):
+                raise MeasurementError(
+                    f"generate returned shape {tuple(out.shape)}, expected "
+                    f"{(batch, prompt_len + new_tokens)}"
+                )
+            t_gen = _timed(lambda: generate(new_tokens), device)
+            t_pre = _timed(lambda: generate(1), device)
+            for _ in range(max(0, warmup - 1)):
+                t_gen = min(t_gen, _timed(lambda: generate(new_tokens), device))
+                t_pre = min(t_pre, _timed(lambda: generate(1), device))
+            iters = iters_for(t_gen, min_window_s) if min_window_s else 1
+            p_iters = iters_for(t_pre, min_window_s) if min_window_s else 1
+            peak_kind = reset_peak_memory(device)
+            gen_ms, pre_ms = [], []
+            for r in range(reps):
+                monitor.begin_window(f"decode#{r}")
+                for _ in range(iters):
+                    generate(new_tokens)
+                gen_ms.append(monitor.end_window(f"decode#{r}"))
+                monitor.begin_window(f"prefill#{r}")
+                for _ in range(p_iters):
+                    generate(1)
+                pre_ms.append(monitor.end_window(f"prefill#{r}"))
+            peak = peak_memory_bytes(device)
+        ids = mask = out = None
+    except Exception as exc:
+        if not is_oom(exc):
+            raise
+        release_memory(device)
+        return PointResult.skipped({**attrs, "finished": now_iso()},
+                                   oom_reason(exc, f"batch {batch}"))
+    datasets, excl, notes = measurements_to_datasets(gen_ms)
+    pre_data, pre_excl, pre_notes = measurements_to_datasets(pre_ms, prefix="prefill_",
+                                                              duration_name="prefill_s")
+    datasets.update(pre_data)
+    if peak is not None:
+        datasets["peak_memory_bytes"] = peak
+    attrs.update(
+        iters_per_rep=iters, prefill_iters_per_rep=p_iters, min_window_s=min_window_s,
+        exclusions=excl + [e for e in pre_excl if e not in excl],
+        notes=notes + [n for n in pre_notes if n not in notes],
+        peak_memory_kind=peak_kind, status="ok", finished=now_iso(),
+        tokens_generated=int(new_tokens),
+    )
+    if device.backend == "cpu":
+        attrs["rss_bytes"] = _proc_status_bytes("VmRSS")
+    return PointResult(attrs, datasets)
+
+
+def cleanup(built: BuiltModel) -> None:
+    """Drop the model and give memory back."""
+    built.model = None
+    release_memory(built.device)
+
+
+__all__ = [
+    "BuiltModel", "build_model", "decode_run", "decode_point_id", "hf_config", "bnb_config",
+    "replace_linears_with_bnb", "add_outlier_hooks", "reset_peak_memory", "peak_memory_bytes",
+    "cleanup",
+]

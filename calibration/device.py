@@ -1,0 +1,291 @@
+"""The device being measured, behind a small interface: the CPU or one CUDA GPU.
+
+``detect_device("cpu")`` gives this machine's CPU; ``detect_device("h100")`` gives the visible
+CUDA GPU if it is an H100 and refuses otherwise, with a one-line :class:`QtsimError`.
+Importing this module does not import torch; torch loads inside the methods that need it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+from qtsim.errors import QtsimError
+
+# Normalised names qtsim uses for hardware (profiles and raw data key on these).
+KNOWN_GPU_NAMES = (
+    "h100-sxm",
+    "h100-pcie",
+    "h100-nvl",
+    "h200",
+    "gh200",
+    "a100-80gb",
+    "a100-40gb",
+    "l4",
+    "l40s",
+    "a10g",
+    "t4",
+    "v100",
+    "b200",
+    "rtx-pro-6000-blackwell",
+)
+
+# What a user may type for --gpu, beyond the normalised names: alias -> accepted names.
+GPU_ALIASES: dict[str, tuple[str, ...]] = {
+    "h100": ("h100-sxm", "h100-pcie", "h100-nvl"),
+    "h100-sxm5": ("h100-sxm",),
+    "a100": ("a100-80gb", "a100-40gb"),
+    "rtx-pro-6000": ("rtx-pro-6000-blackwell",),
+    "rtx6000-pro": ("rtx-pro-6000-blackwell",),
+}
+
+
+def normalise_gpu_name(device_string: str) -> str:
+    """Map a CUDA device string to qtsim's hardware name.
+
+    ``"NVIDIA H100 80GB HBM3"`` -> ``"h100-sxm"``, ``"NVIDIA H100 PCIe"`` -> ``"h100-pcie"``,
+    ``"NVIDIA A100-SXM4-80GB"`` -> ``"a100-80gb"``, ``"NVIDIA L4"`` -> ``"l4"``. An unknown
+    string becomes a lower-case slug without the vendor prefix.
+    """
+    s = device_string.lower()
+    if "gh200" in s:
+        return "gh200"
+    if "h100" in s:
+        if "pcie" in s:
+            return "h100-pcie"
+        if "nvl" in s:
+            return "h100-nvl"
+        return "h100-sxm"
+    if "h200" in s:
+        return "h200"
+    if "a100" in s:
+        return "a100-40gb" if "40gb" in s else "a100-80gb"
+    if "b200" in s:
+        return "b200"
+    if "rtx pro 6000" in s and "blackwell" in s:
+        return "rtx-pro-6000-blackwell"
+    if re.search(r"\bl40s\b", s):
+        return "l40s"
+    if re.search(r"\bl4\b", s):
+        return "l4"
+    if re.search(r"\ba10g\b", s):
+        return "a10g"
+    if re.search(r"\bt4\b", s):
+        return "t4"
+    if "v100" in s:
+        return "v100"
+    slug = re.sub(r"^(nvidia|tesla)\s+", "", s)
+    return re.sub(r"[^a-z0-9]+", "-", slug).strip("-") or "unknown-gpu"
+
+
+def accepted_names(requested: str) -> tuple[str, ...]:
+    """The normalised names a ``--gpu`` value accepts (itself, or an alias's members)."""
+    key = requested.strip().lower()
+    if key in GPU_ALIASES:
+        return GPU_ALIASES[key]
+    if key in KNOWN_GPU_NAMES:
+        return (key,)
+    return (normalise_gpu_name(key),)
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _meminfo_bytes(key: str = "MemTotal") -> int | None:
+    text = _read_text("/proc/meminfo") or ""
+    m = re.search(rf"^{key}:\s+(\d+)\s+kB", text, re.MULTILINE)
+    return int(m.group(1)) * 1024 if m else None
+
+
+def cpu_model_name() -> str:
+    """CPU model string from /proc/cpuinfo (or platform.processor())."""
+    text = _read_text("/proc/cpuinfo") or ""
+    m = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
+    if m:
+        return m.group(1).strip()
+    import platform
+
+    return platform.processor() or "unknown cpu"
+
+
+@dataclass
+class Device(ABC):
+    """A measurable device. ``name`` is qtsim's normalised hardware name."""
+
+    backend: str  # "cpu" | "cuda"
+    name: str
+    index: int = 0
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def torch_device(self) -> str:
+        """The torch device string ("cpu" or "cuda:<index>")."""
+        return "cpu" if self.backend == "cpu" else f"cuda:{self.index}"
+
+    @abstractmethod
+    def synchronize(self) -> None:
+        """Block until queued work on the device has finished."""
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """Readable conditions: device string, cores, driver, CUDA, clocks (MHz), temperature
+        (C), power limit (W). Unreadable values are None."""
+
+    @abstractmethod
+    def memory_bytes(self) -> int | None:
+        """Total device memory in bytes (system RAM for the CPU)."""
+
+    def tdp_w(self) -> float | None:
+        """The device's rated power (TDP) in watts when the device itself reports one."""
+        return None
+
+
+@dataclass
+class CpuDevice(Device):
+    """This machine's CPU(s), as torch's CPU backend uses them."""
+
+    backend: str = "cpu"
+    name: str = "cpu"
+
+    def synchronize(self) -> None:
+        """CPU work is synchronous: nothing to wait for."""
+
+    def logical_cores(self) -> int:
+        return os.cpu_count() or 1
+
+    def describe(self) -> dict[str, Any]:
+        try:
+            import torch
+
+            threads = torch.get_num_threads()
+        except ImportError:  # pragma: no cover
+            threads = None
+        mhz = re.search(r"^cpu MHz\s*:\s*([\d.]+)", _read_text("/proc/cpuinfo") or "", re.M)
+        max_khz = _read_text("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
+        return {
+            "device_string": cpu_model_name(),
+            "backend": "cpu",
+            "hardware": self.name,
+            "logical_cores": self.logical_cores(),
+            "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+            "torch_threads": threads,
+            "memory_bytes": self.memory_bytes(),
+            "driver_version": None,
+            "cuda_version": None,
+            "sm_clock_mhz": float(mhz.group(1)) if mhz else None,
+            "mem_clock_mhz": None,
+            "max_sm_clock_mhz": int(max_khz) / 1000 if max_khz and max_khz.strip().isdigit() else None,
+            "temperature_c": None,
+            "power_limit_w": None,
+        }
+
+    def memory_bytes(self) -> int | None:
+        return _meminfo_bytes("MemTotal")
+
+
+@dataclass
+class CudaDevice(Device):
+    """One CUDA GPU; NVML (through :mod:`qtsim.calibration.nvml`) supplies its conditions."""
+
+    backend: str = "cuda"
+    name: str = "unknown-gpu"
+    device_string: str = ""
+
+    def synchronize(self) -> None:
+        import torch
+
+        torch.cuda.synchronize(self.index)
+
+    def nvml(self):
+        """The :class:`NvmlGpu` for this device (cached), or None when NVML is unusable."""
+        if "nvml" not in self._cache:
+            from qtsim.calibration.nvml import NvmlGpu
+
+            try:
+                import torch
+
+                uuid = getattr(torch.cuda.get_device_properties(self.index), "uuid", None)
+                self._cache["nvml"] = NvmlGpu(self.index, str(uuid) if uuid else None)
+            except Exception:  # noqa: BLE001 - NVML missing or failing: record None
+                self._cache["nvml"] = None
+        return self._cache["nvml"]
+
+    def describe(self) -> dict[str, Any]:
+        import torch
+
+        props = torch.cuda.get_device_properties(self.index)
+        out: dict[str, Any] = {
+            "device_string": torch.cuda.get_device_name(self.index),
+            "backend": "cuda",
+            "hardware": self.name,
+            "sm_count": getattr(props, "multi_processor_count", None),
+            "compute_capability": f"{props.major}.{props.minor}",
+            "memory_bytes": int(props.total_memory),
+            "cuda_version": torch.version.cuda,
+            "driver_version": None,
+            "sm_clock_mhz": None,
+            "mem_clock_mhz": None,
+            "temperature_c": None,
+            "power_limit_w": None,
+        }
+        gpu = self.nvml()
+        if gpu is not None:
+            out.update(gpu.info())
+        return out
+
+    def memory_bytes(self) -> int | None:
+        import torch
+
+        return int(torch.cuda.get_device_properties(self.index).total_memory)
+
+    def tdp_w(self) -> float | None:
+        gpu = self.nvml()
+        return gpu.default_power_limit_w() if gpu is not None else None
+
+
+def detect_device(requested: str, index: int = 0, cpu_threads: int | None = None) -> Device:
+    """The device for ``--gpu requested``: "cpu" for this CPU, else a GPU name or alias.
+
+    ``cpu_threads`` (CPU only) sets torch's intra-op threads; None keeps torch's default.
+    On small shared virtual machines one thread measures far more steadily (with 2 threads
+    on 2 vCPUs, a descheduled worker stalls whole windows for up to a second).
+    Raises :class:`QtsimError` (one line) when a GPU is requested but CUDA is not visible, or
+    when the visible GPU is not the requested one.
+    """
+    req = requested.strip().lower()
+    if req == "cpu":
+        if cpu_threads is not None:
+            if cpu_threads < 1:
+                raise QtsimError(f"cpu threads must be >= 1, got {cpu_threads}")
+            import torch
+
+            torch.set_num_threads(cpu_threads)
+        return CpuDevice()
+    import torch
+
+    if not torch.cuda.is_available():
+        raise QtsimError(
+            f"--gpu {requested} requested but no CUDA device is visible "
+            "(torch.cuda.is_available() is False); use --gpu cpu to calibrate this CPU"
+        )
+    if index >= torch.cuda.device_count():
+        raise QtsimError(
+            f"--gpu {requested} requested on CUDA device {index} but only "
+            f"{torch.cuda.device_count()} are visible"
+        )
+    device_string = torch.cuda.get_device_name(index)
+    detected = normalise_gpu_name(device_string)
+    if req not in ("cuda", "auto", "gpu") and detected not in accepted_names(req):
+        raise QtsimError(
+            f"--gpu {requested} requested but the visible GPU is {device_string!r} "
+            f"({detected}); use --gpu {detected}"
+        )
+    return CudaDevice(name=detected, index=index, device_string=device_string)

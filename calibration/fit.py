@@ -1,0 +1,457 @@
+"""Fit a hardware profile's constants from recorded raw HDF5 (lmfit; never torch).
+
+Three stages, each a least-squares fit with lmfit ``Parameters`` and ``minimize``; residuals
+are relative (each point weighted by 1/observed), so microsecond kernels and millisecond steps
+count alike:
+
+1. **Kernel paths** from linear microbenchmarks (kind ``linear``): per path, time per call
+   ``t_call + W (bytes_per_weight / BW + t_weight) + B W t_tokweight`` with one bandwidth shared
+   by all paths (``t_weight`` of the ``fp16`` reference path is 0 by definition, which is what
+   separates bandwidth from casting). Batch-1 paths (``*_b1``) only ever see B = 1, so their
+   ``t_tokweight`` cannot be told from ``t_weight``: it is fixed to the reference path's.
+2. **Per-step floor** from short decodes (kind ``decode``) of small real architectures:
+   ``t_step_s + L t_layer_s`` is what the measured step time leaves after the stage-1 linear,
+   lm_head and attention terms. Two or more depths are needed to separate the two.
+3. **Energy** where a real meter (NVML counter, RAPL) measured it: ``p_static_w``, ``e_byte_j``,
+   ``e_flop_j`` from every point's energy. With only the HLI estimate (TDP x time), the power
+   model is that assumption: ``p_static_w`` = the assumed TDP, the others 0, labelled so.
+
+A fit that does not converge, a constant the data cannot identify (no stderr), or one that
+comes out significantly negative raises :class:`qtsim.errors.FitError` and no profile is
+written. A constant negative within 2 sigma of 0 is held at 0 and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import date
+
+import numpy as np
+
+from qtsim import __version__, physical
+from qtsim.architecture import from_config
+from qtsim.errors import FitError
+from qtsim.profiles import HardwareProfile, Param, file_sha256
+
+REFERENCE_PATH = "fp16"
+REAL_METERS = ("nvml_counter", "rapl", "nvml_poll")
+#: constants are fitted in units that make them O(1) (us, ps), which keeps lmfit's numerical
+#: derivatives and its bound handling well conditioned; results are converted back to SI
+SCALES = (("t_tokweight_", 1e-12), ("t_weight_", 1e-12), ("inv_bw", 1e-12), ("t_call_", 1e-6),
+          ("t_vocab", 1e-9),
+          ("t_layertok_", 1e-6), ("t_layer_", 1e-6), ("t_step", 1e-6), ("e_byte", 1e-12),
+          ("e_flop", 1e-12), ("p_static", 1.0))
+
+
+def scale_of(name: str) -> float:
+    for prefix, sc in SCALES:
+        if name.startswith(prefix):
+            return sc
+    return 1.0
+
+
+def si_values(params) -> dict[str, float]:
+    """lmfit parameter values in SI units."""
+    return {k: v * scale_of(k) for k, v in params.valuesdict().items()}
+
+
+@dataclass
+class FittedParam:
+    value: float
+    stderr: float
+    unit: str
+    note: str = ""
+
+
+@dataclass
+class StageResult:
+    """One lmfit stage: fitted values with stderr, correlations and fit statistics."""
+
+    name: str
+    params: dict[str, FittedParam]
+    n_points: int
+    aic: float
+    bic: float
+    redchi: float
+    mape: float  # mean absolute percentage error of the fit on its own points
+    max_ape: float
+    correlation: dict[str, dict[str, float]] = field(default_factory=dict)
+    residuals: list[float] = field(default_factory=list)
+    reference: str = ""
+
+    def summary(self) -> dict:
+        return {"n_points": self.n_points, "aic": self.aic, "bic": self.bic,
+                "redchi": self.redchi, "mape_pct": 100 * self.mape, "max_ape_pct": 100 * self.max_ape}
+
+
+@dataclass
+class FitResult:
+    stages: list[StageResult]
+    energy_method: str
+    notes: list[str]
+
+    def params(self) -> dict[str, FittedParam]:
+        out = {}
+        for s in self.stages:
+            out.update(s.params)
+        return out
+
+
+def _lmfit():
+    import lmfit
+
+    return lmfit
+
+
+def _minimize(params, residual, name: str, n_points: int, notes: list[str] | None = None):
+    """lmfit least squares; constants that settle on their lower bound are held there and the
+    fit is repeated (a bound-pinned constant has no standard error), each one noted."""
+    lmfit = _lmfit()
+    n_free = sum(1 for p in params.values() if p.vary)
+    if n_points <= n_free:
+        raise FitError(f"{name}: {n_points} points cannot determine {n_free} constants; measure more points")
+    for _ in range(len(params) + 1):
+        res = lmfit.minimize(residual, params, method="leastsq")
+        if not res.success:
+            raise FitError(f"{name}: fit did not converge ({res.message})")
+        pinned = [k for k, p in res.params.items() if p.vary and p.min is not None and np.isfinite(p.min)
+                  and p.value <= p.min + 1e-6 and (p.stderr is None or not math.isfinite(p.stderr))]
+        if not pinned:
+            break
+        for k in pinned:
+            params[k].set(value=params[k].min, vary=False)
+            if notes is not None:
+                notes.append(f"{k}: at its physical bound {params[k].min:g}; held there")
+    bad = [k for k, p in res.params.items() if p.vary and (p.stderr is None or not math.isfinite(p.stderr))]
+    if bad:
+        raise FitError(f"{name}: not identifiable from these measurements: {', '.join(bad)} "
+                       "(no finite standard error; measure more shapes or batches)")
+    res.pinned = [k for k, p in params.items() if not p.vary and p.min is not None
+                  and p.value == p.min and not p.expr]
+    return res
+
+
+def _stage(name, res, units, observed, predicted, notes) -> StageResult:
+    params = {}
+    for k, p in res.params.items():
+        if not p.vary:
+            continue
+        sc = scale_of(k)
+        val, se = float(p.value) * sc, float(p.stderr) * sc
+        note = ""
+        if val < 0:
+            if val < -2 * se:
+                raise FitError(f"{name}: {k} fitted to {val:.3g} ± {se:.3g}, significantly negative: "
+                               "the model does not describe these measurements")
+            note = f"fitted {val:.3g} ± {se:.3g}, consistent with 0: held at 0"
+            notes.append(f"{k}: {note}")
+            val = 0.0
+        params[k] = FittedParam(val, se, units.get(k, ""), note)
+    corr = {}
+    for k, p in res.params.items():
+        if p.vary and p.correl:
+            corr[k] = {j: float(c) for j, c in p.correl.items()}
+    ape = np.abs(predicted / observed - 1.0)
+    return StageResult(name, params, len(observed), float(res.aic), float(res.bic),
+                       float(res.redchi), float(ape.mean()), float(ape.max()), corr,
+                       [float(x) for x in (predicted / observed - 1.0)])
+
+
+# ---- stage 1: kernel paths ---------------------------------------------------------------------
+def _bytes_per_weight(path: str, in_features: np.ndarray) -> np.ndarray:
+    fam = split_path(path, 1).rsplit("_b", 1)[0]
+    if fam in ("fp16", "bf16"):
+        return np.full_like(in_features, 2.0, dtype=float)
+    if fam in ("int8", "int8_t0"):
+        return (8.0 + 32.0 / in_features) / 8.0
+    if fam == "nf4dq":
+        return np.full_like(in_features, (4.0 + 8 / 64 + 32 / (64 * 256)) / 8.0, dtype=float)
+    return np.full_like(in_features, (4.0 + 32 / 64) / 8.0, dtype=float)
+
+
+def split_path(path: str, batch: float) -> str:
+    """The measured kernel path, split at batch 1: ``fp16`` at batch 4 -> ``fp16_bn``."""
+    base = path[:-3] if path.endswith(("_b1", "_bn")) else path
+    return f"{base}_b1" if batch <= 1 else f"{base}_bn"
+
+
+def reference_path(lin) -> str:
+    """The 16-bit batch-1 path with the smallest time per weight: it defines the bandwidth.
+
+    Its ``t_weight`` is 0 by definition, every other path's is the extra per-weight time over
+    it. (On GPUs that is fp16; on a CPU with AMX it can be bf16.)
+    """
+    cands = [p for p in (f"{REFERENCE_PATH}_b1", "bf16_b1") if p in set(lin["split"])]
+    if not cands:
+        raise FitError("no 16-bit linear layer was measured at batch 1: bandwidth cannot be "
+                       "separated from casting cost")
+    def slope_s_per_weight(p):
+        sub = lin[lin["split"] == p]
+        w = (sub["in_features"] * sub["out_features"]).to_numpy(float)
+        return np.polyfit(w, sub["t_call_s"].to_numpy(float), 1)[0] if len(np.unique(w)) > 1 else np.inf
+
+    return min(cands, key=slope_s_per_weight)
+
+
+def fit_kernel_paths(frame, notes: list[str]) -> StageResult:
+    """Stage 1 on linear microbenchmark rows (path, in_features, out_features, batch, t_call_s).
+
+    Every path is split at batch 1 (``_b1``: the GEMV kernels) and batch >= 2 (``_bn``).
+    Batch-1 paths have no per-token term (it is folded into ``t_weight``); the reference
+    (:func:`reference_path`) has none either, so its time is ``t_call + W 2 bytes / BW``: that
+    defines BW.
+    """
+    lin = _without_outliers(frame[frame["kind"] == "linear"], notes)
+    if lin.empty:
+        raise FitError("no linear microbenchmarks in the raw data: nothing to fit kernel paths from")
+    lin = lin.assign(split=[split_path(p, b) for p, b in zip(lin["path"], lin["batch"], strict=True)])
+    ref = reference_path(lin)
+    paths = sorted(lin["split"].unique())
+    w = (lin["in_features"] * lin["out_features"]).to_numpy(float)
+    b = lin["batch"].to_numpy(float)
+    t_obs = lin["t_call_s"].to_numpy(float)
+    path_of = lin["split"].to_numpy()
+    bpw = np.array([float(_bytes_per_weight(p, np.array([i], float))[0])
+                    for p, i in zip(path_of, lin["in_features"], strict=True)])
+    lmfit = _lmfit()
+    ps = lmfit.Parameters()
+    r1 = lin[lin["split"] == ref].sort_values("in_features").iloc[-1]
+    bw0 = 2.0 * r1["in_features"] * r1["out_features"] / r1["t_call_s"]
+    ps.add("inv_bw_s_per_byte", value=1.0 / bw0 / 1e-12, min=1e-6)
+    units = {"inv_bw_s_per_byte": "s/byte"}
+    fixed = {}
+    for p in paths:
+        sub = t_obs[path_of == p]
+        ps.add(physical.param_name(p, "t_call"), value=float(np.min(sub)) / 2 / 1e-6, min=0.0)
+        ps.add(physical.param_name(p, "t_weight"), value=0.0 if p == ref else 1.0, min=0.0,
+               vary=p != ref)
+        ps.add(physical.param_name(p, "t_tokweight"), value=0.0 if p.endswith("_b1") else 1.0,
+               min=0.0, vary=not p.endswith("_b1"))
+        if p == ref:
+            fixed[physical.param_name(p, "t_weight")] = "reference path: 0 by definition"
+        if p.endswith("_b1"):
+            fixed[physical.param_name(p, "t_tokweight")] = "batch-1 path: per-token cost folded into t_weight"
+        units.update({physical.param_name(p, c): physical.PARAM_UNITS[c] for c in physical.PATH_COEFFS})
+    masks = {p: path_of == p for p in paths}
+
+    def predict(v):
+        out = np.empty_like(t_obs)
+        for p, m in masks.items():
+            out[m] = (v[physical.param_name(p, "t_call")]
+                      + w[m] * (bpw[m] * v["inv_bw_s_per_byte"] + v[physical.param_name(p, "t_weight")])
+                      + b[m] * w[m] * v[physical.param_name(p, "t_tokweight")])
+        return out
+
+    res = _minimize(ps, lambda v: (predict(si_values(v)) - t_obs) / t_obs, "kernel-path fit",
+                    len(t_obs), notes)
+    st = _stage("kernel_paths", res, units, t_obs, predict(si_values(res.params)), notes)
+    for k, why in fixed.items():
+        st.params[k] = FittedParam(0.0, 0.0, units[k], why)
+    for k in res.pinned:
+        if k not in st.params:
+            st.params[k] = FittedParam(float(res.params[k].value) * scale_of(k), 0.0, units[k],
+                                       "held at its physical bound 0 by the fit")
+    st.reference = ref
+    return st
+
+
+# ---- stage 2: per-step floor -------------------------------------------------------------------
+def _without_outliers(rows, notes: list[str] | None = None):
+    """Outlier-injected points exercise LLM.int8()'s fp16 path: reported, not fitted."""
+    if "outlier_injection" in rows:
+        oi = rows["outlier_injection"].fillna(False).astype(bool)
+        if oi.any() and notes is not None:
+            notes.append(f"{int(oi.sum())} outlier-injected {rows['kind'].iloc[0]} points kept out of the fit")
+        rows = rows[~oi]
+    return rows
+
+
+def _decode_rows(frame, notes: list[str] | None = None):
+    dec = frame[frame["kind"] == "decode"] if "kind" in frame else frame.iloc[0:0]
+    dec = _without_outliers(dec, notes)
+    rows = []
+    for _, r in dec.iterrows():
+        arch = from_config(json.loads(r["config_json"]), name=str(r.get("model", "decode")))
+        fam = physical.path_family(str(r["precision"]),
+                                   bool(r.get("bnb_4bit_use_double_quant") or False),
+                                   float(r.get("llm_int8_threshold") or 6.0))
+        rows.append((r, arch.counts(), fam))
+    return rows
+
+
+def compute_dtype_4bit(frame) -> str:
+    """The compute dtype the 4-bit decodes used (bf16 on CPU, fp16 on CUDA by default)."""
+    if "compute_dtype" in frame and "precision" in frame:
+        d = frame[frame["precision"].isin(["nf4", "fp4"]) & frame["compute_dtype"].notna()]
+        if len(d):
+            return str(d["compute_dtype"].iloc[0])
+    return REFERENCE_PATH
+
+
+def linear_part_s(counts, family, batch, context, values, native=REFERENCE_PATH, cd4=None):
+    """Predicted step time without the floor (t_step_s = t_layer_* = 0)."""
+    v = {k: val for k, val in values.items() if not k.startswith(("t_layer", "t_layertok"))}
+    v.update(t_step_s=0.0, t_layer_s=0.0)
+    return physical.step_time_s(counts, family, batch, context, v, native, cd4)
+
+
+def fit_step_floor(frame, kernel: StageResult, bw_gbs: float, notes: list[str]) -> StageResult:
+    """Stage 2 from short decodes: ``t_step_s`` and ``t_vocab_s`` (shared) and, per precision
+    family, ``t_layer_<fam>_b1_s`` / ``t_layer_<fam>_bn_s`` (per layer per step, batch 1 and
+    batch >= 2) and ``t_layertok_<fam>_s`` (per layer per sequence)."""
+    rows = _decode_rows(frame, notes)
+    if not rows:
+        raise FitError("no decode runs in the raw data: the per-step and per-layer floor cannot be fitted")
+    values = {k: p.value for k, p in kernel.params.items()}
+    values["mem_bw_gbs"] = bw_gbs
+    cd4 = compute_dtype_4bit(frame)
+    t_obs, lin_s, layers, batch, vocab, fams = [], [], [], [], [], []
+    for r, c, fam in rows:
+        ctx = float(r["prompt_len"]) + float(r["new_tokens"]) / 2.0
+        t_obs.append(float(r["t_step_s"]))
+        lin_s.append(float(linear_part_s(c, fam, float(r["batch"]), ctx, values, cd4=cd4)))
+        layers.append(float(c.n_layers))
+        batch.append(float(r["batch"]))
+        vocab.append(float(c.vocab_size))
+        fams.append(fam)
+    t_obs, lin_s, layers, batch, vocab, fams = map(np.asarray, (t_obs, lin_s, layers, batch, vocab, fams))
+    if len(np.unique(layers)) < 2:
+        raise FitError("decodes were measured at one depth only: per-step and per-layer floors "
+                       "cannot be separated (the calibration plan decodes several depths)")
+    lmfit = _lmfit()
+    ps = lmfit.Parameters()
+    resid0 = np.maximum(t_obs - lin_s, 1e-6)
+    ps.add("t_step_s", value=float(np.min(resid0)) / 2 / 1e-6, min=0.0)
+    many_v = len(np.unique(vocab)) >= 2
+    ps.add("t_vocab_s", value=1.0 if many_v else 0.0, min=0.0, vary=many_v)
+    if not many_v:
+        notes.append("t_vocab_s: decodes at one vocabulary size only; held at 0")
+    units = {"t_step_s": "s", "t_vocab_s": "s/(sequence*token)"}
+    for f in sorted(set(fams)):
+        m = fams == f
+        guess = float(np.median(resid0[m] / layers[m])) / 2 / 1e-6
+        for side, sel in (("b1", batch <= 1), ("bn", batch > 1)):
+            if np.any(m & sel):
+                ps.add(f"t_layer_{f}_{side}_s", value=guess, min=0.0)
+                units[f"t_layer_{f}_{side}_s"] = "s"
+        many_b = len(np.unique(batch[m & (batch > 1)])) >= 2
+        ps.add(f"t_layertok_{f}_s", value=1.0 if many_b else 0.0, min=0.0, vary=many_b)
+        units[f"t_layertok_{f}_s"] = "s/sequence"
+
+    def predict(v):
+        tl = np.array([v.get(f"t_layer_{f}_{'b1' if b <= 1 else 'bn'}_s", 0.0) for f, b in zip(fams, batch, strict=True)])
+        tt = np.array([v[f"t_layertok_{f}_s"] for f in fams])
+        return v["t_step_s"] + layers * (tl + batch * tt) + batch * vocab * v["t_vocab_s"] + lin_s
+
+    res = _minimize(ps, lambda v: (predict(si_values(v)) - t_obs) / t_obs, "step-floor fit",
+                    len(t_obs), notes)
+    st = _stage("step_floor", res, units, t_obs, predict(si_values(res.params)), notes)
+    for k, p in res.params.items():
+        if not p.vary and k not in st.params:
+            why = ("held at its physical bound 0 by the fit" if k in res.pinned
+                   else "fixed: not resolvable from these decodes, held at 0")
+            st.params[k] = FittedParam(float(p.value) * scale_of(k), 0.0, units[k], why)
+    for side in ("b1", "bn"):
+        ref = f"t_layer_{REFERENCE_PATH}_{side}_s"
+        if ref in st.params:
+            p = st.params[ref]
+            st.params["t_layer_s"] = FittedParam(p.value, p.stderr, "s", f"tied: generic floor = {ref}")
+            break
+    return st
+
+
+# ---- stage 3: energy ---------------------------------------------------------------------------
+def real_meter(frame) -> str | None:
+    for m in REAL_METERS:
+        if f"e_call_j_{m}" in frame or f"e_step_j_{m}" in frame:
+            return m
+    return None
+
+
+def fit_energy(frame, values: dict, tdp_w: float, hli_assumption: str, notes: list[str]):
+    """Stage 3: the power model from a real meter, or the labelled HLI assumption."""
+    meter = real_meter(frame)
+    if meter is None:
+        notes.append(f"energy: no real meter on this device; power model = HLI ({hli_assumption})")
+        params = {
+            "p_static_w": FittedParam(tdp_w, 0.0, "W", f"assumed: HLI, {hli_assumption}"),
+            "e_byte_j": FittedParam(0.0, 0.0, "J/byte", "assumed: HLI has no per-byte term"),
+            "e_flop_j": FittedParam(0.0, 0.0, "J/FLOP", "assumed: HLI has no per-FLOP term"),
+        }
+        return StageResult("energy", params, 0, math.nan, math.nan, math.nan, math.nan, math.nan), "hli"
+    lin = frame[(frame["kind"] == "linear") & frame.get(f"e_call_j_{meter}", np.nan).notna()]
+    t = lin["t_call_s"].to_numpy(float)
+    w = (lin["in_features"] * lin["out_features"]).to_numpy(float)
+    bpw = np.array([float(_bytes_per_weight(p, np.array([i], float))[0])
+                    for p, i in zip(lin["path"], lin["in_features"], strict=True)])
+    by = w * bpw
+    fl = 2.0 * w * lin["batch"].to_numpy(float)
+    e_obs = lin[f"e_call_j_{meter}"].to_numpy(float)
+    lmfit = _lmfit()
+    ps = lmfit.Parameters()
+    ps.add("p_static_w", value=float(np.median(e_obs / t)), min=0)
+    ps.add("e_byte_j", value=10.0, min=0)  # pJ/byte
+    ps.add("e_flop_j", value=0.1, min=0)  # pJ/FLOP
+
+    def predict(v):
+        return v["p_static_w"] * t + v["e_byte_j"] * by + v["e_flop_j"] * fl
+
+    res = _minimize(ps, lambda v: (predict(si_values(v)) - e_obs) / e_obs, "energy fit",
+                    len(e_obs), notes)
+    units = {"p_static_w": "W", "e_byte_j": "J/byte", "e_flop_j": "J/FLOP"}
+    return _stage("energy", res, units, e_obs, predict(si_values(res.params)), notes), meter
+
+
+# ---- all stages --------------------------------------------------------------------------------
+def fit_frame(frame, tdp_w: float, hli_assumption: str = "") -> FitResult:
+    """Run the three stages on a raw summary frame (``RawStore.summary_frame()``)."""
+    if frame is None or len(frame) == 0:
+        raise FitError("the raw data has no usable points")
+    notes = [f"dropped: {d}" for d in frame.attrs.get("dropped", [])]
+    notes += [f"skipped: {s}" for s in frame.attrs.get("skipped", [])]
+    kernel = fit_kernel_paths(frame, notes)
+    notes.append(f"bandwidth reference: {kernel.reference} (the fastest 16-bit batch-1 path)")
+    inv = kernel.params.pop("inv_bw_s_per_byte")
+    bw_gbs = 1.0 / inv.value / 1e9
+    kernel.params["mem_bw_gbs"] = FittedParam(bw_gbs, bw_gbs * inv.stderr / inv.value, "GB/s",
+                                              "effective bandwidth seen by the reference linear path")
+    floor = fit_step_floor(frame, kernel, bw_gbs, notes)
+    values = {k: p.value for k, p in {**kernel.params, **floor.params}.items()}
+    energy, method = fit_energy(frame, values, tdp_w, hli_assumption, notes)
+    return FitResult([kernel, floor, energy], method, notes)
+
+
+def profile_from_fit(fit: FitResult, frame, hardware: dict, raw_path: str, device: str,
+                     driver: str = "", versions: dict | None = None) -> HardwareProfile:
+    """A calibrated profile: fitted constants (stderr) plus derived paper constants."""
+    physical_params = {}
+    today = date.today().isoformat()
+    for k, p in fit.params().items():
+        if p.note.startswith("assumed"):
+            src = "assumed"
+        elif p.note and not p.note.startswith("fitted"):
+            src = "fixed"  # held by definition or tied to another constant
+        else:
+            src = "calibrated"
+        basis = f"fitted {today} on {device} from {raw_path}" + (f"; {p.note}" if p.note else "")
+        physical_params[k] = Param(float(f"{p.value:.6g}"), float(f"{p.stderr:.4g}"), p.unit, src, basis)
+    order = [k for s in fit.stages for k in s.params if k in s.correlation]
+    corr = np.eye(len(order))
+    for i, a in enumerate(order):
+        for j, b in enumerate(order):
+            for s in fit.stages:
+                if a in s.correlation and b in s.correlation[a]:
+                    corr[i, j] = s.correlation[a][b]
+    fit_doc = {"energy_method": fit.energy_method, "notes": fit.notes, "param_order": order,
+               "correlation": [[float(f"{x:.4f}") for x in row] for row in corr]}
+    for s in fit.stages:
+        if s.n_points:
+            fit_doc[s.name] = {k: (float(f"{v:.6g}") if isinstance(v, float) and math.isfinite(v) else str(v))
+                               for k, v in s.summary().items()}
+    prov = {"source": "calibrated", "date": today, "device": device, "driver": driver or "",
+            "qtsim_version": __version__, "n_measurements": int(len(frame)),
+            "raw_data": raw_path, "raw_sha256": file_sha256(raw_path),
+            "versions": {k: str(v) for k, v in (versions or {}).items() if v}}
+    return HardwareProfile(hardware, prov, physical_params, {}, fit_doc)

@@ -1,0 +1,107 @@
+"""``qtsim calibrate`` and ``qtsim fit``."""
+
+from __future__ import annotations
+
+import click
+
+
+def _report_fit(prof, fit, out):
+    click.echo(f"profile {prof.name} ({prof.provenance['device']}) -> {out}")
+    for s in fit.stages:
+        if s.n_points:
+            click.echo(f"  {s.name:13s} {s.n_points:4d} points  fit MAPE {100 * s.mape:5.1f}%  "
+                       f"max {100 * s.max_ape:5.1f}%  AIC {s.aic:8.1f}  BIC {s.bic:8.1f}")
+    click.echo(f"  energy method: {fit.energy_method}")
+    for k in ("mem_bw_gbs", "t_step_s", "t_layer_s", "t_call_fp16_b1_s", "t_call_nf4_b1_s", "t_call_int8_b1_s"):
+        if k in prof.physical:
+            p = prof.physical[k]
+            click.echo(f"  {k:18s} {p.value:.4g} ± {p.stderr:.2g} {p.unit}")
+    for n in fit.notes:
+        click.echo(f"  note: {n}")
+
+
+@click.command()
+@click.argument("raw", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), help="Profile TOML to write (default: next to RAW).")
+@click.option("--name", help="Profile name (default: the hardware recorded in RAW).")
+def fit(raw, out, name):
+    """Refit a hardware profile from recorded raw HDF5 (no torch, no measuring).
+
+    \b
+    Example:
+      qtsim fit data/raw/cpu-calibration.h5 --out my-cpu.toml
+    """
+    from pathlib import Path
+
+    from qtsim.calibration.profile_builder import build_profile
+    from qtsim.profiles import write_profile
+
+    prof, result = build_profile(raw, name)
+    out = out or str(Path(raw).with_suffix(".toml"))
+    write_profile(prof, out)
+    _report_fit(prof, result, out)
+
+
+@click.command()
+@click.option("--gpu", required=True,
+              help="What to calibrate: a GPU name matching the detected device (h100, h200, a100-80gb, l4, ...) or 'cpu'.")
+@click.option("--quick", is_flag=True, help="The short plan (CPU: a few minutes; H100: under 3 minutes).")
+@click.option("--out", "out_dir", default="calibration", show_default=True, type=click.Path(file_okay=False),
+              help="Directory for the raw HDF5 and the profile TOML.")
+@click.option("--name", help="Profile name (default: the detected hardware's name).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted calibration in the same --out.")
+@click.option("--tdp-w", type=click.FloatRange(min=0, min_open=True),
+              help="CPU only: power for the HLI energy estimate (default 7.5 W per logical core, labelled as an assumption).")
+@click.option("--install", "install", is_flag=True,
+              help="Also copy the profile into the user profile directory so --gpu NAME finds it.")
+@click.option("--no-progress", is_flag=True)
+def calibrate(gpu, quick, out_dir, name, resume, tdp_w, install, no_progress):
+    """Measure this machine's GPU (or CPU) and fit a hardware profile.
+
+    Runs short real measurements (memory-bandwidth and GEMM probes, single-layer microbenchmarks
+    over fp16/bf16, LLM.int8() at thresholds 6 and 0, NF4 with and without double quantisation,
+    several shapes and batches, and short decodes of small random-weight architectures), appends
+    every point to OUT/NAME-calibration.h5 as it is measured, then fits the physical model's
+    constants with lmfit and writes OUT/NAME.toml atomically. Interrupted? Run again with
+    --resume: measured points are kept and skipped.
+
+    \b
+    Examples:
+      qtsim calibrate --gpu cpu --quick
+      qtsim calibrate --gpu h100 --out my-h100/ --install
+    """
+    from pathlib import Path
+
+    from qtsim.errors import QtsimError
+
+    try:
+        from qtsim.calibration.device import detect_device
+        from qtsim.calibration.energy import EnergyMonitor
+        from qtsim.calibration.plan import calibration_plan, estimate_plan_s
+        from qtsim.calibration.raw import RawStore
+        from qtsim.calibration.runner import run_plan
+    except ImportError as e:
+        raise QtsimError(f"calibration needs the calibrate extra (pip install 'qtsim[calibrate]'): {e}") from None
+    from qtsim.calibration.profile_builder import build_profile
+    from qtsim.profiles import user_profile_dir, write_profile
+
+    device = detect_device(gpu)
+    name = name or device.name
+    out = Path(out_dir)
+    raw = out / f"{name}-calibration.h5"
+    if raw.exists() and not resume:
+        raise QtsimError(f"{raw} exists: pass --resume to continue it, or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    monitor = EnergyMonitor(device, tdp_w=tdp_w if device.backend == "cpu" else None)
+    plan = calibration_plan(device, quick=quick)
+    click.echo(f"calibrating {device.name} ({device.describe().get('device_string')}): "
+               f"{len(plan)} points, about {estimate_plan_s(plan, device) / 60:.1f} min; meters: "
+               f"{', '.join(monitor.meter_names)}", err=True)
+    report = run_plan(plan, RawStore(raw), device, monitor, progress=not no_progress)
+    click.echo(f"measured: {report.line()} -> {raw}", err=True)
+    prof, result = build_profile(raw, name)
+    path = write_profile(prof, out / f"{name}.toml")
+    _report_fit(prof, result, path)
+    if install:
+        dest = write_profile(prof, user_profile_dir() / f"{name}.toml")
+        click.echo(f"installed: {dest} (qtsim trap --gpu {name} ...)")

@@ -1,0 +1,167 @@
+"""``qtsim validate``: held-out full decoding runs against the simulator's predictions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from qtsim.cli.options import int_list, precision_list, split_list
+
+
+@click.command()
+@click.option("--profile", "profile_path", type=click.Path(dir_okay=False),
+              help="Profile TOML whose predictions are checked (e.g. from `qtsim calibrate`).")
+@click.option("--gpu", help="Profile by name instead of --profile.")
+@click.option("--plan", "plan_path", type=click.Path(dir_okay=False),
+              help="A validation plan TOML ([validation] defaults, [[points]] or [grid]).")
+@click.option("--model", help="Models, comma-separated: shipped names or paths to config.json.")
+@click.option("--precision", "precisions", default="fp16,int8,nf4", show_default=True,
+              help="Precisions, comma-separated (the native one is needed for COR and verdicts).")
+@click.option("--batch", "batches", default="1,4", show_default=True, help="Batch sizes, comma-separated.")
+@click.option("--tokens", default=32, show_default=True, type=click.IntRange(min=2), help="New tokens K per query.")
+@click.option("--prompt-tokens", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--reps", default=3, show_default=True, type=click.IntRange(min=1), help="Measured repetitions per point.")
+@click.option("--out", "out_dir", default="validation-report", show_default=True,
+              type=click.Path(file_okay=False), help="Report directory (Markdown, CSV, PNG).")
+@click.option("--raw", "raw_path", type=click.Path(dir_okay=False),
+              help="Raw HDF5 to append measurements to (default OUT/validation.h5); existing points are reused.")
+@click.option("--report-only", is_flag=True, help="Only report from the points already in --raw (no torch needed).")
+@click.option("--allow-overlap", is_flag=True,
+              help="Run points whose model and batch were used in calibration (flagged in the report).")
+@click.option("--outliers", is_flag=True, help="Inject activation outliers so LLM.int8() takes its fp16 path.")
+@click.option("--no-progress", is_flag=True)
+def validate(profile_path, gpu, plan_path, model, precisions, batches, tokens, prompt_tokens, reps,
+             out_dir, raw_path, report_only, allow_overlap, outliers, no_progress):
+    """Run full real decodes at held-out points and report the prediction error.
+
+    Predictions come from the profile *before* each run and are stored beside the measurement
+    (raw HDF5, purpose=validation). Points whose model and batch calibrated the profile are
+    refused (or, with --allow-overlap, flagged). The report gives MAPE, bias, Pearson r, p90 and
+    max error for step time, latency, J/query and peak memory, per precision; COR and
+    trap-verdict agreement; and the paper model's J/query error beside the physical model's.
+
+    \b
+    Examples:
+      qtsim validate --profile cpu.toml --model data/validation/tiny-llama-a.json --precision fp16,nf4,int8 --batch 1,3
+      qtsim validate --profile cpu.toml --plan data/validation/cpu-holdout.toml --out report/
+      qtsim validate --profile cpu.toml --raw report/validation.h5 --report-only
+    """
+    from qtsim.errors import QtsimError
+    from qtsim.profiles import load_profile
+
+    prof = load_profile(gpu, profile_path)
+    out = Path(out_dir)
+    raw = Path(raw_path) if raw_path else out / "validation.h5"
+    if not report_only:
+        _measure(prof, plan_path, model, precisions, batches, tokens, prompt_tokens, reps, raw,
+                 allow_overlap, outliers, not no_progress)
+    elif not raw.is_file():
+        raise QtsimError(f"{raw}: no raw validation data to report from")
+    _report(prof, raw, out)
+
+
+def _measure(prof, plan_path, model, precisions, batches, tokens, prompt_tokens, reps, raw,
+             allow_overlap, outliers, progress):
+    from qtsim.architecture import from_config, load_config
+    from qtsim.errors import QtsimError
+    from qtsim.simulator import Simulator
+    from qtsim.validation import grid_points, holdout_conflicts, predict_point, read_plan
+
+    if plan_path:
+        opts, points = read_plan(plan_path)
+        reps = int(opts.get("reps", reps))
+        base = Path(plan_path).parent
+        points = [p if Path(p.model).is_absolute() or not (base / p.model).exists()
+                  else type(p)(str(base / p.model), *p.key()[1:]) for p in points]
+    elif model:
+        points = grid_points(split_list(model, "--model"), precision_list(precisions),
+                             int_list(batches, "--batch"), tokens, prompt_tokens)
+    else:
+        raise QtsimError("give --model (with --precision/--batch) or --plan")
+    configs = {}
+    for pt in points:
+        if pt.model not in configs:
+            cfg, name, _ = load_config(pt.model)
+            from_config(cfg, name=name)  # refuse unsupported architectures before measuring
+            configs[pt.model] = ({k: v for k, v in cfg.items() if not k.startswith("_qtsim")}, name)
+    conflicts = holdout_conflicts(prof, points, {m: n for m, (_, n) in configs.items()})
+    if conflicts and not allow_overlap:
+        raise QtsimError(f"not held out: {conflicts[0]}" + (f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else "")
+                         + "; choose other models or batches, or pass --allow-overlap")
+    try:
+        from qtsim.calibration.device import detect_device
+        from qtsim.calibration.energy import EnergyMonitor
+        from qtsim.calibration.holdout import ValidationSpec
+        from qtsim.calibration.plan import DecodeSpec
+        from qtsim.calibration.raw import RawStore
+        from qtsim.calibration.runner import run_plan
+    except ImportError as e:
+        raise QtsimError(f"measuring needs the calibrate extra (pip install 'qtsim[calibrate]'): {e}") from None
+    requested = "cpu" if prof.hardware.get("device_type") == "cpu" else prof.name
+    device = detect_device(requested)
+    tdp = prof.tdp_w if device.backend == "cpu" else None
+    monitor = EnergyMonitor(device, tdp_w=tdp)
+    sim = Simulator(prof, n_draws=200)
+    specs = []
+    for pt in points:
+        cfg, name = configs[pt.model]
+        dec = DecodeSpec(name, cfg, pt.precision, pt.batch, pt.prompt_tokens, pt.new_tokens, reps,
+                         outlier_injection=outliers and pt.precision == "int8")
+        pred = predict_point(sim, cfg, name, pt)
+        pred["holdout"] = "overlap" if any(name in c and f"batch {pt.batch}" in c for c in conflicts) else "held-out"
+        specs.append(ValidationSpec(dec, pred))
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    store = RawStore(raw)
+    report = run_plan(specs, store, device, monitor, progress=progress, purpose="validation")
+    click.echo(f"measured: {report.line()} -> {raw}", err=True)
+
+
+def _report(prof, raw, out):
+    from qtsim.calibration.raw import RawStore
+    from qtsim.validation import (
+        cor_and_verdicts,
+        error_table,
+        measured_frame,
+        paper_vs_physical,
+        plot_validation,
+        report_markdown,
+    )
+
+    frame = RawStore(raw, readonly=True).summary_frame("decode")
+    df = measured_frame(frame)
+    if df.empty:
+        from qtsim.errors import QtsimError
+
+        raise QtsimError(f"{raw}: no validation decode points")
+    errors = error_table(df)
+    verdicts = cor_and_verdicts(df, prof.native)
+    comparison = paper_vs_physical(df)
+    out.mkdir(parents=True, exist_ok=True)
+    plot_validation(df, out)
+    meta = {"profile": f"{prof.name} ({prof.source}, {prof.provenance.get('date', '')}, {prof.path})",
+            "raw data": str(raw), "points": len(df),
+            "energy meter": df["energy_meter"].iloc[0],
+            "outlier injection": bool(df.get("outlier_injection", False).fillna(False).astype(bool).any())
+            if "outlier_injection" in df else False,
+            "held out": ", ".join(sorted(df.get("holdout", "held-out").astype(str).unique()))
+            if "holdout" in df else "held-out"}
+    (out / "report.md").write_text(report_markdown(df, errors, verdicts, comparison, meta))
+    df.to_csv(out / "points.csv", index=False)
+    errors.to_csv(out / "errors.csv", index=False)
+    if not verdicts.empty:
+        verdicts.to_csv(out / "verdicts.csv", index=False)
+    allrow = errors[errors["group"] == "all"].set_index("quantity")
+    click.echo(f"validation of {prof.name}: {len(df)} held-out points ({meta['energy meter']} energy)")
+    for q in ("step_s", "latency_s", "j_per_query", "peak_memory_bytes"):
+        if q in allrow.index:
+            r = allrow.loc[q]
+            click.echo(f"  {q:18s} MAPE {r['mape_pct']:6.2f}%  bias {r['bias_pct']:+6.2f}%  "
+                       f"p90 {r['p90_ape_pct']:6.2f}%  max {r['max_ape_pct']:6.2f}%  r {r['pearson_r']:.3f}")
+    if not verdicts.empty:
+        click.echo(f"  trap verdicts agree: {int(verdicts['verdict_agrees'].sum())}/{len(verdicts)} "
+                   f"(paper eq. 19: {int(verdicts['paper_verdict_agrees'].sum())}/{len(verdicts)})")
+    if comparison:
+        click.echo(f"  J/query MAPE: physical {comparison['physical_j_mape_pct']:.1f}%, paper eq. 19 "
+                   f"{comparison['paper_j_mape_pct']:.1f}%")
+    click.echo(f"  report: {out / 'report.md'}")

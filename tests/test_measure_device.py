@@ -1,0 +1,95 @@
+"""Device layer: name normalisation, --gpu refusal without CUDA, CPU description."""
+
+import subprocess
+import sys
+
+import pytest
+
+from qtsim.calibration.device import (
+    CpuDevice,
+    accepted_names,
+    detect_device,
+    normalise_gpu_name,
+)
+from qtsim.errors import QtsimError
+
+pytestmark = pytest.mark.measure
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+@pytest.mark.parametrize("device_string, name", [
+    ("NVIDIA H100 80GB HBM3", "h100-sxm"),
+    ("NVIDIA H100 PCIe", "h100-pcie"),
+    ("NVIDIA H100 NVL", "h100-nvl"),
+    ("NVIDIA H200", "h200"),
+    ("NVIDIA A100-SXM4-80GB", "a100-80gb"),
+    ("NVIDIA A100-SXM4-40GB", "a100-40gb"),
+    ("NVIDIA A100 80GB PCIe", "a100-80gb"),
+    ("NVIDIA L4", "l4"),
+    ("NVIDIA L40S", "l40s"),
+    ("NVIDIA B200", "b200"),
+    ("NVIDIA RTX PRO 6000 Blackwell Server Edition", "rtx-pro-6000-blackwell"),
+    ("Tesla T4", "t4"),
+    ("NVIDIA GeForce RTX 4090", "geforce-rtx-4090"),
+])
+def test_normalise_gpu_name(device_string, name):
+    assert normalise_gpu_name(device_string) == name
+
+
+def test_aliases():
+    assert set(accepted_names("h100")) == {"h100-sxm", "h100-pcie", "h100-nvl"}
+    assert accepted_names("H100-SXM") == ("h100-sxm",)
+    assert accepted_names("a100") == ("a100-80gb", "a100-40gb")
+
+
+@pytest.mark.skipif(_cuda_available(), reason="this machine has CUDA")
+def test_gpu_refused_without_cuda():
+    with pytest.raises(QtsimError) as e:
+        detect_device("h100")
+    msg = str(e.value)
+    assert msg == ("--gpu h100 requested but no CUDA device is visible "
+                   "(torch.cuda.is_available() is False); use --gpu cpu to calibrate this CPU")
+    assert "\n" not in msg
+
+
+def test_cpu_device_describes_itself():
+    dev = detect_device("cpu")
+    assert isinstance(dev, CpuDevice)
+    assert (dev.backend, dev.name, dev.torch_device) == ("cpu", "cpu", "cpu")
+    info = dev.describe()
+    assert info["device_string"]
+    assert info["logical_cores"] >= 1
+    assert info["cuda_version"] is None and info["power_limit_w"] is None
+    assert dev.memory_bytes() > 1 << 28
+    dev.synchronize()
+
+
+def test_modules_import_without_torch():
+    code = ("import sys; import qtsim.calibration.device, qtsim.calibration.energy, "
+            "qtsim.calibration.raw, qtsim.calibration.nvml; "
+            "print('torch' in sys.modules, 'pynvml' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False", "False"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda_available(), reason="needs a CUDA GPU")
+def test_cuda_device_matches_and_refuses_mismatch():
+    import torch
+
+    name = normalise_gpu_name(torch.cuda.get_device_name(0))
+    dev = detect_device(name)
+    assert dev.backend == "cuda" and dev.torch_device == "cuda:0"
+    info = dev.describe()
+    assert info["memory_bytes"] > 0 and info["cuda_version"]
+    other = "l4" if name != "l4" else "h200"
+    with pytest.raises(QtsimError, match=f"--gpu {other} requested but the visible GPU is"):
+        detect_device(other)
