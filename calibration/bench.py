@@ -218,6 +218,18 @@ def oom_reason(exc: BaseException, where: str) -> str:
     return f"out of memory at {where}: {first}"
 
 
+def skip_on_oom(exc: BaseException, device, attrs: dict, where: str) -> PointResult:
+    """The skipped record for an out-of-memory ``exc`` (memory released); anything else re-raises.
+
+    Use inside ``except Exception as exc:`` so a point that does not fit is stored with its
+    reason and the plan goes on.
+    """
+    if not is_oom(exc):
+        raise exc
+    release_memory(device)
+    return PointResult.skipped({**attrs, "finished": now_iso()}, oom_reason(exc, where))
+
+
 # -- timing windows -------------------------------------------------------------------------------
 def estimate_call_s(fn: Callable[[], Any], device, warmup_s: float, min_batches: int = 5,
                     batch_target_s: float = 0.002) -> float:
@@ -363,11 +375,7 @@ def membw_probe(device, monitor: EnergyMonitor | None = None, *, size_bytes: int
                                             key="membw")
         src = dst = None  # free before release_memory
     except Exception as exc:
-        if not is_oom(exc):
-            raise
-        release_memory(device)
-        return PointResult.skipped({**attrs, "finished": now_iso()},
-                                   oom_reason(exc, f"{size_bytes} bytes"))
+        return skip_on_oom(exc, device, attrs, f"{size_bytes} bytes")
     release_memory(device)
     return PointResult({**attrs, **extra, "status": "ok", "finished": now_iso()}, datasets)
 
@@ -397,10 +405,7 @@ def gemm_probe(device, monitor: EnergyMonitor | None = None, *, n: int | None = 
                                             warmup_s=warmup_s, key="gemm")
         a = b = out = None
     except Exception as exc:
-        if not is_oom(exc):
-            raise
-        release_memory(device)
-        return PointResult.skipped({**attrs, "finished": now_iso()}, oom_reason(exc, f"n={n}"))
+        return skip_on_oom(exc, device, attrs, f"n={n}")
     release_memory(device)
     return PointResult({**attrs, **extra, "status": "ok", "finished": now_iso()}, datasets)
 
@@ -458,10 +463,6 @@ def linear_probe(device, path: str, in_features: int, out_features: int, batch: 
                                             key=f"linear-{lp.name}")
         layer = x = None
     except Exception as exc:
-        if not is_oom(exc):
-            raise
-        release_memory(device)
-        return PointResult.skipped({**attrs, "finished": now_iso()},
-                                   oom_reason(exc, f"batch {batch}"))
+        return skip_on_oom(exc, device, attrs, f"batch {batch}")
     release_memory(device)
     return PointResult({**attrs, **extra, "status": "ok", "finished": now_iso()}, datasets)

@@ -33,9 +33,9 @@ from qtsim.calibration.bench import (
     is_oom,
     iters_for,
     measurements_to_datasets,
-    oom_reason,
     outlier_dims,
     release_memory,
+    skip_on_oom,
 )
 from qtsim.calibration.conditions import environment_attrs
 from qtsim.calibration.energy import EnergyMonitor
@@ -386,11 +386,7 @@ def decode_run(built: BuiltModel, batch: int, prompt_len: int, new_tokens: int,
             peak = peak_memory_bytes(device)
         ids = mask = out = None
     except Exception as exc:
-        if not is_oom(exc):
-            raise
-        release_memory(device)
-        return PointResult.skipped({**attrs, "finished": now_iso()},
-                                   oom_reason(exc, f"batch {batch}"))
+        return skip_on_oom(exc, device, attrs, f"batch {batch}")
     datasets, excl, notes = measurements_to_datasets(gen_ms)
     pre_data, pre_excl, pre_notes = measurements_to_datasets(pre_ms, prefix="prefill_",
                                                               duration_name="prefill_s")

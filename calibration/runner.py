@@ -81,7 +81,7 @@ def run_plan(points: list, store: RawStore, device, monitor, progress: bool = Tr
     """
     import time
 
-    from qtsim.calibration.bench import is_oom, oom_reason, release_memory
+    from qtsim.calibration.bench import skip_on_oom
 
     ids = [p.point_id() for p in points]
     dup = sorted({i for i in ids if ids.count(i) > 1})
@@ -112,10 +112,7 @@ def run_plan(points: list, store: RawStore, device, monitor, progress: bool = Tr
                 try:
                     result = spec.run(ctx)
                 except Exception as exc:
-                    if not is_oom(exc):
-                        raise
-                    release_memory(device)
-                    result = PointResult.skipped(spec.base_attrs(ctx), oom_reason(exc, pid))
+                    result = skip_on_oom(exc, device, spec.base_attrs(ctx), pid)
                 store.append(pid, result.attrs, result.datasets)
                 (report.skipped if result.status != "ok" else report.measured).append(pid)
     finally:

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qtsim import paper, physical
+from qtsim import paper, physical, thresholds
 from qtsim.architecture import ArchCounts, Architecture
 from qtsim.precision import get_precision, reference_for
 from qtsim.profiles import HardwareProfile
+from qtsim.thresholds import KIND_NAMES, crossing  # noqa: F401  (public here too)
 
 GIB = 2**30
 BAND = (16.0, 84.0)  # percentiles of the draws: a 68% band, one sigma for a normal
@@ -61,32 +62,6 @@ def _num(x):
     if np.isinf(x):
         return "inf" if x > 0 else "-inf"
     return x
-
-
-def crossing(x, delta):
-    """First crossing of ``delta`` (quantized minus native energy) along the last axis.
-
-    ``x`` is increasing (1-D); ``delta`` has shape (..., len(x)). Returns (value, kind) arrays
-    with kind codes 0 crossing (+ to -), 1 reverse (- to +), 2 trapped everywhere, 3 never.
-    The crossing is interpolated linearly in log x.
-    """
-    d = np.asarray(delta, dtype=float)
-    lx = np.log(np.asarray(x, dtype=float))
-    pos = d > 0
-    change = pos[..., 1:] != pos[..., :1]
-    has = change.any(axis=-1)
-    i = np.where(has, change.argmax(axis=-1), 0)
-    d0 = np.take_along_axis(d, i[..., None], -1)[..., 0]
-    d1 = np.take_along_axis(d, (i + 1)[..., None], -1)[..., 0]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        frac = np.where(d0 != d1, d0 / (d0 - d1), 0.0)
-    val = np.exp(lx[i] + frac * (lx[np.minimum(i + 1, len(lx) - 1)] - lx[i]))
-    kind = np.where(has, np.where(pos[..., 0], 0, 1), np.where(pos[..., 0], 2, 3))
-    val = np.where(has, val, np.where(pos[..., 0], np.inf, 0.0))
-    return val, kind
-
-
-KIND_NAMES = {0: "crossing", 1: "reverse", 2: "trapped_everywhere", 3: "never_trapped"}
 
 
 class Simulator:
@@ -148,57 +123,40 @@ class Simulator:
         return q, n, derived
 
     # ---- thresholds --------------------------------------------------------------------------
-    def batch_limit(self, counts: ArchCounts, precision: str, new_tokens, prompt_tokens,
-                    double_quant=False) -> float:
+    def batch_limit(self, counts: ArchCounts, precision: str, new_tokens, prompt_tokens) -> float:
         """Largest batch whose peak memory fits the device (0 if even batch 1 does not)."""
-        overhead = float(self.profile.hardware.get("runtime_overhead_gib", 0.0)) * GIB
-        fixed = physical.peak_memory_bytes(counts, precision, 0.0, new_tokens, prompt_tokens,
-                                           double_quant, overhead)
-        per_seq = (prompt_tokens + new_tokens) * counts.kv_bytes_per_token
-        return float(np.floor(max(self.profile.memory_bytes - fixed, 0.0) / per_seq))
+        return float(np.ravel(thresholds.batch_limit(self, counts, precision, new_tokens,
+                                                     prompt_tokens))[0])
 
     def b_star(self, counts: ArchCounts, precision: str, new_tokens=256, prompt_tokens=128,
-               b_max: float = 4096, draws=False, n_grid: int = 200) -> Threshold:
+               b_max: float = thresholds.B_MAX, draws=False) -> Threshold:
         """Critical batch B*: where quantized J/query equals native (physical model).
 
-        Solved on a log grid of batches from 1 to the smaller of ``b_max`` and the native
-        configuration's memory limit. The paper's closed form (eq. 18) is
-        :func:`qtsim.paper.b_star` on :meth:`paper_constants`.
+        Solved on a log grid of integer batches from 1 to the smaller of ``b_max`` and the
+        native configuration's memory limit (:func:`qtsim.thresholds.b_star_rows`). The paper's
+        closed form (eq. 18) is :func:`qtsim.paper.b_star` on :meth:`paper_constants`.
         """
-        ref = self.profile.native
-        limit = min(b_max, self.batch_limit(counts, ref, new_tokens, prompt_tokens))
-        if limit < 1:
-            return Threshold(float("nan"), "native_oom", range_=(1, b_max),
+        one = thresholds.map_counts(counts, np.atleast_1d)
+        r = thresholds.b_star_rows(self, one, precision, new_tokens, prompt_tokens, b_max, draws=draws)
+        kname = thresholds.KIND_CODES[int(r["b_star_kind"][0])]
+        limit = float(r["b_star_max"][0])
+        lo, hi = (float(r["b_star_low"][0]), float(r["b_star_high"][0])) if draws else (np.nan, np.nan)
+        if kname == "native_oom":
+            return Threshold(float("nan"), kname, range_=(1, b_max),
                              reason="the native 16-bit model does not fit in device memory at batch 1")
-        grid = np.unique(np.round(np.geomspace(1.0, max(limit, 1.0), n_grid)))
-        _, _, d = self.compare(counts, precision, grid, new_tokens, prompt_tokens, draws)
-        val, kind = crossing(grid, d["delta_j"])
-        central, kc = crossing(grid, self.compare(counts, precision, grid, new_tokens,
-                                                  prompt_tokens, False)[2]["delta_j"])
-        kname = KIND_NAMES[int(kc)]
-        lo = hi = float("nan")
-        p_trap = float(np.mean(np.asarray(d["delta_j"])[..., 0] > 0)) if draws else float(
-            np.asarray(d["delta_j"])[..., 0] > 0)
-        if draws:
-            same = np.asarray(kind) == kc
-            if same.mean() > 0:
-                _, lo, hi = band(np.where(same, val, np.nan).ravel())
-        jump = kname in ("crossing", "reverse") and central < 2.0
-        if jump:  # the sign flips between batch 1 and 2: a kernel switch, not a smooth crossing
-            central = 2.0
-            lo = hi = float("nan")
+        value = float(r["b_star"][0])
         reason = {
             "crossing": f"quantized costs more energy per query below B*, less above (searched batch 1..{limit:g})",
             "reverse": f"quantized saves energy below this batch and costs more above it (searched 1..{limit:g})",
             "trapped_everywhere": f"quantized costs more energy at every batch from 1 to {limit:g} (memory or range limit): B* > {limit:g}",
             "never_trapped": f"quantized costs less energy at every batch from 1 to {limit:g}",
         }[kname]
-        if jump:
+        if kname in ("crossing", "reverse") and value == 2.0 and np.isnan(lo):
             reason += "; the flip happens at the kernel switch between batch 1 and 2 (4-bit GEMV -> GEMM)"
-        return Threshold(float(central), kname, lo, hi, p_trap, (1.0, limit), reason)
+        return Threshold(value, kname, lo, hi, float("nan"), (1.0, limit), reason)
 
     def n_star(self, arch: Architecture, precision: str, batch=1, new_tokens=256,
-               prompt_tokens=128, n_range=(1e8, 1e12), draws=False, n_grid: int = 160) -> Threshold:
+               prompt_tokens=128, n_range=thresholds.N_RANGE, draws=False) -> Threshold:
         """Critical Model Scale N*: the parameter count where quantized J/query equals native.
 
         The paper names N* without defining it; qtsim defines it for a given hardware,
@@ -208,18 +166,11 @@ class Simulator:
         with N: below N* those dominate and quantized loses; above N* the weight-byte savings
         win. Memory limits are ignored here (a planner's curve, not a deployment check).
         """
-        grid = np.geomspace(n_range[0], n_range[1], n_grid)
-        fam = arch.scaled(grid)
-        d = self.compare(fam, precision, batch, new_tokens, prompt_tokens, draws)[2]["delta_j"]
-        val, kind = crossing(grid, d)
-        dc = self.compare(fam, precision, batch, new_tokens, prompt_tokens, False)[2]["delta_j"]
-        central, kc = crossing(grid, dc)
-        kname = KIND_NAMES[int(kc)]
-        lo = hi = float("nan")
-        if draws:
-            same = np.asarray(kind) == kc
-            if same.mean() > 0:
-                _, lo, hi = band(np.where(same, val, np.nan).ravel())
+        r = thresholds.n_star_rows(self, arch, precision, [batch], new_tokens, prompt_tokens,
+                                   n_range, draws=draws)
+        kname = KIND_NAMES[int(np.ravel(r["n_star_kind"])[0])]
+        lo, hi = ((float(np.ravel(r["n_star_low"])[0]), float(np.ravel(r["n_star_high"])[0]))
+                  if draws else (np.nan, np.nan))
         span = f"{n_range[0]:.0e}..{n_range[1]:.0e} parameters"
         reason = {
             "crossing": f"quantized costs more energy per query below N*, less above (searched {span})",
@@ -227,7 +178,8 @@ class Simulator:
             "trapped_everywhere": f"no crossing in {span}: quantized costs more at every size, N* > {n_range[1]:.0e}",
             "never_trapped": f"no crossing in {span}: quantized costs less at every size, N* < {n_range[0]:.0e}",
         }[kname]
-        return Threshold(float(central), kname, lo, hi, float("nan"), tuple(n_range), reason)
+        return Threshold(float(np.ravel(r["n_star"])[0]), kname, lo, hi, float("nan"),
+                         tuple(n_range), reason)
 
     def paper_constants(self, counts: ArchCounts, precision: str, draws=False,
                         double_quant=False):

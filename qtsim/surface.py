@@ -35,16 +35,20 @@ from qtsim.architecture import ArchCounts, Architecture
 from qtsim.errors import QtsimError
 from qtsim.precision import get_precision
 from qtsim.profiles import HardwareProfile
-from qtsim.simulator import BAND, KIND_NAMES, Simulator
+from qtsim.simulator import BAND, Simulator
+from qtsim.thresholds import (  # noqa: F401  (re-exported for surface users)
+    KIND_CODES,
+    b_star_rows,
+    crossing,
+    grid_eval,
+    map_counts,
+    n_star_rows,
+    nan_percentiles,
+)
 from qtsim.trust import TrustEstimate, lookup_trust
 
 GIB = 2**30
 DIMS = ("gpu", "precision", "model", "batch")
-KIND_CODES = {**KIND_NAMES, 4: "native_oom"}
-B_MAX = 4096.0  # B* search range, as Simulator.b_star
-B_GRID = 200
-N_RANGE = (1e8, 1e12)  # N* search range, as Simulator.n_star
-N_GRID = 160
 
 #: name -> (units, description, dims). Dims not listed are ``DIMS``.
 QUANTITIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -142,11 +146,6 @@ def stack_counts(counts: Sequence[ArchCounts]) -> ArchCounts:
                          for f in dataclasses.fields(ArchCounts)})
 
 
-def _map_counts(counts: ArchCounts, fn) -> ArchCounts:
-    return ArchCounts(**{f.name: fn(np.asarray(getattr(counts, f.name), float))
-                         for f in dataclasses.fields(ArchCounts)})
-
-
 def parse_sizes(text: str) -> np.ndarray:
     """``"LO:HI:N"`` -> N parameter counts spaced geometrically from LO to HI (or a comma list)."""
     try:
@@ -171,28 +170,6 @@ def size_label(family: str, n_params: float) -> str:
 
 
 # ---- grid evaluation ----------------------------------------------------------------------------
-def grid_eval(sim: Simulator, counts: ArchCounts, precision: str, batch, new_tokens,
-              prompt_tokens, draws: bool = False) -> dict:
-    """``sim.evaluate`` on the outer grid models x batches: arrays (M, B), or (n, M, B) with draws.
-
-    ``counts`` fields are 1-D (M,); ``batch`` is (B,) or per-model (M, B). Central values
-    broadcast without copies; draws (whose parameters carry shape (n, 1)) evaluate the flattened
-    grid and reshape.
-    """
-    b = np.asarray(batch, float)
-    m = np.size(np.asarray(counts.n_params))
-    shape = (m, b.shape[-1])
-    if not draws:
-        col = _map_counts(counts, lambda a: a.reshape(-1, 1) if a.size == m else a)
-        out = sim.evaluate(col, precision, b, new_tokens, prompt_tokens)
-        return {k: np.broadcast_to(v, shape) for k, v in out.items()}
-    flat = _map_counts(counts, lambda a: np.broadcast_to(a.reshape(-1, 1) if a.size == m else a,
-                                                         shape).ravel())
-    out = sim.evaluate(flat, precision, np.broadcast_to(b, shape).ravel(), new_tokens,
-                       prompt_tokens, draws=True)
-    return {k: np.asarray(v).reshape(np.shape(v)[:-1] + shape) for k, v in out.items()}
-
-
 def derived(q: dict, n: dict) -> dict:
     """COR (eq. 9, from step times), energy, HLI and speed ratios, delta J: as Simulator.compare."""
     return {
@@ -238,126 +215,6 @@ def paper_energy(sim: Simulator, counts: ArchCounts, precision: str, batch, new_
     b_star = np.asarray(c["b_star_paper"]) if quant else np.zeros_like(alpha)
     return {"alpha_j_per_bit": alpha, "gamma_j": gamma, "phi_j": phi, "b_star_paper": b_star,
             "j_per_query_paper": e_q, "j_native": e_n}
-
-
-def crossing_rows(x, delta):
-    """First sign change of ``delta`` along its last axis, interpolated in log x.
-
-    Like :func:`qtsim.simulator.crossing` but ``x`` may differ per row (broadcastable to
-    ``delta``). Returns (value, kind) with kind codes 0 crossing (+ to -), 1 reverse (- to +),
-    2 positive everywhere (value inf), 3 negative everywhere (value 0).
-    """
-    d = np.asarray(delta, float)
-    lx = np.broadcast_to(np.log(np.asarray(x, float)), d.shape)
-    pos = d > 0
-    change = pos[..., 1:] != pos[..., :1]
-    has = change.any(axis=-1)
-    i = np.where(has, change.argmax(axis=-1), 0)
-    j = np.minimum(i + 1, d.shape[-1] - 1)
-
-    def take(a, k):
-        return np.take_along_axis(a, k[..., None], -1)[..., 0]
-
-    d0, d1, x0, x1 = take(d, i), take(d, j), take(lx, i), take(lx, j)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        frac = np.where(d0 != d1, d0 / (d0 - d1), 0.0)
-        val = np.where(has, np.exp(x0 + frac * (x1 - x0)), np.where(pos[..., 0], np.inf, 0.0))
-    kind = np.where(has, np.where(pos[..., 0], 0, 1), np.where(pos[..., 0], 2, 3))
-    return val, kind
-
-
-def nan_percentiles(x, qs=BAND):
-    """Percentiles along axis 0 ignoring NaN and inf (numpy's linear method), vectorised.
-
-    ``np.nanpercentile`` loops over columns in Python once any NaN is present; this sorts once.
-    Columns with no finite value give NaN.
-    """
-    x = np.asarray(x, float)
-    x = np.where(np.isfinite(x), x, np.nan)
-    s = np.sort(x, axis=0)  # NaN last
-    n = np.sum(~np.isnan(x), axis=0)
-    top = np.maximum(n - 1, 0)
-    out = []
-    for q in qs:
-        pos = q / 100.0 * top
-        lo = np.floor(pos).astype(np.intp)
-        hi = np.minimum(lo + 1, top)
-        v_lo = np.take_along_axis(s, lo[None], 0)[0]
-        v_hi = np.take_along_axis(s, hi[None], 0)[0]
-        out.append(np.where(n > 0, v_lo + (pos - lo) * (v_hi - v_lo), np.nan))
-    return out
-
-
-def _band_same_kind(val_draws, kind_draws, kind_central):
-    """16/84% of the draws' thresholds, over the draws whose kind matches the central one."""
-    v = np.where(np.asarray(kind_draws) == np.asarray(kind_central)[None], val_draws, np.nan)
-    return tuple(nan_percentiles(v))
-
-
-def batch_limit(sim: Simulator, counts: ArchCounts, precision: str, new_tokens, prompt_tokens):
-    """Largest batch whose peak memory fits (Simulator.batch_limit, vectorised over models)."""
-    from qtsim import physical
-
-    prof = sim.profile
-    overhead = float(prof.hardware.get("runtime_overhead_gib", 0.0)) * GIB
-    fixed = physical.peak_memory_bytes(counts, precision, 0.0, new_tokens, prompt_tokens,
-                                       False, overhead)
-    per_seq = (prompt_tokens + new_tokens) * np.asarray(counts.kv_bytes_per_token, float)
-    return np.floor(np.maximum(prof.memory_bytes - fixed, 0.0) / per_seq)
-
-
-def b_star_rows(sim: Simulator, counts: ArchCounts, precision: str, new_tokens, prompt_tokens,
-                b_max: float = B_MAX, n_grid: int = B_GRID, draws: bool = False) -> dict:
-    """B* for every model at once, on Simulator.b_star's grid and rules (vectorised over models).
-
-    Grid: integer batches rounded from a geometric grid 1..limit, limit = min(b_max, the native
-    configuration's memory limit). A sign flip between batch 1 and 2 is bitsandbytes leaving its
-    batch-1 GEMV kernel, not a smooth crossing: B* is reported as 2 with no band. Returns
-    ``b_star``, ``b_star_kind`` (codes of ``KIND_CODES``), ``b_star_max`` and with draws
-    ``b_star_low``, ``b_star_high``.
-    """
-    lim = np.atleast_1d(np.minimum(b_max, batch_limit(sim, counts, sim.profile.native,
-                                                      new_tokens, prompt_tokens)))
-    top = np.maximum(lim, 1.0)
-    grid = np.round(np.exp(np.linspace(0.0, 1.0, n_grid)[None, :] * np.log(top)[:, None]))
-    out = {"b_star_max": lim}
-
-    def delta(d):
-        q = grid_eval(sim, counts, precision, grid, new_tokens, prompt_tokens, d)
-        n = grid_eval(sim, counts, sim.profile.native, grid, new_tokens, prompt_tokens, d)
-        return q["j_per_query"] - n["j_per_query"]
-
-    val, kind = crossing_rows(grid, delta(False))
-    oom = lim < 1
-    jump = np.isin(kind, (0, 1)) & (val < 2.0)  # kernel switch between batch 1 and 2
-    out["b_star"] = np.where(oom, np.nan, np.where(jump, 2.0, val))
-    out["b_star_kind"] = np.where(oom, 4, kind)
-    if draws:
-        vd, kd = crossing_rows(grid, delta(True))
-        lo, hi = _band_same_kind(vd, kd, kind)
-        out["b_star_low"] = np.where(oom | jump, np.nan, lo)
-        out["b_star_high"] = np.where(oom | jump, np.nan, hi)
-    return out
-
-
-def n_star_rows(sim: Simulator, arch: Architecture, precision: str, batch, new_tokens,
-                prompt_tokens, n_range=N_RANGE, n_grid: int = N_GRID, draws: bool = False) -> dict:
-    """N* for every batch at once along ``arch``'s synthetic family (Simulator.n_star's grid)."""
-    sizes = np.geomspace(n_range[0], n_range[1], n_grid)
-    fam = arch.scaled(sizes)
-    b = np.atleast_1d(np.asarray(batch, float))
-
-    def delta(d):
-        q = grid_eval(sim, fam, precision, b, new_tokens, prompt_tokens, d)
-        n = grid_eval(sim, fam, sim.profile.native, b, new_tokens, prompt_tokens, d)
-        return np.swapaxes(q["j_per_query"] - n["j_per_query"], -1, -2)  # (..., B, S)
-
-    val, kind = crossing_rows(sizes, delta(False))
-    out = {"n_star": val, "n_star_kind": kind}
-    if draws:
-        vd, kd = crossing_rows(sizes, delta(True))
-        out["n_star_low"], out["n_star_high"] = _band_same_kind(vd, kd, kind)
-    return out
 
 
 def _trust_grid(precisions, names, synthetic, native, trust_table, depth, family):
@@ -590,8 +447,8 @@ def trap_map(profile: HardwareProfile, arch: Architecture, precision: str, sizes
     q = grid_eval(sim, fam, precision, b, new_tokens, prompt_tokens)
     n = grid_eval(sim, fam, profile.native, b, new_tokens, prompt_tokens)
     dj = q["j_per_query"] - n["j_per_query"]
-    bn, bk = crossing_rows(b, dj)
-    nb, nk = crossing_rows(s, dj.T)
+    bn, bk = crossing(b, dj)
+    nb, nk = crossing(s, dj.T)
     out = {"sizes": s, "batches": b, "delta_j": dj, "trapped": dj > 0,
            "energy_ratio": q["j_per_query"] / n["j_per_query"],
            "b_star_of_n": bn, "b_star_kind": bk, "n_star_of_b": nb, "n_star_kind": nk,

@@ -1,0 +1,175 @@
+"""Thresholds: where quantized and native energy-per-query curves cross (B*, N*), vectorised.
+
+Shared by :class:`qtsim.simulator.Simulator` (one model) and :mod:`qtsim.surface` (whole grids):
+the batch grid, the memory limit, the kernel-switch rule at batch 1 -> 2 and the uncertainty
+bands live here once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from qtsim import physical
+from qtsim.architecture import ArchCounts, Architecture
+
+if TYPE_CHECKING:
+    from qtsim.simulator import Simulator
+
+GIB = 2**30
+BAND = (16.0, 84.0)
+KIND_NAMES = {0: "crossing", 1: "reverse", 2: "trapped_everywhere", 3: "never_trapped"}
+KIND_CODES = {**KIND_NAMES, 4: "native_oom"}
+B_MAX = 4096.0  # B* search range
+B_GRID = 200
+N_RANGE = (1e8, 1e12)  # N* search range, parameters
+N_GRID = 160
+
+
+def map_counts(counts: ArchCounts, fn) -> ArchCounts:
+    return ArchCounts(**{f.name: fn(np.asarray(getattr(counts, f.name), float))
+                         for f in dataclasses.fields(ArchCounts)})
+
+
+def grid_eval(sim: Simulator, counts: ArchCounts, precision: str, batch, new_tokens,
+              prompt_tokens, draws: bool = False) -> dict:
+    """``sim.evaluate`` on the outer grid models x batches: arrays (M, B), or (n, M, B) with draws.
+
+    ``counts`` fields are 1-D (M,); ``batch`` is (B,) or per-model (M, B). Central values
+    broadcast without copies; draws (whose parameters carry shape (n, 1)) evaluate the flattened
+    grid and reshape.
+    """
+    b = np.asarray(batch, float)
+    m = np.size(np.asarray(counts.n_params))
+    shape = (m, b.shape[-1])
+    if not draws:
+        col = map_counts(counts, lambda a: a.reshape(-1, 1) if a.size == m else a)
+        out = sim.evaluate(col, precision, b, new_tokens, prompt_tokens)
+        return {k: np.broadcast_to(v, shape) for k, v in out.items()}
+    flat = map_counts(counts, lambda a: np.broadcast_to(a.reshape(-1, 1) if a.size == m else a,
+                                                         shape).ravel())
+    out = sim.evaluate(flat, precision, np.broadcast_to(b, shape).ravel(), new_tokens,
+                       prompt_tokens, draws=True)
+    return {k: np.asarray(v).reshape(np.shape(v)[:-1] + shape) for k, v in out.items()}
+
+
+def crossing(x, delta):
+    """First sign change of ``delta`` along its last axis, interpolated in log x.
+
+    ``x`` is increasing along the last axis and may differ per row (broadcastable to ``delta``).
+    Returns (value, kind) with kind codes 0 crossing (+ to -), 1 reverse (- to +),
+    2 positive everywhere (value inf), 3 negative everywhere (value 0).
+    """
+    d = np.asarray(delta, float)
+    lx = np.broadcast_to(np.log(np.asarray(x, float)), d.shape)
+    pos = d > 0
+    change = pos[..., 1:] != pos[..., :1]
+    has = change.any(axis=-1)
+    i = np.where(has, change.argmax(axis=-1), 0)
+    j = np.minimum(i + 1, d.shape[-1] - 1)
+
+    def take(a, k):
+        return np.take_along_axis(a, k[..., None], -1)[..., 0]
+
+    d0, d1, x0, x1 = take(d, i), take(d, j), take(lx, i), take(lx, j)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        frac = np.where(d0 != d1, d0 / (d0 - d1), 0.0)
+        val = np.where(has, np.exp(x0 + frac * (x1 - x0)), np.where(pos[..., 0], np.inf, 0.0))
+    kind = np.where(has, np.where(pos[..., 0], 0, 1), np.where(pos[..., 0], 2, 3))
+    return val, kind
+
+
+def nan_percentiles(x, qs=BAND):
+    """Percentiles along axis 0 ignoring NaN and inf (numpy's linear method), vectorised.
+
+    ``np.nanpercentile`` loops over columns in Python once any NaN is present; this sorts once.
+    Columns with no finite value give NaN.
+    """
+    x = np.asarray(x, float)
+    x = np.where(np.isfinite(x), x, np.nan)
+    s = np.sort(x, axis=0)  # NaN last
+    n = np.sum(~np.isnan(x), axis=0)
+    top = np.maximum(n - 1, 0)
+    out = []
+    for q in qs:
+        pos = q / 100.0 * top
+        lo = np.floor(pos).astype(np.intp)
+        hi = np.minimum(lo + 1, top)
+        v_lo = np.take_along_axis(s, lo[None], 0)[0]
+        v_hi = np.take_along_axis(s, hi[None], 0)[0]
+        out.append(np.where(n > 0, v_lo + (pos - lo) * (v_hi - v_lo), np.nan))
+    return out
+
+
+def _band_same_kind(val_draws, kind_draws, kind_central):
+    """16/84% of the draws' thresholds, over the draws whose kind matches the central one."""
+    v = np.where(np.asarray(kind_draws) == np.asarray(kind_central)[None], val_draws, np.nan)
+    return tuple(nan_percentiles(v))
+
+
+def batch_limit(sim: Simulator, counts: ArchCounts, precision: str, new_tokens, prompt_tokens):
+    """Largest batch whose peak memory fits the device, vectorised over models (0: none fits)."""
+    prof = sim.profile
+    overhead = float(prof.hardware.get("runtime_overhead_gib", 0.0)) * GIB
+    fixed = physical.peak_memory_bytes(counts, precision, 0.0, new_tokens, prompt_tokens,
+                                       False, overhead)
+    per_seq = (prompt_tokens + new_tokens) * np.asarray(counts.kv_bytes_per_token, float)
+    return np.floor(np.maximum(prof.memory_bytes - fixed, 0.0) / per_seq)
+
+
+def b_star_rows(sim: Simulator, counts: ArchCounts, precision: str, new_tokens, prompt_tokens,
+                b_max: float = B_MAX, n_grid: int = B_GRID, draws: bool = False) -> dict:
+    """B* for every model at once: where quantized J/query equals native (physical model).
+
+    Grid: integer batches rounded from a geometric grid 1..limit, limit = min(b_max, the native
+    configuration's memory limit). A sign flip between batch 1 and 2 is bitsandbytes leaving its
+    batch-1 GEMV kernel, not a smooth crossing: B* is reported as 2 with no band. Returns
+    ``b_star``, ``b_star_kind`` (codes of ``KIND_CODES``), ``b_star_max`` and with draws
+    ``b_star_low``, ``b_star_high``.
+    """
+    lim = np.atleast_1d(np.minimum(b_max, batch_limit(sim, counts, sim.profile.native,
+                                                      new_tokens, prompt_tokens)))
+    top = np.maximum(lim, 1.0)
+    grid = np.round(np.exp(np.linspace(0.0, 1.0, n_grid)[None, :] * np.log(top)[:, None]))
+    out = {"b_star_max": lim}
+
+    def delta(d):
+        q = grid_eval(sim, counts, precision, grid, new_tokens, prompt_tokens, d)
+        n = grid_eval(sim, counts, sim.profile.native, grid, new_tokens, prompt_tokens, d)
+        return q["j_per_query"] - n["j_per_query"]
+
+    val, kind = crossing(grid, delta(False))
+    oom = lim < 1
+    jump = np.isin(kind, (0, 1)) & (val < 2.0)  # kernel switch between batch 1 and 2
+    out["b_star"] = np.where(oom, np.nan, np.where(jump, 2.0, val))
+    out["b_star_kind"] = np.where(oom, 4, kind)
+    if draws:
+        vd, kd = crossing(grid, delta(True))
+        lo, hi = _band_same_kind(vd, kd, kind)
+        out["b_star_low"] = np.where(oom | jump, np.nan, lo)
+        out["b_star_high"] = np.where(oom | jump, np.nan, hi)
+    return out
+
+
+def n_star_rows(sim: Simulator, arch: Architecture, precision: str, batch, new_tokens,
+                prompt_tokens, n_range=N_RANGE, n_grid: int = N_GRID, draws: bool = False) -> dict:
+    """N* for every batch at once along ``arch``'s synthetic family (width and depth scaled)."""
+    sizes = np.geomspace(n_range[0], n_range[1], n_grid)
+    fam = arch.scaled(sizes)
+    b = np.atleast_1d(np.asarray(batch, float))
+
+    def delta(d):
+        q = grid_eval(sim, fam, precision, b, new_tokens, prompt_tokens, d)
+        n = grid_eval(sim, fam, sim.profile.native, b, new_tokens, prompt_tokens, d)
+        return np.swapaxes(q["j_per_query"] - n["j_per_query"], -1, -2)  # (..., B, S)
+
+    val, kind = crossing(sizes, delta(False))
+    out = {"n_star": val, "n_star_kind": kind}
+    if draws:
+        vd, kd = crossing(sizes, delta(True))
+        out["n_star_low"], out["n_star_high"] = _band_same_kind(vd, kd, kind)
+    return out
+
+
