@@ -46,7 +46,6 @@ class Threshold:
     kind: str
     low: float = float("nan")
     high: float = float("nan")
-    p_trapped_at_min: float = float("nan")
     range_: tuple = ()
     reason: str = ""
 
@@ -153,7 +152,7 @@ class Simulator:
         }[kname]
         if kname in ("crossing", "reverse") and value == 2.0 and np.isnan(lo):
             reason += "; the flip happens at the kernel switch between batch 1 and 2 (4-bit GEMV -> GEMM)"
-        return Threshold(value, kname, lo, hi, float("nan"), (1.0, limit), reason)
+        return Threshold(value, kname, lo, hi, (1.0, limit), reason)
 
     def n_star(self, arch: Architecture, precision: str, batch=1, new_tokens=256,
                prompt_tokens=128, n_range=thresholds.N_RANGE, draws=False) -> Threshold:
@@ -178,8 +177,7 @@ class Simulator:
             "trapped_everywhere": f"no crossing in {span}: quantized costs more at every size, N* > {n_range[1]:.0e}",
             "never_trapped": f"no crossing in {span}: quantized costs less at every size, N* < {n_range[0]:.0e}",
         }[kname]
-        return Threshold(float(np.ravel(r["n_star"])[0]), kname, lo, hi, float("nan"),
-                         tuple(n_range), reason)
+        return Threshold(float(np.ravel(r["n_star"])[0]), kname, lo, hi, tuple(n_range), reason)
 
     def paper_constants(self, counts: ArchCounts, precision: str, draws=False,
                         double_quant=False):
