@@ -7,6 +7,7 @@ A :class:`qtsim.errors.QtsimError` becomes one line on stderr and exit status 2.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 

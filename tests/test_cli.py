@@ -90,3 +90,4 @@ def test_console_script_and_help():
     assert r.returncode == 0 and "trap" in r.stdout
     r = run_qtsim("trap", "--help")
     assert "Example" in r.stdout
+

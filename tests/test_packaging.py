@@ -1,5 +1,6 @@
 """DESIGN.md sec. 5: one import package, qtsim; folders mapped through package-dir."""
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -35,9 +36,16 @@ def test_non_editable_install_answers_trap(wheel, tmp_path):
     r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target),
                         str(wheel)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    r = subprocess.run([sys.executable, "-m", "qtsim", "trap", "--gpu", "l4", "--model", "mistral-7b",
-                        "--precision", "nf4", "--draws", "20"], capture_output=True, text=True,
-                       cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin",
-                                          "HOME": str(tmp_path)}, timeout=300)
+    # -S: no site module, so no .pth hooks (an editable install's finder, anything that pre-imports
+    # modules such as importlib.util): the installed wheel runs as on a bare machine
+    deps = [p for p in sys.path if p.endswith("site-packages")]
+    # enter as the `qtsim` console script does (python -m would go through runpy, which
+    # imports importlib.util itself)
+    entry = ("from qtsim.cli.main import main; main(['trap', '--gpu', 'l4', '--model', "
+             "'mistral-7b', '--precision', 'nf4', '--draws', '20'])")
+    r = subprocess.run([sys.executable, "-S", "-c", entry], capture_output=True,
+                       text=True, cwd=tmp_path,
+                       env={"PYTHONPATH": os.pathsep.join([str(target), *deps]),
+                            "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "on energy" in r.stdout
