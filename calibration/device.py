@@ -7,6 +7,7 @@ Importing this module does not import torch; torch loads inside the methods that
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from abc import ABC, abstractmethod
@@ -251,6 +252,17 @@ class CudaDevice(Device):
         return gpu.default_power_limit_w() if gpu is not None else None
 
 
+MEASUREMENT_PACKAGES = ("torch", "transformers", "bitsandbytes")
+
+
+def require_measurement_stack() -> None:
+    """One-line error unless the ``calibrate`` extra (torch, transformers, bitsandbytes) is here."""
+    missing = [m for m in MEASUREMENT_PACKAGES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise QtsimError(f"measuring needs {', '.join(missing)}: pip install 'qtsim[calibrate]' "
+                         "(planner commands work without it)")
+
+
 def detect_device(requested: str, index: int = 0, cpu_threads: int | None = None) -> Device:
     """The device for ``--gpu requested``: "cpu" for this CPU, else a GPU name or alias.
 
@@ -260,6 +272,7 @@ def detect_device(requested: str, index: int = 0, cpu_threads: int | None = None
     Raises :class:`QtsimError` (one line) when a GPU is requested but CUDA is not visible, or
     when the visible GPU is not the requested one.
     """
+    require_measurement_stack()
     req = requested.strip().lower()
     if req == "cpu":
         if cpu_threads is not None:

@@ -93,3 +93,15 @@ def test_cuda_device_matches_and_refuses_mismatch():
     other = "l4" if name != "l4" else "h200"
     with pytest.raises(QtsimError, match=f"--gpu {other} requested but the visible GPU is"):
         detect_device(other)
+
+
+def test_missing_measurement_stack_is_one_line(monkeypatch):
+    import importlib.util
+
+    from qtsim.calibration import device
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(device.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    with pytest.raises(QtsimError, match=r"measuring needs bitsandbytes: pip install 'qtsim\[calibrate\]'"):
+        device.detect_device("cpu")
