@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from qtsim.architecture import from_config
 from qtsim.calibration.fit import FitResult, compute_dtype_4bit, fit_frame, profile_from_fit
 from qtsim.calibration.raw import RawStore
 from qtsim.errors import FitError, UnknownNameError
 from qtsim.profiles import HardwareProfile, load_profile
+from qtsim.simulator import paper_constants_table
 
 
 def _first(frame, col, default=None):
@@ -93,6 +95,13 @@ def build_profile(raw_path: str | os.PathLike, name: str | None = None) -> tuple
     versions = {k: _first(frame, k) for k in ("torch", "transformers", "bitsandbytes", "cuda")}
     prof = profile_from_fit(fit, frame, hw, str(Path(raw_path)), str(_first(frame, "device", hw["name"])),
                             str(_first(frame, "driver", "") or ""), versions)
+    base = frame[frame["kind"] == "decode"].sort_values("model")
+    if len(base):
+        import json as _json
+
+        ref = base.iloc[0]
+        prof.constants = paper_constants_table(
+            prof, from_config(_json.loads(ref["config_json"])).counts(), str(ref["model"]))
     prof.provenance["calibrated_points"] = sorted(  # decodes: what validation must hold out
         {f"decode:{r['model']}:b{int(r['batch'])}" for _, r in frame.iterrows() if r.get("kind") == "decode"})
     return prof, fit

@@ -61,9 +61,17 @@ def show_cmd(name, profile_path, fmt):
     click.echo(f"{'constant':26s} {'value':>12s} {'stderr':>11s} {'unit':18s} source     basis")
     for k, p in prof.physical.items():
         click.echo(f"{k:26s} {p.value:12.4g} {p.stderr:11.3g} {p.unit:18s} {p.source:10s} {p.basis[:70]}")
-    if prof.constants:
-        click.echo("paper constants: " + ", ".join(f"{k}={v}" for k, v in prof.constants.items()
-                                                  if not isinstance(v, dict)))
+    c = prof.constants
+    if c:
+        click.echo(f"paper constants (eq. 18, 19) for {c.get('reference_model')} at batch "
+                   f"{c.get('reference_batch')}: alpha per weight-bit "
+                   f"{c.get('alpha_j_per_weight_bit', float('nan')):.4g} ± "
+                   f"{c.get('alpha_j_per_weight_bit_stderr', float('nan')):.2g} J")
+        for p, row in c.items():
+            if isinstance(row, dict):
+                click.echo(f"  {p:5s} " + "  ".join(
+                    f"{k} {row[k]:.4g} ± {row.get(k + '_stderr', float('nan')):.2g}"
+                    for k in ("alpha_j_per_bit", "gamma_j", "phi_j", "b_star_eq18") if k in row))
     if prof.fit:
         click.echo("fit: " + ", ".join(f"{k}={v}" for k, v in prof.fit.items()
                                        if not isinstance(v, (list, dict))))

@@ -23,7 +23,9 @@ from importlib import resources
 from pathlib import Path
 
 from qtsim import __version__
+from qtsim.architecture import load_architecture
 from qtsim.profiles import HardwareProfile, Param, write_profile
+from qtsim.simulator import paper_constants_table
 
 BNB_TABLE = "bitsandbytes maintainers' H100 HF-generate table (data/reference/peer_measurements.md)"
 HBM = ("hopper", "ampere", "blackwell-dc")
@@ -33,6 +35,7 @@ ALIASES = {
     "h100-pcie": ["h100pcie"], "h200": ["h200-sxm", "h200-141gb"],
     "rtx-pro-6000-blackwell": ["rtx-pro-6000", "rtx6000-pro", "rtx-6000-pro"], "b200": ["b200-sxm"],
 }
+REFERENCE_MODEL = "mistral-7b"  # the paper's main model: [constants] are derived for it
 IDLE_FRACTION = 0.1  # idle power / TDP prior (Splitwise: 75 W of 700 W on H100)
 
 
@@ -98,7 +101,10 @@ def spec_profile(row: dict) -> HardwareProfile:
         "raw_sha256": "",
         "notes": "Datasheet facts; every constant marked prior is an informed guess with a wide stderr. Run `qtsim calibrate` on this GPU to replace them.",
     }
-    return HardwareProfile(hw, prov, p)
+    prof = HardwareProfile(hw, prov, p)
+    prof.constants = paper_constants_table(prof, load_architecture(REFERENCE_MODEL).counts(),
+                                           REFERENCE_MODEL)
+    return prof
 
 
 def write_spec_profiles(outdir: str | Path) -> list[Path]:

@@ -51,6 +51,9 @@ def test_fit_is_physical(fitted):
     assert v["t_call_int8_b1_s"] > v["t_call_nf4_b1_s"] > v["t_call_fp16_b1_s"]
     assert prof.hardware["compute_dtype_4bit"] == "bf16"
     assert prof.physical["p_static_w"].source == "assumed"
+    c = prof.constants
+    assert c["reference_model"] == "tiny-qwen3"
+    assert all(c[p]["phi_j_stderr"] > 0 for p in ("int8", "nf4"))
 
 
 def test_refit_reproduces_committed_profile(fitted):

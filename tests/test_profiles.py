@@ -83,3 +83,15 @@ def test_draws_respect_bounds():
     d = p.draws(2000, seed=1)
     assert all((v >= 0).all() for v in d.values())
     assert d["mem_bw_gbs"].mean() == pytest.approx(p.physical["mem_bw_gbs"].value, rel=0.02)
+
+
+@pytest.mark.parametrize("name", ["l4", "h100-sxm"])
+def test_profiles_carry_paper_constants_with_stderr(name):
+    c = load_profile(name).constants
+    assert c["reference_model"] == "mistral-7b" and c["reference_batch"] == 1
+    for p in ("int8", "nf4"):
+        for k in ("alpha_j_per_bit", "gamma_j", "phi_j", "b_star_eq18"):
+            assert c[p][k] >= 0 and c[p][f"{k}_stderr"] > 0, (p, k)
+    # alpha does not depend on the precision, phi does (eq. 19)
+    assert c["int8"]["alpha_j_per_bit"] == c["nf4"]["alpha_j_per_bit"]
+    assert c["int8"]["phi_j"] != c["nf4"]["phi_j"]
