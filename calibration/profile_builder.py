@@ -45,6 +45,7 @@ def hardware_facts(frame) -> dict:
             "device_type": "cpu", "memory_gib": round(float(mem) / 2**30, 2), "tdp_w": tdp,
             "idle_w": 0.0, "native_formats": ["fp32", "bf16", "fp16"], "native_dtype": "fp16",
             "runtime_overhead_gib": 0.0, "logical_cores": int(cores) if cores else 0,
+            "cpu_threads": int(_first(frame, "torch_threads", 0) or 0),
             "sources": [f"measured host: {_first(frame, 'device', 'cpu')}; TDP: "
                         f"{_first(frame, 'hli_assumption', 'assumed')}"]}
 

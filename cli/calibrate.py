@@ -52,10 +52,12 @@ def fit(raw, out, name):
 @click.option("--resume", is_flag=True, help="Continue an interrupted calibration in the same --out.")
 @click.option("--tdp-w", type=click.FloatRange(min=0, min_open=True),
               help="CPU only: power for the HLI energy estimate (default 7.5 W per logical core, labelled as an assumption).")
+@click.option("--cpu-threads", type=click.IntRange(min=1),
+              help="CPU only: torch intra-op threads (default torch's; 1 measures most steadily on small shared VMs). Recorded in the profile; validate reuses it.")
 @click.option("--install", "install", is_flag=True,
               help="Also copy the profile into the user profile directory so --gpu NAME finds it.")
 @click.option("--no-progress", is_flag=True)
-def calibrate(gpu, quick, out_dir, name, resume, tdp_w, install, no_progress):
+def calibrate(gpu, quick, out_dir, name, resume, tdp_w, cpu_threads, install, no_progress):
     """Measure this machine's GPU (or CPU) and fit a hardware profile.
 
     Runs short real measurements (memory-bandwidth and GEMM probes, single-layer microbenchmarks
@@ -85,7 +87,7 @@ def calibrate(gpu, quick, out_dir, name, resume, tdp_w, install, no_progress):
     from qtsim.calibration.profile_builder import build_profile
     from qtsim.profiles import user_profile_dir, write_profile
 
-    device = detect_device(gpu)
+    device = detect_device(gpu, cpu_threads=cpu_threads)
     name = name or device.name
     out = Path(out_dir)
     raw = out / f"{name}-calibration.h5"

@@ -30,9 +30,11 @@ from qtsim.cli.options import int_list, precision_list, split_list
 @click.option("--allow-overlap", is_flag=True,
               help="Run points whose model and batch were used in calibration (flagged in the report).")
 @click.option("--outliers", is_flag=True, help="Inject activation outliers so LLM.int8() takes its fp16 path.")
+@click.option("--cpu-threads", type=click.IntRange(min=1),
+              help="CPU only: torch threads (default: the count the profile was calibrated with).")
 @click.option("--no-progress", is_flag=True)
 def validate(profile_path, gpu, plan_path, model, precisions, batches, tokens, prompt_tokens, reps,
-             out_dir, raw_path, report_only, allow_overlap, outliers, no_progress):
+             out_dir, raw_path, report_only, allow_overlap, outliers, cpu_threads, no_progress):
     """Run full real decodes at held-out points and report the prediction error.
 
     Predictions come from the profile *before* each run and are stored beside the measurement
@@ -55,14 +57,14 @@ def validate(profile_path, gpu, plan_path, model, precisions, batches, tokens, p
     raw = Path(raw_path) if raw_path else out / "validation.h5"
     if not report_only:
         _measure(prof, plan_path, model, precisions, batches, tokens, prompt_tokens, reps, raw,
-                 allow_overlap, outliers, not no_progress)
+                 allow_overlap, outliers, not no_progress, cpu_threads)
     elif not raw.is_file():
         raise QtsimError(f"{raw}: no raw validation data to report from")
     _report(prof, raw, out)
 
 
 def _measure(prof, plan_path, model, precisions, batches, tokens, prompt_tokens, reps, raw,
-             allow_overlap, outliers, progress):
+             allow_overlap, outliers, progress, cpu_threads=None):
     from qtsim.architecture import from_config, load_config
     from qtsim.errors import QtsimError
     from qtsim.simulator import Simulator
@@ -98,8 +100,9 @@ def _measure(prof, plan_path, model, precisions, batches, tokens, prompt_tokens,
         from qtsim.calibration.runner import run_plan
     except ImportError as e:
         raise QtsimError(f"measuring needs the calibrate extra (pip install 'qtsim[calibrate]'): {e}") from None
-    requested = "cpu" if prof.hardware.get("device_type") == "cpu" else prof.name
-    device = detect_device(requested)
+    cpu = prof.hardware.get("device_type") == "cpu"
+    threads = (cpu_threads or prof.hardware.get("cpu_threads") or None) if cpu else None
+    device = detect_device("cpu" if cpu else prof.name, cpu_threads=threads)
     tdp = prof.tdp_w if device.backend == "cpu" else None
     monitor = EnergyMonitor(device, tdp_w=tdp)
     sim = Simulator(prof, n_draws=200)
