@@ -133,27 +133,32 @@ def build_linear(lp: LinearPath, in_features: int, out_features: int, device, se
     """A bias-free linear layer for path ``lp`` on ``device`` (weights random, N(0, 1/in))."""
     import torch
 
-    # Drawn on the device (fast for large shapes), then kept on the CPU: bitsandbytes
-    # quantises Int8Params only when moving them from the CPU.
+    # Drawn on the device (fast for large shapes). Layers are constructed on the meta device
+    # (no CPU allocation, no kaiming init of a weight that is replaced at once) and take ``w``.
     gen = torch.Generator(device=device.torch_device).manual_seed(seed)
     w = torch.randn(out_features, in_features, generator=gen, device=device.torch_device)
-    w = w.div_(math.sqrt(in_features)).to("cpu")
+    w = w.div_(math.sqrt(in_features))
     if lp.precision in ("fp16", "bf16"):
-        layer = torch.nn.Linear(in_features, out_features, bias=False,
-                                dtype=_torch_dtype(lp.precision))
-        with torch.no_grad():
-            layer.weight.copy_(w.to(layer.weight.dtype))
+        dt = _torch_dtype(lp.precision)
+        layer = torch.nn.Linear(in_features, out_features, bias=False, device="meta", dtype=dt)
+        layer.weight = torch.nn.Parameter(w.to(dt), requires_grad=False)
         return layer.to(device.torch_device).eval()
     import bitsandbytes as bnb
 
     if lp.precision == "int8":
+        # bitsandbytes quantises Int8Params only when moving them *from the CPU*: an fp16
+        # weight already on the GPU would stay unquantised. So this one goes via the CPU.
         layer = bnb.nn.Linear8bitLt(in_features, out_features, bias=False,
-                                    has_fp16_weights=False, threshold=lp.threshold)
-        layer.weight = bnb.nn.Int8Params(w.half(), requires_grad=False, has_fp16_weights=False)
+                                    has_fp16_weights=False, threshold=lp.threshold,
+                                    device="meta")
+        layer.weight = bnb.nn.Int8Params(w.half().to("cpu"), requires_grad=False,
+                                         has_fp16_weights=False)
         return layer.to(device.torch_device).eval()
+    # Params4bit quantises on its first move to a real device, wherever its data lies.
     cdt = _torch_dtype(compute_dtype_name(device, lp.precision))
     layer = bnb.nn.Linear4bit(in_features, out_features, bias=False, compute_dtype=cdt,
-                              compress_statistics=lp.double_quant, quant_type=lp.precision)
+                              compress_statistics=lp.double_quant, quant_type=lp.precision,
+                              device="meta")
     layer.weight = bnb.nn.Params4bit(w.to(cdt), requires_grad=False, quant_type=lp.precision,
                                      compress_statistics=lp.double_quant)
     return layer.to(device.torch_device).eval()
@@ -199,7 +204,10 @@ def is_oom(exc: BaseException) -> bool:
         pass
     if isinstance(exc, MemoryError):
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    # cuBLAS/cuSOLVER report a failed workspace allocation as *_STATUS_ALLOC_FAILED
+    return isinstance(exc, RuntimeError) and ("out of memory" in text
+                                              or "status_alloc_failed" in text)
 
 
 def release_memory(device) -> None:
@@ -226,8 +234,20 @@ def skip_on_oom(exc: BaseException, device, attrs: dict, where: str) -> PointRes
     """
     if not is_oom(exc):
         raise exc
+    reason = oom_reason(exc, where)
+    _drop_tracebacks(exc)
     release_memory(device)
-    return PointResult.skipped({**attrs, "finished": now_iso()}, oom_reason(exc, where))
+    return PointResult.skipped({**attrs, "finished": now_iso()}, reason)
+
+
+def _drop_tracebacks(exc: BaseException | None) -> None:
+    """Unlink the frames an exception (and its context chain) keeps alive: their locals
+    hold the tensors that ran out of memory, which empty_cache() cannot return otherwise."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc.__traceback__ = None
+        exc = exc.__cause__ or exc.__context__
 
 
 # -- timing windows -------------------------------------------------------------------------------
@@ -269,10 +289,17 @@ def measure_windows(fn: Callable[[], Any], monitor: EnergyMonitor, iters: int, r
     """``reps`` windows, each calling ``fn`` ``iters`` times back to back."""
     out = []
     for r in range(reps):
-        monitor.begin_window(f"{key}#{r}")
-        for _ in range(iters):
-            fn()
-        out.append(monitor.end_window(f"{key}#{r}"))
+        k = f"{key}#{r}"
+        monitor.begin_window(k)
+        try:
+            for _ in range(iters):
+                fn()
+        except BaseException:
+            # out of memory (or an interrupt) mid-window: drop the window, or its key stays
+            # open and the next point on this path fails with "already open"
+            monitor.abort_window(k)
+            raise
+        out.append(monitor.end_window(k))
     return out
 
 
@@ -375,6 +402,7 @@ def membw_probe(device, monitor: EnergyMonitor | None = None, *, size_bytes: int
                                             key="membw")
         src = dst = None  # free before release_memory
     except Exception as exc:
+        src = dst = None
         return skip_on_oom(exc, device, attrs, f"{size_bytes} bytes")
     release_memory(device)
     return PointResult({**attrs, **extra, "status": "ok", "finished": now_iso()}, datasets)
@@ -405,6 +433,7 @@ def gemm_probe(device, monitor: EnergyMonitor | None = None, *, n: int | None = 
                                             warmup_s=warmup_s, key="gemm")
         a = b = out = None
     except Exception as exc:
+        a = b = out = None
         return skip_on_oom(exc, device, attrs, f"n={n}")
     release_memory(device)
     return PointResult({**attrs, **extra, "status": "ok", "finished": now_iso()}, datasets)
@@ -463,6 +492,7 @@ def linear_probe(device, path: str, in_features: int, out_features: int, batch: 
                                             key=f"linear-{lp.name}")
         layer = x = None
     except Exception as exc:
+        layer = x = None
         return skip_on_oom(exc, device, attrs, f"batch {batch}")
     release_memory(device)
     return PointResult({**attrs, **extra, "status": "ok", "finished": now_iso()}, datasets)

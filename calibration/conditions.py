@@ -32,6 +32,10 @@ def environment_attrs(device, monitor=None, purpose: str = "calibration") -> dic
         "accelerate": package_version("accelerate"),
         "cuda": info.get("cuda_version"),
         "driver": info.get("driver_version"),
+        # CUDA GPUs: NVML's own name for the device and whether NVML found it by torch's UUID
+        # ("uuid") or only by index ("index": wrong GPU possible under CUDA_VISIBLE_DEVICES)
+        "nvml_name": info.get("nvml_name"),
+        "nvml_matched_by": info.get("nvml_matched_by"),
         "clocks": {
             "sm_mhz": info.get("sm_clock_mhz"),
             "mem_mhz": info.get("mem_clock_mhz"),

@@ -156,7 +156,8 @@ def replace_linears_with_bnb(model, precision: str, device, *, double_quant: boo
         bias = module.bias is not None
         if precision == "int8":
             new = bnb.nn.Linear8bitLt(module.in_features, module.out_features, bias=bias,
-                                      has_fp16_weights=False, threshold=threshold)
+                                      has_fp16_weights=False, threshold=threshold,
+                                      device="meta")
             new.weight = bnb.nn.Int8Params(w.half(), requires_grad=False,
                                            has_fp16_weights=False)
             if bias:
@@ -165,7 +166,7 @@ def replace_linears_with_bnb(model, precision: str, device, *, double_quant: boo
         else:
             new = bnb.nn.Linear4bit(module.in_features, module.out_features, bias=bias,
                                     compute_dtype=cdt, compress_statistics=double_quant,
-                                    quant_type=precision)
+                                    quant_type=precision, device="meta")
             new.weight = bnb.nn.Params4bit(w.to(cdt), requires_grad=False, quant_type=precision,
                                            compress_statistics=double_quant)
             if bias:
@@ -188,9 +189,17 @@ def add_outlier_hooks(model, n_dims: int = OUTLIER_N_DIMS, scale: float = OUTLIE
     (:func:`~qtsim.calibration.bench.outlier_dims`) to +-``scale``. Returns hooks added."""
     import torch
 
+    # One index tensor per (device, width), made once: building it from a Python list in
+    # every call is a blocking host-to-device copy on CUDA (a stall per layer per token).
+    dims_cache: dict[tuple[str, int], Any] = {}
+
     def hook(module, args):
         x = args[0]
-        dims = torch.tensor(outlier_dims(x.shape[-1], n_dims), device=x.device)
+        key = (str(x.device), int(x.shape[-1]))
+        dims = dims_cache.get(key)
+        if dims is None:
+            dims = dims_cache[key] = torch.tensor(outlier_dims(x.shape[-1], n_dims),
+                                                  device=x.device)
         x = x.clone()
         sel = x.index_select(-1, dims)
         x.index_copy_(-1, dims, torch.where(sel < 0, -scale, scale).to(x.dtype))
@@ -240,10 +249,12 @@ def build_model(config: dict, precision: str, device, *, seed: int = 0,
                                                    double_quant, threshold)
                 attrs.update(build_route="from_pretrained",
                              build_route_reason="transformers BitsAndBytesConfig")
-            except (ImportError, ValueError, RuntimeError, NotImplementedError, TypeError) as exc:
+            except Exception as exc:  # noqa: BLE001 - any refusal: fall back, reason recorded
                 if route == "from_pretrained" or is_oom(exc):
                     raise
                 reason = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+                # the failed load's frames (and their CUDA tensors) die with ``exc``
+            if model is None:
                 release_memory(device)
         if model is None:
             model = _random_model(config, compute_dtype_name(device, precision), device, seed)
@@ -324,6 +335,19 @@ def _timed(fn, device) -> float:
     return time.perf_counter() - t0
 
 
+def _window(monitor, key: str, generate, k: int, iters: int):
+    """One measured window of ``iters`` generates of ``k`` tokens; an exception (out of
+    memory) drops the window so its key can be opened again by the next point."""
+    monitor.begin_window(key)
+    try:
+        for _ in range(iters):
+            generate(k)
+    except BaseException:
+        monitor.abort_window(key)
+        raise
+    return monitor.end_window(key)
+
+
 def decode_run(built: BuiltModel, batch: int, prompt_len: int, new_tokens: int,
                reps: int = 3, warmup: int = 1, *, monitor: EnergyMonitor | None = None,
                seed: int = 0, min_window_s: float | None = None, model_name: str = "model",
@@ -375,17 +399,12 @@ def decode_run(built: BuiltModel, batch: int, prompt_len: int, new_tokens: int,
             peak_kind = reset_peak_memory(device)
             gen_ms, pre_ms = [], []
             for r in range(reps):
-                monitor.begin_window(f"decode#{r}")
-                for _ in range(iters):
-                    generate(new_tokens)
-                gen_ms.append(monitor.end_window(f"decode#{r}"))
-                monitor.begin_window(f"prefill#{r}")
-                for _ in range(p_iters):
-                    generate(1)
-                pre_ms.append(monitor.end_window(f"prefill#{r}"))
+                gen_ms.append(_window(monitor, f"decode#{r}", generate, new_tokens, iters))
+                pre_ms.append(_window(monitor, f"prefill#{r}", generate, 1, p_iters))
             peak = peak_memory_bytes(device)
         ids = mask = out = None
     except Exception as exc:
+        ids = mask = out = generate = None
         return skip_on_oom(exc, device, attrs, f"batch {batch}")
     datasets, excl, notes = measurements_to_datasets(gen_ms)
     pre_data, pre_excl, pre_notes = measurements_to_datasets(pre_ms, prefix="prefill_",

@@ -22,7 +22,9 @@ KNOWN_GPU_NAMES = (
     "h100-pcie",
     "h100-nvl",
     "h200",
+    "h200-nvl",
     "gh200",
+    "gb200",
     "a100-80gb",
     "a100-40gb",
     "l4",
@@ -32,15 +34,18 @@ KNOWN_GPU_NAMES = (
     "v100",
     "b200",
     "rtx-pro-6000-blackwell",
+    "rtx-pro-6000-blackwell-max-q",
 )
 
 # What a user may type for --gpu, beyond the normalised names: alias -> accepted names.
 GPU_ALIASES: dict[str, tuple[str, ...]] = {
     "h100": ("h100-sxm", "h100-pcie", "h100-nvl"),
     "h100-sxm5": ("h100-sxm",),
+    "h200": ("h200", "h200-nvl"),
+    "h200-sxm": ("h200",),
     "a100": ("a100-80gb", "a100-40gb"),
-    "rtx-pro-6000": ("rtx-pro-6000-blackwell",),
-    "rtx6000-pro": ("rtx-pro-6000-blackwell",),
+    "rtx-pro-6000": ("rtx-pro-6000-blackwell", "rtx-pro-6000-blackwell-max-q"),
+    "rtx6000-pro": ("rtx-pro-6000-blackwell", "rtx-pro-6000-blackwell-max-q"),
 }
 
 
@@ -52,22 +57,24 @@ def normalise_gpu_name(device_string: str) -> str:
     string becomes a lower-case slug without the vendor prefix.
     """
     s = device_string.lower()
-    if "gh200" in s:
+    if "gh200" in s:  # before "h200": "NVIDIA GH200 480GB" contains it
         return "gh200"
+    if "gb200" in s:  # before "b200": "NVIDIA GB200" contains it
+        return "gb200"
     if "h100" in s:
         if "pcie" in s:
             return "h100-pcie"
         if "nvl" in s:
             return "h100-nvl"
         return "h100-sxm"
-    if "h200" in s:
-        return "h200"
+    if "h200" in s:  # "NVIDIA H200 NVL" is a 600 W board, the SXM "NVIDIA H200" 700 W
+        return "h200-nvl" if "nvl" in s else "h200"
     if "a100" in s:
         return "a100-40gb" if "40gb" in s else "a100-80gb"
     if "b200" in s:
         return "b200"
-    if "rtx pro 6000" in s and "blackwell" in s:
-        return "rtx-pro-6000-blackwell"
+    if "rtx pro 6000" in s and "blackwell" in s:  # Max-Q workstation boards are 300 W
+        return "rtx-pro-6000-blackwell-max-q" if "max-q" in s else "rtx-pro-6000-blackwell"
     if re.search(r"\bl40s\b", s):
         return "l40s"
     if re.search(r"\bl4\b", s):
@@ -215,9 +222,15 @@ class CudaDevice(Device):
 
                 uuid = getattr(torch.cuda.get_device_properties(self.index), "uuid", None)
                 self._cache["nvml"] = NvmlGpu(self.index, str(uuid) if uuid else None)
-            except Exception:  # noqa: BLE001 - NVML missing or failing: record None
+            except Exception as exc:  # noqa: BLE001 - NVML missing or failing: record None
                 self._cache["nvml"] = None
+                self._cache["nvml_error"] = (str(exc).splitlines() or [type(exc).__name__])[0]
         return self._cache["nvml"]
+
+    @property
+    def nvml_error(self) -> str | None:
+        """Why :meth:`nvml` gave None (first line of the error), else None."""
+        return self._cache.get("nvml_error")
 
     def describe(self) -> dict[str, Any]:
         import torch
@@ -294,6 +307,9 @@ def detect_device(requested: str, index: int = 0, cpu_threads: int | None = None
             f"--gpu {requested} requested on CUDA device {index} but only "
             f"{torch.cuda.device_count()} are visible"
         )
+    # Make ``index`` current so work placed on plain "cuda" (library workspaces, kernels
+    # launched on the current device) lands on the device being measured.
+    torch.cuda.set_device(index)
     device_string = torch.cuda.get_device_name(index)
     detected = normalise_gpu_name(device_string)
     if req not in ("cuda", "auto", "gpu") and detected not in accepted_names(req):

@@ -134,6 +134,10 @@ class Meter(ABC):
     @abstractmethod
     def stop(self, state: Any, duration_s: float) -> MeterReading: ...
 
+    def abort(self, state: Any) -> None:  # noqa: B027 - optional hook
+        """Forget a window that will never be stopped (its work raised); release what
+        :meth:`start` took."""
+
     def close(self) -> None:  # noqa: B027 - optional hook, most meters hold nothing
         """Release background resources (threads)."""
 
@@ -284,47 +288,64 @@ class NvmlPowerPoller(Meter):
         with self._lock:
             self._samples.append((t, w))
 
-    def _loop(self) -> None:
-        while not self._stop_evt.wait(self.interval_s):
+    def _loop(self, stop_evt: threading.Event) -> None:
+        while not stop_evt.wait(self.interval_s):
             try:
                 self._sample()
             except Exception:  # noqa: BLE001 - a failed sample shows up as a gap
                 pass
 
     def start(self) -> float:
+        t0 = time.perf_counter()
+        self._sample()  # raises before anything is taken: the window then has no poll meter
         with self._lock:
             self._open += 1
             start_thread = self._thread is None
-        t0 = time.perf_counter()
-        self._sample()
-        if start_thread:
-            self._stop_evt.clear()
-            self._thread = threading.Thread(target=self._loop, name="qtsim-nvml-poll",
-                                            daemon=True)
-            self._thread.start()
+            if start_thread:
+                # a fresh event per thread: a thread that outlived close()'s join can never
+                # be revived by a later start()
+                self._stop_evt = threading.Event()
+                self._thread = threading.Thread(target=self._loop, args=(self._stop_evt,),
+                                                name="qtsim-nvml-poll", daemon=True)
+                self._thread.start()
         return t0
 
+    def _release(self) -> None:
+        """One window fewer; the thread stops and samples are dropped when none is open."""
+        with self._lock:
+            self._open = max(0, self._open - 1)
+            idle = self._open == 0
+            if idle:
+                self._samples.clear()
+        if idle:
+            self.close()
+
     def stop(self, state: float, duration_s: float) -> MeterReading:
-        self._sample()
+        try:
+            self._sample()  # the closing edge; the thread's samples cover a failure here
+        except Exception:  # noqa: BLE001
+            pass
         t1 = time.perf_counter()
         with self._lock:
-            self._open -= 1
             window = [(t - state, w) for t, w in self._samples if state <= t <= t1]
-            if self._open == 0:
-                self._samples.clear()
-        if self._open == 0:
-            self.close()
+        self._release()
         samples = np.asarray(window, dtype=float).reshape(-1, 2)
         if len(samples) < 2:
             return MeterReading(None, (f"{self.name}: fewer than 2 power samples",),
                                 samples=samples)
         energy_j = float(_trapezoid(samples[:, 1], samples[:, 0]))
         span_s = float(samples[-1, 0] - samples[0, 0])
-        notes = ()
+        notes: tuple[str, ...] = ()
+        source = getattr(self.gpu, "power_source", None)
+        if source:
+            notes += (f"{self.name}: power from {source}",)
         if span_s > 0 and abs(span_s - duration_s) > 0.1 * duration_s:
-            notes = (f"{self.name}: samples span {span_s:.4g} s of a {duration_s:.4g} s window",)
+            notes += (f"{self.name}: samples span {span_s:.4g} s of a {duration_s:.4g} s window",)
         return _verdict(self.name, energy_j, duration_s, self.tdp_w, notes=notes,
                         samples=samples)
+
+    def abort(self, state: float) -> None:
+        self._release()
 
     def close(self) -> None:
         thread = self._thread
@@ -406,7 +427,9 @@ class EnergyMonitor:
                 candidates.append(NvmlEnergyCounter(gpu, tdp_w=self.tdp_w))
                 candidates.append(NvmlPowerPoller(gpu, poll_interval_s, tdp_w=self.tdp_w))
             else:
-                self.assumptions.append("NVML unavailable: no nvml_counter / nvml_poll meters")
+                why = getattr(self.device, "nvml_error", None)
+                self.assumptions.append("NVML unavailable" + (f" ({why})" if why else "")
+                                        + ": no nvml_counter / nvml_poll meters")
         if self.tdp_w:
             candidates.append(HliMeter(self.tdp_w, self.assumptions[0]))
         return [m for m in candidates if m.available()]
@@ -420,20 +443,52 @@ class EnergyMonitor:
         return self.assumptions[0]
 
     def begin_window(self, key: str, sync: bool = True) -> None:
-        """Open window ``key`` (after synchronising the device)."""
+        """Open window ``key`` (after synchronising the device).
+
+        A meter whose ``start()`` raises (an NVML call failing mid-run) sits the window out;
+        the window's :class:`Measurement` lists why in its exclusions.
+        """
         if key in self._open:
             raise MeasurementError(f"measurement window {key!r} is already open")
         if sync:
             self.device.synchronize()
-        states = {m.name: m.start() for m in self.meters}
+        states: dict[str, Any] = {}
+        for m in self.meters:
+            try:
+                states[m.name] = m.start()
+            except Exception as exc:  # noqa: BLE001 - recorded as an exclusion at end_window
+                states[m.name] = _FailedStart(f"{m.name}: could not start: {_first_line(exc)}")
         self._open[key] = (time.perf_counter(), states)
 
+    def abort_window(self, key: str) -> None:
+        """Drop window ``key`` without judging it (the measured work raised, e.g. out of
+        memory): the key can be opened again and meters release what the window held.
+        Unknown keys are ignored. No device synchronisation (it could raise again)."""
+        entry = self._open.pop(key, None)
+        if entry is None:
+            return
+        for m in self.meters:
+            state = entry[1].get(m.name)
+            if not isinstance(state, _FailedStart):
+                try:
+                    m.abort(state)
+                except Exception:  # noqa: BLE001 - best effort while unwinding
+                    pass
+
     def end_window(self, key: str, sync: bool = True) -> Measurement:
-        """Close window ``key`` (after synchronising the device) and judge every meter."""
+        """Close window ``key`` (after synchronising the device) and judge every meter.
+
+        A meter that could not start, or whose ``stop()`` raises, gives no energy for the
+        window and an exclusion saying why; it never loses the other meters' readings.
+        """
         if key not in self._open:
             raise MeasurementError(f"measurement window {key!r} was never opened")
         if sync:
-            self.device.synchronize()
+            try:
+                self.device.synchronize()
+            except BaseException:
+                self.abort_window(key)
+                raise
         t1 = time.perf_counter()
         t0, states = self._open.pop(key)
         duration_s = t1 - t0
@@ -442,7 +497,15 @@ class EnergyMonitor:
         notes: list[str] = []
         samples = None
         for m in self.meters:
-            r = m.stop(states[m.name], duration_s)
+            state = states[m.name]
+            if isinstance(state, _FailedStart):
+                exclusions.append(state.reason)
+                continue
+            try:
+                r = m.stop(state, duration_s)
+            except Exception as exc:  # noqa: BLE001 - a failed read is an exclusion
+                exclusions.append(f"{m.name}: reading failed: {_first_line(exc)}")
+                continue
             exclusions.extend(r.exclusions)
             notes.extend(r.notes)
             if r.samples is not None:
@@ -452,8 +515,21 @@ class EnergyMonitor:
         return Measurement(duration_s, energy, samples, exclusions, notes)
 
     def close(self) -> None:
+        for key in list(self._open):
+            self.abort_window(key)
         for m in self.meters:
             m.close()
+
+
+@dataclass(frozen=True)
+class _FailedStart:
+    """A meter's window state when its ``start()`` raised."""
+
+    reason: str
+
+
+def _first_line(exc: BaseException) -> str:
+    return ((str(exc).splitlines() or [""])[0] or type(exc).__name__)[:200]
 
 
 def measure_idle(monitor: EnergyMonitor, seconds: float = 5.0) -> Measurement:
@@ -463,5 +539,9 @@ def measure_idle(monitor: EnergyMonitor, seconds: float = 5.0) -> Measurement:
     construction (HLI cannot see idleness).
     """
     monitor.begin_window("__idle__")
-    time.sleep(seconds)
+    try:
+        time.sleep(seconds)
+    except BaseException:
+        monitor.abort_window("__idle__")
+        raise
     return monitor.end_window("__idle__")

@@ -16,6 +16,10 @@ from qtsim.errors import MeasurementError
 _INIT_LOCK = threading.Lock()
 _INITIALISED = False
 
+# nvmlValueType_t -> the c_nvmlValue_t union member holding a field value
+_FIELD_VALUE_MEMBER = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal",
+                       6: "usVal"}
+
 
 def _pynvml():
     """Import pynvml and initialise NVML once per process; MeasurementError when impossible."""
@@ -55,16 +59,19 @@ class NvmlGpu:
         nv = _pynvml()
         self._nv = nv
         handle = None
+        self.matched_by = "index"  # "uuid" when torch's UUID found the device in NVML
         if uuid:
             text = uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
             try:
                 handle = nv.nvmlDeviceGetHandleByUUID(text)
+                self.matched_by = "uuid"
             except nv.NVMLError:
                 handle = None
         if handle is None:
             handle = nv.nvmlDeviceGetHandleByIndex(index)
         self.handle = handle
         self.index = index
+        self.power_source: str | None = None  # settled by the first power_mw()
 
     # -- energy and power -------------------------------------------------------------------
     def total_energy_mj(self) -> int:
@@ -79,9 +86,43 @@ class NvmlGpu:
         except self._nv.NVMLError:
             return False
 
+    # Which reading power_mw() returns; settled on its first call (see there).
+    POWER_INSTANT = "NVML_FI_DEV_POWER_INSTANT (instantaneous board power)"
+    POWER_USAGE = ("nvmlDeviceGetPowerUsage (a ~1 s moving average on Ampere-and-newer GPUs "
+                   "other than A100: it lags windows shorter than about 1 s)")
+
     def power_mw(self) -> int:
-        """Board power draw now, in milliwatts (NVML averages it over a short period)."""
+        """Board power draw now, in milliwatts.
+
+        ``nvmlDeviceGetPowerUsage`` returns power averaged over 1 s on Ampere (except GA100)
+        and newer GPUs (H100, H200, L4, B200), instantaneous power on GA100 and older; a
+        trapezoid over 15 ms samples of a 1 s average smears every short window into its
+        neighbours. So the instantaneous field (``nvmlDeviceGetFieldValues`` with
+        ``NVML_FI_DEV_POWER_INSTANT``, driver 530+) is used where the driver answers it with a
+        positive value on the first call, and ``nvmlDeviceGetPowerUsage`` otherwise;
+        :attr:`power_source` says which.
+        """
+        if self.power_source is None:
+            try:
+                mw = self._instant_power_mw()
+            except Exception:  # noqa: BLE001 - field missing in this pynvml or driver
+                mw = 0
+            if mw > 0:
+                self.power_source = self.POWER_INSTANT
+                return mw
+            self.power_source = self.POWER_USAGE
+        if self.power_source == self.POWER_INSTANT:
+            return self._instant_power_mw()
         return int(self._nv.nvmlDeviceGetPowerUsage(self.handle))
+
+    def _instant_power_mw(self) -> int:
+        nv = self._nv
+        field = (nv.NVML_FI_DEV_POWER_INSTANT, getattr(nv, "NVML_POWER_SCOPE_GPU", 0))
+        v = nv.nvmlDeviceGetFieldValues(self.handle, [field])[0]
+        if v.nvmlReturn != nv.NVML_SUCCESS:
+            raise nv.NVMLError(v.nvmlReturn)
+        member = _FIELD_VALUE_MEMBER.get(int(v.valueType), "uiVal")
+        return int(getattr(v.value, member))
 
     def default_power_limit_w(self) -> float | None:
         """The board's default power limit (its TDP as shipped), in watts; None if unreadable."""
@@ -98,6 +139,7 @@ class NvmlGpu:
         cuda_driver = self._try(lambda: nv.nvmlSystemGetCudaDriverVersion())
         return {
             "nvml_name": self._try(lambda: _decode(nv.nvmlDeviceGetName(h))),
+            "nvml_matched_by": self.matched_by,
             "driver_version": self._try(lambda: _decode(nv.nvmlSystemGetDriverVersion())),
             "cuda_driver_version": (
                 f"{cuda_driver // 1000}.{(cuda_driver % 1000) // 10}" if cuda_driver else None

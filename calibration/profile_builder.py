@@ -83,6 +83,7 @@ def build_profile(raw_path: str | os.PathLike, name: str | None = None) -> tuple
     if len(frame) == 0:
         raise FitError(f"{raw_path}: no usable calibration points")
     hw = hardware_facts(frame)
+    hw["device_name"] = str(_first(frame, "hardware", hw["name"]))  # what detect_device matches
     if name:
         hw["name"] = name
     fit = fit_frame(frame, float(hw["tdp_w"]), str(_first(frame, "hli_assumption", "")))

@@ -102,7 +102,8 @@ def _measure(prof, plan_path, model, precisions, batches, tokens, prompt_tokens,
         raise QtsimError(f"measuring needs the calibrate extra (pip install 'qtsim[calibrate]'): {e}") from None
     cpu = prof.hardware.get("device_type") == "cpu"
     threads = (cpu_threads or prof.hardware.get("cpu_threads") or None) if cpu else None
-    device = detect_device("cpu" if cpu else prof.name, cpu_threads=threads)
+    device = detect_device("cpu" if cpu else prof.hardware.get("device_name", prof.name),
+                           cpu_threads=threads)
     tdp = prof.tdp_w if device.backend == "cpu" else None
     monitor = EnergyMonitor(device, tdp_w=tdp)
     sim = Simulator(prof, n_draws=200)
