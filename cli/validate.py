@@ -130,6 +130,7 @@ def _report(prof, raw, out):
         paper_vs_physical,
         plot_validation,
         report_markdown,
+        verdict_summary,
     )
 
     frame = RawStore(raw, readonly=True).summary_frame("decode")
@@ -163,8 +164,7 @@ def _report(prof, raw, out):
             click.echo(f"  {q:18s} MAPE {r['mape_pct']:6.2f}%  bias {r['bias_pct']:+6.2f}%  "
                        f"p90 {r['p90_ape_pct']:6.2f}%  max {r['max_ape_pct']:6.2f}%  r {r['pearson_r']:.3f}")
     if not verdicts.empty:
-        click.echo(f"  trap verdicts agree: {int(verdicts['verdict_agrees'].sum())}/{len(verdicts)} "
-                   f"(paper eq. 19: {int(verdicts['paper_verdict_agrees'].sum())}/{len(verdicts)})")
+        click.echo(f"  trap verdicts agree: {verdict_summary(verdicts)}")
     if comparison:
         click.echo(f"  J/query MAPE: physical {comparison['physical_j_mape_pct']:.1f}%, paper eq. 19 "
                    f"{comparison['paper_j_mape_pct']:.1f}%")

@@ -24,6 +24,9 @@ from qtsim.precision import get_precision
 from qtsim.profiles import HardwareProfile
 from qtsim.simulator import Simulator
 
+#: a measured quantized/native J-per-query ratio this close to 1 is a near tie: its verdict can
+#: flip with run-to-run noise, so reports count decisive comparisons separately
+CLOSE_CALL = 0.05
 QUANTITIES = {  # measured column, predicted column, unit
     "step_s": ("t_step_s", "pred_step_s", "s"),
     "latency_s": ("t_generate_s", "pred_latency_s", "s"),
@@ -186,7 +189,21 @@ def cor_and_verdicts(df, native: str = "fp16"):
     if not out.empty:
         out["verdict_agrees"] = out["trapped_measured"] == out["trapped_predicted"]
         out["paper_verdict_agrees"] = out["trapped_measured"] == out["trapped_paper_model"]
+        out["close_call"] = (out["energy_ratio_measured"] - 1.0).abs() < CLOSE_CALL
     return out
+
+
+def verdict_summary(verdicts) -> str:
+    """'a/b (paper eq. 19: c/b); decisive comparisons: d/e; n close calls' for reports."""
+    n = len(verdicts)
+    dec = verdicts[~verdicts["close_call"]]
+    text = (f"{int(verdicts['verdict_agrees'].sum())}/{n} (paper eq. 19: "
+            f"{int(verdicts['paper_verdict_agrees'].sum())}/{n}); decisive comparisons "
+            f"(measured J/query ratio more than {100 * CLOSE_CALL:.0f}% from parity): "
+            f"{int(dec['verdict_agrees'].sum())}/{len(dec)}")
+    close = n - len(dec)
+    return text + (f"; {close} close call{'s' if close != 1 else ''} within ±{100 * CLOSE_CALL:.0f}%"
+                   if close else "")
 
 
 def paper_vs_physical(df):
@@ -257,12 +274,9 @@ def report_markdown(df, errors, verdicts, comparison, meta: dict) -> str:
               "measurement; no validation point was used to fit the profile.", "",
               "## Prediction error", "", _md(errors.round(2)), ""]
     if not verdicts.empty:
-        agree = 100 * verdicts["verdict_agrees"].mean()
         lines += ["## COR and trap verdicts", "",
-                  f"Trap-verdict agreement (J/query, quantized > native): {agree:.0f}% of "
-                  f"{len(verdicts)} comparisons; the paper model (eq. 19): "
-                  f"{100 * verdicts['paper_verdict_agrees'].mean():.0f}%.", "",
-                  _md(verdicts.round(3)), ""]
+                  f"Trap-verdict agreement (J/query, quantized > native): {verdict_summary(verdicts)}.",
+                  "", _md(verdicts.round(3)), ""]
     if comparison:
         lines += ["## Paper model vs physical model", "",
                   f"J/query MAPE: physical {comparison['physical_j_mape_pct']:.1f}%, "

@@ -14,6 +14,7 @@ from qtsim.validation import (
     holdout_conflicts,
     measured_frame,
     read_plan,
+    verdict_summary,
 )
 
 from .conftest import run_qtsim
@@ -47,6 +48,8 @@ def test_trap_verdicts_and_cor(df):
     v = cor_and_verdicts(df, "fp16")
     assert len(v) == 12
     assert v["verdict_agrees"].all()
+    assert v.loc[~v["close_call"], "verdict_agrees"].all()
+    assert "12/12" in verdict_summary(v)
     assert (v["cor_measured"] > 0).all() == (v["cor_predicted"] > 0).all()
 
 
@@ -74,6 +77,7 @@ def test_report_only_cli(tmp_path):
                   "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert "latency_s" in r.stdout and "trap verdicts agree: 12/12" in r.stdout
+    assert "decisive comparisons" in r.stdout
     for f in ("report.md", "points.csv", "errors.csv", "parity.png", "error_vs_batch.png"):
         assert (tmp_path / f).stat().st_size > 0
     assert "Paper model vs physical model" in (tmp_path / "report.md").read_text()
