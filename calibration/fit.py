@@ -33,6 +33,7 @@ import numpy as np
 from qtsim import __version__, physical
 from qtsim.architecture import from_config
 from qtsim.errors import FitError
+from qtsim.precision import get_precision
 from qtsim.profiles import HardwareProfile, Param, file_sha256
 
 REFERENCE_PATH = "fp16"
@@ -160,15 +161,11 @@ def _stage(name, res, units, observed, predicted, notes) -> StageResult:
 
 
 # ---- stage 1: kernel paths ---------------------------------------------------------------------
-def _bytes_per_weight(path: str, in_features: np.ndarray) -> np.ndarray:
-    fam = split_path(path, 1).rsplit("_b", 1)[0]
-    if fam in ("fp16", "bf16"):
-        return np.full_like(in_features, 2.0, dtype=float)
-    if fam in ("int8", "int8_t0"):
-        return (8.0 + 32.0 / in_features) / 8.0
-    if fam == "nf4dq":
-        return np.full_like(in_features, (4.0 + 8 / 64 + 32 / (64 * 256)) / 8.0, dtype=float)
-    return np.full_like(in_features, (4.0 + 32 / 64) / 8.0, dtype=float)
+def _bytes_per_weight(path: str, in_features: float) -> float:
+    """Bytes per weight a measured kernel path streams (scales from :class:`Precision`)."""
+    precision, dq = physical.family_precision(split_path(path, 1)[: -len("_b1")])
+    p = get_precision(precision)
+    return (p.bits + p.scale_bits_per_weight(int(in_features), dq)) / 8.0
 
 
 def split_path(path: str, batch: float) -> str:
@@ -213,8 +210,7 @@ def fit_kernel_paths(frame, notes: list[str]) -> StageResult:
     b = lin["batch"].to_numpy(float)
     t_obs = lin["t_call_s"].to_numpy(float)
     path_of = lin["split"].to_numpy()
-    bpw = np.array([float(_bytes_per_weight(p, np.array([i], float))[0])
-                    for p, i in zip(path_of, lin["in_features"], strict=True)])
+    bpw = np.array([_bytes_per_weight(p, i) for p, i in zip(path_of, lin["in_features"], strict=True)])
     lmfit = _lmfit()
     ps = lmfit.Parameters()
     r1 = lin[lin["split"] == ref].sort_values("in_features").iloc[-1]
@@ -384,8 +380,7 @@ def fit_energy(frame, values: dict, tdp_w: float, hli_assumption: str, notes: li
     lin = frame[(frame["kind"] == "linear") & frame.get(f"e_call_j_{meter}", np.nan).notna()]
     t = lin["t_call_s"].to_numpy(float)
     w = (lin["in_features"] * lin["out_features"]).to_numpy(float)
-    bpw = np.array([float(_bytes_per_weight(p, np.array([i], float))[0])
-                    for p, i in zip(lin["path"], lin["in_features"], strict=True)])
+    bpw = np.array([_bytes_per_weight(p, i) for p, i in zip(lin["path"], lin["in_features"], strict=True)])
     by = w * bpw
     fl = 2.0 * w * lin["batch"].to_numpy(float)
     e_obs = lin[f"e_call_j_{meter}"].to_numpy(float)

@@ -144,12 +144,17 @@ def layer_floor(params: Mapping, family: str, batch):
     return params["t_layer_s"], 0.0
 
 
+def family_precision(family: str) -> tuple[str, bool]:
+    """(user precision, double quantisation) a path family stores its weights in."""
+    return {"nf4dq": "nf4", "int8_t0": "int8"}.get(family, family), family == "nf4dq"
+
+
 def bytes_per_weight(counts: ArchCounts, family: str):
     """Bytes streamed per quantizable weight for a path family (scales included)."""
     if family in ("fp16", "bf16"):
         return NATIVE_BYTES
-    precision = {"nf4dq": "nf4", "int8_t0": "int8"}.get(family, family)
-    return counts.bits_per_weight(precision, double_quant=family == "nf4dq") / 8.0
+    precision, dq = family_precision(family)
+    return counts.bits_per_weight(precision, double_quant=dq) / 8.0
 
 
 def linear_time_s(n_weights, n_calls, batch, bytes_per_weight_, t_call_s, t_weight_s,

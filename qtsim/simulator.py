@@ -16,20 +16,18 @@ from qtsim import paper, physical, thresholds
 from qtsim.architecture import ArchCounts, Architecture
 from qtsim.precision import get_precision, reference_for
 from qtsim.profiles import HardwareProfile
-from qtsim.thresholds import KIND_NAMES, crossing  # noqa: F401  (public here too)
+from qtsim.thresholds import (  # noqa: F401  (BAND, GIB, KIND_NAMES, crossing: public here too)
+    BAND,
+    GIB,
+    KIND_NAMES,
+    crossing,
+    nan_percentiles,
+)
 
-GIB = 2**30
-BAND = (16.0, 84.0)  # percentiles of the draws: a 68% band, one sigma for a normal
 
-
-def band(x, axis=0):
-    """(median, low, high) of Monte-Carlo draws along ``axis``."""
-    x = np.asarray(x, float)
-    x = np.where(np.isfinite(x), x, np.nan)
-    if np.all(np.isnan(x)):
-        return (np.nan,) * 3
-    with np.errstate(invalid="ignore"):
-        lo, med, hi = np.nanpercentile(x, [BAND[0], 50.0, BAND[1]], axis=axis)
+def band(x):
+    """(median, low, high) of Monte-Carlo draws (1-D), ignoring NaN and inf; NaN if none finite."""
+    lo, med, hi = nan_percentiles(np.asarray(x, float).ravel(), (BAND[0], 50.0, BAND[1]))
     return med, lo, hi
 
 

@@ -35,7 +35,7 @@ from qtsim.architecture import ArchCounts, Architecture
 from qtsim.errors import QtsimError
 from qtsim.precision import get_precision
 from qtsim.profiles import HardwareProfile
-from qtsim.simulator import BAND, Simulator
+from qtsim.simulator import BAND, GIB, Simulator
 from qtsim.thresholds import (  # noqa: F401  (re-exported for surface users)
     KIND_CODES,
     b_star_rows,
@@ -47,7 +47,6 @@ from qtsim.thresholds import (  # noqa: F401  (re-exported for surface users)
 )
 from qtsim.trust import TrustEstimate, lookup_trust
 
-GIB = 2**30
 DIMS = ("gpu", "precision", "model", "batch")
 
 #: name -> (units, description, dims). Dims not listed are ``DIMS``.

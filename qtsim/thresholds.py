@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from qtsim.simulator import Simulator
 
 GIB = 2**30
-BAND = (16.0, 84.0)
+BAND = (16.0, 84.0)  # percentiles of the draws: a 68% band, one sigma for a normal
 KIND_NAMES = {0: "crossing", 1: "reverse", 2: "trapped_everywhere", 3: "never_trapped"}
 KIND_CODES = {**KIND_NAMES, 4: "native_oom"}
 B_MAX = 4096.0  # B* search range

@@ -22,7 +22,7 @@ from qtsim.architecture import from_config
 from qtsim.errors import QtsimError
 from qtsim.precision import get_precision
 from qtsim.profiles import HardwareProfile
-from qtsim.simulator import Simulator
+from qtsim.simulator import Simulator, band
 
 #: a measured quantized/native J-per-query ratio this close to 1 is a near tie: its verdict can
 #: flip with run-to-run noise, so reports count decisive comparisons separately
@@ -110,7 +110,7 @@ def predict_point(sim: Simulator, config: dict, name: str, pt: ValidationPoint) 
     bits = get_precision(pt.precision).bits
     phi = float(pc["phi_j"]) if get_precision(pt.precision).quantized else 0.0
     e_paper = paper.energy_functional_j(k, float(pc["gamma_j"]), float(pc["alpha_j_per_bit"]), bits, b, phi)
-    lo, hi = np.nanpercentile(qd["latency_s"], [16, 84])
+    _, lo, hi = band(qd["latency_s"])
     return {
         "pred_step_s": float(q["step_s"]), "pred_latency_s": float(q["latency_s"]),
         "pred_latency_low_s": float(lo), "pred_latency_high_s": float(hi),
