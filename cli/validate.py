@@ -147,10 +147,10 @@ def _report(prof, raw, out):
     meta = {"profile": f"{prof.name} ({prof.source}, {prof.provenance.get('date', '')}, {prof.path})",
             "raw data": str(raw), "points": len(df),
             "energy meter": df["energy_meter"].iloc[0],
-            "outlier injection": bool(df.get("outlier_injection", False).fillna(False).astype(bool).any())
-            if "outlier_injection" in df else False,
-            "held out": ", ".join(sorted(df.get("holdout", "held-out").astype(str).unique()))
-            if "holdout" in df else "held-out"}
+            "outlier injection": ("outlier_injection" in df
+                                  and bool(df["outlier_injection"].fillna(False).astype(bool).any())),
+            "held out": (", ".join(sorted(df["holdout"].astype(str).unique()))
+                         if "holdout" in df else "held-out")}
     (out / "report.md").write_text(report_markdown(df, errors, verdicts, comparison, meta))
     df.to_csv(out / "points.csv", index=False)
     errors.to_csv(out / "errors.csv", index=False)

@@ -6,6 +6,7 @@ into CI's output.
 """
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -33,7 +34,7 @@ def test_calibrate_trap_validate(tmp_path, capsys):
     assert rep["profile"]["calibrated"] and rep["profile"]["priors"] == 0
 
     plan = tmp_path / "plan.toml"
-    root = __import__("pathlib").Path(__file__).parents[1] / "data" / "validation"
+    root = Path(__file__).parents[1] / "data" / "validation"
     plan.write_text(
         "[validation]\nnew_tokens = 16\nprompt_tokens = 16\nreps = 2\n[grid]\n"
         f"models = ['{root / 'tiny-llama-a.json'}', '{root / 'tiny-qwen2-c.json'}']\n"
