@@ -78,8 +78,9 @@ def build_profile(raw_path: str | os.PathLike, name: str | None = None) -> tuple
     store = RawStore(raw_path, readonly=True)
     frame = store.summary_frame()
     if len(frame) and "purpose" in frame:
+        attrs = dict(frame.attrs)  # dropped/skipped notes survive the selection
         frame = frame[frame["purpose"].fillna("calibration") == "calibration"].copy()
-        frame.attrs.update(store.summary_frame().attrs)
+        frame.attrs.update(attrs)
     if len(frame) == 0:
         raise FitError(f"{raw_path}: no usable calibration points")
     hw = hardware_facts(frame)
