@@ -67,15 +67,18 @@ class Simulator:
     Parameters
     ----------
     profile : the hardware profile whose constants (and their stderr) drive the model
+    host : the host/software part (:mod:`qtsim.hosts`: a name, file or HostPart) combined with
+        a device-only profile; None takes the profile's own host part or the default host
     n_draws : Monte-Carlo draws used when ``draws=True``
     seed : random seed of the draws (results are reproducible)
     """
 
-    def __init__(self, profile: HardwareProfile, n_draws: int = 400, seed: int = 0):
-        self.profile = profile
+    def __init__(self, profile: HardwareProfile, n_draws: int = 400, seed: int = 0,
+                 host=None):
+        self.profile = profile.with_host(host)
         self.n_draws = n_draws
         self.seed = seed
-        self._central = profile.values()
+        self._central = self.profile.values()
         self._draws = None
 
     def params(self, draws: bool = False):
@@ -91,7 +94,8 @@ class Simulator:
         """Latency, throughput, J/query (power model and HLI) and peak memory, vectorised."""
         out = physical.query(counts, precision, batch, new_tokens, prompt_tokens,
                              self.params(draws), self.profile.tdp_w, self.profile.native,
-                             double_quant, self.profile.compute_dtype_4bit)
+                             double_quant, self.profile.compute_dtype_4bit,
+                             overlap=self.profile.overlap)
         overhead = float(self.profile.hardware.get("runtime_overhead_gib", 0.0)) * GIB
         out["peak_bytes"] = physical.peak_memory_bytes(counts, precision, batch, new_tokens,
                                                        prompt_tokens, double_quant, overhead)
@@ -182,7 +186,8 @@ class Simulator:
         """The paper's alpha, gamma, phi(h, p) and eq. 18 B*, derived at batch 1."""
         c = physical.paper_constants(counts, precision, self.params(draws), self.profile.tdp_w,
                                      self.profile.native, double_quant=double_quant,
-                                     compute_dtype_4bit=self.profile.compute_dtype_4bit)
+                                     compute_dtype_4bit=self.profile.compute_dtype_4bit,
+                                     overlap=self.profile.overlap)
         c["b_star_paper"] = paper.b_star(c["alpha_j_per_bit"], c["phi_j"],
                                          get_precision(precision).bits)
         return c
