@@ -215,13 +215,13 @@ def timelines(counts: ArchCounts, family: str, batch, context, params: Mapping,
     the block axis last for ``h_layer``, ``d_layer`` and the per-block ``sync`` pattern.
     ``side`` picks the traced code path: ``b1`` (batch 1: GEMV kernels) or ``bn``.
     """
-    from qtsim import inventory_blocks  # local: the table loads once, on first use
+    from qtsim import inventory  # local: the table loads once, on first use
 
     b = np.asarray(batch, float)
     bw = params["mem_bw_gbs"]
     q = path_coefficients(params, family, b)
     act = path_coefficients(params, activation_family(family, native, compute_dtype_4bit), b)
-    inv = inventory_blocks.path_blocks(family, side)
+    inv = inventory.path_blocks(family, side)
     cls = np.asarray(counts.model_class, float).astype(int)
     ex = np.expand_dims
     w = np.stack(np.broadcast_arrays(counts.w_qo, counts.w_kv, counts.w_kv, counts.w_qo,
