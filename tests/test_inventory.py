@@ -133,7 +133,8 @@ def test_bnb_cuda_table():
     assert t["gemv_4bit"]["kernels"] == 1 and t["gemv_4bit"]["syncs"] == 0
     assert t["gemm_4bit[M<=4]"]["kernels"] == 1
     assert t["int8_vectorwise_quant[threshold=0]"]["syncs"] == 0
-    assert t["int8_vectorwise_quant[threshold>0, no outliers]"]["syncs"] == 1
+    assert t["int8_vectorwise_quant[threshold>0, no outliers, rows=1]"]["syncs"] == 1
+    assert t["int8_vectorwise_quant[threshold>0, no outliers, rows>1]"]["syncs"] == 1
     assert t["int8_vectorwise_quant[threshold>0, outliers, rows>1]"]["syncs"] == 2
     assert t["int8_scaled_mm"]["kernels"] == 2  # cigemmlt_32 + cdequant_mm_int32_fp16
     assert all(v["method"] in ("executed", "ast") for v in t.values())
