@@ -25,7 +25,10 @@ backend launches, counted by :class:`qtsim.calibration.bnb_cuda.BnbCuda` on the 
 arguments), ``syncs_cuda`` (host-device synchronisations on CUDA, :data:`SYNC_OPS` plus those
 inside the bitsandbytes CUDA code), ``modules`` (``nn.Module`` forward calls started in the
 block), ``bnb_cuda_aten_ops`` (aten dispatches inside the bitsandbytes CUDA code: host work),
-``sync_at`` (positions in ``ops`` of the ops that synchronise) and ``ops`` (the op-name
+``linear_ops`` (linear blocks only: the leaf aten ops dispatched inside the linear module's
+forward, from its forward pre-hook to its forward hook; the rest of the block's ``aten_ops`` are
+the non-linear work before it), ``sync_at`` (positions in ``ops`` of the ops that synchronise)
+and ``ops`` (the op-name
 sequence, stored once per unique sequence in ``op_sequences``; ``ops`` is its index).
 
 CUDA-side Python branch: ``Linear4bit.forward`` converts weights to a CPU-only packed layout
@@ -127,6 +130,8 @@ class Block:
     modules: int = 0
     composite_ops: int = 0
     bnb_cuda_aten_ops: int = 0
+    linear_ops: int = 0
+    linear_start: int | None = None
     sync_at: list[int] = field(default_factory=list)
 
     def add_aten(self, func, args) -> None:
@@ -153,7 +158,9 @@ class Block:
              "kernels_cuda": self.kernels_cuda, "syncs_cuda": self.syncs_cuda,
              "modules": self.modules, "composite_ops": self.composite_ops,
              "bnb_cuda_aten_ops": self.bnb_cuda_aten_ops, "sync_at": list(self.sync_at)}
-        return d if self.linear is None else {"linear": self.linear, **d}
+        if self.linear is None:
+            return d
+        return {"linear": self.linear, **d, "linear_ops": self.linear_ops}
 
 
 def _mode_class():
@@ -253,6 +260,7 @@ class _Tracer:
         if self.block is not None:
             self.block.modules += 1
         if id(module) in self.linear_name and self.block is not None:
+            self.block.linear_start = self.block.aten_ops  # the linear's own ops start here
             self.skipping = True  # outlier-injection pre-hooks run next; ours ends the skip
 
     def end_skip(self, module, args):
@@ -264,6 +272,8 @@ class _Tracer:
         name = self.linear_name.get(id(module))
         if name is not None and self.layer_i is not None:
             self.block.linear = name
+            if self.block.linear_start is not None:
+                self.block.linear_ops = self.block.aten_ops - self.block.linear_start
             self.layer_blocks[self.layer_i].append(self.block)
             self.block = Block()
         elif self.layer_of.get(id(module)) is not None:

@@ -212,7 +212,8 @@ def path_blocks(family: str, side: str) -> dict:
     """Counts for path ``family`` (fp16, bf16, int8, int8_t0, nf4, nf4dq, fp4) at ``side``.
 
     Returns ``ops`` and ``kernels`` (classes x blocks: aten operations the host dispatches and
-    kernels CUDA launches), ``sync`` (blocks: True where the block synchronises on CUDA),
+    kernels CUDA launches), ``linear_ops`` (classes x blocks: the part of ``ops`` dispatched
+    inside the block's linear module), ``sync`` (blocks: True where the block synchronises on CUDA),
     ``pre_ops``/``pre_kernels``/``post_ops``/``post_kernels`` (classes). LLM.int8() at threshold
     6 takes the traced entry with activation outliers where there is one (real models have them).
     A class the inventory lacks takes Llama's counts.
@@ -238,6 +239,9 @@ def path_blocks(family: str, side: str) -> dict:
     arr = np.array
     out = {
         "ops": arr([[b["aten_ops"] for b in e["layer"]] for e in rows], float),
+        # aten ops inside the linear module's own forward (0 in inventories traced before
+        # the field existed, and in the tail block)
+        "linear_ops": arr([[b.get("linear_ops", 0) for b in e["layer"]] for e in rows], float),
         "kernels": arr([[b["kernels_cuda"] for b in e["layer"]] for e in rows], float),
         "sync": arr([b["syncs_cuda"] > 0 for b in rows[0]["layer"]], bool),
         "pre_ops": arr([e["pre"]["aten_ops"] for e in rows], float),

@@ -26,6 +26,18 @@ per-token casting such as LLM.int8()'s activation quantisation) that batching do
 Power: P = p_static_w + e_byte_j x (bytes/s) + e_flop_j x (FLOP/s), capped at the TDP, so
 energy per step is p_static_w t + e_byte_j bytes + e_flop_j FLOPs (<= tdp_w t).
 
+Host and device timelines (:func:`timelines`, :mod:`qtsim.timeline`): in ``inventory`` mode
+(the host part has ``h_op_s``) each block's host time is its traced aten operations x ``h_op_s``
++ CUDA kernels x ``h_launch_s`` + ``h_call_<path>_s`` per linear call, plus ``h_step_s`` per
+step. Double counting on CPUs: a CPU calibration measures ``t_call_<path>_s`` with a linear
+microbenchmark on the thread that also dispatches it, so ``t_call`` is the *whole* per-call
+cost (dispatch of the linear's own aten ops, bitsandbytes' wrapper and the kernel). Such
+profiles set ``[hardware] t_call_includes_dispatch = true`` (the Simulator passes it as the
+params entry :data:`DISPATCH_FLAG`), and the host timeline then counts only each block's
+non-linear ops (``ops - linear_ops``, traced per block); ``h_call_<path>_s`` is then the
+in-model per-call cost beyond the microbenchmark's. GPU profiles (device time from kernels,
+host from a host part) leave it unset: every traced op is host work there.
+
 Kernel paths (the names calibration records): ``fp16``, ``bf16``, ``int8`` (LLM.int8(),
 threshold 6), ``int8_t0`` (threshold 0), ``nf4_b1``/``nf4_bn`` (batch 1 / batch >= 2 code
 paths), ``nf4dq_*`` (double quantisation), ``fp4_*``. A path the profile lacks falls back to a
@@ -135,13 +147,13 @@ def layer_floor(params: Mapping, family: str, batch):
     (``t_layer_<fam>_b1_s`` / ``_bn_s``), as the kernels behind norms and attention differ.
     """
     for cand in _fallbacks(family):
-        tok = params.get(f"t_layertok_{cand}_s", 0.0)
+        tok = params.get(f"t_layertok_{cand}_s", params.get("t_layertok_s", 0.0))
         if f"t_layer_{cand}_b1_s" in params and f"t_layer_{cand}_bn_s" in params:
             one = np.asarray(batch) <= 1
             return np.where(one, params[f"t_layer_{cand}_b1_s"], params[f"t_layer_{cand}_bn_s"]), tok
         if f"t_layer_{cand}_s" in params:
             return params[f"t_layer_{cand}_s"], tok
-    return params.get("t_layer_s", 0.0), 0.0
+    return params.get("t_layer_s", 0.0), params.get("t_layertok_s", 0.0)
 
 
 def family_precision(family: str) -> tuple[str, bool]:
@@ -193,6 +205,14 @@ def dequantizes(params: Mapping, family: str, batch, overlap: bool = False):
         return 0.0 * b
     cap = params.get("h_fused4bit_max_batch", FUSED_4BIT_MAX_BATCH) if overlap else 0.0
     return ((b > 1) & (b > cap)).astype(float)
+
+
+#: model flag (``[hardware] t_call_includes_dispatch``, passed in the params mapping as 1.0 by
+#: :class:`qtsim.simulator.Simulator`): the profile's ``t_call_<path>_s`` was measured by a linear
+#: microbenchmark on the same thread that dispatches it (a CPU), so it already contains the host
+#: dispatch of the linear's own aten ops; the host timeline then prices only each block's
+#: non-linear ops (``ops - linear_ops`` of the inventory) with ``h_op_s``
+DISPATCH_FLAG = "t_call_includes_dispatch"
 
 
 def timeline_mode(params: Mapping) -> str:
@@ -252,6 +272,8 @@ def timelines(counts: ArchCounts, family: str, batch, context, params: Mapping,
     d_pre = inv["pre_kernels"][cls] * t_kernel
     if timeline_mode(params) == "inventory":
         h_op, h_launch = params["h_op_s"], params.get("h_launch_s", 0.0)
+        if params.get(DISPATCH_FLAG, 0.0):  # t_call already holds the linear's own dispatch
+            ops = ops - (inv["linear_ops"][cls] + ex(deq, -1) * inv["unfused_ops"] * is_lin)
         h_layer = (ops * blk(h_op) + kern * blk(h_launch)
                    + blk(host_call_s(params, family, b)) * is_lin)
         h_pre = inv["pre_ops"][cls] * h_op + inv["pre_kernels"][cls] * h_launch

@@ -114,6 +114,14 @@ class HardwareProfile:
         return HardwareProfile(self.hardware, self.provenance, {**device, **part.physical},
                                self.constants, self.fit, self.path, part)
 
+    def model_flags(self) -> dict[str, float]:
+        """Switches of the physical model a profile states in ``[hardware]`` (not fitted
+        constants), as params entries: ``t_call_includes_dispatch`` (see :mod:`qtsim.physical`).
+        """
+        from qtsim.physical import DISPATCH_FLAG
+
+        return {DISPATCH_FLAG: 1.0} if self.hardware.get(DISPATCH_FLAG) else {}
+
     def values(self) -> dict[str, float]:
         return {k: p.value for k, p in self.physical.items()}
 

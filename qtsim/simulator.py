@@ -78,14 +78,15 @@ class Simulator:
         self.profile = profile.with_host(host)
         self.n_draws = n_draws
         self.seed = seed
-        self._central = self.profile.values()
+        self._flags = self.profile.model_flags()
+        self._central = {**self.profile.values(), **self._flags}
         self._draws = None
 
     def params(self, draws: bool = False):
         if not draws:
             return self._central
         if self._draws is None:
-            self._draws = self.profile.draws(self.n_draws, self.seed)
+            self._draws = {**self.profile.draws(self.n_draws, self.seed), **self._flags}
         return self._draws
 
     # ---- one configuration -------------------------------------------------------------------
