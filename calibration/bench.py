@@ -439,6 +439,69 @@ def gemm_probe(device, monitor: EnergyMonitor | None = None, *, n: int | None = 
     return PointResult({**attrs, **extra, "status": "ok", "finished": now_iso()}, datasets)
 
 
+# -- rotating buffers -----------------------------------------------------------------------------
+#: rotate over layers whose weights add up to this multiple of the last-level cache
+ROTATE_CACHE_FACTOR = 2.0
+ROTATE_MAX_LAYERS = 512  # building the copies costs ~1 ms each on a CPU
+ROTATE_MAX_BYTES = 512 << 20  # never hold more than this in rotating weights
+DEFAULT_LLC_BYTES = 32 << 20
+
+
+def _size_bytes(text: str) -> int | None:
+    text = text.strip().upper()
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    try:
+        if text and text[-1] in mult:
+            return int(float(text[:-1]) * mult[text[-1]])
+        return int(text)
+    except ValueError:
+        return None
+
+
+def last_level_cache_bytes(root: str = "/sys/devices/system/cpu/cpu0/cache") -> tuple[int, str]:
+    """(bytes, where from) of the CPU's last-level cache: the highest-level data/unified cache
+    in sysfs, else ``lscpu``'s L3/L2, else :data:`DEFAULT_LLC_BYTES` (assumed, said so)."""
+    import glob
+    import os
+    import subprocess
+
+    best = (0, 0)
+    for d in glob.glob(os.path.join(root, "index*")):
+        try:
+            with open(os.path.join(d, "type")) as f:
+                kind = f.read().strip()
+            with open(os.path.join(d, "level")) as f:
+                level = int(f.read())
+            with open(os.path.join(d, "size")) as f:
+                size = _size_bytes(f.read())
+        except (OSError, ValueError):
+            continue
+        if kind != "Instruction" and size and (level, size) > best:
+            best = (level, size)
+    if best[1]:
+        return best[1], f"sysfs L{best[0]}"
+    try:
+        out = subprocess.run(["lscpu", "-B"], capture_output=True, text=True, timeout=5).stdout
+        for key in ("L3 cache:", "L2 cache:"):
+            for line in out.splitlines():
+                if line.startswith(key):
+                    size = _size_bytes(line.split(":", 1)[1].split("(")[0])
+                    if size:
+                        return size, f"lscpu {key[:-1]}"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return DEFAULT_LLC_BYTES, "assumed (no cache size readable)"
+
+
+def rotation_count(weight_bytes: int, llc_bytes: int, factor: float = ROTATE_CACHE_FACTOR,
+                   max_layers: int = ROTATE_MAX_LAYERS, max_bytes: int = ROTATE_MAX_BYTES) -> int:
+    """How many independent layers of ``weight_bytes`` to rotate over so that their weights
+    exceed ``factor`` x the last-level cache, capped at ``max_layers`` and ``max_bytes``."""
+    w = max(int(weight_bytes), 1)
+    n = math.ceil(factor * llc_bytes / w)
+    return int(max(1, min(n, max_layers, max_bytes // w)))
+
+
 def outlier_dims(in_features: int, n_dims: int = OUTLIER_N_DIMS) -> list[int]:
     """The fixed hidden dimensions made outliers: evenly spaced, ``i * in // n`` for i < n."""
     n = min(n_dims, in_features)
@@ -446,11 +509,13 @@ def outlier_dims(in_features: int, n_dims: int = OUTLIER_N_DIMS) -> list[int]:
 
 
 def linear_point_id(path: str, in_features: int, out_features: int, batch: int,
-                    outlier_injection: bool = False) -> str:
-    """``linear__<path>__<in>x<out>__b<batch>[__oi]``."""
+                    outlier_injection: bool = False, rotate: bool = False) -> str:
+    """``linear__<path>__<in>x<out>__b<batch>[__oi][__rot]`` (``rot``: rotating buffers)."""
     parts = [path, f"{in_features}x{out_features}", f"b{batch}"]
     if outlier_injection:
         parts.append("oi")
+    if rotate:
+        parts.append("rot")
     return make_point_id("linear", *parts)
 
 
@@ -458,13 +523,22 @@ def linear_probe(device, path: str, in_features: int, out_features: int, batch: 
                  monitor: EnergyMonitor | None = None, reps: int = 3,
                  min_window_s: float | None = None, warmup_s: float | None = None,
                  seed: int = 0, outlier_injection: bool = False,
-                 purpose: str = "calibration") -> PointResult:
+                 purpose: str = "calibration", rotate: bool = False) -> PointResult:
     """Time one linear forward ``y = x W^T`` (x: batch x in_features) on kernel ``path``.
 
     Calls run under ``torch.inference_mode()``; durations are per window of
     ``iters_per_rep`` calls. ``outlier_injection`` sets 8 fixed input dims to +-20 (> the
     LLM.int8() threshold) so int8's fp16 outlier path runs.
+
+    ``rotate``: call :func:`rotation_count` independent copies of the layer in turn, so that
+    their weights together exceed the last-level cache (:func:`last_level_cache_bytes`) and
+    each call streams its weights from memory, as a decoder does with every layer once per
+    step; without it one weight matrix is called over and over and stays in cache (the older
+    behaviour, kept for comparison). Recorded: ``rotation`` (layers rotated over, 1 without),
+    ``rotation_bytes``, ``llc_bytes`` and ``llc_source``.
     """
+    import itertools
+
     import torch
 
     lp = resolve_path(path, batch)
@@ -481,18 +555,32 @@ def linear_probe(device, path: str, in_features: int, out_features: int, batch: 
         with torch.inference_mode():
             layer = build_linear(lp, in_features, out_features, device, seed)
             attrs["weight_bytes"] = weight_storage_bytes(layer)
+            layers = [layer]
+            if rotate:
+                import copy
+
+                llc, llc_src = last_level_cache_bytes()
+                n_rot = rotation_count(attrs["weight_bytes"], llc)
+                layers += [copy.deepcopy(layer) for _ in range(n_rot - 1)]
+                attrs.update(llc_bytes=int(llc), llc_source=llc_src)
+            attrs.update(rotation=len(layers), rotation_bytes=len(layers) * attrs["weight_bytes"])
             gen = torch.Generator().manual_seed(seed + 1)
             x = torch.randn(batch, in_features, generator=gen)
             if outlier_injection:
                 dims = outlier_dims(in_features)
                 x[:, dims] = OUTLIER_SCALE * torch.where(x[:, dims] < 0, -1.0, 1.0)
             x = x.to(device.torch_device, _torch_dtype(attrs["compute_dtype"]))
-            extra, datasets = _window_probe(device, monitor, lambda: layer(x), reps=reps,
+            if len(layers) == 1:
+                fn = lambda: layer(x)  # noqa: E731
+            else:
+                nxt = itertools.cycle(layers).__next__
+                fn = lambda: nxt()(x)  # noqa: E731
+            extra, datasets = _window_probe(device, monitor, fn, reps=reps,
                                             min_window_s=min_window_s, warmup_s=warmup_s,
                                             key=f"linear-{lp.name}")
-        layer = x = None
+        layer = layers = fn = nxt = x = None
     except Exception as exc:
-        layer = x = None
+        layer = layers = fn = nxt = x = None
         return skip_on_oom(exc, device, attrs, f"batch {batch}")
     release_memory(device)
     return PointResult({**attrs, **extra, "status": "ok", "finished": now_iso()}, datasets)

@@ -4,6 +4,8 @@ this module imports neither torch nor bitsandbytes itself."""
 
 from __future__ import annotations
 
+import platform
+
 from importlib import metadata
 from typing import Any
 
@@ -30,6 +32,7 @@ def environment_attrs(device, monitor=None, purpose: str = "calibration") -> dic
         "transformers": package_version("transformers"),
         "bitsandbytes": package_version("bitsandbytes"),
         "accelerate": package_version("accelerate"),
+        "python": platform.python_version(),
         "cuda": info.get("cuda_version"),
         "driver": info.get("driver_version"),
         # CUDA GPUs: NVML's own name for the device and whether NVML found it by torch's UUID

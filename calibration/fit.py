@@ -9,9 +9,15 @@ count alike:
    by all paths (``t_weight`` of the ``fp16`` reference path is 0 by definition, which is what
    separates bandwidth from casting). Batch-1 paths (``*_b1``) only ever see B = 1, so their
    ``t_tokweight`` cannot be told from ``t_weight``: it is fixed to the reference path's.
-2. **Per-step floor** from short decodes (kind ``decode``) of small real architectures:
-   ``t_step_s + L t_layer_s`` is what the measured step time leaves after the stage-1 linear,
-   lm_head and attention terms. Two or more depths are needed to separate the two.
+2. **Host constants** from short decodes (kind ``decode``) of small real architectures, in
+   ``inventory`` mode (the default): the measured step time is the model's own host + device
+   timelines (:func:`qtsim.physical.step_time_s`, overlap off on a CPU) with the traced
+   operation counts, and the fit finds ``h_op_s`` (s per traced non-linear aten op),
+   ``h_step_s``, ``h_call_<path>_s`` per quantized path, ``t_layertok_s`` and ``t_vocab_s``.
+   Stage 1's ``t_call`` already holds each linear's own dispatch (measured on the same thread),
+   so only the non-linear ops are priced (``[hardware] t_call_includes_dispatch``). The older
+   ``lumped`` mode (``t_step_s + L t_layer_<fam>_s`` per-family floors) stays selectable for
+   comparison. Two or more depths are needed to separate per-step from per-layer cost.
 3. **Energy** where a real meter (NVML counter, RAPL) measured it: ``p_static_w``, ``e_byte_j``,
    ``e_flop_j`` from every point's energy. With only the HLI estimate (TDP x time), the power
    model is that assumption: ``p_static_w`` = the assumed TDP, the others 0, labelled so.
@@ -42,7 +48,8 @@ REAL_METERS = ("nvml_counter", "rapl", "nvml_poll")
 #: derivatives and its bound handling well conditioned; results are converted back to SI
 SCALES = (("t_tokweight_", 1e-12), ("t_weight_", 1e-12), ("inv_bw", 1e-12), ("t_call_", 1e-6),
           ("t_vocab", 1e-9),
-          ("t_layertok_", 1e-6), ("t_layer_", 1e-6), ("t_step", 1e-6), ("e_byte", 1e-12),
+          ("t_layertok_", 1e-6), ("t_layer_", 1e-6), ("t_step", 1e-6), ("h_op", 1e-6),
+          ("h_step", 1e-6), ("h_call_", 1e-6), ("e_byte", 1e-12),
           ("e_flop", 1e-12), ("p_static", 1.0))
 
 
@@ -92,6 +99,7 @@ class FitResult:
     stages: list[StageResult]
     energy_method: str
     notes: list[str]
+    mode: str = "lumped"
 
     def params(self) -> dict[str, FittedParam]:
         out = {}
@@ -201,6 +209,15 @@ def fit_kernel_paths(frame, notes: list[str]) -> StageResult:
     defines BW.
     """
     lin = _without_outliers(frame[frame["kind"] == "linear"], notes)
+    if "rotation" in lin:
+        rot = lin["rotation"].fillna(1).astype(float)
+        if (rot > 1).any() and (rot <= 1).any():
+            notes.append(f"{int((rot <= 1).sum())} cache-resident linear points (no rotating "
+                         f"buffers) kept out of the fit: the rotating ones measure what a model sees")
+            lin = lin[rot > 1]
+        if (rot > 1).any():
+            notes.append(f"linear probes rotate over {int(rot.min())}-{int(rot.max())} layers "
+                         "(weights beyond the last-level cache)")
     if lin.empty:
         raise FitError("no linear microbenchmarks in the raw data: nothing to fit kernel paths from")
     lin = lin.assign(split=[split_path(p, b) for p, b in zip(lin["path"], lin["batch"], strict=True)])
@@ -358,6 +375,133 @@ def fit_step_floor(frame, kernel: StageResult, bw_gbs: float, notes: list[str]) 
     return st
 
 
+# ---- stage 2 (inventory mode): host constants priced per traced operation --------------------
+SIXTEEN_BIT = ("fp16", "bf16")
+HOST_UNITS = {"h_op_s": "s/op", "h_step_s": "s", "t_layertok_s": "s/(layer*sequence)",
+              "t_vocab_s": "s/(sequence*token)"}
+
+
+def decode_points(frame, notes: list[str] | None = None) -> dict:
+    """The decode rows as arrays: ``counts``, ``family``, ``batch``, ``context``, ``t_obs`` (s),
+    ``layers``, ``vocab``."""
+    rows = _decode_rows(frame, notes)
+    if not rows:
+        raise FitError("no decode runs in the raw data: the host constants cannot be fitted")
+    out = {"counts": [c for _, c, _ in rows], "family": np.array([f for _, _, f in rows]),
+           "batch": np.array([float(r["batch"]) for r, _, _ in rows]),
+           "context": np.array([float(r["prompt_len"]) + float(r["new_tokens"]) / 2.0
+                                for r, _, _ in rows]),
+           "t_obs": np.array([float(r["t_step_s"]) for r, _, _ in rows]),
+           "layers": np.array([float(c.n_layers) for _, c, _ in rows]),
+           "vocab": np.array([float(c.vocab_size) for _, c, _ in rows])}
+    return out
+
+
+def host_call_names(pts, sixteen: bool = False) -> list[str]:
+    """``h_call_<path>_s`` for every quantized path side the decodes ran, and with ``sixteen``
+    the 16-bit ones too (otherwise 0 by definition: their linears are nothing but traced aten
+    ops and, on a CPU, the measured ``t_call``)."""
+    names = []
+    for f, b in zip(pts["family"], pts["batch"], strict=True):
+        n = f"h_call_{f}_{'b1' if b <= 1 else 'bn'}_s"
+        if (sixteen or f not in SIXTEEN_BIT) and n not in names:
+            names.append(n)
+    return sorted(names)
+
+
+def predict_steps(pts, base: dict, v: dict, cd4=None, overlap: bool = False) -> np.ndarray:
+    """Step time of every decode point from the model itself (:func:`physical.step_time_s`)."""
+    params = {**base, **v}
+    return np.array([float(physical.step_time_s(c, f, b, x, params, REFERENCE_PATH, cd4, overlap))
+                     for c, f, b, x in zip(pts["counts"], pts["family"], pts["batch"],
+                                           pts["context"], strict=True)])
+
+
+def fit_host_constants(pts, base: dict, notes: list[str], *, name: str = "host_inventory",
+                       cd4=None, fit_layertok: bool | None = None, fit_vocab: bool | None = None,
+                       overlap: bool = False, h_op_prior: tuple[float, str] | None = None,
+                       sixteen_calls: bool = False) -> StageResult:
+    """Fit ``h_op_s``, ``h_step_s``, ``h_call_<path>_s`` (quantized paths), and where the decodes
+    resolve them ``t_layertok_s`` and ``t_vocab_s``, to measured decode step times through the
+    model's own timelines (``base``: every other constant, incl. :data:`physical.DISPATCH_FLAG`
+    when ``t_call`` came from a microbenchmark on the same thread).
+
+    Identification: depths separate per-layer from per-step cost; ``h_op_s`` is pinned by the
+    16-bit paths (their host time per layer is nothing but traced ops), ``h_call`` per quantized
+    path is what its layers cost beyond that. ``h_op_prior`` (value, basis) fixes ``h_op_s``
+    (from a host calibration on this machine, ``qtsim calibrate --host``); with it, or with
+    ``sixteen_calls`` (decodes of two or more model classes, whose op counts per layer differ),
+    the 16-bit paths get their own ``h_call`` too: the in-model per-call cost beyond the
+    microbenchmark's ``t_call``.
+    """
+    if len(np.unique(pts["layers"])) < 2:
+        raise FitError("decodes were measured at one depth only: per-step and per-layer host "
+                       "costs cannot be separated (the calibration plan decodes several depths)")
+    if not any(f in SIXTEEN_BIT for f in pts["family"]):
+        raise FitError("no 16-bit decodes: the host time per traced operation cannot be told "
+                       "from the quantized paths' per-call cost")
+    t_obs = pts["t_obs"]
+    if fit_vocab is None:
+        fit_vocab = len(np.unique(pts["vocab"])) >= 2
+    if fit_layertok is None:
+        fit_layertok = len(np.unique(pts["batch"][pts["batch"] > 1])) >= 2
+    lmfit = _lmfit()
+    ps = lmfit.Parameters()
+    if h_op_prior is not None:
+        ps.add("h_op_s", value=h_op_prior[0] / scale_of("h_op_s"), min=0.0, vary=False)
+        notes.append(f"{name}: h_op_s = {h_op_prior[0]:.4g} s held from {h_op_prior[1]}")
+    else:
+        ps.add("h_op_s", value=5.0, min=0.0)  # us
+    ps.add("h_step_s", value=100.0, min=0.0)
+    ps.add("t_vocab_s", value=1.0 if fit_vocab else 0.0, min=0.0, vary=fit_vocab)
+    ps.add("t_layertok_s", value=1.0 if fit_layertok else 0.0, min=0.0, vary=fit_layertok)
+    if not fit_vocab:
+        notes.append(f"{name}: t_vocab_s: decodes at one vocabulary size only; held at 0")
+    if not fit_layertok:
+        notes.append(f"{name}: t_layertok_s: fewer than two batches above 1; held at 0")
+    units = dict(HOST_UNITS)
+    for n in host_call_names(pts, sixteen=sixteen_calls or h_op_prior is not None):
+        ps.add(n, value=10.0, min=0.0)
+        units[n] = "s/call"
+
+    def model(v):
+        return predict_steps(pts, base, v, cd4, overlap)
+
+    res = _minimize(ps, lambda v: (model(si_values(v)) - t_obs) / t_obs, f"{name} fit",
+                    len(t_obs), notes)
+    st = _stage(name, res, units, t_obs, model(si_values(res.params)), notes)
+    for k, p in res.params.items():
+        if not p.vary and k not in st.params:
+            why = ("held at its physical bound 0 by the fit" if k in res.pinned
+                   else "fixed: not resolvable from these decodes, held at 0")
+            if k == "h_op_s" and h_op_prior is not None:
+                why = f"fixed: from {h_op_prior[1]}"
+            st.params[k] = FittedParam(float(p.value) * scale_of(k), 0.0, units[k], why)
+    return st
+
+
+def fit_step_inventory(frame, kernel: StageResult, bw_gbs: float, notes: list[str],
+                       overlap: bool = False,
+                       h_op_prior: tuple[float, str] | None = None) -> StageResult:
+    """Stage 2 in inventory mode: the host constants from the decodes, with ``t_call`` from
+    stage 1 holding the linear's own dispatch (:data:`physical.DISPATCH_FLAG`)."""
+    base = {k: p.value for k, p in kernel.params.items()}
+    base.update(mem_bw_gbs=bw_gbs, h_launch_s=0.0)
+    base[physical.DISPATCH_FLAG] = 1.0
+    pts = decode_points(frame, notes)
+    notes.append("host constants in inventory mode: h_op_s prices each block's traced non-linear "
+                 "aten ops (t_call from the linear microbenchmarks already holds the linear's own "
+                 "dispatch: [hardware] t_call_includes_dispatch); h_launch_s = 0 (no CUDA launches "
+                 "on a CPU)")
+    classes = {int(c.model_class) for c in pts["counts"]}
+    st = fit_host_constants(pts, base, notes, name="host_inventory",
+                            cd4=compute_dtype_4bit(frame), overlap=overlap,
+                            h_op_prior=h_op_prior, sixteen_calls=len(classes) >= 2)
+    st.params["h_launch_s"] = FittedParam(0.0, 0.0, "s/kernel",
+                                          "fixed: a CPU launches no CUDA kernels")
+    return st
+
+
 # ---- stage 3: energy ---------------------------------------------------------------------------
 def real_meter(frame) -> str | None:
     for m in REAL_METERS:
@@ -400,8 +544,18 @@ def fit_energy(frame, values: dict, tdp_w: float, hli_assumption: str, notes: li
 
 
 # ---- all stages --------------------------------------------------------------------------------
-def fit_frame(frame, tdp_w: float, hli_assumption: str = "") -> FitResult:
-    """Run the three stages on a raw summary frame (``RawStore.summary_frame()``)."""
+STEP_MODES = ("inventory", "lumped")
+
+
+def fit_frame(frame, tdp_w: float, hli_assumption: str = "", mode: str = "inventory",
+              h_op_prior: tuple[float, str] | None = None) -> FitResult:
+    """Run the three stages on a raw summary frame (``RawStore.summary_frame()``).
+
+    ``mode``: stage 2 in ``inventory`` mode (host constants per traced operation,
+    :func:`fit_step_inventory`; the default) or the older ``lumped`` per-family floors
+    (:func:`fit_step_floor`, kept for comparison)."""
+    if mode not in STEP_MODES:
+        raise FitError(f"unknown stage-2 mode {mode!r} (one of {', '.join(STEP_MODES)})")
     if frame is None or len(frame) == 0:
         raise FitError("the raw data has no usable points")
     notes = [f"dropped: {d}" for d in frame.attrs.get("dropped", [])]
@@ -412,10 +566,13 @@ def fit_frame(frame, tdp_w: float, hli_assumption: str = "") -> FitResult:
     bw_gbs = 1.0 / inv.value / 1e9
     kernel.params["mem_bw_gbs"] = FittedParam(bw_gbs, bw_gbs * inv.stderr / inv.value, "GB/s",
                                               "effective bandwidth seen by the reference linear path")
-    floor = fit_step_floor(frame, kernel, bw_gbs, notes)
+    if mode == "inventory":
+        floor = fit_step_inventory(frame, kernel, bw_gbs, notes, h_op_prior=h_op_prior)
+    else:
+        floor = fit_step_floor(frame, kernel, bw_gbs, notes)
     values = {k: p.value for k, p in {**kernel.params, **floor.params}.items()}
     energy, method = fit_energy(frame, values, tdp_w, hli_assumption, notes)
-    return FitResult([kernel, floor, energy], method, notes)
+    return FitResult([kernel, floor, energy], method, notes, mode)
 
 
 def profile_from_fit(fit: FitResult, frame, hardware: dict, raw_path: str, device: str,

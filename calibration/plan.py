@@ -166,10 +166,11 @@ class LinearSpec:
     reps: int = 3
     min_window_s: float | None = None
     outlier_injection: bool = False
+    rotate: bool = False  # rotating buffers larger than the last-level cache (bench.linear_probe)
 
     def point_id(self) -> str:
         return linear_point_id(self.path, self.in_features, self.out_features, self.batch,
-                               self.outlier_injection)
+                               self.outlier_injection, self.rotate)
 
     def base_attrs(self, ctx) -> dict[str, Any]:
         return _base(ctx, "linear", path=self.path, batch=self.batch,
@@ -179,12 +180,15 @@ class LinearSpec:
         return linear_probe(ctx.device, self.path, self.in_features, self.out_features,
                             self.batch, monitor=ctx.monitor, reps=self.reps,
                             min_window_s=self.min_window_s,
-                            outlier_injection=self.outlier_injection, purpose=ctx.purpose)
+                            outlier_injection=self.outlier_injection, purpose=ctx.purpose,
+                            rotate=self.rotate)
 
     def estimate_s(self, device) -> float:
         window = self.min_window_s or default_min_window_s(device)
         warm = 0.1 if device.backend == "cpu" else 0.5
         build = 1e-8 * self.in_features * self.out_features  # quantising the weight
+        if self.rotate:
+            build += 0.3  # copies of the layer (about 1 ms each on a CPU)
         return self.reps * window + warm + build + 0.05
 
 
@@ -258,7 +262,7 @@ def linear_paths(device, precisions: tuple[str, ...], batch: int) -> list[str]:
 
 
 def linear_grid(device, precisions, shapes, batches, *, reps: int = 3,
-                min_window_s: float | None = None) -> list[LinearSpec]:
+                min_window_s: float | None = None, rotate: bool = False) -> list[LinearSpec]:
     """Every (path, shape, batch) combination, unique shapes only."""
     specs: list[LinearSpec] = []
     seen = set()
@@ -268,7 +272,8 @@ def linear_grid(device, precisions, shapes, batches, *, reps: int = 3,
         seen.add((in_f, out_f))
         for b in batches:
             for path in linear_paths(device, precisions, b):
-                specs.append(LinearSpec(path, in_f, out_f, b, reps, min_window_s))
+                specs.append(LinearSpec(path, in_f, out_f, b, reps, min_window_s,
+                                        rotate=rotate))
     return specs
 
 
@@ -293,14 +298,19 @@ def _sixteen_bit(device) -> tuple[str, ...]:
 
 def quick_plan(device, arch_config: dict | None = None, *, model_name: str | None = None,
                shapes=None, batches=None, decode_batches=None, reps: int = 3,
-               new_tokens: int = 16, include_outlier_probes: bool = False) -> list:
+               new_tokens: int = 16, include_outlier_probes: bool = False,
+               rotate: bool | None = None) -> list:
     """A few minutes of measurements on ``device`` (CPU: under 2 minutes on 2 cores).
 
     Idle, bandwidth, GEMM; linear probes over {fp16 (+bf16 on CPU), int8, int8_t0, nf4, nf4dq}
     x shapes x batches; decodes of ``arch_config`` (default: :data:`TINY_QWEN3_CONFIG` on CPU,
-    :data:`QWEN3_0_6B_CONFIG` on CUDA) per precision at 2 batch sizes.
+    :data:`QWEN3_0_6B_CONFIG` on CUDA) per precision at 2 batch sizes. On a CPU the linear
+    probes rotate over layers larger than the last-level cache (``rotate``, default: CPU only)
+    and the decodes include a Llama-layout twin, so that per-operation host cost and the
+    16-bit paths' in-model per-call cost separate (their op counts per layer differ).
     """
     cpu = device.backend == "cpu"
+    rotate = cpu if rotate is None else rotate
     default_arch = arch_config is None
     if arch_config is None:
         arch_config = TINY_QWEN3_CONFIG if cpu else QWEN3_0_6B_CONFIG
@@ -317,12 +327,15 @@ def quick_plan(device, arch_config: dict | None = None, *, model_name: str | Non
     # int8 at threshold 0 and NF4 with double quantisation: CPU quick and the full plans
     variants = ("int8_t0", "nf4dq") if cpu else ()
     plan += linear_grid(device, (*sixteen, "int8", "nf4", *variants), shapes, batches,
-                        reps=reps, min_window_s=lin_window)
+                        reps=reps, min_window_s=lin_window, rotate=rotate)
     if include_outlier_probes:
         plan += [LinearSpec("int8", i, o, b, reps, lin_window, outlier_injection=True)
                  for (i, o) in shapes[-1:] for b in batches]
     dec_batches = decode_batches or (CPU_DECODE_BATCHES if cpu else (1, 4, 16))
-    for i, (name, cfg) in enumerate(_decode_archs(arch_config, model_name, default_arch)):
+    archs = _decode_archs(arch_config, model_name, default_arch)
+    if cpu and default_arch:
+        archs.append((f"{model_name}-llama", llama_twin(arch_config)))
+    for i, (name, cfg) in enumerate(archs):
         # CUDA quick: the twins (depth, vocabulary) decode in the native precision only; t_step
         # and t_vocab are shared by every precision, so one family pins them
         precs = (*sixteen, "int8", "nf4") if (i == 0 or cpu) else sixteen
@@ -347,9 +360,19 @@ def _decode_archs(arch_config: dict, model_name: str, default_arch: bool = True)
     ]
 
 
-def calibration_plan(device, quick: bool = True, arch_config: dict | None = None) -> list:
-    """The plan ``qtsim calibrate`` runs: :func:`quick_plan` or :func:`full_plan`."""
-    return (quick_plan if quick else full_plan)(device, arch_config)
+def llama_twin(arch_config: dict) -> dict:
+    """The same shapes in Llama layout (no q/k norms): another model class, other op counts."""
+    cfg = {k: v for k, v in arch_config.items() if k not in ("model_type",)}
+    return {**cfg, "model_type": "llama", "attention_bias": False, "mlp_bias": False}
+
+
+def calibration_plan(device, quick: bool = True, arch_config: dict | None = None,
+                     rotate: bool | None = None) -> list:
+    """The plan ``qtsim calibrate`` runs: :func:`quick_plan` or :func:`full_plan`
+    (``rotate``: rotating buffers in the linear probes, quick plan; default on CPUs)."""
+    if quick:
+        return quick_plan(device, arch_config, rotate=rotate)
+    return full_plan(device, arch_config)
 
 
 def full_plan(device, arch_config: dict | None = None, *, model_name: str | None = None,

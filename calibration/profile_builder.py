@@ -73,8 +73,18 @@ def runtime_overhead_bytes(frame) -> float | None:
     return max(float(np.median(resid)), 0.0) if resid else None
 
 
-def build_profile(raw_path: str | os.PathLike, name: str | None = None) -> tuple[HardwareProfile, FitResult]:
-    """Fit every usable point in ``raw_path`` (calibration points only) into a profile."""
+def build_profile(raw_path: str | os.PathLike, name: str | None = None,
+                  mode: str = "inventory", host_part=None) -> tuple[HardwareProfile, FitResult]:
+    """Fit every usable point in ``raw_path`` (calibration points only) into a profile
+    (``mode``: stage 2 in ``inventory`` or ``lumped`` form, :func:`fit_frame`; ``host_part``:
+    a host part from ``qtsim calibrate --host`` on this machine, a :class:`~qtsim.hosts.HostPart`
+    or its file, whose ``h_op_s`` is held in stage 2)."""
+    h_op_prior = None
+    if host_part is not None:
+        from qtsim.hosts import HostPart, load_host
+
+        hp = host_part if isinstance(host_part, HostPart) else load_host(str(host_part))
+        h_op_prior = (hp.physical["h_op_s"].value, f"host part {hp.path or hp.name}")
     store = RawStore(raw_path, readonly=True)
     frame = store.summary_frame()
     if len(frame) and "purpose" in frame:
@@ -87,7 +97,10 @@ def build_profile(raw_path: str | os.PathLike, name: str | None = None) -> tuple
     hw["device_name"] = str(_first(frame, "hardware", hw["name"]))  # what detect_device matches
     if name:
         hw["name"] = name
-    fit = fit_frame(frame, float(hw["tdp_w"]), str(_first(frame, "hli_assumption", "")))
+    fit = fit_frame(frame, float(hw["tdp_w"]), str(_first(frame, "hli_assumption", "")), mode,
+                    h_op_prior)
+    if fit.mode == "inventory":
+        hw["t_call_includes_dispatch"] = True  # stage 1's t_call was timed on the same thread
     hw["compute_dtype_4bit"] = compute_dtype_4bit(frame)
     overhead = runtime_overhead_bytes(frame)
     if overhead is not None:

@@ -12,7 +12,8 @@ def _report_fit(prof, fit, out):
             click.echo(f"  {s.name:13s} {s.n_points:4d} points  fit MAPE {100 * s.mape:5.1f}%  "
                        f"max {100 * s.max_ape:5.1f}%  AIC {s.aic:8.1f}  BIC {s.bic:8.1f}")
     click.echo(f"  energy method: {fit.energy_method}")
-    for k in ("mem_bw_gbs", "t_step_s", "t_layer_s", "t_call_fp16_b1_s", "t_call_nf4_b1_s", "t_call_int8_b1_s"):
+    for k in ("mem_bw_gbs", "h_op_s", "h_step_s", "t_step_s", "t_layer_s", "t_call_fp16_b1_s",
+              "t_call_nf4_b1_s", "t_call_int8_b1_s"):
         if k in prof.physical:
             p = prof.physical[k]
             click.echo(f"  {k:18s} {p.value:.4g} ± {p.stderr:.2g} {p.unit}")
@@ -24,7 +25,12 @@ def _report_fit(prof, fit, out):
 @click.argument("raw", type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", type=click.Path(dir_okay=False), help="Profile TOML to write (default: next to RAW).")
 @click.option("--name", help="Profile name (default: the hardware recorded in RAW).")
-def fit(raw, out, name):
+@click.option("--host-part", type=click.Path(exists=True, dir_okay=False),
+              help="A host part from `qtsim calibrate --host` on the same machine: its h_op_s is "
+                   "held, and the 16-bit paths' in-model per-call cost is fitted too.")
+@click.option("--lumped", is_flag=True,
+              help="Fit the older per-family per-layer floors instead of the traced host constants (for comparison).")
+def fit(raw, out, name, host_part, lumped):
     """Refit a hardware profile from recorded raw HDF5 (no torch, no measuring).
 
     \b
@@ -36,15 +42,17 @@ def fit(raw, out, name):
     from qtsim.calibration.profile_builder import build_profile
     from qtsim.profiles import write_profile
 
-    prof, result = build_profile(raw, name)
+    prof, result = build_profile(raw, name, "lumped" if lumped else "inventory", host_part)
     out = out or str(Path(raw).with_suffix(".toml"))
     write_profile(prof, out)
     _report_fit(prof, result, out)
 
 
 @click.command()
-@click.option("--gpu", required=True,
+@click.option("--gpu",
               help="What to calibrate: a GPU name matching the detected device (h100, h200, a100-80gb, l4, ...) or 'cpu'.")
+@click.option("--host", "host_only", is_flag=True,
+              help="Measure the host part only (this CPU and software stack; no GPU needed): writes OUT/NAME-host.h5 and OUT/NAME-host.toml.")
 @click.option("--quick", is_flag=True, help="The short plan (CPU: a few minutes; H100: under 3 minutes).")
 @click.option("--out", "out_dir", default="calibration", show_default=True, type=click.Path(file_okay=False),
               help="Directory for the raw HDF5 and the profile TOML.")
@@ -56,8 +64,11 @@ def fit(raw, out, name):
               help="CPU only: torch intra-op threads (default torch's; 1 measures most steadily on small shared VMs). Recorded in the profile; validate reuses it.")
 @click.option("--install", "install", is_flag=True,
               help="Also copy the profile into the user profile directory so --gpu NAME finds it.")
+@click.option("--no-rotate", is_flag=True,
+              help="Linear probes call one weight matrix over and over (cache-resident; the older behaviour, for comparison) instead of rotating over layers larger than the last-level cache.")
 @click.option("--no-progress", is_flag=True)
-def calibrate(gpu, quick, out_dir, name, resume, tdp_w, cpu_threads, install, no_progress):
+def calibrate(gpu, host_only, quick, out_dir, name, resume, tdp_w, cpu_threads, install, no_rotate,
+              no_progress):
     """Measure this machine's GPU (or CPU) and fit a hardware profile.
 
     Runs short real measurements (memory-bandwidth and GEMM probes, single-layer microbenchmarks
@@ -71,6 +82,7 @@ def calibrate(gpu, quick, out_dir, name, resume, tdp_w, cpu_threads, install, no
     Examples:
       qtsim calibrate --gpu cpu --quick
       qtsim calibrate --gpu h100 --out my-h100/ --install
+      qtsim calibrate --host --out my-host/     # host part: h_op_s, h_step_s, h_call_<path>_s
     """
     from pathlib import Path
 
@@ -87,6 +99,10 @@ def calibrate(gpu, quick, out_dir, name, resume, tdp_w, cpu_threads, install, no
     from qtsim.calibration.profile_builder import build_profile
     from qtsim.profiles import user_profile_dir, write_profile
 
+    if host_only:
+        return _calibrate_host(out_dir, name, resume, cpu_threads, install, no_progress)
+    if not gpu:
+        raise click.UsageError("--gpu is required (or --host for the host part only)")
     device = detect_device(gpu, cpu_threads=cpu_threads)
     name = name or device.name
     out = Path(out_dir)
@@ -95,7 +111,7 @@ def calibrate(gpu, quick, out_dir, name, resume, tdp_w, cpu_threads, install, no
         raise QtsimError(f"{raw} exists: pass --resume to continue it, or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     monitor = EnergyMonitor(device, tdp_w=tdp_w if device.backend == "cpu" else None)
-    plan = calibration_plan(device, quick=quick)
+    plan = calibration_plan(device, quick=quick, rotate=False if no_rotate else None)
     click.echo(f"calibrating {device.name} ({device.describe().get('device_string')}): "
                f"{len(plan)} points, about {estimate_plan_s(plan, device) / 60:.1f} min; meters: "
                f"{', '.join(monitor.meter_names)}", err=True)
@@ -107,3 +123,46 @@ def calibrate(gpu, quick, out_dir, name, resume, tdp_w, cpu_threads, install, no
     if install:
         dest = write_profile(prof, user_profile_dir() / f"{name}.toml")
         click.echo(f"installed: {dest} (qtsim trap --gpu {name} ...)")
+
+
+def _calibrate_host(out_dir, name, resume, cpu_threads, install, no_progress):
+    """``calibrate --host``: tiny-width decodes on every path, then the host-part fit."""
+    from pathlib import Path
+
+    from qtsim.errors import QtsimError
+
+    try:
+        from qtsim.calibration.device import detect_device
+        from qtsim.calibration.energy import EnergyMonitor
+        from qtsim.calibration.host import host_plan
+        from qtsim.calibration.plan import estimate_plan_s
+        from qtsim.calibration.raw import RawStore
+        from qtsim.calibration.runner import run_plan
+    except ImportError as e:
+        raise QtsimError(f"calibration needs the calibrate extra (pip install 'qtsim[calibrate]'): {e}") from None
+    from qtsim.calibration.host import build_host_part
+    from qtsim.hosts import write_host
+    from qtsim.profiles import user_profile_dir
+
+    device = detect_device("cpu", cpu_threads=cpu_threads)
+    name = name or f"{device.name}-host"
+    out = Path(out_dir)
+    raw = out / f"{name}.h5"
+    if raw.exists() and not resume:
+        raise QtsimError(f"{raw} exists: pass --resume to continue it, or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    plan = host_plan(device)
+    click.echo(f"host calibration on {device.describe().get('device_string')}: {len(plan)} tiny "
+               f"decodes, about {estimate_plan_s(plan, device) / 60:.1f} min", err=True)
+    report = run_plan(plan, RawStore(raw), device, EnergyMonitor(device), progress=not no_progress)
+    click.echo(f"measured: {report.line()} -> {raw}", err=True)
+    part, st = build_host_part(str(raw), name)
+    path = write_host(part, out / f"{name}.toml")
+    click.echo(f"host part {part.name} ({part.host.get('cpu')}) -> {path}")
+    click.echo(f"  host fit {st.n_points:4d} points  fit MAPE {100 * st.mape:5.1f}%  "
+               f"max {100 * st.max_ape:5.1f}%  AIC {st.aic:8.1f}")
+    for k, p in sorted(part.physical.items()):
+        click.echo(f"  {k:22s} {p.value:.4g} ± {p.stderr:.2g} {p.unit}  ({p.source})")
+    if install:
+        dest = write_host(part, user_profile_dir() / "hosts" / f"{name}.toml")
+        click.echo(f"installed: {dest} (qtsim trap --host {name} ...)")

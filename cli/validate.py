@@ -27,6 +27,8 @@ from qtsim.cli.options import int_list, precision_list, split_list
 @click.option("--raw", "raw_path", type=click.Path(dir_okay=False),
               help="Raw HDF5 to append measurements to (default OUT/validation.h5); existing points are reused.")
 @click.option("--report-only", is_flag=True, help="Only report from the points already in --raw (no torch needed).")
+@click.option("--repredict", is_flag=True,
+              help="With --report-only: recompute the predictions with --profile (e.g. a refitted one) instead of the ones stored at measurement time.")
 @click.option("--allow-overlap", is_flag=True,
               help="Run points whose model and batch were used in calibration (flagged in the report).")
 @click.option("--outliers", is_flag=True, help="Inject activation outliers so LLM.int8() takes its fp16 path.")
@@ -34,7 +36,7 @@ from qtsim.cli.options import int_list, precision_list, split_list
               help="CPU only: torch threads (default: the count the profile was calibrated with).")
 @click.option("--no-progress", is_flag=True)
 def validate(profile_path, gpu, plan_path, model, precisions, batches, tokens, prompt_tokens, reps,
-             out_dir, raw_path, report_only, allow_overlap, outliers, cpu_threads, no_progress):
+             out_dir, raw_path, report_only, repredict, allow_overlap, outliers, cpu_threads, no_progress):
     """Run full real decodes at held-out points and report the prediction error.
 
     Predictions come from the profile *before* each run and are stored beside the measurement
@@ -60,7 +62,7 @@ def validate(profile_path, gpu, plan_path, model, precisions, batches, tokens, p
                  allow_overlap, outliers, not no_progress, cpu_threads)
     elif not raw.is_file():
         raise QtsimError(f"{raw}: no raw validation data to report from")
-    _report(prof, raw, out)
+    _report(prof, raw, out, repredict)
 
 
 def _measure(prof, plan_path, model, precisions, batches, tokens, prompt_tokens, reps, raw,
@@ -121,7 +123,7 @@ def _measure(prof, plan_path, model, precisions, batches, tokens, prompt_tokens,
     click.echo(f"measured: {report.line()} -> {raw}", err=True)
 
 
-def _report(prof, raw, out):
+def _report(prof, raw, out, repredict: bool = False):
     from qtsim.calibration.raw import RawStore
     from qtsim.validation import (
         cor_and_verdicts,
@@ -139,6 +141,11 @@ def _report(prof, raw, out):
         from qtsim.errors import QtsimError
 
         raise QtsimError(f"{raw}: no validation decode points")
+    if repredict:
+        from qtsim.simulator import Simulator
+        from qtsim.validation import repredict as _repredict
+
+        df = _repredict(df, Simulator(prof, n_draws=200))
     errors = error_table(df)
     verdicts = cor_and_verdicts(df, prof.native)
     comparison = paper_vs_physical(df)

@@ -120,6 +120,26 @@ def predict_point(sim: Simulator, config: dict, name: str, pt: ValidationPoint) 
     }
 
 
+def repredict(df, sim: Simulator):
+    """``df`` (validation rows, :func:`measured_frame`) with every ``pred_*`` column recomputed
+    by ``sim``'s profile from each point's recorded config: scores a refitted profile on
+    recorded held-out runs. The predictions stored at measurement time are kept as
+    ``stored_pred_*``."""
+    import json
+
+    out = df.copy()
+    rows = []
+    for _, r in out.iterrows():
+        pt = ValidationPoint(str(r["model"]), str(r["precision"]), int(r["batch"]),
+                             int(r["new_tokens"]), int(r["prompt_len"]))
+        rows.append(predict_point(sim, json.loads(r["config_json"]), str(r["model"]), pt))
+    for k in rows[0] if rows else []:
+        if k in out:
+            out[f"stored_{k}"] = out[k]
+        out[k] = [x[k] for x in rows]
+    return out
+
+
 def measured_frame(frame, meter: str | None = None):
     """Validation decode rows with measured J/query (window energy / iterations / batch)."""
     import pandas as pd
