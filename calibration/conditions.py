@@ -5,7 +5,6 @@ this module imports neither torch nor bitsandbytes itself."""
 from __future__ import annotations
 
 import platform
-
 from importlib import metadata
 from typing import Any
 

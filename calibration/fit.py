@@ -281,15 +281,26 @@ def _without_outliers(rows, notes: list[str] | None = None):
     return rows
 
 
+def _attr(r, key, default):
+    v = r.get(key)
+    return default if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+
+def row_family(r) -> str:
+    """The kernel-path family a recorded decode ran (a threshold of 0 is ``int8_t0``: a
+    missing one, not a zero, means the default 6)."""
+    return physical.path_family(str(r["precision"]),
+                                bool(_attr(r, "bnb_4bit_use_double_quant", False)),
+                                float(_attr(r, "llm_int8_threshold", 6.0)))
+
+
 def _decode_rows(frame, notes: list[str] | None = None):
     dec = frame[frame["kind"] == "decode"] if "kind" in frame else frame.iloc[0:0]
     dec = _without_outliers(dec, notes)
     rows = []
     for _, r in dec.iterrows():
         arch = from_config(json.loads(r["config_json"]), name=str(r.get("model", "decode")))
-        fam = physical.path_family(str(r["precision"]),
-                                   bool(r.get("bnb_4bit_use_double_quant") or False),
-                                   float(r.get("llm_int8_threshold") or 6.0))
+        fam = row_family(r)
         rows.append((r, arch.counts(), fam))
     return rows
 

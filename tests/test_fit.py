@@ -106,3 +106,23 @@ def test_fit_cli_rejects_corrupt_file(tmp_path):
     bad.write_bytes(b"not hdf5 at all")
     r = run_qtsim("fit", str(bad))
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_inventory_mode_prices_traced_ops(fitted):
+    """Stage 2 fits host constants per traced op, not per-family per-layer lumps."""
+    prof, fit = fitted
+    assert fit.mode == "inventory" and fit.stages[1].name == "host_inventory"
+    assert prof.hardware["t_call_includes_dispatch"] is True
+    v = prof.values()
+    assert 0.5e-6 < v["h_op_s"] < 30e-6 and v["h_launch_s"] == 0
+    assert not any(k.startswith("t_layer_") for k in v)
+    # LLM.int8() layers cost more in a model than its microbenchmark's t_call says
+    assert v["h_call_int8_b1_s"] > 0
+
+
+def test_lumped_mode_stays_selectable(frame):
+    lumped = fit_frame(frame, 15.0, mode="lumped")
+    assert lumped.stages[1].name == "step_floor"
+    assert "t_layer_fp16_b1_s" in lumped.params() and "h_op_s" not in lumped.params()
+    with pytest.raises(FitError, match="unknown stage-2 mode"):
+        fit_frame(frame, 15.0, mode="nope")

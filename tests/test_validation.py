@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from qtsim.calibration.raw import RawStore
@@ -88,3 +89,40 @@ def test_validate_refuses_overlap_before_measuring(tmp_path):
     r = run_qtsim("validate", "--profile", str(PROFILE), "--model", str(cfg), "--batch", "1",
                   "--precision", "nf4", "--out", str(tmp_path), "--report-only")
     assert r.returncode == 2 and "no raw validation data" in r.stderr
+
+
+WIDE_RAW = ROOT / "data" / "raw" / "cpu-validation-wide.h5"
+EPYC_PROFILE = ROOT / "data" / "profiles" / "cpu-epyc-2c.toml"
+#: issue 9's latency MAPE target on the out-of-range held-out architectures: not met (see README)
+WIDE_TARGET_PCT = 10.0
+#: what the recorded run achieved (14.1%), asserted so that a regression fails
+WIDE_ACHIEVED_PCT = 15.0
+
+
+def test_out_of_range_holdout_error(capsys):
+    """Architectures 2.25-3x wider than any calibrated decode, 10-12 layers deep, vocabularies
+    of 16k-32k, Mistral and Gemma-2 layouts (data/validation/cpu-holdout-wide.toml), measured
+    after a fresh calibration with rotating buffers (data/raw/cpu-epyc-2c-calibration.h5);
+    predicted by the committed profile fitted from it."""
+    from qtsim.simulator import Simulator
+    from qtsim.validation import repredict
+
+    df = measured_frame(RawStore(WIDE_RAW, readonly=True).summary_frame("decode"))
+    assert len(df) == 18 and set(df["holdout"]) == {"held-out"}
+    assert set(df["model"]) == {"wide-llama-d", "wide-mistral-e", "wide-gemma2-f"}
+    prof = read_profile(EPYC_PROFILE)
+    df = repredict(df, Simulator(prof, n_draws=50))
+    # the committed profile is the one that made the stored predictions (same raw, same fit)
+    assert np.allclose(df["pred_step_s"], df["stored_pred_step_s"], rtol=1e-3)
+    err = error_table(df).set_index(["group", "quantity"])
+    lat = err.loc[("all", "latency_s")]
+    step = err.loc[("all", "step_s")]
+    with capsys.disabled():
+        print(f"\n[qtsim] CPU out-of-range held-out (18 points, {prof.name}): latency MAPE "
+              f"{lat['mape_pct']:.1f}% (bias {lat['bias_pct']:+.1f}%, max {lat['max_ape_pct']:.1f}%;"
+              f" issue 9 target <= {WIDE_TARGET_PCT:g}%: "
+              f"{'met' if lat['mape_pct'] <= WIDE_TARGET_PCT else 'NOT met'}), step MAPE "
+              f"{step['mape_pct']:.1f}% (bias {step['bias_pct']:+.1f}%)")
+    assert lat["mape_pct"] <= WIDE_ACHIEVED_PCT
+    assert step["mape_pct"] <= 11.0
+    assert step["pearson_r"] > 0.98
