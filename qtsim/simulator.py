@@ -8,6 +8,7 @@ a leading axis of draws, summarised by :func:`band`.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +16,7 @@ import numpy as np
 from qtsim import paper, physical, thresholds
 from qtsim.architecture import ArchCounts, Architecture
 from qtsim.precision import get_precision, reference_for
-from qtsim.profiles import HardwareProfile
+from qtsim.profiles import HardwareProfile, model_error_deviates
 from qtsim.thresholds import (  # noqa: F401  (BAND, GIB, KIND_NAMES, crossing: public here too)
     BAND,
     GIB,
@@ -69,14 +70,20 @@ class Simulator:
     profile : the hardware profile whose constants (and their stderr) drive the model
     n_draws : Monte-Carlo draws used when ``draws=True``
     seed : random seed of the draws (results are reproducible)
+    model_error : add the model's own out-of-sample error (:meth:`HardwareProfile.model_error`)
+        to the parameter draws, so a 68% band covers about 68% of measurements; ``False``
+        gives parameter uncertainty alone (validation uses it to score both)
     """
 
-    def __init__(self, profile: HardwareProfile, n_draws: int = 400, seed: int = 0):
+    def __init__(self, profile: HardwareProfile, n_draws: int = 400, seed: int = 0,
+                 model_error: bool = True):
         self.profile = profile
         self.n_draws = n_draws
         self.seed = seed
+        self.model_error = profile.model_error() if model_error else None
         self._central = profile.values()
         self._draws = None
+        self._errz = {}
 
     def params(self, draws: bool = False):
         if not draws:
@@ -85,6 +92,40 @@ class Simulator:
             self._draws = self.profile.draws(self.n_draws, self.seed)
         return self._draws
 
+    def error_z(self, family: str) -> np.ndarray:
+        """Standard-normal model-error deviates of one kernel family, shape (n_draws, 1).
+
+        One deviate per draw, the same for every batch, size and token count (a systematic
+        error of the model for that family on this hardware), correlated ``rho`` across
+        families (the shared part cancels in quantized/native ratios).
+        """
+        if family not in self._errz:
+            rho = self.model_error["rho"] if self.model_error else 0.0
+            common = np.random.default_rng([self.seed, 0x5EED]).standard_normal((self.n_draws, 1))
+            own = np.random.default_rng([self.seed, zlib.crc32(family.encode())]).standard_normal(
+                (self.n_draws, 1))
+            self._errz[family] = np.sqrt(rho) * common + np.sqrt(1.0 - rho) * own
+        return self._errz[family]
+
+    def _add_model_error(self, out: dict, family: str) -> dict:
+        """Scale draws by exp(model-error deviate): latency, step, tok/s, J/query (both forms)."""
+        if not self.model_error:
+            return out
+        me, z = self.model_error, self.error_z(family)
+
+        def f(q):
+            return np.exp(model_error_deviates(z, me["q68"][q], me["q95"][q]))
+
+        f_t, f_e = f("latency_s"), f("j_per_query")
+        scale = {"latency_s": f_t, "prefill_s": f_t, "step_s": f("step_s"),
+                 "tok_per_s": 1.0 / f_t, "j_per_query_hli": f_t, "j_per_query": f_e,
+                 "avg_power_w": f_e / f_t}
+        out = dict(out)
+        for k, fac in scale.items():
+            if k in out:
+                out[k] = out[k] * fac
+        return out
+
     # ---- one configuration -------------------------------------------------------------------
     def evaluate(self, counts: ArchCounts, precision: str, batch, new_tokens=256,
                  prompt_tokens=128, draws=False, double_quant=False):
@@ -92,6 +133,8 @@ class Simulator:
         out = physical.query(counts, precision, batch, new_tokens, prompt_tokens,
                              self.params(draws), self.profile.tdp_w, self.profile.native,
                              double_quant, self.profile.compute_dtype_4bit)
+        if draws:
+            out = self._add_model_error(out, physical.path_family(precision, double_quant))
         overhead = float(self.profile.hardware.get("runtime_overhead_gib", 0.0)) * GIB
         out["peak_bytes"] = physical.peak_memory_bytes(counts, precision, batch, new_tokens,
                                                        prompt_tokens, double_quant, overhead)
