@@ -39,6 +39,14 @@ class Threshold:
     ``kind``: ``"crossing"`` (trapped below ``value``, free above), ``"reverse"`` (free below,
     trapped above), ``"trapped_everywhere"`` (no crossing in the range: value = inf),
     ``"never_trapped"`` (no crossing: value = 0) or ``"native_oom"`` (native does not fit).
+    ``value`` is the first crossing; ``crossings`` lists every one of the central curves
+    (value, "trapped below" | "trapped above"). ``low``/``high`` are the 16th/84th percentiles
+    over *all* draws, a draw without a crossing counted at +inf (trapped at every point
+    searched: the threshold lies above the range) or 0 (never trapped: below it), so a band
+    end of inf or 0 means "beyond the search range". ``draws`` holds the shares of draws with
+    no crossing (``p_no_crossing``, split into ``p_trapped_everywhere`` and
+    ``p_never_trapped``) and with more than one (``p_multiple_crossings``), and the median.
+    ``memory`` (N* only): whether a model of that size fits the device.
     """
 
     value: float
@@ -47,10 +55,32 @@ class Threshold:
     high: float = float("nan")
     range_: tuple = ()
     reason: str = ""
+    crossings: tuple = ()
+    draws: dict | None = None
+    memory: dict | None = None
 
     def to_dict(self):
-        return {"value": _num(self.value), "kind": self.kind, "band": [_num(self.low), _num(self.high)],
-                "range": [_num(x) for x in self.range_], "reason": self.reason}
+        d = {"value": _num(self.value), "kind": self.kind, "band": [_num(self.low), _num(self.high)],
+             "range": [_num(x) for x in self.range_], "reason": self.reason,
+             "crossings": [{"value": _num(v), "side": side} for v, side in self.crossings]}
+        if self.draws is not None:
+            d["draws"] = {k: (_num(v) if isinstance(v, (float, np.floating)) else v)
+                          for k, v in self.draws.items()}
+        if self.memory is not None:
+            d["memory"] = self.memory
+        return d
+
+
+def _draw_stats(r: dict, prefix: str, n_draws: int) -> dict:
+    """The draw shares and median of one threshold row (first entry) for :class:`Threshold`."""
+    keys = ("p_no_crossing", "p_trapped_everywhere", "p_never_trapped", "p_multiple_crossings",
+            "median")
+    out = {k: float(np.ravel(r[f"{prefix}_{k}"])[0]) for k in keys if f"{prefix}_{k}" in r}
+    out["n_draws"] = n_draws
+    out["censoring"] = ("percentiles over all draws; a draw with no crossing counts as beyond "
+                        "the search range on the side its verdict implies: +inf ('above range') "
+                        "or 0 ('below range')")
+    return out
 
 
 def _num(x):
@@ -177,7 +207,8 @@ class Simulator:
         closed form (eq. 18) is :func:`qtsim.paper.b_star` on :meth:`paper_constants`.
         """
         one = thresholds.map_counts(counts, np.atleast_1d)
-        r = thresholds.b_star_rows(self, one, precision, new_tokens, prompt_tokens, b_max, draws=draws)
+        r = thresholds.b_star_rows(self, one, precision, new_tokens, prompt_tokens, b_max,
+                                   draws=draws, details=True)
         kname = thresholds.KIND_CODES[int(r["b_star_kind"][0])]
         limit = float(r["b_star_max"][0])
         lo, hi = (float(r["b_star_low"][0]), float(r["b_star_high"][0])) if draws else (np.nan, np.nan)
@@ -191,9 +222,14 @@ class Simulator:
             "trapped_everywhere": f"quantized costs more energy at every batch from 1 to {limit:g} (memory or range limit): B* > {limit:g}",
             "never_trapped": f"quantized costs less energy at every batch from 1 to {limit:g}",
         }[kname]
-        if kname in ("crossing", "reverse") and value == 2.0 and np.isnan(lo):
+        crossings = thresholds.all_crossings(r["b_star_grid"][0], r["b_star_delta"][0])
+        crossings = [(max(v, 2.0) if v < 2.0 else v, side) for v, side in crossings]
+        if kname in ("crossing", "reverse") and value == 2.0:
             reason += "; the flip happens at the kernel switch between batch 1 and 2 (4-bit GEMV -> GEMM)"
-        return Threshold(value, kname, lo, hi, (1.0, limit), reason)
+        if len(crossings) > 1:
+            reason += f"; the curves cross {len(crossings)} times"
+        return Threshold(value, kname, lo, hi, (1.0, limit), reason, tuple(crossings),
+                         _draw_stats(r, "b_star", self.n_draws) if draws else None)
 
     def n_star(self, arch: Architecture, precision: str, batch=1, new_tokens=256,
                prompt_tokens=128, n_range=thresholds.N_RANGE, draws=False) -> Threshold:
@@ -207,7 +243,7 @@ class Simulator:
         win. Memory limits are ignored here (a planner's curve, not a deployment check).
         """
         r = thresholds.n_star_rows(self, arch, precision, [batch], new_tokens, prompt_tokens,
-                                   n_range, draws=draws)
+                                   n_range, draws=draws, details=True)
         kname = KIND_NAMES[int(np.ravel(r["n_star_kind"])[0])]
         lo, hi = ((float(np.ravel(r["n_star_low"])[0]), float(np.ravel(r["n_star_high"])[0]))
                   if draws else (np.nan, np.nan))
@@ -218,7 +254,38 @@ class Simulator:
             "trapped_everywhere": f"no crossing in {span}: quantized costs more at every size, N* > {n_range[1]:.0e}",
             "never_trapped": f"no crossing in {span}: quantized costs less at every size, N* < {n_range[0]:.0e}",
         }[kname]
-        return Threshold(float(np.ravel(r["n_star"])[0]), kname, lo, hi, tuple(n_range), reason)
+        value = float(np.ravel(r["n_star"])[0])
+        crossings = thresholds.all_crossings(r["n_star_sizes"], np.asarray(r["n_star_delta"])[0])
+        if len(crossings) > 1:
+            reason += f"; the curves cross {len(crossings)} times"
+        return Threshold(value, kname, lo, hi, tuple(n_range), reason, tuple(crossings),
+                         _draw_stats(r, "n_star", self.n_draws) if draws else None,
+                         self.size_memory(arch, precision, value, batch, new_tokens, prompt_tokens))
+
+    def size_memory(self, arch: Architecture, precision: str, n_params: float, batch=1,
+                    new_tokens=256, prompt_tokens=128) -> dict:
+        """Whether a model of ``n_params`` in ``arch``'s family fits this device.
+
+        Peak memory (weights with scales, full KV cache, workspace, runtime overhead) at
+        ``precision`` and at the native dtype for ``batch`` sequences, and the largest size of
+        the family that fits at each (searched 10^7..10^13 parameters).
+        """
+        overhead = float(self.profile.hardware.get("runtime_overhead_gib", 0.0)) * GIB
+        cap = self.profile.memory_bytes
+        sizes = np.geomspace(1e7, 1e13, 241)
+        out = {"device_gib": cap / GIB, "batch": batch}
+        for tag, p in (("quantized", precision), ("native", self.profile.native)):
+            peak = physical.peak_memory_bytes(arch.scaled(sizes), p, float(batch), float(new_tokens),
+                                              float(prompt_tokens), False, overhead)
+            ok = np.asarray(peak) <= cap
+            out[f"largest_fitting_{tag}_params"] = float(sizes[ok].max()) if ok.any() else 0.0
+            if np.isfinite(n_params) and n_params > 0:
+                one = physical.peak_memory_bytes(arch.scaled([n_params]), p, float(batch),
+                                                 float(new_tokens), float(prompt_tokens), False,
+                                                 overhead)
+                out[f"{tag}_gib"] = float(np.ravel(one)[0]) / GIB
+                out[f"fits_{tag}"] = bool(np.ravel(one)[0] <= cap)
+        return out
 
     def paper_constants(self, counts: ArchCounts, precision: str, draws=False,
                         double_quant=False):
