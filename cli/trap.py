@@ -26,8 +26,14 @@ from qtsim.precision import PRECISIONS
               help="SI aggregation: linear (eq. 6) or geometric (Remark 3.1).")
 @click.option("--draws", default=400, show_default=True, type=click.IntRange(min=10, max=100000),
               help="Monte-Carlo draws of the profile's constants for the uncertainty bands.")
+@click.option("--host", default=None, metavar="NAME_OR_FILE",
+              help="Host/software part that issues the GPU's work (`qtsim profiles hosts`): the "
+                   "host CPU and stack, which bind small-batch HF decoding. Default: the "
+                   "profile's own (calibrated CPU) or hf-eager-server, whose band spans server "
+                   "and desktop hosts.")
 @click.option("--format", "fmt", default="text", show_default=True, type=FORMATS)
-def trap(gpu, profile_path, model, precision, batch, tokens, prompt_tokens, trust_table, policy, draws, fmt):
+def trap(gpu, profile_path, model, precision, batch, tokens, prompt_tokens, trust_table, policy,
+         draws, host, fmt):
     """Will PRECISION trap us on this GPU for this model?
 
     Answers from a hardware profile (shipped spec-derived, or calibrated by `qtsim calibrate`):
@@ -47,7 +53,7 @@ def trap(gpu, profile_path, model, precision, batch, tokens, prompt_tokens, trus
     prof = load_profile(gpu, profile_path)
     arch = load_architecture(model)
     report = assess_trap(prof, arch, precision, batch, tokens, prompt_tokens, trust_table,
-                         policy, n_draws=draws)
+                         policy, n_draws=draws, host=host)
     if fmt == "json":
         click.echo(json.dumps(report, indent=2))
     elif fmt == "csv":

@@ -57,6 +57,7 @@ class HardwareProfile:
     constants: dict = field(default_factory=dict)
     fit: dict = field(default_factory=dict)
     path: str | None = None
+    host: object = None  # the qtsim.hosts.HostPart combined in, if any
 
     @property
     def name(self) -> str:
@@ -84,6 +85,36 @@ class HardwareProfile:
     def source(self) -> str:
         return self.provenance.get("source", "spec")
 
+    @property
+    def overlap(self) -> bool:
+        """Host and device work overlap (asynchronous kernel launches) on CUDA GPUs only."""
+        return self.hardware.get("device_type") == "cuda"
+
+    @property
+    def host_name(self) -> str:
+        """The host/software part this profile's predictions assume."""
+        if self.host is not None:
+            return self.host.describe()
+        return "this machine (host part calibrated with the device)"
+
+    def with_host(self, host=None) -> HardwareProfile:
+        """This device part combined with a host part (:mod:`qtsim.hosts`).
+
+        ``host``: a HostPart, a name or file, or None for the default. A profile that carries
+        its own host constants (a calibrated CPU profile) keeps them unless a host is named.
+        """
+        from qtsim import hosts
+
+        own = any(hosts.is_host_param(k) for k in self.physical) or "t_step_s" in self.physical
+        if host is None and own:
+            return self
+        part = host if isinstance(host, hosts.HostPart) else hosts.load_host(host)
+        device = {k: p for k, p in self.physical.items()
+                  if not hosts.is_host_param(k) and k not in ("t_step_s", "t_layer_s")
+                  and not k.startswith("t_layer_")}
+        return HardwareProfile(self.hardware, self.provenance, {**device, **part.physical},
+                               self.constants, self.fit, self.path, part)
+
     def values(self) -> dict[str, float]:
         return {k: p.value for k, p in self.physical.items()}
 
@@ -105,8 +136,10 @@ class HardwareProfile:
            kept to first order). So no draw makes a quantized path cheaper than its reference
            where the profile says it costs more (every ``t_call``; ``t_weight``,
            ``t_tokweight`` and per-layer floors where their central values are ordered).
-           Pairs whose central values are equal or reversed, and names outside this scheme,
-           are drawn as in step 1.
+           A per-call constant (``t_call_*``) whose central value *equals* its reference's
+           (e.g. both 0: the per-call cost lives in kernel counts and host terms) is floored at
+           the reference's draw, max(Q, R). Other pairs whose central values are equal or
+           reversed, and names outside this scheme, are drawn as in step 1.
         3. Every other constant is clipped at zero (all are non-negative physical
            quantities), bandwidth at 5% of its value.
         """
@@ -138,6 +171,8 @@ class HardwareProfile:
             m = mean[i] - mean[j]
             s = math.sqrt(max(sd[i] ** 2 + sd[j] ** 2 - 2 * rho[i, j] * sd[i] * sd[j], 0.0))
             out[q] = out[r] + _lognormal_extra(m, s, (z[:, i] * sd[i] - z[:, j] * sd[j]))[:, None]
+        for q, r in tied_call_pairs(self.physical, self.native):
+            out[q] = np.maximum(out[q], out[r])
         return out
 
     def model_error(self) -> dict:
@@ -243,6 +278,16 @@ def model_error_deviates(z, q68: float, q95: float) -> np.ndarray:
     inner = a * (q68 / Z68)
     outer = q68 + (a - Z68) * ((q95 - q68) / (Z95 - Z68))
     return np.sign(z) * np.where(a <= Z68, inner, np.maximum(outer, 0.0))
+
+
+def tied_call_pairs(physical: dict, native: str = "fp16") -> list[tuple[str, str]]:
+    """(quantized ``t_call_*``, its 16-bit reference) whose central values are equal."""
+    out = []
+    for k, p in physical.items():
+        r = reference_name(k, physical, native) if k.startswith("t_call_") else None
+        if r is not None and p.value == physical[r].value:
+            out.append((k, r))
+    return out
 
 
 def _lognormal_extra(mean: float, sd: float, dev) -> np.ndarray:
@@ -400,9 +445,14 @@ def load_profile(name: str | None = None, path: str | None = None) -> HardwarePr
 def write_profile(profile: HardwareProfile, path: str | os.PathLike) -> Path:
     """Write atomically: a temp file in the same directory, fsync, then rename over ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = profile.to_toml()
     parse_profile(text, str(path))  # never write what we could not read back
+    return atomic_write_text(text, path)
+
+
+def atomic_write_text(text: str, path: Path) -> Path:
+    """Write ``text`` to ``path`` atomically: a temp file beside it, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:

@@ -98,6 +98,8 @@ class Simulator:
     Parameters
     ----------
     profile : the hardware profile whose constants (and their stderr) drive the model
+    host : the host/software part (:mod:`qtsim.hosts`: a name, file or HostPart) combined with
+        a device-only profile; None takes the profile's own host part or the default host
     n_draws : Monte-Carlo draws used when ``draws=True``
     seed : random seed of the draws (results are reproducible)
     model_error : add the model's own out-of-sample error (:meth:`HardwareProfile.model_error`)
@@ -106,12 +108,12 @@ class Simulator:
     """
 
     def __init__(self, profile: HardwareProfile, n_draws: int = 400, seed: int = 0,
-                 model_error: bool = True):
-        self.profile = profile
+                 host=None, model_error: bool = True):
+        self.profile = profile.with_host(host)
         self.n_draws = n_draws
         self.seed = seed
-        self.model_error = profile.model_error() if model_error else None
-        self._central = profile.values()
+        self.model_error = self.profile.model_error() if model_error else None
+        self._central = self.profile.values()
         self._draws = None
         self._errz = {}
 
@@ -162,7 +164,8 @@ class Simulator:
         """Latency, throughput, J/query (power model and HLI) and peak memory, vectorised."""
         out = physical.query(counts, precision, batch, new_tokens, prompt_tokens,
                              self.params(draws), self.profile.tdp_w, self.profile.native,
-                             double_quant, self.profile.compute_dtype_4bit)
+                             double_quant, self.profile.compute_dtype_4bit,
+                             overlap=self.profile.overlap)
         if draws:
             out = self._add_model_error(out, physical.path_family(precision, double_quant))
         overhead = float(self.profile.hardware.get("runtime_overhead_gib", 0.0)) * GIB
@@ -292,7 +295,8 @@ class Simulator:
         """The paper's alpha, gamma, phi(h, p) and eq. 18 B*, derived at batch 1."""
         c = physical.paper_constants(counts, precision, self.params(draws), self.profile.tdp_w,
                                      self.profile.native, double_quant=double_quant,
-                                     compute_dtype_4bit=self.profile.compute_dtype_4bit)
+                                     compute_dtype_4bit=self.profile.compute_dtype_4bit,
+                                     overlap=self.profile.overlap)
         c["b_star_paper"] = paper.b_star(c["alpha_j_per_bit"], c["phi_j"],
                                          get_precision(precision).bits)
         return c

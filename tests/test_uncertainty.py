@@ -57,7 +57,7 @@ def test_no_draw_makes_a_quantized_path_cheaper_than_its_reference(name, seed, n
     pairs = list(_call_pairs(prof))
     assert pairs, f"{name}: no quantized t_call constants found"
     for q, r in pairs:  # per call: always (the central values must be ordered too)
-        assert prof.physical[q].value > prof.physical[r].value, f"{name}: {q} central below {r}"
+        assert prof.physical[q].value >= prof.physical[r].value, f"{name}: {q} central below {r}"
         assert np.all(d[q] >= d[r]), f"{name}: a draw of {q} is cheaper than {r}"
     for q, r in ordered_pairs(prof.physical, prof.native):  # t_weight etc. where ordered
         assert np.all(d[q] >= d[r]), f"{name}: a draw of {q} is cheaper than {r}"
