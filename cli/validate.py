@@ -32,16 +32,21 @@ from qtsim.cli.options import int_list, precision_list, split_list
 @click.option("--outliers", is_flag=True, help="Inject activation outliers so LLM.int8() takes its fp16 path.")
 @click.option("--cpu-threads", type=click.IntRange(min=1),
               help="CPU only: torch threads (default: the count the profile was calibrated with).")
+@click.option("--record-error", is_flag=True,
+              help="Write the measured model error into --profile's [fit.model_error] (bands then use it).")
 @click.option("--no-progress", is_flag=True)
 def validate(profile_path, gpu, plan_path, model, precisions, batches, tokens, prompt_tokens, reps,
-             out_dir, raw_path, report_only, allow_overlap, outliers, cpu_threads, no_progress):
+             out_dir, raw_path, report_only, allow_overlap, outliers, cpu_threads, record_error,
+             no_progress):
     """Run full real decodes at held-out points and report the prediction error.
 
     Predictions come from the profile *before* each run and are stored beside the measurement
     (raw HDF5, purpose=validation). Points whose model and batch calibrated the profile are
     refused (or, with --allow-overlap, flagged). The report gives MAPE, bias, Pearson r, p90 and
     max error for step time, latency, J/query and peak memory, per precision; COR and
-    trap-verdict agreement; and the paper model's J/query error beside the physical model's.
+    trap-verdict agreement; the paper model's J/query error beside the physical model's; and
+    band coverage: the share of measurements inside the 68% and 95% bands (the model error
+    estimated leaving each architecture out, so no point scores a band made from itself).
 
     \b
     Examples:
@@ -60,7 +65,7 @@ def validate(profile_path, gpu, plan_path, model, precisions, batches, tokens, p
                  allow_overlap, outliers, not no_progress, cpu_threads)
     elif not raw.is_file():
         raise QtsimError(f"{raw}: no raw validation data to report from")
-    _report(prof, raw, out)
+    _report(prof, raw, out, profile_path if record_error else None)
 
 
 def _measure(prof, plan_path, model, precisions, batches, tokens, prompt_tokens, reps, raw,
@@ -121,10 +126,12 @@ def _measure(prof, plan_path, model, precisions, batches, tokens, prompt_tokens,
     click.echo(f"measured: {report.line()} -> {raw}", err=True)
 
 
-def _report(prof, raw, out):
+def _report(prof, raw, out, record_to=None):
     from qtsim.calibration.raw import RawStore
     from qtsim.validation import (
         cor_and_verdicts,
+        coverage_table,
+        cross_precision_rho,
         error_table,
         measured_frame,
         paper_vs_physical,
@@ -142,6 +149,7 @@ def _report(prof, raw, out):
     errors = error_table(df)
     verdicts = cor_and_verdicts(df, prof.native)
     comparison = paper_vs_physical(df)
+    coverage, est = coverage_table(prof, df)
     out.mkdir(parents=True, exist_ok=True)
     plot_validation(df, out)
     meta = {"profile": f"{prof.name} ({prof.source}, {prof.provenance.get('date', '')}, {prof.path})",
@@ -151,7 +159,8 @@ def _report(prof, raw, out):
                                   and bool(df["outlier_injection"].fillna(False).astype(bool).any())),
             "held out": (", ".join(sorted(df["holdout"].astype(str).unique()))
                          if "holdout" in df else "held-out")}
-    (out / "report.md").write_text(report_markdown(df, errors, verdicts, comparison, meta))
+    (out / "report.md").write_text(report_markdown(df, errors, verdicts, comparison, meta, coverage))
+    coverage.to_csv(out / "coverage.csv", index=False)
     df.to_csv(out / "points.csv", index=False)
     errors.to_csv(out / "errors.csv", index=False)
     if not verdicts.empty:
@@ -168,4 +177,29 @@ def _report(prof, raw, out):
     if comparison:
         click.echo(f"  J/query MAPE: physical {comparison['physical_j_mape_pct']:.1f}%, paper eq. 19 "
                    f"{comparison['paper_j_mape_pct']:.1f}%")
+    for _, r in coverage[coverage["scheme"].str.startswith("leave-one")].iterrows():
+        click.echo(f"  {r['quantity']:18s} band coverage ({r['scheme']}): 68% band {r['coverage_68_pct']:5.1f}%, "
+                   f"95% band {r['coverage_95_pct']:5.1f}%  (n {r['n']}; parameters only: "
+                   + _param_only(coverage, r["quantity"]) + ")")
+    if record_to:
+        _record_error(prof, record_to, est, cross_precision_rho(df, prof.native), raw)
     click.echo(f"  report: {out / 'report.md'}")
+
+
+def _param_only(coverage, quantity) -> str:
+    p = coverage[(coverage["scheme"] == "parameters only") & (coverage["quantity"] == quantity)]
+    return "n/a" if p.empty else f"{p['coverage_68_pct'].iloc[0]:.1f}% / {p['coverage_95_pct'].iloc[0]:.1f}%"
+
+
+def _record_error(prof, path, est, rho, raw):
+    import datetime
+
+    from qtsim.errors import QtsimError
+    from qtsim.profiles import write_profile
+    from qtsim.validation import model_error_record
+
+    if not path:
+        raise QtsimError("--record-error needs --profile FILE (the file to write)")
+    prof.fit["model_error"] = model_error_record(est, str(raw), datetime.date.today().isoformat(), rho)
+    write_profile(prof, path)
+    click.echo(f"  model error recorded in {path} [fit.model_error]")

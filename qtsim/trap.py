@@ -122,6 +122,10 @@ def assess_trap(profile: HardwareProfile, arch: Architecture, precision: str, ba
                "e_si": e_si, "s_si": s_si, "s_si_hli": s_si_hli, "si": si_q,
                "si_band": [float(x) for x in band(np.asarray(si_d).ravel())[1:]],
                "si_native": 1.0, "trust": trust.to_dict(),
+               "capped": False, "capping": si.CAPPING,
+               "si_capped": float(si.capped_si(t_si, e_si, s_si, policy=policy)),
+               "s_si_log": si.s_si_log_by_unit(float(n["j_per_query"]), float(q["j_per_query"])),
+               "carbon_kg_per_kwh": si.DEFAULT_CARBON_KG_PER_KWH,
                "energy_method": "power model (what an energy counter reads); s_si_hli uses the paper's HLI (TDP x latency)"},
         "host": {"name": profile.host_name, "overlap": profile.overlap,
                  "rule": ("asynchronous launches: host and device overlap between synchronisations "
@@ -132,8 +136,16 @@ def assess_trap(profile: HardwareProfile, arch: Architecture, precision: str, ba
                     "date": profile.provenance.get("date", ""),
                     "device": profile.provenance.get("device", ""),
                     "location": profile.path or "",
-                    "uncertainty": f"{n_draws} Monte-Carlo draws of the profile's constants; bands are 16th-84th percentiles"},
+                    "uncertainty": (f"{n_draws} Monte-Carlo draws of the profile's constants plus the "
+                                    "model's own error; bands are 16th-84th percentiles"),
+                    "model_error": _model_error(sim)},
     }
+
+
+def _model_error(sim: Simulator) -> dict:
+    me = sim.model_error or {}
+    return {"source": me.get("source", "none"), "q68": me.get("q68", {}), "q95": me.get("q95", {}),
+            "rho": me.get("rho"), "basis": me.get("basis", "")}
 
 
 def _fmt(stat, unit="", digits=3):
@@ -171,7 +183,13 @@ def format_text(r: dict) -> str:
            "(wide bands; run `qtsim calibrate` on this GPU to narrow them)")
     lines.append(f"  profile: {pr['name']} ({src}; {pr['device']}, {pr['date']})")
     lines.append(f"  host: {r['host']['name']}")
-    lines.append("  [a-b] = 68% band from the profile's uncertainty; every figure is a prediction, not a measurement")
+    me = pr["model_error"]
+    lines.append(f"  SI pillars uncapped (paper: [0, 1]); capped SI {r['si']['si_capped']:.3f}; "
+                 f"eq. 5 log form S_SI {r['si']['s_si_log']['kgCO2e']:.3f} (kgCO2e), "
+                 f"{r['si']['s_si_log']['J']:.3f} (J): unit-dependent")
+    lines.append(f"  [a-b] = 68% band: the profile's uncertainty plus the model's own error "
+                 f"(+-{100 * me['q68'].get('latency_s', 0):.0f}% latency, {me['source']}); "
+                 "every figure is a prediction, not a measurement")
     return "\n".join(lines)
 
 
@@ -184,11 +202,31 @@ def _step_text(side: dict) -> str:
 def _threshold_text(t: dict, unit: str) -> str:
     v = t["value"]
     lo, hi = t["band"]
-    fmt = (lambda x: f"{x:.3g}") if unit == "batch" else (lambda x: f"{x / 1e9:.3g}B")
+
+    def fmt(x):
+        if x == "inf":
+            return "above range"
+        if x is not None and x == 0:
+            return "below range"
+        return f"{x:.3g}" if unit == "batch" else f"{x / 1e9:.3g}B"
+
+    extra = ""
+    dr = t.get("draws")
+    if dr:
+        extra = f"; {100 * dr['p_no_crossing']:.0f}% of draws never cross"
+        if dr.get("p_multiple_crossings", 0) >= 0.005:
+            extra += f", {100 * dr['p_multiple_crossings']:.0f}% cross more than once"
+    if len(t.get("crossings", [])) > 1:
+        extra += "; crossings at " + ", ".join(f"{fmt(c['value'])} ({c['side']})" for c in t["crossings"])
+    mem = t.get("memory")
+    if mem and "fits_quantized" in mem:
+        extra += (f"; a model that size {'fits' if mem['fits_quantized'] else 'does NOT fit'} in "
+                  f"{mem['device_gib']:.0f} GiB at this precision (needs {mem['quantized_gib']:.0f} GiB; "
+                  f"largest that fits {fmt(mem['largest_fitting_quantized_params'])})")
+    b = f" [{fmt(lo)} - {fmt(hi)}]" if lo is not None and hi is not None else ""
     if t["kind"] in ("crossing", "reverse"):
-        b = f" [{fmt(lo)}-{fmt(hi)}]" if lo is not None and hi is not None else ""
         side = "trapped below" if t["kind"] == "crossing" else "trapped above"
         if "kernel switch" in t["reason"]:
             side += ": the verdict flips where bitsandbytes leaves its batch-1 GEMV kernel"
-        return f"{fmt(v)}{b} ({side})"
-    return f"none: {t['reason']}"
+        return f"{fmt(v)}{b} ({side}{extra})"
+    return f"none: {t['reason']}{b}{extra}"
