@@ -55,7 +55,8 @@ def compare(model, batch, gpus, profile_paths, precisions, tokens, prompt_tokens
       qtsim compare --model mistral-7b --batch 1 --precision fp16,nf4 --double-quant --format csv
     """
     from qtsim.architecture import load_architecture
-    from qtsim.compare import COLUMNS, compare as run, csv_text, format_text, plot_compare
+    from qtsim.compare import COLUMNS, csv_text, format_text, plot_compare
+    from qtsim.compare import compare as run
     from qtsim.errors import QtsimError
     from qtsim.profiles import list_profiles, load_profile
 

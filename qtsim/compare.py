@@ -203,7 +203,11 @@ def format_text(c: Comparison) -> str:
     cols = c.columns()
     q = c.query
     head = [COLUMNS[k][0] for k in cols]
-    body = [[_cell(k, r[k]) for k in cols] for r in c.rows]
+    # a configuration that does not fit has no throughput or cost to speak of: dashes, so that
+    # its hypothetical figures never read as the cheapest option (JSON and CSV keep them)
+    hypothetical = set(cols) - {"gpu", "precision", "fits", "peak_memory_gib", "verdict"}
+    body = [[("-" if (not r["fits"] and k in hypothetical) else _cell(k, r[k])) for k in cols]
+            for r in c.rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
     left = {"gpu", "precision", "verdict"}
 

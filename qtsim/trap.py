@@ -15,8 +15,8 @@ from qtsim import sustainability as si
 from qtsim.architecture import Architecture
 from qtsim.precision import get_precision
 from qtsim.profiles import HardwareProfile
-from qtsim.simulator import GIB, Simulator, band
 from qtsim.serving import bnb_version, serving_assumption
+from qtsim.simulator import GIB, Simulator, band
 from qtsim.trust import lookup_trust
 from qtsim.workload import BnbSettings
 
