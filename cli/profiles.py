@@ -122,6 +122,29 @@ def new_cmd(name, memory_gib, bandwidth_gbs, fp16_tflops, int8_tops, tdp_w, arch
     click.echo(f"  try: qtsim trap --gpu {prof.name} --model mistral-7b --precision nf4")
 
 
+@profiles.command("hosts")
+@click.option("--format", "fmt", default="text", type=FORMATS, show_default=True)
+def hosts_cmd(fmt):
+    """Host/software parts: the host CPU and stack that issue a GPU's work (`trap --host`)."""
+    from qtsim.hosts import DEFAULT_HOST, list_hosts, load_host
+
+    rows = []
+    for name, where in list_hosts():
+        part = load_host(where)
+        rows.append({"name": name, "default": name == DEFAULT_HOST, "describe": part.describe(),
+                     "location": where, **{k: p.value for k, p in part.physical.items()}})
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+    elif fmt == "csv":
+        import pandas as pd
+
+        click.echo(pd.DataFrame(rows).to_csv(index=False).rstrip("\n"))
+    else:
+        for r in rows:
+            star = " (default)" if r["default"] else ""
+            click.echo(f"{r['name']}{star}: {r['describe']}; h_op {r['h_op_s'] * 1e6:.3g} us/op  [{r['location']}]")
+
+
 @click.command()
 @click.option("--format", "fmt", default="text", type=FORMATS, show_default=True)
 def models(fmt):

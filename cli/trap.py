@@ -33,11 +33,17 @@ from qtsim.precision import PRECISIONS
               help="SI aggregation: linear (eq. 6) or geometric (Remark 3.1).")
 @click.option("--draws", default=400, show_default=True, type=click.IntRange(min=10, max=100000),
               help="Monte-Carlo draws of the profile's constants for the uncertainty bands.")
+@click.option("--host", default=None, metavar="NAME_OR_FILE",
+              help="Host/software part that issues the GPU's work (`qtsim profiles hosts`): the "
+                   "host CPU and stack, which bind small-batch HF decoding. Default: the "
+                   "profile's own (calibrated CPU) or hf-eager-server, whose band spans server "
+                   "and desktop hosts.")
 @bnb_options
 @budget_options
 @click.option("--format", "fmt", default="text", show_default=True, type=FORMATS)
-def trap(gpu, profile_path, model, precision, batch, tokens, prompt_tokens, trust_table, policy, draws,
-         double_quant, int8_threshold, compute_dtype, pue, grid_gco2_per_kwh, usd_per_hour, fmt):
+def trap(gpu, profile_path, model, precision, batch, tokens, prompt_tokens, trust_table, policy,
+         draws, host, double_quant, int8_threshold, compute_dtype, pue, grid_gco2_per_kwh,
+         usd_per_hour, fmt):
     """Will PRECISION trap us on this GPU for this model?
 
     Answers from a hardware profile (shipped spec-derived, or calibrated by `qtsim calibrate`):
@@ -61,7 +67,7 @@ def trap(gpu, profile_path, model, precision, batch, tokens, prompt_tokens, trus
     prof = load_profile(gpu, profile_path)
     arch = load_architecture(model)
     report = assess_trap(prof, arch, precision, batch, tokens, prompt_tokens, trust_table,
-                         policy, n_draws=draws, bnb=bnb, assumptions=assumptions)
+                         policy, n_draws=draws, host=host, bnb=bnb, assumptions=assumptions)
     if fmt == "json":
         click.echo(json.dumps(report, indent=2))
     elif fmt == "csv":

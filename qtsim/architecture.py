@@ -22,6 +22,16 @@ from qtsim.errors import ArchitectureError, UnknownNameError, suggest
 from qtsim.precision import get_precision
 
 DENSE_TYPES = {"llama", "mistral", "qwen2", "qwen3", "falcon3", "gemma", "gemma2", "gemma3_text"}
+#: the transformers model classes whose decode step the operation inventory traces
+#: (``data/reference/op_inventory.json``); ``ArchCounts.model_class`` is an index into it
+MODEL_CLASSES = ("llama", "mistral", "qwen2", "qwen3", "gemma2")
+_CLASS_OF = {"falcon3": "llama", "gemma": "gemma2", "gemma3_text": "gemma2"}
+
+
+def model_class_code(model_type: str) -> int:
+    """Index in :data:`MODEL_CLASSES` of the class a ``model_type`` decodes with."""
+    mt = _CLASS_OF.get(model_type, model_type)
+    return MODEL_CLASSES.index(mt) if mt in MODEL_CLASSES else 0
 MOE_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
 NATIVE_BYTES = 2  # 16-bit weights, activations and KV cache
 LINEARS_PER_LAYER = 7  # q, k, v, o, gate, up, down
@@ -175,6 +185,10 @@ class ArchCounts:
     kv_bytes_per_token: np.ndarray
     attn_flops_per_token_per_ctx: np.ndarray
     max_linear_weights: np.ndarray  # largest single linear (dequantisation workspace)
+    w_qo: np.ndarray  # weights of the q_proj (and of the o_proj) of one layer
+    w_kv: np.ndarray  # weights of the k_proj (and of the v_proj) of one layer
+    w_mlp: np.ndarray  # weights of the gate_proj (and up_proj, down_proj) of one layer
+    model_class: np.ndarray  # index into MODEL_CLASSES (operation inventory of the decode step)
 
     @classmethod
     def from_architecture(cls, a: Architecture) -> ArchCounts:
@@ -188,6 +202,10 @@ class ArchCounts:
             vocab_size=f(a.vocab_size), kv_bytes_per_token=f(a.kv_bytes_per_token),
             attn_flops_per_token_per_ctx=f(a.attn_flops_per_token_per_ctx),
             max_linear_weights=f(max(lin.n_weights for lin in a.layer_linears)),
+            w_qo=f(a.hidden_size * a.num_heads * a.head_dim),
+            w_kv=f(a.hidden_size * a.num_kv_heads * a.head_dim),
+            w_mlp=f(a.hidden_size * a.intermediate_size),
+            model_class=f(model_class_code(a.model_type)),
         )
 
     def bits_per_weight(self, precision: str, double_quant: bool = False):
@@ -254,6 +272,8 @@ def scale_counts(a: Architecture, n_params, depth_exponent: float = DEPTH_EXPONE
         kv_bytes_per_token=layers * 2 * kv * NATIVE_BYTES,
         attn_flops_per_token_per_ctx=layers * 4 * q,
         max_linear_weights=np.maximum(h * inter, h * q),
+        w_qo=h * q, w_kv=h * kv, w_mlp=h * inter,
+        model_class=np.full_like(s, model_class_code(a.model_type)),
     )
 
 

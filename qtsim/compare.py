@@ -125,10 +125,11 @@ def compare(profiles: Sequence[HardwareProfile], arch: Architecture, batch: int 
             raise QtsimError(f"no GPU price for {', '.join(missing)}")
         assumptions = dataclasses.replace(assumptions, usd_per_hour=None)
     counts = arch.counts()
-    rows = []
+    rows, serving = [], []
     for prof in profiles:
         bnb.check(precs, prof)
         sim = Simulator(prof, n_draws=n_draws, seed=seed, bnb=bnb)
+        serving.append(serving_assumption(sim.profile))  # with its host part
         price = (dataclasses.replace(assumptions, usd_per_hour=usd_per_hour_by_gpu[prof.name])
                  if usd_per_hour_by_gpu else assumptions)
         args = (counts, prof.native, float(batch), float(new_tokens), float(prompt_tokens))
@@ -164,7 +165,7 @@ def compare(profiles: Sequence[HardwareProfile], arch: Architecture, batch: int 
     query = {"model": arch.name, "model_params": arch.n_params, "batch": int(batch),
              "new_tokens": int(new_tokens), "prompt_tokens": int(prompt_tokens),
              "precisions": precs, "gpus": [p.name for p in profiles]}
-    serving = list(dict.fromkeys(serving_assumption(p) for p in profiles))
+    serving = list(dict.fromkeys(serving))
     return Comparison(sort_rows(rows, sort), query, assumptions, bnb, serving, sort,
                       dict(usd_per_hour_by_gpu) if usd_per_hour_by_gpu else None)
 

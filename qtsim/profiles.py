@@ -56,6 +56,7 @@ class HardwareProfile:
     constants: dict = field(default_factory=dict)
     fit: dict = field(default_factory=dict)
     path: str | None = None
+    host: object = None  # the qtsim.hosts.HostPart combined in, if any
 
     @property
     def name(self) -> str:
@@ -82,6 +83,36 @@ class HardwareProfile:
     @property
     def source(self) -> str:
         return self.provenance.get("source", "spec")
+
+    @property
+    def overlap(self) -> bool:
+        """Host and device work overlap (asynchronous kernel launches) on CUDA GPUs only."""
+        return self.hardware.get("device_type") == "cuda"
+
+    @property
+    def host_name(self) -> str:
+        """The host/software part this profile's predictions assume."""
+        if self.host is not None:
+            return self.host.describe()
+        return "this machine (host part calibrated with the device)"
+
+    def with_host(self, host=None) -> HardwareProfile:
+        """This device part combined with a host part (:mod:`qtsim.hosts`).
+
+        ``host``: a HostPart, a name or file, or None for the default. A profile that carries
+        its own host constants (a calibrated CPU profile) keeps them unless a host is named.
+        """
+        from qtsim import hosts
+
+        own = any(hosts.is_host_param(k) for k in self.physical) or "t_step_s" in self.physical
+        if host is None and own:
+            return self
+        part = host if isinstance(host, hosts.HostPart) else hosts.load_host(host)
+        device = {k: p for k, p in self.physical.items()
+                  if not hosts.is_host_param(k) and k not in ("t_step_s", "t_layer_s")
+                  and not k.startswith("t_layer_")}
+        return HardwareProfile(self.hardware, self.provenance, {**device, **part.physical},
+                               self.constants, self.fit, self.path, part)
 
     def values(self) -> dict[str, float]:
         return {k: p.value for k, p in self.physical.items()}
@@ -274,9 +305,14 @@ def load_profile(name: str | None = None, path: str | None = None) -> HardwarePr
 def write_profile(profile: HardwareProfile, path: str | os.PathLike) -> Path:
     """Write atomically: a temp file in the same directory, fsync, then rename over ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = profile.to_toml()
     parse_profile(text, str(path))  # never write what we could not read back
+    return atomic_write_text(text, path)
+
+
+def atomic_write_text(text: str, path: Path) -> Path:
+    """Write ``text`` to ``path`` atomically: a temp file beside it, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:

@@ -68,6 +68,8 @@ class Simulator:
     Parameters
     ----------
     profile : the hardware profile whose constants (and their stderr) drive the model
+    host : the host/software part (:mod:`qtsim.hosts`: a name, file or HostPart) combined with
+        a device-only profile; None takes the profile's own host part or the default host
     n_draws : Monte-Carlo draws used when ``draws=True``
     seed : random seed of the draws (results are reproducible)
     bnb : bitsandbytes settings (double quantisation, LLM.int8() threshold, 4-bit compute
@@ -75,12 +77,12 @@ class Simulator:
     """
 
     def __init__(self, profile: HardwareProfile, n_draws: int = 400, seed: int = 0,
-                 bnb: BnbSettings | None = None):
-        self.profile = profile
+                 host=None, bnb: BnbSettings | None = None):
+        self.profile = profile.with_host(host)
         self.n_draws = n_draws
         self.seed = seed
         self.bnb = bnb or BnbSettings()
-        self._central = profile.values()
+        self._central = self.profile.values()
         self._draws = None
 
     def params(self, draws: bool = False):
@@ -103,6 +105,7 @@ class Simulator:
         out = physical.query(counts, precision, batch, new_tokens, prompt_tokens,
                              self.params(draws), self.profile.tdp_w, self.profile.native,
                              double_quant, self.bnb.compute_dtype_for(self.profile),
+                             overlap=self.profile.overlap,
                              int8_threshold=self.bnb.int8_threshold)
         overhead = float(self.profile.hardware.get("runtime_overhead_gib", 0.0)) * GIB
         out["peak_bytes"] = physical.peak_memory_bytes(counts, precision, batch, new_tokens,
@@ -197,6 +200,7 @@ class Simulator:
         c = physical.paper_constants(counts, precision, self.params(draws), self.profile.tdp_w,
                                      self.profile.native, double_quant=double_quant,
                                      compute_dtype_4bit=self.bnb.compute_dtype_for(self.profile),
+                                     overlap=self.profile.overlap,
                                      int8_threshold=self.bnb.int8_threshold)
         c["b_star_paper"] = paper.b_star(c["alpha_j_per_bit"], c["phi_j"],
                                          get_precision(precision).bits)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qtsim import budget
+from qtsim import budget, timeline
 from qtsim import sustainability as si
 from qtsim.architecture import Architecture
 from qtsim.precision import get_precision
@@ -38,20 +38,22 @@ def _verdict(central_trapped: bool, share_trapped: float) -> str:
 
 def assess_trap(profile: HardwareProfile, arch: Architecture, precision: str, batch: int = 1,
                 new_tokens: int = 256, prompt_tokens: int = 128, trust_table: str | None = None,
-                policy: str = "linear", n_draws: int = 400, seed: int = 0,
+                policy: str = "linear", n_draws: int = 400, seed: int = 0, host=None,
                 bnb: BnbSettings | None = None,
                 assumptions: budget.BudgetAssumptions | None = None) -> dict:
     """The full trap report as a JSON-ready dict (keys documented in the README).
 
-    ``bnb``: bitsandbytes settings (double quantisation, int8 threshold, 4-bit compute dtype),
-    used for every figure including B* and N*; ``assumptions``: PUE, grid intensity and GPU
-    price behind the budget figures.
+    ``host``: the host/software part (name or file, :mod:`qtsim.hosts`); None = the profile's
+    own or the default host. ``bnb``: bitsandbytes settings (double quantisation, int8
+    threshold, 4-bit compute dtype), used for every figure including B* and N*;
+    ``assumptions``: PUE, grid intensity and GPU price behind the budget figures.
     """
     prec = get_precision(precision)
     bnb = bnb or BnbSettings()
-    bnb.check([prec.name], profile)
     assumptions = assumptions or budget.BudgetAssumptions()
-    sim = Simulator(profile, n_draws=n_draws, seed=seed, bnb=bnb)
+    sim = Simulator(profile, n_draws=n_draws, seed=seed, host=host, bnb=bnb)
+    profile = sim.profile
+    bnb.check([prec.name], profile)
     counts = arch.counts()
     native = profile.native
     args = (counts, prec.name, float(batch), float(new_tokens), float(prompt_tokens))
@@ -65,6 +67,8 @@ def assess_trap(profile: HardwareProfile, arch: Architecture, precision: str, ba
             "j_per_query_hli": _stat(c["j_per_query_hli"], dr["j_per_query_hli"]),
             "latency_s": _stat(c["latency_s"], dr["latency_s"]),
             "step_s": _stat(c["step_s"], dr["step_s"]),
+            "host_s": float(c["host_s"]), "device_s": float(c["device_s"]),
+            "binding": str(timeline.binding(c["host_s"], c["device_s"])),
             "avg_power_w": _stat(c["avg_power_w"], dr["avg_power_w"]),
             "peak_memory_gib": float(c["peak_bytes"]) / GIB,
             "fits": bool(c["fits"]),
@@ -137,6 +141,10 @@ def assess_trap(profile: HardwareProfile, arch: Architecture, precision: str, ba
                "si_band": [float(x) for x in band(np.asarray(si_d).ravel())[1:]],
                "si_native": 1.0, "trust": trust.to_dict(),
                "energy_method": "power model (what an energy counter reads); s_si_hli uses the paper's HLI (TDP x latency)"},
+        "host": {"name": profile.host_name, "overlap": profile.overlap,
+                 "rule": ("asynchronous launches: host and device overlap between synchronisations "
+                          "(DESIGN sec. 2a)" if profile.overlap else
+                          "host and device are one processor: their times add")},
         "profile": {"name": profile.name, "source": profile.source,
                     "calibrated": calibrated, "priors": n_priors,
                     "date": profile.provenance.get("date", ""),
@@ -170,6 +178,7 @@ def format_text(r: dict) -> str:
         f"  COR {_fmt(ra['cor'])} (eq. 9)   HLI energy ratio {ra['energy_hli']:.3g}x (TDP x latency, the paper's method)",
         f"  B*  {_threshold_text(r['b_star'], 'batch')}   paper eq. 18: {r['paper']['b_star_eq18']:.3g} (eq. 19 is trapped above it)",
         f"  N*  {_threshold_text(r['n_star'], 'params')}",
+        f"  step    {p} {_step_text(qn)}; {nat} {_step_text(nt)}",
         f"  memory  {p} {qn['peak_memory_gib']:.1f} GiB, {nat} {nt['peak_memory_gib']:.1f} GiB",
     ]
     if v["fits_note"]:
@@ -182,6 +191,7 @@ def format_text(r: dict) -> str:
     src = ("calibrated" if pr["calibrated"] else f"{pr['source']}-derived with {pr['priors']} priors "
            "(wide bands; run `qtsim calibrate` on this GPU to narrow them)")
     lines.append(f"  profile: {pr['name']} ({src}; {pr['device']}, {pr['date']})")
+    lines.append(f"  host: {r['host']['name']}")
     if r.get("serving"):
         lines.append(f"  {r['serving']['statement']}")
     lines.append("  [a-b] = 68% band from the profile's uncertainty; every figure is a prediction, not a measurement")
@@ -208,6 +218,12 @@ def _budget_text(b: dict, p: str, nat: str) -> str:
     a = b["assumptions"]
     text = BudgetAssumptions(a["pue"], a["grid_gco2_per_kwh"], a["usd_per_hour"]).describe()
     return f"  budget  {p} {one(b['quantized'])} vs {nat} {one(b['native'])}  ({text})"
+
+
+def _step_text(side: dict) -> str:
+    """'35.1 ms, host-bound (host 34.0 ms, device 20.8 ms)' for one decode step."""
+    return (f"{side['step_s']['value'] * 1e3:.3g} ms, {side['binding']} "
+            f"(host {side['host_s'] * 1e3:.3g} ms, device {side['device_s'] * 1e3:.3g} ms)")
 
 
 def _threshold_text(t: dict, unit: str) -> str:

@@ -123,7 +123,10 @@ def test_trap_json_carries_bitsandbytes_budget_and_serving():
     assert b["quantized"]["usd_per_million_tokens"] == pytest.approx(0.5 / (tps * 3600) * 1e6)
     assert b["assumptions"] == {"pue": 1.2, "grid_gco2_per_kwh": 400.0, "usd_per_hour": 0.5,
                                 "energy_boundary": "GPU board x PUE 1.2 (facility overhead)"}
-    assert rep["serving"]["bitsandbytes_version"] == "not stated"
+    from qtsim.hosts import load_host
+
+    stated = load_host(None).host["stack"]["bitsandbytes"]  # spec device + default host part
+    assert rep["serving"]["bitsandbytes_version"] == stated
     assert "vLLM/TGI" in rep["serving"]["statement"]
 
 
@@ -285,7 +288,7 @@ def test_profiles_new_matches_shipped_priors(tmp_path, monkeypatch):
         assert mine.physical[k].source == p.source
     assert mine.hardware["architecture"] == "ada-lovelace"
     r = qt("trap", "--gpu", "my-l4", "--model", "mistral-7b", "--precision", "nf4", "--draws", "10")
-    assert r.exit_code == 0 and "not stated" in r.stdout
+    assert r.exit_code == 0 and "(host part hf-eager-server)" in r.stdout
     one_line_error(qt("profiles", "new", "my-l4", "--memory-gib", "24", "--bandwidth-gbs", "300",
                       "--fp16-tflops", "121", "--int8-tops", "242", "--tdp-w", "72"), "--force")
     r = qt("profiles", "new", "my-l4", "--memory-gib", "24", "--bandwidth-gbs", "300",
