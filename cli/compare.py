@@ -33,6 +33,9 @@ from qtsim.cli.options import (
               help="Column to sort by: gpu, precision, fits, peak_memory_gib, tok_per_s, latency_s, "
                    "j_per_query, kwh_per_million_queries, gco2e_per_query, usd_per_million_tokens, "
                    "energy_ratio, verdict (better first).")
+@click.option("--host", default=None, metavar="NAME_OR_FILE",
+              help="Host/software part combined with every GPU (`qtsim profiles hosts`); "
+                   "default each profile's own or hf-eager-server.")
 @bnb_options
 @budget_options
 @click.option("--draws", default="200", show_default=True, metavar="N",
@@ -41,7 +44,7 @@ from qtsim.cli.options import (
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
               help="Also write a bar chart of the sort column (PNG/PDF/SVG by suffix; J/query when "
                    "sorting by a text column).")
-def compare(model, batch, gpus, profile_paths, precisions, tokens, prompt_tokens, sort, double_quant,
+def compare(model, batch, gpus, profile_paths, precisions, tokens, prompt_tokens, sort, host, double_quant,
             int8_threshold, compute_dtype, pue, grid_gco2_per_kwh, usd_per_hour, draws, fmt,
             plot_path):
     """One table across GPUs x precisions for MODEL at batch B: fits, tok/s, latency, J/query,
@@ -87,7 +90,7 @@ def compare(model, batch, gpus, profile_paths, precisions, tokens, prompt_tokens
     elif prices:
         by_gpu = dict(zip([p.name for p in profiles], prices, strict=True))
     result = run(profiles, arch, b, precs, k, pr, bnb, assumptions, sort, n_draws=nd,
-                 usd_per_hour_by_gpu=by_gpu)
+                 usd_per_hour_by_gpu=by_gpu, host=host)
     if fmt == "json":
         click.echo(json.dumps(result.to_dict(), indent=2))
     elif fmt == "csv":

@@ -118,7 +118,8 @@ def new_cmd(name, memory_gib, bandwidth_gbs, fp16_tflops, int8_tops, tdp_w, arch
     click.echo(f"wrote {path}")
     click.echo(f"  {prof.name}: {hw['memory_gib']} GiB, {hw['mem_bw_gbs']:g} GB/s, "
                f"{hw['fp16_tflops']:g} FP16 TFLOPS, {hw['int8_tops']:g} INT8 TOPS, "
-               f"TDP {hw['tdp_w']:g} W; spec-derived with {n_priors} priors")
+               f"TDP {hw['tdp_w']:g} W; spec-derived device part with {n_priors} priors "
+               "(combined with a host part at use: `qtsim profiles hosts`)")
     click.echo(f"  try: qtsim trap --gpu {prof.name} --model mistral-7b --precision nf4")
 
 

@@ -98,11 +98,12 @@ def compare(profiles: Sequence[HardwareProfile], arch: Architecture, batch: int 
             prompt_tokens: int = 128, bnb: BnbSettings | None = None,
             assumptions: budget.BudgetAssumptions | None = None, sort: str = DEFAULT_SORT,
             n_draws: int = 200, seed: int = 0,
-            usd_per_hour_by_gpu: dict | None = None) -> Comparison:
+            usd_per_hour_by_gpu: dict | None = None, host=None) -> Comparison:
     """Every GPU x precision for ``arch`` at ``batch``; rows sorted by ``sort``.
 
     ``usd_per_hour_by_gpu`` (GPU name -> USD per GPU-hour) prices each GPU on its own, in place
-    of ``assumptions.usd_per_hour``.
+    of ``assumptions.usd_per_hour``; ``host`` the host/software part (:mod:`qtsim.hosts`)
+    combined with every device profile (None: each profile's own or the default).
 
     The verdict of a quantized row compares it with the GPU's own 16-bit reference at the same
     batch: "trapped" / "not trapped" (or "likely ... (uncertain)" when fewer than 84% of draws
@@ -128,7 +129,7 @@ def compare(profiles: Sequence[HardwareProfile], arch: Architecture, batch: int 
     rows, serving = [], []
     for prof in profiles:
         bnb.check(precs, prof)
-        sim = Simulator(prof, n_draws=n_draws, seed=seed, bnb=bnb)
+        sim = Simulator(prof, n_draws=n_draws, seed=seed, host=host, bnb=bnb)
         serving.append(serving_assumption(sim.profile))  # with its host part
         price = (dataclasses.replace(assumptions, usd_per_hour=usd_per_hour_by_gpu[prof.name])
                  if usd_per_hour_by_gpu else assumptions)
