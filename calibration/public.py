@@ -35,6 +35,8 @@ QUANT_PATHS = ("nf4_b1", "nf4_bn", "nf4dq_b1", "nf4dq_bn", "int8", "int8_t0")
 #: CUDA launch cost on the host per kernel (cudaLaunchKernel through torch; a stated prior: it
 #: is nearly collinear with h_op_s in HF eager, where almost every operation launches a kernel)
 H_LAUNCH_S = 2.5e-6
+#: the published stack (bitsandbytes 0.45) has no fused 4-bit GEMM: batch >= 2 dequantises
+FUSED_4BIT_MAX_BATCH = 0.0
 #: (name, initial value, lower bound, upper bound, scale) of the fitted constants
 FREE = (("eta_bw", 0.8, 0.3, 1.0, 1.0), ("t_kernel_s", 3.0, 0.5, 30.0, 1e-6),
         ("h_op_s", 8.0, 0.5, 60.0, 1e-6), ("h_step_s", 500.0, 0.0, 5e3, 1e-6),
@@ -90,13 +92,17 @@ def device_params(spec: dict, eta_bw: float, t_kernel_s: float) -> dict:
 def host_params(v: dict, speedup: float = 1.0) -> dict:
     """Host constants of the server (``speedup`` 1) or a host ``speedup`` times faster."""
     out = {"h_op_s": v["h_op_s"] / speedup, "h_launch_s": H_LAUNCH_S / speedup,
-           "h_step_s": v["h_step_s"] / speedup}
+           "h_step_s": v["h_step_s"] / speedup, "h_fused4bit_max_batch": FUSED_4BIT_MAX_BATCH}
     out.update({f"h_call_{p}_s": v[f"h_call_{p}_s"] / speedup for p in QUANT_PATHS})
     return out
 
 
-def predict(rows: list[dict], v: dict) -> np.ndarray:
-    """Predicted decode step, s, for each row under constants ``v`` (SI units)."""
+def predict(rows: list[dict], v: dict, overlap: bool = True) -> np.ndarray:
+    """Predicted decode step, s, for each row under constants ``v`` (SI units).
+
+    ``overlap=False`` is the simpler, additive form (host + device, as on a CPU), kept so that
+    held-out error and AIC can decide between the two (:func:`compare_forms`).
+    """
     specs = gpu_specs()
     out = np.empty(len(rows))
     cache = {}
@@ -109,7 +115,7 @@ def predict(rows: list[dict], v: dict) -> np.ndarray:
         ctx = r["prompt_tokens"] + r["new_tokens"] / 2.0
         out[i] = float(physical.step_time_s(cache[key], r["family"], r["batch"], ctx, params,
                                             native="bf16", compute_dtype_4bit="bf16",
-                                            overlap=True))
+                                            overlap=overlap))
     return out
 
 
@@ -125,8 +131,11 @@ class PublicFit:
     fit_pred: np.ndarray | None = None
 
 
-def fit(rows: list[dict]) -> PublicFit:
-    """Least squares in relative step-time error (lmfit), bounds from :data:`FREE`."""
+def fit(rows: list[dict], overlap: bool = True) -> PublicFit:
+    """Least squares in relative step-time error (lmfit), bounds from :data:`FREE`.
+
+    Without desktop rows the host speed-up is not identifiable and is held at 1.
+    """
     import lmfit
 
     if len(rows) <= len(FREE):
@@ -134,8 +143,12 @@ def fit(rows: list[dict]) -> PublicFit:
     obs = np.array([r["step_s"] for r in rows])
     ps = lmfit.Parameters()
     scale = {}
+    desktop = any(r["gpu"] == DESKTOP for r in rows)
     for name, init, lo, hi, sc in FREE:
-        ps.add(name, value=init, min=lo, max=hi)
+        if name == "host_speedup" and not desktop:
+            ps.add(name, value=1.0, vary=False)
+        else:
+            ps.add(name, value=init, min=lo, max=hi)
         scale[name] = sc
 
     def si(p):
@@ -144,14 +157,14 @@ def fit(rows: list[dict]) -> PublicFit:
     def residual(p):
         v = si(p)
         prior = (v["eta_bw"] - ETA_PRIOR[0]) / ETA_PRIOR[1]
-        return np.r_[(predict(rows, v) - obs) / obs, prior * PRIOR_WEIGHT]
+        return np.r_[(predict(rows, v, overlap) - obs) / obs, prior * PRIOR_WEIGHT]
 
     res = lmfit.minimize(residual, ps, method="least_squares")
     if not res.success:
         raise FitError(f"public-rows fit did not converge ({res.message})")
     vals = si(res.params)
     se = {k: (res.params[k].stderr or 0.0) * scale[k] for k in scale}
-    return PublicFit(vals, se, float(res.aic), float(res.bic), rows, predict(rows, vals))
+    return PublicFit(vals, se, float(res.aic), float(res.bic), rows, predict(rows, vals, overlap))
 
 
 def split(rows: list[dict], how: str):
@@ -181,15 +194,15 @@ def decisive_verdicts(rows: list[dict], step: np.ndarray, margin: float = 0.05):
     return out
 
 
-def score(how: str = "8b->32b") -> dict:
+def score(how: str = "8b->32b", overlap: bool = True) -> dict:
     """Fit on one part of the published rows, score the other: MAPE, verdicts, residuals."""
     rows = read_rows()
     fit_rows, test_rows = split(rows, how)
-    f = fit(fit_rows)
+    f = fit(fit_rows, overlap)
     v = dict(f.values)
     if how == "h100->4090":
         v["host_speedup"] = 1.0  # the held-out desktop host is unknown: the server's is assumed
-    pred = predict(test_rows, v)
+    pred = predict(test_rows, v, overlap)
     obs = np.array([r["step_s"] for r in test_rows])
     ape = np.abs(pred - obs) / obs
     verdicts = decisive_verdicts(test_rows, pred)
@@ -198,3 +211,16 @@ def score(how: str = "8b->32b") -> dict:
             "fit_mape": float(np.mean(np.abs(f.fit_pred - [r["step_s"] for r in fit_rows])
                                       / [r["step_s"] for r in fit_rows])),
             "verdicts_right": sum(m == p for _, m, p in verdicts), "verdicts": len(verdicts)}
+
+
+def compare_forms(how: str = "8b->32b") -> list[dict]:
+    """The timeline form (asynchronous overlap between traced synchronisations) against the
+    additive form (host + device): AIC/BIC of each fitted to every row, and held-out MAPE."""
+    rows = read_rows()
+    out = []
+    for name, overlap in (("timeline (overlap, traced syncs)", True), ("additive (host + device)", False)):
+        f = fit(rows, overlap)
+        s = score(how, overlap)
+        out.append({"form": name, "aic": f.aic, "bic": f.bic, "heldout_mape": s["mape"],
+                    "verdicts_right": s["verdicts_right"], "verdicts": s["verdicts"]})
+    return out

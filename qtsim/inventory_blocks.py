@@ -68,6 +68,23 @@ def path_blocks(family: str, side: str) -> dict:
         "post_ops": arr([e["post"]["aten_ops"] for e in rows], float),
         "post_kernels": arr([e["post"]["kernels_cuda"] for e in rows], float),
     }
+    out.update(unfused_extra(load_inventory()["bnb_cuda_ops"], family))
     for v in out.values():
         v.setflags(write=False)
     return out
+
+
+def unfused_extra(cuda_ops: dict, family: str) -> dict:
+    """Extra CUDA kernels and host operations per linear call when a 4-bit path at batch >= 2
+    dequantises then runs a 16-bit GEMM (bitsandbytes < 0.50, or a batch above the fused
+    kernel's range) instead of the fused 4-bit GEMM the traced stack takes.
+
+    From the CUDA backend's own counts (``bnb_cuda_ops``: ``gemm_4bit[fallback]`` against
+    ``gemm_4bit[M=4]``, nested variants for double quantisation); 0 for other paths.
+    """
+    if family not in ("nf4", "nf4dq", "fp4"):
+        return {"unfused_kernels": np.float64(0.0), "unfused_ops": np.float64(0.0)}
+    nest = ", nested" if family == "nf4dq" else ""
+    slow, fast = cuda_ops[f"gemm_4bit[fallback{nest}]"], cuda_ops[f"gemm_4bit[M=4{nest}]"]
+    return {"unfused_kernels": np.float64(slow["kernels"] - fast["kernels"]),
+            "unfused_ops": np.float64(slow["aten_ops"] - fast["aten_ops"])}

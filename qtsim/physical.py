@@ -181,6 +181,22 @@ def host_call_s(params: Mapping, family: str, batch):
     return np.where(np.asarray(batch) <= 1, vals[0], vals[1])
 
 
+#: largest batch at which bitsandbytes >= 0.50 runs its fused 4-bit GEMM on CUDA (PR #1949:
+#: batch 2-64; the exact cap is per architecture and shape in 0.50.2's CUDA backend); a host
+#: part states its stack's cap as ``h_fused4bit_max_batch`` (0: no fused kernel, as in 0.45)
+FUSED_4BIT_MAX_BATCH = 64.0
+
+
+def dequantizes(params: Mapping, family: str, batch, overlap: bool = False):
+    """1.0 where a 4-bit path dequantises to a 16-bit copy then runs a GEMM (batch >= 2, and on
+    CUDA only above the stack's fused-kernel cap), else 0.0; 0 for other paths."""
+    b = np.asarray(batch, float)
+    if family not in ("nf4", "nf4dq", "fp4"):
+        return 0.0 * b
+    cap = params.get("h_fused4bit_max_batch", FUSED_4BIT_MAX_BATCH) if overlap else 0.0
+    return ((b > 1) & (b > cap)).astype(float)
+
+
 def timeline_mode(params: Mapping) -> str:
     """``inventory`` where the host part prices traced operations (``h_op_s``), else ``lumped``
     (calibrations before the timeline model: a fitted per-layer and per-step host floor)."""
@@ -188,7 +204,8 @@ def timeline_mode(params: Mapping) -> str:
 
 
 def timelines(counts: ArchCounts, family: str, batch, context, params: Mapping,
-              native: str = "fp16", compute_dtype_4bit: str | None = None, side: str = "bn"):
+              native: str = "fp16", compute_dtype_4bit: str | None = None, side: str = "bn",
+              overlap: bool = False):
     """Host and device timelines of one decoding step: (pre, layer blocks, post) of each, s.
 
     Device: per linear block, ``kernels x t_kernel_s`` plus the linear's bytes / BW, casting and
@@ -213,7 +230,12 @@ def timelines(counts: ArchCounts, family: str, batch, context, params: Mapping,
                                      counts.w_mlp, counts.w_mlp, counts.w_mlp), axis=-1)
     bpw = ex(np.asarray(bytes_per_weight(counts, family), float), -1)
     t_kernel = params.get("t_kernel_s", 0.0)
-    kern = inv["kernels"][cls]
+    deq = dequantizes(params, family, b, overlap)
+    is_lin = np.r_[np.ones(7), 0.0]
+    kern = inv["kernels"][cls] + ex(deq, -1) * inv["unfused_kernels"] * is_lin
+    ops = inv["ops"][cls] + ex(deq, -1) * inv["unfused_ops"] * is_lin
+    if side == "bn" and family in ("nf4", "nf4dq", "fp4"):  # casting only where it dequantises
+        q = (q[0], q[1] * deq, q[2])
 
     def blk(x):  # a per-point quantity, with the block axis added
         return ex(np.asarray(x, float), -1)
@@ -232,8 +254,7 @@ def timelines(counts: ArchCounts, family: str, batch, context, params: Mapping,
     d_pre = inv["pre_kernels"][cls] * t_kernel
     if timeline_mode(params) == "inventory":
         h_op, h_launch = params["h_op_s"], params.get("h_launch_s", 0.0)
-        is_lin = np.r_[np.ones(7), 0.0]
-        h_layer = (inv["ops"][cls] * blk(h_op) + kern * blk(h_launch)
+        h_layer = (ops * blk(h_op) + kern * blk(h_launch)
                    + blk(host_call_s(params, family, b)) * is_lin)
         h_pre = inv["pre_ops"][cls] * h_op + inv["pre_kernels"][cls] * h_launch
         h_post = (inv["post_ops"][cls] * h_op + inv["post_kernels"][cls] * h_launch
@@ -261,7 +282,8 @@ def step_timelines(counts: ArchCounts, family: str, batch, context, params: Mapp
     for side, sel in (("b1", one), ("bn", ~one)):
         if not np.any(sel):
             continue
-        tl = timelines(counts, family, batch, context, params, native, compute_dtype_4bit, side)
+        tl = timelines(counts, family, batch, context, params, native, compute_dtype_4bit, side,
+                       overlap)
         r = timeline.step_s(tl["h_pre"], tl["d_pre"], tl["h_layer"], tl["d_layer"],
                             counts.n_layers, tl["h_post"], tl["d_post"],
                             sync=tl["sync"] if overlap else None, overlap=overlap)
@@ -281,19 +303,13 @@ def step_time_s(counts: ArchCounts, family: str, batch, context, params: Mapping
                           overlap)["step_s"]
 
 
-def dequant_bytes(counts: ArchCounts, family: str, batch):
-    """Bytes of the 16-bit weight copy a dequantise-then-GEMM path writes and reads back per
-    step: 2 x 2 bytes per quantizable weight for 4-bit paths at batch >= 2, else 0."""
-    deq = family in ("nf4", "nf4dq", "fp4")
-    return np.where(np.asarray(batch) > 1, 2.0 * NATIVE_BYTES * counts.n_quant_weights, 0.0) \
-        if deq else 0.0 * np.asarray(batch, float)
-
-
-def step_bytes(counts: ArchCounts, family: str, batch, context):
-    """Bytes moved in one step: weights at precision, dequantisation traffic, the KV cache."""
+def step_bytes(counts: ArchCounts, family: str, batch, context, deq=0.0):
+    """Bytes moved in one step: weights at precision, the KV cache, and where ``deq``
+    (:func:`dequantizes`) the 16-bit copy a dequantise-then-GEMM path writes and reads back
+    (2 x 2 bytes per quantizable weight)."""
     return (counts.n_quant_weights * bytes_per_weight(counts, family)
             + NATIVE_BYTES * counts.n_native_streamed
-            + dequant_bytes(counts, family, batch)
+            + deq * 2.0 * NATIVE_BYTES * counts.n_quant_weights
             + batch * context * counts.kv_bytes_per_token)
 
 
@@ -343,9 +359,12 @@ def query(counts: ArchCounts, precision: str, batch, new_tokens, prompt_tokens,
     n_steps = np.maximum(k - 1.0, 0.0)
     latency = prefill + n_steps * step
     busy = st["device_s"] if overlap else None
-    e_step = step_energy_j(step, step_bytes(counts, family, b, ctx), step_flops(counts, b, ctx),
-                           params, tdp_w, busy)
-    e_pre = step_energy_j(prefill, step_bytes(counts, family, 1.0, 0.0) + pre_tokens * prompt / 2
+    e_step = step_energy_j(step, step_bytes(counts, family, b, ctx,
+                                            dequantizes(params, family, b, overlap)),
+                           step_flops(counts, b, ctx), params, tdp_w, busy)
+    e_pre = step_energy_j(prefill, step_bytes(counts, family, 1.0, 0.0,
+                                              dequantizes(params, family, pre_tokens, overlap))
+                          + pre_tokens * prompt / 2
                           * counts.kv_bytes_per_token, step_flops(counts, pre_tokens, prompt / 2),
                           params, tdp_w, pre["device_s"] if overlap else None)
     energy = e_pre + n_steps * e_step

@@ -189,6 +189,8 @@ def refit_public(outdir: str | Path) -> list[Path]:
                 continue
             se = v * float(np.hypot(rel, spread))
             phys[k] = Param(float(f"{v:.6g}"), float(f"{se:.4g}"), "s", "published", basis)
+        phys["h_fused4bit_max_batch"] = Param(public.FUSED_4BIT_MAX_BATCH, 0.0, "sequences", "published",
+                                              "bitsandbytes 0.45 (this stack) has no fused 4-bit GEMM: batch >= 2 dequantises then runs a 16-bit GEMM")
         launch = public.H_LAUNCH_S / scale
         phys["h_launch_s"] = Param(launch, 0.5 * launch, "s", "prior",
                                    "CUDA launch cost per kernel on the host (typical cudaLaunchKernel through torch)")
