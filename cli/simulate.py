@@ -7,7 +7,7 @@ import time
 
 import click
 
-from qtsim.cli.options import int_list, precision_list, split_list
+from qtsim.cli.options import bnb_options, bnb_settings, int_list, precision_list, split_list
 
 PLOTS = ("trap", "fig1", "cor")
 
@@ -76,8 +76,10 @@ def _command_line(ctx) -> str:
                    "T_SI = (1 - eps_p)^M, flagged extrapolated.")
 @click.option("--policy", default="linear", show_default=True, type=click.Choice(["linear", "geometric"]),
               help="SI aggregation: linear (eq. 6) or geometric (Remark 3.1).")
+@bnb_options
 def simulate(gpus, profile_paths, models, precisions, batches, tokens, prompt_tokens, sizes, family,
-             out, csv_path, plot_dir, which_plots, draws, seed, trust_table, depth, policy):
+             out, csv_path, plot_dir, which_plots, draws, seed, trust_table, depth, policy,
+             double_quant, int8_threshold, compute_dtype):
     """Evaluate J/query (power model, HLI and eq. 19), latency, tok/s, COR, B*, N* and the SI
     pillars over the whole grid GPU x precision x model x batch, in one vectorised pass per
     (GPU, precision), into HDF5 (dimension scales, units, provenance).
@@ -95,6 +97,7 @@ def simulate(gpus, profile_paths, models, precisions, batches, tokens, prompt_to
     from qtsim.surface import simulate as run
 
     ctx = click.get_current_context()
+    bnb = bnb_settings(double_quant, int8_threshold, compute_dtype)
     if not gpus and not profile_paths:
         raise QtsimError("give --gpu GPU[,GPU...] or --profile FILE")
     profiles = [load_profile(g) for g in (split_list(gpus, "--gpu") if gpus else [])]
@@ -119,10 +122,11 @@ def simulate(gpus, profile_paths, models, precisions, batches, tokens, prompt_to
     if work > 3e6:
         with click.progressbar(length=steps, label="simulating", file=sys.stderr) as bar:
             surface = run(profiles, archs, precs, b, tokens, prompt_tokens, size_grid, fam,
-                          trust_table, depth, policy, n_draws=draws, seed=seed, progress=bar.update)
+                          trust_table, depth, policy, n_draws=draws, seed=seed, progress=bar.update,
+                          bnb=bnb)
     else:
         surface = run(profiles, archs, precs, b, tokens, prompt_tokens, size_grid, fam,
-                      trust_table, depth, policy, n_draws=draws, seed=seed)
+                      trust_table, depth, policy, n_draws=draws, seed=seed, bnb=bnb)
     elapsed = time.perf_counter() - t0
     write_hdf5(surface, out, _command_line(ctx))
     g, p, m, nb = surface.shape
@@ -134,13 +138,13 @@ def simulate(gpus, profile_paths, models, precisions, batches, tokens, prompt_to
         click.echo(f"wrote {csv_path} ({n} rows)")
     if plot_dir:
         for path in _plots(surface, plots, plot_dir, profiles, archs, fam, size_grid, b, tokens,
-                           prompt_tokens, draws, seed):
+                           prompt_tokens, draws, seed, bnb):
             click.echo(f"wrote {path}")
     click.echo(_summary(surface))
 
 
 def _plots(surface, plots, plot_dir, profiles, archs, fam, size_grid, batches, tokens,
-           prompt_tokens, draws, seed):
+           prompt_tokens, draws, seed, bnb=None):
     from pathlib import Path
 
     import numpy as np
@@ -158,7 +162,7 @@ def _plots(surface, plots, plot_dir, profiles, archs, fam, size_grid, batches, t
         sizes = np.geomspace(lo, hi, 60)
         b_lo, b_hi = (min(batches), max(batches)) if max(batches) >= 16 * min(batches) else (1, 512)
         grid = np.unique(np.round(np.geomspace(b_lo, b_hi, 48)))
-        maps = [trap_map(prof, family, p, sizes, grid, tokens, prompt_tokens, draws or 200, seed)
+        maps = [trap_map(prof, family, p, sizes, grid, tokens, prompt_tokens, draws or 200, seed, bnb)
                 for prof in profiles for p in quant]
         marks = [(a.name, a.n_params) for a in archs]
         out.append(qp.save(qp.plot_trap_maps(maps, ncols=len(quant), marks=marks),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from qtsim.cli.options import int_list, precision_list, split_list
+from qtsim.cli.options import bnb_options, bnb_settings, int_list, precision_list, split_list
 
 
 @click.command()
@@ -35,9 +35,10 @@ from qtsim.cli.options import int_list, precision_list, split_list
 @click.option("--record-error", is_flag=True,
               help="Write the measured model error into --profile's [fit.model_error] (bands then use it).")
 @click.option("--no-progress", is_flag=True)
+@bnb_options
 def validate(profile_path, gpu, plan_path, model, precisions, batches, tokens, prompt_tokens, reps,
              out_dir, raw_path, report_only, allow_overlap, outliers, cpu_threads, record_error,
-             no_progress):
+             no_progress, double_quant, int8_threshold, compute_dtype):
     """Run full real decodes at held-out points and report the prediction error.
 
     Predictions come from the profile *before* each run and are stored beside the measurement
@@ -57,19 +58,30 @@ def validate(profile_path, gpu, plan_path, model, precisions, batches, tokens, p
     from qtsim.errors import QtsimError
     from qtsim.profiles import load_profile
 
+    bnb = bnb_settings(double_quant, int8_threshold, compute_dtype)
     prof = load_profile(gpu, profile_path)
+    if bnb.compute_dtype and bnb.compute_dtype != prof.compute_dtype_4bit:
+        raise QtsimError(f"--compute-dtype {bnb.compute_dtype}: validation builds 4-bit models in "
+                         f"the compute dtype {prof.name} was calibrated with "
+                         f"({prof.compute_dtype_4bit}); other compute dtypes are not wired into "
+                         "the measurement code yet")
+    if plan_path and not bnb.is_default and not report_only:
+        raise QtsimError("with --plan, set bitsandbytes options in the plan "
+                         "([validation] or per point: bnb_4bit_use_double_quant, llm_int8_threshold)")
+    if not report_only and not plan_path and model:
+        bnb.check(precision_list(precisions), prof)
     out = Path(out_dir)
     raw = Path(raw_path) if raw_path else out / "validation.h5"
     if not report_only:
         _measure(prof, plan_path, model, precisions, batches, tokens, prompt_tokens, reps, raw,
-                 allow_overlap, outliers, not no_progress, cpu_threads)
+                 allow_overlap, outliers, not no_progress, cpu_threads, bnb)
     elif not raw.is_file():
         raise QtsimError(f"{raw}: no raw validation data to report from")
     _report(prof, raw, out, profile_path if record_error else None)
 
 
 def _measure(prof, plan_path, model, precisions, batches, tokens, prompt_tokens, reps, raw,
-             allow_overlap, outliers, progress, cpu_threads=None):
+             allow_overlap, outliers, progress, cpu_threads=None, bnb=None):
     from qtsim.architecture import from_config, load_config
     from qtsim.errors import QtsimError
     from qtsim.simulator import Simulator
@@ -83,7 +95,9 @@ def _measure(prof, plan_path, model, precisions, batches, tokens, prompt_tokens,
                   else type(p)(str(base / p.model), *p.key()[1:]) for p in points]
     elif model:
         points = grid_points(split_list(model, "--model"), precision_list(precisions),
-                             int_list(batches, "--batch"), tokens, prompt_tokens)
+                             int_list(batches, "--batch"), tokens, prompt_tokens,
+                             bnb.double_quant if bnb else False,
+                             bnb.int8_threshold if bnb else 6.0)
     else:
         raise QtsimError("give --model (with --precision/--batch) or --plan")
     configs = {}
@@ -115,7 +129,9 @@ def _measure(prof, plan_path, model, precisions, batches, tokens, prompt_tokens,
     specs = []
     for pt in points:
         cfg, name = configs[pt.model]
+        pb = pt.bnb()
         dec = DecodeSpec(name, cfg, pt.precision, pt.batch, pt.prompt_tokens, pt.new_tokens, reps,
+                         double_quant=pb.double_quant, threshold=pb.int8_threshold,
                          outlier_injection=outliers and pt.precision == "int8")
         pred = predict_point(sim, cfg, name, pt)
         pred["holdout"] = "overlap" if any(name in c and f"batch {pt.batch}" in c for c in conflicts) else "held-out"

@@ -341,6 +341,23 @@ def _read_json(text: str, where: str) -> dict:
         raise ArchitectureError(f"{where}: not valid JSON ({e.msg} at line {e.lineno})") from None
 
 
+def config_display_name(path: str | Path, config: dict) -> str:
+    """The name a config file's model goes by (point ids, tables, validation reports).
+
+    Its ``_qtsim_name`` when set; else the file's stem (``d/a.json`` -> ``a``); the folder's name
+    only for a file called ``config.json`` (``models/llama/config.json`` -> ``llama``, the
+    Hugging Face layout), so two configs in one folder never share a name.
+    """
+    name = config.get("_qtsim_name") if isinstance(config, dict) else None
+    if name:
+        return str(name)
+    p = Path(path)
+    if p.name == "config.json":
+        folder = p.resolve().parent.name
+        return folder or p.stem
+    return p.stem
+
+
 def load_config(name_or_path: str) -> tuple[dict, str, str]:
     """(config dict, name, source) for a shipped model name or a path to a config.json."""
     path = Path(name_or_path)
@@ -350,7 +367,7 @@ def load_config(name_or_path: str) -> tuple[dict, str, str]:
         if not path.is_file():
             raise ArchitectureError(f"{name_or_path}: no such config.json")
         cfg = _read_json(path.read_text(), str(path))
-        return cfg, cfg.get("_qtsim_name") or path.parent.name or path.stem, str(path)
+        return cfg, config_display_name(path, cfg), str(path)
     key = name_or_path.lower()
     names = shipped_models()
     if key not in names:

@@ -49,7 +49,8 @@ PATH_COEFFS = ("t_call", "t_weight", "t_tokweight")
 GLOBAL_PARAMS = ("mem_bw_gbs", "p_static_w", "e_byte_j", "e_flop_j")
 PATHS = ("fp16", "bf16", "int8", "int8_t0", "nf4_b1", "nf4_bn", "nf4dq_b1", "nf4dq_bn",
          "fp4_b1", "fp4_bn")
-FALLBACK = {"fp4": "nf4", "nf4dq": "nf4", "bf16": "fp16", "fp16": "bf16", "int8_t0": "int8"}
+FALLBACK = {"fp4": "nf4", "nf4dq": "nf4", "fp4dq": "nf4dq", "bf16": "fp16", "fp16": "bf16",
+            "int8_t0": "int8"}
 
 PARAM_UNITS = {
     "mem_bw_gbs": "GB/s", "t_step_s": "s", "t_layer_s": "s", "t_vocab_s": "s/(sequence*token)", "p_static_w": "W",
@@ -68,10 +69,10 @@ def path_param_names(path: str) -> tuple[str, str, str]:
 
 
 def path_family(precision: str, double_quant: bool = False, int8_threshold: float = 6.0) -> str:
-    """Path family of a user precision: fp16, bf16, int8, int8_t0, nf4, nf4dq or fp4."""
+    """Path family of a user precision: fp16, bf16, int8, int8_t0, nf4, nf4dq, fp4 or fp4dq."""
     p = get_precision(precision).name
-    if p == "nf4" and double_quant:
-        return "nf4dq"
+    if p in ("nf4", "fp4") and double_quant:
+        return p + "dq"
     if p == "int8" and int8_threshold == 0:
         return "int8_t0"
     return p
@@ -123,7 +124,7 @@ def activation_family(family: str, native: str = "fp16", compute_dtype_4bit: str
     """The 16-bit dtype a model at ``family`` computes activations (and its lm_head) in."""
     if family in ("fp16", "bf16"):
         return family
-    if family in ("nf4", "nf4dq", "fp4"):
+    if family in ("nf4", "nf4dq", "fp4", "fp4dq"):
         return compute_dtype_4bit or native
     return "fp16"  # LLM.int8() runs its activations and outlier columns in fp16
 
@@ -146,7 +147,8 @@ def layer_floor(params: Mapping, family: str, batch):
 
 def family_precision(family: str) -> tuple[str, bool]:
     """(user precision, double quantisation) a path family stores its weights in."""
-    return {"nf4dq": "nf4", "int8_t0": "int8"}.get(family, family), family == "nf4dq"
+    return ({"nf4dq": "nf4", "fp4dq": "fp4", "int8_t0": "int8"}.get(family, family),
+            family in ("nf4dq", "fp4dq"))
 
 
 def bytes_per_weight(counts: ArchCounts, family: str):
@@ -334,7 +336,8 @@ def step_energy_j(time_s, bytes_, flops, params: Mapping, tdp_w, busy_s=None):
 
 def query(counts: ArchCounts, precision: str, batch, new_tokens, prompt_tokens,
           params: Mapping, tdp_w, native: str = "fp16", double_quant: bool = False,
-          compute_dtype_4bit: str | None = None, overlap: bool = False):
+          compute_dtype_4bit: str | None = None, overlap: bool = False,
+          int8_threshold: float = 6.0):
     """Latency, throughput and energy of one batch of queries (prefill + K-1 decode steps).
 
     Returns a dict of arrays: ``step_s`` (mean decode step), ``host_s`` / ``device_s`` (the
@@ -342,7 +345,7 @@ def query(counts: ArchCounts, precision: str, batch, new_tokens, prompt_tokens,
     ``tok_per_s`` (all sequences), ``j_per_query`` (power model), ``j_per_query_hli``
     (TDP x latency / B, the paper's HLI), ``avg_power_w``.
     """
-    family = path_family(precision, double_quant)
+    family = path_family(precision, double_quant, int8_threshold)
     b = np.asarray(batch, dtype=float)
     k = np.asarray(new_tokens, dtype=float)
     prompt = np.asarray(prompt_tokens, dtype=float)
@@ -386,7 +389,8 @@ def peak_memory_bytes(counts: ArchCounts, precision: str, batch, new_tokens, pro
 
 def paper_constants(counts: ArchCounts, precision: str, params: Mapping, tdp_w,
                     native: str = "fp16", context=0.0, double_quant: bool = False,
-                    compute_dtype_4bit: str | None = None, overlap: bool = False):
+                    compute_dtype_4bit: str | None = None, overlap: bool = False,
+                    int8_threshold: float = 6.0):
     """The paper's alpha, gamma, phi(h, p) derived from the physical model at batch 1.
 
     At B = 1 the physical energy per hop is split exactly as eq. 19 writes it,
@@ -401,7 +405,7 @@ def paper_constants(counts: ArchCounts, precision: str, params: Mapping, tdp_w,
     alpha = (params["e_byte_j"] + params["p_static_w"] / bw_bytes_per_s) \
         * counts.n_quant_weights / 8.0
     fam_n = path_family(native)
-    fam_p = path_family(precision, double_quant)
+    fam_p = path_family(precision, double_quant, int8_threshold)
 
     def e_hop(fam):
         st = step_timelines(counts, fam, 1.0, context, params, native, compute_dtype_4bit,

@@ -24,6 +24,7 @@ from qtsim.thresholds import (  # noqa: F401  (BAND, GIB, KIND_NAMES, crossing: 
     crossing,
     nan_percentiles,
 )
+from qtsim.workload import BnbSettings
 
 
 def band(x):
@@ -105,14 +106,17 @@ class Simulator:
     model_error : add the model's own out-of-sample error (:meth:`HardwareProfile.model_error`)
         to the parameter draws, so a 68% band covers about 68% of measurements; ``False``
         gives parameter uncertainty alone (validation uses it to score both)
+    bnb : bitsandbytes settings (double quantisation, LLM.int8() threshold, 4-bit compute
+        dtype) every evaluation uses, B* and N* included; default transformers' defaults
     """
 
     def __init__(self, profile: HardwareProfile, n_draws: int = 400, seed: int = 0,
-                 host=None, model_error: bool = True):
+                 host=None, model_error: bool = True, bnb: BnbSettings | None = None):
         self.profile = profile.with_host(host)
         self.n_draws = n_draws
         self.seed = seed
         self.model_error = self.profile.model_error() if model_error else None
+        self.bnb = bnb or BnbSettings()
         self._central = self.profile.values()
         self._draws = None
         self._errz = {}
@@ -160,14 +164,22 @@ class Simulator:
 
     # ---- one configuration -------------------------------------------------------------------
     def evaluate(self, counts: ArchCounts, precision: str, batch, new_tokens=256,
-                 prompt_tokens=128, draws=False, double_quant=False):
-        """Latency, throughput, J/query (power model and HLI) and peak memory, vectorised."""
+                 prompt_tokens=128, draws=False, double_quant=None):
+        """Latency, throughput, J/query (power model and HLI) and peak memory, vectorised.
+
+        ``double_quant`` None takes the simulator's :class:`BnbSettings` (as do the int8
+        threshold and the 4-bit compute dtype).
+        """
+        if double_quant is None:
+            double_quant = self.bnb.double_quant
         out = physical.query(counts, precision, batch, new_tokens, prompt_tokens,
                              self.params(draws), self.profile.tdp_w, self.profile.native,
-                             double_quant, self.profile.compute_dtype_4bit,
-                             overlap=self.profile.overlap)
+                             double_quant, self.bnb.compute_dtype_for(self.profile),
+                             overlap=self.profile.overlap,
+                             int8_threshold=self.bnb.int8_threshold)
         if draws:
-            out = self._add_model_error(out, physical.path_family(precision, double_quant))
+            out = self._add_model_error(out, physical.path_family(precision, double_quant,
+                                                                  self.bnb.int8_threshold))
         overhead = float(self.profile.hardware.get("runtime_overhead_gib", 0.0)) * GIB
         out["peak_bytes"] = physical.peak_memory_bytes(counts, precision, batch, new_tokens,
                                                        prompt_tokens, double_quant, overhead)
@@ -175,7 +187,7 @@ class Simulator:
         return out
 
     def compare(self, counts: ArchCounts, precision: str, batch, new_tokens=256,
-                prompt_tokens=128, draws=False, double_quant=False):
+                prompt_tokens=128, draws=False, double_quant=None):
         """Quantized against its native reference at the same workload.
 
         Returns ``(quant, native, derived)``; ``derived`` holds COR (eq. 9 from step times),
@@ -291,12 +303,15 @@ class Simulator:
         return out
 
     def paper_constants(self, counts: ArchCounts, precision: str, draws=False,
-                        double_quant=False):
+                        double_quant=None):
         """The paper's alpha, gamma, phi(h, p) and eq. 18 B*, derived at batch 1."""
+        if double_quant is None:
+            double_quant = self.bnb.double_quant
         c = physical.paper_constants(counts, precision, self.params(draws), self.profile.tdp_w,
                                      self.profile.native, double_quant=double_quant,
-                                     compute_dtype_4bit=self.profile.compute_dtype_4bit,
-                                     overlap=self.profile.overlap)
+                                     compute_dtype_4bit=self.bnb.compute_dtype_for(self.profile),
+                                     overlap=self.profile.overlap,
+                                     int8_threshold=self.bnb.int8_threshold)
         c["b_star_paper"] = paper.b_star(c["alpha_j_per_bit"], c["phi_j"],
                                          get_precision(precision).bits)
         return c

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from qtsim import budget, timeline
 from qtsim import sustainability as si
-from qtsim import timeline
 from qtsim.architecture import Architecture
 from qtsim.precision import get_precision
 from qtsim.profiles import HardwareProfile
+from qtsim.serving import bnb_version, serving_assumption
 from qtsim.simulator import GIB, Simulator, band
 from qtsim.trust import lookup_trust
+from qtsim.workload import BnbSettings
 
 SURE = 0.84  # a verdict is "likely" when at least this share of the draws agree
 
@@ -36,15 +38,22 @@ def _verdict(central_trapped: bool, share_trapped: float) -> str:
 
 def assess_trap(profile: HardwareProfile, arch: Architecture, precision: str, batch: int = 1,
                 new_tokens: int = 256, prompt_tokens: int = 128, trust_table: str | None = None,
-                policy: str = "linear", n_draws: int = 400, seed: int = 0, host=None) -> dict:
+                policy: str = "linear", n_draws: int = 400, seed: int = 0, host=None,
+                bnb: BnbSettings | None = None,
+                assumptions: budget.BudgetAssumptions | None = None) -> dict:
     """The full trap report as a JSON-ready dict (keys documented in the README).
 
     ``host``: the host/software part (name or file, :mod:`qtsim.hosts`); None = the profile's
-    own or the default host.
+    own or the default host. ``bnb``: bitsandbytes settings (double quantisation, int8
+    threshold, 4-bit compute dtype), used for every figure including B* and N*;
+    ``assumptions``: PUE, grid intensity and GPU price behind the budget figures.
     """
     prec = get_precision(precision)
-    sim = Simulator(profile, n_draws=n_draws, seed=seed, host=host)
+    bnb = bnb or BnbSettings()
+    assumptions = assumptions or budget.BudgetAssumptions()
+    sim = Simulator(profile, n_draws=n_draws, seed=seed, host=host, bnb=bnb)
     profile = sim.profile
+    bnb.check([prec.name], profile)
     counts = arch.counts()
     native = profile.native
     args = (counts, prec.name, float(batch), float(new_tokens), float(prompt_tokens))
@@ -104,8 +113,17 @@ def assess_trap(profile: HardwareProfile, arch: Architecture, precision: str, ba
             "p_trapped_energy": share_e, "p_trapped_time": share_t, "p_trapped_si": share_si,
             "fits_note": fits_note,
         },
+        "bitsandbytes": bnb.bnb_config(prec.name, profile),
         "quantized": side(q, qd),
         "native": side(n, nd),
+        "budget": {"assumptions": assumptions.to_dict(),
+                   "quantized": budget.figures(float(q["j_per_query"]), float(q["tok_per_s"]),
+                                               assumptions),
+                   "native": budget.figures(float(n["j_per_query"]), float(n["tok_per_s"]),
+                                            assumptions)},
+        "serving": {"framework": "transformers generate", "execution": "eager",
+                    "bitsandbytes_version": bnb_version(profile),
+                    "statement": serving_assumption(profile)},
         "ratios": {
             "energy": _stat(d["energy_ratio"], dd["energy_ratio"]),
             "energy_hli": float(d["energy_ratio_hli"]),
@@ -161,7 +179,8 @@ def format_text(r: dict) -> str:
         "NOT TRAPPED" if v["energy"] == "not trapped" else "UNCERTAIN")
     lines = [
         f"{head} on energy: {p} vs {nat} for {qy['model']} on {qy['gpu']}, batch {qy['batch']}, "
-        f"{qy['new_tokens']} new tokens ({qy['prompt_tokens']}-token prompt)",
+        f"{qy['new_tokens']} new tokens ({qy['prompt_tokens']}-token prompt)"
+        + (f"; {_bnb_text(r['bitsandbytes'])}" if r.get("bitsandbytes") else ""),
         f"  energy  {v['energy']:<30s} J/query {p} {_fmt(qn['j_per_query'])} vs {nat} {_fmt(nt['j_per_query'])}"
         f"  ratio {_fmt(ra['energy'], 'x')}",
         f"  time    {v['time']:<30s} tok/s   {p} {_fmt(qn['tok_per_s'])} vs {nat} {_fmt(nt['tok_per_s'])}"
@@ -176,6 +195,8 @@ def format_text(r: dict) -> str:
     ]
     if v["fits_note"]:
         lines.append(f"  NOTE {v['fits_note']}")
+    if r.get("budget"):
+        lines.append(_budget_text(r["budget"], p, nat))
     t = r["si"]["trust"]
     lines.append(f"  trust: T_SI {t['t_si']:.3f} ({t['source']})")
     pr = r["profile"]
@@ -183,6 +204,8 @@ def format_text(r: dict) -> str:
            "(wide bands; run `qtsim calibrate` on this GPU to narrow them)")
     lines.append(f"  profile: {pr['name']} ({src}; {pr['device']}, {pr['date']})")
     lines.append(f"  host: {r['host']['name']}")
+    if r.get("serving"):
+        lines.append(f"  {r['serving']['statement']}")
     me = pr["model_error"]
     lines.append(f"  SI pillars uncapped (paper: [0, 1]); capped SI {r['si']['si_capped']:.3f}; "
                  f"eq. 5 log form S_SI {r['si']['s_si_log']['kgCO2e']:.3f} (kgCO2e), "
@@ -191,6 +214,28 @@ def format_text(r: dict) -> str:
                  f"(+-{100 * me['q68'].get('latency_s', 0):.0f}% latency, {me['source']}); "
                  "every figure is a prediction, not a measurement")
     return "\n".join(lines)
+
+
+def _bnb_text(cfg: dict) -> str:
+    """The BitsAndBytesConfig settings that apply, as the user would write them."""
+    keys = ("llm_int8_threshold", "bnb_4bit_use_double_quant", "bnb_4bit_compute_dtype")
+    return ", ".join(f"{k}={cfg[k]}" for k in keys if cfg.get(k) is not None)
+
+
+def _budget_text(b: dict, p: str, nat: str) -> str:
+    def one(f):
+        out = f"{f['kwh_per_million_queries']:.3g} kWh/M queries"
+        if f["gco2e_per_query"] is not None:
+            out += f", {f['gco2e_per_query']:.3g} gCO2e/query"
+        if f["usd_per_million_tokens"] is not None:
+            out += f", ${f['usd_per_million_tokens']:.3g}/M tokens"
+        return out
+
+    from qtsim.budget import BudgetAssumptions
+
+    a = b["assumptions"]
+    text = BudgetAssumptions(a["pue"], a["grid_gco2_per_kwh"], a["usd_per_hour"]).describe()
+    return f"  budget  {p} {one(b['quantized'])} vs {nat} {one(b['native'])}  ({text})"
 
 
 def _step_text(side: dict) -> str:

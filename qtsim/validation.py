@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import tomllib
 
-from qtsim import paper
+from qtsim import paper, physical
 from qtsim.architecture import from_config
 from qtsim.errors import QtsimError
 from qtsim.precision import get_precision
@@ -42,14 +42,28 @@ class ValidationPoint:
     batch: int
     new_tokens: int
     prompt_tokens: int
+    double_quant: bool = False  # bnb_4bit_use_double_quant (nf4, fp4)
+    int8_threshold: float = 6.0  # llm_int8_threshold (int8)
 
     def key(self):
-        return (self.model, self.precision, self.batch, self.new_tokens, self.prompt_tokens)
+        return (self.model, self.precision, self.batch, self.new_tokens, self.prompt_tokens,
+                self.double_quant, self.int8_threshold)
+
+    def bnb(self):
+        """The point's :class:`qtsim.workload.BnbSettings` (settings its precision ignores
+        are dropped, so a plan may set them for every point)."""
+        from qtsim.workload import BnbSettings
+
+        p = get_precision(self.precision).name
+        return BnbSettings(self.double_quant and p in ("nf4", "fp4"),
+                           self.int8_threshold if p == "int8" else 6.0)
 
 
 def read_plan(path: str) -> tuple[dict, list[ValidationPoint]]:
     """A validation plan (TOML): ``[validation]`` defaults and ``[[points]]`` (model, precision,
-    batch; optional new_tokens, prompt_tokens), or ``[grid]`` with lists to cross."""
+    batch; optional new_tokens, prompt_tokens, and bitsandbytes settings under transformers'
+    names ``bnb_4bit_use_double_quant`` and ``llm_int8_threshold``, in ``[validation]`` for every
+    point or per point), or ``[grid]`` with lists to cross."""
     p = Path(path)
     if not p.is_file():
         raise QtsimError(f"{path}: no such validation plan")
@@ -60,27 +74,40 @@ def read_plan(path: str) -> tuple[dict, list[ValidationPoint]]:
     opts = doc.get("validation", {})
     k = int(opts.get("new_tokens", 32))
     pr = int(opts.get("prompt_tokens", 16))
+    dq = opts.get("bnb_4bit_use_double_quant", False)
+    thr = opts.get("llm_int8_threshold", 6.0)
     pts = []
     for i, row in enumerate(doc.get("points", [])):
         try:
             pts.append(ValidationPoint(str(row["model"]), str(row["precision"]), int(row["batch"]),
-                                       int(row.get("new_tokens", k)), int(row.get("prompt_tokens", pr))))
+                                       int(row.get("new_tokens", k)), int(row.get("prompt_tokens", pr)),
+                                       row.get("bnb_4bit_use_double_quant", dq),
+                                       row.get("llm_int8_threshold", thr)))
         except KeyError as e:
             raise QtsimError(f"{path}: points[{i}] lacks {e}") from None
     g = doc.get("grid")
     if g:
-        pts += grid_points(g["models"], g["precisions"], g["batches"], k, pr)
+        pts += grid_points(g["models"], g["precisions"], g["batches"], k, pr, dq, thr)
     if not pts:
         raise QtsimError(f"{path}: the plan lists no points ([[points]] or [grid])")
     for pt in pts:
         get_precision(pt.precision)
+        if not isinstance(pt.double_quant, bool):
+            raise QtsimError(f"{path}: bnb_4bit_use_double_quant must be true or false, "
+                             f"got {pt.double_quant!r}")
+        try:
+            pt.bnb()
+        except QtsimError as e:
+            raise QtsimError(f"{path}: {e}".replace("--int8-threshold", "llm_int8_threshold")) from None
         if pt.batch < 1 or pt.new_tokens < 2 or pt.prompt_tokens < 1:
             raise QtsimError(f"{path}: {pt}: batch >= 1, new_tokens >= 2 and prompt_tokens >= 1 needed")
     return opts, pts
 
 
-def grid_points(models, precisions, batches, new_tokens, prompt_tokens) -> list[ValidationPoint]:
-    return [ValidationPoint(m, p, int(b), int(new_tokens), int(prompt_tokens))
+def grid_points(models, precisions, batches, new_tokens, prompt_tokens, double_quant=False,
+                int8_threshold=6.0) -> list[ValidationPoint]:
+    return [ValidationPoint(m, p, int(b), int(new_tokens), int(prompt_tokens), double_quant,
+                            int8_threshold)
             for m in models for p in precisions for b in batches]
 
 
@@ -104,6 +131,9 @@ def predict_point(sim: Simulator, config: dict, name: str, pt: ValidationPoint) 
     arch = from_config(config, name=name)
     c = arch.counts()
     b, k, pr = float(pt.batch), float(pt.new_tokens), float(pt.prompt_tokens)
+    bnb = pt.bnb()
+    if bnb != sim.bnb:
+        sim = Simulator(sim.profile, n_draws=sim.n_draws, seed=sim.seed, bnb=bnb)
     q = sim.evaluate(c, pt.precision, b, k, pr)
     qd = sim.evaluate(c, pt.precision, b, k, pr, draws=True)
     pc = sim.paper_constants(c, pt.precision if get_precision(pt.precision).quantized else sim.profile.native)
@@ -117,6 +147,8 @@ def predict_point(sim: Simulator, config: dict, name: str, pt: ValidationPoint) 
         "pred_j_per_query": float(q["j_per_query"]), "pred_j_per_query_hli": float(q["j_per_query_hli"]),
         "pred_j_per_query_paper": float(e_paper), "pred_peak_bytes": float(q["peak_bytes"]),
         "pred_profile": sim.profile.name, "pred_profile_source": sim.profile.source,
+        "pred_kernel_family": physical.path_family(pt.precision, bnb.double_quant,
+                                                   bnb.int8_threshold),
     }
 
 
