@@ -25,6 +25,7 @@ COMMANDS = {
     "fit": ("qtsim.cli.calibrate", "fit", "Refit a profile from recorded raw HDF5 (no torch needed)."),
     "validate": ("qtsim.cli.validate", "validate", "Held-out full decoding runs vs the simulator's predictions."),
     "simulate": ("qtsim.cli.simulate", "simulate", "Evaluate the model over whole grids into HDF5/CSV, with plots."),
+    "fleet": ("qtsim.cli.fleet", "fleet", "Calibrate/validate every node of a GPU fleet on Ray; chunk big grids (qtsim[fleet])."),
     "reproduce": ("qtsim.cli.reproduce", "reproduce", "Recompute the paper's worked examples and figures."),
 }
 
