@@ -416,7 +416,7 @@ TINY_BATCHES = (1, 4, 16)
 TINY_DECODE_BATCHES = (1, 3)
 
 
-def tiny_plan(device, *, reps: int = 2, new_tokens: int = 6, min_window_s: float = 0.03,
+def tiny_plan(device, *, reps: int = 2, new_tokens: int = 16, min_window_s: float = 0.03,
               decode_reps: int = 2) -> list:
     """The smallest plan that still fits a whole profile: seconds, for tests and fleet smoke
     runs (``qtsim fleet calibrate --plan tiny``), not for decisions.

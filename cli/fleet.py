@@ -42,7 +42,7 @@ common = [
                  help="Ray retries of a slot's task whose worker or node died; each retry resumes."),
     click.option("--cpu-threads", type=click.IntRange(min=1), default=None,
                  help="CPU slots: torch threads per task (1 measures most steadily)."),
-    click.option("--crash-after", "crash", multiple=True, hidden=True,
+    click.option("--crash-after", "crash", multiple=True,
                  help="Fault drill: SLOT=N kills that slot's worker after N points, once."),
 ]
 
