@@ -40,12 +40,13 @@ def trap(gpu, profile_path, model, precision, batch, tokens, prompt_tokens, trus
       qtsim trap --gpu l4 --model mistral-7b --precision nf4
       qtsim trap --profile my-h100.toml --model ./config.json --precision int8 --batch 32 --format json
     """
-    from qtsim.architecture import load_architecture
+    from qtsim.architecture import check_context, load_architecture
     from qtsim.profiles import load_profile
     from qtsim.trap import assess_trap, format_text
 
     prof = load_profile(gpu, profile_path)
     arch = load_architecture(model)
+    check_context(arch, prompt_tokens, tokens)
     report = assess_trap(prof, arch, precision, batch, tokens, prompt_tokens, trust_table,
                          policy, n_draws=draws)
     if fmt == "json":
@@ -56,24 +57,15 @@ def trap(gpu, profile_path, model, precision, batch, tokens, prompt_tokens, trus
         click.echo(format_text(report))
 
 
-def _flatten(d, prefix=""):
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            yield from _flatten(v, key + ".")
-        elif isinstance(v, list):
-            yield key, ";".join(str(x) for x in v)
-        else:
-            yield key, v
-
-
 def _csv(report) -> str:
+    """One row per configuration under a fixed header (``qtsim.trap.CSV_COLUMNS``)."""
     import csv
     import io
 
+    from qtsim.trap import CSV_COLUMNS, csv_row
+
     buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["key", "value"])
-    for k, v in _flatten(report):
-        w.writerow([k, v])
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    w.writerow(csv_row(report))
     return buf.getvalue().rstrip("\n")

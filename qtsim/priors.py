@@ -111,6 +111,20 @@ def write_spec_profiles(outdir: str | Path) -> list[Path]:
     return [write_profile(spec_profile(r), Path(outdir) / f"{r['gpu']}.toml") for r in spec_rows()]
 
 
-if __name__ == "__main__":  # pragma: no cover - maintenance entry point
-    for f in write_spec_profiles(sys.argv[1] if len(sys.argv) > 1 else "hardware_profiles"):
+def main(argv=None) -> None:
+    """``python -m qtsim.priors [OUTDIR]``: regenerate the spec-derived profiles."""
+    import argparse
+
+    ap = argparse.ArgumentParser(
+        prog="python -m qtsim.priors",
+        description="Write the spec-derived hardware profiles (one TOML per row of "
+                    "data/reference/gpu_specs.csv) into OUTDIR.")
+    ap.add_argument("outdir", nargs="?", default="hardware_profiles",
+                    help="folder to write (default: hardware_profiles)")
+    args = ap.parse_args(argv)
+    for f in write_spec_profiles(args.outdir):
         print(f)
+
+
+if __name__ == "__main__":  # pragma: no cover - maintenance entry point
+    main(sys.argv[1:])
