@@ -122,8 +122,8 @@ def simulate(gpus, profile_paths, models, precisions, batches, tokens, prompt_to
     """
     from qtsim.architecture import check_context, load_architecture
     from qtsim.errors import QtsimError
-    from qtsim.profiles import load_profile
     from qtsim.plots import save
+    from qtsim.profiles import load_profile
     from qtsim.surface import n_blocks, parse_sizes, write_csv, write_hdf5
     from qtsim.surface import simulate as run
 
@@ -182,6 +182,7 @@ def _plots(surface, plots, profiles, archs, fam, size_grid, batches, tokens, pro
 
     from qtsim import plots as qp
     from qtsim.precision import get_precision
+    from qtsim.surface import simulate as simulate_grid
     from qtsim.surface import trap_map
 
     out = []
@@ -198,9 +199,15 @@ def _plots(surface, plots, profiles, archs, fam, size_grid, batches, tokens, pro
         out.append(("trap_map.png", qp.plot_trap_maps(maps, ncols=len(quant), marks=marks)))
     named = [m for m, syn in zip(surface.coords["model"], surface.coords["synthetic"], strict=True)
              if not syn]
-    if "fig1" in plots:
+    if "fig1" in plots and named:
+        # the native 16-bit bars are the comparison Fig. 1 exists for: evaluate them at the
+        # figure's batch when the grid did not ask for the native precision
+        missing = sorted({p.native for p in profiles} - set(surface.coords["precision"]))
+        native = (simulate_grid(profiles, archs, missing, [surface.coords["batch"][0]], tokens,
+                                prompt_tokens, n_draws=draws, seed=seed, thresholds=False)
+                  if missing and archs else None)
         for m in named:
-            out.append((f"fig1_{_safe(m)}.png", qp.plot_fig1_panel(surface, m)))
+            out.append((f"fig1_{_safe(m)}.png", qp.plot_fig1_panel(surface, m, native=native)))
     if "cor" in plots and len(batches) > 1 and quant:
         out.append(("cor_vs_batch.png", qp.plot_cor_vs_batch(surface, named or None)))
     return out

@@ -402,7 +402,7 @@ N_STAR_ANCHORS = 512
 
 
 def n_star_fast(sim: Simulator, arch: Architecture, precision: str, batch, new_tokens,
-                prompt_tokens, draws: bool = False, anchors: int = N_STAR_ANCHORS) -> dict:
+                prompt_tokens, draws: bool = False, anchors: int | None = None) -> dict:
     """:func:`qtsim.thresholds.n_star_rows` for long batch axes without 160 sizes per batch.
 
     N* at one batch is the first sign change of delta J/query along ``N_GRID`` synthetic sizes.
@@ -420,6 +420,7 @@ def n_star_fast(sim: Simulator, arch: Architecture, precision: str, batch, new_t
     against the full grid.
     """
     b = np.atleast_1d(np.asarray(batch, float))
+    anchors = N_STAR_ANCHORS if anchors is None else anchors
     if draws or b.size <= 2 * anchors:
         return n_star_rows(sim, arch, precision, b, new_tokens, prompt_tokens, draws=draws)
     sizes = np.geomspace(N_RANGE[0], N_RANGE[1], N_GRID)
@@ -464,9 +465,14 @@ def n_star_fast(sim: Simulator, arch: Architecture, precision: str, batch, new_t
     first_pos = np.isin(kind, (0, 2))  # kinds 0 and 2 start trapped (positive delta)
     ok = same & ((d0 > 0) == first_pos)
     ok &= np.where(crossing_kind, (d1 > 0) != first_pos, True)
-    val, _ = crossing(np.stack([sizes[i0], sizes[i1]], axis=-1), np.stack([d0, d1], axis=-1))
-    out = {"n_star": np.where(crossing_kind, val, np.where(first_pos, np.inf, 0.0)),
-           "n_star_kind": kind.copy()}
+    out = {"n_star": np.where(first_pos, np.inf, 0.0), "n_star_kind": kind.copy()}
+    cr = np.flatnonzero(crossing_kind)
+    if cr.size:  # thresholds.crossing's interpolation on the bracketing pair, term for term
+        lx0, lx1 = np.log(sizes[i0[cr]]), np.log(sizes[i1[cr]])
+        c0, c1 = d0[cr], d1[cr]
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            frac = np.where(c0 != c1, c0 / (c0 - c1), 0.0)
+            out["n_star"][cr] = np.exp(lx0 + frac * (lx1 - lx0))
     out["n_star"][a_idx] = a_val
     out["n_star_kind"][a_idx] = a_kind
     ok[a_idx] = True
