@@ -25,12 +25,13 @@ DENSE_TYPES = {"llama", "mistral", "qwen2", "qwen3", "falcon3", "gemma", "gemma2
 #: the transformers model classes whose decode step the operation inventory traces
 #: (``data/reference/op_inventory.json``); ``ArchCounts.model_class`` is an index into it
 MODEL_CLASSES = ("llama", "mistral", "qwen2", "qwen3", "gemma2")
-_CLASS_OF = {"falcon3": "llama", "gemma": "gemma2", "gemma3_text": "gemma2"}
+#: model types that decode with another traced class's layer (falcon3 ships as LlamaForCausalLM)
+MODEL_CLASS_OF = {"falcon3": "llama", "falcon": "llama", "gemma": "gemma2", "gemma3_text": "gemma2"}
 
 
 def model_class_code(model_type: str) -> int:
     """Index in :data:`MODEL_CLASSES` of the class a ``model_type`` decodes with."""
-    mt = _CLASS_OF.get(model_type, model_type)
+    mt = MODEL_CLASS_OF.get(model_type, model_type)
     return MODEL_CLASSES.index(mt) if mt in MODEL_CLASSES else 0
 MOE_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
 NATIVE_BYTES = 2  # 16-bit weights, activations and KV cache
