@@ -18,7 +18,8 @@ from qtsim.errors import QtsimError
 
 COMMANDS = {
     "trap": ("qtsim.cli.trap", "trap", "Will quantizing trap us? Verdicts, J/query, tok/s, COR, B*, N*, SI."),
-    "profiles": ("qtsim.cli.profiles", "profiles", "List and show hardware profiles."),
+    "compare": ("qtsim.cli.compare", "compare", "One model at one batch across GPUs x precisions: tok/s, J/query, kWh, $, verdicts."),
+    "profiles": ("qtsim.cli.profiles", "profiles", "List, show and create (new) hardware profiles."),
     "models": ("qtsim.cli.profiles", "models", "List shipped model architectures and their counts."),
     "calibrate": ("qtsim.cli.calibrate", "calibrate", "Measure this GPU (or CPU) and write a hardware profile."),
     "fit": ("qtsim.cli.calibrate", "fit", "Refit a profile from recorded raw HDF5 (no torch needed)."),

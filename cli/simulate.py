@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from qtsim.cli.options import int_list, precision_list, split_list
+from qtsim.cli.options import bnb_options, bnb_settings, int_list, precision_list, split_list
 
 PLOTS = ("trap", "fig1", "cor")
 
@@ -108,8 +108,10 @@ def _command_line(ctx) -> str:
                    "T_SI = (1 - eps_p)^M, flagged extrapolated.")
 @click.option("--policy", default="linear", show_default=True, type=click.Choice(["linear", "geometric"]),
               help="SI aggregation: linear (eq. 6) or geometric (Remark 3.1).")
+@bnb_options
 def simulate(gpus, profile_paths, models, precisions, batches, tokens, prompt_tokens, sizes, family,
-             out, compress, csv_path, plot_dir, which_plots, draws, seed, trust_table, depth, policy):
+             out, compress, csv_path, plot_dir, which_plots, draws, seed, trust_table, depth, policy,
+             double_quant, int8_threshold, compute_dtype):
     """Evaluate J/query (power model, HLI and eq. 19), latency, tok/s, COR, B*, N* and the SI
     pillars over the whole grid GPU x precision x model x batch, in one vectorised pass per
     (GPU, precision), into HDF5 (dimension scales, units, provenance).
@@ -128,6 +130,7 @@ def simulate(gpus, profile_paths, models, precisions, batches, tokens, prompt_to
     from qtsim.surface import simulate as run
 
     ctx = click.get_current_context()
+    bnb = bnb_settings(double_quant, int8_threshold, compute_dtype)
     if not gpus and not profile_paths:
         raise QtsimError("give --gpu GPU[,GPU...] or --profile FILE")
     profiles = [load_profile(g) for g in (split_list(gpus, "--gpu") if gpus else [])]
@@ -153,7 +156,8 @@ def simulate(gpus, profile_paths, models, precisions, batches, tokens, prompt_to
     t0 = time.perf_counter()
     with LateBar(total, "simulating") as bar:
         surface = run(profiles, archs, precs, b, tokens, prompt_tokens, size_grid, fam,
-                      trust_table, depth, policy, n_draws=draws, seed=seed, progress=bar.update)
+                      trust_table, depth, policy, n_draws=draws, seed=seed, progress=bar.update,
+                      bnb=bnb)
     elapsed = time.perf_counter() - t0
     g, p, m, nb = surface.shape
     click.echo(f"{g} GPU x {p} precision x {m} model x {nb} batch = {surface.n_points} points"
@@ -166,7 +170,7 @@ def simulate(gpus, profile_paths, models, precisions, batches, tokens, prompt_to
             done.append(f"wrote {csv_path} ({n} rows)")
         if plot_dir:
             for name, fig in _plots(surface, plots, profiles, archs, fam, size_grid, b, tokens,
-                                    prompt_tokens, draws, seed):
+                                    prompt_tokens, draws, seed, bnb):
                 path = str(Path(plot_dir) / name)
                 save(fig, o.tmp(path))
                 done.append(f"wrote {path}")
@@ -176,7 +180,7 @@ def simulate(gpus, profile_paths, models, precisions, batches, tokens, prompt_to
 
 
 def _plots(surface, plots, profiles, archs, fam, size_grid, batches, tokens, prompt_tokens,
-           draws, seed):
+           draws, seed, bnb=None):
     """(file name, figure) for every figure asked for."""
     import numpy as np
 
@@ -193,7 +197,7 @@ def _plots(surface, plots, profiles, archs, fam, size_grid, batches, tokens, pro
         sizes = np.geomspace(lo, hi, 60)
         b_lo, b_hi = (min(batches), max(batches)) if max(batches) >= 16 * min(batches) else (1, 512)
         grid = np.unique(np.round(np.geomspace(b_lo, b_hi, 48)))
-        maps = [trap_map(prof, family, p, sizes, grid, tokens, prompt_tokens, draws or 200, seed)
+        maps = [trap_map(prof, family, p, sizes, grid, tokens, prompt_tokens, draws or 200, seed, bnb)
                 for prof in profiles for p in quant]
         marks = [(a.name, a.n_params) for a in archs]
         out.append(("trap_map.png", qp.plot_trap_maps(maps, ncols=len(quant), marks=marks)))

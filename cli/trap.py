@@ -6,7 +6,14 @@ import json
 
 import click
 
-from qtsim.cli.options import FORMATS, profile_options
+from qtsim.cli.options import (
+    FORMATS,
+    bnb_options,
+    bnb_settings,
+    budget_assumptions,
+    budget_options,
+    profile_options,
+)
 from qtsim.precision import PRECISIONS
 
 
@@ -26,8 +33,17 @@ from qtsim.precision import PRECISIONS
               help="SI aggregation: linear (eq. 6) or geometric (Remark 3.1).")
 @click.option("--draws", default=400, show_default=True, type=click.IntRange(min=10, max=100000),
               help="Monte-Carlo draws of the profile's constants for the uncertainty bands.")
+@click.option("--host", default=None, metavar="NAME_OR_FILE",
+              help="Host/software part that issues the GPU's work (`qtsim profiles hosts`): the "
+                   "host CPU and stack, which bind small-batch HF decoding. Default: the "
+                   "profile's own (calibrated CPU) or hf-eager-server, whose band spans server "
+                   "and desktop hosts.")
+@bnb_options
+@budget_options
 @click.option("--format", "fmt", default="text", show_default=True, type=FORMATS)
-def trap(gpu, profile_path, model, precision, batch, tokens, prompt_tokens, trust_table, policy, draws, fmt):
+def trap(gpu, profile_path, model, precision, batch, tokens, prompt_tokens, trust_table, policy,
+         draws, host, double_quant, int8_threshold, compute_dtype, pue, grid_gco2_per_kwh,
+         usd_per_hour, fmt):
     """Will PRECISION trap us on this GPU for this model?
 
     Answers from a hardware profile (shipped spec-derived, or calibrated by `qtsim calibrate`):
@@ -39,16 +55,20 @@ def trap(gpu, profile_path, model, precision, batch, tokens, prompt_tokens, trus
     Example:
       qtsim trap --gpu l4 --model mistral-7b --precision nf4
       qtsim trap --profile my-h100.toml --model ./config.json --precision int8 --batch 32 --format json
+      qtsim trap --gpu t4 --model llama-3.1-8b --precision nf4 --double-quant --batch 8 \\
+          --grid-gco2-per-kwh 400 --usd-per-hour 0.53
     """
     from qtsim.architecture import check_context, load_architecture
     from qtsim.profiles import load_profile
     from qtsim.trap import assess_trap, format_text
 
+    bnb = bnb_settings(double_quant, int8_threshold, compute_dtype)
+    assumptions = budget_assumptions(pue, grid_gco2_per_kwh, usd_per_hour)
     prof = load_profile(gpu, profile_path)
     arch = load_architecture(model)
     check_context(arch, prompt_tokens, tokens)
     report = assess_trap(prof, arch, precision, batch, tokens, prompt_tokens, trust_table,
-                         policy, n_draws=draws)
+                         policy, n_draws=draws, host=host, bnb=bnb, assumptions=assumptions)
     if fmt == "json":
         click.echo(json.dumps(report, indent=2))
     elif fmt == "csv":

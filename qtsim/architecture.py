@@ -22,6 +22,17 @@ from qtsim.errors import ArchitectureError, UnknownNameError, suggest
 from qtsim.precision import get_precision
 
 DENSE_TYPES = {"llama", "mistral", "qwen2", "qwen3", "falcon3", "gemma", "gemma2", "gemma3_text"}
+#: the transformers model classes whose decode step the operation inventory traces
+#: (``data/reference/op_inventory.json``); ``ArchCounts.model_class`` is an index into it
+MODEL_CLASSES = ("llama", "mistral", "qwen2", "qwen3", "gemma2")
+#: model types that decode with another traced class's layer (falcon3 ships as LlamaForCausalLM)
+MODEL_CLASS_OF = {"falcon3": "llama", "falcon": "llama", "gemma": "gemma2", "gemma3_text": "gemma2"}
+
+
+def model_class_code(model_type: str) -> int:
+    """Index in :data:`MODEL_CLASSES` of the class a ``model_type`` decodes with."""
+    mt = MODEL_CLASS_OF.get(model_type, model_type)
+    return MODEL_CLASSES.index(mt) if mt in MODEL_CLASSES else 0
 MOE_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
 NATIVE_BYTES = 2  # 16-bit weights, activations and KV cache
 LINEARS_PER_LAYER = 7  # q, k, v, o, gate, up, down
@@ -175,6 +186,10 @@ class ArchCounts:
     kv_bytes_per_token: np.ndarray
     attn_flops_per_token_per_ctx: np.ndarray
     max_linear_weights: np.ndarray  # largest single linear (dequantisation workspace)
+    w_qo: np.ndarray  # weights of the q_proj (and of the o_proj) of one layer
+    w_kv: np.ndarray  # weights of the k_proj (and of the v_proj) of one layer
+    w_mlp: np.ndarray  # weights of the gate_proj (and up_proj, down_proj) of one layer
+    model_class: np.ndarray  # index into MODEL_CLASSES (operation inventory of the decode step)
 
     @classmethod
     def from_architecture(cls, a: Architecture) -> ArchCounts:
@@ -188,6 +203,10 @@ class ArchCounts:
             vocab_size=f(a.vocab_size), kv_bytes_per_token=f(a.kv_bytes_per_token),
             attn_flops_per_token_per_ctx=f(a.attn_flops_per_token_per_ctx),
             max_linear_weights=f(max(lin.n_weights for lin in a.layer_linears)),
+            w_qo=f(a.hidden_size * a.num_heads * a.head_dim),
+            w_kv=f(a.hidden_size * a.num_kv_heads * a.head_dim),
+            w_mlp=f(a.hidden_size * a.intermediate_size),
+            model_class=f(model_class_code(a.model_type)),
         )
 
     def bits_per_weight(self, precision: str, double_quant: bool = False):
@@ -254,6 +273,8 @@ def scale_counts(a: Architecture, n_params, depth_exponent: float = DEPTH_EXPONE
         kv_bytes_per_token=layers * 2 * kv * NATIVE_BYTES,
         attn_flops_per_token_per_ctx=layers * 4 * q,
         max_linear_weights=np.maximum(h * inter, h * q),
+        w_qo=h * q, w_kv=h * kv, w_mlp=h * inter,
+        model_class=np.full_like(s, model_class_code(a.model_type)),
     )
 
 
@@ -338,20 +359,27 @@ def split_model_name(text: str) -> tuple[str | None, str]:
     return None, text
 
 
-def config_name(cfg: dict, path: Path) -> str:
-    """A config's name: its ``_qtsim_name``, else the file's stem, and the folder's name only
-    for a file called ``config.json`` (so ``d/config.json`` and ``d/config-small.json`` differ)."""
-    if cfg.get("_qtsim_name"):
-        return str(cfg["_qtsim_name"])
-    if path.name == "config.json":
-        return path.resolve().parent.name or "config"
-    return path.stem
+def config_display_name(path: str | Path, config: dict) -> str:
+    """The name a config file's model goes by (point ids, tables, validation reports).
+
+    Its ``_qtsim_name`` when set; else the file's stem (``d/a.json`` -> ``a``); the folder's name
+    only for a file called ``config.json`` (``models/llama/config.json`` -> ``llama``, the
+    Hugging Face layout), so two configs in one folder never share a name.
+    """
+    name = config.get("_qtsim_name") if isinstance(config, dict) else None
+    if name:
+        return str(name)
+    p = Path(path)
+    if p.name == "config.json":
+        folder = p.resolve().parent.name
+        return folder or p.stem
+    return p.stem
 
 
 def load_config(name_or_path: str) -> tuple[dict, str, str]:
     """(config dict, name, source) for a shipped model name or a path to a config.json.
 
-    ``NAME=PATH`` names the model NAME whatever its file says (see :func:`config_name`).
+    ``NAME=PATH`` names the model NAME whatever its file says (see :func:`config_display_name`).
     """
     given, name_or_path = split_model_name(name_or_path)
     path = Path(name_or_path)
@@ -368,7 +396,7 @@ def load_config(name_or_path: str) -> tuple[dict, str, str]:
         if not isinstance(cfg, dict):
             raise ArchitectureError(f"{path}: a config.json must hold a JSON object "
                                     f"(found a JSON {type(cfg).__name__})")
-        return cfg, given or config_name(cfg, path), str(path)
+        return cfg, given or config_display_name(path, cfg), str(path)
     key = name_or_path.lower()
     names = shipped_models()
     if key not in names:

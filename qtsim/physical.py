@@ -46,10 +46,11 @@ from qtsim.errors import ProfileError
 from qtsim.precision import get_precision
 
 PATH_COEFFS = ("t_call", "t_weight", "t_tokweight")
-GLOBAL_PARAMS = ("mem_bw_gbs", "t_step_s", "t_layer_s", "p_static_w", "e_byte_j", "e_flop_j")
+GLOBAL_PARAMS = ("mem_bw_gbs", "p_static_w", "e_byte_j", "e_flop_j")
 PATHS = ("fp16", "bf16", "int8", "int8_t0", "nf4_b1", "nf4_bn", "nf4dq_b1", "nf4dq_bn",
          "fp4_b1", "fp4_bn")
-FALLBACK = {"fp4": "nf4", "nf4dq": "nf4", "bf16": "fp16", "fp16": "bf16", "int8_t0": "int8"}
+FALLBACK = {"fp4": "nf4", "nf4dq": "nf4", "fp4dq": "nf4dq", "bf16": "fp16", "fp16": "bf16",
+            "int8_t0": "int8"}
 
 PARAM_UNITS = {
     "mem_bw_gbs": "GB/s", "t_step_s": "s", "t_layer_s": "s", "t_vocab_s": "s/(sequence*token)", "p_static_w": "W",
@@ -68,10 +69,10 @@ def path_param_names(path: str) -> tuple[str, str, str]:
 
 
 def path_family(precision: str, double_quant: bool = False, int8_threshold: float = 6.0) -> str:
-    """Path family of a user precision: fp16, bf16, int8, int8_t0, nf4, nf4dq or fp4."""
+    """Path family of a user precision: fp16, bf16, int8, int8_t0, nf4, nf4dq, fp4 or fp4dq."""
     p = get_precision(precision).name
-    if p == "nf4" and double_quant:
-        return "nf4dq"
+    if p in ("nf4", "fp4") and double_quant:
+        return p + "dq"
     if p == "int8" and int8_threshold == 0:
         return "int8_t0"
     return p
@@ -123,7 +124,7 @@ def activation_family(family: str, native: str = "fp16", compute_dtype_4bit: str
     """The 16-bit dtype a model at ``family`` computes activations (and its lm_head) in."""
     if family in ("fp16", "bf16"):
         return family
-    if family in ("nf4", "nf4dq", "fp4"):
+    if family in ("nf4", "nf4dq", "fp4", "fp4dq"):
         return compute_dtype_4bit or native
     return "fp16"  # LLM.int8() runs its activations and outlier columns in fp16
 
@@ -141,12 +142,13 @@ def layer_floor(params: Mapping, family: str, batch):
             return np.where(one, params[f"t_layer_{cand}_b1_s"], params[f"t_layer_{cand}_bn_s"]), tok
         if f"t_layer_{cand}_s" in params:
             return params[f"t_layer_{cand}_s"], tok
-    return params["t_layer_s"], 0.0
+    return params.get("t_layer_s", 0.0), 0.0
 
 
 def family_precision(family: str) -> tuple[str, bool]:
     """(user precision, double quantisation) a path family stores its weights in."""
-    return {"nf4dq": "nf4", "int8_t0": "int8"}.get(family, family), family == "nf4dq"
+    return ({"nf4dq": "nf4", "fp4dq": "fp4", "int8_t0": "int8"}.get(family, family),
+            family in ("nf4dq", "fp4dq"))
 
 
 def bytes_per_weight(counts: ArchCounts, family: str):
@@ -159,37 +161,155 @@ def bytes_per_weight(counts: ArchCounts, family: str):
 
 def linear_time_s(n_weights, n_calls, batch, bytes_per_weight_, t_call_s, t_weight_s,
                   t_tokweight_s, mem_bw_gbs):
-    """Time of ``n_calls`` linear layers holding ``n_weights`` weights, one step, s."""
+    """Device time of ``n_calls`` linear layers holding ``n_weights`` weights, one step, s."""
     return (n_calls * t_call_s
             + n_weights * (bytes_per_weight_ / (mem_bw_gbs * 1e9) + t_weight_s)
             + batch * n_weights * t_tokweight_s)
 
 
+def host_call_s(params: Mapping, family: str, batch):
+    """Host time per linear call of a path beyond its traced aten operations (bitsandbytes'
+    Python wrappers, quant-state handling), ``h_call_<path>_s``; 0 where the host part has none."""
+    vals = []
+    for side in ("b1", "bn"):
+        v = 0.0
+        for cand in _fallbacks(f"{family}_{side}"):
+            if f"h_call_{cand}_s" in params:
+                v = params[f"h_call_{cand}_s"]
+                break
+        vals.append(v)
+    return np.where(np.asarray(batch) <= 1, vals[0], vals[1])
+
+
+#: largest batch at which bitsandbytes >= 0.50 runs its fused 4-bit GEMM on CUDA (PR #1949:
+#: batch 2-64; the exact cap is per architecture and shape in 0.50.2's CUDA backend); a host
+#: part states its stack's cap as ``h_fused4bit_max_batch`` (0: no fused kernel, as in 0.45)
+FUSED_4BIT_MAX_BATCH = 64.0
+
+
+def dequantizes(params: Mapping, family: str, batch, overlap: bool = False):
+    """1.0 where a 4-bit path dequantises to a 16-bit copy then runs a GEMM (batch >= 2, and on
+    CUDA only above the stack's fused-kernel cap), else 0.0; 0 for other paths."""
+    b = np.asarray(batch, float)
+    if family not in ("nf4", "nf4dq", "fp4"):
+        return 0.0 * b
+    cap = params.get("h_fused4bit_max_batch", FUSED_4BIT_MAX_BATCH) if overlap else 0.0
+    return ((b > 1) & (b > cap)).astype(float)
+
+
+def timeline_mode(params: Mapping) -> str:
+    """``inventory`` where the host part prices traced operations (``h_op_s``), else ``lumped``
+    (calibrations before the timeline model: a fitted per-layer and per-step host floor)."""
+    return "inventory" if "h_op_s" in params else "lumped"
+
+
+def timelines(counts: ArchCounts, family: str, batch, context, params: Mapping,
+              native: str = "fp16", compute_dtype_4bit: str | None = None, side: str = "bn",
+              overlap: bool = False):
+    """Host and device timelines of one decoding step: (pre, layer blocks, post) of each, s.
+
+    Device: per linear block, ``kernels x t_kernel_s`` plus the linear's bytes / BW, casting and
+    matmul time (:func:`linear_time_s`); attention (KV-cache bytes and FLOPs) in the o_proj block;
+    ``t_layertok_s`` per layer per sequence; lm_head and logits (``t_vocab_s``) in ``post``.
+    Host (``inventory`` mode): traced aten operations x ``h_op_s`` + kernels x ``h_launch_s``
+    (CUDA launches) + ``h_call_<path>_s`` per linear call, and ``h_step_s`` per step; in
+    ``lumped`` mode the fitted ``t_layer`` / ``t_step_s`` floor. Returns a dict of arrays with
+    the block axis last for ``h_layer``, ``d_layer`` and the per-block ``sync`` pattern.
+    ``side`` picks the traced code path: ``b1`` (batch 1: GEMV kernels) or ``bn``.
+    """
+    from qtsim import inventory  # local: the table loads once, on first use
+
+    b = np.asarray(batch, float)
+    bw = params["mem_bw_gbs"]
+    q = path_coefficients(params, family, b)
+    act = path_coefficients(params, activation_family(family, native, compute_dtype_4bit), b)
+    inv = inventory.path_blocks(family, side)
+    cls = np.asarray(counts.model_class, float).astype(int)
+    ex = np.expand_dims
+    w = np.stack(np.broadcast_arrays(counts.w_qo, counts.w_kv, counts.w_kv, counts.w_qo,
+                                     counts.w_mlp, counts.w_mlp, counts.w_mlp), axis=-1)
+    bpw = ex(np.asarray(bytes_per_weight(counts, family), float), -1)
+    t_kernel = params.get("t_kernel_s", 0.0)
+    deq = dequantizes(params, family, b, overlap)
+    is_lin = np.r_[np.ones(7), 0.0]
+    kern = inv["kernels"][cls] + ex(deq, -1) * inv["unfused_kernels"] * is_lin
+    ops = inv["ops"][cls] + ex(deq, -1) * inv["unfused_ops"] * is_lin
+    if side == "bn" and family in ("nf4", "nf4dq", "fp4"):  # casting only where it dequantises
+        q = (q[0], q[1] * deq, q[2])
+
+    def blk(x):  # a per-point quantity, with the block axis added
+        return ex(np.asarray(x, float), -1)
+
+    lin = linear_time_s(w, 1.0, blk(b), bpw, *(blk(x) for x in q), blk(bw))
+    d_layer = kern * blk(t_kernel) + np.concatenate([lin, np.zeros(np.shape(lin)[:-1] + (1,))], axis=-1)
+    kv_s = b * context * counts.kv_bytes_per_token / counts.n_layers / (bw * 1e9)
+    attn_s = b * context * counts.attn_flops_per_token_per_ctx / counts.n_layers * act[2] / 2.0
+    t_layer_lump, t_layertok = layer_floor(params, family, b)
+    per_layer_dev = kv_s + attn_s + b * t_layertok
+    onehot_o = np.zeros(8)
+    onehot_o[3] = 1.0
+    d_layer = d_layer + blk(per_layer_dev) * onehot_o
+    head = linear_time_s(counts.n_native_streamed, 1.0, b, NATIVE_BYTES, *act, bw)
+    d_post = inv["post_kernels"][cls] * t_kernel + head + b * counts.vocab_size * params.get("t_vocab_s", 0.0)
+    d_pre = inv["pre_kernels"][cls] * t_kernel
+    if timeline_mode(params) == "inventory":
+        h_op, h_launch = params["h_op_s"], params.get("h_launch_s", 0.0)
+        h_layer = (ops * blk(h_op) + kern * blk(h_launch)
+                   + blk(host_call_s(params, family, b)) * is_lin)
+        h_pre = inv["pre_ops"][cls] * h_op + inv["pre_kernels"][cls] * h_launch
+        h_post = (inv["post_ops"][cls] * h_op + inv["post_kernels"][cls] * h_launch
+                  + params.get("h_step_s", 0.0))
+    else:  # lumped: the fitted per-layer floor spread evenly over the blocks
+        h_layer = blk(t_layer_lump * np.ones_like(b)) * np.full(8, 1.0 / 8)
+        h_pre = 0.0
+        h_post = params.get("t_step_s", 0.0) + 0.0 * b
+    return {"h_pre": h_pre, "d_pre": d_pre, "h_layer": h_layer, "d_layer": d_layer,
+            "h_post": h_post, "d_post": d_post, "sync": inv["sync"]}
+
+
+def step_timelines(counts: ArchCounts, family: str, batch, context, params: Mapping,
+                   native: str = "fp16", compute_dtype_4bit: str | None = None,
+                   overlap: bool = False) -> dict:
+    """One decoding step composed from its timelines (:func:`qtsim.timeline.step_s`).
+
+    Returns ``step_s`` (wall time), ``host_s`` and ``device_s`` (each timeline alone), s.
+    ``overlap`` is True on CUDA GPUs (asynchronous launches), False on CPUs.
+    """
+    from qtsim import timeline
+
+    one = np.asarray(batch) <= 1
+    out = {}
+    for side, sel in (("b1", one), ("bn", ~one)):
+        if not np.any(sel):
+            continue
+        tl = timelines(counts, family, batch, context, params, native, compute_dtype_4bit, side,
+                       overlap)
+        r = timeline.step_s(tl["h_pre"], tl["d_pre"], tl["h_layer"], tl["d_layer"],
+                            counts.n_layers, tl["h_post"], tl["d_post"],
+                            sync=tl["sync"] if overlap else None, overlap=overlap)
+        out = r if not out else {k: np.where(one, out[k], r[k]) for k in r}
+    return out
+
+
 def step_time_s(counts: ArchCounts, family: str, batch, context, params: Mapping,
-                native: str = "fp16", compute_dtype_4bit: str | None = None):
+                native: str = "fp16", compute_dtype_4bit: str | None = None,
+                overlap: bool = False):
     """Wall time of one decoding step (one token for each of ``batch`` sequences), s.
 
     ``context`` is the number of tokens already in the KV cache; ``native`` the reference
     16-bit dtype and ``compute_dtype_4bit`` the 4-bit models' compute dtype (default native).
     """
-    bw = params["mem_bw_gbs"]
-    q = path_coefficients(params, family, batch)
-    act = path_coefficients(params, activation_family(family, native, compute_dtype_4bit), batch)
-    t_quant = linear_time_s(counts.n_quant_weights, counts.n_linear_calls, batch,
-                            bytes_per_weight(counts, family), *q, bw)
-    t_head = linear_time_s(counts.n_native_streamed, 1.0, batch, NATIVE_BYTES, *act, bw)
-    kv_s = batch * context * counts.kv_bytes_per_token / (bw * 1e9)
-    attn_s = batch * context * counts.attn_flops_per_token_per_ctx * act[2] / 2.0
-    t_layer, t_layertok = layer_floor(params, family, batch)
-    t_logits = batch * counts.vocab_size * params.get("t_vocab_s", 0.0)
-    return (params["t_step_s"] + counts.n_layers * (t_layer + batch * t_layertok)
-            + t_quant + t_head + kv_s + attn_s + t_logits)
+    return step_timelines(counts, family, batch, context, params, native, compute_dtype_4bit,
+                          overlap)["step_s"]
 
 
-def step_bytes(counts: ArchCounts, family: str, batch, context):
-    """Bytes read from memory in one step: weights at precision plus the KV cache."""
+def step_bytes(counts: ArchCounts, family: str, batch, context, deq=0.0):
+    """Bytes moved in one step: weights at precision, the KV cache, and where ``deq``
+    (:func:`dequantizes`) the 16-bit copy a dequantise-then-GEMM path writes and reads back
+    (2 x 2 bytes per quantizable weight)."""
     return (counts.n_quant_weights * bytes_per_weight(counts, family)
             + NATIVE_BYTES * counts.n_native_streamed
+            + deq * 2.0 * NATIVE_BYTES * counts.n_quant_weights
             + batch * context * counts.kv_bytes_per_token)
 
 
@@ -199,40 +319,58 @@ def step_flops(counts: ArchCounts, batch, context):
                     + context * counts.attn_flops_per_token_per_ctx)
 
 
-def step_energy_j(time_s, bytes_, flops, params: Mapping, tdp_w):
-    """Energy of one step from the power model, capped at TDP x time, J."""
-    e = params["p_static_w"] * time_s + params["e_byte_j"] * bytes_ + params["e_flop_j"] * flops
+def step_energy_j(time_s, bytes_, flops, params: Mapping, tdp_w, busy_s=None):
+    """Energy of one step from the power model, capped at TDP x time, J.
+
+    P = ``p_idle_w`` while the device waits for the host and ``p_static_w`` while it works
+    (``busy_s`` of the step; the whole step where it is None or the profile has no idle
+    power), plus ``e_byte_j`` per byte moved and ``e_flop_j`` per FLOP.
+    """
+    p_busy = params["p_static_w"]
+    p_idle = params.get("p_idle_w", p_busy)
+    busy = time_s if busy_s is None else np.minimum(busy_s, time_s)
+    e = (p_idle * time_s + (p_busy - p_idle) * busy
+         + params["e_byte_j"] * bytes_ + params["e_flop_j"] * flops)
     return np.minimum(e, tdp_w * time_s)
 
 
 def query(counts: ArchCounts, precision: str, batch, new_tokens, prompt_tokens,
           params: Mapping, tdp_w, native: str = "fp16", double_quant: bool = False,
-          compute_dtype_4bit: str | None = None):
+          compute_dtype_4bit: str | None = None, overlap: bool = False,
+          int8_threshold: float = 6.0):
     """Latency, throughput and energy of one batch of queries (prefill + K-1 decode steps).
 
-    Returns a dict of arrays: ``step_s`` (mean decode step), ``prefill_s``, ``latency_s``
-    (whole batch), ``tok_per_s`` (all sequences), ``j_per_query`` (power model),
-    ``j_per_query_hli`` (TDP x latency / B, the paper's HLI), ``avg_power_w``.
+    Returns a dict of arrays: ``step_s`` (mean decode step), ``host_s`` / ``device_s`` (the
+    decode step's two timelines alone), ``prefill_s``, ``latency_s`` (whole batch),
+    ``tok_per_s`` (all sequences), ``j_per_query`` (power model), ``j_per_query_hli``
+    (TDP x latency / B, the paper's HLI), ``avg_power_w``.
     """
-    family = path_family(precision, double_quant)
+    family = path_family(precision, double_quant, int8_threshold)
     b = np.asarray(batch, dtype=float)
     k = np.asarray(new_tokens, dtype=float)
     prompt = np.asarray(prompt_tokens, dtype=float)
     ctx = prompt + k / 2.0
-    step = step_time_s(counts, family, b, ctx, params, native, compute_dtype_4bit)
+    st = step_timelines(counts, family, b, ctx, params, native, compute_dtype_4bit, overlap)
+    step = st["step_s"]
     pre_tokens = b * np.maximum(prompt, 1.0)
-    prefill = step_time_s(counts, family, pre_tokens, prompt / 2.0, params, native,
-                          compute_dtype_4bit)
+    pre = step_timelines(counts, family, pre_tokens, prompt / 2.0, params, native,
+                         compute_dtype_4bit, overlap)
+    prefill = pre["step_s"]
     n_steps = np.maximum(k - 1.0, 0.0)
     latency = prefill + n_steps * step
-    e_step = step_energy_j(step, step_bytes(counts, family, b, ctx), step_flops(counts, b, ctx),
-                           params, tdp_w)
-    e_pre = step_energy_j(prefill, step_bytes(counts, family, 1.0, 0.0) + pre_tokens * prompt / 2
+    busy = st["device_s"] if overlap else None
+    e_step = step_energy_j(step, step_bytes(counts, family, b, ctx,
+                                            dequantizes(params, family, b, overlap)),
+                           step_flops(counts, b, ctx), params, tdp_w, busy)
+    e_pre = step_energy_j(prefill, step_bytes(counts, family, 1.0, 0.0,
+                                              dequantizes(params, family, pre_tokens, overlap))
+                          + pre_tokens * prompt / 2
                           * counts.kv_bytes_per_token, step_flops(counts, pre_tokens, prompt / 2),
-                          params, tdp_w)
+                          params, tdp_w, pre["device_s"] if overlap else None)
     energy = e_pre + n_steps * e_step
     return {
-        "step_s": step, "prefill_s": prefill, "latency_s": latency,
+        "step_s": step, "host_s": st["host_s"], "device_s": st["device_s"],
+        "prefill_s": prefill, "latency_s": latency,
         "tok_per_s": b * k / latency, "j_per_query": energy / b,
         "j_per_query_hli": tdp_w * latency / b, "avg_power_w": energy / latency,
     }
@@ -251,7 +389,8 @@ def peak_memory_bytes(counts: ArchCounts, precision: str, batch, new_tokens, pro
 
 def paper_constants(counts: ArchCounts, precision: str, params: Mapping, tdp_w,
                     native: str = "fp16", context=0.0, double_quant: bool = False,
-                    compute_dtype_4bit: str | None = None):
+                    compute_dtype_4bit: str | None = None, overlap: bool = False,
+                    int8_threshold: float = 6.0):
     """The paper's alpha, gamma, phi(h, p) derived from the physical model at batch 1.
 
     At B = 1 the physical energy per hop is split exactly as eq. 19 writes it,
@@ -266,12 +405,14 @@ def paper_constants(counts: ArchCounts, precision: str, params: Mapping, tdp_w,
     alpha = (params["e_byte_j"] + params["p_static_w"] / bw_bytes_per_s) \
         * counts.n_quant_weights / 8.0
     fam_n = path_family(native)
-    fam_p = path_family(precision, double_quant)
+    fam_p = path_family(precision, double_quant, int8_threshold)
 
     def e_hop(fam):
-        t = step_time_s(counts, fam, 1.0, context, params, native, compute_dtype_4bit)
-        return step_energy_j(t, step_bytes(counts, fam, 1.0, context),
-                             step_flops(counts, 1.0, context), params, tdp_w)
+        st = step_timelines(counts, fam, 1.0, context, params, native, compute_dtype_4bit,
+                            overlap)
+        return step_energy_j(st["step_s"], step_bytes(counts, fam, 1.0, context),
+                             step_flops(counts, 1.0, context), params, tdp_w,
+                             st["device_s"] if overlap else None)
 
     e_nat = e_hop(fam_n)
     gamma = e_nat - 16.0 * alpha

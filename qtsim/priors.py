@@ -22,6 +22,8 @@ from datetime import date
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
+
 from qtsim import __version__
 from qtsim.architecture import load_architecture
 from qtsim.profiles import HardwareProfile, Param, write_profile
@@ -34,7 +36,13 @@ ALIASES = {
     "a100-80gb": ["a100", "a100-80", "a100-sxm4-80gb"], "h100-sxm": ["h100", "h100-80gb", "h100-sxm5"],
     "h100-pcie": ["h100pcie"], "h200": ["h200-sxm", "h200-141gb"],
     "rtx-pro-6000-blackwell": ["rtx-pro-6000", "rtx6000-pro", "rtx-6000-pro"], "b200": ["b200-sxm"],
+    "t4": ["tesla-t4", "nvidia-t4"], "a10g": ["nvidia-a10g"], "a10": ["nvidia-a10"],
+    "l40s": ["nvidia-l40s"], "rtx-4090": ["4090", "rtx4090", "geforce-rtx-4090"],
+    "rtx-6000-ada": ["rtx6000-ada", "rtx-6000-ada-generation"],
 }
+#: GPUs with GDDR memory (the rest HBM): a GDDR byte costs about twice the energy
+GDDR_PREFIXES = ("l4", "rtx", "t4", "l40")
+GDDR_NAMES = ("a10", "a10g")
 REFERENCE_MODEL = "mistral-7b"  # the paper's main model: [constants] are derived for it
 IDLE_FRACTION = 0.1  # idle power / TDP prior (Splitwise: 75 W of 700 W on H100)
 
@@ -49,14 +57,35 @@ def _prior(value, rel, unit, basis, source="prior"):
     return Param(value, float(f"{abs(value) * rel:.6g}"), unit, source, basis)
 
 
-def spec_profile(row: dict) -> HardwareProfile:
-    """A profile from one row of ``gpu_specs.csv`` with documented priors."""
+PUBLIC_FIT = "public_fit.toml"  # data/reference: the joint device/host fit to published rows
+
+
+def public_fit() -> dict:
+    """The shipped joint fit to the bitsandbytes maintainers' rows (:mod:`qtsim.calibration.public`),
+    written by ``python -m qtsim.priors``: fitted device factors and host constants with stderr."""
+    import tomllib
+
+    return tomllib.loads((resources.files("qtsim.data.reference") / PUBLIC_FIT).read_text())
+
+
+def spec_profile(row: dict, fit: dict | None = None) -> HardwareProfile:
+    """A device-only profile from one row of ``gpu_specs.csv`` with documented priors.
+
+    Host constants are not here: they describe the host and its software stack, and come from a
+    host part (:mod:`qtsim.hosts`) at prediction time. The device priors that no datasheet gives
+    (effective bandwidth fraction, device time per kernel) come from the joint fit to the
+    published rows (``data/reference/public_fit.toml``), with their spread.
+    """
+    fit = fit or public_fit()
+    dev = fit["device"]
     name = row["gpu"]
     bw = float(row["mem_bw_gbs"])
     tflops = float(row["fp16_dense_tflops"])
     tops = float(row["int8_dense_tops"])
     tdp = float(row["tdp_w"])
-    hbm = not name.startswith(("l4", "rtx"))
+    mem_type = str(row.get("memory_type") or "").lower()  # optional: hbm | gddr
+    hbm = (mem_type == "hbm" if mem_type
+           else not (name.startswith(GDDR_PREFIXES) or name in GDDR_NAMES))
     native_formats = ["fp16", "bf16", "int8"] + [f for f in row["native_low_precision"].split() if f != "int8"]
     hw = {
         "name": name, "aliases": ALIASES.get(name, []), "vendor": "nvidia",
@@ -69,50 +98,112 @@ def spec_profile(row: dict) -> HardwareProfile:
     }
     t_fp16 = 2.0 / (0.5 * tflops * 1e12)
     t_int8 = 2.0 / (0.5 * tops * 1e12)
-    bw_eff = 0.8 * bw * 1e9
+    eta, eta_se = dev["eta_bw"]["value"], dev["eta_bw"]["stderr"]
+    bw_eff = eta * bw * 1e9
+    t_kernel = dev["t_kernel_s"]["value"]
     deq = float(f"{4.0 / bw_eff:.6g}")  # write an fp16 copy and read it back: 4 bytes per weight
-    host = "host-bound HF eager decode; per-call floor from " + BNB_TABLE
+    src = f"joint fit to the published rows ({PUBLIC_FIT}, {fit['provenance']['table']})"
     p = {
-        "mem_bw_gbs": _prior(0.8 * bw, 0.15, "GB/s", "0.8 x datasheet bandwidth (aiconfigurator mem_bw_empirical_scaling_factor)"),
-        "t_step_s": _prior(1.5e-3, 0.7, "s", "HF generate per-step loop (logits processors, cache update); no datasheet gives it"),
-        "t_layer_s": _prior(5.0e-4, 0.5, "s", "0.75 ms per Llama layer at batch 1 on H100 (" + BNB_TABLE + ") less 7 linear calls"),
-        "p_static_w": _prior(0.3 * tdp, 0.5, "W", "0.3 x TDP while decoding at small batch (Splitwise: 380 W decode of 700 W on H100, lower when host-bound)"),
+        "mem_bw_gbs": _prior(eta * bw, max(eta_se / eta, 0.16), "GB/s", f"{eta:.3g} x datasheet bandwidth ({src}; aiconfigurator uses 0.8)"),
+        "t_kernel_s": _prior(t_kernel, 0.5, "s", f"device time per kernel launched ({src})"),
+        "p_static_w": _prior(0.3 * tdp, 0.5, "W", "0.3 x TDP while the device works at small batch (Splitwise: 380 W decode of 700 W on H100)"),
+        "p_idle_w": _prior(IDLE_FRACTION * tdp, 0.5, "W", "idle power while the device waits for the host (Splitwise: 75 W of 700 W on H100)"),
         "e_byte_j": _prior(6e-11 if hbm else 1.2e-10, 0.5, "J/byte", "HBM about 4 pJ/bit plus on-chip movement" if hbm else "GDDR about 7.5 pJ/bit plus on-chip movement"),
         "e_flop_j": _prior(0.5 * tdp / (tflops * 1e12), 0.5, "J/FLOP", "half the TDP spread over dense 16-bit tensor throughput"),
     }
-
-    def path(name_, call, call_basis, weight, tok, rel_call=0.5):
-        p[f"t_call_{name_}_s"] = _prior(call, rel_call, "s", call_basis)
-        p[f"t_weight_{name_}_s"] = _prior(weight, 1.0, "s/weight",
-                                          "dequantisation: 4 bytes per weight at effective bandwidth" if weight else "no per-step casting on this path (prior 0, stderr 1 byte/weight of bandwidth time)") \
-            if weight else Param(0.0, float(f"{1.0 / bw_eff:.6g}"), "s/weight", "prior", "no per-step casting on this path; stderr one byte per weight of bandwidth time")
-        p[f"t_tokweight_{name_}_s"] = _prior(tok, 0.5, "s/(weight*token)", "2 FLOPs per weight at half the datasheet dense throughput")
-
-    path("fp16", 3.0e-5, host, 0.0, t_fp16)
+    kernel_basis = "device per-call cost beyond its kernels x t_kernel_s: 0, stderr one kernel"
+    for path, tok, w in (("fp16", t_fp16, 0.0), ("bf16", t_fp16, 0.0), ("int8", t_int8, 0.0),
+                         ("int8_t0", t_int8, 0.0), ("nf4_b1", t_fp16, 0.0), ("nf4_bn", t_fp16, deq)):
+        p[f"t_call_{path}_s"] = Param(0.0, float(f"{t_kernel:.6g}"), "s", "prior", kernel_basis)
+        p[f"t_weight_{path}_s"] = (
+            _prior(w, 0.5, "s/weight", "dequantisation: a 16-bit copy written and read back, 4 bytes per weight at effective bandwidth")
+            if w else Param(0.0, float(f"{0.25 / bw_eff:.6g}"), "s/weight", "prior", "no per-step casting on this path; stderr a quarter byte per weight of bandwidth time"))
+        p[f"t_tokweight_{path}_s"] = _prior(tok, 0.5, "s/(weight*token)", "2 FLOPs per weight at half the datasheet dense throughput" + (" (int8)" if "int8" in path else ""))
     p["t_weight_fp16_s"] = Param(0.0, 0.0, "s/weight", "fixed", "reference path: bytes/BW only, by definition")
-    path("bf16", 3.0e-5, host, 0.0, t_fp16)
-    path("int8", 3.0e-5 + 2.57e-4, host + " (+257 us per call, LLM.int8() threshold 6)", 0.0, t_int8)
-    path("int8_t0", 3.0e-5 + 1.24e-4, host + " (+124 us per call, threshold 0)", 0.0, t_int8)
-    path("nf4_b1", 3.0e-5 + 3.9e-5, host + " (+39 us per call, fused GEMV at batch 1)", 0.0, t_fp16)
-    path("nf4_bn", 3.0e-5 + 7.5e-5, host + " (+98 us per call at batch 8 less dequantisation time)", deq, t_fp16)
     prov = {
         "source": "spec", "date": date.today().isoformat(), "device": f"{name} (datasheet)",
         "driver": "", "qtsim_version": __version__, "n_measurements": 0, "raw_data": "",
         "raw_sha256": "",
-        "notes": "Datasheet facts; every constant marked prior is an informed guess with a wide stderr. Run `qtsim calibrate` on this GPU to replace them.",
+        "notes": "Device part only: datasheet facts and priors with wide stderr (host constants come from a host part, `--host`). Run `qtsim calibrate` on this GPU to replace them.",
     }
     prof = HardwareProfile(hw, prov, p)
+    prof.fit = {"public_rows": {k: v for k, v in fit["fit"].items() if not isinstance(v, dict)}}
     prof.constants = paper_constants_table(prof, load_architecture(REFERENCE_MODEL).counts(),
                                            REFERENCE_MODEL)
+    prof.constants["host"] = "derived with the default host part (qtsim.hosts.DEFAULT_HOST)"
     return prof
 
 
 def write_spec_profiles(outdir: str | Path) -> list[Path]:
-    return [write_profile(spec_profile(r), Path(outdir) / f"{r['gpu']}.toml") for r in spec_rows()]
+    fit = public_fit()
+    return [write_profile(spec_profile(r, fit), Path(outdir) / f"{r['gpu']}.toml") for r in spec_rows()]
+
+
+def refit_public(outdir: str | Path) -> list[Path]:
+    """Fit the published rows (all of them), write ``data/reference/public_fit.toml`` and the
+    host parts ``hf-eager-server`` (the H100 server's host) and ``hf-eager-desktop`` (the RTX
+    4090's) under ``OUTDIR/hosts``. The default server host gets a spread that covers the
+    desktop host, so bands widen where the host is unknown."""
+    from qtsim.calibration import public
+    from qtsim.hosts import HostPart, write_host
+    from qtsim.profiles import atomic_write_text, dumps_toml
+
+    rows = public.read_rows()
+    f = public.fit(rows)
+    obs = np.array([r["step_s"] for r in rows])
+    resid = (f.fit_pred - obs) / obs
+    speed, speed_se = f.values["host_speedup"], f.stderr["host_speedup"]
+    table = "bitsandbytes maintainers' HF-generate decode table (data/reference/bnb_maintainers_decode.csv)"
+    doc = {
+        "provenance": {"table": table, "date": date.today().isoformat(), "qtsim_version": __version__,
+                       "model": "qtsim.physical timelines (overlap on) via qtsim.calibration.public"},
+        "device": {k: {"value": float(f"{f.values[k]:.6g}"), "stderr": float(f"{f.stderr[k]:.4g}")}
+                   for k in ("eta_bw", "t_kernel_s")},
+        "host": {k: {"value": float(f"{f.values[k]:.6g}"), "stderr": float(f"{f.stderr[k]:.4g}")}
+                 for k in f.values if k.startswith("h_") or k == "host_speedup"},
+        "fit": {"n_rows": len(rows), "aic": f.aic, "bic": f.bic,
+                "mape_pct": float(100 * np.mean(np.abs(resid))),
+                "max_ape_pct": float(100 * np.max(np.abs(resid))),
+                "residuals": {f"{r['gpu']}/{r['model']}/{r['path']}/b{int(r['batch'])}": float(f"{x:.4g}")
+                              for r, x in zip(rows, resid, strict=True)}},
+    }
+    out = Path(outdir)
+    ref = resources.files("qtsim.data.reference") / PUBLIC_FIT
+    written = [atomic_write_text(dumps_toml(doc), Path(str(ref)))]
+    stack = {"python": "3.x (not stated)", "torch": "2.5.1", "transformers": "4.46.3",
+             "bitsandbytes": "0.45.0.dev"}
+    for name, scale, spread, desc in (
+            ("hf-eager-server", 1.0, (speed - 1.0) / speed,
+             "HF transformers generate, eager, on a datacentre GPU server (the H100 SXM host of the "
+             "published table); the default: its stderr spans the faster desktop host"),
+            ("hf-eager-desktop", speed, 0.0,
+             "HF transformers generate, eager, on a desktop (the RTX 4090 host of the published "
+             f"table: {speed:.2f}x faster host work than the server)")):
+        phys = {}
+        for k in ("h_op_s", "h_step_s") + tuple(f"h_call_{p}_s" for p in public.QUANT_PATHS):
+            v = f.values[k] / scale
+            rel = np.hypot(f.stderr[k] / max(f.values[k], 1e-30), speed_se / speed if scale != 1.0 else 0.0)
+            basis = f"joint fit to the {table}" + (f", / host speed-up {speed:.3g}" if scale != 1.0 else "")
+            if f.values[k] < 1e-7:  # pinned at its bound: the traced operations explain it
+                phys[k] = Param(0.0, 0.0, "s", "published", basis + "; pinned at 0 by the fit")
+                continue
+            se = v * float(np.hypot(rel, spread))
+            phys[k] = Param(float(f"{v:.6g}"), float(f"{se:.4g}"), "s", "published", basis)
+        phys["h_fused4bit_max_batch"] = Param(public.FUSED_4BIT_MAX_BATCH, 0.0, "sequences", "published",
+                                              "bitsandbytes 0.45 (this stack) has no fused 4-bit GEMM: batch >= 2 dequantises then runs a 16-bit GEMM")
+        launch = public.H_LAUNCH_S / scale
+        phys["h_launch_s"] = Param(launch, 0.5 * launch, "s", "prior",
+                                   "CUDA launch cost per kernel on the host (typical cudaLaunchKernel through torch)")
+        part = HostPart({"name": name, "description": desc, "stack": stack,
+                         "execution": "HF transformers generate, eager (no CUDA graphs)"},
+                        {"source": "published", "date": date.today().isoformat(), "basis": table},
+                        phys, {"aic": f.aic, "bic": f.bic, "n_rows": len(rows)})
+        written.append(write_host(part, out / "hosts" / f"{name}.toml"))
+    return written
 
 
 def main(argv=None) -> None:
-    """``python -m qtsim.priors [OUTDIR]``: regenerate the spec-derived profiles."""
+    """``python -m qtsim.priors [OUTDIR] [--refit]``: regenerate the spec-derived profiles."""
     import argparse
 
     ap = argparse.ArgumentParser(
@@ -121,7 +212,12 @@ def main(argv=None) -> None:
                     "data/reference/gpu_specs.csv) into OUTDIR.")
     ap.add_argument("outdir", nargs="?", default="hardware_profiles",
                     help="folder to write (default: hardware_profiles)")
+    ap.add_argument("--refit", action="store_true",
+                    help="first refit the published rows (public_fit.toml and OUTDIR/hosts)")
     args = ap.parse_args(argv)
+    if args.refit:
+        for f in refit_public(args.outdir):
+            print(f)
     for f in write_spec_profiles(args.outdir):
         print(f)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
@@ -56,6 +57,7 @@ class HardwareProfile:
     constants: dict = field(default_factory=dict)
     fit: dict = field(default_factory=dict)
     path: str | None = None
+    host: object = None  # the qtsim.hosts.HostPart combined in, if any
 
     @property
     def name(self) -> str:
@@ -83,6 +85,36 @@ class HardwareProfile:
     def source(self) -> str:
         return self.provenance.get("source", "spec")
 
+    @property
+    def overlap(self) -> bool:
+        """Host and device work overlap (asynchronous kernel launches) on CUDA GPUs only."""
+        return self.hardware.get("device_type") == "cuda"
+
+    @property
+    def host_name(self) -> str:
+        """The host/software part this profile's predictions assume."""
+        if self.host is not None:
+            return self.host.describe()
+        return "this machine (host part calibrated with the device)"
+
+    def with_host(self, host=None) -> HardwareProfile:
+        """This device part combined with a host part (:mod:`qtsim.hosts`).
+
+        ``host``: a HostPart, a name or file, or None for the default. A profile that carries
+        its own host constants (a calibrated CPU profile) keeps them unless a host is named.
+        """
+        from qtsim import hosts
+
+        own = any(hosts.is_host_param(k) for k in self.physical) or "t_step_s" in self.physical
+        if host is None and own:
+            return self
+        part = host if isinstance(host, hosts.HostPart) else hosts.load_host(host)
+        device = {k: p for k, p in self.physical.items()
+                  if not hosts.is_host_param(k) and k not in ("t_step_s", "t_layer_s")
+                  and not k.startswith("t_layer_")}
+        return HardwareProfile(self.hardware, self.provenance, {**device, **part.physical},
+                               self.constants, self.fit, self.path, part)
+
     def values(self) -> dict[str, float]:
         return {k: p.value for k, p in self.physical.items()}
 
@@ -92,15 +124,31 @@ class HardwareProfile:
     def draws(self, n: int, seed: int = 0) -> dict[str, np.ndarray]:
         """``n`` Monte-Carlo draws of every constant, shape (n, 1), for uncertainty bands.
 
-        Uses the fit's correlation matrix where the profile has one (``[fit] param_order`` and
-        ``correlation``), independent normals otherwise; draws are clipped at zero (every
-        constant is a non-negative physical quantity) and bandwidth at 5% of its value.
+        1. A joint normal draw of every constant: the fit's correlation matrix where the
+           profile has one (``[fit] param_order`` and ``correlation``), independent otherwise.
+        2. Physical order (:func:`ordered_pairs`): a constant of a quantized kernel path
+           (``int8``, ``int8_t0``, ``nf4``, ``nf4dq``, ``fp4``, with or without ``_b1``/``_bn``,
+           in any constant's name) whose central value exceeds its 16-bit reference's (the
+           same name with the profile's native dtype) is drawn as *reference draw + extra*.
+           The extra Q - R is lognormal with the profile's mean (Q - R) and stderr of the
+           difference (sqrt(se_Q^2 + se_R^2 - 2 rho se_Q se_R)), tied to step 1's draw by its
+           normal quantile (a Gaussian copula: correlations and the marginal spread of Q are
+           kept to first order). So no draw makes a quantized path cheaper than its reference
+           where the profile says it costs more (every ``t_call``; ``t_weight``,
+           ``t_tokweight`` and per-layer floors where their central values are ordered).
+           A per-call constant (``t_call_*``) whose central value *equals* its reference's
+           (e.g. both 0: the per-call cost lives in kernel counts and host terms) is floored at
+           the reference's draw, max(Q, R). Other pairs whose central values are equal or
+           reversed, and names outside this scheme, are drawn as in step 1.
+        3. Every other constant is clipped at zero (all are non-negative physical
+           quantities), bandwidth at 5% of its value.
         """
         rng = np.random.default_rng(seed)
         names = list(self.physical)
         mean = np.array([self.physical[k].value for k in names])
         sd = np.array([self.physical[k].stderr for k in names])
         z = rng.standard_normal((n, len(names)))
+        rho = np.eye(len(names))
         order = self.fit.get("param_order")
         corr = self.fit.get("correlation")
         if order and corr:
@@ -110,6 +158,7 @@ class HardwareProfile:
                 try:
                     chol = np.linalg.cholesky(c + 1e-9 * np.eye(len(order)))
                     z[:, idx] = z[:, idx] @ chol.T
+                    rho[np.ix_(idx, idx)] = c
                 except np.linalg.LinAlgError:
                     pass  # not positive definite: fall back to independent draws
         x = mean + z * sd
@@ -117,7 +166,43 @@ class HardwareProfile:
         for j, k in enumerate(names):
             floor = 0.05 * mean[j] if k in POSITIVE_PARAMS else 0.0
             out[k] = np.maximum(x[:, j], floor)[:, None]
+        for q, r in ordered_pairs(self.physical, self.native):
+            i, j = names.index(q), names.index(r)
+            m = mean[i] - mean[j]
+            s = math.sqrt(max(sd[i] ** 2 + sd[j] ** 2 - 2 * rho[i, j] * sd[i] * sd[j], 0.0))
+            out[q] = out[r] + _lognormal_extra(m, s, (z[:, i] * sd[i] - z[:, j] * sd[j]))[:, None]
+        for q, r in tied_call_pairs(self.physical, self.native):
+            out[q] = np.maximum(out[q], out[r])
         return out
+
+    def model_error(self) -> dict:
+        """The model's own out-of-sample error, added to the parameter draws in every band.
+
+        Returns ``{"q68": {quantity: h}, "q95": {quantity: h}, "rho": r, "source":
+        "validated" | "prior", "basis": str}``: ``h`` the half-widths of the 68% and 95%
+        bands of |log(measured / predicted)| (so 0.10 = about +-10%), ``rho`` the correlation
+        of the error across kernel families (the part that cancels in a quantized/native
+        ratio). Quantities: ``latency_s``, ``step_s``, ``j_per_query``. A profile checked on
+        held-out measurements records them in ``[fit.model_error]`` (``qtsim validate``
+        computes them, with n points, source file and date); one without gets the stated prior
+        :data:`MODEL_ERROR_PRIORS` for its source (a normal: q95 = 1.96 / 0.994 q68).
+        """
+        rec = self.fit.get("model_error")
+        rows = {q: v for q, v in rec.items() if isinstance(v, dict) and "q68" in v} \
+            if isinstance(rec, dict) else {}
+        if rows:
+            q68 = {q: float(v["q68"]) for q, v in rows.items()}
+            q95 = {q: float(v.get("q95", v["q68"] * Z95 / Z68)) for q, v in rows.items()}
+            for q in MODEL_ERROR_QUANTITIES:  # a quantity not checked: the widest checked one
+                q68.setdefault(q, max(q68.values()))
+                q95.setdefault(q, max(q95.values()))
+            return {"q68": q68, "q95": q95, "rho": float(rec.get("rho", 0.0)),
+                    "source": "validated",
+                    "basis": f"{rec.get('basis', '')} ({rec.get('source_file', '')}, {rec.get('date', '')})"}
+        prior = MODEL_ERROR_PRIORS["calibrated" if self.source == "calibrated" else "spec"]
+        return {"q68": dict.fromkeys(MODEL_ERROR_QUANTITIES, prior["q68"]),
+                "q95": dict.fromkeys(MODEL_ERROR_QUANTITIES, prior["q68"] * Z95 / Z68),
+                "rho": prior["rho"], "source": "prior", "basis": prior["basis"]}
 
     def to_toml(self) -> str:
         doc = {"schema_version": SCHEMA_VERSION, "hardware": self.hardware,
@@ -130,6 +215,92 @@ class HardwareProfile:
         if self.fit:
             doc["fit"] = self.fit
         return dumps_toml(doc)
+
+
+MODEL_ERROR_QUANTITIES = ("latency_s", "step_s", "j_per_query")
+Z68, Z95 = 0.99446, 1.95996  # standard-normal half-widths of the central 68% and 95%
+#: stated priors for the model's own error where a profile records no held-out check
+MODEL_ERROR_PRIORS = {
+    "spec": {"q68": 0.157, "rho": 0.5, "basis": (
+        "prior: BLIS (inference-sim) had 15.7% end-to-end error on an unprofiled A100 from "
+        "datasheet alone (held out; reference/peer_measurements.md), taken as the 68% half-width "
+        "(BLIS's figure includes its own parameter error, which this profile's priors already "
+        "carry, so it is not inflated further); cross-precision correlation 0.5 assumed "
+        "(no GPU validation yet)")},
+    "calibrated": {"q68": 0.09, "rho": 0.5, "basis": (
+        "prior: calibrated but never validated; 9% (Vidur < 9%, BLIS 6.7% median on profiled "
+        "hardware, CPU held-out here about 10%); run `qtsim validate` to record this profile's own")},
+}
+
+#: quantized kernel-path families, longest first (``int8_t0`` before ``int8``)
+QUANT_FAMILIES = ("int8_t0", "nf4dq", "int8", "nf4", "fp4")
+_QUANT_RE = re.compile(r"_(" + "|".join(QUANT_FAMILIES) + r")(_b1|_bn)?(?=_)")
+
+
+def reference_name(name: str, params, native: str = "fp16") -> str | None:
+    """The 16-bit reference of a quantized path's constant, or None.
+
+    ``t_call_nf4_b1_s`` -> ``t_call_fp16_b1_s`` if the profile has it, else ``t_call_fp16_s``
+    (the unsplit path; then the other 16-bit dtype), following the physical model's fallbacks.
+    Any constant naming a quantized family this way is paired, whatever its prefix.
+    """
+    m = _QUANT_RE.search(name)
+    if not m:
+        return None
+    side = m.group(2) or ""
+    head, tail = name[:m.start()], name[m.end():]
+    for dt in (native, "bf16" if native == "fp16" else "fp16"):
+        for cand in (f"{head}_{dt}{side}{tail}", f"{head}_{dt}{tail}"):
+            if cand in params and cand != name:
+                return cand
+    return None
+
+
+def ordered_pairs(physical: dict, native: str = "fp16") -> list[tuple[str, str]]:
+    """(quantized constant, its 16-bit reference) where the central value says Q > R."""
+    out = []
+    for k, p in physical.items():
+        r = reference_name(k, physical, native)
+        if r is not None and p.value > physical[r].value:
+            out.append((k, r))
+    return out
+
+
+def model_error_deviates(z, q68: float, q95: float) -> np.ndarray:
+    """Log model-error deviates from standard normals ``z`` with the given band half-widths.
+
+    Piecewise linear in |z| through (0, 0), (Z68, q68), (Z95, q95), extended linearly beyond,
+    sign kept: the central 68% of the deviates is +-q68 and the central 95% +-q95 (a normal
+    when q95 = q68 x Z95 / Z68); heavier or lighter tails where held-out errors had them.
+    """
+    z = np.asarray(z, float)
+    a = np.abs(z)
+    inner = a * (q68 / Z68)
+    outer = q68 + (a - Z68) * ((q95 - q68) / (Z95 - Z68))
+    return np.sign(z) * np.where(a <= Z68, inner, np.maximum(outer, 0.0))
+
+
+def tied_call_pairs(physical: dict, native: str = "fp16") -> list[tuple[str, str]]:
+    """(quantized ``t_call_*``, its 16-bit reference) whose central values are equal."""
+    out = []
+    for k, p in physical.items():
+        r = reference_name(k, physical, native) if k.startswith("t_call_") else None
+        if r is not None and p.value == physical[r].value:
+            out.append((k, r))
+    return out
+
+
+def _lognormal_extra(mean: float, sd: float, dev) -> np.ndarray:
+    """A lognormal with ``mean`` and ``sd`` at the normal quantiles of ``dev / sd``.
+
+    ``dev`` are zero-mean normal deviates with standard deviation ``sd`` (the step-1 draw of
+    Q - R minus its mean); a zero ``sd`` gives ``mean`` in every draw.
+    """
+    dev = np.asarray(dev, float)
+    if sd <= 0 or mean <= 0:
+        return np.full(dev.shape, max(mean, 0.0))
+    s2 = math.log1p((sd / mean) ** 2)
+    return np.exp(math.log(mean) - 0.5 * s2 + math.sqrt(s2) * dev / sd)
 
 
 # ---- reading ---------------------------------------------------------------------------------
@@ -288,9 +459,14 @@ def load_profile(name: str | None = None, path: str | None = None) -> HardwarePr
 def write_profile(profile: HardwareProfile, path: str | os.PathLike) -> Path:
     """Write atomically: a temp file in the same directory, fsync, then rename over ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = profile.to_toml()
     parse_profile(text, str(path))  # never write what we could not read back
+    return atomic_write_text(text, path)
+
+
+def atomic_write_text(text: str, path: Path) -> Path:
+    """Write ``text`` to ``path`` atomically: a temp file beside it, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         # mkstemp makes 0600 files; a profile is meant to be shared (a team reads one file), so

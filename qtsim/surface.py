@@ -48,6 +48,7 @@ from qtsim.thresholds import (  # noqa: F401  (re-exported for surface users)
     nan_percentiles,
 )
 from qtsim.trust import TrustEstimate, lookup_trust
+from qtsim.workload import BnbSettings
 
 DIMS = ("gpu", "precision", "model", "batch")
 
@@ -248,15 +249,17 @@ def evaluate_gpu(profile: HardwareProfile, counts: ArchCounts, names: Sequence[s
                  prompt_tokens: int = 128, t_si=None, family: Architecture | None = None,
                  policy: str = "linear", weights=si.DEFAULT_WEIGHTS, n_draws: int = 0,
                  seed: int = 0, thresholds: bool = True,
-                 progress: Callable[[int], None] | None = None) -> dict:
+                 progress: Callable[[int], None] | None = None,
+                 bnb: BnbSettings | None = None) -> dict:
     """Every quantity for one GPU: arrays (precision, model, batch) and per-model/per-batch ones.
 
     ``counts`` holds M models (1-D fields), ``batch`` B batch sizes; ``t_si`` a (P, M) array of
     trust ratios (default 1). Native (16-bit) runs are evaluated once and shared by every
     precision. ``family`` is the architecture whose synthetic sizes N* is searched along
     (omitted: no N*). ``n_draws`` > 0 adds 16/84% bands and ``p_trapped_*`` shares.
+    ``bnb``: bitsandbytes settings for every quantized precision (B* and N* included).
     """
-    sim = Simulator(profile, n_draws=max(n_draws, 1), seed=seed)
+    sim = Simulator(profile, n_draws=max(n_draws, 1), seed=seed, bnb=bnb)
     draws = n_draws > 0
     b_all = np.atleast_1d(np.asarray(batch, float))
     native = profile.native
@@ -490,13 +493,17 @@ def simulate(profiles: Sequence[HardwareProfile], models: Sequence[Architecture]
              family: Architecture | None = None, trust_table: str | None = None,
              depth: float | None = None, policy: str = "linear", weights=si.DEFAULT_WEIGHTS,
              n_draws: int = 0, seed: int = 0, thresholds: bool = True,
-             progress: Callable[[int], None] | None = None) -> Surface:
+             progress: Callable[[int], None] | None = None,
+             bnb: BnbSettings | None = None) -> Surface:
     """The whole grid: GPUs x precisions x (models, then synthetic ``sizes`` of ``family``) x batches.
 
     ``family`` defaults to the first model; it is the architecture synthetic sizes and N* are
     drawn from. ``depth`` moves published accuracies to another reasoning depth (trust.py).
+    ``bnb``: bitsandbytes settings (double quantisation, int8 threshold, 4-bit compute dtype).
     """
     from qtsim import __version__
+
+    bnb = bnb or BnbSettings()
 
     if not profiles:
         raise QtsimError("give at least one GPU")
@@ -525,6 +532,8 @@ def simulate(profiles: Sequence[HardwareProfile], models: Sequence[Architecture]
         synthetic += [True] * sz.size
     if not counts:
         raise QtsimError("give --model or --sizes with --family")
+    for prof in profiles:
+        bnb.check(precisions, prof)
     if len(set(names)) != len(names):
         raise QtsimError(f"model listed twice: {', '.join(names)} (name each with NAME=PATH, or "
                          "by a _qtsim_name key in its config)")
@@ -533,7 +542,7 @@ def simulate(profiles: Sequence[HardwareProfile], models: Sequence[Architecture]
     t_si, trust = _trust_grid(precisions, names, synthetic, natives.pop() if len(natives) == 1
                               else "fp16", trust_table, depth, family.name if family else "")
     per_gpu = [evaluate_gpu(prof, stacked, names, precisions, b, new_tokens, prompt_tokens, t_si,
-                            family, policy, weights, n_draws, seed, thresholds, progress)
+                            family, policy, weights, n_draws, seed, thresholds, progress, bnb)
                for prof in profiles]
     if len(per_gpu) == 1:  # a view: stacking one GPU would copy every array once more
         data = {k: np.asarray(v)[None] for k, v in per_gpu[0].items()}
@@ -551,6 +560,10 @@ def simulate(profiles: Sequence[HardwareProfile], models: Sequence[Architecture]
         "new_tokens": int(new_tokens), "prompt_tokens": int(prompt_tokens),
         "policy": policy, "si_weights": list(weights), "n_draws": int(n_draws), "seed": int(seed),
         "band_percentiles": list(BAND),
+        # BitsAndBytesConfig's names; the compute dtype "" = each profile's compute_dtype_4bit
+        "bnb_4bit_use_double_quant": bool(bnb.double_quant),
+        "llm_int8_threshold": float(bnb.int8_threshold),
+        "bnb_4bit_compute_dtype": bnb.compute_dtype or "",
         "n_star_family": family.name if family else "",
         "trust_depth": float(depth) if depth is not None else float("nan"),
         "trust_table": trust_table or "shipped: data/reference/trust_table.csv",
@@ -570,7 +583,7 @@ def simulate(profiles: Sequence[HardwareProfile], models: Sequence[Architecture]
 # ---- trap map data --------------------------------------------------------------------------
 def trap_map(profile: HardwareProfile, arch: Architecture, precision: str, sizes, batches,
              new_tokens: int = 256, prompt_tokens: int = 128, n_draws: int = 200,
-             seed: int = 0) -> dict:
+             seed: int = 0, bnb: BnbSettings | None = None) -> dict:
     """Model size x batch map of one GPU and precision for :func:`qtsim.plots.plot_trap_map`.
 
     Returns ``sizes`` (S,), ``batches`` (B,), ``delta_j`` (S, B) quantized minus native J/query
@@ -579,7 +592,7 @@ def trap_map(profile: HardwareProfile, arch: Architecture, precision: str, sizes
     every batch (N*(B)), ``native_fits`` (S, B), and with draws ``p_trapped`` (S, B): the share
     of Monte-Carlo draws trapped (the boundary is uncertain where it lies in 16-84%).
     """
-    sim = Simulator(profile, n_draws=max(n_draws, 1), seed=seed)
+    sim = Simulator(profile, n_draws=max(n_draws, 1), seed=seed, bnb=bnb)
     s = np.asarray(sizes, float)
     b = np.asarray(batches, float)
     fam = arch.scaled(s)
@@ -694,6 +707,9 @@ def write_hdf5(surface: Surface, path, command: str = "", compress: bool = False
         for k in ("qtsim_version", "new_tokens", "prompt_tokens", "policy", "n_draws", "seed",
                   "n_star_family", "trust_depth", "trust_table", "energy_methods"):
             f.attrs[k] = a[k]
+        for k in ("bnb_4bit_use_double_quant", "llm_int8_threshold", "bnb_4bit_compute_dtype"):
+            if k in a:
+                f.attrs[k] = a[k]
         f.attrs["si_weights"] = np.asarray(a["si_weights"], float)
         f.attrs["band_percentiles"] = np.asarray(a["band_percentiles"], float)
         for k in ("name", "source", "date", "device", "location"):

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from qtsim import budget, timeline
 from qtsim import sustainability as si
 from qtsim.architecture import Architecture
 from qtsim.precision import get_precision
 from qtsim.profiles import HardwareProfile
+from qtsim.serving import bnb_version, serving_assumption
 from qtsim.simulator import GIB, Simulator, band
 from qtsim.trust import lookup_trust
+from qtsim.workload import BnbSettings
 
 SURE = 0.84  # a verdict is "likely" when at least this share of the draws agree
 
@@ -35,10 +38,22 @@ def _verdict(central_trapped: bool, share_trapped: float) -> str:
 
 def assess_trap(profile: HardwareProfile, arch: Architecture, precision: str, batch: int = 1,
                 new_tokens: int = 256, prompt_tokens: int = 128, trust_table: str | None = None,
-                policy: str = "linear", n_draws: int = 400, seed: int = 0) -> dict:
-    """The full trap report as a JSON-ready dict (keys documented in the README)."""
+                policy: str = "linear", n_draws: int = 400, seed: int = 0, host=None,
+                bnb: BnbSettings | None = None,
+                assumptions: budget.BudgetAssumptions | None = None) -> dict:
+    """The full trap report as a JSON-ready dict (keys documented in the README).
+
+    ``host``: the host/software part (name or file, :mod:`qtsim.hosts`); None = the profile's
+    own or the default host. ``bnb``: bitsandbytes settings (double quantisation, int8
+    threshold, 4-bit compute dtype), used for every figure including B* and N*;
+    ``assumptions``: PUE, grid intensity and GPU price behind the budget figures.
+    """
     prec = get_precision(precision)
-    sim = Simulator(profile, n_draws=n_draws, seed=seed)
+    bnb = bnb or BnbSettings()
+    assumptions = assumptions or budget.BudgetAssumptions()
+    sim = Simulator(profile, n_draws=n_draws, seed=seed, host=host, bnb=bnb)
+    profile = sim.profile
+    bnb.check([prec.name], profile)
     counts = arch.counts()
     native = profile.native
     args = (counts, prec.name, float(batch), float(new_tokens), float(prompt_tokens))
@@ -52,6 +67,8 @@ def assess_trap(profile: HardwareProfile, arch: Architecture, precision: str, ba
             "j_per_query_hli": _stat(c["j_per_query_hli"], dr["j_per_query_hli"]),
             "latency_s": _stat(c["latency_s"], dr["latency_s"]),
             "step_s": _stat(c["step_s"], dr["step_s"]),
+            "host_s": float(c["host_s"]), "device_s": float(c["device_s"]),
+            "binding": str(timeline.binding(c["host_s"], c["device_s"])),
             "avg_power_w": _stat(c["avg_power_w"], dr["avg_power_w"]),
             "peak_memory_gib": float(c["peak_bytes"]) / GIB,
             "fits": bool(c["fits"]),
@@ -97,8 +114,17 @@ def assess_trap(profile: HardwareProfile, arch: Architecture, precision: str, ba
             "p_trapped_energy": share_e, "p_trapped_time": share_t, "p_trapped_si": share_si,
             "fits_note": fits_note, "fits": fits["quantized"], "native_fits": fits["native"],
         },
+        "bitsandbytes": bnb.bnb_config(prec.name, profile),
         "quantized": side(q, qd),
         "native": side(n, nd),
+        "budget": {"assumptions": assumptions.to_dict(),
+                   "quantized": budget.figures(float(q["j_per_query"]), float(q["tok_per_s"]),
+                                               assumptions),
+                   "native": budget.figures(float(n["j_per_query"]), float(n["tok_per_s"]),
+                                            assumptions)},
+        "serving": {"framework": "transformers generate", "execution": "eager",
+                    "bitsandbytes_version": bnb_version(profile),
+                    "statement": serving_assumption(profile)},
         "ratios": {
             "energy": _stat(d["energy_ratio"], dd["energy_ratio"]),
             "energy_hli": float(d["energy_ratio_hli"]),
@@ -115,14 +141,24 @@ def assess_trap(profile: HardwareProfile, arch: Architecture, precision: str, ba
                "e_si": e_si, "s_si": s_si, "s_si_hli": s_si_hli, "si": si_q,
                "si_band": [float(x) for x in band(np.asarray(si_d).ravel())[1:]],
                "si_native": 1.0, "trust": trust.to_dict(),
+               "capped": False, "capping": si.CAPPING,
+               "si_capped": float(si.capped_si(t_si, e_si, s_si, policy=policy)),
+               "s_si_log": si.s_si_log_by_unit(float(n["j_per_query"]), float(q["j_per_query"])),
+               "carbon_kg_per_kwh": si.DEFAULT_CARBON_KG_PER_KWH,
                "energy_method": "power model (what an energy counter reads); s_si_hli uses the paper's HLI (TDP x latency)"},
+        "host": {"name": profile.host_name, "overlap": profile.overlap,
+                 "rule": ("asynchronous launches: host and device overlap between synchronisations "
+                          "(DESIGN sec. 2a)" if profile.overlap else
+                          "host and device are one processor: their times add")},
         "profile": {"name": profile.name, "source": profile.source,
                     "memory_gib": profile.memory_bytes / GIB,
                     "calibrated": calibrated, "priors": n_priors,
                     "date": profile.provenance.get("date", ""),
                     "device": profile.provenance.get("device", ""),
                     "location": profile.path or "",
-                    "uncertainty": f"{n_draws} Monte-Carlo draws of the profile's constants; bands are 16th-84th percentiles"},
+                    "uncertainty": (f"{n_draws} Monte-Carlo draws of the profile's constants plus the "
+                                    "model's own error; bands are 16th-84th percentiles"),
+                    "model_error": _model_error(sim)},
     }
     v = rep["verdict"]
     v["headline"] = fits_headline(rep)
@@ -135,6 +171,12 @@ def assess_trap(profile: HardwareProfile, arch: Architecture, precision: str, ba
 def _band(lo, hi, fmt=lambda x: f"{x:.3g}") -> str:
     """``[low, high]``: a comma, never a dash that a minus sign would run into."""
     return f"[{fmt(lo)}, {fmt(hi)}]"
+
+
+def _model_error(sim: Simulator) -> dict:
+    me = sim.model_error or {}
+    return {"source": me.get("source", "none"), "q68": me.get("q68", {}), "q95": me.get("q95", {}),
+            "rho": me.get("rho"), "basis": me.get("basis", "")}
 
 
 def _fmt(stat, unit="", digits=3):
@@ -177,7 +219,8 @@ def format_text(r: dict) -> str:
     lines = [fit_head] if fit_head else []
     lines += [
         f"{head} on energy: {p} vs {nat} for {qy['model']} on {qy['gpu']}, batch {qy['batch']}, "
-        f"{qy['new_tokens']} new tokens ({qy['prompt_tokens']}-token prompt)",
+        f"{qy['new_tokens']} new tokens ({qy['prompt_tokens']}-token prompt)"
+        + (f"; {_bnb_text(r['bitsandbytes'])}" if r.get("bitsandbytes") else ""),
         f"  energy  {v['energy']:<30s} J/query {p} {_fmt(qn['j_per_query'])} vs {nat} {_fmt(nt['j_per_query'])}"
         f"  ratio {_fmt(ra['energy'], 'x')}",
         f"  time    {v['time']:<30s} tok/s   {p} {_fmt(qn['tok_per_s'])} vs {nat} {_fmt(nt['tok_per_s'])}"
@@ -187,29 +230,89 @@ def format_text(r: dict) -> str:
         f"  COR {_fmt(ra['cor'])} (eq. 9)   HLI energy ratio {ra['energy_hli']:.3g}x (TDP x latency, the paper's method)",
         f"  B*  {_threshold_text(r['b_star'], 'batch')}   paper eq. 18: {r['paper']['b_star_eq18']:.3g} (eq. 19 is trapped above it)",
         f"  N*  {_threshold_text(r['n_star'], 'params')}",
+        f"  step    {p} {_step_text(qn)}; {nat} {_step_text(nt)}",
         f"  memory  {p} {qn['peak_memory_gib']:.1f} GiB, {nat} {nt['peak_memory_gib']:.1f} GiB",
     ]
+    if r.get("budget"):
+        lines.append(_budget_text(r["budget"], p, nat))
     t = r["si"]["trust"]
     lines.append(f"  trust: T_SI {t['t_si']:.3f} ({t['source']})")
     pr = r["profile"]
     src = ("calibrated" if pr["calibrated"] else f"{pr['source']}-derived with {pr['priors']} priors "
            "(wide bands; run `qtsim calibrate` on this GPU to narrow them)")
     lines.append(f"  profile: {pr['name']} ({src}; {pr['device']}, {pr['date']})")
-    lines.append("  [a, b] = 68% band from the profile's uncertainty; every figure is a prediction, not a measurement")
+    lines.append(f"  host: {r['host']['name']}")
+    if r.get("serving"):
+        lines.append(f"  {r['serving']['statement']}")
+    me = pr["model_error"]
+    lines.append(f"  SI pillars uncapped (paper: [0, 1]); capped SI {r['si']['si_capped']:.3f}; "
+                 f"eq. 5 log form S_SI {r['si']['s_si_log']['kgCO2e']:.3f} (kgCO2e), "
+                 f"{r['si']['s_si_log']['J']:.3f} (J): unit-dependent")
+    lines.append(f"  [a, b] = 68% band: the profile's uncertainty plus the model's own error "
+                 f"(+-{100 * me['q68'].get('latency_s', 0):.0f}% latency, {me['source']}); "
+                 "every figure is a prediction, not a measurement")
     return "\n".join(lines)
+
+
+def _bnb_text(cfg: dict) -> str:
+    """The BitsAndBytesConfig settings that apply, as the user would write them."""
+    keys = ("llm_int8_threshold", "bnb_4bit_use_double_quant", "bnb_4bit_compute_dtype")
+    return ", ".join(f"{k}={cfg[k]}" for k in keys if cfg.get(k) is not None)
+
+
+def _budget_text(b: dict, p: str, nat: str) -> str:
+    def one(f):
+        out = f"{f['kwh_per_million_queries']:.3g} kWh/M queries"
+        if f["gco2e_per_query"] is not None:
+            out += f", {f['gco2e_per_query']:.3g} gCO2e/query"
+        if f["usd_per_million_tokens"] is not None:
+            out += f", ${f['usd_per_million_tokens']:.3g}/M tokens"
+        return out
+
+    from qtsim.budget import BudgetAssumptions
+
+    a = b["assumptions"]
+    text = BudgetAssumptions(a["pue"], a["grid_gco2_per_kwh"], a["usd_per_hour"]).describe()
+    return f"  budget  {p} {one(b['quantized'])} vs {nat} {one(b['native'])}  ({text})"
+
+
+def _step_text(side: dict) -> str:
+    """'35.1 ms, host-bound (host 34.0 ms, device 20.8 ms)' for one decode step."""
+    return (f"{side['step_s']['value'] * 1e3:.3g} ms, {side['binding']} "
+            f"(host {side['host_s'] * 1e3:.3g} ms, device {side['device_s'] * 1e3:.3g} ms)")
 
 
 def _threshold_text(t: dict, unit: str) -> str:
     v = t["value"]
     lo, hi = t["band"]
-    fmt = (lambda x: f"{x:.3g}") if unit == "batch" else (lambda x: f"{x / 1e9:.3g}B")
+
+    def fmt(x):
+        if x == "inf":
+            return "above range"
+        if x is not None and x == 0:
+            return "below range"
+        return f"{x:.3g}" if unit == "batch" else f"{x / 1e9:.3g}B"
+
+    extra = ""
+    dr = t.get("draws")
+    if dr:
+        extra = f"; {100 * dr['p_no_crossing']:.0f}% of draws never cross"
+        if dr.get("p_multiple_crossings", 0) >= 0.005:
+            extra += f", {100 * dr['p_multiple_crossings']:.0f}% cross more than once"
+    if len(t.get("crossings", [])) > 1:
+        extra += "; crossings at " + ", ".join(f"{fmt(c['value'])} ({c['side']})" for c in t["crossings"])
+    mem = t.get("memory")
+    if mem and "fits_quantized" in mem:
+        extra += (f"; a model that size {'fits' if mem['fits_quantized'] else 'does NOT fit'} in "
+                  f"{mem['device_gib']:.0f} GiB at this precision (needs {mem['quantized_gib']:.0f} GiB; "
+                  f"largest that fits {fmt(mem['largest_fitting_quantized_params'])})")
+    b = f" {_band(lo, hi, fmt)}" if lo is not None and hi is not None else ""
     if t["kind"] in ("crossing", "reverse"):
-        b = f" {_band(lo, hi, fmt)}" if lo is not None and hi is not None else ""
         side = "trapped below" if t["kind"] == "crossing" else "trapped above"
         if "kernel switch" in t["reason"]:
             side += ": the verdict flips where bitsandbytes leaves its batch-1 GEMV kernel"
-        return f"{fmt(v)}{b} ({side})"
-    return f"none: {t['reason']}"
+        return f"{fmt(v)}{b} ({side}{extra})"
+    return f"none: {t['reason']}{b}{extra}"
 
 
 #: ``qtsim trap --format csv``: one row per configuration, always these columns in this order

@@ -21,7 +21,7 @@ def test_trap_json_keys_documented_in_readme():
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
     assert set(rep) == {"query", "verdict", "quantized", "native", "ratios", "b_star", "n_star",
-                        "paper", "si", "profile"}
+                        "paper", "si", "host", "profile", "bitsandbytes", "budget", "serving"}
     assert rep["query"]["batch"] == 4
     assert rep["quantized"]["j_per_query"]["low"] <= rep["quantized"]["j_per_query"]["value"]
     from pathlib import Path

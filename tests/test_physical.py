@@ -80,9 +80,10 @@ def test_paper_constants_reassemble_batch1_energy():
     for p in ("int8", "nf4"):
         pc = sim.paper_constants(c, p)
         bits = 8 if p == "int8" else 4
-        t = physical.step_time_s(c, p, 1.0, 0.0, prof.values())
-        e = physical.step_energy_j(t, physical.step_bytes(c, p, 1.0, 0.0),
-                                   physical.step_flops(c, 1.0, 0.0), prof.values(), prof.tdp_w)
+        v = sim.profile.values()  # device part + the default host part
+        st = physical.step_timelines(c, p, 1.0, 0.0, v, overlap=True)
+        e = physical.step_energy_j(st["step_s"], physical.step_bytes(c, p, 1.0, 0.0),
+                                   physical.step_flops(c, 1.0, 0.0), v, prof.tdp_w, st["device_s"])
         assert float(pc["gamma_j"] + pc["alpha_j_per_bit"] * bits + pc["phi_j"]) == pytest.approx(float(e))
 
 

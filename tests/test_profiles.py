@@ -7,7 +7,7 @@ from qtsim.priors import spec_profile, spec_rows
 from qtsim.profiles import list_profiles, load_profile, parse_profile, read_profile, write_profile
 
 SHIPPED = ["l4", "a100-40gb", "a100-80gb", "h100-sxm", "h100-pcie", "h200",
-           "rtx-pro-6000-blackwell", "b200"]
+           "rtx-pro-6000-blackwell", "b200", "rtx-4090"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -16,7 +16,8 @@ def test_shipped_profiles_load_and_flag_priors(name):
     assert p.source == "spec"
     assert p.hardware["sources"]
     priors = [k for k, v in p.physical.items() if v.source == "prior"]
-    assert "t_call_nf4_b1_s" in priors and "t_layer_s" in priors
+    assert "t_call_nf4_b1_s" in priors and "t_kernel_s" in priors
+    assert not any(k.startswith("h_") for k in p.physical)  # device part only: hosts are separate
     for k in priors:
         assert p.physical[k].basis, f"{k} has no basis"
         if p.physical[k].value:
@@ -60,8 +61,8 @@ def test_user_directory_searched_first(tmp_path, monkeypatch):
     (lambda t: t.replace("schema_version = 1", "schema_version = 9"), "schema_version"),
     (lambda t: t.replace('name = "l4"', ""), "lacks 'name'"),
     (lambda t: t.replace("tdp_w = 72.0", "tdp_w = -72.0"), "tdp_w"),
-    (lambda t: t.replace("value = 240.0", "value = nan"), "finite"),
-    (lambda t: t.replace("[physical.t_step_s]", "[physical.t_step_sX]"), "lacks t_step_s"),
+    (lambda t: t.replace("[physical.mem_bw_gbs]\nvalue = ", "[physical.mem_bw_gbs]\nvalue = nan #"), "finite"),
+    (lambda t: t.replace("[physical.p_static_w]", "[physical.p_static_wX]"), "lacks p_static_w"),
     (lambda t: t.replace("[physical.t_call_fp16_s]", "[physical.t_call_fp16X_s]")
      .replace("[physical.t_call_bf16_s]", "[physical.t_call_bf16X_s]"), "native fp16 path"),
     (lambda t: t[: len(t) // 2] + "[[[", "not valid TOML"),

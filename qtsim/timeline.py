@@ -1,0 +1,105 @@
+"""Host and device timelines of one decoding step, composed by the asynchronous rule.
+
+DESIGN.md sec. 2a. On a CUDA GPU the host issues kernels asynchronously: kernel i starts when
+the host has issued it and the device has finished kernel i-1. For the n operations between two
+synchronisations, with host costs h_i and device costs d_i, the segment takes
+
+    T = max_k ( h_1 + ... + h_k + d_k + ... + d_n )                                   (2a.1)
+
+which lies between max(sum h, sum d) and sum h + sum d. A synchronisation (a read-back to the
+host: ``.item()``, ``nonzero``, a Python ``if tensor.any():``) makes the host wait for the device,
+so segments add. On a CPU host and device are one thread and every operation adds
+(``overlap=False``: T = sum h + sum d).
+
+A decoder step is periodic: ``pre`` (embedding, rotary tables, masks), L identical layers of m
+blocks, ``post`` (final norm, lm_head, HF ``generate``'s logits processing and stopping test,
+which synchronises once per step). A *block* is the run of operations up to and including one
+linear call (q, k, v, o, gate, up, down) and a tail; grouping operations into blocks keeps the
+closed form exact at block granularity. For layers without a synchronisation inside them, (2a.1)
+over the whole step reduces to three candidates (the maximising k lies in ``pre``, in a layer,
+or in ``post``):
+
+    T = max( h_pre + d_pre + L D + d_post,
+             h_pre + (L - 1) max(H, D) + M_1 + d_post,
+             h_pre + L H + h_post + d_post )                                          (2a.2)
+
+with H, D one layer's host and device sums and M_1 = max_k (P_k + S_k) the one-layer term of
+(2a.1) (P prefix host sums, S suffix device sums). A layer whose blocks synchronise is split
+into segments starting at each synchronising block; segments add (2a.1 each). Everything is
+vectorised: block arrays carry the block axis last and broadcast with any grid in front.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def segment_s(h, d):
+    """Time of one segment between synchronisations, eq. (2a.1), s.
+
+    ``h``, ``d``: host and device costs of the segment's blocks, block axis last.
+    """
+    h = np.asarray(h, float)
+    d = np.asarray(d, float)
+    prefix_h = np.cumsum(h, axis=-1)
+    suffix_d = np.flip(np.cumsum(np.flip(d, axis=-1), axis=-1), axis=-1)
+    return np.max(prefix_h + suffix_d, axis=-1)
+
+
+def synced_layer_s(h, d, sync):
+    """One layer whose blocks ``sync`` (bool, block axis last) start new segments, s.
+
+    Blocks are rotated so that the layer starts at its first synchronising block (the layer
+    before ends where this one's first synchronisation begins); each segment runs (2a.1).
+    ``sync`` is one pattern for all grid points (it comes from the code path, not the sizes).
+    """
+    sync = np.asarray(sync, bool)
+    first = int(np.argmax(sync))
+    order = np.r_[first:sync.size, 0:first]
+    h = np.asarray(h, float)[..., order]
+    d = np.asarray(d, float)[..., order]
+    starts = np.flatnonzero(sync[order])
+    bounds = list(starts) + [sync.size]
+    return sum(segment_s(h[..., a:b], d[..., a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True))
+
+
+def step_s(h_pre, d_pre, h_layer, d_layer, n_layers, h_post, d_post, *, sync=None,
+           overlap: bool = True):
+    """Wall time of one decoding step from its host and device timelines, s.
+
+    Parameters
+    ----------
+    h_pre, d_pre, h_post, d_post : host / device time before the first layer and after the
+        last one (``post`` ends with the step's synchronisation), s
+    h_layer, d_layer : host / device time of each block of one layer, block axis last, s
+    n_layers : L, layers per step (any broadcastable shape; fractional for synthetic families)
+    sync : bool per block, True where a block synchronises with the device (None: none do)
+    overlap : False on a CPU (host and device are the same thread: everything adds)
+
+    Returns
+    -------
+    dict with ``step_s`` and the two timelines' totals ``host_s`` and ``device_s`` (what the
+    step would take on either side alone), all s.
+    """
+    h_layer = np.asarray(h_layer, float)
+    d_layer = np.asarray(d_layer, float)
+    big_h = h_layer.sum(axis=-1)
+    big_d = d_layer.sum(axis=-1)
+    host = h_pre + n_layers * big_h + h_post
+    device = d_pre + n_layers * big_d + d_post
+    if not overlap:
+        return {"step_s": host + device, "host_s": host, "device_s": device}
+    if sync is not None and np.any(sync):
+        t = h_pre + d_pre + n_layers * synced_layer_s(h_layer, d_layer, sync) + h_post + d_post
+    else:
+        m1 = segment_s(h_layer, d_layer)
+        t = np.maximum(np.maximum(
+            h_pre + d_pre + n_layers * big_d + d_post,
+            h_pre + np.maximum(n_layers - 1.0, 0.0) * np.maximum(big_h, big_d) + m1 + d_post),
+            host + d_post)
+    return {"step_s": t, "host_s": host, "device_s": device}
+
+
+def binding(host_s, device_s):
+    """'host-bound' where the host timeline is the longer one, else 'device-bound'."""
+    return np.where(np.asarray(host_s) > np.asarray(device_s), "host-bound", "device-bound")
