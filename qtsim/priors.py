@@ -202,10 +202,25 @@ def refit_public(outdir: str | Path) -> list[Path]:
     return written
 
 
-if __name__ == "__main__":  # pragma: no cover - maintenance entry point
-    target = sys.argv[1] if len(sys.argv) > 1 else "hardware_profiles"
-    if "--refit" in sys.argv:
-        for f in refit_public(target):
+def main(argv=None) -> None:
+    """``python -m qtsim.priors [OUTDIR] [--refit]``: regenerate the spec-derived profiles."""
+    import argparse
+
+    ap = argparse.ArgumentParser(
+        prog="python -m qtsim.priors",
+        description="Write the spec-derived hardware profiles (one TOML per row of "
+                    "data/reference/gpu_specs.csv) into OUTDIR.")
+    ap.add_argument("outdir", nargs="?", default="hardware_profiles",
+                    help="folder to write (default: hardware_profiles)")
+    ap.add_argument("--refit", action="store_true",
+                    help="first refit the published rows (public_fit.toml and OUTDIR/hosts)")
+    args = ap.parse_args(argv)
+    if args.refit:
+        for f in refit_public(args.outdir):
             print(f)
-    for f in write_spec_profiles(target):
+    for f in write_spec_profiles(args.outdir):
         print(f)
+
+
+if __name__ == "__main__":  # pragma: no cover - maintenance entry point
+    main(sys.argv[1:])

@@ -326,6 +326,9 @@ def parse_profile(text: str, where: str = "profile") -> HardwareProfile:
         v = hw[key]
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not (v > 0) or math.isinf(v):
             _fail(where, f"[hardware] {key} must be a positive number, got {v!r}")
+    for key, v in hw.items():  # nan or inf anywhere in [hardware] is a broken file, not a value
+        if isinstance(v, float) and not math.isfinite(v):
+            _fail(where, f"[hardware] {key} must be a finite number, got {v!r}")
     prov = doc.get("provenance", {})
     if prov.get("source", "spec") not in ("spec", "calibrated", "published"):
         _fail(where, f"[provenance] source must be spec, calibrated or published, got {prov.get('source')!r}")
@@ -383,6 +386,9 @@ def _candidates():
     """(origin, name, loader) for every profile, user ones first."""
     out = []
     udir = user_profile_dir()
+    if udir.exists() and not udir.is_dir():
+        raise ProfileError(f"{udir}: the user profile directory (QTSIM_PROFILE_DIR or "
+                           "~/.config/qtsim/profiles) is a file, not a directory")
     if udir.is_dir():
         for f in sorted(udir.glob("*.toml")):
             out.append(("user", f.stem, str(f), lambda f=f: read_profile(f)))
@@ -422,21 +428,29 @@ def list_profiles() -> list[dict]:
 
 def load_profile(name: str | None = None, path: str | None = None) -> HardwareProfile:
     """A profile by ``path``, or by hardware name or alias (user directory searched first)."""
+    if path and name:
+        raise ProfileError(f"give --gpu or --profile, not both (--gpu {name} --profile {path})")
     if path:
         return read_profile(path)
     if not name:
         raise ProfileError("give a GPU name (--gpu) or a profile file (--profile)")
     key = name.lower()
     names = []
-    for _origin, stem, _where, load in _candidates():
+    cands = _candidates()
+    first = {}  # stem -> the candidate that wins it (a user file shadows a shipped one)
+    for cand in cands:
+        first.setdefault(cand[1].lower(), cand)
+    for _origin, stem, _where, _load in cands:
         names.append(stem)
         if key == stem.lower():
-            return load()
-    for _origin, _stem, where, load in _candidates():
+            return first[stem.lower()][3]()
+    for _origin, stem, where, _load in cands:
         text = Path(where).read_text() if not where.startswith("shipped:") else \
             (resources.files("qtsim.hardware_profiles") / where.split(":", 1)[1]).read_text()
         if key in (a.lower() for a in _aliases_of(text)):
-            return load()
+            # the file that owns this stem, even when it is broken: a broken user profile is an
+            # error, never silently replaced by the shipped one it shadows
+            return first[stem.lower()][3]()
     raise UnknownNameError(f"unknown GPU {name!r}{suggest(name, set(names))}; "
                            "`qtsim profiles list` shows them, --profile FILE loads any file")
 
@@ -455,6 +469,11 @@ def atomic_write_text(text: str, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes 0600 files; a profile is meant to be shared (a team reads one file), so
+        # give it the mode any new file gets under the user's umask (0644 under the usual 022)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
             fh.flush()
