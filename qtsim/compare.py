@@ -16,14 +16,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from qtsim import budget
+from qtsim import budget, verdicts
 from qtsim.architecture import Architecture
 from qtsim.errors import QtsimError
 from qtsim.precision import get_precision
 from qtsim.profiles import HardwareProfile
 from qtsim.serving import serving_assumption
 from qtsim.simulator import GIB, Simulator, band
-from qtsim.trap import _verdict
 from qtsim.workload import BnbSettings
 
 #: column -> (header, unit, format, True when smaller is better: the default sort direction)
@@ -137,8 +136,9 @@ def compare(profiles: Sequence[HardwareProfile], arch: Architecture, batch: int 
         nat = sim.evaluate(*args)
         for p in precs:
             q, n, d = sim.compare(counts, p, float(batch), float(new_tokens), float(prompt_tokens))
-            qd, _, dd = sim.compare(counts, p, float(batch), float(new_tokens),
+            qd, nd, _ = sim.compare(counts, p, float(batch), float(new_tokens),
                                     float(prompt_tokens), draws=True)
+            share = float(np.mean(verdicts.costs_more(qd["j_per_query"], nd["j_per_query"])))
             quant = get_precision(p).quantized
             fits, nat_fits = bool(q["fits"]), bool(nat["fits"])
             if not fits:
@@ -148,7 +148,8 @@ def compare(profiles: Sequence[HardwareProfile], arch: Architecture, batch: int 
             elif not nat_fits:
                 verdict = f"only option ({prof.native} does not fit)"
             else:
-                verdict = _verdict(bool(d["delta_j"] > 0), float(np.mean(dd["delta_j"] > 0)))
+                verdict = verdicts.verdict(
+                    bool(verdicts.costs_more(q["j_per_query"], n["j_per_query"])), share)
             j = float(q["j_per_query"])
             _, j_lo, j_hi = band(qd["j_per_query"])
             fig = budget.figures(j, float(q["tok_per_s"]), price)
@@ -160,7 +161,7 @@ def compare(profiles: Sequence[HardwareProfile], arch: Architecture, batch: int 
                 **fig,
                 "energy_ratio": float(d["energy_ratio"]) if quant else 1.0,
                 "verdict": verdict,
-                "p_trapped_energy": float(np.mean(dd["delta_j"] > 0)) if quant else 0.0,
+                "p_trapped_energy": share if quant else 0.0,
                 "profile_source": prof.source,
             })
     query = {"model": arch.name, "model_params": arch.n_params, "batch": int(batch),

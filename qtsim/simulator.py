@@ -24,6 +24,7 @@ from qtsim.thresholds import (  # noqa: F401  (BAND, GIB, KIND_NAMES, crossing: 
     crossing,
     nan_percentiles,
 )
+from qtsim.verdicts import json_number, ratios
 from qtsim.workload import BnbSettings
 
 
@@ -84,13 +85,7 @@ def _draw_stats(r: dict, prefix: str, n_draws: int) -> dict:
     return out
 
 
-def _num(x):
-    x = float(x)
-    if np.isnan(x):
-        return None
-    if np.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return x
+_num = json_number
 
 
 class Simulator:
@@ -198,14 +193,7 @@ class Simulator:
         ref = self.profile.native if get_precision(precision).quantized else ref
         q = self.evaluate(counts, precision, batch, new_tokens, prompt_tokens, draws, double_quant)
         n = self.evaluate(counts, ref, batch, new_tokens, prompt_tokens, draws)
-        derived = {
-            "cor": paper.cor_from_latency(q["step_s"], n["step_s"]),
-            "energy_ratio": q["j_per_query"] / n["j_per_query"],
-            "energy_ratio_hli": q["j_per_query_hli"] / n["j_per_query_hli"],
-            "speed_ratio": q["tok_per_s"] / n["tok_per_s"],
-            "delta_j": q["j_per_query"] - n["j_per_query"],
-        }
-        return q, n, derived
+        return q, n, ratios(q, n)
 
     # ---- thresholds --------------------------------------------------------------------------
     def batch_limit(self, counts: ArchCounts, precision: str, new_tokens, prompt_tokens) -> float:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from qtsim import paper
+from qtsim import paper, verdicts
 from qtsim import sustainability as si
 from qtsim.architecture import ArchCounts, Architecture
 from qtsim.errors import QtsimError
@@ -175,15 +175,7 @@ def size_label(family: str, n_params: float) -> str:
 
 
 # ---- grid evaluation ----------------------------------------------------------------------------
-def derived(q: dict, n: dict) -> dict:
-    """COR (eq. 9, from step times), energy, HLI and speed ratios, delta J: as Simulator.compare."""
-    return {
-        "cor": paper.cor_from_latency(q["step_s"], n["step_s"]),
-        "energy_ratio": q["j_per_query"] / n["j_per_query"],
-        "energy_ratio_hli": q["j_per_query_hli"] / n["j_per_query_hli"],
-        "speed_ratio": q["tok_per_s"] / n["tok_per_s"],
-        "delta_j": q["j_per_query"] - n["j_per_query"],
-    }
+derived = verdicts.ratios  # COR (eq. 9), energy, HLI and speed ratios, delta J
 
 
 def pillars(q: dict, n: dict, t_si, policy: str = "linear", weights=si.DEFAULT_WEIGHTS) -> dict:
@@ -345,11 +337,11 @@ def _evaluate_precision(sim, counts, family, p, i, b, b_all, nat, nat_d, first, 
     for k, v in pil.items():
         put(k, v)
     trapped = {
-        "trapped_energy": d["delta_j"] > 0,
-        "trapped_energy_hli": q["j_per_query_hli"] > ref["j_per_query_hli"],
-        "trapped_energy_paper": pap["j_per_query_paper"] > pap_n * (1 + 1e-12),
-        "trapped_time": d["speed_ratio"] < 1,
-        "trapped_si": pil["si"] < 1 - 1e-12,
+        "trapped_energy": verdicts.costs_more(q["j_per_query"], ref["j_per_query"]),
+        "trapped_energy_hli": verdicts.costs_more(q["j_per_query_hli"], ref["j_per_query_hli"]),
+        "trapped_energy_paper": verdicts.costs_more(pap["j_per_query_paper"], pap_n * (1 + 1e-12)),
+        "trapped_time": verdicts.slower(d["speed_ratio"]),
+        "trapped_si": verdicts.si_trapped(pil["si"]),
     }
     for k, v in trapped.items():
         put(k, np.asarray(v, np.uint8))
@@ -390,11 +382,12 @@ def _evaluate_precision(sim, counts, family, p, i, b, b_all, nat, nat_d, first, 
             put(f"{k}_low", lo)
             put(f"{k}_high", hi)
         shares = {
-            "p_trapped_energy": dd["delta_j"] > 0,
-            "p_trapped_energy_hli": qd["j_per_query_hli"] > rd["j_per_query_hli"],
-            "p_trapped_energy_paper": papd["j_per_query_paper"] > papd["j_native"] * (1 + 1e-12),
-            "p_trapped_time": dd["speed_ratio"] < 1,
-            "p_trapped_si": pd["si"] < 1 - 1e-12,
+            "p_trapped_energy": verdicts.costs_more(qd["j_per_query"], rd["j_per_query"]),
+            "p_trapped_energy_hli": verdicts.costs_more(qd["j_per_query_hli"], rd["j_per_query_hli"]),
+            "p_trapped_energy_paper": verdicts.costs_more(papd["j_per_query_paper"],
+                                                          papd["j_native"] * (1 + 1e-12)),
+            "p_trapped_time": verdicts.slower(dd["speed_ratio"]),
+            "p_trapped_si": verdicts.si_trapped(pd["si"]),
         }
         for k, v in shares.items():
             put(k, np.mean(v, axis=0) if quant else np.zeros(np.shape(v)[1:]))
@@ -601,7 +594,7 @@ def trap_map(profile: HardwareProfile, arch: Architecture, precision: str, sizes
     dj = q["j_per_query"] - n["j_per_query"]
     bn, bk = crossing(b, dj)
     nb, nk = crossing(s, dj.T)
-    out = {"sizes": s, "batches": b, "delta_j": dj, "trapped": dj > 0,
+    out = {"sizes": s, "batches": b, "delta_j": dj, "trapped": verdicts.costs_more(dj, 0.0),
            "energy_ratio": q["j_per_query"] / n["j_per_query"],
            "b_star_of_n": bn, "b_star_kind": bk, "n_star_of_b": nb, "n_star_kind": nk,
            "native_fits": np.asarray(n["fits"], bool), "fits": np.asarray(q["fits"], bool),

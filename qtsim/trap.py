@@ -18,22 +18,13 @@ from qtsim.profiles import HardwareProfile
 from qtsim.serving import bnb_version, serving_assumption
 from qtsim.simulator import GIB, Simulator, band
 from qtsim.trust import lookup_trust
+from qtsim.verdicts import costs_more, si_trapped, slower, verdict
 from qtsim.workload import BnbSettings
-
-SURE = 0.84  # a verdict is "likely" when at least this share of the draws agree
 
 
 def _stat(central, draws):
     med, lo, hi = band(np.asarray(draws).ravel())
     return {"value": float(np.asarray(central)), "low": float(lo), "high": float(hi)}
-
-
-def _verdict(central_trapped: bool, share_trapped: float) -> str:
-    if central_trapped and share_trapped >= SURE:
-        return "trapped"
-    if not central_trapped and share_trapped <= 1 - SURE:
-        return "not trapped"
-    return "likely trapped (uncertain)" if central_trapped else "likely not trapped (uncertain)"
 
 
 def assess_trap(profile: HardwareProfile, arch: Architecture, precision: str, batch: int = 1,
@@ -85,9 +76,9 @@ def assess_trap(profile: HardwareProfile, arch: Architecture, precision: str, ba
     e_si_d = si.e_si(qd["tok_per_s"] / nd["tok_per_s"], nd["peak_bytes"] / qd["peak_bytes"])
     si_d = si.sustainability_index(t_si, e_si_d, nd["j_per_query"] / qd["j_per_query"], policy=policy)
 
-    share_e = float(np.mean(dd["delta_j"] > 0))
-    share_t = float(np.mean(dd["speed_ratio"] < 1))
-    share_si = float(np.mean(si_d < 1.0))
+    share_e = float(np.mean(costs_more(qd["j_per_query"], nd["j_per_query"])))
+    share_t = float(np.mean(slower(dd["speed_ratio"])))
+    share_si = float(np.mean(si_trapped(si_d)))
     pc = sim.paper_constants(counts, prec.name)
     b_star = sim.b_star(counts, prec.name, new_tokens, prompt_tokens, draws=True)
     n_star = sim.n_star(arch, prec.name, batch, new_tokens, prompt_tokens, draws=True)
@@ -108,9 +99,9 @@ def assess_trap(profile: HardwareProfile, arch: Architecture, precision: str, ba
                   "native": native, "batch": batch, "new_tokens": new_tokens,
                   "prompt_tokens": prompt_tokens, "model_params": arch.n_params},
         "verdict": {
-            "energy": _verdict(bool(d["delta_j"] > 0), share_e),
-            "time": _verdict(bool(d["speed_ratio"] < 1), share_t),
-            "si": _verdict(bool(si_q < 1.0), share_si),
+            "energy": verdict(bool(costs_more(q["j_per_query"], n["j_per_query"])), share_e),
+            "time": verdict(bool(slower(d["speed_ratio"])), share_t),
+            "si": verdict(bool(si_trapped(si_q)), share_si),
             "p_trapped_energy": share_e, "p_trapped_time": share_t, "p_trapped_si": share_si,
             "fits_note": fits_note, "fits": fits["quantized"], "native_fits": fits["native"],
         },
