@@ -60,7 +60,7 @@ def require_ray():
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -287,7 +287,7 @@ class Manifest:
                 doc["slots"].setdefault(s.name, {"gpu": s.gpu, "status": "pending"})
             m = cls(out, doc)
         else:
-            stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+            stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S")
             doc = {"schema": SCHEMA, "kind": kind, "campaign": f"{kind}-{stamp}-{os.getpid()}",
                    "created": _now(), "settings": settings,
                    "slots": {s.name: {"gpu": s.gpu, "status": "pending"} for s in slots}}

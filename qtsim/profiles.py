@@ -18,12 +18,12 @@ import math
 import os
 import re
 import tempfile
+import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
-import tomllib
 
 from qtsim.errors import ProfileError, UnknownNameError, suggest
 from qtsim.physical import GLOBAL_PARAMS, path_param_names, resolve_path

@@ -11,11 +11,11 @@ Pure functions over pandas frames; no torch. Plots live in :func:`plot_validatio
 from __future__ import annotations
 
 import math
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import tomllib
 
 from qtsim import paper, physical
 from qtsim.architecture import from_config
