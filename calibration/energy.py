@@ -32,7 +32,6 @@ NVML_COUNTER_UPDATE_S = 0.1  # the total-energy counter updates about every 100 
 POWER_CEILING_FACTOR = 1.5  # average power above 1.5 x TDP is implausible
 CPU_TDP_W_PER_LOGICAL_CORE = 7.5  # assumption for the CPU HLI anchor when no TDP is given
 
-_trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 has only trapz
 
 
 @dataclass(frozen=True)
@@ -333,7 +332,7 @@ class NvmlPowerPoller(Meter):
         if len(samples) < 2:
             return MeterReading(None, (f"{self.name}: fewer than 2 power samples",),
                                 samples=samples)
-        energy_j = float(_trapezoid(samples[:, 1], samples[:, 0]))
+        energy_j = float(np.trapezoid(samples[:, 1], samples[:, 0]))
         span_s = float(samples[-1, 0] - samples[0, 0])
         notes: tuple[str, ...] = ()
         source = getattr(self.gpu, "power_source", None)

@@ -432,3 +432,44 @@ def estimate_plan_s(plan: list, device) -> float:
     builds = {p.model_key() for p in plan if isinstance(p, DecodeSpec)}
     return float(sum(p.estimate_s(device) for p in plan)
                  + len(builds) * MODEL_BUILD_S.get(device.backend, 10.0))
+
+
+TINY_SHAPES = ((256, 256), (512, 1024), (1024, 1024))
+TINY_BATCHES = (1, 4, 16)
+TINY_DECODE_BATCHES = (1, 3)
+
+
+def tiny_plan(device, *, reps: int = 2, new_tokens: int = 16, min_window_s: float = 0.03,
+              decode_reps: int = 2) -> list:
+    """The smallest plan that still fits a whole profile: seconds, for tests and fleet smoke
+    runs (``qtsim fleet calibrate --plan tiny``), not for decisions.
+
+    Linear probes over the 16-bit path(s), int8 and nf4 at 3 small shapes x batches 1, 4, 16
+    (short windows), and decodes of :data:`TINY_QWEN3_CONFIG` and its twice-as-deep twin
+    (two depths separate per-step from per-layer cost) in fp16, int8 and nf4 at batches 1
+    and 3. No idle, bandwidth or GEMM probes: the fit does not use them.
+    """
+    sixteen = _sixteen_bit(device)
+    window = min_window_s if device.backend == "cpu" else max(min_window_s, 0.3)
+    plan: list = linear_grid(device, (*sixteen, "int8", "nf4"), TINY_SHAPES, TINY_BATCHES,
+                             reps=reps, min_window_s=window)
+    for name, cfg in _decode_archs(TINY_QWEN3_CONFIG, "tiny-qwen3")[:2]:
+        plan += decode_grid(name, cfg, ("fp16", "int8", "nf4"), TINY_DECODE_BATCHES,
+                            prompt_len=16, new_tokens=new_tokens, reps=decode_reps,
+                            min_window_s=None if device.backend == "cpu" else 0.5)
+    return plan
+
+
+PLANS = ("tiny", "quick", "full")
+
+
+def named_plan(name: str, device) -> list:
+    """``tiny`` (:func:`tiny_plan`), ``quick`` (:func:`quick_plan`) or ``full``
+    (:func:`full_plan`) for ``device``."""
+    from qtsim.errors import QtsimError
+
+    if name not in PLANS:
+        raise QtsimError(f"unknown plan {name!r} (choose from {', '.join(PLANS)})")
+    if name == "tiny":
+        return tiny_plan(device)
+    return calibration_plan(device, quick=name == "quick")

@@ -42,7 +42,7 @@ _JSON_ATTRS = "_json_attrs"
 
 def now_iso() -> str:
     """The current UTC time as an ISO 8601 string."""
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
 
 
 def make_point_id(kind: str, *parts: Any) -> str:

@@ -115,6 +115,13 @@ def run_plan(points: list, store: RawStore, device, monitor, progress: bool = Tr
                     result = skip_on_oom(exc, device, spec.base_attrs(ctx), pid)
                 store.append(pid, result.attrs, result.datasets)
                 (report.skipped if result.status != "ok" else report.measured).append(pid)
+    except KeyboardInterrupt:
+        kept = len(report.measured) + len(report.skipped) + len(report.resumed)
+        how = ("add --resume to the same command to continue where it stopped"
+               if purpose == "calibration" else "points already stored are not measured again")
+        click.echo(f"\ninterrupted: {kept} of {len(ids)} points are stored in {store.path}; {how}",
+                   err=True)
+        raise
     finally:
         ctx.drop_model()
         report.finished = now_iso()

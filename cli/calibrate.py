@@ -48,6 +48,40 @@ def fit(raw, out, name, host_part, lumped):
     _report_fit(prof, result, out)
 
 
+def _check_gpu_name(gpu: str) -> None:
+    """An unknown --gpu is a naming mistake: say so before looking for CUDA."""
+    from qtsim.calibration.device import GPU_ALIASES, KNOWN_GPU_NAMES
+    from qtsim.errors import UnknownNameError, suggest
+
+    key = gpu.strip().lower()
+    known = {"cpu", "cuda", "gpu", "auto", *KNOWN_GPU_NAMES, *GPU_ALIASES}
+    if key not in known:
+        raise UnknownNameError(
+            f"unknown GPU {gpu!r}{suggest(gpu, known)}; calibrate takes a known GPU name "
+            "(qtsim profiles list), 'cuda' for whatever GPU is visible, or 'cpu'")
+
+
+def _same_threads_on_resume(raw, cpu_threads) -> None:
+    """A resumed CPU calibration keeps the thread count its stored points were measured with."""
+    import torch
+
+    from qtsim.calibration.raw import RawStore
+    from qtsim.errors import QtsimError
+
+    stored = next((int(p.attrs["torch_threads"]) for p in RawStore(raw, readonly=True).points()
+                   if p.attrs.get("torch_threads")), None)
+    if stored is None:
+        return
+    if cpu_threads is None:
+        torch.set_num_threads(stored)
+        click.echo(f"resuming with {stored} torch threads, as the stored points were measured",
+                   err=True)
+    elif cpu_threads != stored:
+        raise QtsimError(f"{raw} was measured with {stored} torch threads; resuming with "
+                         f"--cpu-threads {cpu_threads} would mix the two in one fit: resume with "
+                         f"--cpu-threads {stored}, or start a new --out")
+
+
 @click.command()
 @click.option("--gpu",
               help="What to calibrate: a GPU name matching the detected device (h100, h200, a100-80gb, l4, ...) or 'cpu'.")
@@ -103,12 +137,17 @@ def calibrate(gpu, host_only, quick, out_dir, name, resume, tdp_w, cpu_threads, 
         return _calibrate_host(out_dir, name, resume, cpu_threads, install, no_progress)
     if not gpu:
         raise click.UsageError("--gpu is required (or --host for the host part only)")
+    _check_gpu_name(gpu)
+    if cpu_threads is not None and gpu.strip().lower() != "cpu":
+        raise QtsimError("--cpu-threads applies to --gpu cpu only")
     device = detect_device(gpu, cpu_threads=cpu_threads)
     name = name or device.name
     out = Path(out_dir)
     raw = out / f"{name}-calibration.h5"
     if raw.exists() and not resume:
         raise QtsimError(f"{raw} exists: pass --resume to continue it, or choose another --out")
+    if raw.exists() and device.backend == "cpu":
+        _same_threads_on_resume(raw, cpu_threads)
     out.mkdir(parents=True, exist_ok=True)
     monitor = EnergyMonitor(device, tdp_w=tdp_w if device.backend == "cpu" else None)
     plan = calibration_plan(device, quick=quick, rotate=False if no_rotate else None)

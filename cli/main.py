@@ -18,12 +18,14 @@ from qtsim.errors import QtsimError
 
 COMMANDS = {
     "trap": ("qtsim.cli.trap", "trap", "Will quantizing trap us? Verdicts, J/query, tok/s, COR, B*, N*, SI."),
-    "profiles": ("qtsim.cli.profiles", "profiles", "List and show hardware profiles."),
+    "compare": ("qtsim.cli.compare", "compare", "One model at one batch across GPUs x precisions: tok/s, J/query, kWh, $, verdicts."),
+    "profiles": ("qtsim.cli.profiles", "profiles", "List, show and create (new) hardware profiles."),
     "models": ("qtsim.cli.profiles", "models", "List shipped model architectures and their counts."),
     "calibrate": ("qtsim.cli.calibrate", "calibrate", "Measure this GPU (or CPU) and write a hardware profile."),
     "fit": ("qtsim.cli.calibrate", "fit", "Refit a profile from recorded raw HDF5 (no torch needed)."),
     "validate": ("qtsim.cli.validate", "validate", "Held-out full decoding runs vs the simulator's predictions."),
     "simulate": ("qtsim.cli.simulate", "simulate", "Evaluate the model over whole grids into HDF5/CSV, with plots."),
+    "fleet": ("qtsim.cli.fleet", "fleet", "Calibrate/validate every node of a GPU fleet on Ray; chunk big grids (qtsim[fleet])."),
     "reproduce": ("qtsim.cli.reproduce", "reproduce", "Recompute the paper's worked examples and figures."),
 }
 

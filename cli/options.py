@@ -43,3 +43,66 @@ def profile_options(f):
                      help="Load this profile TOML instead of looking --gpu up.")(f)
     f = click.option("--gpu", help="Hardware profile name or alias (see `qtsim profiles list`).")(f)
     return f
+
+
+# ---- bitsandbytes settings and budget assumptions (shared by trap, compare, simulate, validate) --
+def bnb_options(f):
+    """--double-quant, --int8-threshold, --compute-dtype (BitsAndBytesConfig's three knobs).
+
+    Values are checked by :class:`qtsim.workload.BnbSettings` (one-line error, exit 2)."""
+    f = click.option("--compute-dtype", "compute_dtype", metavar="fp16|bf16|fp32",
+                     help="4-bit compute dtype (bnb_4bit_compute_dtype); default the profile's "
+                          "(its native dtype).")(f)
+    f = click.option("--int8-threshold", "int8_threshold", metavar="6|0",
+                     help="LLM.int8() outlier threshold (llm_int8_threshold): 6 (default: outlier "
+                          "columns in fp16) or 0 (no outlier decomposition).")(f)
+    f = click.option("--double-quant", "double_quant", is_flag=True,
+                     help="NF4/FP4 with double quantisation of the scales "
+                          "(bnb_4bit_use_double_quant; QLoRA's default).")(f)
+    return f
+
+
+def bnb_settings(double_quant=False, int8_threshold=None, compute_dtype=None):
+    """A :class:`qtsim.workload.BnbSettings` from the options of :func:`bnb_options`."""
+    from qtsim.workload import DEFAULT_INT8_THRESHOLD, BnbSettings
+
+    t = DEFAULT_INT8_THRESHOLD if int8_threshold is None else int8_threshold
+    if isinstance(t, str):
+        t = _number(t, "--int8-threshold")
+    return BnbSettings(bool(double_quant), t, compute_dtype)
+
+
+def budget_options(f):
+    """--pue, --grid-gco2-per-kwh, --usd-per-hour: the assumptions behind budget figures."""
+    f = click.option("--usd-per-hour", "usd_per_hour", metavar="USD",
+                     help="GPU price per hour (rental or amortised): adds $ per million tokens.")(f)
+    f = click.option("--grid-gco2-per-kwh", "grid_gco2_per_kwh", metavar="G",
+                     help="Grid carbon intensity, gCO2e/kWh: adds gCO2e per query.")(f)
+    f = click.option("--pue", metavar="PUE", default="1.0", show_default=True,
+                     help="Facility power usage effectiveness (>= 1); 1 = GPU board energy only.")(f)
+    return f
+
+
+def budget_assumptions(pue="1.0", grid_gco2_per_kwh=None, usd_per_hour=None):
+    """A :class:`qtsim.budget.BudgetAssumptions` from the options of :func:`budget_options`."""
+    from qtsim.budget import BudgetAssumptions
+
+    def opt(v, name):
+        return None if v is None else _number(v, name)
+
+    return BudgetAssumptions(_number(pue, "--pue"), opt(grid_gco2_per_kwh, "--grid-gco2-per-kwh"),
+                             opt(usd_per_hour, "--usd-per-hour"))
+
+
+def _number(text, name: str) -> float:
+    import math
+
+    from qtsim.errors import QtsimError
+
+    try:
+        x = float(text)
+    except (TypeError, ValueError):
+        raise QtsimError(f"{name} {text!r} is not a number") from None
+    if not math.isfinite(x):
+        raise QtsimError(f"{name} {text!r} must be finite")
+    return x

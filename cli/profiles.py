@@ -1,4 +1,4 @@
-"""``qtsim profiles list|show`` and ``qtsim models``."""
+"""``qtsim profiles list|show|new`` and ``qtsim models``."""
 
 from __future__ import annotations
 
@@ -75,6 +75,52 @@ def show_cmd(name, profile_path, fmt):
     if prof.fit:
         click.echo("fit: " + ", ".join(f"{k}={v}" for k, v in prof.fit.items()
                                        if not isinstance(v, (list, dict))))
+
+
+@profiles.command("new")
+@click.argument("name")
+@click.option("--memory-gib", required=True, metavar="GIB", help="Device memory, GiB.")
+@click.option("--bandwidth-gbs", required=True, metavar="GB/S", help="Memory bandwidth, GB/s (datasheet).")
+@click.option("--fp16-tflops", required=True, metavar="TFLOPS",
+              help="Dense FP16 tensor throughput, TFLOPS (not the sparse figure).")
+@click.option("--int8-tops", required=True, metavar="TOPS",
+              help="Dense INT8 tensor throughput, TOPS (not the sparse figure).")
+@click.option("--tdp-w", required=True, metavar="W", help="Board power limit (TDP/TGP), W.")
+@click.option("--architecture", default="unknown", show_default=True,
+              help="GPU architecture, e.g. ampere, ada-lovelace, hopper (recorded only).")
+@click.option("--memory-type", metavar="hbm|gddr",
+              help="Memory kind for the energy-per-byte prior (default: hbm from 1500 GB/s up).")
+@click.option("--force", is_flag=True, help="Replace an existing user profile of this name.")
+@click.option("--dry-run", is_flag=True, help="Print the TOML instead of writing it.")
+def new_cmd(name, memory_gib, bandwidth_gbs, fp16_tflops, int8_tops, tdp_w, architecture,
+            memory_type, force, dry_run):
+    """Write a spec-derived profile for GPU NAME into your profile directory.
+
+    The same priors (with their wide stderr) as the shipped spec profiles are derived from the
+    five datasheet numbers; afterwards `qtsim trap --gpu NAME ...` works like for any shipped
+    GPU. Use dense tensor throughput, not the "with sparsity" figure.
+
+    \b
+    Example:
+      qtsim profiles new a6000 --memory-gib 48 --bandwidth-gbs 768 --fp16-tflops 154.8 \\
+          --int8-tops 309.7 --tdp-w 300 --architecture ampere
+    """
+    from qtsim.custom_profile import new_spec_profile, save_user_profile
+
+    prof = new_spec_profile(name, memory_gib, bandwidth_gbs, fp16_tflops, int8_tops, tdp_w,
+                            architecture, memory_type)
+    if dry_run:
+        click.echo(prof.to_toml())
+        return
+    path = save_user_profile(prof, force)
+    hw = prof.hardware
+    n_priors = sum(1 for p in prof.physical.values() if p.source == "prior")
+    click.echo(f"wrote {path}")
+    click.echo(f"  {prof.name}: {hw['memory_gib']} GiB, {hw['mem_bw_gbs']:g} GB/s, "
+               f"{hw['fp16_tflops']:g} FP16 TFLOPS, {hw['int8_tops']:g} INT8 TOPS, "
+               f"TDP {hw['tdp_w']:g} W; spec-derived device part with {n_priors} priors "
+               "(combined with a host part at use: `qtsim profiles hosts`)")
+    click.echo(f"  try: qtsim trap --gpu {prof.name} --model mistral-7b --precision nf4")
 
 
 @profiles.command("hosts")

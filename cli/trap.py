@@ -6,7 +6,14 @@ import json
 
 import click
 
-from qtsim.cli.options import FORMATS, profile_options
+from qtsim.cli.options import (
+    FORMATS,
+    bnb_options,
+    bnb_settings,
+    budget_assumptions,
+    budget_options,
+    profile_options,
+)
 from qtsim.precision import PRECISIONS
 
 
@@ -31,9 +38,12 @@ from qtsim.precision import PRECISIONS
                    "host CPU and stack, which bind small-batch HF decoding. Default: the "
                    "profile's own (calibrated CPU) or hf-eager-server, whose band spans server "
                    "and desktop hosts.")
+@bnb_options
+@budget_options
 @click.option("--format", "fmt", default="text", show_default=True, type=FORMATS)
 def trap(gpu, profile_path, model, precision, batch, tokens, prompt_tokens, trust_table, policy,
-         draws, host, fmt):
+         draws, host, double_quant, int8_threshold, compute_dtype, pue, grid_gco2_per_kwh,
+         usd_per_hour, fmt):
     """Will PRECISION trap us on this GPU for this model?
 
     Answers from a hardware profile (shipped spec-derived, or calibrated by `qtsim calibrate`):
@@ -45,15 +55,20 @@ def trap(gpu, profile_path, model, precision, batch, tokens, prompt_tokens, trus
     Example:
       qtsim trap --gpu l4 --model mistral-7b --precision nf4
       qtsim trap --profile my-h100.toml --model ./config.json --precision int8 --batch 32 --format json
+      qtsim trap --gpu t4 --model llama-3.1-8b --precision nf4 --double-quant --batch 8 \\
+          --grid-gco2-per-kwh 400 --usd-per-hour 0.53
     """
-    from qtsim.architecture import load_architecture
+    from qtsim.architecture import check_context, load_architecture
     from qtsim.profiles import load_profile
     from qtsim.trap import assess_trap, format_text
 
+    bnb = bnb_settings(double_quant, int8_threshold, compute_dtype)
+    assumptions = budget_assumptions(pue, grid_gco2_per_kwh, usd_per_hour)
     prof = load_profile(gpu, profile_path)
     arch = load_architecture(model)
+    check_context(arch, prompt_tokens, tokens)
     report = assess_trap(prof, arch, precision, batch, tokens, prompt_tokens, trust_table,
-                         policy, n_draws=draws, host=host)
+                         policy, n_draws=draws, host=host, bnb=bnb, assumptions=assumptions)
     if fmt == "json":
         click.echo(json.dumps(report, indent=2))
     elif fmt == "csv":
@@ -62,24 +77,15 @@ def trap(gpu, profile_path, model, precision, batch, tokens, prompt_tokens, trus
         click.echo(format_text(report))
 
 
-def _flatten(d, prefix=""):
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            yield from _flatten(v, key + ".")
-        elif isinstance(v, list):
-            yield key, ";".join(str(x) for x in v)
-        else:
-            yield key, v
-
-
 def _csv(report) -> str:
+    """One row per configuration under a fixed header (``qtsim.trap.CSV_COLUMNS``)."""
     import csv
     import io
 
+    from qtsim.trap import CSV_COLUMNS, csv_row
+
     buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["key", "value"])
-    for k, v in _flatten(report):
-        w.writerow([k, v])
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    w.writerow(csv_row(report))
     return buf.getvalue().rstrip("\n")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from qtsim.cli.options import int_list, precision_list, split_list
+from qtsim.cli.options import bnb_options, bnb_settings, int_list, precision_list, split_list
 
 
 @click.command()
@@ -34,16 +34,22 @@ from qtsim.cli.options import int_list, precision_list, split_list
 @click.option("--outliers", is_flag=True, help="Inject activation outliers so LLM.int8() takes its fp16 path.")
 @click.option("--cpu-threads", type=click.IntRange(min=1),
               help="CPU only: torch threads (default: the count the profile was calibrated with).")
+@click.option("--record-error", is_flag=True,
+              help="Write the measured model error into --profile's [fit.model_error] (bands then use it).")
 @click.option("--no-progress", is_flag=True)
+@bnb_options
 def validate(profile_path, gpu, plan_path, model, precisions, batches, tokens, prompt_tokens, reps,
-             out_dir, raw_path, report_only, repredict, allow_overlap, outliers, cpu_threads, no_progress):
+             out_dir, raw_path, report_only, repredict, allow_overlap, outliers, cpu_threads,
+             record_error, no_progress, double_quant, int8_threshold, compute_dtype):
     """Run full real decodes at held-out points and report the prediction error.
 
     Predictions come from the profile *before* each run and are stored beside the measurement
     (raw HDF5, purpose=validation). Points whose model and batch calibrated the profile are
     refused (or, with --allow-overlap, flagged). The report gives MAPE, bias, Pearson r, p90 and
     max error for step time, latency, J/query and peak memory, per precision; COR and
-    trap-verdict agreement; and the paper model's J/query error beside the physical model's.
+    trap-verdict agreement; the paper model's J/query error beside the physical model's; and
+    band coverage: the share of measurements inside the 68% and 95% bands (the model error
+    estimated leaving each architecture out, so no point scores a band made from itself).
 
     \b
     Examples:
@@ -54,19 +60,30 @@ def validate(profile_path, gpu, plan_path, model, precisions, batches, tokens, p
     from qtsim.errors import QtsimError
     from qtsim.profiles import load_profile
 
+    bnb = bnb_settings(double_quant, int8_threshold, compute_dtype)
     prof = load_profile(gpu, profile_path)
+    if bnb.compute_dtype and bnb.compute_dtype != prof.compute_dtype_4bit:
+        raise QtsimError(f"--compute-dtype {bnb.compute_dtype}: validation builds 4-bit models in "
+                         f"the compute dtype {prof.name} was calibrated with "
+                         f"({prof.compute_dtype_4bit}); other compute dtypes are not wired into "
+                         "the measurement code yet")
+    if plan_path and not bnb.is_default and not report_only:
+        raise QtsimError("with --plan, set bitsandbytes options in the plan "
+                         "([validation] or per point: bnb_4bit_use_double_quant, llm_int8_threshold)")
+    if not report_only and not plan_path and model:
+        bnb.check(precision_list(precisions), prof)
     out = Path(out_dir)
     raw = Path(raw_path) if raw_path else out / "validation.h5"
     if not report_only:
         _measure(prof, plan_path, model, precisions, batches, tokens, prompt_tokens, reps, raw,
-                 allow_overlap, outliers, not no_progress, cpu_threads)
+                 allow_overlap, outliers, not no_progress, cpu_threads, bnb)
     elif not raw.is_file():
         raise QtsimError(f"{raw}: no raw validation data to report from")
-    _report(prof, raw, out, repredict)
+    _report(prof, raw, out, profile_path if record_error else None, repredict)
 
 
 def _measure(prof, plan_path, model, precisions, batches, tokens, prompt_tokens, reps, raw,
-             allow_overlap, outliers, progress, cpu_threads=None):
+             allow_overlap, outliers, progress, cpu_threads=None, bnb=None):
     from qtsim.architecture import from_config, load_config
     from qtsim.errors import QtsimError
     from qtsim.simulator import Simulator
@@ -80,7 +97,9 @@ def _measure(prof, plan_path, model, precisions, batches, tokens, prompt_tokens,
                   else type(p)(str(base / p.model), *p.key()[1:]) for p in points]
     elif model:
         points = grid_points(split_list(model, "--model"), precision_list(precisions),
-                             int_list(batches, "--batch"), tokens, prompt_tokens)
+                             int_list(batches, "--batch"), tokens, prompt_tokens,
+                             bnb.double_quant if bnb else False,
+                             bnb.int8_threshold if bnb else 6.0)
     else:
         raise QtsimError("give --model (with --precision/--batch) or --plan")
     configs = {}
@@ -112,7 +131,9 @@ def _measure(prof, plan_path, model, precisions, batches, tokens, prompt_tokens,
     specs = []
     for pt in points:
         cfg, name = configs[pt.model]
+        pb = pt.bnb()
         dec = DecodeSpec(name, cfg, pt.precision, pt.batch, pt.prompt_tokens, pt.new_tokens, reps,
+                         double_quant=pb.double_quant, threshold=pb.int8_threshold,
                          outlier_injection=outliers and pt.precision == "int8")
         pred = predict_point(sim, cfg, name, pt)
         pred["holdout"] = "overlap" if any(name in c and f"batch {pt.batch}" in c for c in conflicts) else "held-out"
@@ -123,10 +144,12 @@ def _measure(prof, plan_path, model, precisions, batches, tokens, prompt_tokens,
     click.echo(f"measured: {report.line()} -> {raw}", err=True)
 
 
-def _report(prof, raw, out, repredict: bool = False):
+def _report(prof, raw, out, record_to=None, repredict: bool = False):
     from qtsim.calibration.raw import RawStore
     from qtsim.validation import (
         cor_and_verdicts,
+        coverage_table,
+        cross_precision_rho,
         error_table,
         measured_frame,
         paper_vs_physical,
@@ -149,6 +172,7 @@ def _report(prof, raw, out, repredict: bool = False):
     errors = error_table(df)
     verdicts = cor_and_verdicts(df, prof.native)
     comparison = paper_vs_physical(df)
+    coverage, est = coverage_table(prof, df)
     out.mkdir(parents=True, exist_ok=True)
     plot_validation(df, out)
     meta = {"profile": f"{prof.name} ({prof.source}, {prof.provenance.get('date', '')}, {prof.path})",
@@ -158,7 +182,8 @@ def _report(prof, raw, out, repredict: bool = False):
                                   and bool(df["outlier_injection"].fillna(False).astype(bool).any())),
             "held out": (", ".join(sorted(df["holdout"].astype(str).unique()))
                          if "holdout" in df else "held-out")}
-    (out / "report.md").write_text(report_markdown(df, errors, verdicts, comparison, meta))
+    (out / "report.md").write_text(report_markdown(df, errors, verdicts, comparison, meta, coverage))
+    coverage.to_csv(out / "coverage.csv", index=False)
     df.to_csv(out / "points.csv", index=False)
     errors.to_csv(out / "errors.csv", index=False)
     if not verdicts.empty:
@@ -175,4 +200,29 @@ def _report(prof, raw, out, repredict: bool = False):
     if comparison:
         click.echo(f"  J/query MAPE: physical {comparison['physical_j_mape_pct']:.1f}%, paper eq. 19 "
                    f"{comparison['paper_j_mape_pct']:.1f}%")
+    for _, r in coverage[coverage["scheme"].str.startswith("leave-one")].iterrows():
+        click.echo(f"  {r['quantity']:18s} band coverage ({r['scheme']}): 68% band {r['coverage_68_pct']:5.1f}%, "
+                   f"95% band {r['coverage_95_pct']:5.1f}%  (n {r['n']}; parameters only: "
+                   + _param_only(coverage, r["quantity"]) + ")")
+    if record_to:
+        _record_error(prof, record_to, est, cross_precision_rho(df, prof.native), raw)
     click.echo(f"  report: {out / 'report.md'}")
+
+
+def _param_only(coverage, quantity) -> str:
+    p = coverage[(coverage["scheme"] == "parameters only") & (coverage["quantity"] == quantity)]
+    return "n/a" if p.empty else f"{p['coverage_68_pct'].iloc[0]:.1f}% / {p['coverage_95_pct'].iloc[0]:.1f}%"
+
+
+def _record_error(prof, path, est, rho, raw):
+    import datetime
+
+    from qtsim.errors import QtsimError
+    from qtsim.profiles import write_profile
+    from qtsim.validation import model_error_record
+
+    if not path:
+        raise QtsimError("--record-error needs --profile FILE (the file to write)")
+    prof.fit["model_error"] = model_error_record(est, str(raw), datetime.date.today().isoformat(), rho)
+    write_profile(prof, path)
+    click.echo(f"  model error recorded in {path} [fit.model_error]")

@@ -25,12 +25,13 @@ DENSE_TYPES = {"llama", "mistral", "qwen2", "qwen3", "falcon3", "gemma", "gemma2
 #: the transformers model classes whose decode step the operation inventory traces
 #: (``data/reference/op_inventory.json``); ``ArchCounts.model_class`` is an index into it
 MODEL_CLASSES = ("llama", "mistral", "qwen2", "qwen3", "gemma2")
-_CLASS_OF = {"falcon3": "llama", "gemma": "gemma2", "gemma3_text": "gemma2"}
+#: model types that decode with another traced class's layer (falcon3 ships as LlamaForCausalLM)
+MODEL_CLASS_OF = {"falcon3": "llama", "falcon": "llama", "gemma": "gemma2", "gemma3_text": "gemma2"}
 
 
 def model_class_code(model_type: str) -> int:
     """Index in :data:`MODEL_CLASSES` of the class a ``model_type`` decodes with."""
-    mt = _CLASS_OF.get(model_type, model_type)
+    mt = MODEL_CLASS_OF.get(model_type, model_type)
     return MODEL_CLASSES.index(mt) if mt in MODEL_CLASSES else 0
 MOE_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
 NATIVE_BYTES = 2  # 16-bit weights, activations and KV cache
@@ -294,6 +295,13 @@ def from_config(cfg: dict, name: str | None = None, source: str = "") -> Archite
     if "text_config" in cfg and "hidden_size" not in cfg:
         cfg = {**cfg["text_config"], "_qtsim_name": cfg.get("_qtsim_name")}
     model_type = str(cfg.get("model_type", "")).lower()
+    qc = cfg.get("quantization_config")
+    if qc:
+        method = str(qc.get("quant_method", "unknown") if isinstance(qc, dict) else qc)
+        raise ArchitectureError(
+            f"{where}: this checkpoint is already quantized (quantization_config: {method}); "
+            "qtsim predicts bitsandbytes quantization of a 16-bit checkpoint, so give the "
+            "base model's config.json (or delete quantization_config)")
     if any(cfg.get(k) for k in MOE_KEYS) or "moe" in model_type:
         raise ArchitectureError(
             f"{where}: mixture-of-experts models ({model_type or 'MoE'}) are not supported yet: "
@@ -341,16 +349,54 @@ def _read_json(text: str, where: str) -> dict:
         raise ArchitectureError(f"{where}: not valid JSON ({e.msg} at line {e.lineno})") from None
 
 
+def split_model_name(text: str) -> tuple[str | None, str]:
+    """``NAME=PATH`` -> (NAME, PATH); anything else (a name, or a path that exists) -> (None, text)."""
+    if "=" in text and not Path(text).exists():
+        name, _, rest = text.partition("=")
+        if name.strip() and rest.strip():
+            return name.strip(), rest.strip()
+        raise ArchitectureError(f"{text!r}: give NAME=PATH (a name, '=', a config path or model name)")
+    return None, text
+
+
+def config_display_name(path: str | Path, config: dict) -> str:
+    """The name a config file's model goes by (point ids, tables, validation reports).
+
+    Its ``_qtsim_name`` when set; else the file's stem (``d/a.json`` -> ``a``); the folder's name
+    only for a file called ``config.json`` (``models/llama/config.json`` -> ``llama``, the
+    Hugging Face layout), so two configs in one folder never share a name.
+    """
+    name = config.get("_qtsim_name") if isinstance(config, dict) else None
+    if name:
+        return str(name)
+    p = Path(path)
+    if p.name == "config.json":
+        folder = p.resolve().parent.name
+        return folder or p.stem
+    return p.stem
+
+
 def load_config(name_or_path: str) -> tuple[dict, str, str]:
-    """(config dict, name, source) for a shipped model name or a path to a config.json."""
+    """(config dict, name, source) for a shipped model name or a path to a config.json.
+
+    ``NAME=PATH`` names the model NAME whatever its file says (see :func:`config_display_name`).
+    """
+    given, name_or_path = split_model_name(name_or_path)
     path = Path(name_or_path)
     if path.suffix == ".json" or path.exists():
         if path.is_dir():
             path = path / "config.json"
         if not path.is_file():
             raise ArchitectureError(f"{name_or_path}: no such config.json")
-        cfg = _read_json(path.read_text(), str(path))
-        return cfg, cfg.get("_qtsim_name") or path.parent.name or path.stem, str(path)
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ArchitectureError(f"{path}: cannot read ({e})") from None
+        cfg = _read_json(text, str(path))
+        if not isinstance(cfg, dict):
+            raise ArchitectureError(f"{path}: a config.json must hold a JSON object "
+                                    f"(found a JSON {type(cfg).__name__})")
+        return cfg, given or config_display_name(path, cfg), str(path)
     key = name_or_path.lower()
     names = shipped_models()
     if key not in names:
@@ -358,10 +404,21 @@ def load_config(name_or_path: str) -> tuple[dict, str, str]:
                                "or pass a path to a config.json")
     res = resources.files("qtsim.data.architectures") / f"{key}.json"
     cfg = _read_json(res.read_text(), f"{key}.json")
-    return cfg, key, cfg.get("_qtsim_source", f"shipped {key}.json")
+    return cfg, given or key, cfg.get("_qtsim_source", f"shipped {key}.json")
 
 
 def load_architecture(name_or_path: str) -> Architecture:
     """A shipped model by name (``qtsim models``) or any Hugging Face config.json path."""
     cfg, name, source = load_config(name_or_path)
     return from_config(cfg, name=name, source=source)
+
+
+def check_context(arch: Architecture, prompt_tokens: int, new_tokens: int) -> None:
+    """Refuse a query longer than the model's ``max_position_embeddings`` (when it has one):
+    nothing past it is a prediction of anything the model can run."""
+    mpe = arch.config.get("max_position_embeddings") if isinstance(arch.config, dict) else None
+    if isinstance(mpe, int) and not isinstance(mpe, bool) and mpe > 0 \
+            and prompt_tokens + new_tokens > mpe:
+        raise ArchitectureError(
+            f"{arch.name}: a {prompt_tokens}-token prompt plus {new_tokens} new tokens = "
+            f"{prompt_tokens + new_tokens} tokens exceeds its max_position_embeddings ({mpe})")

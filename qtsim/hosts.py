@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import math
 import os
+import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-
-import tomllib
 
 from qtsim.errors import ProfileError, UnknownNameError, suggest
 

@@ -21,15 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from qtsim.architecture import MODEL_CLASSES
+from qtsim.architecture import MODEL_CLASS_OF, MODEL_CLASSES
 from qtsim.errors import QtsimError, suggest
 
 COUNT_FIELDS = ("aten_ops", "view_ops", "bnb_ops", "kernels_cuda", "syncs_cuda", "modules")
 """The per-block counts :func:`layer_counts` returns as arrays (one element per block)."""
 
-LLAMA_LAYOUT = {"falcon3": "llama", "falcon": "llama"}
-"""Model types without their own trace whose decoder layer is Llama's (falcon3 ships as
-``LlamaForCausalLM``)."""
 
 
 class InventoryError(QtsimError):
@@ -151,7 +148,7 @@ def layer_counts(model_type: str, path: str, batch: int | None = None, *,
     inv = inventory or load_inventory()
     known_types = {e["model_type"] for e in inv["entries"]}
     mt = model_type.lower()
-    mt = mt if mt in known_types else LLAMA_LAYOUT.get(mt, mt)
+    mt = mt if mt in known_types else MODEL_CLASS_OF.get(mt, mt)
     if mt not in known_types:
         raise InventoryError(f"no traced op inventory for model type {model_type!r}"
                              + suggest(model_type, sorted(known_types)))

@@ -61,7 +61,8 @@ PATH_COEFFS = ("t_call", "t_weight", "t_tokweight")
 GLOBAL_PARAMS = ("mem_bw_gbs", "p_static_w", "e_byte_j", "e_flop_j")
 PATHS = ("fp16", "bf16", "int8", "int8_t0", "nf4_b1", "nf4_bn", "nf4dq_b1", "nf4dq_bn",
          "fp4_b1", "fp4_bn")
-FALLBACK = {"fp4": "nf4", "nf4dq": "nf4", "bf16": "fp16", "fp16": "bf16", "int8_t0": "int8"}
+FALLBACK = {"fp4": "nf4", "nf4dq": "nf4", "fp4dq": "nf4dq", "bf16": "fp16", "fp16": "bf16",
+            "int8_t0": "int8"}
 
 PARAM_UNITS = {
     "mem_bw_gbs": "GB/s", "t_step_s": "s", "t_layer_s": "s", "t_vocab_s": "s/(sequence*token)", "p_static_w": "W",
@@ -80,10 +81,10 @@ def path_param_names(path: str) -> tuple[str, str, str]:
 
 
 def path_family(precision: str, double_quant: bool = False, int8_threshold: float = 6.0) -> str:
-    """Path family of a user precision: fp16, bf16, int8, int8_t0, nf4, nf4dq or fp4."""
+    """Path family of a user precision: fp16, bf16, int8, int8_t0, nf4, nf4dq, fp4 or fp4dq."""
     p = get_precision(precision).name
-    if p == "nf4" and double_quant:
-        return "nf4dq"
+    if p in ("nf4", "fp4") and double_quant:
+        return p + "dq"
     if p == "int8" and int8_threshold == 0:
         return "int8_t0"
     return p
@@ -135,7 +136,7 @@ def activation_family(family: str, native: str = "fp16", compute_dtype_4bit: str
     """The 16-bit dtype a model at ``family`` computes activations (and its lm_head) in."""
     if family in ("fp16", "bf16"):
         return family
-    if family in ("nf4", "nf4dq", "fp4"):
+    if family in ("nf4", "nf4dq", "fp4", "fp4dq"):
         return compute_dtype_4bit or native
     return "fp16"  # LLM.int8() runs its activations and outlier columns in fp16
 
@@ -158,7 +159,8 @@ def layer_floor(params: Mapping, family: str, batch):
 
 def family_precision(family: str) -> tuple[str, bool]:
     """(user precision, double quantisation) a path family stores its weights in."""
-    return {"nf4dq": "nf4", "int8_t0": "int8"}.get(family, family), family == "nf4dq"
+    return ({"nf4dq": "nf4", "fp4dq": "fp4", "int8_t0": "int8"}.get(family, family),
+            family in ("nf4dq", "fp4dq"))
 
 
 def bytes_per_weight(counts: ArchCounts, family: str):
@@ -213,6 +215,7 @@ def dequantizes(params: Mapping, family: str, batch, overlap: bool = False):
 #: dispatch of the linear's own aten ops; the host timeline then prices only each block's
 #: non-linear ops (``ops - linear_ops`` of the inventory) with ``h_op_s``
 DISPATCH_FLAG = "t_call_includes_dispatch"
+FOUR_BIT = ("nf4", "nf4dq", "fp4", "fp4dq")
 
 
 def timeline_mode(params: Mapping) -> str:
@@ -221,70 +224,75 @@ def timeline_mode(params: Mapping) -> str:
     return "inventory" if "h_op_s" in params else "lumped"
 
 
-def timelines(counts: ArchCounts, family: str, batch, context, params: Mapping,
+def timelines(counts: ArchCounts, family: str, context, params: Mapping,
               native: str = "fp16", compute_dtype_4bit: str | None = None, side: str = "bn",
-              overlap: bool = False):
-    """Host and device timelines of one decoding step: (pre, layer blocks, post) of each, s.
+              deq: float = 0.0):
+    """Host and device timelines of one decoding step for one code path, s.
 
-    Device: per linear block, ``kernels x t_kernel_s`` plus the linear's bytes / BW, casting and
-    matmul time (:func:`linear_time_s`); attention (KV-cache bytes and FLOPs) in the o_proj block;
-    ``t_layertok_s`` per layer per sequence; lm_head and logits (``t_vocab_s``) in ``post``.
-    Host (``inventory`` mode): traced aten operations x ``h_op_s`` + kernels x ``h_launch_s``
-    (CUDA launches) + ``h_call_<path>_s`` per linear call, and ``h_step_s`` per step; in
-    ``lumped`` mode the fitted ``t_layer`` / ``t_step_s`` floor. Returns a dict of arrays with
-    the block axis last for ``h_layer``, ``d_layer`` and the per-block ``sync`` pattern.
-    ``side`` picks the traced code path: ``b1`` (batch 1: GEMV kernels) or ``bn``.
+    ``side`` picks the traced code path (``b1``: batch 1, GEMV kernels; ``bn``: batch >= 2) and
+    ``deq`` whether a 4-bit path dequantises then runs a 16-bit GEMM (:func:`dequantizes`).
+    Device, per linear block: ``kernels x t_kernel_s`` + ``t_call`` + W (bytes/BW + t_weight)
+    and, per sequence, W ``t_tokweight``; attention (KV-cache bytes and FLOPs per sequence) and
+    ``t_layertok_s`` in the o_proj block; lm_head and logits (``t_vocab_s``) in ``post``. Host
+    (``inventory`` mode): traced aten operations x ``h_op_s`` + kernels x ``h_launch_s`` (CUDA
+    launches) + ``h_call_<path>_s`` per linear call, ``h_step_s`` per step; in ``lumped`` mode
+    the fitted ``t_layer`` / ``t_step_s`` floor.
+
+    Returns block arrays (block axis last) shaped like the model counts and parameters, not
+    the batch grid: ``h_layer``, ``d_layer`` (batch-independent device part), ``d_layer_per_seq``
+    (device time per sequence), the scalars-or-arrays ``h_pre``, ``d_pre``, ``h_post``,
+    ``d_post0``, ``d_post1`` (post device time = d_post0 + batch d_post1) and ``sync``.
     """
     from qtsim import inventory  # local: the table loads once, on first use
 
-    b = np.asarray(batch, float)
+    b_rep = 1.0 if side == "b1" else 2.0  # any batch on this side selects the same constants
     bw = params["mem_bw_gbs"]
-    q = path_coefficients(params, family, b)
-    act = path_coefficients(params, activation_family(family, native, compute_dtype_4bit), b)
-    inv = inventory.path_blocks(family, side)
+    t_call, t_weight, t_tok = path_coefficients(params, family, b_rep)
+    act = path_coefficients(params, activation_family(family, native, compute_dtype_4bit), b_rep)
+    if side == "bn" and family in FOUR_BIT:  # casting only where it dequantises
+        t_weight = t_weight * deq
+    inv = inventory.path_blocks(family.replace("fp4dq", "nf4dq"), side)
     cls = np.asarray(counts.model_class, float).astype(int)
-    ex = np.expand_dims
-    w = np.stack(np.broadcast_arrays(counts.w_qo, counts.w_kv, counts.w_kv, counts.w_qo,
-                                     counts.w_mlp, counts.w_mlp, counts.w_mlp), axis=-1)
-    bpw = ex(np.asarray(bytes_per_weight(counts, family), float), -1)
-    t_kernel = params.get("t_kernel_s", 0.0)
-    deq = dequantizes(params, family, b, overlap)
     is_lin = np.r_[np.ones(7), 0.0]
-    kern = inv["kernels"][cls] + ex(deq, -1) * inv["unfused_kernels"] * is_lin
-    ops = inv["ops"][cls] + ex(deq, -1) * inv["unfused_ops"] * is_lin
-    if side == "bn" and family in ("nf4", "nf4dq", "fp4"):  # casting only where it dequantises
-        q = (q[0], q[1] * deq, q[2])
+    kern = inv["kernels"][cls] + deq * inv["unfused_kernels"] * is_lin
+    ops = inv["ops"][cls] + deq * inv["unfused_ops"] * is_lin
 
-    def blk(x):  # a per-point quantity, with the block axis added
-        return ex(np.asarray(x, float), -1)
+    def blk(x):  # a per-model or per-draw quantity, with the block axis added
+        return np.expand_dims(np.asarray(x, float), -1)
 
-    lin = linear_time_s(w, 1.0, blk(b), bpw, *(blk(x) for x in q), blk(bw))
-    d_layer = kern * blk(t_kernel) + np.concatenate([lin, np.zeros(np.shape(lin)[:-1] + (1,))], axis=-1)
-    kv_s = b * context * counts.kv_bytes_per_token / counts.n_layers / (bw * 1e9)
-    attn_s = b * context * counts.attn_flops_per_token_per_ctx / counts.n_layers * act[2] / 2.0
-    t_layer_lump, t_layertok = layer_floor(params, family, b)
-    per_layer_dev = kv_s + attn_s + b * t_layertok
-    onehot_o = np.zeros(8)
-    onehot_o[3] = 1.0
-    d_layer = d_layer + blk(per_layer_dev) * onehot_o
-    head = linear_time_s(counts.n_native_streamed, 1.0, b, NATIVE_BYTES, *act, bw)
-    d_post = inv["post_kernels"][cls] * t_kernel + head + b * counts.vocab_size * params.get("t_vocab_s", 0.0)
+    w = np.stack(np.broadcast_arrays(counts.w_qo, counts.w_kv, counts.w_kv, counts.w_qo,
+                                     counts.w_mlp, counts.w_mlp, counts.w_mlp, 0.0 * counts.w_qo),
+                 axis=-1)
+    bpw = blk(bytes_per_weight(counts, family))
+    t_kernel = params.get("t_kernel_s", 0.0)
+    d_layer = (kern * blk(t_kernel) + blk(t_call) * is_lin
+               + w * (bpw / (blk(bw) * 1e9) + blk(t_weight)))
+    t_layer_lump, t_layertok = layer_floor(params, family, b_rep)
+    attn_per_seq = (context * counts.kv_bytes_per_token / counts.n_layers / (bw * 1e9)
+                    + context * counts.attn_flops_per_token_per_ctx / counts.n_layers * act[2] / 2.0
+                    + t_layertok)
+    onehot_o = np.eye(8)[3]
+    d_layer_per_seq = w * blk(t_tok) + blk(attn_per_seq) * onehot_o
+    head0 = counts.n_native_streamed * (NATIVE_BYTES / (bw * 1e9) + act[1]) + act[0]
+    head1 = counts.n_native_streamed * act[2] + counts.vocab_size * params.get("t_vocab_s", 0.0)
+    d_post0 = inv["post_kernels"][cls] * t_kernel + head0
     d_pre = inv["pre_kernels"][cls] * t_kernel
     if timeline_mode(params) == "inventory":
         h_op, h_launch = params["h_op_s"], params.get("h_launch_s", 0.0)
         if params.get(DISPATCH_FLAG, 0.0):  # t_call already holds the linear's own dispatch
-            ops = ops - (inv["linear_ops"][cls] + ex(deq, -1) * inv["unfused_ops"] * is_lin)
+            ops = ops - (inv["linear_ops"][cls] + deq * inv["unfused_ops"] * is_lin)
         h_layer = (ops * blk(h_op) + kern * blk(h_launch)
-                   + blk(host_call_s(params, family, b)) * is_lin)
+                   + blk(host_call_s(params, family, b_rep)) * is_lin)
         h_pre = inv["pre_ops"][cls] * h_op + inv["pre_kernels"][cls] * h_launch
         h_post = (inv["post_ops"][cls] * h_op + inv["post_kernels"][cls] * h_launch
                   + params.get("h_step_s", 0.0))
     else:  # lumped: the fitted per-layer floor spread evenly over the blocks
-        h_layer = blk(t_layer_lump * np.ones_like(b)) * np.full(8, 1.0 / 8)
+        h_layer = blk(t_layer_lump) * np.full(8, 1.0 / 8)
         h_pre = 0.0
-        h_post = params.get("t_step_s", 0.0) + 0.0 * b
+        h_post = params.get("t_step_s", 0.0)
     return {"h_pre": h_pre, "d_pre": d_pre, "h_layer": h_layer, "d_layer": d_layer,
-            "h_post": h_post, "d_post": d_post, "sync": inv["sync"]}
+            "d_layer_per_seq": d_layer_per_seq, "h_post": h_post, "d_post0": d_post0,
+            "d_post1": head1, "sync": inv["sync"]}
 
 
 def step_timelines(counts: ArchCounts, family: str, batch, context, params: Mapping,
@@ -293,21 +301,26 @@ def step_timelines(counts: ArchCounts, family: str, batch, context, params: Mapp
     """One decoding step composed from its timelines (:func:`qtsim.timeline.step_s`).
 
     Returns ``step_s`` (wall time), ``host_s`` and ``device_s`` (each timeline alone), s.
-    ``overlap`` is True on CUDA GPUs (asynchronous launches), False on CPUs.
+    ``overlap`` is True on CUDA GPUs (asynchronous launches), False on CPUs. Batches on
+    either side of a kernel switch (batch 1 / >= 2; fused / dequantising 4-bit GEMM) take
+    their own code path's timelines.
     """
     from qtsim import timeline
 
-    one = np.asarray(batch) <= 1
+    b = np.asarray(batch, float)
+    deq = dequantizes(params, family, b, overlap)
+    one = b <= 1
     out = {}
-    for side, sel in (("b1", one), ("bn", ~one)):
+    for side, d, sel in (("b1", 0.0, one), ("bn", 0.0, ~one & (deq == 0)),
+                         ("bn", 1.0, ~one & (deq > 0))):
         if not np.any(sel):
             continue
-        tl = timelines(counts, family, batch, context, params, native, compute_dtype_4bit, side,
-                       overlap)
+        tl = timelines(counts, family, context, params, native, compute_dtype_4bit, side, d)
         r = timeline.step_s(tl["h_pre"], tl["d_pre"], tl["h_layer"], tl["d_layer"],
-                            counts.n_layers, tl["h_post"], tl["d_post"],
-                            sync=tl["sync"] if overlap else None, overlap=overlap)
-        out = r if not out else {k: np.where(one, out[k], r[k]) for k in r}
+                            counts.n_layers, tl["h_post"], tl["d_post0"] + b * tl["d_post1"],
+                            sync=tl["sync"] if overlap else None, overlap=overlap, batch=b,
+                            d_layer_per_seq=tl["d_layer_per_seq"])
+        out = r if not out else {k: np.where(sel, r[k], out[k]) for k in r}
     return out
 
 
@@ -356,7 +369,8 @@ def step_energy_j(time_s, bytes_, flops, params: Mapping, tdp_w, busy_s=None):
 
 def query(counts: ArchCounts, precision: str, batch, new_tokens, prompt_tokens,
           params: Mapping, tdp_w, native: str = "fp16", double_quant: bool = False,
-          compute_dtype_4bit: str | None = None, overlap: bool = False):
+          compute_dtype_4bit: str | None = None, overlap: bool = False,
+          int8_threshold: float = 6.0):
     """Latency, throughput and energy of one batch of queries (prefill + K-1 decode steps).
 
     Returns a dict of arrays: ``step_s`` (mean decode step), ``host_s`` / ``device_s`` (the
@@ -364,7 +378,7 @@ def query(counts: ArchCounts, precision: str, batch, new_tokens, prompt_tokens,
     ``tok_per_s`` (all sequences), ``j_per_query`` (power model), ``j_per_query_hli``
     (TDP x latency / B, the paper's HLI), ``avg_power_w``.
     """
-    family = path_family(precision, double_quant)
+    family = path_family(precision, double_quant, int8_threshold)
     b = np.asarray(batch, dtype=float)
     k = np.asarray(new_tokens, dtype=float)
     prompt = np.asarray(prompt_tokens, dtype=float)
@@ -408,7 +422,8 @@ def peak_memory_bytes(counts: ArchCounts, precision: str, batch, new_tokens, pro
 
 def paper_constants(counts: ArchCounts, precision: str, params: Mapping, tdp_w,
                     native: str = "fp16", context=0.0, double_quant: bool = False,
-                    compute_dtype_4bit: str | None = None, overlap: bool = False):
+                    compute_dtype_4bit: str | None = None, overlap: bool = False,
+                    int8_threshold: float = 6.0):
     """The paper's alpha, gamma, phi(h, p) derived from the physical model at batch 1.
 
     At B = 1 the physical energy per hop is split exactly as eq. 19 writes it,
@@ -423,7 +438,7 @@ def paper_constants(counts: ArchCounts, precision: str, params: Mapping, tdp_w,
     alpha = (params["e_byte_j"] + params["p_static_w"] / bw_bytes_per_s) \
         * counts.n_quant_weights / 8.0
     fam_n = path_family(native)
-    fam_p = path_family(precision, double_quant)
+    fam_p = path_family(precision, double_quant, int8_threshold)
 
     def e_hop(fam):
         st = step_timelines(counts, fam, 1.0, context, params, native, compute_dtype_4bit,

@@ -31,8 +31,38 @@ def _figure(nrows: int, ncols: int, width: float, height: float):
 
 
 def _footnote(fig, text: str) -> None:
-    fig.get_layout_engine().set(rect=(0, 0.035, 1, 0.965))
-    fig.text(0.5, 0.004, text, ha="center", va="bottom", fontsize=8, color="0.35")
+    """A grey footer under the axes, wrapped to the figure's width so no edge clips it."""
+    import textwrap
+
+    width_in, height_in = fig.get_size_inches()
+    lines = textwrap.wrap(text, max(40, int(width_in * 15)))  # about 15 characters per inch at 8 pt
+    frac = (0.05 + 0.15 * len(lines)) / height_in  # 8 pt lines are about 0.15 inch apart
+    fig.get_layout_engine().set(rect=(0, frac, 1, 1 - frac))
+    fig.text(0.5, 0.01 / height_in, "\n".join(lines), ha="center", va="bottom", fontsize=8,
+             color="0.35", linespacing=1.3)
+
+
+def _legend(fig, handles, fontsize=8, col_in: float = 2.9) -> None:
+    """A legend above the axes with as many columns as the figure's width holds."""
+    width_in = fig.get_size_inches()[0]
+    ncols = max(1, min(len(handles), int(width_in // col_in)))
+    fig.legend(handles=handles, loc="outside upper center", ncols=ncols, fontsize=fontsize,
+               frameon=False)
+
+
+def _label_tiers(xs, min_gap: float) -> list[int]:
+    """Stack labels at x positions (log10 units) into tiers so neighbours closer than
+    ``min_gap`` do not overlap: tier k of each label, in the order given."""
+    order = np.argsort(xs)
+    tiers = [0] * len(xs)
+    last: dict[int, float] = {}
+    for i in order:
+        k = 0
+        while k in last and xs[i] - last[k] < min_gap:
+            k += 1
+        tiers[i] = k
+        last[k] = xs[i]
+    return tiers
 
 
 def _params_fmt(x, _pos=None) -> str:
@@ -82,12 +112,14 @@ def _trap_map_axes(ax, m: dict, marks=()) -> None:
     ax.plot(s, bn, color="k", lw=1.8)
     nb = np.where(np.isin(m["n_star_kind"], (0, 1)), m["n_star_of_b"], np.nan)
     ax.plot(nb, b, color="#1f3fbf", lw=1.6, ls="--", marker="o", ms=2.5)
-    for name, n_params in marks:
-        if s.min() <= n_params <= s.max():
-            ax.axvline(n_params, color="0.2", lw=0.6, ls=":")
-            ax.text(n_params, b.min() * 1.5, name, rotation=90, va="bottom", ha="center",
-                    fontsize=7, color="0.1",
-                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85})
+    shown = [(name, n) for name, n in marks if s.min() <= n <= s.max()]
+    span = np.log10(s.max() / s.min())
+    tiers = _label_tiers([np.log10(n) for _, n in shown], 0.045 * span)  # a label is ~4% wide
+    for (name, n_params), tier in zip(shown, tiers, strict=True):
+        ax.axvline(n_params, color="0.2", lw=0.6, ls=":")
+        ax.text(n_params, 0.03 + 0.3 * (tier % 3), name, rotation=90, va="bottom", ha="center",
+                fontsize=7, color="0.1", transform=ax.get_xaxis_transform(),
+                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85})
     ax.set_xscale("log")
     ax.set_yscale("log", base=2)
     ax.set_xlim(s.min(), s.max())
@@ -111,7 +143,7 @@ def plot_trap_maps(maps, ncols: int | None = None, marks=()):
     maps = list(maps)
     ncols = ncols or min(len(maps), 2)
     nrows = -(-len(maps) // ncols)
-    fig, axes = _figure(nrows, ncols, 5.2 * ncols, 4.1 * nrows + 0.9)
+    fig, axes = _figure(nrows, ncols, max(5.2 * ncols, 7.0), 4.1 * nrows + 1.3)
     for ax, m in zip(axes.flat, maps, strict=False):
         _trap_map_axes(ax, m, marks)
     for ax in list(axes.flat)[len(maps):]:
@@ -128,7 +160,7 @@ def plot_trap_maps(maps, ncols: int | None = None, marks=()):
     if any((~np.asarray(m["native_fits"], bool)).any() for m in maps):
         handles.append(Patch(facecolor="white", edgecolor="0.3", hatch="//",
                              label="native 16-bit does not fit"))
-    fig.legend(handles=handles, loc="outside upper center", ncols=3, fontsize=8, frameon=False)
+    _legend(fig, handles, 8)
     m0 = maps[0]
     draws = f"{m0['n_draws']} Monte-Carlo draws" if m0.get("p_trapped") is not None else "no draws"
     _footnote(fig, f"energy per query from the integrated power model, K = {m0['new_tokens']} new "
@@ -152,40 +184,67 @@ FIG1_PANELS = (
 )
 
 
-def plot_fig1_panel(surface, model: str, batch=None):
+def _fig1_bars(surface, name: str, model: str, batch, native=None):
+    """[(precision, values (gpu,), low or None, high or None)] for one Fig.-1 quantity: the
+    native 16-bit reference first (from ``native``, a surface of the native precision, when
+    ``surface`` lacks it), then the surface's precisions."""
+    def cols(surf):
+        vals = surf.sel(name, model=model, batch=batch)
+        has = f"{name}_low" in surf.data
+        lo = surf.sel(f"{name}_low", model=model, batch=batch) if has else None
+        hi = surf.sel(f"{name}_high", model=model, batch=batch) if has else None
+        return [(p, vals[:, k], None if lo is None else lo[:, k], None if hi is None else hi[:, k])
+                for k, p in enumerate(surf.coords["precision"])]
+
+    bars = cols(surface)
+    have = set(surface.coords["precision"])
+    if native is not None and model in native.coords["model"]:
+        bars = [b for b in cols(native) if b[0] not in have] + bars
+    return bars
+
+
+def plot_fig1_panel(surface, model: str, batch=None, native=None):
     """The paper's Fig. 1 for one model: six panels of grouped bars (GPU groups, precision bars).
 
     J/query bars are the power model; black ticks mark the paper's HLI (TDP x latency) for the
-    same configuration. Error bars are 16-84% over draws when the surface has them.
+    same configuration. Error bars are 16-84% over draws when the surface has them. The native
+    16-bit bars are the comparison the figure exists for: when ``surface`` has no native
+    precision, pass ``native``, a surface of the same GPUs and model at the native precision.
     """
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
     c = surface.coords
     batch = c["batch"][0] if batch is None else batch
-    gpus, precs = c["gpu"], c["precision"]
-    fig, axes = _figure(2, 3, 12.5, 7.4)
+    gpus = c["gpu"]
+    fig, axes = _figure(2, 3, max(12.5, 1.1 * len(gpus) + 6), 7.8)
     x = np.arange(len(gpus))
-    w = 0.8 / len(precs)
+    precs: list[str] = []
+    any_band = False
+    rotate = sum(len(g) for g in gpus) > 40  # long or many names: slant them
     for ax, (name, ylabel, title) in zip(axes.flat, FIG1_PANELS, strict=True):
-        vals = surface.sel(name, model=model, batch=batch)  # (gpu, precision)
-        lo = surface.data.get(f"{name}_low")
-        for k, p in enumerate(precs):
-            xs = x + (k - (len(precs) - 1) / 2) * w
+        bars = _fig1_bars(surface, name, model, batch, native)
+        hli_bars = dict((p, v) for p, v, _, _ in _fig1_bars(surface, "j_per_query_hli", model,
+                                                             batch, native))
+        precs = [p for p, *_ in bars]
+        w = 0.8 / len(bars)
+        for k, (p, vals, lo_v, hi_v) in enumerate(bars):
+            xs = x + (k - (len(bars) - 1) / 2) * w
             err = None
-            if lo is not None:
-                lo_v = surface.sel(f"{name}_low", model=model, batch=batch)[:, k]
-                hi_v = surface.sel(f"{name}_high", model=model, batch=batch)[:, k]
-                err = np.abs(np.vstack([vals[:, k] - lo_v, hi_v - vals[:, k]]))
+            if lo_v is not None:
+                err = np.abs(np.vstack([vals - lo_v, hi_v - vals]))
                 err = np.where(np.isfinite(err), err, 0.0)
-            ax.bar(xs, vals[:, k], w * 0.92, color=PRECISION_COLORS.get(p, "0.5"), yerr=err,
+                any_band = any_band or bool(np.any(err > 0))
+            ax.bar(xs, vals, w * 0.92, color=PRECISION_COLORS.get(p, "0.5"), yerr=err,
                    capsize=2, error_kw={"lw": 0.8, "ecolor": "0.2"}, label=p.upper())
             if name == "j_per_query":
-                hli = surface.sel("j_per_query_hli", model=model, batch=batch)[:, k]
-                ax.scatter(xs, hli, marker="_", s=220, color="k", lw=2, zorder=3)
+                ax.scatter(xs, hli_bars[p], marker="_", s=220, color="k", lw=2, zorder=3)
         if name in ("t_si", "e_si", "s_si", "si"):
             ax.axhline(1.0, color="0.3", lw=0.8, ls="--")
-        ax.set_xticks(x, gpus, fontsize=9)
+        if rotate:
+            ax.set_xticks(x, gpus, fontsize=8, rotation=30, ha="right", rotation_mode="anchor")
+        else:
+            ax.set_xticks(x, gpus, fontsize=9)
         ax.set_xlabel("GPU")
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=10)
@@ -193,13 +252,16 @@ def plot_fig1_panel(surface, model: str, batch=None):
     handles = [Patch(facecolor=PRECISION_COLORS.get(p, "0.5"), label=p.upper()) for p in precs]
     handles.append(Line2D([], [], marker="_", ls="none", color="k", markersize=14, mew=2,
                           label="J/query by the paper's HLI (TDP x latency)"))
-    fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), frameon=False,
-               fontsize=9)
+    _legend(fig, handles, 9, col_in=2.2)
     t = {e["precision"]: e["status"] for e in surface.trust if e["model"] == model}
+    if native is not None:
+        t = {**{e["precision"]: e["status"] for e in native.trust if e["model"] == model}, **t}
     trust = ", ".join(f"{p.upper()} {t[p]}" for p in precs if p in t)
     a = surface.attrs
+    bands = ("error bars: 16-84% of Monte-Carlo draws" if any_band else "no uncertainty bands "
+             "(run with --draws N for them)")
     _footnote(fig, f"{model}, batch {batch:g}, K = {a['new_tokens']} new tokens; trust: {trust}; "
-                   f"S_SI and SI from the power model; {DISCLAIMER}")
+                   f"S_SI and SI from the power model; {bands}; {DISCLAIMER}")
     return fig
 
 
@@ -214,21 +276,27 @@ def plot_cor_vs_batch(surface, models=None):
                   or c["model"][:1])
     precs = [p for p, bits in zip(c["precision"], c["bits"], strict=True) if bits < 16]
     b = np.asarray(c["batch"], float)
-    fig, axes = _figure(1, len(models), 5.0 * len(models), 4.2)
-    for ax, model in zip(axes.flat, models, strict=True):
+    ncols = min(len(models), 3)
+    nrows = -(-len(models) // ncols)
+    fig, axes = _figure(nrows, ncols, max(5.0 * ncols, 7.0), 3.9 * nrows + 1.3)
+    bands = "cor_low" in surface.data
+    for ax in list(axes.flat)[len(models):]:
+        ax.set_visible(False)
+    for ax, model in zip(axes.flat, models, strict=False):
         for gi, gpu in enumerate(c["gpu"]):
             for p in precs:
                 y = surface.sel("cor", gpu=gpu, precision=p, model=model)
                 col = PRECISION_COLORS.get(p, "0.5")
                 ax.plot(b, y, color=col, ls=GPU_STYLES[gi % len(GPU_STYLES)], marker="o", ms=3)
-                if "cor_low" in surface.data:
+                if bands:
                     ax.fill_between(b, surface.sel("cor_low", gpu=gpu, precision=p, model=model),
                                     surface.sel("cor_high", gpu=gpu, precision=p, model=model),
                                     color=col, alpha=0.15, lw=0)
         ax.axhline(1.0, color="#c03030", lw=1, ls="--")
         ax.axhline(0.0, color="0.4", lw=0.7)
-        ax.text(b.min(), 1.0, " COR = 1: casting dominance above", va="bottom", fontsize=7,
-                color="#c03030")
+        ax.text(0.01, 0.99, "above the red line (COR = 1): casting dominates", va="top",
+                ha="left", fontsize=7, color="#c03030", transform=ax.transAxes,
+                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85})
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_formatter(lambda v, _p: f"{v:g}")
         ax.set_xlabel("batch size B (sequences)")
@@ -239,9 +307,10 @@ def plot_cor_vs_batch(surface, models=None):
     if len(c["gpu"]) > 1:
         handles += [Line2D([], [], color="0.2", ls=GPU_STYLES[i % len(GPU_STYLES)], label=g)
                     for i, g in enumerate(c["gpu"])]
-    fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), frameon=False,
-               fontsize=9)
+    _legend(fig, handles, 9, col_in=1.6)
     gpus = ", ".join(c["gpu"])
-    _footnote(fig, f"{gpus}; K = {surface.attrs['new_tokens']} new tokens; bands 16-84% of draws "
-                   f"where computed; {DISCLAIMER}")
+    band_text = ("shaded: 16-84% of Monte-Carlo draws" if bands
+                 else "no uncertainty bands (run with --draws N for them)")
+    _footnote(fig, f"{gpus}; K = {surface.attrs['new_tokens']} new tokens; {band_text}; "
+                   f"{DISCLAIMER}")
     return fig

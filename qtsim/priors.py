@@ -36,7 +36,13 @@ ALIASES = {
     "a100-80gb": ["a100", "a100-80", "a100-sxm4-80gb"], "h100-sxm": ["h100", "h100-80gb", "h100-sxm5"],
     "h100-pcie": ["h100pcie"], "h200": ["h200-sxm", "h200-141gb"],
     "rtx-pro-6000-blackwell": ["rtx-pro-6000", "rtx6000-pro", "rtx-6000-pro"], "b200": ["b200-sxm"],
+    "t4": ["tesla-t4", "nvidia-t4"], "a10g": ["nvidia-a10g"], "a10": ["nvidia-a10"],
+    "l40s": ["nvidia-l40s"], "rtx-4090": ["4090", "rtx4090", "geforce-rtx-4090"],
+    "rtx-6000-ada": ["rtx6000-ada", "rtx-6000-ada-generation"],
 }
+#: GPUs with GDDR memory (the rest HBM): a GDDR byte costs about twice the energy
+GDDR_PREFIXES = ("l4", "rtx", "t4", "l40")
+GDDR_NAMES = ("a10", "a10g")
 REFERENCE_MODEL = "mistral-7b"  # the paper's main model: [constants] are derived for it
 IDLE_FRACTION = 0.1  # idle power / TDP prior (Splitwise: 75 W of 700 W on H100)
 
@@ -77,7 +83,9 @@ def spec_profile(row: dict, fit: dict | None = None) -> HardwareProfile:
     tflops = float(row["fp16_dense_tflops"])
     tops = float(row["int8_dense_tops"])
     tdp = float(row["tdp_w"])
-    hbm = not name.startswith(("l4", "rtx"))
+    mem_type = str(row.get("memory_type") or "").lower()  # optional: hbm | gddr
+    hbm = (mem_type == "hbm" if mem_type
+           else not (name.startswith(GDDR_PREFIXES) or name in GDDR_NAMES))
     native_formats = ["fp16", "bf16", "int8"] + [f for f in row["native_low_precision"].split() if f != "int8"]
     hw = {
         "name": name, "aliases": ALIASES.get(name, []), "vendor": "nvidia",
@@ -194,10 +202,25 @@ def refit_public(outdir: str | Path) -> list[Path]:
     return written
 
 
-if __name__ == "__main__":  # pragma: no cover - maintenance entry point
-    target = sys.argv[1] if len(sys.argv) > 1 else "hardware_profiles"
-    if "--refit" in sys.argv:
-        for f in refit_public(target):
+def main(argv=None) -> None:
+    """``python -m qtsim.priors [OUTDIR] [--refit]``: regenerate the spec-derived profiles."""
+    import argparse
+
+    ap = argparse.ArgumentParser(
+        prog="python -m qtsim.priors",
+        description="Write the spec-derived hardware profiles (one TOML per row of "
+                    "data/reference/gpu_specs.csv) into OUTDIR.")
+    ap.add_argument("outdir", nargs="?", default="hardware_profiles",
+                    help="folder to write (default: hardware_profiles)")
+    ap.add_argument("--refit", action="store_true",
+                    help="first refit the published rows (public_fit.toml and OUTDIR/hosts)")
+    args = ap.parse_args(argv)
+    if args.refit:
+        for f in refit_public(args.outdir):
             print(f)
-    for f in write_spec_profiles(target):
+    for f in write_spec_profiles(args.outdir):
         print(f)
+
+
+if __name__ == "__main__":  # pragma: no cover - maintenance entry point
+    main(sys.argv[1:])

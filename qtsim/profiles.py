@@ -16,13 +16,14 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 import tempfile
+import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
-import tomllib
 
 from qtsim.errors import ProfileError, UnknownNameError, suggest
 from qtsim.physical import GLOBAL_PARAMS, path_param_names, resolve_path
@@ -131,15 +132,31 @@ class HardwareProfile:
     def draws(self, n: int, seed: int = 0) -> dict[str, np.ndarray]:
         """``n`` Monte-Carlo draws of every constant, shape (n, 1), for uncertainty bands.
 
-        Uses the fit's correlation matrix where the profile has one (``[fit] param_order`` and
-        ``correlation``), independent normals otherwise; draws are clipped at zero (every
-        constant is a non-negative physical quantity) and bandwidth at 5% of its value.
+        1. A joint normal draw of every constant: the fit's correlation matrix where the
+           profile has one (``[fit] param_order`` and ``correlation``), independent otherwise.
+        2. Physical order (:func:`ordered_pairs`): a constant of a quantized kernel path
+           (``int8``, ``int8_t0``, ``nf4``, ``nf4dq``, ``fp4``, with or without ``_b1``/``_bn``,
+           in any constant's name) whose central value exceeds its 16-bit reference's (the
+           same name with the profile's native dtype) is drawn as *reference draw + extra*.
+           The extra Q - R is lognormal with the profile's mean (Q - R) and stderr of the
+           difference (sqrt(se_Q^2 + se_R^2 - 2 rho se_Q se_R)), tied to step 1's draw by its
+           normal quantile (a Gaussian copula: correlations and the marginal spread of Q are
+           kept to first order). So no draw makes a quantized path cheaper than its reference
+           where the profile says it costs more (every ``t_call``; ``t_weight``,
+           ``t_tokweight`` and per-layer floors where their central values are ordered).
+           A per-call constant (``t_call_*``) whose central value *equals* its reference's
+           (e.g. both 0: the per-call cost lives in kernel counts and host terms) is floored at
+           the reference's draw, max(Q, R). Other pairs whose central values are equal or
+           reversed, and names outside this scheme, are drawn as in step 1.
+        3. Every other constant is clipped at zero (all are non-negative physical
+           quantities), bandwidth at 5% of its value.
         """
         rng = np.random.default_rng(seed)
         names = list(self.physical)
         mean = np.array([self.physical[k].value for k in names])
         sd = np.array([self.physical[k].stderr for k in names])
         z = rng.standard_normal((n, len(names)))
+        rho = np.eye(len(names))
         order = self.fit.get("param_order")
         corr = self.fit.get("correlation")
         if order and corr:
@@ -149,6 +166,7 @@ class HardwareProfile:
                 try:
                     chol = np.linalg.cholesky(c + 1e-9 * np.eye(len(order)))
                     z[:, idx] = z[:, idx] @ chol.T
+                    rho[np.ix_(idx, idx)] = c
                 except np.linalg.LinAlgError:
                     pass  # not positive definite: fall back to independent draws
         x = mean + z * sd
@@ -156,7 +174,43 @@ class HardwareProfile:
         for j, k in enumerate(names):
             floor = 0.05 * mean[j] if k in POSITIVE_PARAMS else 0.0
             out[k] = np.maximum(x[:, j], floor)[:, None]
+        for q, r in ordered_pairs(self.physical, self.native):
+            i, j = names.index(q), names.index(r)
+            m = mean[i] - mean[j]
+            s = math.sqrt(max(sd[i] ** 2 + sd[j] ** 2 - 2 * rho[i, j] * sd[i] * sd[j], 0.0))
+            out[q] = out[r] + _lognormal_extra(m, s, (z[:, i] * sd[i] - z[:, j] * sd[j]))[:, None]
+        for q, r in tied_call_pairs(self.physical, self.native):
+            out[q] = np.maximum(out[q], out[r])
         return out
+
+    def model_error(self) -> dict:
+        """The model's own out-of-sample error, added to the parameter draws in every band.
+
+        Returns ``{"q68": {quantity: h}, "q95": {quantity: h}, "rho": r, "source":
+        "validated" | "prior", "basis": str}``: ``h`` the half-widths of the 68% and 95%
+        bands of |log(measured / predicted)| (so 0.10 = about +-10%), ``rho`` the correlation
+        of the error across kernel families (the part that cancels in a quantized/native
+        ratio). Quantities: ``latency_s``, ``step_s``, ``j_per_query``. A profile checked on
+        held-out measurements records them in ``[fit.model_error]`` (``qtsim validate``
+        computes them, with n points, source file and date); one without gets the stated prior
+        :data:`MODEL_ERROR_PRIORS` for its source (a normal: q95 = 1.96 / 0.994 q68).
+        """
+        rec = self.fit.get("model_error")
+        rows = {q: v for q, v in rec.items() if isinstance(v, dict) and "q68" in v} \
+            if isinstance(rec, dict) else {}
+        if rows:
+            q68 = {q: float(v["q68"]) for q, v in rows.items()}
+            q95 = {q: float(v.get("q95", v["q68"] * Z95 / Z68)) for q, v in rows.items()}
+            for q in MODEL_ERROR_QUANTITIES:  # a quantity not checked: the widest checked one
+                q68.setdefault(q, max(q68.values()))
+                q95.setdefault(q, max(q95.values()))
+            return {"q68": q68, "q95": q95, "rho": float(rec.get("rho", 0.0)),
+                    "source": "validated",
+                    "basis": f"{rec.get('basis', '')} ({rec.get('source_file', '')}, {rec.get('date', '')})"}
+        prior = MODEL_ERROR_PRIORS["calibrated" if self.source == "calibrated" else "spec"]
+        return {"q68": dict.fromkeys(MODEL_ERROR_QUANTITIES, prior["q68"]),
+                "q95": dict.fromkeys(MODEL_ERROR_QUANTITIES, prior["q68"] * Z95 / Z68),
+                "rho": prior["rho"], "source": "prior", "basis": prior["basis"]}
 
     def to_toml(self) -> str:
         doc = {"schema_version": SCHEMA_VERSION, "hardware": self.hardware,
@@ -169,6 +223,92 @@ class HardwareProfile:
         if self.fit:
             doc["fit"] = self.fit
         return dumps_toml(doc)
+
+
+MODEL_ERROR_QUANTITIES = ("latency_s", "step_s", "j_per_query")
+Z68, Z95 = 0.99446, 1.95996  # standard-normal half-widths of the central 68% and 95%
+#: stated priors for the model's own error where a profile records no held-out check
+MODEL_ERROR_PRIORS = {
+    "spec": {"q68": 0.157, "rho": 0.5, "basis": (
+        "prior: BLIS (inference-sim) had 15.7% end-to-end error on an unprofiled A100 from "
+        "datasheet alone (held out; reference/peer_measurements.md), taken as the 68% half-width "
+        "(BLIS's figure includes its own parameter error, which this profile's priors already "
+        "carry, so it is not inflated further); cross-precision correlation 0.5 assumed "
+        "(no GPU validation yet)")},
+    "calibrated": {"q68": 0.09, "rho": 0.5, "basis": (
+        "prior: calibrated but never validated; 9% (Vidur < 9%, BLIS 6.7% median on profiled "
+        "hardware, CPU held-out here about 10%); run `qtsim validate` to record this profile's own")},
+}
+
+#: quantized kernel-path families, longest first (``int8_t0`` before ``int8``)
+QUANT_FAMILIES = ("int8_t0", "nf4dq", "int8", "nf4", "fp4")
+_QUANT_RE = re.compile(r"_(" + "|".join(QUANT_FAMILIES) + r")(_b1|_bn)?(?=_)")
+
+
+def reference_name(name: str, params, native: str = "fp16") -> str | None:
+    """The 16-bit reference of a quantized path's constant, or None.
+
+    ``t_call_nf4_b1_s`` -> ``t_call_fp16_b1_s`` if the profile has it, else ``t_call_fp16_s``
+    (the unsplit path; then the other 16-bit dtype), following the physical model's fallbacks.
+    Any constant naming a quantized family this way is paired, whatever its prefix.
+    """
+    m = _QUANT_RE.search(name)
+    if not m:
+        return None
+    side = m.group(2) or ""
+    head, tail = name[:m.start()], name[m.end():]
+    for dt in (native, "bf16" if native == "fp16" else "fp16"):
+        for cand in (f"{head}_{dt}{side}{tail}", f"{head}_{dt}{tail}"):
+            if cand in params and cand != name:
+                return cand
+    return None
+
+
+def ordered_pairs(physical: dict, native: str = "fp16") -> list[tuple[str, str]]:
+    """(quantized constant, its 16-bit reference) where the central value says Q > R."""
+    out = []
+    for k, p in physical.items():
+        r = reference_name(k, physical, native)
+        if r is not None and p.value > physical[r].value:
+            out.append((k, r))
+    return out
+
+
+def model_error_deviates(z, q68: float, q95: float) -> np.ndarray:
+    """Log model-error deviates from standard normals ``z`` with the given band half-widths.
+
+    Piecewise linear in |z| through (0, 0), (Z68, q68), (Z95, q95), extended linearly beyond,
+    sign kept: the central 68% of the deviates is +-q68 and the central 95% +-q95 (a normal
+    when q95 = q68 x Z95 / Z68); heavier or lighter tails where held-out errors had them.
+    """
+    z = np.asarray(z, float)
+    a = np.abs(z)
+    inner = a * (q68 / Z68)
+    outer = q68 + (a - Z68) * ((q95 - q68) / (Z95 - Z68))
+    return np.sign(z) * np.where(a <= Z68, inner, np.maximum(outer, 0.0))
+
+
+def tied_call_pairs(physical: dict, native: str = "fp16") -> list[tuple[str, str]]:
+    """(quantized ``t_call_*``, its 16-bit reference) whose central values are equal."""
+    out = []
+    for k, p in physical.items():
+        r = reference_name(k, physical, native) if k.startswith("t_call_") else None
+        if r is not None and p.value == physical[r].value:
+            out.append((k, r))
+    return out
+
+
+def _lognormal_extra(mean: float, sd: float, dev) -> np.ndarray:
+    """A lognormal with ``mean`` and ``sd`` at the normal quantiles of ``dev / sd``.
+
+    ``dev`` are zero-mean normal deviates with standard deviation ``sd`` (the step-1 draw of
+    Q - R minus its mean); a zero ``sd`` gives ``mean`` in every draw.
+    """
+    dev = np.asarray(dev, float)
+    if sd <= 0 or mean <= 0:
+        return np.full(dev.shape, max(mean, 0.0))
+    s2 = math.log1p((sd / mean) ** 2)
+    return np.exp(math.log(mean) - 0.5 * s2 + math.sqrt(s2) * dev / sd)
 
 
 # ---- reading ---------------------------------------------------------------------------------
@@ -194,6 +334,9 @@ def parse_profile(text: str, where: str = "profile") -> HardwareProfile:
         v = hw[key]
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not (v > 0) or math.isinf(v):
             _fail(where, f"[hardware] {key} must be a positive number, got {v!r}")
+    for key, v in hw.items():  # nan or inf anywhere in [hardware] is a broken file, not a value
+        if isinstance(v, float) and not math.isfinite(v):
+            _fail(where, f"[hardware] {key} must be a finite number, got {v!r}")
     prov = doc.get("provenance", {})
     if prov.get("source", "spec") not in ("spec", "calibrated", "published"):
         _fail(where, f"[provenance] source must be spec, calibrated or published, got {prov.get('source')!r}")
@@ -251,6 +394,9 @@ def _candidates():
     """(origin, name, loader) for every profile, user ones first."""
     out = []
     udir = user_profile_dir()
+    if udir.exists() and not udir.is_dir():
+        raise ProfileError(f"{udir}: the user profile directory (QTSIM_PROFILE_DIR or "
+                           "~/.config/qtsim/profiles) is a file, not a directory")
     if udir.is_dir():
         for f in sorted(udir.glob("*.toml")):
             out.append(("user", f.stem, str(f), lambda f=f: read_profile(f)))
@@ -290,21 +436,29 @@ def list_profiles() -> list[dict]:
 
 def load_profile(name: str | None = None, path: str | None = None) -> HardwareProfile:
     """A profile by ``path``, or by hardware name or alias (user directory searched first)."""
+    if path and name:
+        raise ProfileError(f"give --gpu or --profile, not both (--gpu {name} --profile {path})")
     if path:
         return read_profile(path)
     if not name:
         raise ProfileError("give a GPU name (--gpu) or a profile file (--profile)")
     key = name.lower()
     names = []
-    for _origin, stem, _where, load in _candidates():
+    cands = _candidates()
+    first = {}  # stem -> the candidate that wins it (a user file shadows a shipped one)
+    for cand in cands:
+        first.setdefault(cand[1].lower(), cand)
+    for _origin, stem, _where, _load in cands:
         names.append(stem)
         if key == stem.lower():
-            return load()
-    for _origin, _stem, where, load in _candidates():
+            return first[stem.lower()][3]()
+    for _origin, stem, where, _load in cands:
         text = Path(where).read_text() if not where.startswith("shipped:") else \
             (resources.files("qtsim.hardware_profiles") / where.split(":", 1)[1]).read_text()
         if key in (a.lower() for a in _aliases_of(text)):
-            return load()
+            # the file that owns this stem, even when it is broken: a broken user profile is an
+            # error, never silently replaced by the shipped one it shadows
+            return first[stem.lower()][3]()
     raise UnknownNameError(f"unknown GPU {name!r}{suggest(name, set(names))}; "
                            "`qtsim profiles list` shows them, --profile FILE loads any file")
 
@@ -323,6 +477,11 @@ def atomic_write_text(text: str, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes 0600 files; a profile is meant to be shared (a team reads one file), so
+        # give it the mode any new file gets under the user's umask (0644 under the usual 022)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
             fh.flush()

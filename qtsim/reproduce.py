@@ -27,6 +27,7 @@ import numpy as np
 
 from qtsim import paper
 from qtsim import sustainability as si
+from qtsim.verdicts import json_number
 
 SECTIONS = ("worked example", "consistency", "simulator")
 NEW_TOKENS = 256  # the paper states no tokens per query; qtsim's default
@@ -55,10 +56,7 @@ class Check:
 
     def to_dict(self) -> dict:
         def num(x):
-            if x is None:
-                return None
-            x = float(x)
-            return None if math.isnan(x) else ("inf" if math.isinf(x) else x)
+            return None if x is None else json_number(x)
 
         return {"id": self.id, "section": self.section, "claim": self.claim,
                 "paper": num(self.paper), "ours": num(self.ours), "diff": num(self.diff),

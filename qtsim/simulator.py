@@ -8,6 +8,7 @@ a leading axis of draws, summarised by :func:`band`.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +16,7 @@ import numpy as np
 from qtsim import paper, physical, thresholds
 from qtsim.architecture import ArchCounts, Architecture
 from qtsim.precision import get_precision, reference_for
-from qtsim.profiles import HardwareProfile
+from qtsim.profiles import HardwareProfile, model_error_deviates
 from qtsim.thresholds import (  # noqa: F401  (BAND, GIB, KIND_NAMES, crossing: public here too)
     BAND,
     GIB,
@@ -23,6 +24,8 @@ from qtsim.thresholds import (  # noqa: F401  (BAND, GIB, KIND_NAMES, crossing: 
     crossing,
     nan_percentiles,
 )
+from qtsim.verdicts import json_number, ratios
+from qtsim.workload import BnbSettings
 
 
 def band(x):
@@ -38,6 +41,14 @@ class Threshold:
     ``kind``: ``"crossing"`` (trapped below ``value``, free above), ``"reverse"`` (free below,
     trapped above), ``"trapped_everywhere"`` (no crossing in the range: value = inf),
     ``"never_trapped"`` (no crossing: value = 0) or ``"native_oom"`` (native does not fit).
+    ``value`` is the first crossing; ``crossings`` lists every one of the central curves
+    (value, "trapped below" | "trapped above"). ``low``/``high`` are the 16th/84th percentiles
+    over *all* draws, a draw without a crossing counted at +inf (trapped at every point
+    searched: the threshold lies above the range) or 0 (never trapped: below it), so a band
+    end of inf or 0 means "beyond the search range". ``draws`` holds the shares of draws with
+    no crossing (``p_no_crossing``, split into ``p_trapped_everywhere`` and
+    ``p_never_trapped``) and with more than one (``p_multiple_crossings``), and the median.
+    ``memory`` (N* only): whether a model of that size fits the device.
     """
 
     value: float
@@ -46,19 +57,35 @@ class Threshold:
     high: float = float("nan")
     range_: tuple = ()
     reason: str = ""
+    crossings: tuple = ()
+    draws: dict | None = None
+    memory: dict | None = None
 
     def to_dict(self):
-        return {"value": _num(self.value), "kind": self.kind, "band": [_num(self.low), _num(self.high)],
-                "range": [_num(x) for x in self.range_], "reason": self.reason}
+        d = {"value": _num(self.value), "kind": self.kind, "band": [_num(self.low), _num(self.high)],
+             "range": [_num(x) for x in self.range_], "reason": self.reason,
+             "crossings": [{"value": _num(v), "side": side} for v, side in self.crossings]}
+        if self.draws is not None:
+            d["draws"] = {k: (_num(v) if isinstance(v, (float, np.floating)) else v)
+                          for k, v in self.draws.items()}
+        if self.memory is not None:
+            d["memory"] = self.memory
+        return d
 
 
-def _num(x):
-    x = float(x)
-    if np.isnan(x):
-        return None
-    if np.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return x
+def _draw_stats(r: dict, prefix: str, n_draws: int) -> dict:
+    """The draw shares and median of one threshold row (first entry) for :class:`Threshold`."""
+    keys = ("p_no_crossing", "p_trapped_everywhere", "p_never_trapped", "p_multiple_crossings",
+            "median")
+    out = {k: float(np.ravel(r[f"{prefix}_{k}"])[0]) for k in keys if f"{prefix}_{k}" in r}
+    out["n_draws"] = n_draws
+    out["censoring"] = ("percentiles over all draws; a draw with no crossing counts as beyond "
+                        "the search range on the side its verdict implies: +inf ('above range') "
+                        "or 0 ('below range')")
+    return out
+
+
+_num = json_number
 
 
 class Simulator:
@@ -71,16 +98,24 @@ class Simulator:
         a device-only profile; None takes the profile's own host part or the default host
     n_draws : Monte-Carlo draws used when ``draws=True``
     seed : random seed of the draws (results are reproducible)
+    model_error : add the model's own out-of-sample error (:meth:`HardwareProfile.model_error`)
+        to the parameter draws, so a 68% band covers about 68% of measurements; ``False``
+        gives parameter uncertainty alone (validation uses it to score both)
+    bnb : bitsandbytes settings (double quantisation, LLM.int8() threshold, 4-bit compute
+        dtype) every evaluation uses, B* and N* included; default transformers' defaults
     """
 
     def __init__(self, profile: HardwareProfile, n_draws: int = 400, seed: int = 0,
-                 host=None):
+                 host=None, model_error: bool = True, bnb: BnbSettings | None = None):
         self.profile = profile.with_host(host)
         self.n_draws = n_draws
         self.seed = seed
+        self.model_error = self.profile.model_error() if model_error else None
+        self.bnb = bnb or BnbSettings()
         self._flags = self.profile.model_flags()
         self._central = {**self.profile.values(), **self._flags}
         self._draws = None
+        self._errz = {}
 
     def params(self, draws: bool = False):
         if not draws:
@@ -89,14 +124,58 @@ class Simulator:
             self._draws = {**self.profile.draws(self.n_draws, self.seed), **self._flags}
         return self._draws
 
+    def error_z(self, family: str) -> np.ndarray:
+        """Standard-normal model-error deviates of one kernel family, shape (n_draws, 1).
+
+        One deviate per draw, the same for every batch, size and token count (a systematic
+        error of the model for that family on this hardware), correlated ``rho`` across
+        families (the shared part cancels in quantized/native ratios).
+        """
+        if family not in self._errz:
+            rho = self.model_error["rho"] if self.model_error else 0.0
+            common = np.random.default_rng([self.seed, 0x5EED]).standard_normal((self.n_draws, 1))
+            own = np.random.default_rng([self.seed, zlib.crc32(family.encode())]).standard_normal(
+                (self.n_draws, 1))
+            self._errz[family] = np.sqrt(rho) * common + np.sqrt(1.0 - rho) * own
+        return self._errz[family]
+
+    def _add_model_error(self, out: dict, family: str) -> dict:
+        """Scale draws by exp(model-error deviate): latency, step, tok/s, J/query (both forms)."""
+        if not self.model_error:
+            return out
+        me, z = self.model_error, self.error_z(family)
+
+        def f(q):
+            return np.exp(model_error_deviates(z, me["q68"][q], me["q95"][q]))
+
+        f_t, f_e = f("latency_s"), f("j_per_query")
+        scale = {"latency_s": f_t, "prefill_s": f_t, "step_s": f("step_s"),
+                 "tok_per_s": 1.0 / f_t, "j_per_query_hli": f_t, "j_per_query": f_e,
+                 "avg_power_w": f_e / f_t}
+        out = dict(out)
+        for k, fac in scale.items():
+            if k in out:
+                out[k] = out[k] * fac
+        return out
+
     # ---- one configuration -------------------------------------------------------------------
     def evaluate(self, counts: ArchCounts, precision: str, batch, new_tokens=256,
-                 prompt_tokens=128, draws=False, double_quant=False):
-        """Latency, throughput, J/query (power model and HLI) and peak memory, vectorised."""
+                 prompt_tokens=128, draws=False, double_quant=None):
+        """Latency, throughput, J/query (power model and HLI) and peak memory, vectorised.
+
+        ``double_quant`` None takes the simulator's :class:`BnbSettings` (as do the int8
+        threshold and the 4-bit compute dtype).
+        """
+        if double_quant is None:
+            double_quant = self.bnb.double_quant
         out = physical.query(counts, precision, batch, new_tokens, prompt_tokens,
                              self.params(draws), self.profile.tdp_w, self.profile.native,
-                             double_quant, self.profile.compute_dtype_4bit,
-                             overlap=self.profile.overlap)
+                             double_quant, self.bnb.compute_dtype_for(self.profile),
+                             overlap=self.profile.overlap,
+                             int8_threshold=self.bnb.int8_threshold)
+        if draws:
+            out = self._add_model_error(out, physical.path_family(precision, double_quant,
+                                                                  self.bnb.int8_threshold))
         overhead = float(self.profile.hardware.get("runtime_overhead_gib", 0.0)) * GIB
         out["peak_bytes"] = physical.peak_memory_bytes(counts, precision, batch, new_tokens,
                                                        prompt_tokens, double_quant, overhead)
@@ -104,7 +183,7 @@ class Simulator:
         return out
 
     def compare(self, counts: ArchCounts, precision: str, batch, new_tokens=256,
-                prompt_tokens=128, draws=False, double_quant=False):
+                prompt_tokens=128, draws=False, double_quant=None):
         """Quantized against its native reference at the same workload.
 
         Returns ``(quant, native, derived)``; ``derived`` holds COR (eq. 9 from step times),
@@ -115,14 +194,7 @@ class Simulator:
         ref = self.profile.native if get_precision(precision).quantized else ref
         q = self.evaluate(counts, precision, batch, new_tokens, prompt_tokens, draws, double_quant)
         n = self.evaluate(counts, ref, batch, new_tokens, prompt_tokens, draws)
-        derived = {
-            "cor": paper.cor_from_latency(q["step_s"], n["step_s"]),
-            "energy_ratio": q["j_per_query"] / n["j_per_query"],
-            "energy_ratio_hli": q["j_per_query_hli"] / n["j_per_query_hli"],
-            "speed_ratio": q["tok_per_s"] / n["tok_per_s"],
-            "delta_j": q["j_per_query"] - n["j_per_query"],
-        }
-        return q, n, derived
+        return q, n, ratios(q, n)
 
     # ---- thresholds --------------------------------------------------------------------------
     def batch_limit(self, counts: ArchCounts, precision: str, new_tokens, prompt_tokens) -> float:
@@ -139,7 +211,8 @@ class Simulator:
         closed form (eq. 18) is :func:`qtsim.paper.b_star` on :meth:`paper_constants`.
         """
         one = thresholds.map_counts(counts, np.atleast_1d)
-        r = thresholds.b_star_rows(self, one, precision, new_tokens, prompt_tokens, b_max, draws=draws)
+        r = thresholds.b_star_rows(self, one, precision, new_tokens, prompt_tokens, b_max,
+                                   draws=draws, details=True)
         kname = thresholds.KIND_CODES[int(r["b_star_kind"][0])]
         limit = float(r["b_star_max"][0])
         lo, hi = (float(r["b_star_low"][0]), float(r["b_star_high"][0])) if draws else (np.nan, np.nan)
@@ -153,9 +226,14 @@ class Simulator:
             "trapped_everywhere": f"quantized costs more energy at every batch from 1 to {limit:g} (memory or range limit): B* > {limit:g}",
             "never_trapped": f"quantized costs less energy at every batch from 1 to {limit:g}",
         }[kname]
-        if kname in ("crossing", "reverse") and value == 2.0 and np.isnan(lo):
+        crossings = thresholds.all_crossings(r["b_star_grid"][0], r["b_star_delta"][0])
+        crossings = [(max(v, 2.0) if v < 2.0 else v, side) for v, side in crossings]
+        if kname in ("crossing", "reverse") and value == 2.0:
             reason += "; the flip happens at the kernel switch between batch 1 and 2 (4-bit GEMV -> GEMM)"
-        return Threshold(value, kname, lo, hi, (1.0, limit), reason)
+        if len(crossings) > 1:
+            reason += f"; the curves cross {len(crossings)} times"
+        return Threshold(value, kname, lo, hi, (1.0, limit), reason, tuple(crossings),
+                         _draw_stats(r, "b_star", self.n_draws) if draws else None)
 
     def n_star(self, arch: Architecture, precision: str, batch=1, new_tokens=256,
                prompt_tokens=128, n_range=thresholds.N_RANGE, draws=False) -> Threshold:
@@ -169,7 +247,7 @@ class Simulator:
         win. Memory limits are ignored here (a planner's curve, not a deployment check).
         """
         r = thresholds.n_star_rows(self, arch, precision, [batch], new_tokens, prompt_tokens,
-                                   n_range, draws=draws)
+                                   n_range, draws=draws, details=True)
         kname = KIND_NAMES[int(np.ravel(r["n_star_kind"])[0])]
         lo, hi = ((float(np.ravel(r["n_star_low"])[0]), float(np.ravel(r["n_star_high"])[0]))
                   if draws else (np.nan, np.nan))
@@ -180,15 +258,49 @@ class Simulator:
             "trapped_everywhere": f"no crossing in {span}: quantized costs more at every size, N* > {n_range[1]:.0e}",
             "never_trapped": f"no crossing in {span}: quantized costs less at every size, N* < {n_range[0]:.0e}",
         }[kname]
-        return Threshold(float(np.ravel(r["n_star"])[0]), kname, lo, hi, tuple(n_range), reason)
+        value = float(np.ravel(r["n_star"])[0])
+        crossings = thresholds.all_crossings(r["n_star_sizes"], np.asarray(r["n_star_delta"])[0])
+        if len(crossings) > 1:
+            reason += f"; the curves cross {len(crossings)} times"
+        return Threshold(value, kname, lo, hi, tuple(n_range), reason, tuple(crossings),
+                         _draw_stats(r, "n_star", self.n_draws) if draws else None,
+                         self.size_memory(arch, precision, value, batch, new_tokens, prompt_tokens))
+
+    def size_memory(self, arch: Architecture, precision: str, n_params: float, batch=1,
+                    new_tokens=256, prompt_tokens=128) -> dict:
+        """Whether a model of ``n_params`` in ``arch``'s family fits this device.
+
+        Peak memory (weights with scales, full KV cache, workspace, runtime overhead) at
+        ``precision`` and at the native dtype for ``batch`` sequences, and the largest size of
+        the family that fits at each (searched 10^7..10^13 parameters).
+        """
+        overhead = float(self.profile.hardware.get("runtime_overhead_gib", 0.0)) * GIB
+        cap = self.profile.memory_bytes
+        sizes = np.geomspace(1e7, 1e13, 241)
+        out = {"device_gib": cap / GIB, "batch": batch}
+        for tag, p in (("quantized", precision), ("native", self.profile.native)):
+            peak = physical.peak_memory_bytes(arch.scaled(sizes), p, float(batch), float(new_tokens),
+                                              float(prompt_tokens), False, overhead)
+            ok = np.asarray(peak) <= cap
+            out[f"largest_fitting_{tag}_params"] = float(sizes[ok].max()) if ok.any() else 0.0
+            if np.isfinite(n_params) and n_params > 0:
+                one = physical.peak_memory_bytes(arch.scaled([n_params]), p, float(batch),
+                                                 float(new_tokens), float(prompt_tokens), False,
+                                                 overhead)
+                out[f"{tag}_gib"] = float(np.ravel(one)[0]) / GIB
+                out[f"fits_{tag}"] = bool(np.ravel(one)[0] <= cap)
+        return out
 
     def paper_constants(self, counts: ArchCounts, precision: str, draws=False,
-                        double_quant=False):
+                        double_quant=None):
         """The paper's alpha, gamma, phi(h, p) and eq. 18 B*, derived at batch 1."""
+        if double_quant is None:
+            double_quant = self.bnb.double_quant
         c = physical.paper_constants(counts, precision, self.params(draws), self.profile.tdp_w,
                                      self.profile.native, double_quant=double_quant,
-                                     compute_dtype_4bit=self.profile.compute_dtype_4bit,
-                                     overlap=self.profile.overlap)
+                                     compute_dtype_4bit=self.bnb.compute_dtype_for(self.profile),
+                                     overlap=self.profile.overlap,
+                                     int8_threshold=self.bnb.int8_threshold)
         c["b_star_paper"] = paper.b_star(c["alpha_j_per_bit"], c["phi_j"],
                                          get_precision(precision).bits)
         return c

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from qtsim import paper
+from qtsim import paper, verdicts
 from qtsim import sustainability as si
 from qtsim.architecture import ArchCounts, Architecture
 from qtsim.errors import QtsimError
@@ -38,6 +38,8 @@ from qtsim.profiles import HardwareProfile
 from qtsim.simulator import BAND, GIB, Simulator
 from qtsim.thresholds import (  # noqa: F401  (re-exported for surface users)
     KIND_CODES,
+    N_GRID,
+    N_RANGE,
     b_star_rows,
     crossing,
     grid_eval,
@@ -46,6 +48,7 @@ from qtsim.thresholds import (  # noqa: F401  (re-exported for surface users)
     nan_percentiles,
 )
 from qtsim.trust import TrustEstimate, lookup_trust
+from qtsim.workload import BnbSettings
 
 DIMS = ("gpu", "precision", "model", "batch")
 
@@ -117,11 +120,14 @@ class Surface:
         idx = []
         for d in self.dims_of(name):
             if d in where:
-                vals = list(self.coords[d])
+                vals = self.coords[d]
                 want = where[d]
-                if want not in vals:
-                    raise QtsimError(f"{want!r} is not on the {d} axis ({', '.join(map(str, vals))})")
-                idx.append(vals.index(want))
+                hit = (np.flatnonzero(np.asarray(vals) == want) if isinstance(vals, np.ndarray)
+                       else [i for i, v in enumerate(vals) if v == want])
+                if len(hit) == 0:
+                    shown = ", ".join(map(str, list(vals)[:20])) + (", ..." if len(vals) > 20 else "")
+                    raise QtsimError(f"{want!r} is not on the {d} axis ({shown})")
+                idx.append(int(hit[0]))
             else:
                 idx.append(slice(None))
         return arr[tuple(idx)]
@@ -169,15 +175,7 @@ def size_label(family: str, n_params: float) -> str:
 
 
 # ---- grid evaluation ----------------------------------------------------------------------------
-def derived(q: dict, n: dict) -> dict:
-    """COR (eq. 9, from step times), energy, HLI and speed ratios, delta J: as Simulator.compare."""
-    return {
-        "cor": paper.cor_from_latency(q["step_s"], n["step_s"]),
-        "energy_ratio": q["j_per_query"] / n["j_per_query"],
-        "energy_ratio_hli": q["j_per_query_hli"] / n["j_per_query_hli"],
-        "speed_ratio": q["tok_per_s"] / n["tok_per_s"],
-        "delta_j": q["j_per_query"] - n["j_per_query"],
-    }
+derived = verdicts.ratios  # COR (eq. 9), energy, HLI and speed ratios, delta J
 
 
 def pillars(q: dict, n: dict, t_si, policy: str = "linear", weights=si.DEFAULT_WEIGHTS) -> dict:
@@ -243,109 +241,243 @@ def evaluate_gpu(profile: HardwareProfile, counts: ArchCounts, names: Sequence[s
                  prompt_tokens: int = 128, t_si=None, family: Architecture | None = None,
                  policy: str = "linear", weights=si.DEFAULT_WEIGHTS, n_draws: int = 0,
                  seed: int = 0, thresholds: bool = True,
-                 progress: Callable[[int], None] | None = None) -> dict:
+                 progress: Callable[[int], None] | None = None,
+                 bnb: BnbSettings | None = None) -> dict:
     """Every quantity for one GPU: arrays (precision, model, batch) and per-model/per-batch ones.
 
     ``counts`` holds M models (1-D fields), ``batch`` B batch sizes; ``t_si`` a (P, M) array of
     trust ratios (default 1). Native (16-bit) runs are evaluated once and shared by every
     precision. ``family`` is the architecture whose synthetic sizes N* is searched along
     (omitted: no N*). ``n_draws`` > 0 adds 16/84% bands and ``p_trapped_*`` shares.
+    ``bnb``: bitsandbytes settings for every quantized precision (B* and N* included).
     """
-    sim = Simulator(profile, n_draws=max(n_draws, 1), seed=seed)
+    sim = Simulator(profile, n_draws=max(n_draws, 1), seed=seed, bnb=bnb)
     draws = n_draws > 0
-    b = np.atleast_1d(np.asarray(batch, float))
+    b_all = np.atleast_1d(np.asarray(batch, float))
     native = profile.native
     m = len(names)
-    t_si = np.ones((len(precisions), m)) if t_si is None else np.asarray(t_si, float)
-    nat = grid_eval(sim, counts, native, b, new_tokens, prompt_tokens)
-    nat_d = grid_eval(sim, counts, native, b, new_tokens, prompt_tokens, True) if draws else None
-    pap_n = None
-    rows: dict[str, list] = {}
+    n_p = len(precisions)
+    t_si = np.ones((n_p, m)) if t_si is None else np.asarray(t_si, float)
+    rows: dict[str, np.ndarray] = {}
+    step = chunk_batches(m, b_all.size, n_draws)
+    i = 0
+    sl = slice(None)
 
-    def put(name, value):
-        rows.setdefault(name, []).append(np.asarray(value))
-
-    for i, p in enumerate(precisions):
-        quant = get_precision(p).quantized
-        if p == native:
-            q = ref = nat
+    def put(name, value, full=False):
+        """Store precision i's value: a (M, chunk) block of a batch quantity, or whole."""
+        v = np.asarray(value)
+        arr = rows.get(name)
+        if arr is None:
+            shape = (n_p, *v.shape) if full else (n_p, *v.shape[:-1], b_all.size)
+            arr = rows[name] = np.empty(shape, v.dtype)
+        elif not np.can_cast(v.dtype, arr.dtype, "safe"):
+            arr = rows[name] = arr.astype(np.result_type(arr.dtype, v.dtype))
+        if full:
+            arr[i] = v
         else:
-            q = grid_eval(sim, counts, p, b, new_tokens, prompt_tokens)
-            ref = nat if quant else q
-        d = derived(q, ref)
-        pil = pillars(q, ref, t_si[i][:, None], policy, weights)
-        pap = paper_energy(sim, counts, p, b, new_tokens)
-        pap_n = pap["j_native"]
-        for k in ("latency_s", "step_s", "tok_per_s", "j_per_query", "j_per_query_hli",
-                  "avg_power_w"):
-            put(k, q[k])
-        put("j_per_query_paper", pap["j_per_query_paper"])
-        put("peak_memory_gib", q["peak_bytes"] / GIB)
-        put("fits", q["fits"].astype(np.uint8))
-        put("native_fits", nat["fits"].astype(np.uint8))
-        for k, v in d.items():
-            put(k, v)
-        put("energy_ratio_paper", pap["j_per_query_paper"] / pap_n)
-        put("s_si_paper", pap_n / pap["j_per_query_paper"])
-        for k, v in pil.items():
-            put(k, v)
-        trapped = {
-            "trapped_energy": d["delta_j"] > 0,
-            "trapped_energy_hli": q["j_per_query_hli"] > ref["j_per_query_hli"],
-            "trapped_energy_paper": pap["j_per_query_paper"] > pap_n * (1 + 1e-12),
-            "trapped_time": d["speed_ratio"] < 1,
-            "trapped_si": pil["si"] < 1 - 1e-12,
+            arr[i, ..., sl] = v
+
+    for start in range(0, b_all.size, step):
+        sl = slice(start, start + step)
+        b = b_all[sl]
+        first = start == 0
+        nat = grid_eval(sim, counts, native, b, new_tokens, prompt_tokens)
+        nat_d = grid_eval(sim, counts, native, b, new_tokens, prompt_tokens, True) if draws else None
+        for i, p in enumerate(precisions):
+            _evaluate_precision(sim, counts, family, p, i, b, b_all, nat, nat_d, first, put,
+                                t_si, new_tokens, prompt_tokens, policy, weights, m, draws,
+                                thresholds)
+            if progress:
+                progress(1)
+    return rows
+
+
+#: Values (model x batch x draw) per block of batches in :func:`evaluate_gpu`.
+CHUNK_POINTS = 1 << 17
+
+
+def chunk_batches(n_models: int, n_batches: int, n_draws: int = 0, points: int | None = None) -> int:
+    """Batches evaluated at once: about ``points`` (model x batch x draw) values per block, so
+    temporaries stay in cache-sized, reused memory instead of fresh pages for every quantity."""
+    points = CHUNK_POINTS if points is None else points
+    return max(1, min(n_batches, points // max(1, n_models * max(1, n_draws))))
+
+
+def n_blocks(n_models: int, n_batches: int, n_draws: int = 0) -> int:
+    """How many batch blocks :func:`evaluate_gpu` takes (progress ticks per GPU and precision)."""
+    step = chunk_batches(n_models, n_batches, n_draws)
+    return -(-n_batches // step)
+
+
+def _evaluate_precision(sim, counts, family, p, i, b, b_all, nat, nat_d, first, put, t_si,
+                        new_tokens, prompt_tokens, policy, weights, m, draws, thresholds):
+    """One precision on one block of batches (thresholds, on the whole axis, with the first)."""
+    native = sim.profile.native
+    quant = get_precision(p).quantized
+    if p == native:
+        q = ref = nat
+    else:
+        q = grid_eval(sim, counts, p, b, new_tokens, prompt_tokens)
+        ref = nat if quant else q
+    d = derived(q, ref)
+    pil = pillars(q, ref, t_si[i][:, None], policy, weights)
+    pap = paper_energy(sim, counts, p, b, new_tokens)
+    pap_n = pap["j_native"]
+    for k in ("latency_s", "step_s", "tok_per_s", "j_per_query", "j_per_query_hli",
+              "avg_power_w"):
+        put(k, q[k])
+    put("j_per_query_paper", pap["j_per_query_paper"])
+    put("peak_memory_gib", q["peak_bytes"] / GIB)
+    put("fits", q["fits"].astype(np.uint8))
+    put("native_fits", nat["fits"].astype(np.uint8))
+    for k, v in d.items():
+        put(k, v)
+    put("energy_ratio_paper", pap["j_per_query_paper"] / pap_n)
+    put("s_si_paper", pap_n / pap["j_per_query_paper"])
+    for k, v in pil.items():
+        put(k, v)
+    trapped = {
+        "trapped_energy": verdicts.costs_more(q["j_per_query"], ref["j_per_query"]),
+        "trapped_energy_hli": verdicts.costs_more(q["j_per_query_hli"], ref["j_per_query_hli"]),
+        "trapped_energy_paper": verdicts.costs_more(pap["j_per_query_paper"], pap_n * (1 + 1e-12)),
+        "trapped_time": verdicts.slower(d["speed_ratio"]),
+        "trapped_si": verdicts.si_trapped(pil["si"]),
+    }
+    for k, v in trapped.items():
+        put(k, np.asarray(v, np.uint8))
+    for k in ("alpha_j_per_bit", "gamma_j", "phi_j", "b_star_paper"):
+        put(k, np.broadcast_to(pap[k], (m,)), full=True)
+    if thresholds and first:  # per model, and N* per batch on the whole axis at once
+        if quant:
+            bs = b_star_rows(sim, counts, p, new_tokens, prompt_tokens, draws=draws)
+        else:
+            bs = {"b_star": np.full(m, np.nan), "b_star_kind": np.full(m, 3),
+                  "b_star_max": np.full(m, np.nan)}
+            if draws:
+                bs["b_star_low"] = bs["b_star_high"] = np.full(m, np.nan)
+        for k, v in bs.items():
+            put(k, v, full=True)
+        if family is not None and quant:
+            ns = n_star_fast(sim, family, p, b_all, new_tokens, prompt_tokens, draws=draws)
+        else:
+            ns = {"n_star": np.full(b_all.size, np.nan), "n_star_kind": np.full(b_all.size, 3)}
+            if draws:
+                ns["n_star_low"] = ns["n_star_high"] = np.full(b_all.size, np.nan)
+        for k, v in ns.items():
+            put(k, v, full=True)
+    if draws:
+        qd = grid_eval(sim, counts, p, b, new_tokens, prompt_tokens, True)
+        rd = nat_d if quant else qd
+        dd = derived(qd, rd)
+        pd = pillars(qd, rd, t_si[i][:, None], policy, weights)
+        papd = paper_energy(sim, counts, p, b, new_tokens, draws=True)
+        samples = {**{k: qd[k] for k in ("latency_s", "tok_per_s", "j_per_query",
+                                         "j_per_query_hli")},
+                   "j_per_query_paper": papd["j_per_query_paper"], **dd,
+                   "energy_ratio_paper": papd["j_per_query_paper"] / papd["j_native"],
+                   "s_si_paper": papd["j_native"] / papd["j_per_query_paper"],
+                   **{k: pd[k] for k in ("e_si", "s_si", "s_si_hli", "si", "si_hli")}}
+        for k, v in samples.items():
+            lo, hi = nan_percentiles(v)
+            put(f"{k}_low", lo)
+            put(f"{k}_high", hi)
+        shares = {
+            "p_trapped_energy": verdicts.costs_more(qd["j_per_query"], rd["j_per_query"]),
+            "p_trapped_energy_hli": verdicts.costs_more(qd["j_per_query_hli"], rd["j_per_query_hli"]),
+            "p_trapped_energy_paper": verdicts.costs_more(papd["j_per_query_paper"],
+                                                          papd["j_native"] * (1 + 1e-12)),
+            "p_trapped_time": verdicts.slower(dd["speed_ratio"]),
+            "p_trapped_si": verdicts.si_trapped(pd["si"]),
         }
-        for k, v in trapped.items():
-            put(k, np.asarray(v, np.uint8))
-        for k in ("alpha_j_per_bit", "gamma_j", "phi_j", "b_star_paper"):
-            put(k, np.broadcast_to(pap[k], (m,)))
-        if thresholds:
-            if quant:
-                bs = b_star_rows(sim, counts, p, new_tokens, prompt_tokens, draws=draws)
-            else:
-                bs = {"b_star": np.full(m, np.nan), "b_star_kind": np.full(m, 3),
-                      "b_star_max": np.full(m, np.nan)}
-                if draws:
-                    bs["b_star_low"] = bs["b_star_high"] = np.full(m, np.nan)
-            for k, v in bs.items():
-                put(k, v)
-            if family is not None and quant:
-                ns = n_star_rows(sim, family, p, b, new_tokens, prompt_tokens, draws=draws)
-            else:
-                ns = {"n_star": np.full(b.size, np.nan), "n_star_kind": np.full(b.size, 3)}
-                if draws:
-                    ns["n_star_low"] = ns["n_star_high"] = np.full(b.size, np.nan)
-            for k, v in ns.items():
-                put(k, v)
-        if draws:
-            qd = grid_eval(sim, counts, p, b, new_tokens, prompt_tokens, True)
-            rd = nat_d if quant else qd
-            dd = derived(qd, rd)
-            pd = pillars(qd, rd, t_si[i][:, None], policy, weights)
-            papd = paper_energy(sim, counts, p, b, new_tokens, draws=True)
-            samples = {**{k: qd[k] for k in ("latency_s", "tok_per_s", "j_per_query",
-                                             "j_per_query_hli")},
-                       "j_per_query_paper": papd["j_per_query_paper"], **dd,
-                       "energy_ratio_paper": papd["j_per_query_paper"] / papd["j_native"],
-                       "s_si_paper": papd["j_native"] / papd["j_per_query_paper"],
-                       **{k: pd[k] for k in ("e_si", "s_si", "s_si_hli", "si", "si_hli")}}
-            for k, v in samples.items():
-                lo, hi = nan_percentiles(v)
-                put(f"{k}_low", lo)
-                put(f"{k}_high", hi)
-            shares = {
-                "p_trapped_energy": dd["delta_j"] > 0,
-                "p_trapped_energy_hli": qd["j_per_query_hli"] > rd["j_per_query_hli"],
-                "p_trapped_energy_paper": papd["j_per_query_paper"] > papd["j_native"] * (1 + 1e-12),
-                "p_trapped_time": dd["speed_ratio"] < 1,
-                "p_trapped_si": pd["si"] < 1 - 1e-12,
-            }
-            for k, v in shares.items():
-                put(k, np.mean(v, axis=0) if quant else np.zeros(np.shape(v)[1:]))
-        if progress:
-            progress(1)
-    return {k: np.stack(v) for k, v in rows.items()}
+        for k, v in shares.items():
+            put(k, np.mean(v, axis=0) if quant else np.zeros(np.shape(v)[1:]))
+
+
+#: Batch axes longer than this get N* from anchors (:func:`n_star_fast`); shorter ones directly.
+N_STAR_ANCHORS = 512
+
+
+def n_star_fast(sim: Simulator, arch: Architecture, precision: str, batch, new_tokens,
+                prompt_tokens, draws: bool = False, anchors: int | None = None) -> dict:
+    """:func:`qtsim.thresholds.n_star_rows` for long batch axes without 160 sizes per batch.
+
+    N* at one batch is the first sign change of delta J/query along ``N_GRID`` synthetic sizes.
+    With at most ``2 * anchors`` batches (or with draws) this is ``n_star_rows`` itself. Longer
+    axes are solved exactly at about ``anchors`` batches spread evenly in log batch (4% apart for
+    512 anchors over 1..10^9; every batch below about 25, batch 2 where bitsandbytes switches
+    kernels, and both ends). Every batch between two anchors that agree on the kind and on the
+    bracketing pair of sizes is evaluated at that pair only (two sizes instead of 160; one,
+    the smallest, where the anchors have no crossing) and kept when its signs confirm the
+    bracket, with the same interpolation as :func:`qtsim.thresholds.crossing`, so the numbers
+    are the ones the full grid gives. Batches whose anchors disagree, or whose signs do not
+    confirm them, are solved on the full size grid. The one thing this cannot see is a sign
+    change that appears and vanishes strictly between two anchors a few percent apart in batch
+    without moving the smallest size's sign; ``tests/test_surface.py`` checks the result
+    against the full grid.
+    """
+    b = np.atleast_1d(np.asarray(batch, float))
+    anchors = N_STAR_ANCHORS if anchors is None else anchors
+    if draws or b.size <= 2 * anchors:
+        return n_star_rows(sim, arch, precision, b, new_tokens, prompt_tokens, draws=draws)
+    sizes = np.geomspace(N_RANGE[0], N_RANGE[1], N_GRID)
+    fam = arch.scaled(sizes)
+    # anchors evenly spread in log batch (every small integer batch is one), plus batch 2
+    # (bitsandbytes' kernel switch) and both ends
+    at = np.searchsorted(b, np.geomspace(b[0], b[-1], anchors))
+    a_idx = np.unique(np.concatenate([np.minimum(at, b.size - 1), [0, 1, b.size - 1]]))
+
+    def delta(idx, bb):  # delta J/query at sizes[idx] (one size, one per batch, or all)
+        if idx is None:
+            cnt = fam
+        elif np.ndim(idx) == 0:
+            cnt = map_counts(fam, lambda x: x[idx:idx + 1] if x.size == sizes.size else x)
+        else:
+            cnt = map_counts(fam, lambda x: x[idx] if x.size == sizes.size else x)
+        q = grid_eval(sim, cnt, precision, bb, new_tokens, prompt_tokens)
+        n = grid_eval(sim, cnt, sim.profile.native, bb, new_tokens, prompt_tokens)
+        return q["j_per_query"] - n["j_per_query"]
+
+    da = np.swapaxes(delta(None, b[a_idx]), -1, -2)  # (anchors, S), as n_star_rows
+    a_val, a_kind = crossing(sizes, da)
+    pos = da > 0
+    a_br = np.where(np.isin(a_kind, (0, 1)), (pos[:, 1:] != pos[:, :1]).argmax(axis=-1), 0)
+    seg = np.clip(np.searchsorted(a_idx, np.arange(b.size), side="right") - 1, 0, a_idx.size - 2)
+    left, right = seg, seg + 1
+    same = (a_kind[left] == a_kind[right]) & (a_br[left] == a_br[right])
+    kind = a_kind[left]
+    crossing_kind = np.isin(kind, (0, 1))
+    i0 = np.where(crossing_kind, a_br[left], 0)
+    i1 = np.where(crossing_kind, a_br[left] + 1, N_GRID - 1)
+    d0, d1 = np.empty(b.size), np.empty(b.size)
+    step = max(1, CHUNK_POINTS)
+    for start in range(0, b.size, step):  # blocks: temporaries stay small
+        blk = np.arange(start, min(start + step, b.size))
+        cr, nc = blk[crossing_kind[blk]], blk[~crossing_kind[blk]]
+        if nc.size:  # no crossing: the sign at the smallest size decides (inf or 0)
+            d0[nc] = d1[nc] = delta(0, b[nc])[0]
+        if cr.size:  # the bracketing pair of sizes, one per batch
+            d0[cr] = delta(i0[cr], b[cr, None])[:, 0]
+            d1[cr] = delta(i1[cr], b[cr, None])[:, 0]
+    first_pos = np.isin(kind, (0, 2))  # kinds 0 and 2 start trapped (positive delta)
+    ok = same & ((d0 > 0) == first_pos)
+    ok &= np.where(crossing_kind, (d1 > 0) != first_pos, True)
+    out = {"n_star": np.where(first_pos, np.inf, 0.0), "n_star_kind": kind.copy()}
+    cr = np.flatnonzero(crossing_kind)
+    if cr.size:  # thresholds.crossing's interpolation on the bracketing pair, term for term
+        lx0, lx1 = np.log(sizes[i0[cr]]), np.log(sizes[i1[cr]])
+        c0, c1 = d0[cr], d1[cr]
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            frac = np.where(c0 != c1, c0 / (c0 - c1), 0.0)
+            out["n_star"][cr] = np.exp(lx0 + frac * (lx1 - lx0))
+    out["n_star"][a_idx] = a_val
+    out["n_star_kind"][a_idx] = a_kind
+    ok[a_idx] = True
+    redo = np.flatnonzero(~ok)
+    if redo.size:
+        r = n_star_rows(sim, arch, precision, b[redo], new_tokens, prompt_tokens)
+        out["n_star"][redo] = r["n_star"]
+        out["n_star_kind"][redo] = r["n_star_kind"]
+    return out
 
 
 def simulate(profiles: Sequence[HardwareProfile], models: Sequence[Architecture] = (),
@@ -354,13 +486,17 @@ def simulate(profiles: Sequence[HardwareProfile], models: Sequence[Architecture]
              family: Architecture | None = None, trust_table: str | None = None,
              depth: float | None = None, policy: str = "linear", weights=si.DEFAULT_WEIGHTS,
              n_draws: int = 0, seed: int = 0, thresholds: bool = True,
-             progress: Callable[[int], None] | None = None) -> Surface:
+             progress: Callable[[int], None] | None = None,
+             bnb: BnbSettings | None = None) -> Surface:
     """The whole grid: GPUs x precisions x (models, then synthetic ``sizes`` of ``family``) x batches.
 
     ``family`` defaults to the first model; it is the architecture synthetic sizes and N* are
     drawn from. ``depth`` moves published accuracies to another reasoning depth (trust.py).
+    ``bnb``: bitsandbytes settings (double quantisation, int8 threshold, 4-bit compute dtype).
     """
     from qtsim import __version__
+
+    bnb = bnb or BnbSettings()
 
     if not profiles:
         raise QtsimError("give at least one GPU")
@@ -389,16 +525,22 @@ def simulate(profiles: Sequence[HardwareProfile], models: Sequence[Architecture]
         synthetic += [True] * sz.size
     if not counts:
         raise QtsimError("give --model or --sizes with --family")
+    for prof in profiles:
+        bnb.check(precisions, prof)
     if len(set(names)) != len(names):
-        raise QtsimError(f"model listed twice: {', '.join(names)}")
+        raise QtsimError(f"model listed twice: {', '.join(names)} (name each with NAME=PATH, or "
+                         "by a _qtsim_name key in its config)")
     stacked = stack_counts(counts)
     natives = {p.native for p in profiles}
     t_si, trust = _trust_grid(precisions, names, synthetic, natives.pop() if len(natives) == 1
                               else "fp16", trust_table, depth, family.name if family else "")
     per_gpu = [evaluate_gpu(prof, stacked, names, precisions, b, new_tokens, prompt_tokens, t_si,
-                            family, policy, weights, n_draws, seed, thresholds, progress)
+                            family, policy, weights, n_draws, seed, thresholds, progress, bnb)
                for prof in profiles]
-    data = {k: np.stack([g[k] for g in per_gpu]) for k in per_gpu[0]}
+    if len(per_gpu) == 1:  # a view: stacking one GPU would copy every array once more
+        data = {k: np.asarray(v)[None] for k, v in per_gpu[0].items()}
+    else:
+        data = {k: np.stack([g[k] for g in per_gpu]) for k in per_gpu[0]}
     coords = {
         "gpu": [p.name for p in profiles], "precision": precisions,
         "bits": [get_precision(p).bits for p in precisions], "model": names,
@@ -411,6 +553,10 @@ def simulate(profiles: Sequence[HardwareProfile], models: Sequence[Architecture]
         "new_tokens": int(new_tokens), "prompt_tokens": int(prompt_tokens),
         "policy": policy, "si_weights": list(weights), "n_draws": int(n_draws), "seed": int(seed),
         "band_percentiles": list(BAND),
+        # BitsAndBytesConfig's names; the compute dtype "" = each profile's compute_dtype_4bit
+        "bnb_4bit_use_double_quant": bool(bnb.double_quant),
+        "llm_int8_threshold": float(bnb.int8_threshold),
+        "bnb_4bit_compute_dtype": bnb.compute_dtype or "",
         "n_star_family": family.name if family else "",
         "trust_depth": float(depth) if depth is not None else float("nan"),
         "trust_table": trust_table or "shipped: data/reference/trust_table.csv",
@@ -430,7 +576,7 @@ def simulate(profiles: Sequence[HardwareProfile], models: Sequence[Architecture]
 # ---- trap map data --------------------------------------------------------------------------
 def trap_map(profile: HardwareProfile, arch: Architecture, precision: str, sizes, batches,
              new_tokens: int = 256, prompt_tokens: int = 128, n_draws: int = 200,
-             seed: int = 0) -> dict:
+             seed: int = 0, bnb: BnbSettings | None = None) -> dict:
     """Model size x batch map of one GPU and precision for :func:`qtsim.plots.plot_trap_map`.
 
     Returns ``sizes`` (S,), ``batches`` (B,), ``delta_j`` (S, B) quantized minus native J/query
@@ -439,7 +585,7 @@ def trap_map(profile: HardwareProfile, arch: Architecture, precision: str, sizes
     every batch (N*(B)), ``native_fits`` (S, B), and with draws ``p_trapped`` (S, B): the share
     of Monte-Carlo draws trapped (the boundary is uncertain where it lies in 16-84%).
     """
-    sim = Simulator(profile, n_draws=max(n_draws, 1), seed=seed)
+    sim = Simulator(profile, n_draws=max(n_draws, 1), seed=seed, bnb=bnb)
     s = np.asarray(sizes, float)
     b = np.asarray(batches, float)
     fam = arch.scaled(s)
@@ -448,7 +594,7 @@ def trap_map(profile: HardwareProfile, arch: Architecture, precision: str, sizes
     dj = q["j_per_query"] - n["j_per_query"]
     bn, bk = crossing(b, dj)
     nb, nk = crossing(s, dj.T)
-    out = {"sizes": s, "batches": b, "delta_j": dj, "trapped": dj > 0,
+    out = {"sizes": s, "batches": b, "delta_j": dj, "trapped": verdicts.costs_more(dj, 0.0),
            "energy_ratio": q["j_per_query"] / n["j_per_query"],
            "b_star_of_n": bn, "b_star_kind": bk, "n_star_of_b": nb, "n_star_kind": nk,
            "native_fits": np.asarray(n["fits"], bool), "fits": np.asarray(q["fits"], bool),
@@ -463,7 +609,16 @@ def trap_map(profile: HardwareProfile, arch: Architecture, precision: str, sizes
 
 
 # ---- writing --------------------------------------------------------------------------------
-def write_hdf5(surface: Surface, path, command: str = "") -> None:
+def packing(arr, compress: bool) -> dict:
+    """h5py storage options: plain by default (writing is then disk-bound, about 0.1 s per 10^6
+    points of every quantity); ``compress``: gzip level 1 after byte shuffling, about 3.5x
+    smaller files for about 1.3 s more per 10^6 points."""
+    if compress and np.size(arr) > 4096:
+        return {"compression": "gzip", "compression_opts": 1, "shuffle": True}
+    return {}
+
+
+def write_hdf5(surface: Surface, path, command: str = "", compress: bool = False) -> None:
     """One dataset per quantity, coordinates as HDF5 dimension scales, units and descriptions.
 
     File attributes carry provenance: every profile's name, source, date and device (arrays in
@@ -509,7 +664,7 @@ def write_hdf5(surface: Surface, path, command: str = "") -> None:
             f[name].attrs["description"] = desc
         for name, arr in surface.data.items():
             dims = surface.dims_of(name)
-            ds = f.create_dataset(name, data=arr, compression="gzip" if arr.size > 4096 else None)
+            ds = f.create_dataset(name, data=arr, **packing(arr, compress))
             base = name.removesuffix("_low").removesuffix("_high")
             if name.startswith("p_"):
                 unit, desc = "1", f"share of Monte-Carlo draws {name[2:].replace('_', ' ')}"
@@ -545,6 +700,9 @@ def write_hdf5(surface: Surface, path, command: str = "") -> None:
         for k in ("qtsim_version", "new_tokens", "prompt_tokens", "policy", "n_draws", "seed",
                   "n_star_family", "trust_depth", "trust_table", "energy_methods"):
             f.attrs[k] = a[k]
+        for k in ("bnb_4bit_use_double_quant", "llm_int8_threshold", "bnb_4bit_compute_dtype"):
+            if k in a:
+                f.attrs[k] = a[k]
         f.attrs["si_weights"] = np.asarray(a["si_weights"], float)
         f.attrs["band_percentiles"] = np.asarray(a["band_percentiles"], float)
         for k in ("name", "source", "date", "device", "location"):

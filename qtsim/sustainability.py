@@ -4,6 +4,16 @@ Pillars are normalised against a reference configuration (the native 16-bit anch
 anchor's own pillars are all 1 and its SI is 1. A quantized configuration's E_SI and the ratio
 form of S_SI exceed 1 when it beats the anchor; the paper's [0, 1] range holds only for
 configurations no better than the anchor.
+
+Capping (:data:`CAPPING`): the paper declares the sustainability vector in [0, 1]^3 (sec. 3)
+and T_SI in [0, 1] (eq. 2), but only eq. 5 caps anything (min(1, ...)); eq. 3 and the
+same-grid ratio E_ref/E (which the paper's own worked example uses) have no cap. qtsim
+implements the equations as written, uncapped, and reports the capped variant
+(:func:`capped_si`) beside it.
+
+Units (:func:`s_si_log_by_unit`): eq. 5's log(1 + chi_ref) / log(1 + chi) is not
+scale-invariant. With chi in kgCO2e per query (about 1e-4) log(1 + x) ~ x and it equals
+E_ref/E; in gCO2e or in joules the log compresses the ratio towards 1.
 """
 
 from __future__ import annotations
@@ -13,6 +23,11 @@ import numpy as np
 DEFAULT_WEIGHTS = (0.34, 0.33, 0.33)  # (w_T, w_E, w_S), sec. 3.2
 DEFAULT_ALPHA_E = 0.5  # eq. 3
 J_PER_KWH = 3.6e6
+#: grid intensity used where none is given, kgCO2e/kWh (an assumption: about the world average)
+DEFAULT_CARBON_KG_PER_KWH = 0.4
+CAPPING = ("uncapped as implemented: the paper declares every pillar in [0, 1] (sec. 3, eq. 2) "
+           "but caps only eq. 5's log form (min(1, ...)); E_SI (eq. 3) and the same-grid S_SI "
+           "ratio exceed 1 where quantized beats the anchor. si_capped = w . min(v, 1).")
 
 
 def t_si(accuracy, accuracy_ref):
@@ -50,6 +65,24 @@ def caes_kg(energy_j, carbon_kg_per_kwh):
 def s_si_log(chi_ref, chi):
     """Energy pillar, log/carbon form, eq. 5: min(1, log(1 + chi_ref) / log(1 + chi))."""
     return np.minimum(1.0, np.log1p(np.asarray(chi_ref, float)) / np.log1p(np.asarray(chi, float)))
+
+
+def s_si_log_by_unit(energy_ref_j, energy_j, carbon_kg_per_kwh=DEFAULT_CARBON_KG_PER_KWH) -> dict:
+    """Eq. 5's S_SI with chi expressed in different units, to show its unit dependence.
+
+    Keys: ``kgCO2e`` (the paper's unit), ``gCO2e``, ``J`` (chi = energy in joules, no carbon
+    factor), and ``ratio`` (E_ref/E, the same-grid form the log form approaches as chi -> 0).
+    """
+    e_ref, e = float(energy_ref_j), float(energy_j)
+    kg_ref, kg = float(caes_kg(e_ref, carbon_kg_per_kwh)), float(caes_kg(e, carbon_kg_per_kwh))
+    return {"kgCO2e": float(s_si_log(kg_ref, kg)), "gCO2e": float(s_si_log(1e3 * kg_ref, 1e3 * kg)),
+            "J": float(s_si_log(e_ref, e)), "ratio": e_ref / e}
+
+
+def capped_si(t, e, s, weights=DEFAULT_WEIGHTS, policy="linear"):
+    """SI with every pillar capped at 1, as the paper's [0, 1]^3 sustainability vector implies."""
+    return sustainability_index(np.minimum(t, 1.0), np.minimum(e, 1.0), np.minimum(s, 1.0),
+                                weights, policy)
 
 
 def si_linear(t, e, s, weights=DEFAULT_WEIGHTS):

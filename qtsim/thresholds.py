@@ -103,10 +103,55 @@ def nan_percentiles(x, qs=BAND):
     return out
 
 
-def _band_same_kind(val_draws, kind_draws, kind_central):
-    """16/84% of the draws' thresholds, over the draws whose kind matches the central one."""
-    v = np.where(np.asarray(kind_draws) == np.asarray(kind_central)[None], val_draws, np.nan)
-    return tuple(nan_percentiles(v))
+def censored_band(val_draws, kind_draws, kind_central=0, qs=(BAND[0], 50.0, BAND[1])):
+    """Percentiles of a threshold over *all* draws, no-crossing draws counted as censored.
+
+    A draw whose curves never cross in the searched range is censored where the central
+    curve's kind puts its threshold: for a ``crossing`` (trapped below the threshold, also
+    used when the central curve does not cross) a draw trapped everywhere counts at +inf
+    (threshold above the range) and one never trapped at 0 (below it); for a ``reverse``
+    (trapped above) the other way round. A percentile that falls among them is reported as
+    inf (above the search range) or 0 (below it) instead of being dropped. Returns the list of
+    percentiles along axis 0.
+    """
+    k = np.asarray(kind_draws)
+    rev = np.asarray(kind_central) == 1
+    above = np.where(rev, k == 3, k == 2)
+    below = np.where(rev, k == 2, k == 3)
+    v = np.where(above, np.inf, np.where(below, 0.0, np.asarray(val_draws, float)))
+    return list(np.percentile(v, qs, axis=0, method="inverted_cdf"))
+
+
+def threshold_draw_stats(val_draws, kind_draws, n_cross) -> dict:
+    """Shares over the draws: no crossing (above / below the range), more than one crossing."""
+    k = np.asarray(kind_draws)
+    return {"p_no_crossing": np.mean(np.isin(k, (2, 3)), axis=0),
+            "p_trapped_everywhere": np.mean(k == 2, axis=0),
+            "p_never_trapped": np.mean(k == 3, axis=0),
+            "p_multiple_crossings": np.mean(np.asarray(n_cross) > 1, axis=0)}
+
+
+def all_crossings(x, delta) -> list[tuple[float, str]]:
+    """Every sign change of a 1-D ``delta`` over increasing ``x``, interpolated in log x.
+
+    Returns ``[(value, "trapped below" | "trapped above"), ...]`` in increasing order:
+    "trapped below" where quantized goes from costing more to costing less.
+    """
+    d = np.asarray(delta, float).ravel()
+    lx = np.log(np.asarray(x, float).ravel())
+    pos = d > 0
+    out = []
+    for i in np.flatnonzero(pos[1:] != pos[:-1]):
+        frac = d[i] / (d[i] - d[i + 1]) if d[i] != d[i + 1] else 0.0
+        out.append((float(np.exp(lx[i] + frac * (lx[i + 1] - lx[i]))),
+                    "trapped below" if pos[i] else "trapped above"))
+    return out
+
+
+def n_sign_changes(delta):
+    """Number of sign changes of ``delta`` along its last axis."""
+    pos = np.asarray(delta, float) > 0
+    return np.sum(pos[..., 1:] != pos[..., :-1], axis=-1)
 
 
 def batch_limit(sim: Simulator, counts: ArchCounts, precision: str, new_tokens, prompt_tokens):
@@ -120,14 +165,18 @@ def batch_limit(sim: Simulator, counts: ArchCounts, precision: str, new_tokens, 
 
 
 def b_star_rows(sim: Simulator, counts: ArchCounts, precision: str, new_tokens, prompt_tokens,
-                b_max: float = B_MAX, n_grid: int = B_GRID, draws: bool = False) -> dict:
+                b_max: float = B_MAX, n_grid: int = B_GRID, draws: bool = False,
+                details: bool = False) -> dict:
     """B* for every model at once: where quantized J/query equals native (physical model).
 
     Grid: integer batches rounded from a geometric grid 1..limit, limit = min(b_max, the native
     configuration's memory limit). A sign flip between batch 1 and 2 is bitsandbytes leaving its
-    batch-1 GEMV kernel, not a smooth crossing: B* is reported as 2 with no band. Returns
-    ``b_star``, ``b_star_kind`` (codes of ``KIND_CODES``), ``b_star_max`` and with draws
-    ``b_star_low``, ``b_star_high``.
+    batch-1 GEMV kernel, not a smooth crossing: B* is reported as 2 (in the draws too). Returns
+    ``b_star`` (the first crossing), ``b_star_kind`` (codes of ``KIND_CODES``), ``b_star_max``
+    and with draws ``b_star_low``, ``b_star_high``: 16/84% over all draws, no-crossing draws
+    censored (:func:`censored_band`). With ``details`` also ``b_star_n_crossings``, the grid
+    and central delta (for :func:`all_crossings`), ``b_star_median`` and the shares of
+    :func:`threshold_draw_stats`.
     """
     lim = np.atleast_1d(np.minimum(b_max, batch_limit(sim, counts, sim.profile.native,
                                                       new_tokens, prompt_tokens)))
@@ -140,22 +189,35 @@ def b_star_rows(sim: Simulator, counts: ArchCounts, precision: str, new_tokens, 
         n = grid_eval(sim, counts, sim.profile.native, grid, new_tokens, prompt_tokens, d)
         return q["j_per_query"] - n["j_per_query"]
 
-    val, kind = crossing(grid, delta(False))
+    dc = delta(False)
+    val, kind = crossing(grid, dc)
     oom = lim < 1
     jump = np.isin(kind, (0, 1)) & (val < 2.0)  # kernel switch between batch 1 and 2
     out["b_star"] = np.where(oom, np.nan, np.where(jump, 2.0, val))
     out["b_star_kind"] = np.where(oom, 4, kind)
+    if details:
+        out.update(b_star_n_crossings=n_sign_changes(dc), b_star_grid=grid, b_star_delta=dc)
     if draws:
-        vd, kd = crossing(grid, delta(True))
-        lo, hi = _band_same_kind(vd, kd, kind)
-        out["b_star_low"] = np.where(oom | jump, np.nan, lo)
-        out["b_star_high"] = np.where(oom | jump, np.nan, hi)
+        dd = delta(True)
+        vd, kd = crossing(grid, dd)
+        vd = np.where(np.isin(kd, (0, 1)) & (vd < 2.0), 2.0, vd)
+        lo, med, hi = censored_band(vd, kd, kind)
+        out["b_star_low"] = np.where(oom, np.nan, lo)
+        out["b_star_high"] = np.where(oom, np.nan, hi)
+        if details:
+            out["b_star_median"] = np.where(oom, np.nan, med)
+            for k, v in threshold_draw_stats(vd, kd, n_sign_changes(dd)).items():
+                out[f"b_star_{k}"] = v
     return out
 
 
 def n_star_rows(sim: Simulator, arch: Architecture, precision: str, batch, new_tokens,
-                prompt_tokens, n_range=N_RANGE, n_grid: int = N_GRID, draws: bool = False) -> dict:
-    """N* for every batch at once along ``arch``'s synthetic family (width and depth scaled)."""
+                prompt_tokens, n_range=N_RANGE, n_grid: int = N_GRID, draws: bool = False,
+                details: bool = False) -> dict:
+    """N* for every batch at once along ``arch``'s synthetic family (width and depth scaled).
+
+    Same fields and censoring as :func:`b_star_rows` (``n_star_*``).
+    """
     sizes = np.geomspace(n_range[0], n_range[1], n_grid)
     fam = arch.scaled(sizes)
     b = np.atleast_1d(np.asarray(batch, float))
@@ -165,11 +227,20 @@ def n_star_rows(sim: Simulator, arch: Architecture, precision: str, batch, new_t
         n = grid_eval(sim, fam, sim.profile.native, b, new_tokens, prompt_tokens, d)
         return np.swapaxes(q["j_per_query"] - n["j_per_query"], -1, -2)  # (..., B, S)
 
-    val, kind = crossing(sizes, delta(False))
+    dc = delta(False)
+    val, kind = crossing(sizes, dc)
     out = {"n_star": val, "n_star_kind": kind}
+    if details:
+        out.update(n_star_n_crossings=n_sign_changes(dc), n_star_sizes=sizes, n_star_delta=dc)
     if draws:
-        vd, kd = crossing(sizes, delta(True))
-        out["n_star_low"], out["n_star_high"] = _band_same_kind(vd, kd, kind)
+        dd = delta(True)
+        vd, kd = crossing(sizes, dd)
+        lo, med, hi = censored_band(vd, kd, kind)
+        out["n_star_low"], out["n_star_high"] = lo, hi
+        if details:
+            out["n_star_median"] = med
+            for k, v in threshold_draw_stats(vd, kd, n_sign_changes(dd)).items():
+                out[f"n_star_{k}"] = v
     return out
 
 

@@ -46,32 +46,38 @@ def segment_s(h, d):
     return np.max(prefix_h + suffix_d, axis=-1)
 
 
-def synced_layer_s(h, d, sync):
-    """One layer whose blocks ``sync`` (bool, block axis last) start new segments, s.
+def _suffix(x):
+    return np.flip(np.cumsum(np.flip(x, axis=-1), axis=-1), axis=-1)
 
-    Blocks are rotated so that the layer starts at its first synchronising block (the layer
-    before ends where this one's first synchronisation begins); each segment runs (2a.1).
-    ``sync`` is one pattern for all grid points (it comes from the code path, not the sizes).
-    """
-    sync = np.asarray(sync, bool)
-    first = int(np.argmax(sync))
-    order = np.r_[first:sync.size, 0:first]
-    h = np.asarray(h, float)[..., order]
-    d = np.asarray(d, float)[..., order]
-    starts = np.flatnonzero(sync[order])
-    bounds = list(starts) + [sync.size]
-    return sum(segment_s(h[..., a:b], d[..., a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True))
+
+def _envelope(p, a, c, batch):
+    """max_k (p_k + a_k + batch c_k): eq. (2a.1) for blocks whose device cost is affine in the
+    batch (a + batch c, suffix sums ``a``, ``c``) and host cost is not (prefix sums ``p``). Only
+    this last step runs at the grid's full shape."""
+    const = p + a
+    out = const[..., 0] + batch * c[..., 0]
+    for k in range(1, const.shape[-1]):  # an upper envelope of lines: no (grid x blocks) temp
+        if np.any(c[..., k] != 0.0):
+            out = np.maximum(out, const[..., k] + batch * c[..., k])
+        else:
+            out = np.maximum(out, const[..., k])
+    return out
 
 
 def step_s(h_pre, d_pre, h_layer, d_layer, n_layers, h_post, d_post, *, sync=None,
-           overlap: bool = True):
+           overlap: bool = True, batch=0.0, d_layer_per_seq=None):
     """Wall time of one decoding step from its host and device timelines, s.
 
     Parameters
     ----------
     h_pre, d_pre, h_post, d_post : host / device time before the first layer and after the
         last one (``post`` ends with the step's synchronisation), s
-    h_layer, d_layer : host / device time of each block of one layer, block axis last, s
+    h_layer : host time of each block of one layer, block axis last, s
+    d_layer, d_layer_per_seq : device time of each block of one layer is
+        ``d_layer + batch * d_layer_per_seq`` (block axis last; s and s per sequence), so that
+        prefix and suffix sums are taken once per model and only the envelope of eq. (2a.1)
+        runs over the batch grid
+    batch : sequences per step (any shape broadcasting with the rest)
     n_layers : L, layers per step (any broadcastable shape; fractional for synthetic families)
     sync : bool per block, True where a block synchronises with the device (None: none do)
     overlap : False on a CPU (host and device are the same thread: everything adds)
@@ -82,22 +88,39 @@ def step_s(h_pre, d_pre, h_layer, d_layer, n_layers, h_post, d_post, *, sync=Non
     step would take on either side alone), all s.
     """
     h_layer = np.asarray(h_layer, float)
-    d_layer = np.asarray(d_layer, float)
-    big_h = h_layer.sum(axis=-1)
-    big_d = d_layer.sum(axis=-1)
+    d0 = np.asarray(d_layer, float)
+    d1 = np.zeros_like(d0) if d_layer_per_seq is None else np.asarray(d_layer_per_seq, float)
+    b = np.asarray(batch, float)
+    p, a, c = np.cumsum(h_layer, axis=-1), _suffix(d0), _suffix(d1)
+    big_h = p[..., -1]
+    big_d = a[..., 0] + b * c[..., 0]
     host = h_pre + n_layers * big_h + h_post
     device = d_pre + n_layers * big_d + d_post
     if not overlap:
         return {"step_s": host + device, "host_s": host, "device_s": device}
     if sync is not None and np.any(sync):
-        t = h_pre + d_pre + n_layers * synced_layer_s(h_layer, d_layer, sync) + h_post + d_post
+        shift = -int(np.argmax(sync))  # the layer starts at its first synchronising block
+        hr, d0r, d1r = (np.roll(x, shift, axis=-1) for x in (h_layer, d0, d1))
+        per_layer = 0.0
+        for lo, hi in segments(np.roll(sync, shift)):
+            hs, ds0, ds1 = hr[..., lo:hi], d0r[..., lo:hi], d1r[..., lo:hi]
+            per_layer = per_layer + _envelope(np.cumsum(hs, axis=-1), _suffix(ds0),
+                                              _suffix(ds1), b)
+        t = h_pre + d_pre + n_layers * per_layer + h_post + d_post
     else:
-        m1 = segment_s(h_layer, d_layer)
+        m1 = _envelope(p, a, c, b)
         t = np.maximum(np.maximum(
             h_pre + d_pre + n_layers * big_d + d_post,
             h_pre + np.maximum(n_layers - 1.0, 0.0) * np.maximum(big_h, big_d) + m1 + d_post),
             host + d_post)
     return {"step_s": t, "host_s": host, "device_s": device}
+
+
+def segments(sync) -> list[tuple[int, int]]:
+    """(start, stop) block ranges of the segments of a layer whose first block synchronises and
+    whose other synchronising blocks (``sync`` True) start new segments."""
+    bounds = list(np.flatnonzero(np.asarray(sync, bool))) + [len(sync)]
+    return [(int(lo), int(hi)) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def binding(host_s, device_s):

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from qtsim import budget, timeline
 from qtsim import sustainability as si
-from qtsim import timeline
 from qtsim.architecture import Architecture
 from qtsim.precision import get_precision
 from qtsim.profiles import HardwareProfile
+from qtsim.serving import bnb_version, serving_assumption
 from qtsim.simulator import GIB, Simulator, band
 from qtsim.trust import lookup_trust
-
-SURE = 0.84  # a verdict is "likely" when at least this share of the draws agree
+from qtsim.verdicts import costs_more, si_trapped, slower, verdict
+from qtsim.workload import BnbSettings
 
 
 def _stat(central, draws):
@@ -26,25 +27,24 @@ def _stat(central, draws):
     return {"value": float(np.asarray(central)), "low": float(lo), "high": float(hi)}
 
 
-def _verdict(central_trapped: bool, share_trapped: float) -> str:
-    if central_trapped and share_trapped >= SURE:
-        return "trapped"
-    if not central_trapped and share_trapped <= 1 - SURE:
-        return "not trapped"
-    return "likely trapped (uncertain)" if central_trapped else "likely not trapped (uncertain)"
-
-
 def assess_trap(profile: HardwareProfile, arch: Architecture, precision: str, batch: int = 1,
                 new_tokens: int = 256, prompt_tokens: int = 128, trust_table: str | None = None,
-                policy: str = "linear", n_draws: int = 400, seed: int = 0, host=None) -> dict:
+                policy: str = "linear", n_draws: int = 400, seed: int = 0, host=None,
+                bnb: BnbSettings | None = None,
+                assumptions: budget.BudgetAssumptions | None = None) -> dict:
     """The full trap report as a JSON-ready dict (keys documented in the README).
 
     ``host``: the host/software part (name or file, :mod:`qtsim.hosts`); None = the profile's
-    own or the default host.
+    own or the default host. ``bnb``: bitsandbytes settings (double quantisation, int8
+    threshold, 4-bit compute dtype), used for every figure including B* and N*;
+    ``assumptions``: PUE, grid intensity and GPU price behind the budget figures.
     """
     prec = get_precision(precision)
-    sim = Simulator(profile, n_draws=n_draws, seed=seed, host=host)
+    bnb = bnb or BnbSettings()
+    assumptions = assumptions or budget.BudgetAssumptions()
+    sim = Simulator(profile, n_draws=n_draws, seed=seed, host=host, bnb=bnb)
     profile = sim.profile
+    bnb.check([prec.name], profile)
     counts = arch.counts()
     native = profile.native
     args = (counts, prec.name, float(batch), float(new_tokens), float(prompt_tokens))
@@ -76,9 +76,9 @@ def assess_trap(profile: HardwareProfile, arch: Architecture, precision: str, ba
     e_si_d = si.e_si(qd["tok_per_s"] / nd["tok_per_s"], nd["peak_bytes"] / qd["peak_bytes"])
     si_d = si.sustainability_index(t_si, e_si_d, nd["j_per_query"] / qd["j_per_query"], policy=policy)
 
-    share_e = float(np.mean(dd["delta_j"] > 0))
-    share_t = float(np.mean(dd["speed_ratio"] < 1))
-    share_si = float(np.mean(si_d < 1.0))
+    share_e = float(np.mean(costs_more(qd["j_per_query"], nd["j_per_query"])))
+    share_t = float(np.mean(slower(dd["speed_ratio"])))
+    share_si = float(np.mean(si_trapped(si_d)))
     pc = sim.paper_constants(counts, prec.name)
     b_star = sim.b_star(counts, prec.name, new_tokens, prompt_tokens, draws=True)
     n_star = sim.n_star(arch, prec.name, batch, new_tokens, prompt_tokens, draws=True)
@@ -91,21 +91,31 @@ def assess_trap(profile: HardwareProfile, arch: Architecture, precision: str, ba
     elif not q["fits"]:
         fits_note = (f"even the {prec.name} model needs {float(q['peak_bytes']) / GIB:.1f} GiB and "
                      f"does not fit in {profile.memory_bytes / GIB:.1f} GiB at batch {batch}")
+    fits = {"quantized": bool(q["fits"]), "native": bool(n["fits"])}
     calibrated = profile.source == "calibrated"
     n_priors = sum(1 for p in profile.physical.values() if p.source == "prior")
-    return {
+    rep = {
         "query": {"gpu": profile.name, "model": arch.name, "precision": prec.name,
                   "native": native, "batch": batch, "new_tokens": new_tokens,
                   "prompt_tokens": prompt_tokens, "model_params": arch.n_params},
         "verdict": {
-            "energy": _verdict(bool(d["delta_j"] > 0), share_e),
-            "time": _verdict(bool(d["speed_ratio"] < 1), share_t),
-            "si": _verdict(bool(si_q < 1.0), share_si),
+            "energy": verdict(bool(costs_more(q["j_per_query"], n["j_per_query"])), share_e),
+            "time": verdict(bool(slower(d["speed_ratio"])), share_t),
+            "si": verdict(bool(si_trapped(si_q)), share_si),
             "p_trapped_energy": share_e, "p_trapped_time": share_t, "p_trapped_si": share_si,
-            "fits_note": fits_note,
+            "fits_note": fits_note, "fits": fits["quantized"], "native_fits": fits["native"],
         },
+        "bitsandbytes": bnb.bnb_config(prec.name, profile),
         "quantized": side(q, qd),
         "native": side(n, nd),
+        "budget": {"assumptions": assumptions.to_dict(),
+                   "quantized": budget.figures(float(q["j_per_query"]), float(q["tok_per_s"]),
+                                               assumptions),
+                   "native": budget.figures(float(n["j_per_query"]), float(n["tok_per_s"]),
+                                            assumptions)},
+        "serving": {"framework": "transformers generate", "execution": "eager",
+                    "bitsandbytes_version": bnb_version(profile),
+                    "statement": serving_assumption(profile)},
         "ratios": {
             "energy": _stat(d["energy_ratio"], dd["energy_ratio"]),
             "energy_hli": float(d["energy_ratio_hli"]),
@@ -122,39 +132,91 @@ def assess_trap(profile: HardwareProfile, arch: Architecture, precision: str, ba
                "e_si": e_si, "s_si": s_si, "s_si_hli": s_si_hli, "si": si_q,
                "si_band": [float(x) for x in band(np.asarray(si_d).ravel())[1:]],
                "si_native": 1.0, "trust": trust.to_dict(),
+               "capped": False, "capping": si.CAPPING,
+               "si_capped": float(si.capped_si(t_si, e_si, s_si, policy=policy)),
+               "s_si_log": si.s_si_log_by_unit(float(n["j_per_query"]), float(q["j_per_query"])),
+               "carbon_kg_per_kwh": si.DEFAULT_CARBON_KG_PER_KWH,
                "energy_method": "power model (what an energy counter reads); s_si_hli uses the paper's HLI (TDP x latency)"},
         "host": {"name": profile.host_name, "overlap": profile.overlap,
                  "rule": ("asynchronous launches: host and device overlap between synchronisations "
                           "(DESIGN sec. 2a)" if profile.overlap else
                           "host and device are one processor: their times add")},
         "profile": {"name": profile.name, "source": profile.source,
+                    "memory_gib": profile.memory_bytes / GIB,
                     "calibrated": calibrated, "priors": n_priors,
                     "date": profile.provenance.get("date", ""),
                     "device": profile.provenance.get("device", ""),
                     "location": profile.path or "",
-                    "uncertainty": f"{n_draws} Monte-Carlo draws of the profile's constants; bands are 16th-84th percentiles"},
+                    "uncertainty": (f"{n_draws} Monte-Carlo draws of the profile's constants plus the "
+                                    "model's own error; bands are 16th-84th percentiles"),
+                    "model_error": _model_error(sim)},
     }
+    v = rep["verdict"]
+    v["headline"] = fits_headline(rep)
+    if not fits["quantized"]:  # no verdict on a configuration that cannot run
+        v["if_it_fit"] = {k: v[k] for k in ("energy", "time", "si")}
+        v.update(energy="does not fit", time="does not fit", si="does not fit")
+    return rep
+
+
+def _band(lo, hi, fmt=lambda x: f"{x:.3g}") -> str:
+    """``[low, high]``: a comma, never a dash that a minus sign would run into."""
+    return f"[{fmt(lo)}, {fmt(hi)}]"
+
+
+def _model_error(sim: Simulator) -> dict:
+    me = sim.model_error or {}
+    return {"source": me.get("source", "none"), "q68": me.get("q68", {}), "q95": me.get("q95", {}),
+            "rho": me.get("rho"), "basis": me.get("basis", "")}
 
 
 def _fmt(stat, unit="", digits=3):
     v, lo, hi = stat["value"], stat["low"], stat["high"]
-    return f"{v:.{digits}g}{unit} [{lo:.{digits}g}-{hi:.{digits}g}]"
+    return f"{v:.{digits}g}{unit} " + _band(lo, hi, lambda x: f"{x:.{digits}g}")
+
+
+def fits_headline(r: dict) -> str:
+    """The first line when memory decides the answer, else ''."""
+    qy, qn, nt = r["query"], r["quantized"], r["native"]
+    p, nat = qy["precision"].upper(), qy["native"].upper()
+    cap = r["profile"].get("memory_gib")
+    has = f"; {qy['gpu']} has {cap:.1f} GiB" if cap else f" on {qy['gpu']}"
+    at = f" (batch {qy['batch']})"
+    q_gib, n_gib = qn["peak_memory_gib"], nt["peak_memory_gib"]
+    if not qn["fits"] and not nt["fits"]:
+        return (f"DOES NOT FIT: {qy['model']} needs {q_gib:.1f} GiB at {p} and {n_gib:.1f} GiB "
+                f"at {nat}{has}{at}: no verdict, it runs in neither")
+    if not qn["fits"]:
+        return (f"DOES NOT FIT: {qy['model']} needs {q_gib:.1f} GiB at {p} ({nat}: "
+                f"{n_gib:.1f} GiB){has}{at}: no verdict")
+    if not nt["fits"]:
+        return (f"ONLY {p} FITS: {qy['model']} needs {n_gib:.1f} GiB at {nat} but {q_gib:.1f} GiB "
+                f"at {p}{has}{at}: quantizing is the only way to run it here, whatever the "
+                "comparison below says")
+    return ""
 
 
 def format_text(r: dict) -> str:
     """A report a person reads in ten seconds."""
-    qy, v, qn, nt, ra = r["query"], r["verdict"], r["quantized"], r["native"], r["ratios"]
+    qy, qn, nt, ra = r["query"], r["quantized"], r["native"], r["ratios"]
+    v = {**r["verdict"], **r["verdict"].get("if_it_fit", {})}
     p, nat = qy["precision"].upper(), qy["native"].upper()
     head = "TRAPPED" if v["energy"] == "trapped" else (
         "NOT TRAPPED" if v["energy"] == "not trapped" else "UNCERTAIN")
-    lines = [
+    si_band = _band(*r["si"]["si_band"], lambda x: f"{x:.3f}")
+    fit_head = r["verdict"].get("headline", "")
+    if fit_head and not qn["fits"]:
+        head = "IF IT FIT, " + head  # the comparison below is hypothetical
+    lines = [fit_head] if fit_head else []
+    lines += [
         f"{head} on energy: {p} vs {nat} for {qy['model']} on {qy['gpu']}, batch {qy['batch']}, "
-        f"{qy['new_tokens']} new tokens ({qy['prompt_tokens']}-token prompt)",
+        f"{qy['new_tokens']} new tokens ({qy['prompt_tokens']}-token prompt)"
+        + (f"; {_bnb_text(r['bitsandbytes'])}" if r.get("bitsandbytes") else ""),
         f"  energy  {v['energy']:<30s} J/query {p} {_fmt(qn['j_per_query'])} vs {nat} {_fmt(nt['j_per_query'])}"
         f"  ratio {_fmt(ra['energy'], 'x')}",
         f"  time    {v['time']:<30s} tok/s   {p} {_fmt(qn['tok_per_s'])} vs {nat} {_fmt(nt['tok_per_s'])}"
         f"  ratio {_fmt(ra['speed'], 'x')}",
-        f"  SI      {v['si']:<30s} SI {p} {r['si']['si']:.3f} [{r['si']['si_band'][0]:.3f}-{r['si']['si_band'][1]:.3f}] vs {nat} 1.000"
+        f"  SI      {v['si']:<30s} SI {p} {r['si']['si']:.3f} {si_band} vs {nat} 1.000"
         f"  (T {r['si']['t_si']:.3f}, E {r['si']['e_si']:.3f}, S {r['si']['s_si']:.3f})",
         f"  COR {_fmt(ra['cor'])} (eq. 9)   HLI energy ratio {ra['energy_hli']:.3g}x (TDP x latency, the paper's method)",
         f"  B*  {_threshold_text(r['b_star'], 'batch')}   paper eq. 18: {r['paper']['b_star_eq18']:.3g} (eq. 19 is trapped above it)",
@@ -162,8 +224,8 @@ def format_text(r: dict) -> str:
         f"  step    {p} {_step_text(qn)}; {nat} {_step_text(nt)}",
         f"  memory  {p} {qn['peak_memory_gib']:.1f} GiB, {nat} {nt['peak_memory_gib']:.1f} GiB",
     ]
-    if v["fits_note"]:
-        lines.append(f"  NOTE {v['fits_note']}")
+    if r.get("budget"):
+        lines.append(_budget_text(r["budget"], p, nat))
     t = r["si"]["trust"]
     lines.append(f"  trust: T_SI {t['t_si']:.3f} ({t['source']})")
     pr = r["profile"]
@@ -171,8 +233,38 @@ def format_text(r: dict) -> str:
            "(wide bands; run `qtsim calibrate` on this GPU to narrow them)")
     lines.append(f"  profile: {pr['name']} ({src}; {pr['device']}, {pr['date']})")
     lines.append(f"  host: {r['host']['name']}")
-    lines.append("  [a-b] = 68% band from the profile's uncertainty; every figure is a prediction, not a measurement")
+    if r.get("serving"):
+        lines.append(f"  {r['serving']['statement']}")
+    me = pr["model_error"]
+    lines.append(f"  SI pillars uncapped (paper: [0, 1]); capped SI {r['si']['si_capped']:.3f}; "
+                 f"eq. 5 log form S_SI {r['si']['s_si_log']['kgCO2e']:.3f} (kgCO2e), "
+                 f"{r['si']['s_si_log']['J']:.3f} (J): unit-dependent")
+    lines.append(f"  [a, b] = 68% band: the profile's uncertainty plus the model's own error "
+                 f"(+-{100 * me['q68'].get('latency_s', 0):.0f}% latency, {me['source']}); "
+                 "every figure is a prediction, not a measurement")
     return "\n".join(lines)
+
+
+def _bnb_text(cfg: dict) -> str:
+    """The BitsAndBytesConfig settings that apply, as the user would write them."""
+    keys = ("llm_int8_threshold", "bnb_4bit_use_double_quant", "bnb_4bit_compute_dtype")
+    return ", ".join(f"{k}={cfg[k]}" for k in keys if cfg.get(k) is not None)
+
+
+def _budget_text(b: dict, p: str, nat: str) -> str:
+    def one(f):
+        out = f"{f['kwh_per_million_queries']:.3g} kWh/M queries"
+        if f["gco2e_per_query"] is not None:
+            out += f", {f['gco2e_per_query']:.3g} gCO2e/query"
+        if f["usd_per_million_tokens"] is not None:
+            out += f", ${f['usd_per_million_tokens']:.3g}/M tokens"
+        return out
+
+    from qtsim.budget import BudgetAssumptions
+
+    a = b["assumptions"]
+    text = BudgetAssumptions(a["pue"], a["grid_gco2_per_kwh"], a["usd_per_hour"]).describe()
+    return f"  budget  {p} {one(b['quantized'])} vs {nat} {one(b['native'])}  ({text})"
 
 
 def _step_text(side: dict) -> str:
@@ -184,11 +276,96 @@ def _step_text(side: dict) -> str:
 def _threshold_text(t: dict, unit: str) -> str:
     v = t["value"]
     lo, hi = t["band"]
-    fmt = (lambda x: f"{x:.3g}") if unit == "batch" else (lambda x: f"{x / 1e9:.3g}B")
+
+    def fmt(x):
+        if x == "inf":
+            return "above range"
+        if x is not None and x == 0:
+            return "below range"
+        return f"{x:.3g}" if unit == "batch" else f"{x / 1e9:.3g}B"
+
+    extra = ""
+    dr = t.get("draws")
+    if dr:
+        extra = f"; {100 * dr['p_no_crossing']:.0f}% of draws never cross"
+        if dr.get("p_multiple_crossings", 0) >= 0.005:
+            extra += f", {100 * dr['p_multiple_crossings']:.0f}% cross more than once"
+    if len(t.get("crossings", [])) > 1:
+        extra += "; crossings at " + ", ".join(f"{fmt(c['value'])} ({c['side']})" for c in t["crossings"])
+    mem = t.get("memory")
+    if mem and "fits_quantized" in mem:
+        extra += (f"; a model that size {'fits' if mem['fits_quantized'] else 'does NOT fit'} in "
+                  f"{mem['device_gib']:.0f} GiB at this precision (needs {mem['quantized_gib']:.0f} GiB; "
+                  f"largest that fits {fmt(mem['largest_fitting_quantized_params'])})")
+    b = f" {_band(lo, hi, fmt)}" if lo is not None and hi is not None else ""
     if t["kind"] in ("crossing", "reverse"):
-        b = f" [{fmt(lo)}-{fmt(hi)}]" if lo is not None and hi is not None else ""
         side = "trapped below" if t["kind"] == "crossing" else "trapped above"
         if "kernel switch" in t["reason"]:
             side += ": the verdict flips where bitsandbytes leaves its batch-1 GEMV kernel"
-        return f"{fmt(v)}{b} ({side})"
-    return f"none: {t['reason']}"
+        return f"{fmt(v)}{b} ({side}{extra})"
+    return f"none: {t['reason']}{b}{extra}"
+
+
+#: ``qtsim trap --format csv``: one row per configuration, always these columns in this order
+#: (a header line, then the row), so runs stack with ``tail -n +2``. Empty cell: no value (a
+#: band without draws, a threshold that does not exist); ``inf``: trapped at every size or batch
+#: searched. Documented in the README.
+CSV_COLUMNS = (
+    "gpu", "model", "precision", "native", "batch", "new_tokens", "prompt_tokens", "model_params",
+    "fits", "native_fits", "peak_memory_gib", "native_peak_memory_gib", "device_memory_gib",
+    "verdict_energy", "verdict_time", "verdict_si",
+    "p_trapped_energy", "p_trapped_time", "p_trapped_si",
+    "j_per_query", "j_per_query_low", "j_per_query_high",
+    "native_j_per_query", "native_j_per_query_low", "native_j_per_query_high",
+    "tok_per_s", "tok_per_s_low", "tok_per_s_high",
+    "native_tok_per_s", "native_tok_per_s_low", "native_tok_per_s_high",
+    "energy_ratio", "energy_ratio_low", "energy_ratio_high", "energy_ratio_hli",
+    "speed_ratio", "speed_ratio_low", "speed_ratio_high",
+    "cor", "cor_low", "cor_high",
+    "si", "si_low", "si_high", "t_si", "e_si", "s_si", "trust_status",
+    "b_star", "b_star_low", "b_star_high", "b_star_kind", "b_star_eq18",
+    "n_star", "n_star_low", "n_star_high", "n_star_kind",
+    "profile", "profile_source", "profile_priors",
+)
+
+
+def csv_row(r: dict) -> dict:
+    """The report as one flat row keyed by :data:`CSV_COLUMNS`."""
+    qy, v, qn, nt, ra = r["query"], r["verdict"], r["quantized"], r["native"], r["ratios"]
+    row = {"gpu": qy["gpu"], "model": qy["model"], "precision": qy["precision"],
+           "native": qy["native"], "batch": qy["batch"], "new_tokens": qy["new_tokens"],
+           "prompt_tokens": qy["prompt_tokens"], "model_params": qy["model_params"],
+           "fits": int(qn["fits"]), "native_fits": int(nt["fits"]),
+           "peak_memory_gib": qn["peak_memory_gib"], "native_peak_memory_gib": nt["peak_memory_gib"],
+           "device_memory_gib": r["profile"].get("memory_gib", ""),
+           "verdict_energy": v["energy"], "verdict_time": v["time"], "verdict_si": v["si"],
+           "p_trapped_energy": v["p_trapped_energy"], "p_trapped_time": v["p_trapped_time"],
+           "p_trapped_si": v["p_trapped_si"], "energy_ratio_hli": ra["energy_hli"],
+           "si": r["si"]["si"], "si_low": r["si"]["si_band"][0], "si_high": r["si"]["si_band"][1],
+           "t_si": r["si"]["t_si"], "e_si": r["si"]["e_si"], "s_si": r["si"]["s_si"],
+           "trust_status": r["si"]["trust"].get("status", ""),
+           "b_star_eq18": r["paper"]["b_star_eq18"],
+           "profile": r["profile"]["name"], "profile_source": r["profile"]["source"],
+           "profile_priors": r["profile"]["priors"]}
+    for prefix, side in (("", qn), ("native_", nt)):
+        for k in ("j_per_query", "tok_per_s"):
+            st = side[k]
+            row[f"{prefix}{k}"], row[f"{prefix}{k}_low"], row[f"{prefix}{k}_high"] = \
+                st["value"], st["low"], st["high"]
+    for k, name in (("energy", "energy_ratio"), ("speed", "speed_ratio"), ("cor", "cor")):
+        st = ra[k]
+        row[name], row[f"{name}_low"], row[f"{name}_high"] = st["value"], st["low"], st["high"]
+    for k in ("b_star", "n_star"):
+        t = r[k]
+        row[k], (row[f"{k}_low"], row[f"{k}_high"]), row[f"{k}_kind"] = t["value"], t["band"], t["kind"]
+    return {c: _cell(row.get(c)) for c in CSV_COLUMNS}
+
+
+def _cell(x):
+    if x is None:
+        return ""
+    if isinstance(x, float):
+        if np.isnan(x):
+            return ""
+        return f"{x:.6g}"
+    return x

@@ -11,17 +11,17 @@ Pure functions over pandas frames; no torch. Plots live in :func:`plot_validatio
 from __future__ import annotations
 
 import math
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import tomllib
 
-from qtsim import paper
+from qtsim import paper, physical
 from qtsim.architecture import from_config
 from qtsim.errors import QtsimError
 from qtsim.precision import get_precision
-from qtsim.profiles import HardwareProfile
+from qtsim.profiles import HardwareProfile, model_error_deviates
 from qtsim.simulator import Simulator, band
 
 #: a measured quantized/native J-per-query ratio this close to 1 is a near tie: its verdict can
@@ -42,14 +42,28 @@ class ValidationPoint:
     batch: int
     new_tokens: int
     prompt_tokens: int
+    double_quant: bool = False  # bnb_4bit_use_double_quant (nf4, fp4)
+    int8_threshold: float = 6.0  # llm_int8_threshold (int8)
 
     def key(self):
-        return (self.model, self.precision, self.batch, self.new_tokens, self.prompt_tokens)
+        return (self.model, self.precision, self.batch, self.new_tokens, self.prompt_tokens,
+                self.double_quant, self.int8_threshold)
+
+    def bnb(self):
+        """The point's :class:`qtsim.workload.BnbSettings` (settings its precision ignores
+        are dropped, so a plan may set them for every point)."""
+        from qtsim.workload import BnbSettings
+
+        p = get_precision(self.precision).name
+        return BnbSettings(self.double_quant and p in ("nf4", "fp4"),
+                           self.int8_threshold if p == "int8" else 6.0)
 
 
 def read_plan(path: str) -> tuple[dict, list[ValidationPoint]]:
     """A validation plan (TOML): ``[validation]`` defaults and ``[[points]]`` (model, precision,
-    batch; optional new_tokens, prompt_tokens), or ``[grid]`` with lists to cross."""
+    batch; optional new_tokens, prompt_tokens, and bitsandbytes settings under transformers'
+    names ``bnb_4bit_use_double_quant`` and ``llm_int8_threshold``, in ``[validation]`` for every
+    point or per point), or ``[grid]`` with lists to cross."""
     p = Path(path)
     if not p.is_file():
         raise QtsimError(f"{path}: no such validation plan")
@@ -60,27 +74,40 @@ def read_plan(path: str) -> tuple[dict, list[ValidationPoint]]:
     opts = doc.get("validation", {})
     k = int(opts.get("new_tokens", 32))
     pr = int(opts.get("prompt_tokens", 16))
+    dq = opts.get("bnb_4bit_use_double_quant", False)
+    thr = opts.get("llm_int8_threshold", 6.0)
     pts = []
     for i, row in enumerate(doc.get("points", [])):
         try:
             pts.append(ValidationPoint(str(row["model"]), str(row["precision"]), int(row["batch"]),
-                                       int(row.get("new_tokens", k)), int(row.get("prompt_tokens", pr))))
+                                       int(row.get("new_tokens", k)), int(row.get("prompt_tokens", pr)),
+                                       row.get("bnb_4bit_use_double_quant", dq),
+                                       row.get("llm_int8_threshold", thr)))
         except KeyError as e:
             raise QtsimError(f"{path}: points[{i}] lacks {e}") from None
     g = doc.get("grid")
     if g:
-        pts += grid_points(g["models"], g["precisions"], g["batches"], k, pr)
+        pts += grid_points(g["models"], g["precisions"], g["batches"], k, pr, dq, thr)
     if not pts:
         raise QtsimError(f"{path}: the plan lists no points ([[points]] or [grid])")
     for pt in pts:
         get_precision(pt.precision)
+        if not isinstance(pt.double_quant, bool):
+            raise QtsimError(f"{path}: bnb_4bit_use_double_quant must be true or false, "
+                             f"got {pt.double_quant!r}")
+        try:
+            pt.bnb()
+        except QtsimError as e:
+            raise QtsimError(f"{path}: {e}".replace("--int8-threshold", "llm_int8_threshold")) from None
         if pt.batch < 1 or pt.new_tokens < 2 or pt.prompt_tokens < 1:
             raise QtsimError(f"{path}: {pt}: batch >= 1, new_tokens >= 2 and prompt_tokens >= 1 needed")
     return opts, pts
 
 
-def grid_points(models, precisions, batches, new_tokens, prompt_tokens) -> list[ValidationPoint]:
-    return [ValidationPoint(m, p, int(b), int(new_tokens), int(prompt_tokens))
+def grid_points(models, precisions, batches, new_tokens, prompt_tokens, double_quant=False,
+                int8_threshold=6.0) -> list[ValidationPoint]:
+    return [ValidationPoint(m, p, int(b), int(new_tokens), int(prompt_tokens), double_quant,
+                            int8_threshold)
             for m in models for p in precisions for b in batches]
 
 
@@ -104,6 +131,9 @@ def predict_point(sim: Simulator, config: dict, name: str, pt: ValidationPoint) 
     arch = from_config(config, name=name)
     c = arch.counts()
     b, k, pr = float(pt.batch), float(pt.new_tokens), float(pt.prompt_tokens)
+    bnb = pt.bnb()
+    if bnb != sim.bnb:
+        sim = Simulator(sim.profile, n_draws=sim.n_draws, seed=sim.seed, bnb=bnb)
     q = sim.evaluate(c, pt.precision, b, k, pr)
     qd = sim.evaluate(c, pt.precision, b, k, pr, draws=True)
     pc = sim.paper_constants(c, pt.precision if get_precision(pt.precision).quantized else sim.profile.native)
@@ -117,6 +147,8 @@ def predict_point(sim: Simulator, config: dict, name: str, pt: ValidationPoint) 
         "pred_j_per_query": float(q["j_per_query"]), "pred_j_per_query_hli": float(q["j_per_query_hli"]),
         "pred_j_per_query_paper": float(e_paper), "pred_peak_bytes": float(q["peak_bytes"]),
         "pred_profile": sim.profile.name, "pred_profile_source": sim.profile.source,
+        "pred_kernel_family": physical.path_family(pt.precision, bnb.double_quant,
+                                                   bnb.int8_threshold),
     }
 
 
@@ -226,6 +258,157 @@ def verdict_summary(verdicts) -> str:
                    if close else "")
 
 
+#: quantities whose bands are scored: measured column, key in the simulator's output
+BAND_QUANTITIES = {"latency_s": "t_generate_s", "j_per_query": "j_per_query", "step_s": "t_step_s"}
+COVERAGE_LEVELS = (68, 95)
+
+
+def point_draws(profile: HardwareProfile, df, n_draws: int = 400, seed: int = 0) -> dict:
+    """Per validation point, the profile's central prediction and its parameter-only draws.
+
+    Recomputed from the profile and the model now (not the predictions stored at measurement
+    time), so coverage scores the bands this version of qtsim would print. Returns
+    ``{quantity: (central (P,), log-draws (n, P))}`` over the rows of ``df`` (which needs the
+    recorded ``config_json``).
+    """
+    import json
+
+    sim = Simulator(profile, n_draws=n_draws, seed=seed, model_error=False)
+    cen = {q: [] for q in BAND_QUANTITIES}
+    drw = {q: [] for q in BAND_QUANTITIES}
+    for _, row in df.iterrows():
+        c = from_config(json.loads(row["config_json"]), name=str(row["model"])).counts()
+        args = (c, str(row["precision"]), float(row["batch"]), float(row["new_tokens"]),
+                float(row["prompt_len"]))
+        q, qd = sim.evaluate(*args), sim.evaluate(*args, draws=True)
+        for k in BAND_QUANTITIES:
+            cen[k].append(float(q[k]))
+            drw[k].append(np.log(np.asarray(qd[k], float).ravel()))
+    return {k: (np.array(cen[k]), np.stack(drw[k], axis=1)) for k in BAND_QUANTITIES}
+
+
+def conformal_halfwidth(abs_log_residuals, level: float) -> float:
+    """Split-conformal half-width: the ceil((n + 1) level)-th smallest |log residual|.
+
+    With exchangeable points, a band of this half-width around a new prediction covers its
+    measurement with probability at least ``level`` (capped at the largest residual when n is
+    too small for that guarantee).
+    """
+    r = np.sort(np.asarray(abs_log_residuals, float))
+    if r.size == 0:
+        return math.nan
+    k = min(math.ceil((r.size + 1) * level / 100.0), r.size)
+    return float(r[k - 1])
+
+
+def inside_band(measured, log_draws, q68: float, q95: float, level: float,
+                z: np.ndarray) -> np.ndarray:
+    """Whether each measurement lies in the central ``level``% band of the draws.
+
+    ``log_draws`` (n, P) are parameter-only log predictions; the band adds the model error
+    with half-widths ``q68``/``q95`` (:func:`qtsim.profiles.model_error_deviates`) at the
+    standard normals ``z`` (n, 1), as :class:`Simulator` does.
+    """
+    d = log_draws + model_error_deviates(z, q68, q95)
+    lo, hi = np.percentile(d, [50 - level / 2, 50 + level / 2], axis=0)
+    m = np.log(np.asarray(measured, float))
+    return (m >= lo) & (m <= hi)
+
+
+def coverage_table(profile: HardwareProfile, df, n_draws: int = 400, seed: int = 0,
+                   group: str = "model"):
+    """Share of held-out measurements inside the 68% and 95% bands, per quantity and scheme.
+
+    The model error is the split-conformal half-width (:func:`conformal_halfwidth`) of
+    |log(measured / predicted)| at 68% and 95%. Schemes: ``parameters only`` (the profile's
+    constants' uncertainty, no model error: the bands before issue 10); ``profile`` (the
+    model error the profile records, or its stated prior: circular if that record was made
+    from these same points); ``in-sample`` (half-widths from all points, scored on the same
+    points: circular, for reference); ``leave-one-<group>-out`` (half-widths from the other
+    groups' points, scored on the held-out group's: the honest figure, since a user brings an
+    architecture the record never saw). Returns the table and the record estimated from all
+    points (what ``[fit.model_error]`` stores).
+    """
+    import pandas as pd
+
+    pdraws = point_draws(profile, df, n_draws, seed)
+    z = np.random.default_rng([seed, 0xC0FE]).standard_normal((n_draws, 1))
+    groups = df[group].astype(str).to_numpy() if group in df else np.zeros(len(df), str)
+    rec = profile.model_error()
+    rows, est = [], {}
+    for q, mcol in BAND_QUANTITIES.items():
+        if mcol not in df:
+            continue
+        meas = df[mcol].to_numpy(float)
+        cen, ld = pdraws[q]
+        ok = np.isfinite(meas) & (meas > 0) & np.isfinite(cen)
+        meas, cen, ld, g = meas[ok], cen[ok], ld[:, ok], groups[ok]
+        if meas.size == 0:
+            continue
+        r = np.log(meas / cen)
+        a = np.abs(r)
+        h_all = (conformal_halfwidth(a, 68), conformal_halfwidth(a, 95))
+        est[q] = {"q68": round(h_all[0], 5), "q95": round(h_all[1], 5), "n": int(meas.size),
+                  "rms_log_residual": round(float(np.sqrt(np.mean(r ** 2))), 5),
+                  "bias_log": round(float(np.mean(r)), 5)}
+        loo = np.empty((meas.size, 2))
+        for gv in np.unique(g):
+            out = g == gv
+            loo[out] = ((conformal_halfwidth(a[~out], 68), conformal_halfwidth(a[~out], 95))
+                        if (~out).any() else h_all)
+        schemes = {"parameters only": np.zeros((meas.size, 2)),
+                   "profile": np.tile([rec["q68"].get(q, 0.0), rec["q95"].get(q, 0.0)], (meas.size, 1)),
+                   "in-sample": np.tile(h_all, (meas.size, 1)),
+                   f"leave-one-{group}-out": loo}
+        for name, h in schemes.items():
+            row = {"quantity": q, "scheme": name, "n": int(meas.size),
+                   "halfwidth_68_pct": 100 * float(np.mean(h[:, 0])),
+                   "halfwidth_95_pct": 100 * float(np.mean(h[:, 1]))}
+            for lvl in COVERAGE_LEVELS:
+                hit = [inside_band(meas[i:i + 1], ld[:, i:i + 1], h[i, 0], h[i, 1], lvl, z)[0]
+                       for i in range(meas.size)]
+                row[f"coverage_{lvl}_pct"] = 100 * float(np.mean(hit))
+            rows.append(row)
+    return pd.DataFrame(rows), est
+
+
+def model_error_record(est: dict, source_file: str, date: str, rho: float | None = None) -> dict:
+    """The ``[fit.model_error]`` table a profile records after a held-out check."""
+    rec = {"basis": "split-conformal 68% and 95% half-widths of |log(measured / predicted)| "
+                    "over held-out validation decodes (qtsim.validation.coverage_table)",
+           "source_file": source_file, "date": date,
+           "note": ("estimated from every held-out point: scoring these half-widths on the same "
+                    "points is circular; the leave-one-model-out coverage in the validation report "
+                    "is the honest check")}
+    if rho is not None:
+        rec["rho"] = round(float(rho), 3)
+    rec.update(est)
+    return rec
+
+
+def cross_precision_rho(df, native: str = "fp16") -> float | None:
+    """Correlation of the log residuals of quantized and native runs at the same point.
+
+    Estimated as 1 - var(log ratio residual) / (2 var(log residual)), clipped to [0, 1]: the
+    share of the model error that cancels in a quantized/native ratio. None without pairs.
+    """
+    if df.empty or "pred_j_per_query" not in df:
+        return None
+    r = np.log(df["j_per_query"] / df["pred_j_per_query"])
+    keys = ["model", "batch", "new_tokens", "prompt_len"]
+    d = df.assign(r=r)
+    diffs = []
+    for _, g in d.groupby(keys):
+        nat = g[g["precision"] == native]
+        if nat.empty:
+            continue
+        diffs += list(g[g["precision"] != native]["r"] - float(nat["r"].iloc[0]))
+    if len(diffs) < 2:
+        return None
+    v = float(np.mean(np.square(r)))
+    return float(np.clip(1.0 - np.mean(np.square(diffs)) / (2 * v), 0.0, 1.0)) if v > 0 else None
+
+
 def paper_vs_physical(df):
     """J/query MAPE of the paper model (eq. 19, constants from the profile) vs the physical one."""
     if df.empty:
@@ -285,7 +468,7 @@ def plot_validation(df, outdir: Path):
     return paths
 
 
-def report_markdown(df, errors, verdicts, comparison, meta: dict) -> str:
+def report_markdown(df, errors, verdicts, comparison, meta: dict, coverage=None) -> str:
     """The validation report as Markdown."""
     lines = [f"# Validation report: {meta.get('profile', '')}", ""]
     for k, v in meta.items():
@@ -301,6 +484,16 @@ def report_markdown(df, errors, verdicts, comparison, meta: dict) -> str:
         lines += ["## Paper model vs physical model", "",
                   f"J/query MAPE: physical {comparison['physical_j_mape_pct']:.1f}%, "
                   f"paper eq. 19 {comparison['paper_j_mape_pct']:.1f}% over {comparison['n']} points.", ""]
+    if coverage is not None and len(coverage):
+        lines += ["## Band coverage", "",
+                  "Share of held-out measurements inside the 68% and 95% bands. The bands add the "
+                  "model's own error (split-conformal half-widths of |log(measured/predicted)|) to "
+                  "the profile's parameter uncertainty. *leave-one-model-out* estimates that error "
+                  "on the other architectures' points and scores the held-out one (the honest "
+                  "figure); *in-sample* and *profile* (when the profile's record came from these "
+                  "points) are circular and shown for reference; *parameters only* is the band "
+                  "without model error. Predictions recomputed from the profile by this qtsim.", "",
+                  _md(coverage.round(1)), ""]
     cols = ["model", "precision", "batch", "new_tokens", "t_step_s", "pred_step_s", "t_generate_s",
             "pred_latency_s", "j_per_query", "pred_j_per_query", "peak_memory_bytes", "pred_peak_bytes"]
     lines += ["## Points", "", _md(df[[c for c in cols if c in df]].round(5)), "",

@@ -21,7 +21,7 @@ def test_trap_json_keys_documented_in_readme():
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
     assert set(rep) == {"query", "verdict", "quantized", "native", "ratios", "b_star", "n_star",
-                        "paper", "si", "host", "profile"}
+                        "paper", "si", "host", "profile", "bitsandbytes", "budget", "serving"}
     assert rep["query"]["batch"] == 4
     assert rep["quantized"]["j_per_query"]["low"] <= rep["quantized"]["j_per_query"]["value"]
     from pathlib import Path
@@ -32,7 +32,7 @@ def test_trap_json_keys_documented_in_readme():
 
 def test_trap_csv():
     r = run_qtsim("trap", "--gpu", "l4", "--model", "qwen3-0.6b", "--precision", "nf4", "--format", "csv", "--draws", "20")
-    assert r.returncode == 0 and r.stdout.startswith("key,value")
+    assert r.returncode == 0 and r.stdout.startswith("gpu,model,precision,")
 
 
 @pytest.mark.parametrize("args,needle", [

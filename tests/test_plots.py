@@ -94,3 +94,56 @@ def test_plots_are_headless():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        env={"PATH": "/usr/bin:/bin", "MPLBACKEND": "", "DISPLAY": ""})
     assert "PYPLOT False" in r.stdout, r.stderr
+
+
+# ---- issue 12: the common case (one GPU, one precision) -----------------------------------------
+@pytest.fixture(scope="module")
+def one():
+    prof, arch = [load_profile("l4")], [load_architecture("mistral-7b")]
+    s = sf.simulate(prof, arch, ("nf4",), (1, 4, 16), n_draws=0)
+    native = sf.simulate(prof, arch, ("fp16",), (1,), thresholds=False)
+    return s, native
+
+
+def _inside(fig):
+    """Every legend and figure text lies within the figure (nothing clipped at an edge)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    box = fig.bbox
+    for artist in [*fig.legends, *fig.texts]:
+        e = artist.get_window_extent(r)
+        assert e.x0 >= box.x0 - 1 and e.x1 <= box.x1 + 1, artist
+        assert e.y0 >= box.y0 - 1 and e.y1 <= box.y1 + 1, artist
+
+
+def test_fig1_single_precision_shows_the_native_bars(one):
+    s, native = one
+    fig = plots.plot_fig1_panel(s, "mistral-7b", native=native)
+    for ax in fig.axes[:2]:  # throughput and J/query
+        heights = [p.get_height() for p in ax.patches]
+        assert len(heights) == 2 and all(h > 0 for h in heights)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend[:2] == ["FP16", "NF4"]
+    foot = fig.texts[-1].get_text()
+    assert "16-84%" not in foot and "no uncertainty bands" in foot  # none drawn, none claimed
+    _inside(fig)
+
+
+def test_single_trap_map_and_cor_fit_in_their_figures(maps, one):
+    fig = plots.plot_trap_map(maps[0], marks=[("mistral-7b", 7.25e9), ("llama-3.1-8b", 8.03e9)])
+    _inside(fig)
+    ax = _visible(fig)[0]
+    labels = [t for t in ax.texts if t.get_text() in ("mistral-7b", "llama-3.1-8b")]
+    r = fig.canvas.get_renderer()
+    a, b = (t.get_window_extent(r) for t in labels)
+    assert not a.overlaps(b)
+    fig = plots.plot_cor_vs_batch(one[0])
+    _inside(fig)
+    assert "16-84%" not in fig.texts[-1].get_text()
+
+
+def test_label_tiers_stack_close_neighbours():
+    assert plots._label_tiers([9.0, 9.02, 9.5, 10.0], 0.1) == [0, 1, 0, 0]

@@ -231,3 +231,39 @@ def test_nan_percentiles_match_numpy():
     with np.errstate(all="ignore"), pytest.warns(RuntimeWarning):
         ref = np.nanpercentile(np.where(np.isfinite(x), x, np.nan), (16, 84), axis=0)
     np.testing.assert_allclose(sf.nan_percentiles(x), ref, rtol=1e-12, equal_nan=True)
+
+
+# ---- issue 12: the fast paths give the numbers the direct ones give -------------------------
+@pytest.mark.parametrize("gpu,prec", [("l4", "int8"), ("h100-sxm", "nf4"), ("h100-sxm", "int8")])
+def test_n_star_from_anchors_equals_the_full_size_grid(gpu, prec):
+    sim = Simulator(load_profile(gpu), n_draws=1)
+    arch = load_architecture("mistral-7b")
+    b = np.unique(np.round(np.geomspace(1, 1e9, 6000)))
+    full = sf.n_star_rows(sim, arch, prec, b, 256, 128)
+    kinds = set(np.unique(full["n_star_kind"]))
+    assert 0 in kinds and len(kinds) >= 2  # crossings and no-crossing batches both exercised
+    for anchors in (8, 64):
+        fast = sf.n_star_fast(sim, arch, prec, b, 256, 128, anchors=anchors)
+        np.testing.assert_array_equal(fast["n_star"], full["n_star"])
+        np.testing.assert_array_equal(fast["n_star_kind"], full["n_star_kind"])
+
+
+def test_blocked_surface_equals_one_block(monkeypatch):
+    """Blocks of batches (and N* from anchors) give exactly what one block gives."""
+    profs = [load_profile("l4"), load_profile("h100-sxm")]
+    archs = [load_architecture("mistral-7b"), load_architecture("qwen3-0.6b")]
+    b = np.unique(np.round(np.geomspace(1, 1e6, 1500)))
+    args = (profs, archs, ("fp16", "int8", "nf4"), b)
+    kw = {"sizes": np.geomspace(1e9, 7e10, 3)}
+    monkeypatch.setattr(sf, "CHUNK_POINTS", 1 << 30)
+    monkeypatch.setattr(sf, "N_STAR_ANCHORS", 10**6)
+    one = sf.simulate(*args, **kw)
+    one_d = sf.simulate(profs, archs, ("int8", "nf4"), [1, 2, 3, 8, 64], n_draws=20)
+    monkeypatch.setattr(sf, "CHUNK_POINTS", 7)
+    monkeypatch.setattr(sf, "N_STAR_ANCHORS", 16)
+    many = sf.simulate(*args, **kw)
+    many_d = sf.simulate(profs, archs, ("int8", "nf4"), [1, 2, 3, 8, 64], n_draws=20)
+    for a, z in ((one, many), (one_d, many_d)):
+        assert list(a.data) == list(z.data)
+        for k in a.data:
+            np.testing.assert_array_equal(a.data[k], z.data[k], err_msg=k)

@@ -1,0 +1,124 @@
+"""``qtsim compare``: one model at one batch across GPUs x precisions."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from qtsim.cli.options import (
+    FORMATS,
+    bnb_options,
+    bnb_settings,
+    budget_assumptions,
+    budget_options,
+    precision_list,
+    split_list,
+)
+
+
+@click.command()
+@click.option("--model", required=True, help="Shipped model name (`qtsim models`) or a path to a config.json.")
+@click.option("--batch", default="1", show_default=True, metavar="B", help="Concurrent sequences B.")
+@click.option("--gpu", "gpus", default="all", show_default=True,
+              help="GPUs, comma-separated names or aliases, or 'all' (every visible profile, "
+                   "yours included).")
+@click.option("--profile", "profile_paths", multiple=True, type=click.Path(dir_okay=False),
+              help="A profile TOML file (repeatable); added after --gpu.")
+@click.option("--precision", "precisions", default="fp16,int8,nf4", show_default=True,
+              help="Precisions, comma-separated; quantized ones are judged against the GPU's 16-bit run.")
+@click.option("--tokens", default="256", show_default=True, metavar="K", help="New tokens per query K.")
+@click.option("--prompt-tokens", default="128", show_default=True, metavar="N", help="Prompt length per query.")
+@click.option("--sort", "sort", default="j_per_query", show_default=True,
+              help="Column to sort by: gpu, precision, fits, peak_memory_gib, tok_per_s, latency_s, "
+                   "j_per_query, kwh_per_million_queries, gco2e_per_query, usd_per_million_tokens, "
+                   "energy_ratio, verdict (better first).")
+@click.option("--host", default=None, metavar="NAME_OR_FILE",
+              help="Host/software part combined with every GPU (`qtsim profiles hosts`); "
+                   "default each profile's own or hf-eager-server.")
+@bnb_options
+@budget_options
+@click.option("--draws", default="200", show_default=True, metavar="N",
+              help="Monte-Carlo draws per configuration (bands and 'likely' verdicts).")
+@click.option("--format", "fmt", default="text", show_default=True, type=FORMATS)
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Also write a bar chart of the sort column (PNG/PDF/SVG by suffix; J/query when "
+                   "sorting by a text column).")
+def compare(model, batch, gpus, profile_paths, precisions, tokens, prompt_tokens, sort, host, double_quant,
+            int8_threshold, compute_dtype, pue, grid_gco2_per_kwh, usd_per_hour, draws, fmt,
+            plot_path):
+    """One table across GPUs x precisions for MODEL at batch B: fits, tok/s, latency, J/query,
+    kWh per million queries (gCO2e per query, $ per million tokens when their assumptions are
+    given) and the energy verdict against each GPU's 16-bit run.
+
+    \b
+    Examples:
+      qtsim compare --model llama-3.1-8b --batch 8 --gpu t4,a10g,l4 \\
+          --usd-per-hour 0.53,1.01,0.80 --sort usd_per_million_tokens --plot cmp.png
+      qtsim compare --model mistral-7b --batch 1 --precision fp16,nf4 --double-quant --format csv
+    """
+    from qtsim.architecture import load_architecture
+    from qtsim.compare import COLUMNS, csv_text, format_text, plot_compare
+    from qtsim.compare import compare as run
+    from qtsim.errors import QtsimError
+    from qtsim.profiles import list_profiles, load_profile
+
+    b, k, pr, nd = (_int(batch, "--batch", 1), _int(tokens, "--tokens", 1),
+                    _int(prompt_tokens, "--prompt-tokens", 0), _int(draws, "--draws", 10))
+    if sort not in COLUMNS:
+        raise QtsimError(f"--sort {sort!r}: choose from {', '.join(COLUMNS)}")
+    bnb = bnb_settings(double_quant, int8_threshold, compute_dtype)
+    assumptions = budget_assumptions(pue, grid_gco2_per_kwh, None)
+    prices = _prices(usd_per_hour)
+    precs = precision_list(precisions)
+    names = split_list(gpus, "--gpu")
+    if [n.lower() for n in names] == ["all"]:
+        profiles = [load_profile(r["name"]) for r in list_profiles() if r["source"] != "INVALID"]
+    else:
+        profiles = [load_profile(g) for g in names]
+    profiles += [load_profile(path=p) for p in profile_paths]
+    seen = [p.name for p in profiles]
+    if len(set(seen)) != len(seen):
+        raise QtsimError(f"GPU listed twice: {', '.join(seen)}")
+    arch = load_architecture(model)
+    if prices is not None and len(prices) not in (1, len(profiles)):
+        raise QtsimError(f"--usd-per-hour: give one price, or one per GPU ({len(profiles)}) in "
+                         "--gpu order")
+    by_gpu = None
+    if prices and len(prices) == 1:
+        assumptions = budget_assumptions(pue, grid_gco2_per_kwh, prices[0])
+    elif prices:
+        by_gpu = dict(zip([p.name for p in profiles], prices, strict=True))
+    result = run(profiles, arch, b, precs, k, pr, bnb, assumptions, sort, n_draws=nd,
+                 usd_per_hour_by_gpu=by_gpu, host=host)
+    if fmt == "json":
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    elif fmt == "csv":
+        click.echo(csv_text(result))
+    else:
+        click.echo(format_text(result))
+    if plot_path:
+        from qtsim.plots import save
+
+        col = sort if COLUMNS[sort][2] != "{}" and sort != "fits" else "j_per_query"
+        click.echo(f"wrote {save(plot_compare(result, col), plot_path)}", err=fmt != "text")
+
+
+def _int(text, name: str, minimum: int) -> int:
+    from qtsim.errors import QtsimError
+
+    try:
+        x = int(str(text))
+    except ValueError:
+        raise QtsimError(f"{name} {text!r} is not an integer") from None
+    if x < minimum:
+        raise QtsimError(f"{name} {x} is below {minimum}")
+    return x
+
+
+def _prices(text):
+    """``--usd-per-hour``: one price, or one per GPU (comma-separated), USD per GPU-hour."""
+    if text is None:
+        return None
+    return [budget_assumptions("1.0", None, v).usd_per_hour
+            for v in split_list(text, "--usd-per-hour")]

@@ -1,0 +1,82 @@
+"""Budget units planners work in, from qtsim's per-query predictions. Pure arithmetic, no I/O.
+
+Inputs are what the simulator predicts: energy per query in joules at the GPU board (the power
+model: what an NVML energy counter reads) and throughput in generated tokens per second for the
+whole batch. Every figure depends on stated assumptions (:class:`BudgetAssumptions`), which the
+reports print beside it:
+
+- ``pue``: power usage effectiveness of the facility (facility energy / IT energy, >= 1). With
+  1.0 (the default) the figures are GPU-board energy only: no host CPU, memory, fans, cooling.
+- ``grid_gco2_per_kwh``: carbon intensity of the electricity, gCO2e per kWh (location- and
+  hour-dependent; none assumed by default).
+- ``usd_per_hour``: what one GPU costs per hour (rental or amortised), USD; the $ figure assumes
+  the GPU is kept busy at the predicted throughput the whole hour.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from qtsim.errors import QtsimError
+
+J_PER_KWH = 3.6e6
+SECONDS_PER_HOUR = 3600.0
+
+
+@dataclass(frozen=True)
+class BudgetAssumptions:
+    """The assumptions behind the budget figures (units in the field names' docs above)."""
+
+    pue: float = 1.0
+    grid_gco2_per_kwh: float | None = None
+    usd_per_hour: float | None = None
+
+    def __post_init__(self):
+        if not (isinstance(self.pue, (int, float)) and math.isfinite(self.pue) and self.pue >= 1.0):
+            raise QtsimError(f"--pue {self.pue!r}: must be a number >= 1 (facility energy / IT energy)")
+        for name, v in (("--grid-gco2-per-kwh", self.grid_gco2_per_kwh),
+                        ("--usd-per-hour", self.usd_per_hour)):
+            if v is not None and not (math.isfinite(v) and v >= 0):
+                raise QtsimError(f"{name} {v!r}: must be a finite number >= 0")
+
+    def to_dict(self) -> dict:
+        return {"pue": self.pue, "grid_gco2_per_kwh": self.grid_gco2_per_kwh,
+                "usd_per_hour": self.usd_per_hour,
+                "energy_boundary": "GPU board" if self.pue == 1.0 else
+                f"GPU board x PUE {self.pue:g} (facility overhead)"}
+
+    def describe(self) -> str:
+        """One line naming every assumption, printed beside the figures."""
+        parts = [f"PUE {self.pue:g}" + (" (GPU board energy only)" if self.pue == 1.0 else "")]
+        parts.append(f"grid {self.grid_gco2_per_kwh:g} gCO2e/kWh" if self.grid_gco2_per_kwh
+                     is not None else "no grid intensity given (--grid-gco2-per-kwh)")
+        parts.append(f"${self.usd_per_hour:g}/GPU-hour, busy the whole hour" if self.usd_per_hour
+                     is not None else "no GPU price given (--usd-per-hour)")
+        return "; ".join(parts)
+
+
+def kwh_per_million_queries(j_per_query, pue: float = 1.0):
+    """Energy of one million queries, kWh: J/query x PUE x 1e6 / 3.6e6 J/kWh."""
+    return j_per_query * pue * 1e6 / J_PER_KWH
+
+
+def gco2e_per_query(j_per_query, grid_gco2_per_kwh: float, pue: float = 1.0):
+    """Emissions of one query, gCO2e: J/query x PUE / 3.6e6 J/kWh x gCO2e/kWh."""
+    return j_per_query * pue / J_PER_KWH * grid_gco2_per_kwh
+
+
+def usd_per_million_tokens(tok_per_s, usd_per_hour: float):
+    """GPU cost of one million generated tokens, USD: $/h / (tok/s x 3600 s/h) x 1e6."""
+    return usd_per_hour / (tok_per_s * SECONDS_PER_HOUR) * 1e6
+
+
+def figures(j_per_query, tok_per_s, a: BudgetAssumptions) -> dict:
+    """Every budget figure the assumptions allow (``None`` where an assumption is missing)."""
+    return {
+        "kwh_per_million_queries": float(kwh_per_million_queries(j_per_query, a.pue)),
+        "gco2e_per_query": (float(gco2e_per_query(j_per_query, a.grid_gco2_per_kwh, a.pue))
+                            if a.grid_gco2_per_kwh is not None else None),
+        "usd_per_million_tokens": (float(usd_per_million_tokens(tok_per_s, a.usd_per_hour))
+                                   if a.usd_per_hour is not None else None),
+    }

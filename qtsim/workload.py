@@ -1,0 +1,127 @@
+"""bitsandbytes settings of a workload, named as transformers' ``BitsAndBytesConfig`` names them.
+
+:class:`BnbSettings` is the one small frozen object that carries a run's quantisation knobs from
+the command line to the kernel-path choice (:func:`qtsim.physical.path_family`), the simulator,
+B* and N*:
+
+- ``double_quant`` (``bnb_4bit_use_double_quant``): NF4/FP4 quantise their absmax scales again
+  (8-bit, blocks of 256): about 0.127 instead of 0.5 bit of scale per weight, and on calibrated
+  profiles the ``nf4dq_*`` kernel paths (QLoRA's default);
+- ``int8_threshold`` (``llm_int8_threshold``): LLM.int8()'s outlier threshold. The model has two
+  kernel paths for it: ``int8`` (6.0, transformers' default: activation columns above the
+  threshold run in fp16) and ``int8_t0`` (0: no outlier decomposition). Other values change how
+  many columns take the fp16 path, which depends on the real model's activations, so qtsim
+  refuses them rather than guess;
+- ``compute_dtype`` (``bnb_4bit_compute_dtype``): the dtype 4-bit layers compute (and the
+  lm_head runs) in; ``None`` means the profile's ``compute_dtype_4bit`` (default its native
+  dtype). The dtype must be a kernel path the profile has (fp16/bf16 on every shipped profile;
+  fp32 only where a calibration measured an fp32 path).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qtsim.errors import QtsimError
+from qtsim.precision import get_precision
+
+#: llm_int8_threshold values with a kernel path of their own: threshold -> path family
+INT8_THRESHOLDS = {0.0: "int8_t0", 6.0: "int8"}
+DEFAULT_INT8_THRESHOLD = 6.0
+COMPUTE_DTYPES = ("fp16", "bf16", "fp32")
+FOUR_BIT = ("nf4", "fp4")
+
+
+@dataclass(frozen=True)
+class BnbSettings:
+    """bitsandbytes quantisation settings (see the module docstring); defaults are transformers'."""
+
+    double_quant: bool = False
+    int8_threshold: float = DEFAULT_INT8_THRESHOLD
+    compute_dtype: str | None = None
+
+    def __post_init__(self):
+        try:
+            t = float(self.int8_threshold)
+        except (TypeError, ValueError):
+            raise QtsimError(f"--int8-threshold {self.int8_threshold!r} is not a number") from None
+        if t not in INT8_THRESHOLDS:
+            raise QtsimError(
+                f"--int8-threshold {self.int8_threshold:g}: qtsim models llm_int8_threshold 6 "
+                "(transformers' default, outlier columns in fp16) and 0 (no outlier "
+                "decomposition) only; other values depend on the real model's activation outliers")
+        object.__setattr__(self, "int8_threshold", t)
+        if self.compute_dtype is not None:
+            cd = str(self.compute_dtype).lower()
+            if cd not in COMPUTE_DTYPES:
+                raise QtsimError(f"--compute-dtype {self.compute_dtype!r}: choose from "
+                                 f"{', '.join(COMPUTE_DTYPES)}")
+            object.__setattr__(self, "compute_dtype", cd)
+
+    @property
+    def is_default(self) -> bool:
+        return self == BnbSettings()
+
+    def compute_dtype_for(self, profile) -> str:
+        """The 4-bit compute dtype in force on ``profile`` (explicit, else the profile's)."""
+        return self.compute_dtype or profile.compute_dtype_4bit
+
+    def check(self, precisions, profile=None) -> None:
+        """Refuse settings that no precision in ``precisions`` uses, or that ``profile`` lacks.
+
+        Raises a one-line :class:`QtsimError` (the CLI exits 2).
+        """
+        names = {get_precision(p).name for p in precisions}
+        if self.double_quant and not names & set(FOUR_BIT):
+            raise QtsimError("--double-quant applies to 4-bit precisions (nf4, fp4) only")
+        if self.int8_threshold != DEFAULT_INT8_THRESHOLD and "int8" not in names:
+            raise QtsimError("--int8-threshold applies to --precision int8 only")
+        if self.compute_dtype is not None and not names & set(FOUR_BIT):
+            raise QtsimError("--compute-dtype (bnb_4bit_compute_dtype) applies to 4-bit "
+                             "precisions (nf4, fp4) only")
+        if profile is not None and self.compute_dtype is not None:
+            from qtsim.errors import ProfileError
+            from qtsim.physical import resolve_path
+
+            try:
+                for side in ("b1", "bn"):
+                    resolve_path(profile.physical, f"{self.compute_dtype}_{side}")
+            except ProfileError:
+                raise QtsimError(
+                    f"--compute-dtype {self.compute_dtype}: profile {profile.name} has no "
+                    f"{self.compute_dtype} kernel path, so qtsim cannot predict 4-bit layers "
+                    "computing in it there (fp16 and bf16 are modelled on every shipped profile)"
+                ) from None
+
+    def bnb_config(self, precision: str, profile=None) -> dict:
+        """The settings that apply to ``precision``, keyed as ``BitsAndBytesConfig`` keys them.
+
+        Keys that do not apply are ``None`` (e.g. ``llm_int8_threshold`` for NF4).
+        """
+        p = get_precision(precision).name
+        four = p in FOUR_BIT
+        cd = self.compute_dtype_for(profile) if (four and profile is not None) else self.compute_dtype
+        return {
+            "load_in_8bit": p == "int8", "load_in_4bit": four,
+            "bnb_4bit_quant_type": p if four else None,
+            "bnb_4bit_use_double_quant": self.double_quant if four else None,
+            "bnb_4bit_compute_dtype": _torch_name(cd) if four else None,
+            "llm_int8_threshold": self.int8_threshold if p == "int8" else None,
+        }
+
+    def label(self, precision: str) -> str:
+        """A short tag for tables, e.g. ``nf4+dq``, ``int8 t=0``, ``nf4 bf16``."""
+        p = get_precision(precision).name
+        out = p
+        if p in FOUR_BIT and self.double_quant:
+            out += "+dq"
+        if p in FOUR_BIT and self.compute_dtype:
+            out += f" {self.compute_dtype}"
+        if p == "int8" and self.int8_threshold != DEFAULT_INT8_THRESHOLD:
+            out += f" t={self.int8_threshold:g}"
+        return out
+
+
+def _torch_name(dtype: str | None) -> str | None:
+    """``bf16`` -> ``bfloat16`` (the torch dtype name BitsAndBytesConfig takes)."""
+    return {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}.get(dtype, dtype)
