@@ -49,7 +49,7 @@ REAL_METERS = ("nvml_counter", "rapl", "nvml_poll")
 SCALES = (("t_tokweight_", 1e-12), ("t_weight_", 1e-12), ("inv_bw", 1e-12), ("t_call_", 1e-6),
           ("t_vocab", 1e-9),
           ("t_layertok_", 1e-6), ("t_layer_", 1e-6), ("t_step", 1e-6), ("h_op", 1e-6),
-          ("h_step", 1e-6), ("h_call_", 1e-6), ("e_byte", 1e-12),
+          ("h_step", 1e-6), ("h_call_", 1e-6), ("h_prefill", 1e-6), ("e_byte", 1e-12),
           ("e_flop", 1e-12), ("p_static", 1.0))
 
 
@@ -513,6 +513,37 @@ def fit_step_inventory(frame, kernel: StageResult, bw_gbs: float, notes: list[st
     return st
 
 
+def fit_prefill(frame, values: dict, notes: list[str], overlap: bool = False) -> StageResult:
+    """Stage 2b: ``prefill_tok_scale_<family>`` (per kernel family: the prefill's per-token device
+    time relative to a decode step's at the same rows) and ``h_prefill_s`` (generate's one-off
+    host work) from the decodes' first-token times (``t_prefill_s``), through
+    :func:`physical.prefill_timelines` itself."""
+    rows = _decode_rows(frame, notes)
+    if "t_prefill_s" not in frame or not rows:
+        notes.append("prefill: no first-token times recorded; prefill_tok_scale held at 1")
+        return StageResult("prefill", {"prefill_tok_scale": FittedParam(1.0, 0.0, "1", "fixed")},
+                           0, math.nan, math.nan, math.nan, math.nan, math.nan)
+    cd4 = compute_dtype_4bit(frame)
+    obs = np.array([float(r["t_prefill_s"]) for r, _, _ in rows])
+
+    def model(v):
+        params = {**values, **v}
+        return np.array([float(physical.prefill_timelines(
+            c, f, float(r["batch"]), float(r["prompt_len"]), params, REFERENCE_PATH, cd4,
+            overlap)["step_s"]) for r, c, f in rows])
+
+    lmfit = _lmfit()
+    ps = lmfit.Parameters()
+    units = {"h_prefill_s": "s"}
+    for fam in sorted({f for _, _, f in rows}):
+        ps.add(f"prefill_tok_scale_{fam}", value=1.0, min=0.05, max=5.0)
+        units[f"prefill_tok_scale_{fam}"] = "1"
+    ps.add("h_prefill_s", value=100.0, min=0.0)
+    res = _minimize(ps, lambda v: (model(si_values(v)) - obs) / obs, "prefill fit", len(obs),
+                    notes)
+    return _stage("prefill", res, units, obs, model(si_values(res.params)), notes)
+
+
 # ---- stage 3: energy ---------------------------------------------------------------------------
 def real_meter(frame) -> str | None:
     for m in REAL_METERS:
@@ -582,8 +613,11 @@ def fit_frame(frame, tdp_w: float, hli_assumption: str = "", mode: str = "invent
     else:
         floor = fit_step_floor(frame, kernel, bw_gbs, notes)
     values = {k: p.value for k, p in {**kernel.params, **floor.params}.items()}
+    if mode == "inventory":
+        values[physical.DISPATCH_FLAG] = 1.0
+    prefill = fit_prefill(frame, values, notes)
     energy, method = fit_energy(frame, values, tdp_w, hli_assumption, notes)
-    return FitResult([kernel, floor, energy], method, notes, mode)
+    return FitResult([kernel, floor, prefill, energy], method, notes, mode)
 
 
 def profile_from_fit(fit: FitResult, frame, hardware: dict, raw_path: str, device: str,

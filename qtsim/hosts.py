@@ -31,7 +31,7 @@ from qtsim.errors import ProfileError, UnknownNameError, suggest
 #: the host assumed where none is named: HF eager decode on a datacentre GPU server, fitted to
 #: the bitsandbytes maintainers' H100 rows, with a spread that covers the desktop host
 DEFAULT_HOST = "hf-eager-server"
-HOST_PARAM_PREFIXES = ("h_op", "h_launch", "h_step", "h_call_", "h_fused4bit")
+HOST_PARAM_PREFIXES = ("h_op", "h_launch", "h_step", "h_call_", "h_fused4bit", "h_prefill")
 
 
 @dataclass

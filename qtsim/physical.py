@@ -226,7 +226,7 @@ def timeline_mode(params: Mapping) -> str:
 
 def timelines(counts: ArchCounts, family: str, context, params: Mapping,
               native: str = "fp16", compute_dtype_4bit: str | None = None, side: str = "bn",
-              deq: float = 0.0):
+              deq: float = 0.0, per_seq_scale=1.0):
     """Host and device timelines of one decoding step for one code path, s.
 
     ``side`` picks the traced code path (``b1``: batch 1, GEMV kernels; ``bn``: batch >= 2) and
@@ -242,6 +242,8 @@ def timelines(counts: ArchCounts, family: str, context, params: Mapping,
     the batch grid: ``h_layer``, ``d_layer`` (batch-independent device part), ``d_layer_per_seq``
     (device time per sequence), the scalars-or-arrays ``h_pre``, ``d_pre``, ``h_post``,
     ``d_post0``, ``d_post1`` (post device time = d_post0 + batch d_post1) and ``sync``.
+    ``per_seq_scale`` multiplies the per-sequence (per-token) device time: a prefill's GEMMs over
+    many rows run at another efficiency than a decode's (``prefill_tok_scale``, fitted).
     """
     from qtsim import inventory  # local: the table loads once, on first use
 
@@ -272,9 +274,10 @@ def timelines(counts: ArchCounts, family: str, context, params: Mapping,
                     + context * counts.attn_flops_per_token_per_ctx / counts.n_layers * act[2] / 2.0
                     + t_layertok)
     onehot_o = np.eye(8)[3]
-    d_layer_per_seq = w * blk(t_tok) + blk(attn_per_seq) * onehot_o
+    d_layer_per_seq = (w * blk(t_tok) + blk(attn_per_seq) * onehot_o) * blk(per_seq_scale)
     head0 = counts.n_native_streamed * (NATIVE_BYTES / (bw * 1e9) + act[1]) + act[0]
-    head1 = counts.n_native_streamed * act[2] + counts.vocab_size * params.get("t_vocab_s", 0.0)
+    head1 = (counts.n_native_streamed * act[2]
+             + counts.vocab_size * params.get("t_vocab_s", 0.0)) * per_seq_scale
     d_post0 = inv["post_kernels"][cls] * t_kernel + head0
     d_pre = inv["pre_kernels"][cls] * t_kernel
     if timeline_mode(params) == "inventory":
@@ -297,7 +300,7 @@ def timelines(counts: ArchCounts, family: str, context, params: Mapping,
 
 def step_timelines(counts: ArchCounts, family: str, batch, context, params: Mapping,
                    native: str = "fp16", compute_dtype_4bit: str | None = None,
-                   overlap: bool = False) -> dict:
+                   overlap: bool = False, per_seq_scale=1.0) -> dict:
     """One decoding step composed from its timelines (:func:`qtsim.timeline.step_s`).
 
     Returns ``step_s`` (wall time), ``host_s`` and ``device_s`` (each timeline alone), s.
@@ -315,7 +318,8 @@ def step_timelines(counts: ArchCounts, family: str, batch, context, params: Mapp
                          ("bn", 1.0, ~one & (deq > 0))):
         if not np.any(sel):
             continue
-        tl = timelines(counts, family, context, params, native, compute_dtype_4bit, side, d)
+        tl = timelines(counts, family, context, params, native, compute_dtype_4bit, side, d,
+                       per_seq_scale)
         r = timeline.step_s(tl["h_pre"], tl["d_pre"], tl["h_layer"], tl["d_layer"],
                             counts.n_layers, tl["h_post"], tl["d_post0"] + b * tl["d_post1"],
                             sync=tl["sync"] if overlap else None, overlap=overlap, batch=b,
@@ -367,6 +371,27 @@ def step_energy_j(time_s, bytes_, flops, params: Mapping, tdp_w, busy_s=None):
     return np.minimum(e, tdp_w * time_s)
 
 
+def prefill_timelines(counts: ArchCounts, family: str, batch, prompt_tokens, params: Mapping,
+                      native: str = "fp16", compute_dtype_4bit: str | None = None,
+                      overlap: bool = False) -> dict:
+    """The first ``generate`` call (prefill of ``batch`` x ``prompt_tokens`` tokens and its first
+    token) as one step at ``batch x prompt`` rows over half the prompt's context, its per-token
+    device time scaled by ``prefill_tok_scale_<family>`` (else ``prefill_tok_scale``: a GEMM over
+    many rows runs at another efficiency per row than the microbenchmarked batches, and each
+    kernel family differently) and ``h_prefill_s`` added (generate's one-off
+    host work: cache and mask set-up); both fitted from the calibration decodes' first-token
+    times, 1 and 0 where a profile has none. Returns ``step_s``, ``host_s``, ``device_s``.
+    """
+    b = np.asarray(batch, float)
+    prompt = np.asarray(prompt_tokens, float)
+    pre = step_timelines(counts, family, b * np.maximum(prompt, 1.0), prompt / 2.0, params,
+                         native, compute_dtype_4bit, overlap,
+                         per_seq_scale=params.get(f"prefill_tok_scale_{family}",
+                                                  params.get("prefill_tok_scale", 1.0)))
+    extra = params.get("h_prefill_s", 0.0)
+    return {**pre, "step_s": pre["step_s"] + extra, "host_s": pre["host_s"] + extra}
+
+
 def query(counts: ArchCounts, precision: str, batch, new_tokens, prompt_tokens,
           params: Mapping, tdp_w, native: str = "fp16", double_quant: bool = False,
           compute_dtype_4bit: str | None = None, overlap: bool = False,
@@ -386,8 +411,8 @@ def query(counts: ArchCounts, precision: str, batch, new_tokens, prompt_tokens,
     st = step_timelines(counts, family, b, ctx, params, native, compute_dtype_4bit, overlap)
     step = st["step_s"]
     pre_tokens = b * np.maximum(prompt, 1.0)
-    pre = step_timelines(counts, family, pre_tokens, prompt / 2.0, params, native,
-                         compute_dtype_4bit, overlap)
+    pre = prefill_timelines(counts, family, b, prompt, params, native, compute_dtype_4bit,
+                            overlap)
     prefill = pre["step_s"]
     n_steps = np.maximum(k - 1.0, 0.0)
     latency = prefill + n_steps * step
