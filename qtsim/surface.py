@@ -178,16 +178,7 @@ def size_label(family: str, n_params: float) -> str:
 derived = verdicts.ratios  # COR (eq. 9), energy, HLI and speed ratios, delta J
 
 
-def pillars(q: dict, n: dict, t_si, policy: str = "linear", weights=si.DEFAULT_WEIGHTS) -> dict:
-    """E_SI (eq. 3), S_SI (power model and HLI) and SI (eq. 6 / Remark 3.1) against native."""
-    eta = si.throughput_gain(q["tok_per_s"], n["tok_per_s"])
-    rho = si.residency_gain(n["peak_bytes"], q["peak_bytes"])
-    e = si.e_si(eta, rho)
-    s = si.s_si_ratio(n["j_per_query"], q["j_per_query"])
-    s_hli = si.s_si_ratio(n["j_per_query_hli"], q["j_per_query_hli"])
-    return {"t_si": np.broadcast_to(t_si, np.shape(e)), "e_si": e, "s_si": s, "s_si_hli": s_hli,
-            "si": si.sustainability_index(t_si, e, s, weights, policy),
-            "si_hli": si.sustainability_index(t_si, e, s_hli, weights, policy)}
+pillars = si.pillars  # one home: qtsim.sustainability
 
 
 def paper_energy(sim: Simulator, counts: ArchCounts, precision: str, batch, new_tokens,

@@ -127,3 +127,15 @@ def _check_weights(weights):
     if len(w) != 3 or any(x < 0 for x in w) or not np.isclose(sum(w), 1.0, atol=1e-6):
         raise ValueError(f"SI weights must be three non-negative numbers summing to 1, got {weights}")
     return w
+
+
+def pillars(q: dict, n: dict, t_si, policy: str = "linear", weights=DEFAULT_WEIGHTS) -> dict:
+    """E_SI (eq. 3), S_SI (power model and HLI) and SI (eq. 6 / Remark 3.1) against native."""
+    eta = throughput_gain(q["tok_per_s"], n["tok_per_s"])
+    rho = residency_gain(n["peak_bytes"], q["peak_bytes"])
+    e = e_si(eta, rho)
+    s = s_si_ratio(n["j_per_query"], q["j_per_query"])
+    s_hli = s_si_ratio(n["j_per_query_hli"], q["j_per_query_hli"])
+    return {"t_si": np.broadcast_to(t_si, np.shape(e)), "e_si": e, "s_si": s, "s_si_hli": s_hli,
+            "si": sustainability_index(t_si, e, s, weights, policy),
+            "si_hli": sustainability_index(t_si, e, s_hli, weights, policy)}

@@ -66,15 +66,10 @@ def assess_trap(profile: HardwareProfile, arch: Architecture, precision: str, ba
         }
 
     trust = lookup_trust(arch.name, prec.name, native, trust_table)
-    eta = q["tok_per_s"] / n["tok_per_s"]
-    rho = n["peak_bytes"] / q["peak_bytes"]
     t_si = trust.t_si
-    e_si = float(si.e_si(eta, rho))
-    s_si = float(si.s_si_ratio(n["j_per_query"], q["j_per_query"]))
-    s_si_hli = float(si.s_si_ratio(n["j_per_query_hli"], q["j_per_query_hli"]))
-    si_q = float(si.sustainability_index(t_si, e_si, s_si, policy=policy))
-    e_si_d = si.e_si(qd["tok_per_s"] / nd["tok_per_s"], nd["peak_bytes"] / qd["peak_bytes"])
-    si_d = si.sustainability_index(t_si, e_si_d, nd["j_per_query"] / qd["j_per_query"], policy=policy)
+    pil = si.pillars(q, n, t_si, policy)
+    e_si, s_si, s_si_hli, si_q = (float(pil[k]) for k in ("e_si", "s_si", "s_si_hli", "si"))
+    si_d = si.pillars(qd, nd, t_si, policy)["si"]
 
     share_e = float(np.mean(costs_more(qd["j_per_query"], nd["j_per_query"])))
     share_t = float(np.mean(slower(dd["speed_ratio"])))
