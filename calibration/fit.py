@@ -114,7 +114,14 @@ def _lmfit():
     return lmfit
 
 
-def _minimize(params, residual, name: str, n_points: int, notes: list[str] | None = None):
+#: evaluations per free constant before the inventory-mode host fit is declared not converging
+#: (lmfit's leastsq default is 2000; over poorly separated host constants, on noisy decodes, that
+#: ran for six minutes before failing; the fit then falls back to the lumped form)
+MAX_NFEV = 300
+
+
+def _minimize(params, residual, name: str, n_points: int, notes: list[str] | None = None,
+              max_nfev_per_constant: int | None = None):
     """lmfit least squares; constants that settle on their lower bound are held there and the
     fit is repeated (a bound-pinned constant has no standard error), each one noted."""
     lmfit = _lmfit()
@@ -122,7 +129,9 @@ def _minimize(params, residual, name: str, n_points: int, notes: list[str] | Non
     if n_points <= n_free:
         raise FitError(f"{name}: {n_points} points cannot determine {n_free} constants; measure more points")
     for _ in range(len(params) + 1):
-        res = lmfit.minimize(residual, params, method="leastsq")
+        n_vary = sum(1 for p in params.values() if p.vary)
+        cap = max_nfev_per_constant * (n_vary + 1) if max_nfev_per_constant else None
+        res = lmfit.minimize(residual, params, method="leastsq", max_nfev=cap)
         if not res.success:
             raise FitError(f"{name}: fit did not converge ({res.message})")
         pinned = [k for k, p in res.params.items() if p.vary and p.min is not None and np.isfinite(p.min)
@@ -479,7 +488,7 @@ def fit_host_constants(pts, base: dict, notes: list[str], *, name: str = "host_i
         return predict_steps(pts, base, v, cd4, overlap)
 
     res = _minimize(ps, lambda v: (model(si_values(v)) - t_obs) / t_obs, f"{name} fit",
-                    len(t_obs), notes)
+                    len(t_obs), notes, max_nfev_per_constant=MAX_NFEV)
     st = _stage(name, res, units, t_obs, model(si_values(res.params)), notes)
     for k, p in res.params.items():
         if not p.vary and k not in st.params:
@@ -609,8 +618,13 @@ def fit_frame(frame, tdp_w: float, hli_assumption: str = "", mode: str = "invent
     kernel.params["mem_bw_gbs"] = FittedParam(bw_gbs, bw_gbs * inv.stderr / inv.value, "GB/s",
                                               "effective bandwidth seen by the reference linear path")
     if mode == "inventory":
-        floor = fit_step_inventory(frame, kernel, bw_gbs, notes, h_op_prior=h_op_prior)
-    else:
+        try:
+            floor = fit_step_inventory(frame, kernel, bw_gbs, notes, h_op_prior=h_op_prior)
+        except FitError as exc:  # keep the calibration: the lumped form needs less of the data
+            notes.append(f"inventory-mode host fit failed ({exc}); stage 2 falls back to the "
+                         "lumped per-family floors (`qtsim fit --lumped`)")
+            mode = "lumped"
+    if mode == "lumped":
         floor = fit_step_floor(frame, kernel, bw_gbs, notes)
     values = {k: p.value for k, p in {**kernel.params, **floor.params}.items()}
     if mode == "inventory":
