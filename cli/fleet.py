@@ -159,31 +159,16 @@ def validate(address, from_dir, profile_path, gpu, nodes, plan_path, model, prec
     Example:
       qtsim fleet validate --from fleet-h100/ --plan holdout.toml --out fleet-h100-val/
     """
-    from qtsim.architecture import from_config, load_config
     from qtsim.calibration import fleet as fl
     from qtsim.errors import QtsimError
     from qtsim.profiles import read_profile
-    from qtsim.validation import grid_points, read_plan
+    from qtsim.validation import plan_points
 
     if bool(from_dir) == bool(profile_path):
         raise QtsimError("give --from CAMPAIGN_DIR or --profile FILE")
-    if plan_path:
-        opts, points = read_plan(plan_path)
-        reps = int(opts.get("reps", reps))
-        base = Path(plan_path).parent
-        points = [p if Path(p.model).is_absolute() or not (base / p.model).exists()
-                  else type(p)(str(base / p.model), *p.key()[1:]) for p in points]
-    elif model:
-        points = grid_points(split_list(model, "--model"), precision_list(precisions),
-                             int_list(batches, "--batch"), tokens, prompt_tokens)
-    else:
-        raise QtsimError("give --plan or --model")
-    configs = {}
-    for pt in points:
-        if pt.model not in configs:
-            cfg, name, _ = load_config(pt.model)
-            from_config(cfg, name=name)
-            configs[pt.model] = ({k: v for k, v in cfg.items() if not k.startswith("_qtsim")}, name)
+    points, reps, configs = plan_points(
+        plan_path, split_list(model, "--model") if model else None, precision_list(precisions),
+        int_list(batches, "--batch"), tokens, prompt_tokens, reps)
     ray = _connect(address)
     if from_dir:
         cal = json.loads((Path(from_dir) / fl.MANIFEST).read_text())

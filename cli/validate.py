@@ -84,30 +84,14 @@ def validate(profile_path, gpu, plan_path, model, precisions, batches, tokens, p
 
 def _measure(prof, plan_path, model, precisions, batches, tokens, prompt_tokens, reps, raw,
              allow_overlap, outliers, progress, cpu_threads=None, bnb=None):
-    from qtsim.architecture import from_config, load_config
     from qtsim.errors import QtsimError
     from qtsim.simulator import Simulator
-    from qtsim.validation import grid_points, holdout_conflicts, predict_point, read_plan
+    from qtsim.validation import holdout_conflicts, plan_points, predict_point
 
-    if plan_path:
-        opts, points = read_plan(plan_path)
-        reps = int(opts.get("reps", reps))
-        base = Path(plan_path).parent
-        points = [p if Path(p.model).is_absolute() or not (base / p.model).exists()
-                  else type(p)(str(base / p.model), *p.key()[1:]) for p in points]
-    elif model:
-        points = grid_points(split_list(model, "--model"), precision_list(precisions),
-                             int_list(batches, "--batch"), tokens, prompt_tokens,
-                             bnb.double_quant if bnb else False,
-                             bnb.int8_threshold if bnb else 6.0)
-    else:
-        raise QtsimError("give --model (with --precision/--batch) or --plan")
-    configs = {}
-    for pt in points:
-        if pt.model not in configs:
-            cfg, name, _ = load_config(pt.model)
-            from_config(cfg, name=name)  # refuse unsupported architectures before measuring
-            configs[pt.model] = ({k: v for k, v in cfg.items() if not k.startswith("_qtsim")}, name)
+    points, reps, configs = plan_points(
+        plan_path, split_list(model, "--model") if model else None, precision_list(precisions),
+        int_list(batches, "--batch"), tokens, prompt_tokens, reps,
+        bnb.double_quant if bnb else False, bnb.int8_threshold if bnb else 6.0)
     conflicts = holdout_conflicts(prof, points, {m: n for m, (_, n) in configs.items()})
     if conflicts and not allow_overlap:
         raise QtsimError(f"not held out: {conflicts[0]}" + (f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else "")

@@ -104,6 +104,34 @@ def read_plan(path: str) -> tuple[dict, list[ValidationPoint]]:
     return opts, pts
 
 
+def plan_points(plan_path, models, precisions, batches, new_tokens, prompt_tokens, reps,
+                double_quant=False, int8_threshold=6.0):
+    """(points, reps, {model path: (config without qtsim keys, name)}) of a validation run:
+    from a plan file (model paths relative to it) or a grid of parsed ``--model``/``--precision``
+    /``--batch`` lists; every architecture is checked (unsupported ones refused) before
+    anything is measured."""
+    from qtsim.architecture import from_config, load_config
+
+    if plan_path:
+        opts, points = read_plan(plan_path)
+        reps = int(opts.get("reps", reps))
+        base = Path(plan_path).parent
+        points = [p if Path(p.model).is_absolute() or not (base / p.model).exists()
+                  else type(p)(str(base / p.model), *p.key()[1:]) for p in points]
+    elif models:
+        points = grid_points(models, precisions, batches, new_tokens, prompt_tokens,
+                             double_quant, int8_threshold)
+    else:
+        raise QtsimError("give --model (with --precision/--batch) or --plan")
+    configs = {}
+    for pt in points:
+        if pt.model not in configs:
+            cfg, name, _ = load_config(pt.model)
+            from_config(cfg, name=name)
+            configs[pt.model] = ({k: v for k, v in cfg.items() if not k.startswith("_qtsim")}, name)
+    return points, reps, configs
+
+
 def grid_points(models, precisions, batches, new_tokens, prompt_tokens, double_quant=False,
                 int8_threshold=6.0) -> list[ValidationPoint]:
     return [ValidationPoint(m, p, int(b), int(new_tokens), int(prompt_tokens), double_quant,
