@@ -1,30 +1,24 @@
 """The physical model ("physical" mode): decode-step time and energy from architecture counts.
 
-Per decoding step (one token for each of B sequences), after DESIGN.md sec. 2:
+Per decoding step (one token for each of B sequences), after DESIGN.md sec. 2 and 2a, a host
+timeline and a device timeline (:func:`timelines`) are composed by :func:`qtsim.timeline.step_s`:
+they overlap between synchronisations on a CUDA GPU and add on a CPU. Per linear block of a layer
+the device time is
 
-    t_step = t_step_s + L (t_layer[p] + B t_layertok[p])             host/launch floor, norms,
-                                                                     rotary, attention kernels
-           + sum over quantizable linears of  t_linear(path(p, B))   weights at precision p
-           + t_linear(activation path) for lm_head (+ norms, biases) bitsandbytes keeps it 16-bit
-           + B ctx (kv_bytes_per_token / BW + attention FLOPs)       KV cache and attention
-           + B V t_vocab_s                                           logits handling per step
+    kernels x t_kernel + t_call[path] + W (bytes_per_weight(path) / BW + t_weight[path])
+                                      + B W t_tokweight[path]
 
-The activation path is the 16-bit dtype the quantized model computes in (LLM.int8(): fp16;
-4-bit: its compute dtype, ``[hardware] compute_dtype_4bit``). ``t_layer[p]`` and
-``t_layertok[p]`` fall back to the generic ``t_layer_s`` and 0 where a profile has no
-per-precision floor (spec-derived profiles).
-
-    t_linear(path, W, n_calls, B) = n_calls t_call[path]                    per-call floor
-                                  + W (bytes_per_weight(path) / BW + t_weight[path])
-                                  + B W t_tokweight[path]
-
-Any path may split into ``PATH_b1`` (batch 1: GEMV kernels) and ``PATH_bn`` (batch >= 2).
-``t_weight`` is the per-step, per-weight casting (dequantisation) time that batching amortises;
-``t_tokweight`` is the per-token, per-weight time (the matmul itself, 2 FLOPs per weight, plus
+with the KV cache and attention (B ctx kv_bytes_per_token / BW + attention FLOPs) and
+``t_layertok`` in the o_proj block, and lm_head (in the activation path: LLM.int8() computes in
+fp16, 4-bit in its compute dtype ``[hardware] compute_dtype_4bit``) plus B V ``t_vocab_s`` after
+the layers. Any path may split into ``PATH_b1`` (batch 1: GEMV kernels) and ``PATH_bn`` (batch
+>= 2). ``t_weight`` is the per-step, per-weight casting (dequantisation) time that batching
+amortises; ``t_tokweight`` the per-token, per-weight time (the matmul, 2 FLOPs per weight, plus
 per-token casting such as LLM.int8()'s activation quantisation) that batching does not.
 
-Power: P = p_static_w + e_byte_j x (bytes/s) + e_flop_j x (FLOP/s), capped at the TDP, so
-energy per step is p_static_w t + e_byte_j bytes + e_flop_j FLOPs (<= tdp_w t).
+Power (:func:`step_energy_j`): ``p_idle_w`` while the device waits for the host, ``p_static_w``
+while it works, plus ``e_byte_j`` per byte (dequantisation traffic included) and ``e_flop_j`` per
+FLOP, capped at TDP x time.
 
 Host and device timelines (:func:`timelines`, :mod:`qtsim.timeline`): in ``inventory`` mode
 (the host part has ``h_op_s``) each block's host time is its traced aten operations x ``h_op_s``
@@ -171,14 +165,6 @@ def bytes_per_weight(counts: ArchCounts, family: str):
     return counts.bits_per_weight(precision, double_quant=dq) / 8.0
 
 
-def linear_time_s(n_weights, n_calls, batch, bytes_per_weight_, t_call_s, t_weight_s,
-                  t_tokweight_s, mem_bw_gbs):
-    """Device time of ``n_calls`` linear layers holding ``n_weights`` weights, one step, s."""
-    return (n_calls * t_call_s
-            + n_weights * (bytes_per_weight_ / (mem_bw_gbs * 1e9) + t_weight_s)
-            + batch * n_weights * t_tokweight_s)
-
-
 def host_call_s(params: Mapping, family: str, batch):
     """Host time per linear call of a path beyond its traced aten operations (bitsandbytes'
     Python wrappers, quant-state handling), ``h_call_<path>_s``; 0 where the host part has none."""
@@ -193,6 +179,8 @@ def host_call_s(params: Mapping, family: str, batch):
     return np.where(np.asarray(batch) <= 1, vals[0], vals[1])
 
 
+#: the 4-bit path families (bitsandbytes' NF4 / FP4, with or without double quantisation)
+FOUR_BIT = ("nf4", "nf4dq", "fp4", "fp4dq")
 #: largest batch at which bitsandbytes >= 0.50 runs its fused 4-bit GEMM on CUDA (PR #1949:
 #: batch 2-64; the exact cap is per architecture and shape in 0.50.2's CUDA backend); a host
 #: part states its stack's cap as ``h_fused4bit_max_batch`` (0: no fused kernel, as in 0.45)
@@ -203,7 +191,7 @@ def dequantizes(params: Mapping, family: str, batch, overlap: bool = False):
     """1.0 where a 4-bit path dequantises to a 16-bit copy then runs a GEMM (batch >= 2, and on
     CUDA only above the stack's fused-kernel cap), else 0.0; 0 for other paths."""
     b = np.asarray(batch, float)
-    if family not in ("nf4", "nf4dq", "fp4"):
+    if family not in FOUR_BIT:
         return 0.0 * b
     cap = params.get("h_fused4bit_max_batch", FUSED_4BIT_MAX_BATCH) if overlap else 0.0
     return ((b > 1) & (b > cap)).astype(float)
@@ -215,7 +203,6 @@ def dequantizes(params: Mapping, family: str, batch, overlap: bool = False):
 #: dispatch of the linear's own aten ops; the host timeline then prices only each block's
 #: non-linear ops (``ops - linear_ops`` of the inventory) with ``h_op_s``
 DISPATCH_FLAG = "t_call_includes_dispatch"
-FOUR_BIT = ("nf4", "nf4dq", "fp4", "fp4dq")
 
 
 def timeline_mode(params: Mapping) -> str:

@@ -34,18 +34,6 @@ from __future__ import annotations
 import numpy as np
 
 
-def segment_s(h, d):
-    """Time of one segment between synchronisations, eq. (2a.1), s.
-
-    ``h``, ``d``: host and device costs of the segment's blocks, block axis last.
-    """
-    h = np.asarray(h, float)
-    d = np.asarray(d, float)
-    prefix_h = np.cumsum(h, axis=-1)
-    suffix_d = np.flip(np.cumsum(np.flip(d, axis=-1), axis=-1), axis=-1)
-    return np.max(prefix_h + suffix_d, axis=-1)
-
-
 def _suffix(x):
     return np.flip(np.cumsum(np.flip(x, axis=-1), axis=-1), axis=-1)
 
