@@ -8,9 +8,9 @@ import sys
 
 import numpy as np
 
-from qtsim.architecture import load_architecture
-from qtsim.profiles import load_profile
-from qtsim.simulator import Simulator
+from qtsim.model.architecture import load_architecture
+from qtsim.profiles.hardware import load_profile
+from qtsim.simulate.simulator import Simulator
 
 
 def test_trap_startup(benchmark):

@@ -14,9 +14,9 @@ import tracemalloc
 
 import numpy as np
 
-from qtsim.architecture import load_architecture
-from qtsim.profiles import load_profile
-from qtsim.surface import simulate
+from qtsim.model.architecture import load_architecture
+from qtsim.profiles.hardware import load_profile
+from qtsim.simulate.surface import simulate
 
 PRECISIONS = ("fp16", "int8", "nf4", "fp4")
 SIZES = np.geomspace(1e8, 1e12, 250)

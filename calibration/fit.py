@@ -11,7 +11,7 @@ count alike:
    ``t_tokweight`` cannot be told from ``t_weight``: it is fixed to the reference path's.
 2. **Host constants** from short decodes (kind ``decode``) of small real architectures, in
    ``inventory`` mode (the default): the measured step time is the model's own host + device
-   timelines (:func:`qtsim.physical.step_time_s`, overlap off on a CPU) with the traced
+   timelines (:func:`qtsim.model.physical.step_time_s`, overlap off on a CPU) with the traced
    operation counts, and the fit finds ``h_op_s`` (s per traced non-linear aten op),
    ``h_step_s``, ``h_call_<path>_s`` per quantized path, ``t_layertok_s`` and ``t_vocab_s``.
    Stage 1's ``t_call`` already holds each linear's own dispatch (measured on the same thread),
@@ -36,11 +36,12 @@ from datetime import date
 
 import numpy as np
 
-from qtsim import __version__, physical
-from qtsim.architecture import from_config
+from qtsim import __version__
 from qtsim.errors import FitError
-from qtsim.precision import get_precision
-from qtsim.profiles import HardwareProfile, Param, file_sha256
+from qtsim.model import physical
+from qtsim.model.architecture import from_config
+from qtsim.model.precision import get_precision
+from qtsim.profiles.hardware import HardwareProfile, Param, file_sha256
 
 REFERENCE_PATH = "fp16"
 REAL_METERS = ("nvml_counter", "rapl", "nvml_poll")

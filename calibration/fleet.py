@@ -175,8 +175,8 @@ def validation_specs(profile, points: list, configs: dict, reps: int = 3) -> lis
     name)."""
     from qtsim.calibration.holdout import ValidationSpec
     from qtsim.calibration.plan import DecodeSpec
-    from qtsim.simulator import Simulator
-    from qtsim.validation import holdout_conflicts, predict_point
+    from qtsim.simulate.simulator import Simulator
+    from qtsim.validate.validation import holdout_conflicts, predict_point
 
     conflicts = holdout_conflicts(profile, points, {m: n for m, (_, n) in configs.items()})
     if conflicts:
@@ -238,8 +238,8 @@ def run_slot(job: dict) -> dict:
         plan = named_plan(job.get("plan", "tiny"), device)
         purpose = "calibration"
     else:
-        from qtsim.profiles import read_profile
-        from qtsim.validation import ValidationPoint
+        from qtsim.profiles.hardware import read_profile
+        from qtsim.validate.validation import ValidationPoint
 
         prof_path = slot_dir / "profile.toml"
         prof_path.write_text(job["profile_toml"])
@@ -427,7 +427,7 @@ def fit_nodes(m: Manifest, echo=print, use_ray: bool = True) -> dict:
     """Fit one profile per gathered slot (``OUT/nodes/<slot>/<hardware>-<slot>.toml``), the
     fits spread over the cluster's CPUs as Ray tasks (no torch needed). Returns slot ->
     HardwareProfile; a fit that fails marks the slot ``fit_failed`` with the reason."""
-    from qtsim.profiles import read_profile
+    from qtsim.profiles.hardware import read_profile
 
     profiles, todo = {}, {}
     for name, st in m.doc["slots"].items():
@@ -568,7 +568,12 @@ def validation_summary(m: Manifest, profiles_by_slot: dict, echo=print):
     import pandas as pd
 
     from qtsim.calibration.raw import RawStore
-    from qtsim.validation import cor_and_verdicts, error_table, measured_frame, verdict_summary
+    from qtsim.validate.validation import (
+        cor_and_verdicts,
+        error_table,
+        measured_frame,
+        verdict_summary,
+    )
 
     rows = []
     for name, st in m.doc["slots"].items():
@@ -609,7 +614,7 @@ def _chunks(n: int, size: int | None) -> list[slice]:
 def simulate_tiles(profiles, models=(), sizes=None, batch=(1, 8, 64), *, family=None,
                    chunk_models: int | None = None, chunk_batches: int | None = None,
                    **kw) -> list[dict]:
-    """The keyword arguments of one :func:`qtsim.surface.simulate` call per tile of the
+    """The keyword arguments of one :func:`qtsim.simulate.surface.simulate` call per tile of the
     (model, batch) grid: models (named, then the synthetic ``sizes`` of ``family``) cut into
     chunks of ``chunk_models``, batches into chunks of ``chunk_batches``. ``family`` is pinned
     to what one machine would use (the first model), so N* is searched along the same family
@@ -633,17 +638,17 @@ def simulate_tiles(profiles, models=(), sizes=None, batch=(1, 8, 64), *, family=
 
 
 def _simulate_tile(tile: dict):
-    from qtsim.surface import simulate
+    from qtsim.simulate.surface import simulate
 
     kw = {k: v for k, v in tile.items() if not k.startswith("_")}
     return simulate(**kw)
 
 
 def assemble(tiles: list[dict], surfaces: list, n_models: int, n_batches: int):
-    """One :class:`~qtsim.surface.Surface` from the tiles' surfaces, every array placed at its
+    """One :class:`~qtsim.simulate.surface.Surface` from the tiles' surfaces, every array placed at its
     tile's model and batch slice (per-model and per-batch quantities are the same in every tile
     that shares those indices)."""
-    from qtsim.surface import Surface
+    from qtsim.simulate.surface import Surface
 
     first = surfaces[0]
     data = {}
@@ -679,7 +684,7 @@ def assemble(tiles: list[dict], surfaces: list, n_models: int, n_batches: int):
 def fleet_simulate(profiles, models=(), sizes=None, batch=(1, 8, 64), *, family=None,
                    chunk_models: int | None = None, chunk_batches: int | None = None,
                    use_ray: bool = True, **kw):
-    """:func:`qtsim.surface.simulate` over a large grid, one Ray task per tile (see
+    """:func:`qtsim.simulate.surface.simulate` over a large grid, one Ray task per tile (see
     :func:`simulate_tiles`), assembled into the same Surface one machine computes: draws are
     seeded per GPU profile (``Simulator(profile, seed)``) and per model family, never per
     tile, and every value is computed element-wise, so the result is bit for bit the same.

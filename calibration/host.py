@@ -7,7 +7,7 @@ in L1/L2, so the work each aten op does is negligible beside its dispatch) at th
 every kernel path (fp16, bf16, LLM.int8() at threshold 6 and 0, NF4 with and without double
 quantisation) at batch 1 and 3, records every decode to HDF5 like ``calibrate`` does
 (:mod:`qtsim.calibration.raw`, append-only, resumable), then fits through the model's own host
-timeline (:func:`qtsim.physical.step_time_s`, overlap off, every traced op counted):
+timeline (:func:`qtsim.model.physical.step_time_s`, overlap off, every traced op counted):
 
 - ``h_op_s``: host time per traced aten op (dispatch plus a tiny CPU kernel: on a CPU the op
   runs on the dispatching thread);
@@ -32,9 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from qtsim import __version__, physical
+from qtsim import __version__
 from qtsim.errors import FitError
-from qtsim.profiles import Param, file_sha256
+from qtsim.model import physical
+from qtsim.profiles.hardware import Param, file_sha256
 
 #: the tiny architecture the host decodes use (Qwen3 layout, as the CPU calibration's decodes)
 HOST_CONFIG = {
@@ -105,8 +106,8 @@ def _first(frame, col, default=""):
 
 
 def host_part_from_fit(st, frame, raw_path: str, name: str, notes: list[str]):
-    """A :class:`qtsim.hosts.HostPart` from the host fit, with provenance."""
-    from qtsim.hosts import HostPart
+    """A :class:`qtsim.profiles.hosts.HostPart` from the host fit, with provenance."""
+    from qtsim.profiles.hosts import HostPart
 
     today = date.today().isoformat()
     device = str(_first(frame, "device", "cpu"))
@@ -142,7 +143,7 @@ def host_part_from_fit(st, frame, raw_path: str, name: str, notes: list[str]):
             "basis": "tiny-width (hidden 64) random-weight Qwen3-layout decodes at depths "
                      f"{', '.join(str(d) for d in sorted(set(map(int, frame['num_layers']))))} "
                      "on every kernel path at batch 1 and 3, fitted through "
-                     "qtsim.physical.step_time_s (overlap off, every traced op counted; device "
+                     "qtsim.model.physical.step_time_s (overlap off, every traced op counted; device "
                      f"part nominal: {NOMINAL_BW_GBS:g} GB/s, no per-call cost)"}
     fit_doc = {**{k: (float(f"{v:.6g}") if isinstance(v, float) and np.isfinite(v) else str(v))
                   for k, v in st.summary().items()},

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from qtsim.architecture import from_config
 from qtsim.calibration.fit import FitResult, compute_dtype_4bit, fit_frame, profile_from_fit
 from qtsim.calibration.raw import RawStore
 from qtsim.errors import FitError, UnknownNameError
-from qtsim.profiles import HardwareProfile, load_profile
-from qtsim.simulator import paper_constants_table
+from qtsim.model.architecture import from_config
+from qtsim.profiles.hardware import HardwareProfile, load_profile
+from qtsim.simulate.simulator import paper_constants_table
 
 
 def _first(frame, col, default=None):
@@ -57,8 +57,8 @@ def runtime_overhead_bytes(frame) -> float | None:
 
     import numpy as np
 
-    from qtsim import physical
-    from qtsim.architecture import from_config
+    from qtsim.model import physical
+    from qtsim.model.architecture import from_config
 
     if "peak_memory_bytes" not in frame:
         return None
@@ -77,11 +77,11 @@ def build_profile(raw_path: str | os.PathLike, name: str | None = None,
                   mode: str = "inventory", host_part=None) -> tuple[HardwareProfile, FitResult]:
     """Fit every usable point in ``raw_path`` (calibration points only) into a profile
     (``mode``: stage 2 in ``inventory`` or ``lumped`` form, :func:`fit_frame`; ``host_part``:
-    a host part from ``qtsim calibrate --host`` on this machine, a :class:`~qtsim.hosts.HostPart`
+    a host part from ``qtsim calibrate --host`` on this machine, a :class:`~qtsim.profiles.hosts.HostPart`
     or its file, whose ``h_op_s`` is held in stage 2)."""
     h_op_prior = None
     if host_part is not None:
-        from qtsim.hosts import HostPart, load_host
+        from qtsim.profiles.hosts import HostPart, load_host
 
         hp = host_part if isinstance(host_part, HostPart) else load_host(str(host_part))
         h_op_prior = (hp.physical["h_op_s"].value, f"host part {hp.path or hp.name}")

@@ -13,7 +13,7 @@ H100 8B rows are host-bound, the RTX 4090 rows largely device-bound, so the fit 
   the desktop host does the same work ``host_speedup`` times faster.
 
 Everything else is physics (bytes per weight, dequantisation traffic) or datasheet
-(throughputs), and the step comes from :func:`qtsim.physical.step_time_s` itself, so a change
+(throughputs), and the step comes from :func:`qtsim.model.physical.step_time_s` itself, so a change
 to the model changes this fit. :func:`score` fits on some rows and scores the others.
 """
 
@@ -25,9 +25,9 @@ from importlib import resources
 
 import numpy as np
 
-from qtsim import physical
-from qtsim.architecture import load_architecture
 from qtsim.errors import FitError
+from qtsim.model import physical
+from qtsim.model.architecture import load_architecture
 
 TABLE = "bnb_maintainers_decode.csv"
 SERVER, DESKTOP = "h100-sxm", "rtx-4090"

@@ -40,7 +40,7 @@ def fit(raw, out, name, host_part, lumped):
     from pathlib import Path
 
     from qtsim.calibration.profile_builder import build_profile
-    from qtsim.profiles import write_profile
+    from qtsim.profiles.hardware import write_profile
 
     prof, result = build_profile(raw, name, "lumped" if lumped else "inventory", host_part)
     out = out or str(Path(raw).with_suffix(".toml"))
@@ -131,7 +131,7 @@ def calibrate(gpu, host_only, quick, out_dir, name, resume, tdp_w, cpu_threads, 
     except ImportError as e:
         raise QtsimError(f"calibration needs the calibrate extra (pip install 'qtsim[calibrate]'): {e}") from None
     from qtsim.calibration.profile_builder import build_profile
-    from qtsim.profiles import user_profile_dir, write_profile
+    from qtsim.profiles.hardware import user_profile_dir, write_profile
 
     if host_only:
         return _calibrate_host(out_dir, name, resume, cpu_threads, install, no_progress)
@@ -180,8 +180,8 @@ def _calibrate_host(out_dir, name, resume, cpu_threads, install, no_progress):
     except ImportError as e:
         raise QtsimError(f"calibration needs the calibrate extra (pip install 'qtsim[calibrate]'): {e}") from None
     from qtsim.calibration.host import build_host_part
-    from qtsim.hosts import write_host
-    from qtsim.profiles import user_profile_dir
+    from qtsim.profiles.hardware import user_profile_dir
+    from qtsim.profiles.hosts import write_host
 
     device = detect_device("cpu", cpu_threads=cpu_threads)
     name = name or f"{device.name}-host"

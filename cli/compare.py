@@ -57,11 +57,11 @@ def compare(model, batch, gpus, profile_paths, precisions, tokens, prompt_tokens
           --usd-per-hour 0.53,1.01,0.80 --sort usd_per_million_tokens --plot cmp.png
       qtsim compare --model mistral-7b --batch 1 --precision fp16,nf4 --double-quant --format csv
     """
-    from qtsim.architecture import load_architecture
-    from qtsim.compare import COLUMNS, csv_text, format_text, plot_compare
-    from qtsim.compare import compare as run
     from qtsim.errors import QtsimError
-    from qtsim.profiles import list_profiles, load_profile
+    from qtsim.model.architecture import load_architecture
+    from qtsim.profiles.hardware import list_profiles, load_profile
+    from qtsim.report.compare import COLUMNS, csv_text, format_text, plot_compare
+    from qtsim.report.compare import compare as run
 
     b, k, pr, nd = (_int(batch, "--batch", 1), _int(tokens, "--tokens", 1),
                     _int(prompt_tokens, "--prompt-tokens", 0), _int(draws, "--draws", 10))
@@ -98,7 +98,7 @@ def compare(model, batch, gpus, profile_paths, precisions, tokens, prompt_tokens
     else:
         click.echo(format_text(result))
     if plot_path:
-        from qtsim.plots import save
+        from qtsim.report.plots import save
 
         col = sort if COLUMNS[sort][2] != "{}" and sort != "fits" else "j_per_query"
         click.echo(f"wrote {save(plot_compare(result, col), plot_path)}", err=fmt != "text")

@@ -161,8 +161,8 @@ def validate(address, from_dir, profile_path, gpu, nodes, plan_path, model, prec
     """
     from qtsim.calibration import fleet as fl
     from qtsim.errors import QtsimError
-    from qtsim.profiles import read_profile
-    from qtsim.validation import plan_points
+    from qtsim.profiles.hardware import read_profile
+    from qtsim.validate.validation import plan_points
 
     if bool(from_dir) == bool(profile_path):
         raise QtsimError("give --from CAMPAIGN_DIR or --profile FILE")
@@ -233,12 +233,12 @@ def simulate(address, workers, gpus, profile_paths, models, precisions, batches,
     """
     import time
 
-    from qtsim.architecture import load_architecture
     from qtsim.calibration.fleet import fleet_simulate
     from qtsim.cli.simulate import parse_batches
     from qtsim.errors import QtsimError
-    from qtsim.profiles import load_profile
-    from qtsim.surface import parse_sizes, write_csv, write_hdf5
+    from qtsim.model.architecture import load_architecture
+    from qtsim.profiles.hardware import load_profile
+    from qtsim.simulate.surface import parse_sizes, write_csv, write_hdf5
 
     if not gpus and not profile_paths:
         raise QtsimError("give --gpu GPU[,GPU...] or --profile FILE")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from qtsim.precision import PRECISIONS
+from qtsim.model.precision import PRECISIONS
 
 FORMATS = click.Choice(["text", "json", "csv"], case_sensitive=False)
 
@@ -49,7 +49,7 @@ def profile_options(f):
 def bnb_options(f):
     """--double-quant, --int8-threshold, --compute-dtype (BitsAndBytesConfig's three knobs).
 
-    Values are checked by :class:`qtsim.workload.BnbSettings` (one-line error, exit 2)."""
+    Values are checked by :class:`qtsim.model.workload.BnbSettings` (one-line error, exit 2)."""
     f = click.option("--compute-dtype", "compute_dtype", metavar="fp16|bf16|fp32",
                      help="4-bit compute dtype (bnb_4bit_compute_dtype); default the profile's "
                           "(its native dtype).")(f)
@@ -63,8 +63,8 @@ def bnb_options(f):
 
 
 def bnb_settings(double_quant=False, int8_threshold=None, compute_dtype=None):
-    """A :class:`qtsim.workload.BnbSettings` from the options of :func:`bnb_options`."""
-    from qtsim.workload import DEFAULT_INT8_THRESHOLD, BnbSettings
+    """A :class:`qtsim.model.workload.BnbSettings` from the options of :func:`bnb_options`."""
+    from qtsim.model.workload import DEFAULT_INT8_THRESHOLD, BnbSettings
 
     t = DEFAULT_INT8_THRESHOLD if int8_threshold is None else int8_threshold
     if isinstance(t, str):
@@ -84,8 +84,8 @@ def budget_options(f):
 
 
 def budget_assumptions(pue="1.0", grid_gco2_per_kwh=None, usd_per_hour=None):
-    """A :class:`qtsim.budget.BudgetAssumptions` from the options of :func:`budget_options`."""
-    from qtsim.budget import BudgetAssumptions
+    """A :class:`qtsim.report.budget.BudgetAssumptions` from the options of :func:`budget_options`."""
+    from qtsim.report.budget import BudgetAssumptions
 
     def opt(v, name):
         return None if v is None else _number(v, name)

@@ -18,7 +18,7 @@ def profiles():
 @click.option("--format", "fmt", default="text", type=FORMATS, show_default=True)
 def list_cmd(fmt):
     """Every visible profile, with where its numbers come from."""
-    from qtsim.profiles import list_profiles, user_profile_dir
+    from qtsim.profiles.hardware import list_profiles, user_profile_dir
 
     rows = list_profiles()
     if fmt == "json":
@@ -41,7 +41,7 @@ def list_cmd(fmt):
 @click.option("--format", "fmt", default="text", type=click.Choice(["text", "json", "toml"]), show_default=True)
 def show_cmd(name, profile_path, fmt):
     """One profile's facts, constants (value ± stderr, unit, source) and provenance."""
-    from qtsim.profiles import load_profile
+    from qtsim.profiles.hardware import load_profile
 
     prof = load_profile(name, profile_path)
     if fmt == "toml":
@@ -105,7 +105,7 @@ def new_cmd(name, memory_gib, bandwidth_gbs, fp16_tflops, int8_tops, tdp_w, arch
       qtsim profiles new a6000 --memory-gib 48 --bandwidth-gbs 768 --fp16-tflops 154.8 \\
           --int8-tops 309.7 --tdp-w 300 --architecture ampere
     """
-    from qtsim.custom_profile import new_spec_profile, save_user_profile
+    from qtsim.profiles.custom import new_spec_profile, save_user_profile
 
     prof = new_spec_profile(name, memory_gib, bandwidth_gbs, fp16_tflops, int8_tops, tdp_w,
                             architecture, memory_type)
@@ -127,7 +127,7 @@ def new_cmd(name, memory_gib, bandwidth_gbs, fp16_tflops, int8_tops, tdp_w, arch
 @click.option("--format", "fmt", default="text", type=FORMATS, show_default=True)
 def hosts_cmd(fmt):
     """Host/software parts: the host CPU and stack that issue a GPU's work (`trap --host`)."""
-    from qtsim.hosts import DEFAULT_HOST, list_hosts, load_host
+    from qtsim.profiles.hosts import DEFAULT_HOST, list_hosts, load_host
 
     rows = []
     for name, where in list_hosts():
@@ -150,8 +150,8 @@ def hosts_cmd(fmt):
 @click.option("--format", "fmt", default="text", type=FORMATS, show_default=True)
 def models(fmt):
     """Shipped model architectures (any config.json path works too)."""
-    from qtsim.architecture import load_architecture, shipped_models
     from qtsim.errors import ArchitectureError
+    from qtsim.model.architecture import load_architecture, shipped_models
 
     rows = []
     for m in shipped_models():

@@ -21,8 +21,8 @@ def reproduce(fmt, draws, seed):
     Sections: worked example (arithmetic on the paper's own figures), consistency (the paper
     against itself), simulator (qtsim from spec-derived profiles with wide priors).
     """
-    from qtsim.reproduce import format_text
-    from qtsim.reproduce import reproduce as run
+    from qtsim.report.reproduce import format_text
+    from qtsim.report.reproduce import reproduce as run
 
     report = run(draws, seed)
     if fmt.lower() == "json":

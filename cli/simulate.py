@@ -122,12 +122,12 @@ def simulate(gpus, profile_paths, models, precisions, batches, tokens, prompt_to
       qtsim simulate --gpu h100 --family mistral-7b --sizes 0.5e9:80e9:40 --precision int8,nf4 \\
           --draws 200 --out sweep.h5 --csv sweep.csv --plot figs/
     """
-    from qtsim.architecture import check_context, load_architecture
     from qtsim.errors import QtsimError
-    from qtsim.plots import save
-    from qtsim.profiles import load_profile
-    from qtsim.surface import n_blocks, parse_sizes, write_csv, write_hdf5
-    from qtsim.surface import simulate as run
+    from qtsim.model.architecture import check_context, load_architecture
+    from qtsim.profiles.hardware import load_profile
+    from qtsim.report.plots import save
+    from qtsim.simulate.surface import n_blocks, parse_sizes, write_csv, write_hdf5
+    from qtsim.simulate.surface import simulate as run
 
     ctx = click.get_current_context()
     bnb = bnb_settings(double_quant, int8_threshold, compute_dtype)
@@ -184,10 +184,10 @@ def _plots(surface, plots, profiles, archs, fam, size_grid, batches, tokens, pro
     """(file name, figure) for every figure asked for."""
     import numpy as np
 
-    from qtsim import plots as qp
-    from qtsim.precision import get_precision
-    from qtsim.surface import simulate as simulate_grid
-    from qtsim.surface import trap_map
+    from qtsim.model.precision import get_precision
+    from qtsim.report import plots as qp
+    from qtsim.simulate.surface import simulate as simulate_grid
+    from qtsim.simulate.surface import trap_map
 
     out = []
     quant = [p for p in surface.coords["precision"] if get_precision(p).quantized]
@@ -280,8 +280,8 @@ def _summary(surface) -> str:
     """A few lines per (GPU, quantized precision, model) at the smallest batch; large grids skip it."""
     import numpy as np
 
-    from qtsim.precision import get_precision
-    from qtsim.surface import KIND_CODES
+    from qtsim.model.precision import get_precision
+    from qtsim.simulate.surface import KIND_CODES
 
     c = surface.coords
     quant = [p for p in c["precision"] if get_precision(p).quantized]

@@ -14,7 +14,7 @@ from qtsim.cli.options import (
     budget_options,
     profile_options,
 )
-from qtsim.precision import PRECISIONS
+from qtsim.model.precision import PRECISIONS
 
 
 @click.command()
@@ -58,9 +58,9 @@ def trap(gpu, profile_path, model, precision, batch, tokens, prompt_tokens, trus
       qtsim trap --gpu t4 --model llama-3.1-8b --precision nf4 --double-quant --batch 8 \\
           --grid-gco2-per-kwh 400 --usd-per-hour 0.53
     """
-    from qtsim.architecture import check_context, load_architecture
-    from qtsim.profiles import load_profile
-    from qtsim.trap import assess_trap, format_text
+    from qtsim.model.architecture import check_context, load_architecture
+    from qtsim.profiles.hardware import load_profile
+    from qtsim.report.trap import assess_trap, format_text
 
     bnb = bnb_settings(double_quant, int8_threshold, compute_dtype)
     assumptions = budget_assumptions(pue, grid_gco2_per_kwh, usd_per_hour)
@@ -78,11 +78,11 @@ def trap(gpu, profile_path, model, precision, batch, tokens, prompt_tokens, trus
 
 
 def _csv(report) -> str:
-    """One row per configuration under a fixed header (``qtsim.trap.CSV_COLUMNS``)."""
+    """One row per configuration under a fixed header (``qtsim.report.trap.CSV_COLUMNS``)."""
     import csv
     import io
 
-    from qtsim.trap import CSV_COLUMNS, csv_row
+    from qtsim.report.trap import CSV_COLUMNS, csv_row
 
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")

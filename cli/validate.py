@@ -58,7 +58,7 @@ def validate(profile_path, gpu, plan_path, model, precisions, batches, tokens, p
       qtsim validate --profile cpu.toml --raw report/validation.h5 --report-only
     """
     from qtsim.errors import QtsimError
-    from qtsim.profiles import load_profile
+    from qtsim.profiles.hardware import load_profile
 
     bnb = bnb_settings(double_quant, int8_threshold, compute_dtype)
     prof = load_profile(gpu, profile_path)
@@ -85,8 +85,8 @@ def validate(profile_path, gpu, plan_path, model, precisions, batches, tokens, p
 def _measure(prof, plan_path, model, precisions, batches, tokens, prompt_tokens, reps, raw,
              allow_overlap, outliers, progress, cpu_threads=None, bnb=None):
     from qtsim.errors import QtsimError
-    from qtsim.simulator import Simulator
-    from qtsim.validation import holdout_conflicts, plan_points, predict_point
+    from qtsim.simulate.simulator import Simulator
+    from qtsim.validate.validation import holdout_conflicts, plan_points, predict_point
 
     points, reps, configs = plan_points(
         plan_path, split_list(model, "--model") if model else None, precision_list(precisions),
@@ -130,7 +130,7 @@ def _measure(prof, plan_path, model, precisions, batches, tokens, prompt_tokens,
 
 def _report(prof, raw, out, record_to=None, repredict: bool = False):
     from qtsim.calibration.raw import RawStore
-    from qtsim.validation import (
+    from qtsim.validate.validation import (
         cor_and_verdicts,
         coverage_table,
         cross_precision_rho,
@@ -149,8 +149,8 @@ def _report(prof, raw, out, record_to=None, repredict: bool = False):
 
         raise QtsimError(f"{raw}: no validation decode points")
     if repredict:
-        from qtsim.simulator import Simulator
-        from qtsim.validation import repredict as _repredict
+        from qtsim.simulate.simulator import Simulator
+        from qtsim.validate.validation import repredict as _repredict
 
         df = _repredict(df, Simulator(prof, n_draws=200))
     errors = error_table(df)
@@ -202,8 +202,8 @@ def _record_error(prof, path, est, rho, raw):
     import datetime
 
     from qtsim.errors import QtsimError
-    from qtsim.profiles import write_profile
-    from qtsim.validation import model_error_record
+    from qtsim.profiles.hardware import write_profile
+    from qtsim.validate.validation import model_error_record
 
     if not path:
         raise QtsimError("--record-error needs --profile FILE (the file to write)")

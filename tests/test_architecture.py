@@ -5,8 +5,8 @@ from importlib import resources
 import numpy as np
 import pytest
 
-from qtsim.architecture import from_config, load_architecture, shipped_models
 from qtsim.errors import ArchitectureError, UnknownNameError
+from qtsim.model.architecture import from_config, load_architecture, shipped_models
 
 PUBLISHED = {r["model"]: float(r["n_params"]) for r in csv.DictReader(
     (resources.files("qtsim.data.reference") / "published_params.csv").read_text().splitlines())}

@@ -10,7 +10,7 @@ from qtsim.calibration.fit import fit_frame
 from qtsim.calibration.profile_builder import build_profile
 from qtsim.calibration.raw import RawStore
 from qtsim.errors import FitError
-from qtsim.profiles import read_profile, write_profile
+from qtsim.profiles.hardware import read_profile, write_profile
 
 from .conftest import run_qtsim
 

@@ -149,10 +149,10 @@ def test_interrupted_campaign_resumes_from_the_manifest(campaign, cluster):
 
 
 def test_simulate_chunked_over_ray_is_bit_for_bit(cluster):
-    from qtsim.architecture import load_architecture
     from qtsim.calibration.fleet import fleet_simulate
-    from qtsim.profiles import load_profile
-    from qtsim.surface import simulate
+    from qtsim.model.architecture import load_architecture
+    from qtsim.profiles.hardware import load_profile
+    from qtsim.simulate.surface import simulate
 
     profs = [load_profile("l4"), load_profile("h100-sxm")]
     models = [load_architecture("mistral-7b"), load_architecture("qwen3-0.6b")]

@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qtsim import inventory, physical
-from qtsim.architecture import from_config
 from qtsim.calibration.bench import last_level_cache_bytes, rotation_count
 from qtsim.calibration.fit import row_family
 from qtsim.calibration.host import build_host_part, host_configs
 from qtsim.calibration.raw import RawStore
-from qtsim.hosts import load_host, write_host
-from qtsim.precision import get_precision
+from qtsim.model import inventory, physical
+from qtsim.model.architecture import from_config
+from qtsim.model.precision import get_precision
+from qtsim.profiles.hosts import load_host, write_host
 
 ROOT = Path(__file__).parents[1]
 HOST_RAW = ROOT / "tests" / "data" / "cpu-host.h5"

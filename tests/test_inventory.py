@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from qtsim.errors import QtsimError
-from qtsim.inventory import (
+from qtsim.model.inventory import (
     COUNT_FIELDS,
     InventoryError,
     block_ops,
@@ -26,7 +26,7 @@ BASES = ("fp16", "bf16", "int8", "int8_t0", "nf4", "nf4dq", "fp4")
 
 
 def test_reader_imports_no_torch():
-    code = "import sys, qtsim.inventory as i; i.load_inventory(); print('torch' in sys.modules)"
+    code = "import sys, qtsim.model.inventory as i; i.load_inventory(); print('torch' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "False"
 

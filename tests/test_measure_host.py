@@ -13,7 +13,7 @@ def test_host_plan_runs_and_fits(tmp_path):
     from qtsim.calibration.host import build_host_part, host_plan
     from qtsim.calibration.raw import RawStore
     from qtsim.calibration.runner import run_plan
-    from qtsim.hosts import load_host, write_host
+    from qtsim.profiles.hosts import load_host, write_host
 
     dev = detect_device("cpu")
     plan = host_plan(dev, depths=(1, 4), batches=(1,), precisions=("fp16", "int8", "nf4"), reps=2)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from qtsim.architecture import load_config
 from qtsim.cli.main import main
+from qtsim.model.architecture import load_config
 
 L4 = (Path(__file__).parents[1] / "hardware_profiles" / "l4.toml").read_text()
 
@@ -134,7 +134,7 @@ def test_bands_print_with_a_comma_never_a_dash():
 
 
 def test_trap_csv_is_one_row_with_stable_columns():
-    from qtsim.trap import CSV_COLUMNS
+    from qtsim.report.trap import CSV_COLUMNS
 
     rows = []
     for model, prec in (("mistral-7b", "nf4"), ("qwen3-0.6b", "int8")):
@@ -154,7 +154,7 @@ def test_trap_csv_is_one_row_with_stable_columns():
 
 
 def test_model_names_from_files_and_name_equals_path(tmp_path):
-    from qtsim.architecture import load_architecture
+    from qtsim.model.architecture import load_architecture
 
     a = _config(tmp_path / "d" / "config.json")
     b = _config(tmp_path / "d" / "config-small.json")
@@ -177,8 +177,8 @@ def test_simulate_creates_the_out_folder_and_writes_all_or_nothing(tmp_path, mon
     assert code == 0, err
     assert out.is_file() and (tmp_path / "c" / "s.csv").is_file()
 
-    from qtsim import plots
     from qtsim.errors import QtsimError
+    from qtsim.report import plots
 
     def broken(fig, path, dpi=130):
         raise QtsimError("disk full")
@@ -220,7 +220,7 @@ def test_late_progress_bar():
 
 
 def test_profiles_are_written_for_a_team_to_read(tmp_path):
-    from qtsim.profiles import read_profile, write_profile
+    from qtsim.profiles.hardware import read_profile, write_profile
 
     src = tmp_path / "l4.toml"
     src.write_text(L4)
@@ -233,7 +233,7 @@ def test_profiles_are_written_for_a_team_to_read(tmp_path):
 
 
 def test_priors_help_writes_nothing(tmp_path, monkeypatch, capsys):
-    from qtsim import priors
+    from qtsim.profiles import priors
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as e:

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from qtsim import paper
+from qtsim.model import paper
 
 pos = st.floats(min_value=1e-6, max_value=1e6, allow_nan=False, allow_infinity=False)
 

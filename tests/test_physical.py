@@ -3,11 +3,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qtsim import physical
-from qtsim.architecture import load_architecture
 from qtsim.errors import ProfileError
-from qtsim.profiles import load_profile
-from qtsim.simulator import Simulator, crossing
+from qtsim.model import physical
+from qtsim.model.architecture import load_architecture
+from qtsim.profiles.hardware import load_profile
+from qtsim.simulate.simulator import Simulator, crossing
 
 GPUS = ["l4", "a100-80gb", "h100-sxm", "b200"]
 MODELS = ["qwen3-0.6b", "falcon3-3b", "mistral-7b", "qwen2.5-32b"]

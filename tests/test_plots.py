@@ -4,10 +4,10 @@ import sys
 import numpy as np
 import pytest
 
-from qtsim import plots
-from qtsim import surface as sf
-from qtsim.architecture import load_architecture
-from qtsim.profiles import load_profile
+from qtsim.model.architecture import load_architecture
+from qtsim.profiles.hardware import load_profile
+from qtsim.report import plots
+from qtsim.simulate import surface as sf
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -84,9 +84,9 @@ def test_cor_vs_batch(surf, tmp_path):
 
 def test_plots_are_headless():
     code = ("import sys, numpy as np\n"
-            "from qtsim import plots, surface\n"
-            "from qtsim.profiles import load_profile\n"
-            "from qtsim.architecture import load_architecture\n"
+            "from qtsim.report import plots\nfrom qtsim.simulate import surface\n"
+            "from qtsim.profiles.hardware import load_profile\n"
+            "from qtsim.model.architecture import load_architecture\n"
             "m = surface.trap_map(load_profile('l4'), load_architecture('qwen3-0.6b'), 'nf4',"
             " np.geomspace(1e9, 1e10, 5), np.arange(1, 6), n_draws=0)\n"
             "plots.plot_trap_map(m).savefig('/dev/null', format='png')\n"

@@ -3,8 +3,14 @@ import os
 import pytest
 
 from qtsim.errors import ProfileError, UnknownNameError
-from qtsim.priors import spec_profile, spec_rows
-from qtsim.profiles import list_profiles, load_profile, parse_profile, read_profile, write_profile
+from qtsim.profiles.hardware import (
+    list_profiles,
+    load_profile,
+    parse_profile,
+    read_profile,
+    write_profile,
+)
+from qtsim.profiles.priors import spec_profile, spec_rows
 
 SHIPPED = ["l4", "a100-40gb", "a100-80gb", "h100-sxm", "h100-pcie", "h200",
            "rtx-pro-6000-blackwell", "b200", "rtx-4090"]

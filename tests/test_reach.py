@@ -10,13 +10,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from qtsim import budget, physical, thresholds
-from qtsim.architecture import config_display_name, load_architecture, load_config
 from qtsim.cli.main import main
 from qtsim.errors import QtsimError
-from qtsim.profiles import load_profile
-from qtsim.simulator import Simulator
-from qtsim.workload import BnbSettings
+from qtsim.model import physical
+from qtsim.model.architecture import config_display_name, load_architecture, load_config
+from qtsim.model.workload import BnbSettings
+from qtsim.profiles.hardware import load_profile
+from qtsim.report import budget
+from qtsim.simulate import thresholds
+from qtsim.simulate.simulator import Simulator
 
 ROOT = Path(__file__).parents[1]
 CPU_PROFILE = str(ROOT / "data" / "profiles" / "cpu-xeon-2c.toml")
@@ -123,7 +125,7 @@ def test_trap_json_carries_bitsandbytes_budget_and_serving():
     assert b["quantized"]["usd_per_million_tokens"] == pytest.approx(0.5 / (tps * 3600) * 1e6)
     assert b["assumptions"] == {"pue": 1.2, "grid_gco2_per_kwh": 400.0, "usd_per_hour": 0.5,
                                 "energy_boundary": "GPU board x PUE 1.2 (facility overhead)"}
-    from qtsim.hosts import load_host
+    from qtsim.profiles.hosts import load_host
 
     stated = load_host(None).host["stack"]["bitsandbytes"]  # spec device + default host part
     assert rep["serving"]["bitsandbytes_version"] == stated
@@ -216,7 +218,7 @@ def test_validate_bad_settings_exit_2_before_measuring(tmp_path, extra, needle):
 
 
 def test_validation_plan_takes_bitsandbytes_names(tmp_path):
-    from qtsim.validation import predict_point, read_plan
+    from qtsim.validate.validation import predict_point, read_plan
 
     plan = tmp_path / "p.toml"
     plan.write_text('[validation]\nbnb_4bit_use_double_quant = true\n'
@@ -237,7 +239,7 @@ def test_validation_plan_takes_bitsandbytes_names(tmp_path):
 def test_config_names_two_files_in_one_folder(tmp_path):
     """`validate --model d/a.json,d/b.json` once stopped on duplicate point ids."""
     from qtsim.calibration.plan import DecodeSpec
-    from qtsim.validation import grid_points
+    from qtsim.validate.validation import grid_points
 
     cfg = json.loads((ROOT / "data/validation/tiny-llama-a.json").read_text())
     cfg.pop("_qtsim_name", None)
@@ -264,7 +266,7 @@ NEW_GPUS = {"t4": (320, 65, 70), "a10g": (600, 70, 300), "a10": (600, 125, 150),
 
 @pytest.mark.parametrize("gpu", sorted(NEW_GPUS))
 def test_new_gpus_ship_with_sources(gpu):
-    from qtsim.priors import spec_rows
+    from qtsim.profiles.priors import spec_rows
 
     row = {r["gpu"]: r for r in spec_rows()}[gpu]
     assert row["source"].strip()

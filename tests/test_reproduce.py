@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from qtsim.reproduce import (
+from qtsim.report.reproduce import (
     consistency_checks,
     figure,
     format_text,

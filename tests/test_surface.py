@@ -5,11 +5,11 @@ import h5py
 import numpy as np
 import pytest
 
-from qtsim import surface as sf
-from qtsim.architecture import load_architecture
 from qtsim.errors import QtsimError
-from qtsim.profiles import load_profile
-from qtsim.simulator import Simulator
+from qtsim.model.architecture import load_architecture
+from qtsim.profiles.hardware import load_profile
+from qtsim.simulate import surface as sf
+from qtsim.simulate.simulator import Simulator
 
 GPUS = ("l4", "h100-sxm")
 MODELS = ("mistral-7b", "qwen3-0.6b")

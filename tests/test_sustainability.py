@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from qtsim import sustainability as si
+from qtsim.model import sustainability as si
 
 unit = st.floats(min_value=1e-3, max_value=1.0)
 

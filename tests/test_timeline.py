@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from qtsim import timeline
+from qtsim.model import timeline
 
 
 def _brute(h, d):

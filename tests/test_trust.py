@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from qtsim.errors import QtsimError
-from qtsim.trust import (
+from qtsim.model.trust import (
     TASK_DEPTH,
     fit_eps,
     lookup_trust,
@@ -112,9 +112,9 @@ def test_missing_table():
 
 
 def test_trap_report_states_trust_status():
-    from qtsim.architecture import load_architecture
-    from qtsim.profiles import load_profile
-    from qtsim.trap import assess_trap
+    from qtsim.model.architecture import load_architecture
+    from qtsim.profiles.hardware import load_profile
+    from qtsim.report.trap import assess_trap
 
     r = assess_trap(load_profile("l4"), load_architecture("mistral-7b"), "nf4", n_draws=20)
     assert r["si"]["trust"]["status"] == "published"

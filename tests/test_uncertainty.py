@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qtsim import sustainability as si
-from qtsim.architecture import load_architecture
-from qtsim.profiles import (
+from qtsim.model import sustainability as si
+from qtsim.model.architecture import load_architecture
+from qtsim.profiles.hardware import (
     HardwareProfile,
     model_error_deviates,
     ordered_pairs,
@@ -20,8 +20,8 @@ from qtsim.profiles import (
     read_profile,
     reference_name,
 )
-from qtsim.simulator import Simulator
-from qtsim.thresholds import all_crossings, censored_band
+from qtsim.simulate.simulator import Simulator
+from qtsim.simulate.thresholds import all_crossings, censored_band
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU_PROFILE = ROOT / "data" / "profiles" / "cpu-xeon-2c.toml"
@@ -116,7 +116,7 @@ def test_cpu_heldout_band_coverage(capsys):
     """Issue 10's CI figure: 68%/95% band coverage on the CPU held-out validation set."""
     pytest.importorskip("h5py")
     from qtsim.calibration.raw import RawStore
-    from qtsim.validation import coverage_table, measured_frame
+    from qtsim.validate.validation import coverage_table, measured_frame
 
     df = measured_frame(RawStore(CPU_VALIDATION, readonly=True).summary_frame("decode"))
     table, _ = coverage_table(read_profile(CPU_PROFILE), df)
@@ -151,8 +151,8 @@ def test_all_crossings_finds_every_sign_change():
 
 
 def test_threshold_reports_shares_and_memory():
-    from qtsim.profiles import load_profile
-    from qtsim.trap import assess_trap
+    from qtsim.profiles.hardware import load_profile
+    from qtsim.report.trap import assess_trap
 
     r = assess_trap(load_profile("h100"), load_architecture("qwen3-0.6b"), "int8", n_draws=200)
     ns, bs = r["n_star"], r["b_star"]

@@ -7,8 +7,8 @@ import pytest
 
 from qtsim.calibration.raw import RawStore
 from qtsim.errors import QtsimError
-from qtsim.profiles import read_profile
-from qtsim.validation import (
+from qtsim.profiles.hardware import read_profile
+from qtsim.validate.validation import (
     ValidationPoint,
     cor_and_verdicts,
     error_table,
@@ -104,8 +104,8 @@ def test_out_of_range_holdout_error(capsys):
     of 16k-32k, Mistral and Gemma-2 layouts (data/validation/cpu-holdout-wide.toml), measured
     after a fresh calibration with rotating buffers (data/raw/cpu-epyc-2c-calibration.h5);
     predicted by the committed profile fitted from it."""
-    from qtsim.simulator import Simulator
-    from qtsim.validation import repredict
+    from qtsim.simulate.simulator import Simulator
+    from qtsim.validate.validation import repredict
 
     df = measured_frame(RawStore(WIDE_RAW, readonly=True).summary_frame("decode"))
     assert len(df) == 18 and set(df["holdout"]) == {"held-out"}

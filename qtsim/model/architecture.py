@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from qtsim.errors import ArchitectureError, UnknownNameError, suggest
-from qtsim.precision import get_precision
+from qtsim.model.precision import get_precision
 
 DENSE_TYPES = {"llama", "mistral", "qwen2", "qwen3", "falcon3", "gemma", "gemma2", "gemma3_text"}
 #: the transformers model classes whose decode step the operation inventory traces

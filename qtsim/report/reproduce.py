@@ -25,9 +25,9 @@ from importlib import resources
 
 import numpy as np
 
-from qtsim import paper
-from qtsim import sustainability as si
-from qtsim.verdicts import json_number
+from qtsim.model import paper
+from qtsim.model import sustainability as si
+from qtsim.model.verdicts import json_number
 
 SECTIONS = ("worked example", "consistency", "simulator")
 NEW_TOKENS = 256  # the paper states no tokens per query; qtsim's default
@@ -261,9 +261,9 @@ def consistency_checks(rows, rho: dict) -> list[Check]:
 # ---- 3. qtsim at the paper's configurations ---------------------------------------------------
 def _sim_rows(n_draws: int, seed: int):
     """Surfaces at the paper's configurations: batch 1 on L4/A100/H100, batches 1..128 on RTX PRO."""
-    from qtsim.architecture import load_architecture
-    from qtsim.profiles import load_profile
-    from qtsim.surface import simulate
+    from qtsim.model.architecture import load_architecture
+    from qtsim.profiles.hardware import load_profile
+    from qtsim.simulate.surface import simulate
 
     gpus = [load_profile(g) for g in ("l4", "a100-80gb", "h100-sxm")]
     models = [load_architecture(m) for m in ("mistral-7b", "qwen3-0.6b")]
@@ -274,9 +274,9 @@ def _sim_rows(n_draws: int, seed: int):
 
 def simulator_checks(rows, n_draws: int = 400, seed: int = 0) -> tuple[list[Check], dict, list]:
     """(checks, rho, profiles): qtsim vs the paper, and the VRAM ratios consistency() needs."""
-    from qtsim.architecture import load_architecture
-    from qtsim.profiles import load_profile
-    from qtsim.simulator import Simulator
+    from qtsim.model.architecture import load_architecture
+    from qtsim.profiles.hardware import load_profile
+    from qtsim.simulate.simulator import Simulator
 
     s, gpus = _sim_rows(n_draws, seed)
     rho = {}

@@ -1,6 +1,6 @@
 """Thresholds: where quantized and native energy-per-query curves cross (B*, N*), vectorised.
 
-Shared by :class:`qtsim.simulator.Simulator` (one model) and :mod:`qtsim.surface` (whole grids):
+Shared by :class:`qtsim.simulate.simulator.Simulator` (one model) and :mod:`qtsim.simulate.surface` (whole grids):
 the batch grid, the memory limit, the kernel-switch rule at batch 1 -> 2 and the uncertainty
 bands live here once.
 """
@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from qtsim import physical
-from qtsim.architecture import ArchCounts, Architecture
+from qtsim.model import physical
+from qtsim.model.architecture import ArchCounts, Architecture
 
 if TYPE_CHECKING:
-    from qtsim.simulator import Simulator
+    from qtsim.simulate.simulator import Simulator
 
 GIB = 2**30
 BAND = (16.0, 84.0)  # percentiles of the draws: a 68% band, one sigma for a normal

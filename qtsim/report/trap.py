@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from qtsim import budget, timeline
-from qtsim import sustainability as si
-from qtsim.architecture import Architecture
-from qtsim.precision import get_precision
-from qtsim.profiles import HardwareProfile
-from qtsim.serving import bnb_version, serving_assumption
-from qtsim.simulator import GIB, Simulator, band
-from qtsim.trust import lookup_trust
-from qtsim.verdicts import costs_more, si_trapped, slower, verdict
-from qtsim.workload import BnbSettings
+from qtsim.model import sustainability as si
+from qtsim.model import timeline
+from qtsim.model.architecture import Architecture
+from qtsim.model.precision import get_precision
+from qtsim.model.trust import lookup_trust
+from qtsim.model.verdicts import costs_more, si_trapped, slower, verdict
+from qtsim.model.workload import BnbSettings
+from qtsim.profiles.hardware import HardwareProfile
+from qtsim.report import budget
+from qtsim.report.serving import bnb_version, serving_assumption
+from qtsim.simulate.simulator import GIB, Simulator, band
 
 
 def _stat(central, draws):
@@ -34,7 +35,7 @@ def assess_trap(profile: HardwareProfile, arch: Architecture, precision: str, ba
                 assumptions: budget.BudgetAssumptions | None = None) -> dict:
     """The full trap report as a JSON-ready dict (keys documented in the README).
 
-    ``host``: the host/software part (name or file, :mod:`qtsim.hosts`); None = the profile's
+    ``host``: the host/software part (name or file, :mod:`qtsim.profiles.hosts`); None = the profile's
     own or the default host. ``bnb``: bitsandbytes settings (double quantisation, int8
     threshold, 4-bit compute dtype), used for every figure including B* and N*;
     ``assumptions``: PUE, grid intensity and GPU price behind the budget figures.
@@ -255,7 +256,7 @@ def _budget_text(b: dict, p: str, nat: str) -> str:
             out += f", ${f['usd_per_million_tokens']:.3g}/M tokens"
         return out
 
-    from qtsim.budget import BudgetAssumptions
+    from qtsim.report.budget import BudgetAssumptions
 
     a = b["assumptions"]
     text = BudgetAssumptions(a["pue"], a["grid_gco2_per_kwh"], a["usd_per_hour"]).describe()

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from qtsim import paper
+from qtsim.model import paper
 
 #: a verdict is stated without "likely" only when at least this share of the draws agree
 SURE = 0.84

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from qtsim import paper, physical
-from qtsim.architecture import from_config
 from qtsim.errors import QtsimError
-from qtsim.precision import get_precision
-from qtsim.profiles import HardwareProfile, model_error_deviates
-from qtsim.simulator import Simulator, band
+from qtsim.model import paper, physical
+from qtsim.model.architecture import from_config
+from qtsim.model.precision import get_precision
+from qtsim.profiles.hardware import HardwareProfile, model_error_deviates
+from qtsim.simulate.simulator import Simulator, band
 
 #: a measured quantized/native J-per-query ratio this close to 1 is a near tie: its verdict can
 #: flip with run-to-run noise, so reports count decisive comparisons separately
@@ -50,9 +50,9 @@ class ValidationPoint:
                 self.double_quant, self.int8_threshold)
 
     def bnb(self):
-        """The point's :class:`qtsim.workload.BnbSettings` (settings its precision ignores
+        """The point's :class:`qtsim.model.workload.BnbSettings` (settings its precision ignores
         are dropped, so a plan may set them for every point)."""
-        from qtsim.workload import BnbSettings
+        from qtsim.model.workload import BnbSettings
 
         p = get_precision(self.precision).name
         return BnbSettings(self.double_quant and p in ("nf4", "fp4"),
@@ -110,7 +110,7 @@ def plan_points(plan_path, models, precisions, batches, new_tokens, prompt_token
     from a plan file (model paths relative to it) or a grid of parsed ``--model``/``--precision``
     /``--batch`` lists; every architecture is checked (unsupported ones refused) before
     anything is measured."""
-    from qtsim.architecture import from_config, load_config
+    from qtsim.model.architecture import from_config, load_config
 
     if plan_path:
         opts, points = read_plan(plan_path)
@@ -334,7 +334,7 @@ def inside_band(measured, log_draws, q68: float, q95: float, level: float,
     """Whether each measurement lies in the central ``level``% band of the draws.
 
     ``log_draws`` (n, P) are parameter-only log predictions; the band adds the model error
-    with half-widths ``q68``/``q95`` (:func:`qtsim.profiles.model_error_deviates`) at the
+    with half-widths ``q68``/``q95`` (:func:`qtsim.profiles.hardware.model_error_deviates`) at the
     standard normals ``z`` (n, 1), as :class:`Simulator` does.
     """
     d = log_draws + model_error_deviates(z, q68, q95)
@@ -403,7 +403,7 @@ def coverage_table(profile: HardwareProfile, df, n_draws: int = 400, seed: int =
 def model_error_record(est: dict, source_file: str, date: str, rho: float | None = None) -> dict:
     """The ``[fit.model_error]`` table a profile records after a held-out check."""
     rec = {"basis": "split-conformal 68% and 95% half-widths of |log(measured / predicted)| "
-                    "over held-out validation decodes (qtsim.validation.coverage_table)",
+                    "over held-out validation decodes (qtsim.validate.validation.coverage_table)",
            "source_file": source_file, "date": date,
            "note": ("estimated from every held-out point: scoring these half-widths on the same "
                     "points is circular; the leave-one-model-out coverage in the validation report "

@@ -1,7 +1,7 @@
 """bitsandbytes settings of a workload, named as transformers' ``BitsAndBytesConfig`` names them.
 
 :class:`BnbSettings` is the one small frozen object that carries a run's quantisation knobs from
-the command line to the kernel-path choice (:func:`qtsim.physical.path_family`), the simulator,
+the command line to the kernel-path choice (:func:`qtsim.model.physical.path_family`), the simulator,
 B* and N*:
 
 - ``double_quant`` (``bnb_4bit_use_double_quant``): NF4/FP4 quantise their absmax scales again
@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from qtsim.errors import QtsimError
-from qtsim.precision import get_precision
+from qtsim.model.precision import get_precision
 
 #: llm_int8_threshold values with a kernel path of their own: threshold -> path family
 INT8_THRESHOLDS = {0.0: "int8_t0", 6.0: "int8"}
@@ -81,7 +81,7 @@ class BnbSettings:
                              "precisions (nf4, fp4) only")
         if profile is not None and self.compute_dtype is not None:
             from qtsim.errors import ProfileError
-            from qtsim.physical import resolve_path
+            from qtsim.model.physical import resolve_path
 
             try:
                 for side in ("b1", "bn"):

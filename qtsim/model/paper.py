@@ -9,7 +9,7 @@ All functions are pure and broadcast over numpy arrays. The paper's symbols map 
 ``gamma_j`` = gamma, ``phi_j`` = phi(h, p).
 
 Known inconsistency, kept on purpose for reproduction: eq. 19 amortises only the weight-movement
-term over the batch, eq. 23 amortises the casting term instead. ``qtsim.physical`` resolves this
+term over the batch, eq. 23 amortises the casting term instead. ``qtsim.model.physical`` resolves this
 from measurement rather than choosing.
 """
 

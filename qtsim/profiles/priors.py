@@ -11,7 +11,7 @@ the priors (``data/reference/peer_measurements.md``):
 - NVIDIA aiconfigurator: effective bandwidth 0.8 x datasheet.
 - Splitwise-sim: H100 75 W idle, about 380 W in decode (of 700 W TDP).
 
-Regenerate the shipped files with ``python -m qtsim.priors hardware_profiles/``.
+Regenerate the shipped files with ``python -m qtsim.profiles.priors hardware_profiles/``.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from qtsim import __version__
-from qtsim.architecture import load_architecture
-from qtsim.profiles import HardwareProfile, Param, write_profile
-from qtsim.simulator import paper_constants_table
+from qtsim.model.architecture import load_architecture
+from qtsim.profiles.hardware import HardwareProfile, Param, write_profile
+from qtsim.simulate.simulator import paper_constants_table
 
 BNB_TABLE = "bitsandbytes maintainers' H100 HF-generate table (data/reference/peer_measurements.md)"
 HBM = ("hopper", "ampere", "blackwell-dc")
@@ -62,7 +62,7 @@ PUBLIC_FIT = "public_fit.toml"  # data/reference: the joint device/host fit to p
 
 def public_fit() -> dict:
     """The shipped joint fit to the bitsandbytes maintainers' rows (:mod:`qtsim.calibration.public`),
-    written by ``python -m qtsim.priors``: fitted device factors and host constants with stderr."""
+    written by ``python -m qtsim.profiles.priors``: fitted device factors and host constants with stderr."""
     import tomllib
 
     return tomllib.loads((resources.files("qtsim.data.reference") / PUBLIC_FIT).read_text())
@@ -72,7 +72,7 @@ def spec_profile(row: dict, fit: dict | None = None) -> HardwareProfile:
     """A device-only profile from one row of ``gpu_specs.csv`` with documented priors.
 
     Host constants are not here: they describe the host and its software stack, and come from a
-    host part (:mod:`qtsim.hosts`) at prediction time. The device priors that no datasheet gives
+    host part (:mod:`qtsim.profiles.hosts`) at prediction time. The device priors that no datasheet gives
     (effective bandwidth fraction, device time per kernel) come from the joint fit to the
     published rows (``data/reference/public_fit.toml``), with their spread.
     """
@@ -130,7 +130,7 @@ def spec_profile(row: dict, fit: dict | None = None) -> HardwareProfile:
     prof.fit = {"public_rows": {k: v for k, v in fit["fit"].items() if not isinstance(v, dict)}}
     prof.constants = paper_constants_table(prof, load_architecture(REFERENCE_MODEL).counts(),
                                            REFERENCE_MODEL)
-    prof.constants["host"] = "derived with the default host part (qtsim.hosts.DEFAULT_HOST)"
+    prof.constants["host"] = "derived with the default host part (qtsim.profiles.hosts.DEFAULT_HOST)"
     return prof
 
 
@@ -145,8 +145,8 @@ def refit_public(outdir: str | Path) -> list[Path]:
     4090's) under ``OUTDIR/hosts``. The default server host gets a spread that covers the
     desktop host, so bands widen where the host is unknown."""
     from qtsim.calibration import public
-    from qtsim.hosts import HostPart, write_host
-    from qtsim.profiles import atomic_write_text, dumps_toml
+    from qtsim.profiles.hardware import atomic_write_text, dumps_toml
+    from qtsim.profiles.hosts import HostPart, write_host
 
     rows = public.read_rows()
     f = public.fit(rows)
@@ -156,7 +156,7 @@ def refit_public(outdir: str | Path) -> list[Path]:
     table = "bitsandbytes maintainers' HF-generate decode table (data/reference/bnb_maintainers_decode.csv)"
     doc = {
         "provenance": {"table": table, "date": date.today().isoformat(), "qtsim_version": __version__,
-                       "model": "qtsim.physical timelines (overlap on) via qtsim.calibration.public"},
+                       "model": "qtsim.model.physical timelines (overlap on) via qtsim.calibration.public"},
         "device": {k: {"value": float(f"{f.values[k]:.6g}"), "stderr": float(f"{f.stderr[k]:.4g}")}
                    for k in ("eta_bw", "t_kernel_s")},
         "host": {k: {"value": float(f"{f.values[k]:.6g}"), "stderr": float(f"{f.stderr[k]:.4g}")}
@@ -203,11 +203,11 @@ def refit_public(outdir: str | Path) -> list[Path]:
 
 
 def main(argv=None) -> None:
-    """``python -m qtsim.priors [OUTDIR] [--refit]``: regenerate the spec-derived profiles."""
+    """``python -m qtsim.profiles.priors [OUTDIR] [--refit]``: regenerate the spec-derived profiles."""
     import argparse
 
     ap = argparse.ArgumentParser(
-        prog="python -m qtsim.priors",
+        prog="python -m qtsim.profiles.priors",
         description="Write the spec-derived hardware profiles (one TOML per row of "
                     "data/reference/gpu_specs.csv) into OUTDIR.")
     ap.add_argument("outdir", nargs="?", default="hardware_profiles",

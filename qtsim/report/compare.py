@@ -2,7 +2,7 @@
 
 :func:`compare` evaluates every (GPU, precision) configuration with the simulator: whether it fits
 in memory, tok/s, latency, J/query with its 68% band, the budget units (kWh per million queries,
-gCO2e per query, $ per million tokens: :mod:`qtsim.budget`), and the energy verdict against the
+gCO2e per query, $ per million tokens: :mod:`qtsim.report.budget`), and the energy verdict against the
 16-bit reference on the same GPU (as ``qtsim trap`` gives it). Rows sort by any column; text,
 JSON, CSV and a plot (:func:`plot_compare`) come from the same rows.
 """
@@ -16,14 +16,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from qtsim import budget, verdicts
-from qtsim.architecture import Architecture
 from qtsim.errors import QtsimError
-from qtsim.precision import get_precision
-from qtsim.profiles import HardwareProfile
-from qtsim.serving import serving_assumption
-from qtsim.simulator import GIB, Simulator, band
-from qtsim.workload import BnbSettings
+from qtsim.model import verdicts
+from qtsim.model.architecture import Architecture
+from qtsim.model.precision import get_precision
+from qtsim.model.workload import BnbSettings
+from qtsim.profiles.hardware import HardwareProfile
+from qtsim.report import budget
+from qtsim.report.serving import serving_assumption
+from qtsim.simulate.simulator import GIB, Simulator, band
 
 #: column -> (header, unit, format, True when smaller is better: the default sort direction)
 COLUMNS = {
@@ -101,7 +102,7 @@ def compare(profiles: Sequence[HardwareProfile], arch: Architecture, batch: int 
     """Every GPU x precision for ``arch`` at ``batch``; rows sorted by ``sort``.
 
     ``usd_per_hour_by_gpu`` (GPU name -> USD per GPU-hour) prices each GPU on its own, in place
-    of ``assumptions.usd_per_hour``; ``host`` the host/software part (:mod:`qtsim.hosts`)
+    of ``assumptions.usd_per_hour``; ``host`` the host/software part (:mod:`qtsim.profiles.hosts`)
     combined with every device profile (None: each profile's own or the default).
 
     The verdict of a quantized row compares it with the GPU's own 16-bit reference at the same
@@ -270,7 +271,7 @@ def plot_compare(c: Comparison, column: str = "j_per_query"):
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    from qtsim.plots import DISCLAIMER, PRECISION_COLORS
+    from qtsim.report.plots import DISCLAIMER, PRECISION_COLORS
 
     if column not in COLUMNS or COLUMNS[column][2] in ("{}",):
         raise QtsimError(f"cannot plot column {column!r}")

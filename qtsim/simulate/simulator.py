@@ -13,19 +13,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qtsim import paper, physical, thresholds
-from qtsim.architecture import ArchCounts, Architecture
-from qtsim.precision import get_precision, reference_for
-from qtsim.profiles import HardwareProfile, model_error_deviates
-from qtsim.thresholds import (  # noqa: F401  (BAND, GIB, KIND_NAMES, crossing: public here too)
+from qtsim.model import paper, physical
+from qtsim.model.architecture import ArchCounts, Architecture
+from qtsim.model.precision import get_precision, reference_for
+from qtsim.model.verdicts import json_number, ratios
+from qtsim.model.workload import BnbSettings
+from qtsim.profiles.hardware import HardwareProfile, model_error_deviates
+from qtsim.simulate import thresholds
+from qtsim.simulate.thresholds import (  # noqa: F401  (BAND, GIB, KIND_NAMES, crossing: public here too)
     BAND,
     GIB,
     KIND_NAMES,
     crossing,
     nan_percentiles,
 )
-from qtsim.verdicts import json_number, ratios
-from qtsim.workload import BnbSettings
 
 
 def band(x):
@@ -94,7 +95,7 @@ class Simulator:
     Parameters
     ----------
     profile : the hardware profile whose constants (and their stderr) drive the model
-    host : the host/software part (:mod:`qtsim.hosts`: a name, file or HostPart) combined with
+    host : the host/software part (:mod:`qtsim.profiles.hosts`: a name, file or HostPart) combined with
         a device-only profile; None takes the profile's own host part or the default host
     n_draws : Monte-Carlo draws used when ``draws=True``
     seed : random seed of the draws (results are reproducible)
@@ -207,8 +208,8 @@ class Simulator:
         """Critical batch B*: where quantized J/query equals native (physical model).
 
         Solved on a log grid of integer batches from 1 to the smaller of ``b_max`` and the
-        native configuration's memory limit (:func:`qtsim.thresholds.b_star_rows`). The paper's
-        closed form (eq. 18) is :func:`qtsim.paper.b_star` on :meth:`paper_constants`.
+        native configuration's memory limit (:func:`qtsim.simulate.thresholds.b_star_rows`). The paper's
+        closed form (eq. 18) is :func:`qtsim.model.paper.b_star` on :meth:`paper_constants`.
         """
         one = thresholds.map_counts(counts, np.atleast_1d)
         r = thresholds.b_star_rows(self, one, precision, new_tokens, prompt_tokens, b_max,
@@ -241,7 +242,7 @@ class Simulator:
 
         The paper names N* without defining it; qtsim defines it for a given hardware,
         precision, batch and token count along the synthetic family of ``arch`` (width and
-        depth scaled together, :func:`qtsim.architecture.scale_counts`). It exists only
+        depth scaled together, :func:`qtsim.model.architecture.scale_counts`). It exists only
         because some costs (per-call host and launch overhead, per-layer kernels) do not scale
         with N: below N* those dominate and quantized loses; above N* the weight-byte savings
         win. Memory limits are ignored here (a planner's curve, not a deployment check).

@@ -1,7 +1,7 @@
 """Spec-derived profiles for any GPU from five datasheet numbers (``qtsim profiles new``).
 
 :func:`new_spec_profile` checks each number, builds a row in the shape of
-``data/reference/gpu_specs.csv`` and hands it to :func:`qtsim.priors.spec_profile`, so a user's
+``data/reference/gpu_specs.csv`` and hands it to :func:`qtsim.profiles.priors.spec_profile`, so a user's
 profile carries exactly the priors, stderr and flags of the shipped spec profiles.
 :func:`save_user_profile` writes it atomically into the user profile directory.
 """
@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from qtsim.errors import QtsimError
-from qtsim.profiles import HardwareProfile, user_profile_dir, write_profile
+from qtsim.profiles.hardware import HardwareProfile, user_profile_dir, write_profile
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 #: (option, unit, lowest, highest): plausible datasheet ranges; outside them is a typo
@@ -59,7 +59,7 @@ def new_spec_profile(name: str, memory_gib, bandwidth_gbs, fp16_tflops, int8_top
     TFLOPS, ``int8_tops`` dense INT8 tensor TOPS, ``tdp_w`` W. ``memory_type`` hbm or gddr picks
     the energy-per-byte prior (default: hbm from 1500 GB/s up, else gddr).
     """
-    from qtsim.priors import spec_profile
+    from qtsim.profiles.priors import spec_profile
 
     key = check_name(name)
     v = {k: check_number(k, x) for k, x in (("memory_gib", memory_gib),
@@ -88,7 +88,7 @@ def save_user_profile(profile: HardwareProfile, force: bool = False,
                       directory: str | Path | None = None) -> Path:
     """Write ``profile`` to the user directory as NAME.toml; refuse to replace a file, or to
     shadow a shipped profile of the same name, unless ``force``."""
-    from qtsim.profiles import list_profiles
+    from qtsim.profiles.hardware import list_profiles
 
     d = Path(directory) if directory else user_profile_dir()
     path = d / f"{profile.name}.toml"

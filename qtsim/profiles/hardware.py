@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from qtsim.errors import ProfileError, UnknownNameError, suggest
-from qtsim.physical import GLOBAL_PARAMS, path_param_names, resolve_path
+from qtsim.model.physical import GLOBAL_PARAMS, path_param_names, resolve_path
 
 SCHEMA_VERSION = 1
 SOURCES = ("spec", "prior", "published", "calibrated", "fixed", "assumed", "derived")
@@ -57,7 +57,7 @@ class HardwareProfile:
     constants: dict = field(default_factory=dict)
     fit: dict = field(default_factory=dict)
     path: str | None = None
-    host: object = None  # the qtsim.hosts.HostPart combined in, if any
+    host: object = None  # the qtsim.profiles.hosts.HostPart combined in, if any
 
     @property
     def name(self) -> str:
@@ -98,12 +98,12 @@ class HardwareProfile:
         return "this machine (host part calibrated with the device)"
 
     def with_host(self, host=None) -> HardwareProfile:
-        """This device part combined with a host part (:mod:`qtsim.hosts`).
+        """This device part combined with a host part (:mod:`qtsim.profiles.hosts`).
 
         ``host``: a HostPart, a name or file, or None for the default. A profile that carries
         its own host constants (a calibrated CPU profile) keeps them unless a host is named.
         """
-        from qtsim import hosts
+        from qtsim.profiles import hosts
 
         own = any(hosts.is_host_param(k) for k in self.physical) or "t_step_s" in self.physical
         if host is None and own:
@@ -117,9 +117,9 @@ class HardwareProfile:
 
     def model_flags(self) -> dict[str, float]:
         """Switches of the physical model a profile states in ``[hardware]`` (not fitted
-        constants), as params entries: ``t_call_includes_dispatch`` (see :mod:`qtsim.physical`).
+        constants), as params entries: ``t_call_includes_dispatch`` (see :mod:`qtsim.model.physical`).
         """
-        from qtsim.physical import DISPATCH_FLAG
+        from qtsim.model.physical import DISPATCH_FLAG
 
         return {DISPATCH_FLAG: 1.0} if self.hardware.get(DISPATCH_FLAG) else {}
 

@@ -40,7 +40,7 @@ class HostPart:
 
     host: dict
     provenance: dict
-    physical: dict  # name -> qtsim.profiles.Param
+    physical: dict  # name -> qtsim.profiles.hardware.Param
     fit: dict = field(default_factory=dict)
     path: str | None = None
 
@@ -61,7 +61,7 @@ def is_host_param(name: str) -> bool:
 
 def parse_host(text: str, where: str = "host") -> HostPart:
     """Parse a host file; any defect is a one-line ProfileError."""
-    from qtsim.profiles import SOURCES, Param
+    from qtsim.profiles.hardware import SOURCES, Param
 
     try:
         doc = tomllib.loads(text)
@@ -92,7 +92,7 @@ def parse_host(text: str, where: str = "host") -> HostPart:
 
 
 def _dirs():
-    from qtsim.profiles import user_profile_dir
+    from qtsim.profiles.hardware import user_profile_dir
 
     yield "user", user_profile_dir() / "hosts"
     yield "shipped", Path(str(resources.files("qtsim.hardware_profiles") / "hosts"))
@@ -128,7 +128,7 @@ def load_host(name_or_path: str | None = None) -> HostPart:
 
 def write_host(part: HostPart, path) -> Path:
     """Write a host file atomically (read back before it lands)."""
-    from qtsim.profiles import atomic_write_text, dumps_toml
+    from qtsim.profiles.hardware import atomic_write_text, dumps_toml
 
     doc = {"schema_version": 1, "host": part.host, "provenance": part.provenance,
            "physical": {k: {"value": p.value, "stderr": p.stderr, "unit": p.unit,

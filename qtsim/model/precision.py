@@ -6,7 +6,7 @@ Storage per weight includes the quantisation scales bitsandbytes keeps:
   weights. Without double quantisation the absmax is fp32 (32/64 = 0.5 bit/weight); with it the
   absmax is 8-bit with one fp32 second-level scale per 256 blocks (8/64 + 32/(64*256) ≈ 0.127).
 - LLM.int8() (Dettmers et al. 2022): 8 bits per weight plus one fp32 scale per output row
-  (32 / in_features bit/weight; computed per layer in ``qtsim.architecture``).
+  (32 / in_features bit/weight; computed per layer in ``qtsim.model.architecture``).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 :func:`simulate` evaluates, in one vectorised pass per (GPU, precision), everything ``qtsim
 trap`` reports for one point: latency, tok/s, energy per query three ways, COR (eq. 8/9), the SI
 pillars and SI (eq. 1-6), trap verdicts, B* per model and N* per batch. Model counts are stacked
-(:func:`stack_counts`: an :class:`~qtsim.architecture.ArchCounts` whose fields are arrays, one
+(:func:`stack_counts`: an :class:`~qtsim.model.architecture.ArchCounts` whose fields are arrays, one
 entry per model, shipped or a synthetic size sweep from ``Architecture.scaled``).
 
 Energy per query, side by side (DESIGN.md sec. 2):
@@ -29,14 +29,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from qtsim import paper, verdicts
-from qtsim import sustainability as si
-from qtsim.architecture import ArchCounts, Architecture
 from qtsim.errors import QtsimError
-from qtsim.precision import get_precision
-from qtsim.profiles import HardwareProfile
-from qtsim.simulator import BAND, GIB, Simulator
-from qtsim.thresholds import (  # noqa: F401  (re-exported for surface users)
+from qtsim.model import paper, verdicts
+from qtsim.model import sustainability as si
+from qtsim.model.architecture import ArchCounts, Architecture
+from qtsim.model.precision import get_precision
+from qtsim.model.trust import TrustEstimate, lookup_trust
+from qtsim.model.workload import BnbSettings
+from qtsim.profiles.hardware import HardwareProfile
+from qtsim.simulate.simulator import BAND, GIB, Simulator
+from qtsim.simulate.thresholds import (  # noqa: F401  (re-exported for surface users)
     KIND_CODES,
     N_GRID,
     N_RANGE,
@@ -47,8 +49,6 @@ from qtsim.thresholds import (  # noqa: F401  (re-exported for surface users)
     n_star_rows,
     nan_percentiles,
 )
-from qtsim.trust import TrustEstimate, lookup_trust
-from qtsim.workload import BnbSettings
 
 DIMS = ("gpu", "precision", "model", "batch")
 
@@ -178,7 +178,7 @@ def size_label(family: str, n_params: float) -> str:
 derived = verdicts.ratios  # COR (eq. 9), energy, HLI and speed ratios, delta J
 
 
-pillars = si.pillars  # one home: qtsim.sustainability
+pillars = si.pillars  # one home: qtsim.model.sustainability
 
 
 def paper_energy(sim: Simulator, counts: ArchCounts, precision: str, batch, new_tokens,
@@ -390,7 +390,7 @@ N_STAR_ANCHORS = 512
 
 def n_star_fast(sim: Simulator, arch: Architecture, precision: str, batch, new_tokens,
                 prompt_tokens, draws: bool = False, anchors: int | None = None) -> dict:
-    """:func:`qtsim.thresholds.n_star_rows` for long batch axes without 160 sizes per batch.
+    """:func:`qtsim.simulate.thresholds.n_star_rows` for long batch axes without 160 sizes per batch.
 
     N* at one batch is the first sign change of delta J/query along ``N_GRID`` synthetic sizes.
     With at most ``2 * anchors`` batches (or with draws) this is ``n_star_rows`` itself. Longer
@@ -399,7 +399,7 @@ def n_star_fast(sim: Simulator, arch: Architecture, precision: str, batch, new_t
     kernels, and both ends). Every batch between two anchors that agree on the kind and on the
     bracketing pair of sizes is evaluated at that pair only (two sizes instead of 160; one,
     the smallest, where the anchors have no crossing) and kept when its signs confirm the
-    bracket, with the same interpolation as :func:`qtsim.thresholds.crossing`, so the numbers
+    bracket, with the same interpolation as :func:`qtsim.simulate.thresholds.crossing`, so the numbers
     are the ones the full grid gives. Batches whose anchors disagree, or whose signs do not
     confirm them, are solved on the full size grid. The one thing this cannot see is a sign
     change that appears and vanishes strictly between two anchors a few percent apart in batch
@@ -568,7 +568,7 @@ def simulate(profiles: Sequence[HardwareProfile], models: Sequence[Architecture]
 def trap_map(profile: HardwareProfile, arch: Architecture, precision: str, sizes, batches,
              new_tokens: int = 256, prompt_tokens: int = 128, n_draws: int = 200,
              seed: int = 0, bnb: BnbSettings | None = None) -> dict:
-    """Model size x batch map of one GPU and precision for :func:`qtsim.plots.plot_trap_map`.
+    """Model size x batch map of one GPU and precision for :func:`qtsim.report.plots.plot_trap_map`.
 
     Returns ``sizes`` (S,), ``batches`` (B,), ``delta_j`` (S, B) quantized minus native J/query
     (power model), ``trapped`` (S, B), ``b_star_of_n`` (S,) the first crossing along batch for

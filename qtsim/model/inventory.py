@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from qtsim.architecture import MODEL_CLASS_OF, MODEL_CLASSES
 from qtsim.errors import QtsimError, suggest
+from qtsim.model.architecture import MODEL_CLASS_OF, MODEL_CLASSES
 
 COUNT_FIELDS = ("aten_ops", "view_ops", "bnb_ops", "kernels_cuda", "syncs_cuda", "modules")
 """The per-block counts :func:`layer_counts` returns as arrays (one element per block)."""

@@ -1,7 +1,7 @@
 """The physical model ("physical" mode): decode-step time and energy from architecture counts.
 
 Per decoding step (one token for each of B sequences), after DESIGN.md sec. 2 and 2a, a host
-timeline and a device timeline (:func:`timelines`) are composed by :func:`qtsim.timeline.step_s`:
+timeline and a device timeline (:func:`timelines`) are composed by :func:`qtsim.model.timeline.step_s`:
 they overlap between synchronisations on a CUDA GPU and add on a CPU. Per linear block of a layer
 the device time is
 
@@ -20,7 +20,7 @@ Power (:func:`step_energy_j`): ``p_idle_w`` while the device waits for the host,
 while it works, plus ``e_byte_j`` per byte (dequantisation traffic included) and ``e_flop_j`` per
 FLOP, capped at TDP x time.
 
-Host and device timelines (:func:`timelines`, :mod:`qtsim.timeline`): in ``inventory`` mode
+Host and device timelines (:func:`timelines`, :mod:`qtsim.model.timeline`): in ``inventory`` mode
 (the host part has ``h_op_s``) each block's host time is its traced aten operations x ``h_op_s``
 + CUDA kernels x ``h_launch_s`` + ``h_call_<path>_s`` per linear call, plus ``h_step_s`` per
 step. Double counting on CPUs: a CPU calibration measures ``t_call_<path>_s`` with a linear
@@ -47,9 +47,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from qtsim.architecture import NATIVE_BYTES, ArchCounts
 from qtsim.errors import ProfileError
-from qtsim.precision import get_precision
+from qtsim.model.architecture import NATIVE_BYTES, ArchCounts
+from qtsim.model.precision import get_precision
 
 PATH_COEFFS = ("t_call", "t_weight", "t_tokweight")
 GLOBAL_PARAMS = ("mem_bw_gbs", "p_static_w", "e_byte_j", "e_flop_j")
@@ -198,7 +198,7 @@ def dequantizes(params: Mapping, family: str, batch, overlap: bool = False):
 
 
 #: model flag (``[hardware] t_call_includes_dispatch``, passed in the params mapping as 1.0 by
-#: :class:`qtsim.simulator.Simulator`): the profile's ``t_call_<path>_s`` was measured by a linear
+#: :class:`qtsim.simulate.simulator.Simulator`): the profile's ``t_call_<path>_s`` was measured by a linear
 #: microbenchmark on the same thread that dispatches it (a CPU), so it already contains the host
 #: dispatch of the linear's own aten ops; the host timeline then prices only each block's
 #: non-linear ops (``ops - linear_ops`` of the inventory) with ``h_op_s``
@@ -232,7 +232,7 @@ def timelines(counts: ArchCounts, family: str, context, params: Mapping,
     ``per_seq_scale`` multiplies the per-sequence (per-token) device time: a prefill's GEMMs over
     many rows run at another efficiency than a decode's (``prefill_tok_scale``, fitted).
     """
-    from qtsim import inventory  # local: the table loads once, on first use
+    from qtsim.model import inventory  # local: the table loads once, on first use
 
     b_rep = 1.0 if side == "b1" else 2.0  # any batch on this side selects the same constants
     bw = params["mem_bw_gbs"]
@@ -288,14 +288,14 @@ def timelines(counts: ArchCounts, family: str, context, params: Mapping,
 def step_timelines(counts: ArchCounts, family: str, batch, context, params: Mapping,
                    native: str = "fp16", compute_dtype_4bit: str | None = None,
                    overlap: bool = False, per_seq_scale=1.0) -> dict:
-    """One decoding step composed from its timelines (:func:`qtsim.timeline.step_s`).
+    """One decoding step composed from its timelines (:func:`qtsim.model.timeline.step_s`).
 
     Returns ``step_s`` (wall time), ``host_s`` and ``device_s`` (each timeline alone), s.
     ``overlap`` is True on CUDA GPUs (asynchronous launches), False on CPUs. Batches on
     either side of a kernel switch (batch 1 / >= 2; fused / dequantising 4-bit GEMM) take
     their own code path's timelines.
     """
-    from qtsim import timeline
+    from qtsim.model import timeline
 
     b = np.asarray(batch, float)
     deq = dequantizes(params, family, b, overlap)

@@ -1,7 +1,7 @@
 """Figures of qtsim's surfaces (matplotlib, headless: no pyplot, no display).
 
-Each function takes computed data (:func:`qtsim.surface.trap_map`, a
-:class:`qtsim.surface.Surface`) and returns a :class:`matplotlib.figure.Figure`; :func:`save`
+Each function takes computed data (:func:`qtsim.simulate.surface.trap_map`, a
+:class:`qtsim.simulate.surface.Surface`) and returns a :class:`matplotlib.figure.Figure`; :func:`save`
 writes it. Figures are built with ``Figure()`` directly and saved through the Agg canvas, so
 nothing depends on a display or on pyplot's global state.
 
@@ -133,7 +133,7 @@ def _trap_map_axes(ax, m: dict, marks=()) -> None:
 
 
 def plot_trap_maps(maps, ncols: int | None = None, marks=()):
-    """Trap maps (from :func:`qtsim.surface.trap_map`) on a grid, one panel per map.
+    """Trap maps (from :func:`qtsim.simulate.surface.trap_map`) on a grid, one panel per map.
 
     ``marks``: (name, parameters) pairs drawn as dotted verticals (e.g. shipped models).
     """

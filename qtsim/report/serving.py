@@ -7,7 +7,7 @@ def bnb_version(profile) -> str:
     """bitsandbytes version the profile's numbers describe, or ``"not stated"``.
 
     Looked up in the profile's provenance (a calibrated profile records its versions), then in
-    the host part combined with it (:mod:`qtsim.hosts`: its ``[host.stack]``).
+    the host part combined with it (:mod:`qtsim.profiles.hosts`: its ``[host.stack]``).
     """
     v = (profile.provenance.get("versions") or {}).get("bitsandbytes")
     if not v:

@@ -1,0 +1,1 @@
+"""Hardware and host profiles: loading, validation, spec priors, custom profiles."""

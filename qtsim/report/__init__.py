@@ -1,0 +1,1 @@
+"""Reports: the trap verdict, comparisons, budgets, plots and the paper's checks."""

@@ -1,0 +1,1 @@
+"""The simulator: profiles composed with the model over whole grids, B* and N*."""

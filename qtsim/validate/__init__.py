@@ -1,0 +1,1 @@
+"""Validation: predictions scored against full real decodes at held-out points."""
