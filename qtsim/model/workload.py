@@ -1,8 +1,13 @@
-"""bitsandbytes settings of a workload, named as transformers' ``BitsAndBytesConfig`` names them.
+"""What is served: a :class:`Workload` (precision, batch, tokens) and its bitsandbytes settings.
 
-:class:`BnbSettings` is the one small frozen object that carries a run's quantisation knobs from
-the command line to the kernel-path choice (:func:`qtsim.model.physical.path_family`), the simulator,
-B* and N*:
+:class:`Workload` is the one frozen object that carries a query's description from the command
+line through the model, the simulator, B*, N*, the trap report, surfaces and validation: the
+precision with its :class:`BnbSettings`, the batch B (sequences decoded together; a scalar or a
+grid), the new tokens K per query and the prompt tokens.
+
+:class:`BnbSettings` carries the quantisation knobs, named as transformers'
+``BitsAndBytesConfig`` names them, to the kernel-path choice
+(:func:`qtsim.model.physical.path_family`):
 
 - ``double_quant`` (``bnb_4bit_use_double_quant``): NF4/FP4 quantise their absmax scales again
   (8-bit, blocks of 256): about 0.127 instead of 0.5 bit of scale per weight, and on calibrated
@@ -20,7 +25,10 @@ B* and N*:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from qtsim.errors import QtsimError
 from qtsim.model.precision import get_precision
@@ -125,3 +133,69 @@ class BnbSettings:
 def _torch_name(dtype: str | None) -> str | None:
     """``bf16`` -> ``bfloat16`` (the torch dtype name BitsAndBytesConfig takes)."""
     return {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}.get(dtype, dtype)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One served workload: what each query costs is a function of this and the hardware.
+
+    Parameters
+    ----------
+    precision : weight precision (``fp16``, ``bf16``, ``int8``, ``nf4``, ``fp4``; aliases
+        accepted, stored by canonical name)
+    batch : sequences decoded together, B (a number, or an array for a grid; > 0)
+    new_tokens : new tokens generated per query, K (>= 1)
+    prompt_tokens : prompt tokens per query (>= 0)
+    bnb : bitsandbytes settings (double quantisation, LLM.int8() threshold, 4-bit compute dtype)
+    """
+
+    precision: str = "fp16"
+    batch: float | np.ndarray = 1
+    new_tokens: int = 256
+    prompt_tokens: int = 128
+    bnb: BnbSettings = field(default_factory=BnbSettings)
+
+    def __post_init__(self):
+        object.__setattr__(self, "precision", get_precision(self.precision).name)
+        if not np.all(np.asarray(self.batch, float) > 0):
+            raise QtsimError(f"batch must be positive (got {self.batch!r})")
+        if not (self.new_tokens >= 1 and self.prompt_tokens >= 0):
+            raise QtsimError(f"new tokens must be >= 1 and prompt tokens >= 0 (got "
+                             f"{self.new_tokens!r}, {self.prompt_tokens!r})")
+
+    @property
+    def quantized(self) -> bool:
+        return get_precision(self.precision).quantized
+
+    @property
+    def double_quant(self) -> bool:
+        """Double quantisation in force (4-bit precisions only)."""
+        return self.bnb.double_quant and self.precision in FOUR_BIT
+
+    @property
+    def family(self) -> str:
+        """The kernel-path family this workload runs (:func:`qtsim.model.physical.path_family`)."""
+        from qtsim.model.physical import path_family
+
+        return path_family(self.precision, self.bnb.double_quant, self.bnb.int8_threshold)
+
+    def replace(self, **changes) -> Workload:
+        """A copy with ``changes`` (e.g. ``w.replace(batch=8)``)."""
+        return dataclasses.replace(self, **changes)
+
+    def reference(self, native: str) -> Workload:
+        """The 16-bit workload a quantized one is compared with (itself when not quantized)."""
+        return self.replace(precision=native) if self.quantized else self
+
+    def compute_dtype(self, profile) -> str:
+        """The 4-bit compute dtype in force on ``profile``."""
+        return self.bnb.compute_dtype_for(profile)
+
+    def describe(self) -> dict:
+        """Provenance: the workload as plain values (batch as a list when it is a grid)."""
+        b = np.asarray(self.batch)
+        return {"precision": self.precision,
+                "batch": b.tolist() if b.ndim else float(b),
+                "new_tokens": int(self.new_tokens), "prompt_tokens": int(self.prompt_tokens),
+                "double_quant": self.bnb.double_quant, "int8_threshold": self.bnb.int8_threshold,
+                "compute_dtype": self.bnb.compute_dtype}
