@@ -638,10 +638,12 @@ def simulate_tiles(profiles, models=(), sizes=None, batch=(1, 8, 64), *, family=
 
 
 def _simulate_tile(tile: dict):
+    from qtsim.model.workload import Workload
     from qtsim.simulate.surface import simulate
 
     kw = {k: v for k, v in tile.items() if not k.startswith("_")}
-    return simulate(**kw)
+    w = {k: kw.pop(k) for k in ("batch", "new_tokens", "prompt_tokens") if k in kw}
+    return simulate(workload=Workload(**w), **kw)
 
 
 def assemble(tiles: list[dict], surfaces: list, n_models: int, n_batches: int):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from qtsim.cli.options import (
@@ -57,51 +55,20 @@ def compare(model, batch, gpus, profile_paths, precisions, tokens, prompt_tokens
           --usd-per-hour 0.53,1.01,0.80 --sort usd_per_million_tokens --plot cmp.png
       qtsim compare --model mistral-7b --batch 1 --precision fp16,nf4 --double-quant --format csv
     """
-    from qtsim.errors import QtsimError
-    from qtsim.model.architecture import load_architecture
-    from qtsim.profiles.hardware import list_profiles, load_profile
-    from qtsim.report.compare import COLUMNS, csv_text, format_text, plot_compare
-    from qtsim.report.compare import compare as run
+    from qtsim.model.workload import Workload
+    from qtsim.report.compare import compare_text
 
     b, k, pr, nd = (_int(batch, "--batch", 1), _int(tokens, "--tokens", 1),
                     _int(prompt_tokens, "--prompt-tokens", 0), _int(draws, "--draws", 10))
-    if sort not in COLUMNS:
-        raise QtsimError(f"--sort {sort!r}: choose from {', '.join(COLUMNS)}")
-    bnb = bnb_settings(double_quant, int8_threshold, compute_dtype)
-    assumptions = budget_assumptions(pue, grid_gco2_per_kwh, None)
-    prices = _prices(usd_per_hour)
-    precs = precision_list(precisions)
-    names = split_list(gpus, "--gpu")
-    if [n.lower() for n in names] == ["all"]:
-        profiles = [load_profile(r["name"]) for r in list_profiles() if r["source"] != "INVALID"]
-    else:
-        profiles = [load_profile(g) for g in names]
-    profiles += [load_profile(path=p) for p in profile_paths]
-    seen = [p.name for p in profiles]
-    if len(set(seen)) != len(seen):
-        raise QtsimError(f"GPU listed twice: {', '.join(seen)}")
-    arch = load_architecture(model)
-    if prices is not None and len(prices) not in (1, len(profiles)):
-        raise QtsimError(f"--usd-per-hour: give one price, or one per GPU ({len(profiles)}) in "
-                         "--gpu order")
-    by_gpu = None
-    if prices and len(prices) == 1:
-        assumptions = budget_assumptions(pue, grid_gco2_per_kwh, prices[0])
-    elif prices:
-        by_gpu = dict(zip([p.name for p in profiles], prices, strict=True))
-    result = run(profiles, arch, b, precs, k, pr, bnb, assumptions, sort, n_draws=nd,
-                 usd_per_hour_by_gpu=by_gpu, host=host)
-    if fmt == "json":
-        click.echo(json.dumps(result.to_dict(), indent=2))
-    elif fmt == "csv":
-        click.echo(csv_text(result))
-    else:
-        click.echo(format_text(result))
-    if plot_path:
-        from qtsim.report.plots import save
-
-        col = sort if COLUMNS[sort][2] != "{}" and sort != "fits" else "j_per_query"
-        click.echo(f"wrote {save(plot_compare(result, col), plot_path)}", err=fmt != "text")
+    workload = Workload(batch=b, new_tokens=k, prompt_tokens=pr,
+                        bnb=bnb_settings(double_quant, int8_threshold, compute_dtype))
+    text, plot = compare_text(model, split_list(gpus, "--gpu"), profile_paths, workload,
+                              precision_list(precisions), sort,
+                              budget_assumptions(pue, grid_gco2_per_kwh, None),
+                              _prices(usd_per_hour), nd, host, fmt, plot_path)
+    click.echo(text)
+    if plot:
+        click.echo(f"wrote {plot}", err=fmt != "text")
 
 
 def _int(text, name: str, minimum: int) -> int:

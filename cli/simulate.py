@@ -124,6 +124,7 @@ def simulate(gpus, profile_paths, models, precisions, batches, tokens, prompt_to
     """
     from qtsim.errors import QtsimError
     from qtsim.model.architecture import check_context, load_architecture
+    from qtsim.model.workload import Workload
     from qtsim.profiles.hardware import load_profile
     from qtsim.report.plots import save
     from qtsim.simulate.surface import n_blocks, parse_sizes, write_csv, write_hdf5
@@ -155,9 +156,10 @@ def simulate(gpus, profile_paths, models, precisions, batches, tokens, prompt_to
     total = len(profiles) * len(precs) * n_blocks(max(n_models, 1), len(b), draws)
     t0 = time.perf_counter()
     with LateBar(total, "simulating") as bar:
-        surface = run(profiles, archs, precs, b, tokens, prompt_tokens, size_grid, fam,
-                      trust_table, depth, policy, n_draws=draws, seed=seed, progress=bar.update,
-                      bnb=bnb)
+        surface = run(profiles, archs, precs, Workload(batch=b, new_tokens=tokens,
+                                                       prompt_tokens=prompt_tokens, bnb=bnb),
+                      size_grid, fam, trust_table, depth, policy, n_draws=draws, seed=seed,
+                      progress=bar.update)
     elapsed = time.perf_counter() - t0
     g, p, m, nb = surface.shape
     click.echo(f"{g} GPU x {p} precision x {m} model x {nb} batch = {surface.n_points} points"
@@ -185,6 +187,7 @@ def _plots(surface, plots, profiles, archs, fam, size_grid, batches, tokens, pro
     import numpy as np
 
     from qtsim.model.precision import get_precision
+    from qtsim.model.workload import Workload
     from qtsim.report import plots as qp
     from qtsim.simulate.surface import simulate as simulate_grid
     from qtsim.simulate.surface import trap_map
@@ -197,7 +200,8 @@ def _plots(surface, plots, profiles, archs, fam, size_grid, batches, tokens, pro
         sizes = np.geomspace(lo, hi, 60)
         b_lo, b_hi = (min(batches), max(batches)) if max(batches) >= 16 * min(batches) else (1, 512)
         grid = np.unique(np.round(np.geomspace(b_lo, b_hi, 48)))
-        maps = [trap_map(prof, family, p, sizes, grid, tokens, prompt_tokens, draws or 200, seed, bnb)
+        maps = [trap_map(prof, family, Workload(p, grid, tokens, prompt_tokens, bnb), sizes,
+                         draws or 200, seed)
                 for prof in profiles for p in quant]
         marks = [(a.name, a.n_params) for a in archs]
         out.append(("trap_map.png", qp.plot_trap_maps(maps, ncols=len(quant), marks=marks)))
@@ -207,8 +211,10 @@ def _plots(surface, plots, profiles, archs, fam, size_grid, batches, tokens, pro
         # the native 16-bit bars are the comparison Fig. 1 exists for: evaluate them at the
         # figure's batch when the grid did not ask for the native precision
         missing = sorted({p.native for p in profiles} - set(surface.coords["precision"]))
-        native = (simulate_grid(profiles, archs, missing, [surface.coords["batch"][0]], tokens,
-                                prompt_tokens, n_draws=draws, seed=seed, thresholds=False)
+        at = Workload(batch=[surface.coords["batch"][0]], new_tokens=tokens,
+                      prompt_tokens=prompt_tokens)
+        native = (simulate_grid(profiles, archs, missing, at, n_draws=draws, seed=seed,
+                                thresholds=False)
                   if missing and archs else None)
         for m in named:
             out.append((f"fig1_{_safe(m)}.png", qp.plot_fig1_panel(surface, m, native=native)))
@@ -281,7 +287,7 @@ def _summary(surface) -> str:
     import numpy as np
 
     from qtsim.model.precision import get_precision
-    from qtsim.simulate.surface import KIND_CODES
+    from qtsim.simulate.thresholds import KIND_CODES
 
     c = surface.coords
     quant = [p for p in c["precision"] if get_precision(p).quantized]

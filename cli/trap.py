@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from qtsim.cli.options import (
@@ -58,34 +56,11 @@ def trap(gpu, profile_path, model, precision, batch, tokens, prompt_tokens, trus
       qtsim trap --gpu t4 --model llama-3.1-8b --precision nf4 --double-quant --batch 8 \\
           --grid-gco2-per-kwh 400 --usd-per-hour 0.53
     """
-    from qtsim.model.architecture import check_context, load_architecture
-    from qtsim.profiles.hardware import load_profile
-    from qtsim.report.trap import assess_trap, format_text
+    from qtsim.model.workload import Workload
+    from qtsim.report.trap import trap_text
 
-    bnb = bnb_settings(double_quant, int8_threshold, compute_dtype)
+    workload = Workload(precision, batch, tokens, prompt_tokens,
+                        bnb_settings(double_quant, int8_threshold, compute_dtype))
     assumptions = budget_assumptions(pue, grid_gco2_per_kwh, usd_per_hour)
-    prof = load_profile(gpu, profile_path)
-    arch = load_architecture(model)
-    check_context(arch, prompt_tokens, tokens)
-    report = assess_trap(prof, arch, precision, batch, tokens, prompt_tokens, trust_table,
-                         policy, n_draws=draws, host=host, bnb=bnb, assumptions=assumptions)
-    if fmt == "json":
-        click.echo(json.dumps(report, indent=2))
-    elif fmt == "csv":
-        click.echo(_csv(report))
-    else:
-        click.echo(format_text(report))
-
-
-def _csv(report) -> str:
-    """One row per configuration under a fixed header (``qtsim.report.trap.CSV_COLUMNS``)."""
-    import csv
-    import io
-
-    from qtsim.report.trap import CSV_COLUMNS, csv_row
-
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    w.writeheader()
-    w.writerow(csv_row(report))
-    return buf.getvalue().rstrip("\n")
+    click.echo(trap_text(gpu, profile_path, model, workload, trust_table, policy, n_draws=draws,
+                         host=host, assumptions=assumptions, fmt=fmt))

@@ -156,12 +156,14 @@ def test_simulate_chunked_over_ray_is_bit_for_bit(cluster):
 
     profs = [load_profile("l4"), load_profile("h100-sxm")]
     models = [load_architecture("mistral-7b"), load_architecture("qwen3-0.6b")]
-    kw = {"precisions": ("fp16", "int8", "nf4"), "new_tokens": 64, "prompt_tokens": 32,
-          "n_draws": 30, "seed": 3}
+    from qtsim.model.workload import Workload
+
+    kw = {"precisions": ("fp16", "int8", "nf4"), "n_draws": 30, "seed": 3}
     sizes, batch = [1e9, 3e9, 7e9], [1, 2, 4, 8, 16, 32]
-    one = simulate(profs, models, batch=batch, sizes=sizes, **kw)
+    one = simulate(profs, models, workload=Workload(batch=batch, new_tokens=64, prompt_tokens=32),
+                   sizes=sizes, **kw)
     tiled = fleet_simulate(profs, models, sizes=sizes, batch=batch, chunk_models=2,
-                           chunk_batches=4, **kw)
+                           chunk_batches=4, new_tokens=64, prompt_tokens=32, **kw)
     assert set(one.data) == set(tiled.data)
     for k in one.data:
         assert one.data[k].dtype == tiled.data[k].dtype

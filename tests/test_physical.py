@@ -6,8 +6,10 @@ from hypothesis import strategies as st
 from qtsim.errors import ProfileError
 from qtsim.model import physical
 from qtsim.model.architecture import load_architecture
+from qtsim.model.workload import Workload
 from qtsim.profiles.hardware import load_profile
-from qtsim.simulate.simulator import Simulator, crossing
+from qtsim.simulate.simulator import Simulator
+from qtsim.simulate.thresholds import crossing
 
 GPUS = ["l4", "a100-80gb", "h100-sxm", "b200"]
 MODELS = ["qwen3-0.6b", "falcon3-3b", "mistral-7b", "qwen2.5-32b"]
@@ -23,7 +25,7 @@ def test_energy_per_query_non_increasing_in_batch(gpu, model, precision, b1, b2,
     sim = Simulator(load_profile(gpu))
     c = load_architecture(model).counts()
     lo, hi = sorted((b1, b2))
-    e = sim.evaluate(c, precision, np.array([lo, hi], float), k, 0)["j_per_query"]
+    e = sim.evaluate(c, Workload(precision, np.array([lo, hi], float), k, 0))["j_per_query"]
     assert e[1] <= e[0] * (1 + 1e-9)
 
 
@@ -33,12 +35,12 @@ def test_energy_per_query_non_increasing_in_batch(gpu, model, precision, b1, b2,
 def test_b_star_is_where_energy_curves_cross(gpu, model, precision):
     sim = Simulator(load_profile(gpu))
     c = load_architecture(model).counts()
-    t = sim.b_star(c, precision, 256, 128)
+    t = sim.b_star(c, Workload(precision))
     if t.kind in ("crossing", "reverse") and "kernel switch" in t.reason:
-        _, _, d = sim.compare(c, precision, np.array([1.0, 2.0]), 256, 128)
+        _, _, d = sim.compare(c, Workload(precision, np.array([1.0, 2.0])))
         assert (d["delta_j"][0] > 0) != (d["delta_j"][1] > 0)
     elif t.kind in ("crossing", "reverse"):
-        _, n, d = sim.compare(c, precision, np.array([t.value]), 256, 128)
+        _, n, d = sim.compare(c, Workload(precision, np.array([t.value])))
         assert abs(float(d["delta_j"][0])) < 0.02 * float(n["j_per_query"][0])
     elif t.kind == "trapped_everywhere":
         assert t.value == np.inf
@@ -59,7 +61,7 @@ def test_n_star_exists_with_host_overhead_and_dissolves():
     """Per-call overheads do not scale with N, byte savings do: NF4 at batch 1 on an H100
     loses at small N and wins at large N (the paper's 'size paradox'), so N* is a crossing."""
     sim = Simulator(load_profile("h100-sxm"))
-    t = sim.n_star(load_architecture("llama-3.1-8b"), "nf4", batch=1)
+    t = sim.n_star(load_architecture("llama-3.1-8b"), Workload("nf4", batch=1))
     assert t.kind == "crossing"
     assert 1e8 < t.value < 1e12
 
@@ -67,9 +69,9 @@ def test_n_star_exists_with_host_overhead_and_dissolves():
 def test_memory_limit_and_native_oom():
     sim = Simulator(load_profile("l4"))
     c = load_architecture("llama-3.1-70b").counts()
-    t = sim.b_star(c, "nf4", 256, 128)
+    t = sim.b_star(c, Workload("nf4"))
     assert t.kind == "native_oom"
-    assert not bool(sim.evaluate(c, "fp16", 1.0)["fits"])
+    assert not bool(sim.evaluate(c, Workload("fp16", 1.0))["fits"])
 
 
 def test_paper_constants_reassemble_batch1_energy():
@@ -78,7 +80,7 @@ def test_paper_constants_reassemble_batch1_energy():
     sim = Simulator(prof)
     c = load_architecture("mistral-7b").counts()
     for p in ("int8", "nf4"):
-        pc = sim.paper_constants(c, p)
+        pc = sim.paper_constants(c, Workload(p))
         bits = 8 if p == "int8" else 4
         v = sim.profile.values()  # device part + the default host part
         st = physical.step_timelines(c, p, 1.0, 0.0, v, overlap=True)
@@ -98,6 +100,6 @@ def test_fallback_paths_and_missing_path():
 def test_draws_broadcast_over_grids():
     sim = Simulator(load_profile("l4"), n_draws=50)
     c = load_architecture("mistral-7b").counts()
-    out = sim.evaluate(c, "nf4", np.array([1.0, 4.0, 16.0]), draws=True)
+    out = sim.evaluate(c, Workload("nf4", np.array([1.0, 4.0, 16.0])), draws=True)
     assert out["j_per_query"].shape == (50, 3)
     assert np.all(out["j_per_query"] > 0)

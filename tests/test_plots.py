@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from qtsim.model.architecture import load_architecture
+from qtsim.model.workload import Workload
 from qtsim.profiles.hardware import load_profile
 from qtsim.report import plots
 from qtsim.simulate import surface as sf
@@ -16,14 +17,15 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def surf():
     return sf.simulate([load_profile(g) for g in ("l4", "a100-80gb")],
                        [load_architecture(m) for m in ("mistral-7b", "falcon3-3b")],
-                       ("fp16", "int8", "nf4"), (1, 4, 16, 64), n_draws=30)
+                       ("fp16", "int8", "nf4"), Workload(batch=(1, 4, 16, 64)), n_draws=30)
 
 
 @pytest.fixture(scope="module")
 def maps():
     arch = load_architecture("mistral-7b")
-    return [sf.trap_map(load_profile(g), arch, p, np.geomspace(3e8, 1e11, 24),
-                        np.unique(np.round(np.geomspace(1, 512, 20))), n_draws=30)
+    return [sf.trap_map(load_profile(g), arch,
+                        Workload(p, np.unique(np.round(np.geomspace(1, 512, 20)))),
+                        np.geomspace(3e8, 1e11, 24), n_draws=30)
             for g in ("l4", "h100-sxm") for p in ("int8", "nf4")]
 
 
@@ -87,8 +89,9 @@ def test_plots_are_headless():
             "from qtsim.report import plots\nfrom qtsim.simulate import surface\n"
             "from qtsim.profiles.hardware import load_profile\n"
             "from qtsim.model.architecture import load_architecture\n"
-            "m = surface.trap_map(load_profile('l4'), load_architecture('qwen3-0.6b'), 'nf4',"
-            " np.geomspace(1e9, 1e10, 5), np.arange(1, 6), n_draws=0)\n"
+            "from qtsim.model.workload import Workload\n"
+            "m = surface.trap_map(load_profile('l4'), load_architecture('qwen3-0.6b'),"
+            " Workload('nf4', np.arange(1, 6)), np.geomspace(1e9, 1e10, 5), n_draws=0)\n"
             "plots.plot_trap_map(m).savefig('/dev/null', format='png')\n"
             "print('PYPLOT', 'matplotlib.pyplot' in sys.modules)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
@@ -100,8 +103,8 @@ def test_plots_are_headless():
 @pytest.fixture(scope="module")
 def one():
     prof, arch = [load_profile("l4")], [load_architecture("mistral-7b")]
-    s = sf.simulate(prof, arch, ("nf4",), (1, 4, 16), n_draws=0)
-    native = sf.simulate(prof, arch, ("fp16",), (1,), thresholds=False)
+    s = sf.simulate(prof, arch, ("nf4",), Workload(batch=(1, 4, 16)), n_draws=0)
+    native = sf.simulate(prof, arch, ("fp16",), Workload(batch=(1,)), thresholds=False)
     return s, native
 
 

@@ -14,7 +14,7 @@ from qtsim.cli.main import main
 from qtsim.errors import QtsimError
 from qtsim.model import physical
 from qtsim.model.architecture import config_display_name, load_architecture, load_config
-from qtsim.model.workload import BnbSettings
+from qtsim.model.workload import BnbSettings, Workload
 from qtsim.profiles.hardware import load_profile
 from qtsim.report import budget
 from qtsim.simulate import thresholds
@@ -62,8 +62,9 @@ def test_settings_reach_threshold_grids(bnb, precision):
     prof = load_profile(path=CPU_PROFILE)  # calibrated: nf4dq, int8_t0, fp16 and bf16 paths
     arch = load_architecture("qwen3-0.6b")
     counts = thresholds.map_counts(arch.counts(), np.atleast_1d)
-    base = thresholds.grid_eval(Simulator(prof), counts, precision, [1.0, 8.0], 64, 16)
-    other = thresholds.grid_eval(Simulator(prof, bnb=bnb), counts, precision, [1.0, 8.0], 64, 16)
+    w = Workload(precision, [1.0, 8.0], 64, 16)
+    base = thresholds.grid_eval(Simulator(prof), counts, w)
+    other = thresholds.grid_eval(Simulator(prof), counts, w.replace(bnb=bnb))
     assert not np.allclose(base["j_per_query"], other["j_per_query"])
 
 
@@ -71,18 +72,38 @@ def test_b_star_and_n_star_use_every_setting(monkeypatch):
     seen = []
     real = physical.query
 
-    def spy(counts, precision, *a, **kw):
-        seen.append((precision, a[6] if len(a) > 6 else kw.get("double_quant"),
-                     kw.get("int8_threshold")))
-        return real(counts, precision, *a, **kw)
+    def spy(counts, workload, *a, **kw):
+        seen.append((workload.precision, workload.bnb.double_quant, workload.bnb.int8_threshold))
+        return real(counts, workload, *a, **kw)
 
     monkeypatch.setattr(physical, "query", spy)
-    sim = Simulator(load_profile("l4"), bnb=BnbSettings(double_quant=True, int8_threshold=0))
+    sim = Simulator(load_profile("l4"))
+    bnb = BnbSettings(double_quant=True, int8_threshold=0)
     arch = load_architecture("mistral-7b")
-    sim.b_star(arch.counts(), "nf4", 64, 16)
-    sim.n_star(arch, "int8", 4, 64, 16)
+    sim.b_star(arch.counts(), Workload("nf4", 1, 64, 16, bnb))
+    sim.n_star(arch, Workload("int8", 4, 64, 16, bnb))
     quant = [s for s in seen if s[0] in ("nf4", "int8")]
     assert quant and all(dq is True and t == 0.0 for _, dq, t in quant)
+
+
+def test_double_quant_moves_b_star_and_n_star():
+    """Double quantisation reaches B* and N* through the Simulator (issue 14: it was dropped)."""
+    prof = load_profile(path=CPU_PROFILE)  # calibrated: its own nf4dq kernel paths
+    sim = Simulator(prof, n_draws=20)
+    arch = load_architecture("qwen3-0.6b")
+    plain = Workload("nf4", 1, 64, 16)
+    dq = plain.replace(bnb=BnbSettings(double_quant=True))
+    b_plain, b_dq = sim.b_star(arch.counts(), plain), sim.b_star(arch.counts(), dq)
+    n_plain, n_dq = sim.n_star(arch, plain), sim.n_star(arch, dq)
+    r_plain = thresholds.b_star_rows(sim, thresholds.map_counts(arch.counts(), np.atleast_1d),
+                                     plain, details=True)
+    r_dq = thresholds.b_star_rows(sim, thresholds.map_counts(arch.counts(), np.atleast_1d), dq,
+                                  details=True)
+    assert not np.allclose(r_plain["b_star_delta"], r_dq["b_star_delta"])
+    assert (b_plain.value, b_plain.kind, n_plain.value, n_plain.kind) != (
+        b_dq.value, b_dq.kind, n_dq.value, n_dq.kind)
+    assert n_dq.memory["largest_fitting_quantized_params"] >= \
+        n_plain.memory["largest_fitting_quantized_params"]
 
 
 @pytest.mark.parametrize("kw,needle", [

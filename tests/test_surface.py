@@ -7,9 +7,12 @@ import pytest
 
 from qtsim.errors import QtsimError
 from qtsim.model.architecture import load_architecture
+from qtsim.model.workload import Workload
 from qtsim.profiles.hardware import load_profile
 from qtsim.simulate import surface as sf
+from qtsim.simulate import thresholds
 from qtsim.simulate.simulator import Simulator
+from qtsim.simulate.stats import nan_percentiles
 
 GPUS = ("l4", "h100-sxm")
 MODELS = ("mistral-7b", "qwen3-0.6b")
@@ -19,7 +22,7 @@ BATCH = (1, 2, 8, 64)
 @pytest.fixture(scope="module")
 def surf():
     return sf.simulate([load_profile(g) for g in GPUS], [load_architecture(m) for m in MODELS],
-                       ("fp16", "int8", "nf4"), BATCH, 256, 128, n_draws=40)
+                       ("fp16", "int8", "nf4"), Workload(batch=BATCH), n_draws=40)
 
 
 def test_shapes_and_dims(surf):
@@ -45,7 +48,7 @@ def test_points_match_simulator_compare(surf, gpu, prec):
     sim = Simulator(load_profile(gpu))
     for m in MODELS:
         for b in BATCH:
-            q, n, d = sim.compare(load_architecture(m).counts(), prec, float(b))
+            q, n, d = sim.compare(load_architecture(m).counts(), Workload(prec, float(b)))
             for k in ("cor", "energy_ratio", "energy_ratio_hli", "speed_ratio", "delta_j"):
                 assert surf.sel(k, gpu=gpu, precision=prec, model=m, batch=b) == pytest.approx(d[k])
             assert surf.sel("j_per_query", gpu=gpu, precision=prec, model=m,
@@ -76,10 +79,11 @@ def test_b_star_rows_match_simulator(gpu, prec):
     names = ("mistral-7b", "qwen3-0.6b", "falcon3-3b", "llama-3.1-70b", "qwen2.5-14b")
     archs = [load_architecture(m) for m in names]
     sim = Simulator(load_profile(gpu), n_draws=40)
-    r = sf.b_star_rows(sim, sf.stack_counts([a.counts() for a in archs]), prec, 256, 128, draws=True)
+    r = thresholds.b_star_rows(sim, sf.stack_counts([a.counts() for a in archs]), Workload(prec),
+                              draws=True)
     for i, a in enumerate(archs):
-        t = sim.b_star(a.counts(), prec, draws=True)
-        assert sf.KIND_CODES[int(r["b_star_kind"][i])] == t.kind
+        t = sim.b_star(a.counts(), Workload(prec), draws=True)
+        assert thresholds.KIND_CODES[int(r["b_star_kind"][i])] == t.kind
         np.testing.assert_allclose([r["b_star"][i], r["b_star_low"][i], r["b_star_high"][i]],
                                    [t.value, t.low, t.high], rtol=1e-9)
 
@@ -88,9 +92,9 @@ def test_b_star_rows_match_simulator(gpu, prec):
 def test_n_star_rows_match_simulator(prec):
     arch = load_architecture("mistral-7b")
     sim = Simulator(load_profile("l4"), n_draws=40)
-    r = sf.n_star_rows(sim, arch, prec, [1, 8, 64], 256, 128, draws=True)
+    r = thresholds.n_star_rows(sim, arch, Workload(prec, [1, 8, 64]), draws=True)
     for j, b in enumerate((1, 8, 64)):
-        t = sim.n_star(arch, prec, b, draws=True)
+        t = sim.n_star(arch, Workload(prec, b), draws=True)
         np.testing.assert_allclose([r["n_star"][j], r["n_star_low"][j], r["n_star_high"][j]],
                                    [t.value, t.low, t.high], rtol=1e-9)
 
@@ -113,7 +117,7 @@ def test_trust_status_everywhere(surf):
 
 def test_size_sweep_is_synthetic_and_assumed():
     fam = load_architecture("mistral-7b")
-    s = sf.simulate([load_profile("l4")], [fam], ("int8",), (1, 4), sizes=sf.parse_sizes("1e9:2e10:5"),
+    s = sf.simulate([load_profile("l4")], [fam], ("int8",), Workload(batch=(1, 4)), sizes=sf.parse_sizes("1e9:2e10:5"),
                     depth=8)
     assert s.coords["synthetic"] == [False] + [True] * 5
     assert s.coords["model"][1] == "mistral-7b~1B"
@@ -124,13 +128,15 @@ def test_size_sweep_is_synthetic_and_assumed():
 
 @pytest.mark.parametrize("kwargs,needle", [
     ({"batch": (4, 2)}, "increasing"),
-    ({"batch": (0, 2)}, ">= 1"),
+    ({"batch": (0, 2)}, "positive"),
     ({"precisions": ("nf4", "nf4")}, "twice"),
     ({"precisions": ("int3",)}, "int3"),
 ])
 def test_bad_grids(kwargs, needle):
     args = {"profiles": [load_profile("l4")], "models": [load_architecture("qwen3-0.6b")], **kwargs}
     with pytest.raises(QtsimError, match=needle):
+        if "batch" in args:
+            args["workload"] = Workload(batch=args.pop("batch"))
         sf.simulate(**args)
 
 
@@ -177,8 +183,8 @@ def test_csv_long_format(surf, tmp_path):
 
 
 def test_trap_map_boundaries_follow_the_sign_change():
-    m = sf.trap_map(load_profile("l4"), load_architecture("mistral-7b"), "int8",
-                    np.geomspace(5e8, 5e10, 20), np.arange(1, 65), n_draws=30)
+    m = sf.trap_map(load_profile("l4"), load_architecture("mistral-7b"),
+                    Workload("int8", np.arange(1, 65)), np.geomspace(5e8, 5e10, 20), n_draws=30)
     assert m["delta_j"].shape == (20, 64) and m["p_trapped"].shape == (20, 64)
     for i in range(20):
         row = m["delta_j"][i]
@@ -230,7 +236,7 @@ def test_nan_percentiles_match_numpy():
     x[2, 1, 1] = np.inf
     with np.errstate(all="ignore"), pytest.warns(RuntimeWarning):
         ref = np.nanpercentile(np.where(np.isfinite(x), x, np.nan), (16, 84), axis=0)
-    np.testing.assert_allclose(sf.nan_percentiles(x), ref, rtol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(nan_percentiles(x), ref, rtol=1e-12, equal_nan=True)
 
 
 # ---- issue 12: the fast paths give the numbers the direct ones give -------------------------
@@ -239,11 +245,11 @@ def test_n_star_from_anchors_equals_the_full_size_grid(gpu, prec):
     sim = Simulator(load_profile(gpu), n_draws=1)
     arch = load_architecture("mistral-7b")
     b = np.unique(np.round(np.geomspace(1, 1e9, 6000)))
-    full = sf.n_star_rows(sim, arch, prec, b, 256, 128)
+    full = thresholds.n_star_rows(sim, arch, Workload(prec, b))
     kinds = set(np.unique(full["n_star_kind"]))
     assert 0 in kinds and len(kinds) >= 2  # crossings and no-crossing batches both exercised
     for anchors in (8, 64):
-        fast = sf.n_star_fast(sim, arch, prec, b, 256, 128, anchors=anchors)
+        fast = sf.n_star_fast(sim, arch, Workload(prec, b), anchors=anchors)
         np.testing.assert_array_equal(fast["n_star"], full["n_star"])
         np.testing.assert_array_equal(fast["n_star_kind"], full["n_star_kind"])
 
@@ -253,16 +259,17 @@ def test_blocked_surface_equals_one_block(monkeypatch):
     profs = [load_profile("l4"), load_profile("h100-sxm")]
     archs = [load_architecture("mistral-7b"), load_architecture("qwen3-0.6b")]
     b = np.unique(np.round(np.geomspace(1, 1e6, 1500)))
-    args = (profs, archs, ("fp16", "int8", "nf4"), b)
+    args = (profs, archs, ("fp16", "int8", "nf4"), Workload(batch=b))
     kw = {"sizes": np.geomspace(1e9, 7e10, 3)}
     monkeypatch.setattr(sf, "CHUNK_POINTS", 1 << 30)
     monkeypatch.setattr(sf, "N_STAR_ANCHORS", 10**6)
     one = sf.simulate(*args, **kw)
-    one_d = sf.simulate(profs, archs, ("int8", "nf4"), [1, 2, 3, 8, 64], n_draws=20)
+    one_d = sf.simulate(profs, archs, ("int8", "nf4"), Workload(batch=[1, 2, 3, 8, 64]), n_draws=20)
     monkeypatch.setattr(sf, "CHUNK_POINTS", 7)
     monkeypatch.setattr(sf, "N_STAR_ANCHORS", 16)
     many = sf.simulate(*args, **kw)
-    many_d = sf.simulate(profs, archs, ("int8", "nf4"), [1, 2, 3, 8, 64], n_draws=20)
+    many_d = sf.simulate(profs, archs, ("int8", "nf4"), Workload(batch=[1, 2, 3, 8, 64]),
+                         n_draws=20)
     for a, z in ((one, many), (one_d, many_d)):
         assert list(a.data) == list(z.data)
         for k in a.data:

@@ -113,9 +113,10 @@ def test_missing_table():
 
 def test_trap_report_states_trust_status():
     from qtsim.model.architecture import load_architecture
+    from qtsim.model.workload import Workload
     from qtsim.profiles.hardware import load_profile
     from qtsim.report.trap import assess_trap
 
-    r = assess_trap(load_profile("l4"), load_architecture("mistral-7b"), "nf4", n_draws=20)
+    r = assess_trap(load_profile("l4"), load_architecture("mistral-7b"), Workload("nf4"), n_draws=20)
     assert r["si"]["trust"]["status"] == "published"
     assert math.isclose(r["si"]["t_si"], 0.3942 / 0.4314)

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from qtsim.model import sustainability as si
 from qtsim.model.architecture import load_architecture
+from qtsim.model.workload import Workload
 from qtsim.profiles.hardware import (
     HardwareProfile,
     model_error_deviates,
@@ -107,7 +108,7 @@ def test_bands_widen_with_model_error():
     widths = []
     for me in (False, True):
         sim = Simulator(prof, n_draws=400, model_error=me)
-        d = np.log(sim.evaluate(c, "nf4", 2.0, 16.0, 16.0, draws=True)["latency_s"])
+        d = np.log(sim.evaluate(c, Workload("nf4", 2.0, 16.0, 16.0), draws=True)["latency_s"])
         widths.append(np.subtract(*np.percentile(d, [84, 16])))
     assert widths[1] > widths[0] * 1.5
 
@@ -154,7 +155,8 @@ def test_threshold_reports_shares_and_memory():
     from qtsim.profiles.hardware import load_profile
     from qtsim.report.trap import assess_trap
 
-    r = assess_trap(load_profile("h100"), load_architecture("qwen3-0.6b"), "int8", n_draws=200)
+    r = assess_trap(load_profile("h100"), load_architecture("qwen3-0.6b"), Workload("int8"),
+                    n_draws=200)
     ns, bs = r["n_star"], r["b_star"]
     for t in (ns, bs):
         d = t["draws"]

@@ -50,6 +50,7 @@ import numpy as np
 from qtsim.errors import ProfileError
 from qtsim.model.architecture import NATIVE_BYTES, ArchCounts
 from qtsim.model.precision import get_precision
+from qtsim.model.workload import Workload
 
 PATH_COEFFS = ("t_call", "t_weight", "t_tokweight")
 GLOBAL_PARAMS = ("mem_bw_gbs", "p_static_w", "e_byte_j", "e_flop_j")
@@ -379,27 +380,29 @@ def prefill_timelines(counts: ArchCounts, family: str, batch, prompt_tokens, par
     return {**pre, "step_s": pre["step_s"] + extra, "host_s": pre["host_s"] + extra}
 
 
-def query(counts: ArchCounts, precision: str, batch, new_tokens, prompt_tokens,
-          params: Mapping, tdp_w, native: str = "fp16", double_quant: bool = False,
-          compute_dtype_4bit: str | None = None, overlap: bool = False,
-          int8_threshold: float = 6.0):
+def query(counts: ArchCounts, workload: Workload, params: Mapping, tdp_w, native: str = "fp16",
+          compute_dtype_4bit: str | None = None, overlap: bool = False):
     """Latency, throughput and energy of one batch of queries (prefill + K-1 decode steps).
+
+    ``workload``: precision with its bitsandbytes settings, batch B (any shape that broadcasts
+    with the counts and parameters), new tokens K and prompt tokens. ``compute_dtype_4bit`` is
+    the profile's 4-bit compute dtype, used where the workload names none.
 
     Returns a dict of arrays: ``step_s`` (mean decode step), ``host_s`` / ``device_s`` (the
     decode step's two timelines alone), ``prefill_s``, ``latency_s`` (whole batch),
     ``tok_per_s`` (all sequences), ``j_per_query`` (power model), ``j_per_query_hli``
     (TDP x latency / B, the paper's HLI), ``avg_power_w``.
     """
-    family = path_family(precision, double_quant, int8_threshold)
-    b = np.asarray(batch, dtype=float)
-    k = np.asarray(new_tokens, dtype=float)
-    prompt = np.asarray(prompt_tokens, dtype=float)
+    family = workload.family
+    cd = workload.bnb.compute_dtype or compute_dtype_4bit
+    b = np.asarray(workload.batch, dtype=float)
+    k = np.asarray(workload.new_tokens, dtype=float)
+    prompt = np.asarray(workload.prompt_tokens, dtype=float)
     ctx = prompt + k / 2.0
-    st = step_timelines(counts, family, b, ctx, params, native, compute_dtype_4bit, overlap)
+    st = step_timelines(counts, family, b, ctx, params, native, cd, overlap)
     step = st["step_s"]
     pre_tokens = b * np.maximum(prompt, 1.0)
-    pre = prefill_timelines(counts, family, b, prompt, params, native, compute_dtype_4bit,
-                            overlap)
+    pre = prefill_timelines(counts, family, b, prompt, params, native, cd, overlap)
     prefill = pre["step_s"]
     n_steps = np.maximum(k - 1.0, 0.0)
     latency = prefill + n_steps * step
@@ -432,12 +435,14 @@ def peak_memory_bytes(counts: ArchCounts, precision: str, batch, new_tokens, pro
     return weights + kv + workspace + overhead_bytes
 
 
-def paper_constants(counts: ArchCounts, precision: str, params: Mapping, tdp_w,
-                    native: str = "fp16", context=0.0, double_quant: bool = False,
-                    compute_dtype_4bit: str | None = None, overlap: bool = False,
-                    int8_threshold: float = 6.0):
+def paper_constants(counts: ArchCounts, workload: Workload, params: Mapping, tdp_w,
+                    native: str = "fp16", compute_dtype_4bit: str | None = None,
+                    overlap: bool = False, context=0.0):
     """The paper's alpha, gamma, phi(h, p) derived from the physical model at batch 1.
 
+    ``workload`` gives the precision p with its bitsandbytes settings (its batch and tokens
+    are not used: the constants are per hop at batch 1 over ``context`` cached tokens);
+    ``compute_dtype_4bit`` is the profile's, used where the workload names none.
     At B = 1 the physical energy per hop is split exactly as eq. 19 writes it,
     E_hop(p) = gamma + alpha p + phi(h, p):
 
@@ -446,11 +451,12 @@ def paper_constants(counts: ArchCounts, precision: str, params: Mapping, tdp_w,
     - ``gamma_j``: E_hop(native) - 16 alpha, the precision-independent part, J;
     - ``phi_j``: E_hop(p) - gamma - alpha p, the casting energy, J (0 at native).
     """
+    compute_dtype_4bit = workload.bnb.compute_dtype or compute_dtype_4bit
     bw_bytes_per_s = params["mem_bw_gbs"] * 1e9
     alpha = (params["e_byte_j"] + params["p_static_w"] / bw_bytes_per_s) \
         * counts.n_quant_weights / 8.0
     fam_n = path_family(native)
-    fam_p = path_family(precision, double_quant, int8_threshold)
+    fam_p = workload.family
 
     def e_hop(fam):
         st = step_timelines(counts, fam, 1.0, context, params, native, compute_dtype_4bit,
@@ -461,6 +467,6 @@ def paper_constants(counts: ArchCounts, precision: str, params: Mapping, tdp_w,
 
     e_nat = e_hop(fam_n)
     gamma = e_nat - 16.0 * alpha
-    bits = get_precision(precision).bits
+    bits = get_precision(workload.precision).bits
     phi = e_hop(fam_p) - gamma - alpha * bits
     return {"alpha_j_per_bit": alpha, "gamma_j": gamma, "phi_j": phi}

@@ -20,11 +20,12 @@ from qtsim.errors import QtsimError
 from qtsim.model import verdicts
 from qtsim.model.architecture import Architecture
 from qtsim.model.precision import get_precision
-from qtsim.model.workload import BnbSettings
+from qtsim.model.workload import BnbSettings, Workload
 from qtsim.profiles.hardware import HardwareProfile
 from qtsim.report import budget
 from qtsim.report.serving import serving_assumption
-from qtsim.simulate.simulator import GIB, Simulator, band
+from qtsim.simulate.simulator import Simulator
+from qtsim.simulate.stats import GIB, band
 
 #: column -> (header, unit, format, True when smaller is better: the default sort direction)
 COLUMNS = {
@@ -93,32 +94,27 @@ class Comparison:
                         "over Monte-Carlo draws of each profile's constants"}
 
 
-def compare(profiles: Sequence[HardwareProfile], arch: Architecture, batch: int = 1,
-            precisions: Sequence[str] = ("fp16", "int8", "nf4"), new_tokens: int = 256,
-            prompt_tokens: int = 128, bnb: BnbSettings | None = None,
+def compare(profiles: Sequence[HardwareProfile], arch: Architecture,
+            workload: Workload | None = None,
+            precisions: Sequence[str] = ("fp16", "int8", "nf4"),
             assumptions: budget.BudgetAssumptions | None = None, sort: str = DEFAULT_SORT,
             n_draws: int = 200, seed: int = 0,
             usd_per_hour_by_gpu: dict | None = None, host=None) -> Comparison:
-    """Every GPU x precision for ``arch`` at ``batch``; rows sorted by ``sort``.
+    """Every GPU x precision for ``arch`` at ``workload``'s batch; rows sorted by ``sort``.
 
-    ``usd_per_hour_by_gpu`` (GPU name -> USD per GPU-hour) prices each GPU on its own, in place
-    of ``assumptions.usd_per_hour``; ``host`` the host/software part (:mod:`qtsim.profiles.hosts`)
-    combined with every device profile (None: each profile's own or the default).
+    ``workload``: the batch, tokens and bitsandbytes settings every precision runs with (its
+    precision is replaced by each of ``precisions``); default batch 1 and
+    :class:`~qtsim.model.workload.Workload`'s defaults. ``usd_per_hour_by_gpu`` (GPU name ->
+    USD per GPU-hour) prices each GPU on its own, in place of ``assumptions.usd_per_hour``;
+    ``host`` the host/software part (:mod:`qtsim.profiles.hosts`) combined with every device
+    profile (None: each profile's own or the default).
 
     The verdict of a quantized row compares it with the GPU's own 16-bit reference at the same
     batch: "trapped" / "not trapped" (or "likely ... (uncertain)" when fewer than 84% of draws
     agree), "only option" when the 16-bit model does not fit but this one does, "does not fit".
     """
-    if not profiles:
-        raise QtsimError("no GPUs to compare")
-    if batch < 1 or new_tokens < 1 or prompt_tokens < 0:
-        raise QtsimError("--batch and --tokens must be >= 1, --prompt-tokens >= 0")
-    precs = [get_precision(p).name for p in precisions]
-    if len(set(precs)) != len(precs):
-        raise QtsimError(f"precision listed twice: {', '.join(precs)}")
-    if sort not in COLUMNS:
-        raise QtsimError(f"--sort {sort!r}: choose from {', '.join(COLUMNS)}")
-    bnb = bnb or BnbSettings()
+    workload = workload or Workload()
+    precs = _check_compare(profiles, workload, precisions, sort)
     assumptions = assumptions or budget.BudgetAssumptions()
     if usd_per_hour_by_gpu:
         missing = [p.name for p in profiles if p.name not in usd_per_hour_by_gpu]
@@ -128,49 +124,116 @@ def compare(profiles: Sequence[HardwareProfile], arch: Architecture, batch: int 
     counts = arch.counts()
     rows, serving = [], []
     for prof in profiles:
-        bnb.check(precs, prof)
-        sim = Simulator(prof, n_draws=n_draws, seed=seed, host=host, bnb=bnb)
+        workload.bnb.check(precs, prof)
+        sim = Simulator(prof, n_draws=n_draws, seed=seed, host=host)
         serving.append(serving_assumption(sim.profile))  # with its host part
         price = (dataclasses.replace(assumptions, usd_per_hour=usd_per_hour_by_gpu[prof.name])
                  if usd_per_hour_by_gpu else assumptions)
-        args = (counts, prof.native, float(batch), float(new_tokens), float(prompt_tokens))
-        nat = sim.evaluate(*args)
-        for p in precs:
-            q, n, d = sim.compare(counts, p, float(batch), float(new_tokens), float(prompt_tokens))
-            qd, nd, _ = sim.compare(counts, p, float(batch), float(new_tokens),
-                                    float(prompt_tokens), draws=True)
-            share = float(np.mean(verdicts.costs_more(qd["j_per_query"], nd["j_per_query"])))
-            quant = get_precision(p).quantized
-            fits, nat_fits = bool(q["fits"]), bool(nat["fits"])
-            if not fits:
-                verdict = "does not fit"
-            elif not quant:
-                verdict = "reference" if p == prof.native else "16-bit"
-            elif not nat_fits:
-                verdict = f"only option ({prof.native} does not fit)"
-            else:
-                verdict = verdicts.verdict(
-                    bool(verdicts.costs_more(q["j_per_query"], n["j_per_query"])), share)
-            j = float(q["j_per_query"])
-            _, j_lo, j_hi = band(qd["j_per_query"])
-            fig = budget.figures(j, float(q["tok_per_s"]), price)
-            rows.append({
-                "gpu": prof.name, "precision": bnb.label(p), "fits": fits,
-                "peak_memory_gib": float(q["peak_bytes"]) / GIB,
-                "tok_per_s": float(q["tok_per_s"]), "latency_s": float(q["latency_s"]),
-                "j_per_query": j, "j_per_query_low": float(j_lo), "j_per_query_high": float(j_hi),
-                **fig,
-                "energy_ratio": float(d["energy_ratio"]) if quant else 1.0,
-                "verdict": verdict,
-                "p_trapped_energy": share if quant else 0.0,
-                "profile_source": prof.source,
-            })
-    query = {"model": arch.name, "model_params": arch.n_params, "batch": int(batch),
-             "new_tokens": int(new_tokens), "prompt_tokens": int(prompt_tokens),
+        nat = sim.evaluate(counts, workload.replace(precision=prof.native))
+        rows += [_row(sim, counts, workload.replace(precision=p), nat, price) for p in precs]
+    query = {"model": arch.name, "model_params": arch.n_params, "batch": int(workload.batch),
+             "new_tokens": int(workload.new_tokens), "prompt_tokens": int(workload.prompt_tokens),
              "precisions": precs, "gpus": [p.name for p in profiles]}
     serving = list(dict.fromkeys(serving))
-    return Comparison(sort_rows(rows, sort), query, assumptions, bnb, serving, sort,
+    return Comparison(sort_rows(rows, sort), query, assumptions, workload.bnb, serving, sort,
                       dict(usd_per_hour_by_gpu) if usd_per_hour_by_gpu else None)
+
+
+def compare_text(model: str, gpus: Sequence[str], profile_paths: Sequence[str],
+                 workload: Workload, precisions: Sequence[str], sort: str = DEFAULT_SORT,
+                 assumptions: budget.BudgetAssumptions | None = None, prices=None,
+                 n_draws: int = 200, host=None, fmt: str = "text",
+                 plot_path: str | None = None) -> tuple[str, str | None]:
+    """``qtsim compare``: load the GPUs (names, ``["all"]`` for every visible profile, then
+    ``profile_paths``) and ``model``, compare, and format as ``fmt`` (text, json or csv).
+
+    ``prices``: None, one USD per GPU-hour for every GPU, or one per GPU in order. Returns
+    (the formatted comparison, the plot written to ``plot_path`` or None): the plot shows the
+    sort column, or J/query when that column is not numeric.
+    """
+    import json
+
+    from qtsim.model.architecture import load_architecture
+    from qtsim.profiles.hardware import list_profiles, load_profile
+
+    if sort not in COLUMNS:
+        raise QtsimError(f"--sort {sort!r}: choose from {', '.join(COLUMNS)}")
+    assumptions = assumptions or budget.BudgetAssumptions()
+    if [n.lower() for n in gpus] == ["all"]:
+        profiles = [load_profile(r["name"]) for r in list_profiles() if r["source"] != "INVALID"]
+    else:
+        profiles = [load_profile(g) for g in gpus]
+    profiles += [load_profile(path=p) for p in profile_paths]
+    seen = [p.name for p in profiles]
+    if len(set(seen)) != len(seen):
+        raise QtsimError(f"GPU listed twice: {', '.join(seen)}")
+    arch = load_architecture(model)
+    if prices is not None and len(prices) not in (1, len(profiles)):
+        raise QtsimError(f"--usd-per-hour: give one price, or one per GPU ({len(profiles)}) in "
+                         "--gpu order")
+    by_gpu = None
+    if prices and len(prices) == 1:
+        assumptions = dataclasses.replace(assumptions, usd_per_hour=prices[0])
+    elif prices:
+        by_gpu = dict(zip([p.name for p in profiles], prices, strict=True))
+    result = compare(profiles, arch, workload, precisions, assumptions, sort, n_draws=n_draws,
+                     usd_per_hour_by_gpu=by_gpu, host=host)
+    text = (json.dumps(result.to_dict(), indent=2) if fmt == "json" else
+            csv_text(result) if fmt == "csv" else format_text(result))
+    written = None
+    if plot_path:
+        from qtsim.report.plots import save
+
+        col = sort if COLUMNS[sort][2] != "{}" and sort != "fits" else "j_per_query"
+        written = save(plot_compare(result, col), plot_path)
+    return text, written
+
+
+def _check_compare(profiles, workload: Workload, precisions, sort: str) -> list[str]:
+    """Refuse no GPUs, a batch below 1, a precision listed twice or an unknown sort column;
+    returns the canonical precisions."""
+    if not profiles:
+        raise QtsimError("no GPUs to compare")
+    if workload.batch < 1:
+        raise QtsimError("--batch and --tokens must be >= 1, --prompt-tokens >= 0")
+    precs = [get_precision(p).name for p in precisions]
+    if len(set(precs)) != len(precs):
+        raise QtsimError(f"precision listed twice: {', '.join(precs)}")
+    if sort not in COLUMNS:
+        raise QtsimError(f"--sort {sort!r}: choose from {', '.join(COLUMNS)}")
+    return precs
+
+
+def _row(sim: Simulator, counts, w: Workload, nat: dict, price: budget.BudgetAssumptions) -> dict:
+    """One GPU x precision row: memory, speed, energy with its band, budget and the verdict."""
+    prof = sim.profile
+    q, n, d = sim.compare(counts, w)
+    qd, nd, _ = sim.compare(counts, w, draws=True)
+    share = float(np.mean(verdicts.costs_more(qd["j_per_query"], nd["j_per_query"])))
+    quant = w.quantized
+    fits, nat_fits = bool(q["fits"]), bool(nat["fits"])
+    if not fits:
+        verdict = "does not fit"
+    elif not quant:
+        verdict = "reference" if w.precision == prof.native else "16-bit"
+    elif not nat_fits:
+        verdict = f"only option ({prof.native} does not fit)"
+    else:
+        verdict = verdicts.verdict(
+            bool(verdicts.costs_more(q["j_per_query"], n["j_per_query"])), share)
+    j = float(q["j_per_query"])
+    _, j_lo, j_hi = band(qd["j_per_query"])
+    return {
+        "gpu": prof.name, "precision": w.bnb.label(w.precision), "fits": fits,
+        "peak_memory_gib": float(q["peak_bytes"]) / GIB,
+        "tok_per_s": float(q["tok_per_s"]), "latency_s": float(q["latency_s"]),
+        "j_per_query": j, "j_per_query_low": float(j_lo), "j_per_query_high": float(j_hi),
+        **budget.figures(j, float(q["tok_per_s"]), price),
+        "energy_ratio": float(d["energy_ratio"]) if quant else 1.0,
+        "verdict": verdict,
+        "p_trapped_energy": share if quant else 0.0,
+        "profile_source": prof.source,
+    }
 
 
 def sort_rows(rows: list[dict], column: str) -> list[dict]:

@@ -28,10 +28,13 @@ import numpy as np
 from qtsim.model import paper
 from qtsim.model import sustainability as si
 from qtsim.model.verdicts import json_number
+from qtsim.model.workload import Workload
 
 SECTIONS = ("worked example", "consistency", "simulator")
 NEW_TOKENS = 256  # the paper states no tokens per query; qtsim's default
 PROMPT_TOKENS = 128
+#: the workload the simulator rows run at (batch 1 unless a check states otherwise)
+PAPER_WORKLOAD = Workload(new_tokens=NEW_TOKENS, prompt_tokens=PROMPT_TOKENS)
 RECONSTRUCTION_TOL = 0.02  # SI rebuilt from the paper's pieces: unknown VRAM and H100 accuracy
 
 
@@ -143,6 +146,12 @@ def worked_examples(rows) -> list[Check]:
 # ---- 2. the paper against itself ----------------------------------------------------------------
 def consistency_checks(rows, rho: dict) -> list[Check]:
     """``rho``: V_ref / V_peak from qtsim's memory model, keyed (model, precision, gpu)."""
+    return (_quoted_figures(rows) + _si_rebuilt_h100(rows, rho) + _si_rebuilt_a100(rows, rho)
+            + _model_flags())
+
+
+def _quoted_figures(rows) -> list[Check]:
+    """C1-C7: the paper's COR, energy and S_SI figures against each other."""
     mis = "mistral-7b-v0.3"
     out = []
     tps = {p: figure(rows, "qwen3-0.6b", "mathqa", "a100", p, "tokens_per_second")
@@ -187,6 +196,14 @@ def consistency_checks(rows, rho: dict) -> list[Check]:
         "C7", "consistency", "S_SI Mistral-7B INT8, H100: 0.35 vs HLI with its COR 2.45", s_h8,
         1 / (1 + cor_h["int8"]), "flag", "1 / (1 + 2.45)",
         "under HLI, S_SI = E_ref/E = TPS_p/TPS_ref = 1/(1 + COR) at equal K; 0.35 implies COR 1.86"))
+    return out
+
+
+def _si_rebuilt_h100(rows, rho: dict) -> list[Check]:
+    """C8-C9: E_SI and the SI deficit of Mistral-7B on the H100 rebuilt by eq. 3 and 6."""
+    mis = "mistral-7b-v0.3"
+    out = []
+    cor_h = {p: figure(rows, mis, "gsm8k", "h100", p, "cor") for p in ("int8", "nf4")}
     eta8 = 1 / (1 + cor_h["int8"])
     rho8 = rho[("mistral-7b", "int8", "h100-sxm")]
     e_si8 = float(si.e_si(eta8, rho8))
@@ -211,6 +228,18 @@ def consistency_checks(rows, rho: dict) -> list[Check]:
         f"T = 0.914 (A100 accuracies: none published for H100), eta = S_SI(HLI) = 1/(1 + 1.50), "
         f"rho from qtsim's memory model; SI(4-bit) = {si4:.3f}. '31.1% improvement' holds as "
         f"points of SI (SI(16) = 1); as a relative gain it would be {1 / si4 - 1:.0%}"))
+    return out
+
+
+def _si_rebuilt_a100(rows, rho: dict) -> list[Check]:
+    """C10-C12: the SI claims on the A100 rebuilt from the paper's pieces."""
+    mis = "mistral-7b-v0.3"
+    out = []
+    tps = {p: figure(rows, "qwen3-0.6b", "mathqa", "a100", p, "tokens_per_second")
+           for p in ("fp16", "int8", "nf4")}
+    ea = {p: figure(rows, mis, "gsm8k", "a100", p, "energy_per_query") for p in ("fp16", "int8", "nf4")}
+    t4 = figure(rows, mis, "gsm8k", "a100", "nf4", "accuracy") / figure(
+        rows, mis, "gsm8k", "a100", "fp16", "accuracy")
     q_t8 = 1.0  # "8-bit keeps accuracy" (sec 4.3.1): no figure
     q_t4 = figure(rows, "qwen3-0.6b", "mathqa", "any", "nf4", "accuracy") / figure(
         rows, "qwen3-0.6b", "mathqa", "any", "fp16", "accuracy")
@@ -238,6 +267,12 @@ def consistency_checks(rows, rho: dict) -> list[Check]:
         "C12", "consistency", "SI(16) > SI(4) > SI(8), Mistral-7B A100 (sec 4.3): SI(4) - SI(8)",
         None, si_a4 - si_a8, "agrees" if 1 > si_a4 > si_a8 else "flag", "SI rebuilt from sec 4.3",
         f"SI(8-bit) = {si_a8:.3f}, SI(4-bit) = {si_a4:.3f} (eta from the HLI latency ratio)"))
+    return out
+
+
+def _model_flags() -> list[Check]:
+    """C13-C15: where the paper's model statements disagree with each other or eq. 19."""
+    out = []
     out.append(Check(
         "C13", "consistency", "COR > 1 all models at B <= 16 (sec 4.5) vs 4-bit COR < 1 (sec 5)",
         None, None, "flag", "",
@@ -267,17 +302,13 @@ def _sim_rows(n_draws: int, seed: int):
 
     gpus = [load_profile(g) for g in ("l4", "a100-80gb", "h100-sxm")]
     models = [load_architecture(m) for m in ("mistral-7b", "qwen3-0.6b")]
-    s1 = simulate(gpus, models, ("fp16", "int8", "nf4"), [1], NEW_TOKENS, PROMPT_TOKENS,
+    s1 = simulate(gpus, models, ("fp16", "int8", "nf4"), PAPER_WORKLOAD.replace(batch=[1]),
                   n_draws=n_draws, seed=seed)
     return s1, gpus
 
 
 def simulator_checks(rows, n_draws: int = 400, seed: int = 0) -> tuple[list[Check], dict, list]:
     """(checks, rho, profiles): qtsim vs the paper, and the VRAM ratios consistency() needs."""
-    from qtsim.model.architecture import load_architecture
-    from qtsim.profiles.hardware import load_profile
-    from qtsim.simulate.simulator import Simulator
-
     s, gpus = _sim_rows(n_draws, seed)
     rho = {}
     for g in s.coords["gpu"]:
@@ -286,22 +317,35 @@ def simulator_checks(rows, n_draws: int = 400, seed: int = 0) -> tuple[list[Chec
             for p in ("int8", "nf4"):
                 rho[(m, p, g)] = float(ref / s.sel("peak_memory_gib", gpu=g, precision=p, model=m,
                                                    batch=1.0))
+    b_star, prof = _b_star_checks(n_draws, seed)
+    surface = _surface_checks(rows, s, gpus)  # S1-S14, then S17
+    out = surface[:-1] + b_star + surface[-1:]
+    return out, rho, [*gpus, prof]
+
+
+def _surface_check(s, id_, claim, name, gpu, model, p, paper_value, note="", formula="") -> Check:
+    """qtsim's ``name`` at batch 1 against the paper's value: inside our band, or within 10%."""
+    v = float(s.sel(name, gpu=gpu, precision=p, model=model, batch=1.0))
+    lo = hi = None
+    if f"{name}_low" in s.data:
+        lo = float(s.sel(f"{name}_low", gpu=gpu, precision=p, model=model, batch=1.0))
+        hi = float(s.sel(f"{name}_high", gpu=gpu, precision=p, model=model, batch=1.0))
+    if paper_value is None:
+        status = "info"
+    elif lo is not None:
+        status = "agrees" if lo <= paper_value <= hi else "disagrees"
+    else:
+        status = "agrees" if math.isclose(v, paper_value, rel_tol=0.1) else "disagrees"
+    return Check(id_, "simulator", claim, paper_value, v, status, formula, note, lo, hi)
+
+
+def _surface_checks(rows, s, gpus) -> list[Check]:
+    """S1-S14 (COR, energy ratios, S_SI, E_SI, SI at batch 1) and S17 (tokens per query)."""
     out = []
     mis = "mistral-7b-v0.3"
 
-    def cmp(id_, claim, name, gpu, model, p, paper_value, note="", formula=""):
-        v = float(s.sel(name, gpu=gpu, precision=p, model=model, batch=1.0))
-        lo = hi = None
-        if f"{name}_low" in s.data:
-            lo = float(s.sel(f"{name}_low", gpu=gpu, precision=p, model=model, batch=1.0))
-            hi = float(s.sel(f"{name}_high", gpu=gpu, precision=p, model=model, batch=1.0))
-        if paper_value is None:
-            status = "info"
-        elif lo is not None:
-            status = "agrees" if lo <= paper_value <= hi else "disagrees"
-        else:
-            status = "agrees" if math.isclose(v, paper_value, rel_tol=0.1) else "disagrees"
-        out.append(Check(id_, "simulator", claim, paper_value, v, status, formula, note, lo, hi))
+    def cmp(*args, **kw):
+        out.append(_surface_check(s, *args, **kw))
 
     tps = {p: figure(rows, "qwen3-0.6b", "mathqa", "a100", p, "tokens_per_second")
            for p in ("fp16", "int8", "nf4")}
@@ -347,14 +391,33 @@ def simulator_checks(rows, n_draws: int = 400, seed: int = 0) -> tuple[list[Chec
     cmp("S13b", "  same, power model", "si", "h100-sxm", "mistral-7b", "nf4", si4)
     cmp("S14", "SI Qwen3-0.6B INT8, MathQA ~0.55 (fig 3), A100, HLI", "si_hli", "a100-80gb",
         "qwen3-0.6b", "int8", figure(rows, "qwen3-0.6b", "mathqa", "any", "int8", "si"))
-    # B* on the RTX PRO 6000 Blackwell over batches 1..128 (sec 4.5, fig 4)
+    step = float(s.sel("step_s", gpu="a100-80gb", precision="fp16", model="mistral-7b", batch=1.0))
+    tdp = next(p.tdp_w for p in gpus if p.name == "a100-80gb")
+    k_implied = ea["fp16"] / tdp / step
+    out.append(Check(
+        "S17", "simulator", "tokens/query implied by A100 FP16 HLI 235.47 J at our step time", None,
+        k_implied, "info", f"235.47 J / {tdp:g} W / {step * 1e3:.1f} ms",
+        f"HLI = TDP x D / N puts {ea['fp16'] / tdp:.3f} s on each query: short for a GSM8K "
+        "chain of thought at batch 1, unless N counts something else"))
+    return out
+
+
+def _b_star_checks(n_draws: int, seed: int):
+    """(S15-S16 checks, profile): B* on the RTX PRO 6000 Blackwell over batches 1..128 (sec 4.5,
+    fig 4), physical and by eq. 18."""
+    from qtsim.model.architecture import load_architecture
+    from qtsim.profiles.hardware import load_profile
+    from qtsim.simulate.simulator import Simulator
+
+    out = []
+    int8 = PAPER_WORKLOAD.replace(precision="int8")
     prof = load_profile("rtx-pro-6000-blackwell")
     sim = Simulator(prof, n_draws=n_draws, seed=seed)
     for id_, model, claim_v, lower in (("S15", "falcon3-3b", 64.0, False),
                                        ("S16", "mistral-7b", 128.0, True)):
         counts = load_architecture(model).counts()
-        t = sim.b_star(counts, "int8", NEW_TOKENS, PROMPT_TOKENS, b_max=128, draws=True)
-        pc = sim.paper_constants(counts, "int8")
+        t = sim.b_star(counts, int8, b_max=128, draws=True)
+        pc = sim.paper_constants(counts, int8)
         if lower:
             ok = t.kind == "trapped_everywhere"
             claim = f"B* {model} INT8, RTX PRO 6000: > 128 (sec 4.5)"
@@ -373,15 +436,7 @@ def simulator_checks(rows, n_draws: int = 400, seed: int = 0) -> tuple[list[Chec
                          "eq. 19 (trapped above B*, C15) traps every batch from 1 to 128"
                          if trapped_all else
                          f"eq. 18 from eq. 19's alpha and phi derived at batch 1: B* = {bp:.3g}"))
-    step = float(s.sel("step_s", gpu="a100-80gb", precision="fp16", model="mistral-7b", batch=1.0))
-    tdp = next(p.tdp_w for p in gpus if p.name == "a100-80gb")
-    k_implied = ea["fp16"] / tdp / step
-    out.append(Check(
-        "S17", "simulator", "tokens/query implied by A100 FP16 HLI 235.47 J at our step time", None,
-        k_implied, "info", f"235.47 J / {tdp:g} W / {step * 1e3:.1f} ms",
-        f"HLI = TDP x D / N puts {ea['fp16'] / tdp:.3f} s on each query: short for a GSM8K "
-        "chain of thought at batch 1, unless N counts something else"))
-    return out, rho, [*gpus, prof]
+    return out, prof
 
 
 def reproduce(n_draws: int = 400, seed: int = 0) -> dict:

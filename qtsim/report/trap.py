@@ -13,14 +13,14 @@ import numpy as np
 from qtsim.model import sustainability as si
 from qtsim.model import timeline
 from qtsim.model.architecture import Architecture
-from qtsim.model.precision import get_precision
 from qtsim.model.trust import lookup_trust
 from qtsim.model.verdicts import costs_more, si_trapped, slower, verdict
-from qtsim.model.workload import BnbSettings
+from qtsim.model.workload import Workload
 from qtsim.profiles.hardware import HardwareProfile
 from qtsim.report import budget
 from qtsim.report.serving import bnb_version, serving_assumption
-from qtsim.simulate.simulator import GIB, Simulator, band
+from qtsim.simulate.simulator import Simulator
+from qtsim.simulate.stats import GIB, band
 
 
 def _stat(central, draws):
@@ -28,82 +28,32 @@ def _stat(central, draws):
     return {"value": float(np.asarray(central)), "low": float(lo), "high": float(hi)}
 
 
-def assess_trap(profile: HardwareProfile, arch: Architecture, precision: str, batch: int = 1,
-                new_tokens: int = 256, prompt_tokens: int = 128, trust_table: str | None = None,
-                policy: str = "linear", n_draws: int = 400, seed: int = 0, host=None,
-                bnb: BnbSettings | None = None,
+def assess_trap(profile: HardwareProfile, arch: Architecture, workload: Workload,
+                trust_table: str | None = None, policy: str = "linear", n_draws: int = 400,
+                seed: int = 0, host=None,
                 assumptions: budget.BudgetAssumptions | None = None) -> dict:
     """The full trap report as a JSON-ready dict (keys documented in the README).
 
-    ``host``: the host/software part (name or file, :mod:`qtsim.profiles.hosts`); None = the profile's
-    own or the default host. ``bnb``: bitsandbytes settings (double quantisation, int8
-    threshold, 4-bit compute dtype), used for every figure including B* and N*;
+    ``workload``: the quantized precision with its bitsandbytes settings (used for every figure,
+    B* and N* included), the batch and the tokens. ``host``: the host/software part (name or
+    file, :mod:`qtsim.profiles.hosts`); None = the profile's own or the default host.
     ``assumptions``: PUE, grid intensity and GPU price behind the budget figures.
     """
-    prec = get_precision(precision)
-    bnb = bnb or BnbSettings()
     assumptions = assumptions or budget.BudgetAssumptions()
-    sim = Simulator(profile, n_draws=n_draws, seed=seed, host=host, bnb=bnb)
+    sim = Simulator(profile, n_draws=n_draws, seed=seed, host=host)
     profile = sim.profile
-    bnb.check([prec.name], profile)
+    workload.bnb.check([workload.precision], profile)
     counts = arch.counts()
-    native = profile.native
-    args = (counts, prec.name, float(batch), float(new_tokens), float(prompt_tokens))
-    q, n, d = sim.compare(*args)
-    qd, nd, dd = sim.compare(*args, draws=True)
-
-    def side(c, dr):
-        return {
-            "tok_per_s": _stat(c["tok_per_s"], dr["tok_per_s"]),
-            "j_per_query": _stat(c["j_per_query"], dr["j_per_query"]),
-            "j_per_query_hli": _stat(c["j_per_query_hli"], dr["j_per_query_hli"]),
-            "latency_s": _stat(c["latency_s"], dr["latency_s"]),
-            "step_s": _stat(c["step_s"], dr["step_s"]),
-            "host_s": float(c["host_s"]), "device_s": float(c["device_s"]),
-            "binding": str(timeline.binding(c["host_s"], c["device_s"])),
-            "avg_power_w": _stat(c["avg_power_w"], dr["avg_power_w"]),
-            "peak_memory_gib": float(c["peak_bytes"]) / GIB,
-            "fits": bool(c["fits"]),
-        }
-
-    trust = lookup_trust(arch.name, prec.name, native, trust_table)
-    t_si = trust.t_si
-    pil = si.pillars(q, n, t_si, policy)
-    e_si, s_si, s_si_hli, si_q = (float(pil[k]) for k in ("e_si", "s_si", "s_si_hli", "si"))
-    si_d = si.pillars(qd, nd, t_si, policy)["si"]
-
-    share_e = float(np.mean(costs_more(qd["j_per_query"], nd["j_per_query"])))
-    share_t = float(np.mean(slower(dd["speed_ratio"])))
-    share_si = float(np.mean(si_trapped(si_d)))
-    pc = sim.paper_constants(counts, prec.name)
-    b_star = sim.b_star(counts, prec.name, new_tokens, prompt_tokens, draws=True)
-    n_star = sim.n_star(arch, prec.name, batch, new_tokens, prompt_tokens, draws=True)
-
-    fits_note = ""
-    if not n["fits"] and q["fits"]:
-        fits_note = (f"the native {native} model needs {float(n['peak_bytes']) / GIB:.1f} GiB and "
-                     f"does not fit in {profile.memory_bytes / GIB:.1f} GiB: quantization is the "
-                     "only way to run it here, whatever it costs")
-    elif not q["fits"]:
-        fits_note = (f"even the {prec.name} model needs {float(q['peak_bytes']) / GIB:.1f} GiB and "
-                     f"does not fit in {profile.memory_bytes / GIB:.1f} GiB at batch {batch}")
+    q, n, d = sim.compare(counts, workload)
+    qd, nd, dd = sim.compare(counts, workload, draws=True)
+    trust = lookup_trust(arch.name, workload.precision, profile.native, trust_table)
     fits = {"quantized": bool(q["fits"]), "native": bool(n["fits"])}
-    calibrated = profile.source == "calibrated"
-    n_priors = sum(1 for p in profile.physical.values() if p.source == "prior")
     rep = {
-        "query": {"gpu": profile.name, "model": arch.name, "precision": prec.name,
-                  "native": native, "batch": batch, "new_tokens": new_tokens,
-                  "prompt_tokens": prompt_tokens, "model_params": arch.n_params},
-        "verdict": {
-            "energy": verdict(bool(costs_more(q["j_per_query"], n["j_per_query"])), share_e),
-            "time": verdict(bool(slower(d["speed_ratio"])), share_t),
-            "si": verdict(bool(si_trapped(si_q)), share_si),
-            "p_trapped_energy": share_e, "p_trapped_time": share_t, "p_trapped_si": share_si,
-            "fits_note": fits_note, "fits": fits["quantized"], "native_fits": fits["native"],
-        },
-        "bitsandbytes": bnb.bnb_config(prec.name, profile),
-        "quantized": side(q, qd),
-        "native": side(n, nd),
+        "query": _query(profile, arch, workload),
+        "verdict": _verdicts(q, n, d, qd, nd, dd, trust.t_si, policy),
+        "bitsandbytes": workload.bnb.bnb_config(workload.precision, profile),
+        "quantized": _side(q, qd),
+        "native": _side(n, nd),
         "budget": {"assumptions": assumptions.to_dict(),
                    "quantized": budget.figures(float(q["j_per_query"]), float(q["tok_per_s"]),
                                                assumptions),
@@ -118,41 +68,139 @@ def assess_trap(profile: HardwareProfile, arch: Architecture, precision: str, ba
             "speed": _stat(d["speed_ratio"], dd["speed_ratio"]),
             "cor": _stat(d["cor"], dd["cor"]),
         },
-        "b_star": b_star.to_dict(),
-        "n_star": n_star.to_dict(),
-        "paper": {"alpha_j_per_bit": float(pc["alpha_j_per_bit"]), "gamma_j": float(pc["gamma_j"]),
-                  "phi_j": float(pc["phi_j"]), "b_star_eq18": float(pc["b_star_paper"]),
-                  "note": "alpha, gamma, phi derived from the physical model at batch 1 "
-                          "(E_hop = gamma + alpha p + phi); B* by the paper's eq. 18"},
-        "si": {"policy": policy, "weights": list(si.DEFAULT_WEIGHTS), "t_si": t_si,
-               "e_si": e_si, "s_si": s_si, "s_si_hli": s_si_hli, "si": si_q,
-               "si_band": [float(x) for x in band(np.asarray(si_d).ravel())[1:]],
-               "si_native": 1.0, "trust": trust.to_dict(),
-               "capped": False, "capping": si.CAPPING,
-               "si_capped": float(si.capped_si(t_si, e_si, s_si, policy=policy)),
-               "s_si_log": si.s_si_log_by_unit(float(n["j_per_query"]), float(q["j_per_query"])),
-               "carbon_kg_per_kwh": si.DEFAULT_CARBON_KG_PER_KWH,
-               "energy_method": "power model (what an energy counter reads); s_si_hli uses the paper's HLI (TDP x latency)"},
-        "host": {"name": profile.host_name, "overlap": profile.overlap,
-                 "rule": ("asynchronous launches: host and device overlap between synchronisations "
-                          "(DESIGN sec. 2a)" if profile.overlap else
-                          "host and device are one processor: their times add")},
-        "profile": {"name": profile.name, "source": profile.source,
-                    "memory_gib": profile.memory_bytes / GIB,
-                    "calibrated": calibrated, "priors": n_priors,
-                    "date": profile.provenance.get("date", ""),
-                    "device": profile.provenance.get("device", ""),
-                    "location": profile.path or "",
-                    "uncertainty": (f"{n_draws} Monte-Carlo draws of the profile's constants plus the "
-                                    "model's own error; bands are 16th-84th percentiles"),
-                    "model_error": _model_error(sim)},
+        "b_star": sim.b_star(counts, workload, draws=True).to_dict(),
+        "n_star": sim.n_star(arch, workload, draws=True).to_dict(),
+        "paper": _paper(sim.paper_constants(counts, workload)),
+        "si": _si(q, n, qd, nd, trust, policy),
+        "host": _host(profile),
+        "profile": _profile(sim, n_draws),
     }
     v = rep["verdict"]
+    v.update(fits_note=_fits_note(q, n, workload, profile), fits=fits["quantized"],
+             native_fits=fits["native"])
     v["headline"] = fits_headline(rep)
     if not fits["quantized"]:  # no verdict on a configuration that cannot run
         v["if_it_fit"] = {k: v[k] for k in ("energy", "time", "si")}
         v.update(energy="does not fit", time="does not fit", si="does not fit")
     return rep
+
+
+def trap_text(gpu: str | None, profile_path: str | None, model: str, workload: Workload,
+              trust_table: str | None = None, policy: str = "linear", n_draws: int = 400,
+              host=None, assumptions: budget.BudgetAssumptions | None = None,
+              fmt: str = "text") -> str:
+    """``qtsim trap``: the report for ``model`` on a profile (``gpu`` name or ``profile_path``)
+    at ``workload``, as ``fmt`` (text, json or csv: :func:`format_text`, the JSON of
+    :func:`assess_trap`, or :func:`csv_text`)."""
+    import json
+
+    from qtsim.model.architecture import check_context, load_architecture
+    from qtsim.profiles.hardware import load_profile
+
+    prof = load_profile(gpu, profile_path)
+    arch = load_architecture(model)
+    check_context(arch, workload.prompt_tokens, workload.new_tokens)
+    report = assess_trap(prof, arch, workload, trust_table, policy, n_draws=n_draws, host=host,
+                         assumptions=assumptions)
+    if fmt == "json":
+        return json.dumps(report, indent=2)
+    if fmt == "csv":
+        return csv_text(report)
+    return format_text(report)
+
+
+def _query(profile: HardwareProfile, arch: Architecture, w: Workload) -> dict:
+    return {"gpu": profile.name, "model": arch.name, "precision": w.precision,
+            "native": profile.native, "batch": w.batch, "new_tokens": w.new_tokens,
+            "prompt_tokens": w.prompt_tokens, "model_params": arch.n_params}
+
+
+def _side(c: dict, dr: dict) -> dict:
+    """One configuration's figures: central values with their 68% bands over the draws."""
+    return {
+        "tok_per_s": _stat(c["tok_per_s"], dr["tok_per_s"]),
+        "j_per_query": _stat(c["j_per_query"], dr["j_per_query"]),
+        "j_per_query_hli": _stat(c["j_per_query_hli"], dr["j_per_query_hli"]),
+        "latency_s": _stat(c["latency_s"], dr["latency_s"]),
+        "step_s": _stat(c["step_s"], dr["step_s"]),
+        "host_s": float(c["host_s"]), "device_s": float(c["device_s"]),
+        "binding": str(timeline.binding(c["host_s"], c["device_s"])),
+        "avg_power_w": _stat(c["avg_power_w"], dr["avg_power_w"]),
+        "peak_memory_gib": float(c["peak_bytes"]) / GIB,
+        "fits": bool(c["fits"]),
+    }
+
+
+def _verdicts(q, n, d, qd, nd, dd, t_si: float, policy: str) -> dict:
+    """Trapped on energy, time and SI (Prop. 3.2), each with the share of draws trapped."""
+    si_q = float(si.pillars(q, n, t_si, policy)["si"])
+    si_d = si.pillars(qd, nd, t_si, policy)["si"]
+    share_e = float(np.mean(costs_more(qd["j_per_query"], nd["j_per_query"])))
+    share_t = float(np.mean(slower(dd["speed_ratio"])))
+    share_si = float(np.mean(si_trapped(si_d)))
+    return {
+        "energy": verdict(bool(costs_more(q["j_per_query"], n["j_per_query"])), share_e),
+        "time": verdict(bool(slower(d["speed_ratio"])), share_t),
+        "si": verdict(bool(si_trapped(si_q)), share_si),
+        "p_trapped_energy": share_e, "p_trapped_time": share_t, "p_trapped_si": share_si,
+    }
+
+
+def _fits_note(q: dict, n: dict, w: Workload, profile: HardwareProfile) -> str:
+    """Why memory, not the comparison, decides (or '' when both fit)."""
+    if not n["fits"] and q["fits"]:
+        return (f"the native {profile.native} model needs {float(n['peak_bytes']) / GIB:.1f} GiB "
+                f"and does not fit in {profile.memory_bytes / GIB:.1f} GiB: quantization is the "
+                "only way to run it here, whatever it costs")
+    if not q["fits"]:
+        return (f"even the {w.precision} model needs {float(q['peak_bytes']) / GIB:.1f} GiB and "
+                f"does not fit in {profile.memory_bytes / GIB:.1f} GiB at batch {w.batch}")
+    return ""
+
+
+def _paper(pc: dict) -> dict:
+    return {"alpha_j_per_bit": float(pc["alpha_j_per_bit"]), "gamma_j": float(pc["gamma_j"]),
+            "phi_j": float(pc["phi_j"]), "b_star_eq18": float(pc["b_star_paper"]),
+            "note": "alpha, gamma, phi derived from the physical model at batch 1 "
+                    "(E_hop = gamma + alpha p + phi); B* by the paper's eq. 18"}
+
+
+def _si(q, n, qd, nd, trust, policy: str) -> dict:
+    """The SI pillars (eq. 1-6), SI with its band, and the trust estimate behind T_SI."""
+    t_si = trust.t_si
+    pil = si.pillars(q, n, t_si, policy)
+    e_si, s_si, s_si_hli, si_q = (float(pil[k]) for k in ("e_si", "s_si", "s_si_hli", "si"))
+    si_d = si.pillars(qd, nd, t_si, policy)["si"]
+    return {"policy": policy, "weights": list(si.DEFAULT_WEIGHTS), "t_si": t_si,
+            "e_si": e_si, "s_si": s_si, "s_si_hli": s_si_hli, "si": si_q,
+            "si_band": [float(x) for x in band(np.asarray(si_d).ravel())[1:]],
+            "si_native": 1.0, "trust": trust.to_dict(),
+            "capped": False, "capping": si.CAPPING,
+            "si_capped": float(si.capped_si(t_si, e_si, s_si, policy=policy)),
+            "s_si_log": si.s_si_log_by_unit(float(n["j_per_query"]), float(q["j_per_query"])),
+            "carbon_kg_per_kwh": si.DEFAULT_CARBON_KG_PER_KWH,
+            "energy_method": "power model (what an energy counter reads); s_si_hli uses the paper's HLI (TDP x latency)"}
+
+
+def _host(profile: HardwareProfile) -> dict:
+    return {"name": profile.host_name, "overlap": profile.overlap,
+            "rule": ("asynchronous launches: host and device overlap between synchronisations "
+                     "(DESIGN sec. 2a)" if profile.overlap else
+                     "host and device are one processor: their times add")}
+
+
+def _profile(sim: Simulator, n_draws: int) -> dict:
+    profile = sim.profile
+    return {"name": profile.name, "source": profile.source,
+            "memory_gib": profile.memory_bytes / GIB,
+            "calibrated": profile.source == "calibrated",
+            "priors": sum(1 for p in profile.physical.values() if p.source == "prior"),
+            "date": profile.provenance.get("date", ""),
+            "device": profile.provenance.get("device", ""),
+            "location": profile.path or "",
+            "uncertainty": (f"{n_draws} Monte-Carlo draws of the profile's constants plus the "
+                            "model's own error; bands are 16th-84th percentiles"),
+            "model_error": _model_error(sim)}
 
 
 def _band(lo, hi, fmt=lambda x: f"{x:.3g}") -> str:
@@ -355,6 +403,18 @@ def csv_row(r: dict) -> dict:
         t = r[k]
         row[k], (row[f"{k}_low"], row[f"{k}_high"]), row[f"{k}_kind"] = t["value"], t["band"], t["kind"]
     return {c: _cell(row.get(c)) for c in CSV_COLUMNS}
+
+
+def csv_text(report: dict) -> str:
+    """One row per configuration under a fixed header (:data:`CSV_COLUMNS`)."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    w.writerow(csv_row(report))
+    return buf.getvalue().rstrip("\n")
 
 
 def _cell(x):

@@ -15,24 +15,12 @@ import numpy as np
 
 from qtsim.model import paper, physical
 from qtsim.model.architecture import ArchCounts, Architecture
-from qtsim.model.precision import get_precision, reference_for
+from qtsim.model.precision import get_precision
 from qtsim.model.verdicts import json_number, ratios
-from qtsim.model.workload import BnbSettings
+from qtsim.model.workload import Workload
 from qtsim.profiles.hardware import HardwareProfile, model_error_deviates
 from qtsim.simulate import thresholds
-from qtsim.simulate.thresholds import (  # noqa: F401  (BAND, GIB, KIND_NAMES, crossing: public here too)
-    BAND,
-    GIB,
-    KIND_NAMES,
-    crossing,
-    nan_percentiles,
-)
-
-
-def band(x):
-    """(median, low, high) of Monte-Carlo draws (1-D), ignoring NaN and inf; NaN if none finite."""
-    lo, med, hi = nan_percentiles(np.asarray(x, float).ravel(), (BAND[0], 50.0, BAND[1]))
-    return med, lo, hi
+from qtsim.simulate.stats import GIB, band
 
 
 @dataclass(frozen=True)
@@ -102,17 +90,17 @@ class Simulator:
     model_error : add the model's own out-of-sample error (:meth:`HardwareProfile.model_error`)
         to the parameter draws, so a 68% band covers about 68% of measurements; ``False``
         gives parameter uncertainty alone (validation uses it to score both)
-    bnb : bitsandbytes settings (double quantisation, LLM.int8() threshold, 4-bit compute
-        dtype) every evaluation uses, B* and N* included; default transformers' defaults
+
+    Every method takes what is served as a :class:`~qtsim.model.workload.Workload` (precision
+    with its bitsandbytes settings, batch, new and prompt tokens); the batch may be an array.
     """
 
     def __init__(self, profile: HardwareProfile, n_draws: int = 400, seed: int = 0,
-                 host=None, model_error: bool = True, bnb: BnbSettings | None = None):
+                 host=None, model_error: bool = True):
         self.profile = profile.with_host(host)
         self.n_draws = n_draws
         self.seed = seed
         self.model_error = self.profile.model_error() if model_error else None
-        self.bnb = bnb or BnbSettings()
         self._flags = self.profile.model_flags()
         self._central = {**self.profile.values(), **self._flags}
         self._draws = None
@@ -160,60 +148,59 @@ class Simulator:
         return out
 
     # ---- one configuration -------------------------------------------------------------------
-    def evaluate(self, counts: ArchCounts, precision: str, batch, new_tokens=256,
-                 prompt_tokens=128, draws=False, double_quant=None):
-        """Latency, throughput, J/query (power model and HLI) and peak memory, vectorised.
+    def evaluate(self, counts: ArchCounts, workload: Workload, draws: bool = False) -> dict:
+        """Latency, throughput, J/query (power model and HLI) and peak memory of ``workload``.
 
-        ``double_quant`` None takes the simulator's :class:`BnbSettings` (as do the int8
-        threshold and the 4-bit compute dtype).
+        Vectorised: ``workload.batch`` and the ``counts`` fields may be arrays that broadcast;
+        with ``draws`` every value gets a leading axis of Monte-Carlo draws (model error
+        included). Returns the dict of :func:`qtsim.model.physical.query` plus ``peak_bytes``
+        and ``fits`` (peak memory within the device's).
         """
-        if double_quant is None:
-            double_quant = self.bnb.double_quant
-        out = physical.query(counts, precision, batch, new_tokens, prompt_tokens,
-                             self.params(draws), self.profile.tdp_w, self.profile.native,
-                             double_quant, self.bnb.compute_dtype_for(self.profile),
-                             overlap=self.profile.overlap,
-                             int8_threshold=self.bnb.int8_threshold)
+        prof = self.profile
+        out = physical.query(counts, workload, self.params(draws), prof.tdp_w, prof.native,
+                             prof.compute_dtype_4bit, overlap=prof.overlap)
         if draws:
-            out = self._add_model_error(out, physical.path_family(precision, double_quant,
-                                                                  self.bnb.int8_threshold))
-        overhead = float(self.profile.hardware.get("runtime_overhead_gib", 0.0)) * GIB
-        out["peak_bytes"] = physical.peak_memory_bytes(counts, precision, batch, new_tokens,
-                                                       prompt_tokens, double_quant, overhead)
-        out["fits"] = out["peak_bytes"] <= self.profile.memory_bytes
+            out = self._add_model_error(out, workload.family)
+        out["peak_bytes"] = self.peak_bytes(counts, workload)
+        out["fits"] = out["peak_bytes"] <= prof.memory_bytes
         return out
 
-    def compare(self, counts: ArchCounts, precision: str, batch, new_tokens=256,
-                prompt_tokens=128, draws=False, double_quant=None):
+    def peak_bytes(self, counts: ArchCounts, workload: Workload):
+        """Peak device memory of ``workload``, runtime overhead included, bytes."""
+        overhead = float(self.profile.hardware.get("runtime_overhead_gib", 0.0)) * GIB
+        w = workload
+        return physical.peak_memory_bytes(counts, w.precision, w.batch, w.new_tokens,
+                                          w.prompt_tokens, w.double_quant, overhead)
+
+    def compare(self, counts: ArchCounts, workload: Workload, draws: bool = False):
         """Quantized against its native reference at the same workload.
 
         Returns ``(quant, native, derived)``; ``derived`` holds COR (eq. 9 from step times),
         the energy ratio (quantized / native J per query), the speed ratio (tok/s), and
         ``delta_j`` (quantized minus native J/query; positive = trapped on energy).
         """
-        ref = reference_for(precision) if get_precision(precision).quantized else precision
-        ref = self.profile.native if get_precision(precision).quantized else ref
-        q = self.evaluate(counts, precision, batch, new_tokens, prompt_tokens, draws, double_quant)
-        n = self.evaluate(counts, ref, batch, new_tokens, prompt_tokens, draws)
+        q = self.evaluate(counts, workload, draws)
+        n = self.evaluate(counts, workload.reference(self.profile.native), draws)
         return q, n, ratios(q, n)
 
     # ---- thresholds --------------------------------------------------------------------------
-    def batch_limit(self, counts: ArchCounts, precision: str, new_tokens, prompt_tokens) -> float:
-        """Largest batch whose peak memory fits the device (0 if even batch 1 does not)."""
-        return float(np.ravel(thresholds.batch_limit(self, counts, precision, new_tokens,
-                                                     prompt_tokens))[0])
+    def batch_limit(self, counts: ArchCounts, workload: Workload) -> float:
+        """Largest batch whose peak memory fits the device (0 if even batch 1 does not);
+        ``workload.batch`` is ignored."""
+        return float(np.ravel(thresholds.batch_limit(self, counts, workload))[0])
 
-    def b_star(self, counts: ArchCounts, precision: str, new_tokens=256, prompt_tokens=128,
-               b_max: float = thresholds.B_MAX, draws=False) -> Threshold:
+    def b_star(self, counts: ArchCounts, workload: Workload, b_max: float = thresholds.B_MAX,
+               draws: bool = False) -> Threshold:
         """Critical batch B*: where quantized J/query equals native (physical model).
 
-        Solved on a log grid of integer batches from 1 to the smaller of ``b_max`` and the
-        native configuration's memory limit (:func:`qtsim.simulate.thresholds.b_star_rows`). The paper's
-        closed form (eq. 18) is :func:`qtsim.model.paper.b_star` on :meth:`paper_constants`.
+        ``workload`` gives the precision with its bitsandbytes settings and the tokens; its
+        batch is ignored. Solved on a log grid of integer batches from 1 to the smaller of
+        ``b_max`` and the native configuration's memory limit
+        (:func:`qtsim.simulate.thresholds.b_star_rows`). The paper's closed form (eq. 18) is
+        :func:`qtsim.model.paper.b_star` on :meth:`paper_constants`.
         """
         one = thresholds.map_counts(counts, np.atleast_1d)
-        r = thresholds.b_star_rows(self, one, precision, new_tokens, prompt_tokens, b_max,
-                                   draws=draws, details=True)
+        r = thresholds.b_star_rows(self, one, workload, b_max, draws=draws, details=True)
         kname = thresholds.KIND_CODES[int(r["b_star_kind"][0])]
         limit = float(r["b_star_max"][0])
         lo, hi = (float(r["b_star_low"][0]), float(r["b_star_high"][0])) if draws else (np.nan, np.nan)
@@ -236,20 +223,20 @@ class Simulator:
         return Threshold(value, kname, lo, hi, (1.0, limit), reason, tuple(crossings),
                          _draw_stats(r, "b_star", self.n_draws) if draws else None)
 
-    def n_star(self, arch: Architecture, precision: str, batch=1, new_tokens=256,
-               prompt_tokens=128, n_range=thresholds.N_RANGE, draws=False) -> Threshold:
+    def n_star(self, arch: Architecture, workload: Workload, n_range=thresholds.N_RANGE,
+               draws: bool = False) -> Threshold:
         """Critical Model Scale N*: the parameter count where quantized J/query equals native.
 
-        The paper names N* without defining it; qtsim defines it for a given hardware,
-        precision, batch and token count along the synthetic family of ``arch`` (width and
-        depth scaled together, :func:`qtsim.model.architecture.scale_counts`). It exists only
-        because some costs (per-call host and launch overhead, per-layer kernels) do not scale
-        with N: below N* those dominate and quantized loses; above N* the weight-byte savings
-        win. Memory limits are ignored here (a planner's curve, not a deployment check).
+        The paper names N* without defining it; qtsim defines it for a given hardware and
+        ``workload`` (precision with its bitsandbytes settings, one batch, tokens) along the
+        synthetic family of ``arch`` (width and depth scaled together,
+        :func:`qtsim.model.architecture.scale_counts`). It exists only because some costs
+        (per-call host and launch overhead, per-layer kernels) do not scale with N: below N*
+        those dominate and quantized loses; above N* the weight-byte savings win. Memory limits
+        are ignored here (a planner's curve, not a deployment check).
         """
-        r = thresholds.n_star_rows(self, arch, precision, [batch], new_tokens, prompt_tokens,
-                                   n_range, draws=draws, details=True)
-        kname = KIND_NAMES[int(np.ravel(r["n_star_kind"])[0])]
+        r = thresholds.n_star_rows(self, arch, workload, n_range, draws=draws, details=True)
+        kname = thresholds.KIND_NAMES[int(np.ravel(r["n_star_kind"])[0])]
         lo, hi = ((float(np.ravel(r["n_star_low"])[0]), float(np.ravel(r["n_star_high"])[0]))
                   if draws else (np.nan, np.nan))
         span = f"{n_range[0]:.0e}..{n_range[1]:.0e} parameters"
@@ -265,45 +252,36 @@ class Simulator:
             reason += f"; the curves cross {len(crossings)} times"
         return Threshold(value, kname, lo, hi, tuple(n_range), reason, tuple(crossings),
                          _draw_stats(r, "n_star", self.n_draws) if draws else None,
-                         self.size_memory(arch, precision, value, batch, new_tokens, prompt_tokens))
+                         self.size_memory(arch, workload, value))
 
-    def size_memory(self, arch: Architecture, precision: str, n_params: float, batch=1,
-                    new_tokens=256, prompt_tokens=128) -> dict:
+    def size_memory(self, arch: Architecture, workload: Workload, n_params: float) -> dict:
         """Whether a model of ``n_params`` in ``arch``'s family fits this device.
 
-        Peak memory (weights with scales, full KV cache, workspace, runtime overhead) at
-        ``precision`` and at the native dtype for ``batch`` sequences, and the largest size of
-        the family that fits at each (searched 10^7..10^13 parameters).
+        Peak memory (weights with scales, full KV cache, workspace, runtime overhead) of
+        ``workload`` and of the same workload at the native dtype, and the largest size of the
+        family that fits at each (searched 10^7..10^13 parameters).
         """
-        overhead = float(self.profile.hardware.get("runtime_overhead_gib", 0.0)) * GIB
         cap = self.profile.memory_bytes
         sizes = np.geomspace(1e7, 1e13, 241)
-        out = {"device_gib": cap / GIB, "batch": batch}
-        for tag, p in (("quantized", precision), ("native", self.profile.native)):
-            peak = physical.peak_memory_bytes(arch.scaled(sizes), p, float(batch), float(new_tokens),
-                                              float(prompt_tokens), False, overhead)
-            ok = np.asarray(peak) <= cap
+        out = {"device_gib": cap / GIB, "batch": workload.batch}
+        for tag, w in (("quantized", workload),
+                       ("native", workload.replace(precision=self.profile.native))):
+            ok = np.asarray(self.peak_bytes(arch.scaled(sizes), w)) <= cap
             out[f"largest_fitting_{tag}_params"] = float(sizes[ok].max()) if ok.any() else 0.0
             if np.isfinite(n_params) and n_params > 0:
-                one = physical.peak_memory_bytes(arch.scaled([n_params]), p, float(batch),
-                                                 float(new_tokens), float(prompt_tokens), False,
-                                                 overhead)
-                out[f"{tag}_gib"] = float(np.ravel(one)[0]) / GIB
-                out[f"fits_{tag}"] = bool(np.ravel(one)[0] <= cap)
+                one = float(np.ravel(self.peak_bytes(arch.scaled([n_params]), w))[0])
+                out[f"{tag}_gib"] = one / GIB
+                out[f"fits_{tag}"] = bool(one <= cap)
         return out
 
-    def paper_constants(self, counts: ArchCounts, precision: str, draws=False,
-                        double_quant=None):
-        """The paper's alpha, gamma, phi(h, p) and eq. 18 B*, derived at batch 1."""
-        if double_quant is None:
-            double_quant = self.bnb.double_quant
-        c = physical.paper_constants(counts, precision, self.params(draws), self.profile.tdp_w,
-                                     self.profile.native, double_quant=double_quant,
-                                     compute_dtype_4bit=self.bnb.compute_dtype_for(self.profile),
-                                     overlap=self.profile.overlap,
-                                     int8_threshold=self.bnb.int8_threshold)
+    def paper_constants(self, counts: ArchCounts, workload: Workload, draws: bool = False) -> dict:
+        """The paper's alpha, gamma, phi(h, p) and eq. 18 B* of ``workload``'s precision (with its
+        bitsandbytes settings), derived at batch 1 (``workload.batch`` and tokens are ignored)."""
+        prof = self.profile
+        c = physical.paper_constants(counts, workload, self.params(draws), prof.tdp_w,
+                                     prof.native, prof.compute_dtype_4bit, overlap=prof.overlap)
         c["b_star_paper"] = paper.b_star(c["alpha_j_per_bit"], c["phi_j"],
-                                         get_precision(precision).bits)
+                                         get_precision(workload.precision).bits)
         return c
 
 
@@ -334,7 +312,8 @@ def paper_constants_table(profile: HardwareProfile, counts: ArchCounts, referenc
              "note": ("the paper's constants (eq. 18, 19) derived from this profile's physical constants "
                       "at batch 1 for the reference model; stderr = half the 16-84% range over Monte-Carlo draws")}
     for p in precisions:
-        c, cd = sim.paper_constants(counts, p), sim.paper_constants(counts, p, draws=True)
+        w = Workload(p)
+        c, cd = sim.paper_constants(counts, w), sim.paper_constants(counts, w, draws=True)
         row = {}
         for k in ("alpha_j_per_bit", "gamma_j", "phi_j", "b_star_paper"):
             val, se = stat(c[k], cd[k])

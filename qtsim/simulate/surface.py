@@ -35,19 +35,20 @@ from qtsim.model import sustainability as si
 from qtsim.model.architecture import ArchCounts, Architecture
 from qtsim.model.precision import get_precision
 from qtsim.model.trust import TrustEstimate, lookup_trust
-from qtsim.model.workload import BnbSettings
+from qtsim.model.workload import Workload
 from qtsim.profiles.hardware import HardwareProfile
-from qtsim.simulate.simulator import BAND, GIB, Simulator
-from qtsim.simulate.thresholds import (  # noqa: F401  (re-exported for surface users)
+from qtsim.simulate.simulator import Simulator
+from qtsim.simulate.stats import BAND, GIB, nan_percentiles
+from qtsim.simulate.thresholds import (
     KIND_CODES,
     N_GRID,
     N_RANGE,
     b_star_rows,
     crossing,
+    delta_j,
     grid_eval,
     map_counts,
     n_star_rows,
-    nan_percentiles,
 )
 
 DIMS = ("gpu", "precision", "model", "batch")
@@ -181,25 +182,27 @@ derived = verdicts.ratios  # COR (eq. 9), energy, HLI and speed ratios, delta J
 pillars = si.pillars  # one home: qtsim.model.sustainability
 
 
-def paper_energy(sim: Simulator, counts: ArchCounts, precision: str, batch, new_tokens,
+def paper_energy(sim: Simulator, counts: ArchCounts, workload: Workload,
                  draws: bool = False) -> dict:
     """Eq. 19 energy per query on models x batches, constants from the profile at batch 1.
 
     Returns ``alpha_j_per_bit``, ``gamma_j``, ``phi_j``, ``b_star_paper`` (per model, eq. 18) and
-    ``j_per_query_paper`` (M, B) for ``precision``; ``j_native`` the eq. 19 native energy
-    K (gamma + 16 alpha / B) on the same grid. With draws, a leading axis of draws.
+    ``j_per_query_paper`` (M, B) for ``workload`` (its precision, batch axis and new tokens);
+    ``j_native`` the eq. 19 native energy K (gamma + 16 alpha / B) on the same grid. With
+    draws, a leading axis of draws.
     """
-    c = sim.paper_constants(counts, precision, draws=draws)
-    bits = get_precision(precision).bits
-    quant = get_precision(precision).quantized
+    c = sim.paper_constants(counts, workload, draws=draws)
+    bits = get_precision(workload.precision).bits
+    quant = workload.quantized
     alpha, gamma = np.asarray(c["alpha_j_per_bit"]), np.asarray(c["gamma_j"])
     phi = np.asarray(c["phi_j"]) if quant else np.zeros_like(alpha)
     bits_eff = bits if quant else paper.NATIVE_BITS
-    b = np.asarray(batch, float)
-    e_q = paper.energy_functional_j(new_tokens, gamma[..., None], alpha[..., None], bits_eff, b,
+    b = np.asarray(workload.batch, float)
+    k = workload.new_tokens
+    e_q = paper.energy_functional_j(k, gamma[..., None], alpha[..., None], bits_eff, b,
                                     phi[..., None])
-    e_n = paper.energy_functional_j(new_tokens, gamma[..., None], alpha[..., None],
-                                    paper.NATIVE_BITS, b, 0.0)
+    e_n = paper.energy_functional_j(k, gamma[..., None], alpha[..., None], paper.NATIVE_BITS, b,
+                                    0.0)
     b_star = np.asarray(c["b_star_paper"]) if quant else np.zeros_like(alpha)
     return {"alpha_j_per_bit": alpha, "gamma_j": gamma, "phi_j": phi, "b_star_paper": b_star,
             "j_per_query_paper": e_q, "j_native": e_n}
@@ -227,60 +230,78 @@ def _trust_grid(precisions, names, synthetic, native, trust_table, depth, family
 
 
 # ---- the surface ----------------------------------------------------------------------------
-def evaluate_gpu(profile: HardwareProfile, counts: ArchCounts, names: Sequence[str],
-                 precisions: Sequence[str], batch, new_tokens: int = 256,
-                 prompt_tokens: int = 128, t_si=None, family: Architecture | None = None,
-                 policy: str = "linear", weights=si.DEFAULT_WEIGHTS, n_draws: int = 0,
-                 seed: int = 0, thresholds: bool = True,
-                 progress: Callable[[int], None] | None = None,
-                 bnb: BnbSettings | None = None) -> dict:
-    """Every quantity for one GPU: arrays (precision, model, batch) and per-model/per-batch ones.
+@dataclass
+class _GpuGrid:
+    """One GPU's evaluation in :func:`evaluate_gpu`: what every precision shares, and the rows.
 
-    ``counts`` holds M models (1-D fields), ``batch`` B batch sizes; ``t_si`` a (P, M) array of
-    trust ratios (default 1). Native (16-bit) runs are evaluated once and shared by every
-    precision. ``family`` is the architecture whose synthetic sizes N* is searched along
-    (omitted: no N*). ``n_draws`` > 0 adds 16/84% bands and ``p_trapped_*`` shares.
-    ``bnb``: bitsandbytes settings for every quantized precision (B* and N* included).
+    ``put`` stores a value of precision ``i`` on the current block of batches ``sl`` (or whole,
+    for per-model and per-batch quantities) into ``rows`` (precision first).
     """
-    sim = Simulator(profile, n_draws=max(n_draws, 1), seed=seed, bnb=bnb)
-    draws = n_draws > 0
-    b_all = np.atleast_1d(np.asarray(batch, float))
-    native = profile.native
-    m = len(names)
-    n_p = len(precisions)
-    t_si = np.ones((n_p, m)) if t_si is None else np.asarray(t_si, float)
-    rows: dict[str, np.ndarray] = {}
-    step = chunk_batches(m, b_all.size, n_draws)
-    i = 0
-    sl = slice(None)
 
-    def put(name, value, full=False):
+    sim: Simulator
+    counts: ArchCounts
+    family: Architecture | None
+    t_si: np.ndarray
+    policy: str
+    weights: tuple
+    draws: bool
+    thresholds: bool
+    b_all: np.ndarray
+    n_p: int
+    rows: dict = field(default_factory=dict)
+    i: int = 0
+    sl: slice = field(default_factory=lambda: slice(None))
+
+    @property
+    def m(self) -> int:
+        return int(np.size(np.asarray(self.counts.n_params)))
+
+    def put(self, name, value, full=False):
         """Store precision i's value: a (M, chunk) block of a batch quantity, or whole."""
         v = np.asarray(value)
-        arr = rows.get(name)
+        arr = self.rows.get(name)
         if arr is None:
-            shape = (n_p, *v.shape) if full else (n_p, *v.shape[:-1], b_all.size)
-            arr = rows[name] = np.empty(shape, v.dtype)
+            shape = (self.n_p, *v.shape) if full else (self.n_p, *v.shape[:-1], self.b_all.size)
+            arr = self.rows[name] = np.empty(shape, v.dtype)
         elif not np.can_cast(v.dtype, arr.dtype, "safe"):
-            arr = rows[name] = arr.astype(np.result_type(arr.dtype, v.dtype))
+            arr = self.rows[name] = arr.astype(np.result_type(arr.dtype, v.dtype))
         if full:
-            arr[i] = v
+            arr[self.i] = v
         else:
-            arr[i, ..., sl] = v
+            arr[self.i, ..., self.sl] = v
 
+
+def evaluate_gpu(profile: HardwareProfile, counts: ArchCounts, names: Sequence[str],
+                 precisions: Sequence[str], workload: Workload, t_si=None,
+                 family: Architecture | None = None, policy: str = "linear",
+                 weights=si.DEFAULT_WEIGHTS, n_draws: int = 0, seed: int = 0,
+                 thresholds: bool = True, progress: Callable[[int], None] | None = None) -> dict:
+    """Every quantity for one GPU: arrays (precision, model, batch) and per-model/per-batch ones.
+
+    ``counts`` holds M models (1-D fields); ``workload`` the batch axis (B batch sizes), the
+    tokens and the bitsandbytes settings every precision runs with (its own precision is
+    replaced by each of ``precisions``, B* and N* included); ``t_si`` a (P, M) array of trust
+    ratios (default 1). Native (16-bit) runs are evaluated once and shared by every precision.
+    ``family`` is the architecture whose synthetic sizes N* is searched along (omitted: no N*).
+    ``n_draws`` > 0 adds 16/84% bands and ``p_trapped_*`` shares.
+    """
+    sim = Simulator(profile, n_draws=max(n_draws, 1), seed=seed)
+    b_all = np.atleast_1d(np.asarray(workload.batch, float))
+    n_p = len(precisions)
+    t_si = np.ones((n_p, len(names))) if t_si is None else np.asarray(t_si, float)
+    g = _GpuGrid(sim, counts, family, t_si, policy, weights, n_draws > 0, thresholds, b_all, n_p)
+    step = chunk_batches(len(names), b_all.size, n_draws)
     for start in range(0, b_all.size, step):
-        sl = slice(start, start + step)
-        b = b_all[sl]
-        first = start == 0
-        nat = grid_eval(sim, counts, native, b, new_tokens, prompt_tokens)
-        nat_d = grid_eval(sim, counts, native, b, new_tokens, prompt_tokens, True) if draws else None
+        g.sl = slice(start, start + step)
+        w = workload.replace(precision=profile.native, batch=b_all[g.sl])
+        nat = grid_eval(sim, counts, w)
+        nat_d = grid_eval(sim, counts, w, True) if g.draws else None
         for i, p in enumerate(precisions):
-            _evaluate_precision(sim, counts, family, p, i, b, b_all, nat, nat_d, first, put,
-                                t_si, new_tokens, prompt_tokens, policy, weights, m, draws,
-                                thresholds)
+            g.i = i
+            _evaluate_precision(g, w.replace(precision=p), nat, nat_d, first=start == 0)
             if progress:
                 progress(1)
-    return rows
+    return g.rows
 
 
 #: Values (model x batch x draw) per block of batches in :func:`evaluate_gpu`.
@@ -300,33 +321,41 @@ def n_blocks(n_models: int, n_batches: int, n_draws: int = 0) -> int:
     return -(-n_batches // step)
 
 
-def _evaluate_precision(sim, counts, family, p, i, b, b_all, nat, nat_d, first, put, t_si,
-                        new_tokens, prompt_tokens, policy, weights, m, draws, thresholds):
+def _evaluate_precision(g: _GpuGrid, w: Workload, nat: dict, nat_d, first: bool) -> None:
     """One precision on one block of batches (thresholds, on the whole axis, with the first)."""
-    native = sim.profile.native
-    quant = get_precision(p).quantized
-    if p == native:
+    native = g.sim.profile.native
+    if w.precision == native:
         q = ref = nat
     else:
-        q = grid_eval(sim, counts, p, b, new_tokens, prompt_tokens)
-        ref = nat if quant else q
+        q = grid_eval(g.sim, g.counts, w)
+        ref = nat if w.quantized else q
+    _put_central(g, w, q, ref, nat)
+    if g.thresholds and first:  # per model, and N* per batch on the whole axis at once
+        _put_thresholds(g, w)
+    if g.draws:
+        qd = grid_eval(g.sim, g.counts, w, True)
+        _put_bands(g, w, qd, nat_d if w.quantized else qd)
+
+
+def _put_central(g: _GpuGrid, w: Workload, q: dict, ref: dict, nat: dict) -> None:
+    """Central values of precision ``w`` against ``ref``: the runs, ratios, SI and verdicts."""
     d = derived(q, ref)
-    pil = pillars(q, ref, t_si[i][:, None], policy, weights)
-    pap = paper_energy(sim, counts, p, b, new_tokens)
+    pil = pillars(q, ref, g.t_si[g.i][:, None], g.policy, g.weights)
+    pap = paper_energy(g.sim, g.counts, w)
     pap_n = pap["j_native"]
     for k in ("latency_s", "step_s", "tok_per_s", "j_per_query", "j_per_query_hli",
               "avg_power_w"):
-        put(k, q[k])
-    put("j_per_query_paper", pap["j_per_query_paper"])
-    put("peak_memory_gib", q["peak_bytes"] / GIB)
-    put("fits", q["fits"].astype(np.uint8))
-    put("native_fits", nat["fits"].astype(np.uint8))
+        g.put(k, q[k])
+    g.put("j_per_query_paper", pap["j_per_query_paper"])
+    g.put("peak_memory_gib", q["peak_bytes"] / GIB)
+    g.put("fits", q["fits"].astype(np.uint8))
+    g.put("native_fits", nat["fits"].astype(np.uint8))
     for k, v in d.items():
-        put(k, v)
-    put("energy_ratio_paper", pap["j_per_query_paper"] / pap_n)
-    put("s_si_paper", pap_n / pap["j_per_query_paper"])
+        g.put(k, v)
+    g.put("energy_ratio_paper", pap["j_per_query_paper"] / pap_n)
+    g.put("s_si_paper", pap_n / pap["j_per_query_paper"])
     for k, v in pil.items():
-        put(k, v)
+        g.put(k, v)
     trapped = {
         "trapped_energy": verdicts.costs_more(q["j_per_query"], ref["j_per_query"]),
         "trapped_energy_hli": verdicts.costs_more(q["j_per_query_hli"], ref["j_per_query_hli"]),
@@ -335,87 +364,86 @@ def _evaluate_precision(sim, counts, family, p, i, b, b_all, nat, nat_d, first, 
         "trapped_si": verdicts.si_trapped(pil["si"]),
     }
     for k, v in trapped.items():
-        put(k, np.asarray(v, np.uint8))
+        g.put(k, np.asarray(v, np.uint8))
     for k in ("alpha_j_per_bit", "gamma_j", "phi_j", "b_star_paper"):
-        put(k, np.broadcast_to(pap[k], (m,)), full=True)
-    if thresholds and first:  # per model, and N* per batch on the whole axis at once
-        if quant:
-            bs = b_star_rows(sim, counts, p, new_tokens, prompt_tokens, draws=draws)
-        else:
-            bs = {"b_star": np.full(m, np.nan), "b_star_kind": np.full(m, 3),
-                  "b_star_max": np.full(m, np.nan)}
-            if draws:
-                bs["b_star_low"] = bs["b_star_high"] = np.full(m, np.nan)
-        for k, v in bs.items():
-            put(k, v, full=True)
-        if family is not None and quant:
-            ns = n_star_fast(sim, family, p, b_all, new_tokens, prompt_tokens, draws=draws)
-        else:
-            ns = {"n_star": np.full(b_all.size, np.nan), "n_star_kind": np.full(b_all.size, 3)}
-            if draws:
-                ns["n_star_low"] = ns["n_star_high"] = np.full(b_all.size, np.nan)
-        for k, v in ns.items():
-            put(k, v, full=True)
-    if draws:
-        qd = grid_eval(sim, counts, p, b, new_tokens, prompt_tokens, True)
-        rd = nat_d if quant else qd
-        dd = derived(qd, rd)
-        pd = pillars(qd, rd, t_si[i][:, None], policy, weights)
-        papd = paper_energy(sim, counts, p, b, new_tokens, draws=True)
-        samples = {**{k: qd[k] for k in ("latency_s", "tok_per_s", "j_per_query",
-                                         "j_per_query_hli")},
-                   "j_per_query_paper": papd["j_per_query_paper"], **dd,
-                   "energy_ratio_paper": papd["j_per_query_paper"] / papd["j_native"],
-                   "s_si_paper": papd["j_native"] / papd["j_per_query_paper"],
-                   **{k: pd[k] for k in ("e_si", "s_si", "s_si_hli", "si", "si_hli")}}
-        for k, v in samples.items():
-            lo, hi = nan_percentiles(v)
-            put(f"{k}_low", lo)
-            put(f"{k}_high", hi)
-        shares = {
-            "p_trapped_energy": verdicts.costs_more(qd["j_per_query"], rd["j_per_query"]),
-            "p_trapped_energy_hli": verdicts.costs_more(qd["j_per_query_hli"], rd["j_per_query_hli"]),
-            "p_trapped_energy_paper": verdicts.costs_more(papd["j_per_query_paper"],
-                                                          papd["j_native"] * (1 + 1e-12)),
-            "p_trapped_time": verdicts.slower(dd["speed_ratio"]),
-            "p_trapped_si": verdicts.si_trapped(pd["si"]),
-        }
-        for k, v in shares.items():
-            put(k, np.mean(v, axis=0) if quant else np.zeros(np.shape(v)[1:]))
+        g.put(k, np.broadcast_to(pap[k], (g.m,)), full=True)
+
+
+def _put_thresholds(g: _GpuGrid, w: Workload) -> None:
+    """B* per model and N* per batch (the whole batch axis) of precision ``w``; NaN at native."""
+    m, nb = g.m, g.b_all.size
+    if w.quantized:
+        bs = b_star_rows(g.sim, g.counts, w, draws=g.draws)
+    else:
+        bs = {"b_star": np.full(m, np.nan), "b_star_kind": np.full(m, 3),
+              "b_star_max": np.full(m, np.nan)}
+        if g.draws:
+            bs["b_star_low"] = bs["b_star_high"] = np.full(m, np.nan)
+    if g.family is not None and w.quantized:
+        ns = n_star_fast(g.sim, g.family, w.replace(batch=g.b_all), draws=g.draws)
+    else:
+        ns = {"n_star": np.full(nb, np.nan), "n_star_kind": np.full(nb, 3)}
+        if g.draws:
+            ns["n_star_low"] = ns["n_star_high"] = np.full(nb, np.nan)
+    for k, v in {**bs, **ns}.items():
+        g.put(k, v, full=True)
+
+
+def _put_bands(g: _GpuGrid, w: Workload, qd: dict, rd: dict) -> None:
+    """16/84% bands over the draws and the shares of draws trapped, precision ``w``."""
+    dd = derived(qd, rd)
+    pd = pillars(qd, rd, g.t_si[g.i][:, None], g.policy, g.weights)
+    papd = paper_energy(g.sim, g.counts, w, draws=True)
+    samples = {**{k: qd[k] for k in ("latency_s", "tok_per_s", "j_per_query",
+                                     "j_per_query_hli")},
+               "j_per_query_paper": papd["j_per_query_paper"], **dd,
+               "energy_ratio_paper": papd["j_per_query_paper"] / papd["j_native"],
+               "s_si_paper": papd["j_native"] / papd["j_per_query_paper"],
+               **{k: pd[k] for k in ("e_si", "s_si", "s_si_hli", "si", "si_hli")}}
+    for k, v in samples.items():
+        lo, hi = nan_percentiles(v)
+        g.put(f"{k}_low", lo)
+        g.put(f"{k}_high", hi)
+    shares = {
+        "p_trapped_energy": verdicts.costs_more(qd["j_per_query"], rd["j_per_query"]),
+        "p_trapped_energy_hli": verdicts.costs_more(qd["j_per_query_hli"], rd["j_per_query_hli"]),
+        "p_trapped_energy_paper": verdicts.costs_more(papd["j_per_query_paper"],
+                                                      papd["j_native"] * (1 + 1e-12)),
+        "p_trapped_time": verdicts.slower(dd["speed_ratio"]),
+        "p_trapped_si": verdicts.si_trapped(pd["si"]),
+    }
+    for k, v in shares.items():
+        g.put(k, np.mean(v, axis=0) if w.quantized else np.zeros(np.shape(v)[1:]))
 
 
 #: Batch axes longer than this get N* from anchors (:func:`n_star_fast`); shorter ones directly.
 N_STAR_ANCHORS = 512
 
 
-def n_star_fast(sim: Simulator, arch: Architecture, precision: str, batch, new_tokens,
-                prompt_tokens, draws: bool = False, anchors: int | None = None) -> dict:
+def n_star_fast(sim: Simulator, arch: Architecture, workload: Workload, draws: bool = False,
+                anchors: int | None = None) -> dict:
     """:func:`qtsim.simulate.thresholds.n_star_rows` for long batch axes without 160 sizes per batch.
 
-    N* at one batch is the first sign change of delta J/query along ``N_GRID`` synthetic sizes.
-    With at most ``2 * anchors`` batches (or with draws) this is ``n_star_rows`` itself. Longer
-    axes are solved exactly at about ``anchors`` batches spread evenly in log batch (4% apart for
-    512 anchors over 1..10^9; every batch below about 25, batch 2 where bitsandbytes switches
-    kernels, and both ends). Every batch between two anchors that agree on the kind and on the
-    bracketing pair of sizes is evaluated at that pair only (two sizes instead of 160; one,
-    the smallest, where the anchors have no crossing) and kept when its signs confirm the
-    bracket, with the same interpolation as :func:`qtsim.simulate.thresholds.crossing`, so the numbers
-    are the ones the full grid gives. Batches whose anchors disagree, or whose signs do not
-    confirm them, are solved on the full size grid. The one thing this cannot see is a sign
-    change that appears and vanishes strictly between two anchors a few percent apart in batch
-    without moving the smallest size's sign; ``tests/test_surface.py`` checks the result
-    against the full grid.
+    N* at each batch of ``workload.batch`` is the first sign change of delta J/query along
+    ``N_GRID`` synthetic sizes. With at most ``2 * anchors`` batches (or with draws) this is
+    ``n_star_rows`` itself. Longer axes are solved exactly at about ``anchors`` batches spread
+    evenly in log batch (4% apart for 512 anchors over 1..10^9; every batch below about 25,
+    batch 2 where bitsandbytes switches kernels, and both ends). Every batch between two
+    anchors that agree on the kind and on the bracketing pair of sizes is evaluated at that
+    pair only (two sizes instead of 160; one, the smallest, where the anchors have no crossing)
+    and kept when its signs confirm the bracket, with the same interpolation as
+    :func:`qtsim.simulate.thresholds.crossing`, so the numbers are the ones the full grid gives.
+    Batches whose anchors disagree, or whose signs do not confirm them, are solved on the full
+    size grid. The one thing this cannot see is a sign change that appears and vanishes
+    strictly between two anchors a few percent apart in batch without moving the smallest
+    size's sign; ``tests/test_surface.py`` checks the result against the full grid.
     """
-    b = np.atleast_1d(np.asarray(batch, float))
+    b = np.atleast_1d(np.asarray(workload.batch, float))
     anchors = N_STAR_ANCHORS if anchors is None else anchors
     if draws or b.size <= 2 * anchors:
-        return n_star_rows(sim, arch, precision, b, new_tokens, prompt_tokens, draws=draws)
+        return n_star_rows(sim, arch, workload, draws=draws)
     sizes = np.geomspace(N_RANGE[0], N_RANGE[1], N_GRID)
     fam = arch.scaled(sizes)
-    # anchors evenly spread in log batch (every small integer batch is one), plus batch 2
-    # (bitsandbytes' kernel switch) and both ends
-    at = np.searchsorted(b, np.geomspace(b[0], b[-1], anchors))
-    a_idx = np.unique(np.concatenate([np.minimum(at, b.size - 1), [0, 1, b.size - 1]]))
 
     def delta(idx, bb):  # delta J/query at sizes[idx] (one size, one per batch, or all)
         if idx is None:
@@ -424,21 +452,51 @@ def n_star_fast(sim: Simulator, arch: Architecture, precision: str, batch, new_t
             cnt = map_counts(fam, lambda x: x[idx:idx + 1] if x.size == sizes.size else x)
         else:
             cnt = map_counts(fam, lambda x: x[idx] if x.size == sizes.size else x)
-        q = grid_eval(sim, cnt, precision, bb, new_tokens, prompt_tokens)
-        n = grid_eval(sim, cnt, sim.profile.native, bb, new_tokens, prompt_tokens)
-        return q["j_per_query"] - n["j_per_query"]
+        return delta_j(sim, cnt, workload.replace(batch=bb))
 
-    da = np.swapaxes(delta(None, b[a_idx]), -1, -2)  # (anchors, S), as n_star_rows
-    a_val, a_kind = crossing(sizes, da)
-    pos = da > 0
-    a_br = np.where(np.isin(a_kind, (0, 1)), (pos[:, 1:] != pos[:, :1]).argmax(axis=-1), 0)
+    a_idx, a_val, a_kind, a_br = _n_star_anchors(delta, sizes, b, anchors)
     seg = np.clip(np.searchsorted(a_idx, np.arange(b.size), side="right") - 1, 0, a_idx.size - 2)
     left, right = seg, seg + 1
     same = (a_kind[left] == a_kind[right]) & (a_br[left] == a_br[right])
     kind = a_kind[left]
+    out, ok = _n_star_bracketed(delta, sizes, b, kind, a_br[left])
+    ok &= same
+    out["n_star"][a_idx] = a_val
+    out["n_star_kind"][a_idx] = a_kind
+    ok[a_idx] = True
+    redo = np.flatnonzero(~ok)
+    if redo.size:
+        r = n_star_rows(sim, arch, workload.replace(batch=b[redo]))
+        out["n_star"][redo] = r["n_star"]
+        out["n_star_kind"][redo] = r["n_star_kind"]
+    return out
+
+
+def _n_star_anchors(delta, sizes, b, anchors: int):
+    """N* solved on the full size grid at the anchor batches of :func:`n_star_fast`.
+
+    Anchors are spread evenly in log batch (every small integer batch is one), plus batch 2
+    (bitsandbytes' kernel switch) and both ends. Returns (anchor indices, N*, kind, index of
+    the size below the first crossing: 0 where there is none).
+    """
+    at = np.searchsorted(b, np.geomspace(b[0], b[-1], anchors))
+    a_idx = np.unique(np.concatenate([np.minimum(at, b.size - 1), [0, 1, b.size - 1]]))
+    da = np.swapaxes(delta(None, b[a_idx]), -1, -2)  # (anchors, S), as n_star_rows
+    a_val, a_kind = crossing(sizes, da)
+    pos = da > 0
+    a_br = np.where(np.isin(a_kind, (0, 1)), (pos[:, 1:] != pos[:, :1]).argmax(axis=-1), 0)
+    return a_idx, a_val, a_kind, a_br
+
+
+def _n_star_bracketed(delta, sizes, b, kind, bracket):
+    """N* of every batch from the bracketing pair of sizes its anchors agree on.
+
+    Returns (``{"n_star", "n_star_kind"}``, ok): ok where the batch's own signs at the pair (at
+    the smallest size where the kind has no crossing) confirm the anchors' bracket.
+    """
     crossing_kind = np.isin(kind, (0, 1))
-    i0 = np.where(crossing_kind, a_br[left], 0)
-    i1 = np.where(crossing_kind, a_br[left] + 1, N_GRID - 1)
+    i0 = np.where(crossing_kind, bracket, 0)
+    i1 = np.where(crossing_kind, bracket + 1, N_GRID - 1)
     d0, d1 = np.empty(b.size), np.empty(b.size)
     step = max(1, CHUNK_POINTS)
     for start in range(0, b.size, step):  # blocks: temporaries stay small
@@ -450,7 +508,7 @@ def n_star_fast(sim: Simulator, arch: Architecture, precision: str, batch, new_t
             d0[cr] = delta(i0[cr], b[cr, None])[:, 0]
             d1[cr] = delta(i1[cr], b[cr, None])[:, 0]
     first_pos = np.isin(kind, (0, 2))  # kinds 0 and 2 start trapped (positive delta)
-    ok = same & ((d0 > 0) == first_pos)
+    ok = (d0 > 0) == first_pos
     ok &= np.where(crossing_kind, (d1 > 0) != first_pos, True)
     out = {"n_star": np.where(first_pos, np.inf, 0.0), "n_star_kind": kind.copy()}
     cr = np.flatnonzero(crossing_kind)
@@ -460,48 +518,71 @@ def n_star_fast(sim: Simulator, arch: Architecture, precision: str, batch, new_t
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             frac = np.where(c0 != c1, c0 / (c0 - c1), 0.0)
             out["n_star"][cr] = np.exp(lx0 + frac * (lx1 - lx0))
-    out["n_star"][a_idx] = a_val
-    out["n_star_kind"][a_idx] = a_kind
-    ok[a_idx] = True
-    redo = np.flatnonzero(~ok)
-    if redo.size:
-        r = n_star_rows(sim, arch, precision, b[redo], new_tokens, prompt_tokens)
-        out["n_star"][redo] = r["n_star"]
-        out["n_star_kind"][redo] = r["n_star_kind"]
-    return out
+    return out, ok
 
 
 def simulate(profiles: Sequence[HardwareProfile], models: Sequence[Architecture] = (),
-             precisions: Sequence[str] = ("fp16", "int8", "nf4"), batch=(1, 8, 64),
-             new_tokens: int = 256, prompt_tokens: int = 128, sizes=None,
+             precisions: Sequence[str] = ("fp16", "int8", "nf4"),
+             workload: Workload | None = None, sizes=None,
              family: Architecture | None = None, trust_table: str | None = None,
              depth: float | None = None, policy: str = "linear", weights=si.DEFAULT_WEIGHTS,
              n_draws: int = 0, seed: int = 0, thresholds: bool = True,
-             progress: Callable[[int], None] | None = None,
-             bnb: BnbSettings | None = None) -> Surface:
+             progress: Callable[[int], None] | None = None) -> Surface:
     """The whole grid: GPUs x precisions x (models, then synthetic ``sizes`` of ``family``) x batches.
 
-    ``family`` defaults to the first model; it is the architecture synthetic sizes and N* are
-    drawn from. ``depth`` moves published accuracies to another reasoning depth (trust.py).
-    ``bnb``: bitsandbytes settings (double quantisation, int8 threshold, 4-bit compute dtype).
+    ``workload``: the batch axis (``workload.batch``, increasing, >= 1), new and prompt tokens
+    and the bitsandbytes settings (double quantisation, int8 threshold, 4-bit compute dtype)
+    every precision runs with; its precision is not used. Default: batches 1, 8, 64 with
+    :class:`~qtsim.model.workload.Workload`'s defaults. ``family`` defaults to the first model;
+    it is the architecture synthetic sizes and N* are drawn from. ``depth`` moves published
+    accuracies to another reasoning depth (trust.py).
     """
-    from qtsim import __version__
+    workload = workload or Workload(batch=(1, 8, 64))
+    precisions = _check_grid(profiles, precisions, workload)
+    b = np.atleast_1d(np.asarray(workload.batch, float))
+    family = family or (models[0] if models else None)
+    stacked, names, synthetic = _model_axis(models, sizes, family)
+    natives = {p.native for p in profiles}
+    t_si, trust = _trust_grid(precisions, names, synthetic, natives.pop() if len(natives) == 1
+                              else "fp16", trust_table, depth, family.name if family else "")
+    w = workload.replace(batch=b)
+    per_gpu = [evaluate_gpu(prof, stacked, names, precisions, w, t_si, family, policy, weights,
+                            n_draws, seed, thresholds, progress)
+               for prof in profiles]
+    if len(per_gpu) == 1:  # a view: stacking one GPU would copy every array once more
+        data = {k: np.asarray(v)[None] for k, v in per_gpu[0].items()}
+    else:
+        data = {k: np.stack([g[k] for g in per_gpu]) for k in per_gpu[0]}
+    coords = {
+        "gpu": [p.name for p in profiles], "precision": precisions,
+        "bits": [get_precision(p).bits for p in precisions], "model": names,
+        "n_params": np.asarray(stacked.n_params, float), "synthetic": synthetic,
+        "batch": b,
+    }
+    attrs = _attrs(profiles, w, family, trust_table, depth, policy, weights, n_draws, seed)
+    return Surface(coords, data, trust, attrs)
 
-    bnb = bnb or BnbSettings()
 
+def _check_grid(profiles, precisions, workload: Workload) -> list[str]:
+    """Refuse an empty GPU list, a precision listed twice, a batch axis that is not increasing
+    and >= 1, and bitsandbytes settings a profile lacks; returns the canonical precisions."""
     if not profiles:
         raise QtsimError("give at least one GPU")
     precisions = [get_precision(p).name for p in precisions]
     if len(set(precisions)) != len(precisions):
         raise QtsimError(f"precision listed twice: {', '.join(precisions)}")
-    b = np.atleast_1d(np.asarray(batch, float))
+    b = np.atleast_1d(np.asarray(workload.batch, float))
     if b.size == 0 or np.any(~np.isfinite(b)) or np.any(b < 1):
         raise QtsimError("batch sizes must be >= 1")
     if np.any(np.diff(b) <= 0):
         raise QtsimError("batch sizes must be strictly increasing")
-    if new_tokens < 1 or prompt_tokens < 0:
-        raise QtsimError("--tokens must be >= 1 and --prompt-tokens >= 0")
-    family = family or (models[0] if models else None)
+    for prof in profiles:
+        workload.bnb.check(precisions, prof)
+    return precisions
+
+
+def _model_axis(models: Sequence[Architecture], sizes, family: Architecture | None):
+    """(stacked counts, names, synthetic flags): the named models, then ``family``'s ``sizes``."""
     counts, names, synthetic = [], [], []
     for a in models:
         counts.append(a.counts())
@@ -516,32 +597,22 @@ def simulate(profiles: Sequence[HardwareProfile], models: Sequence[Architecture]
         synthetic += [True] * sz.size
     if not counts:
         raise QtsimError("give --model or --sizes with --family")
-    for prof in profiles:
-        bnb.check(precisions, prof)
     if len(set(names)) != len(names):
         raise QtsimError(f"model listed twice: {', '.join(names)} (name each with NAME=PATH, or "
                          "by a _qtsim_name key in its config)")
-    stacked = stack_counts(counts)
-    natives = {p.native for p in profiles}
-    t_si, trust = _trust_grid(precisions, names, synthetic, natives.pop() if len(natives) == 1
-                              else "fp16", trust_table, depth, family.name if family else "")
-    per_gpu = [evaluate_gpu(prof, stacked, names, precisions, b, new_tokens, prompt_tokens, t_si,
-                            family, policy, weights, n_draws, seed, thresholds, progress, bnb)
-               for prof in profiles]
-    if len(per_gpu) == 1:  # a view: stacking one GPU would copy every array once more
-        data = {k: np.asarray(v)[None] for k, v in per_gpu[0].items()}
-    else:
-        data = {k: np.stack([g[k] for g in per_gpu]) for k in per_gpu[0]}
-    coords = {
-        "gpu": [p.name for p in profiles], "precision": precisions,
-        "bits": [get_precision(p).bits for p in precisions], "model": names,
-        "n_params": np.asarray(stacked.n_params, float), "synthetic": synthetic,
-        "batch": b,
-    }
-    attrs = {
+    return stack_counts(counts), names, synthetic
+
+
+def _attrs(profiles, workload: Workload, family, trust_table, depth, policy, weights, n_draws,
+           seed) -> dict:
+    """A surface's provenance: qtsim version, workload, SI options, draws and every profile."""
+    from qtsim import __version__
+
+    bnb = workload.bnb
+    return {
         "qtsim_version": __version__,
         "disclaimer": "predictions, not measurements",
-        "new_tokens": int(new_tokens), "prompt_tokens": int(prompt_tokens),
+        "new_tokens": int(workload.new_tokens), "prompt_tokens": int(workload.prompt_tokens),
         "policy": policy, "si_weights": list(weights), "n_draws": int(n_draws), "seed": int(seed),
         "band_percentiles": list(BAND),
         # BitsAndBytesConfig's names; the compute dtype "" = each profile's compute_dtype_4bit
@@ -561,27 +632,28 @@ def simulate(profiles: Sequence[HardwareProfile], models: Sequence[Architecture]
                            "would read); j_per_query_hli: the paper's HLI, TDP x latency / B, a "
                            "latency ratio in disguise; j_per_query_paper: eq. 19"),
     }
-    return Surface(coords, data, trust, attrs)
 
 
 # ---- trap map data --------------------------------------------------------------------------
-def trap_map(profile: HardwareProfile, arch: Architecture, precision: str, sizes, batches,
-             new_tokens: int = 256, prompt_tokens: int = 128, n_draws: int = 200,
-             seed: int = 0, bnb: BnbSettings | None = None) -> dict:
+def trap_map(profile: HardwareProfile, arch: Architecture, workload: Workload, sizes,
+             n_draws: int = 200, seed: int = 0) -> dict:
     """Model size x batch map of one GPU and precision for :func:`qtsim.report.plots.plot_trap_map`.
 
+    ``workload``: the precision with its bitsandbytes settings, the batch axis and the tokens.
     Returns ``sizes`` (S,), ``batches`` (B,), ``delta_j`` (S, B) quantized minus native J/query
     (power model), ``trapped`` (S, B), ``b_star_of_n`` (S,) the first crossing along batch for
     every size (B*(N), with its kind), ``n_star_of_b`` (B,) the first crossing along size for
     every batch (N*(B)), ``native_fits`` (S, B), and with draws ``p_trapped`` (S, B): the share
     of Monte-Carlo draws trapped (the boundary is uncertain where it lies in 16-84%).
     """
-    sim = Simulator(profile, n_draws=max(n_draws, 1), seed=seed, bnb=bnb)
+    sim = Simulator(profile, n_draws=max(n_draws, 1), seed=seed)
     s = np.asarray(sizes, float)
-    b = np.asarray(batches, float)
+    b = np.asarray(workload.batch, float)
     fam = arch.scaled(s)
-    q = grid_eval(sim, fam, precision, b, new_tokens, prompt_tokens)
-    n = grid_eval(sim, fam, profile.native, b, new_tokens, prompt_tokens)
+    w = workload.replace(batch=b)
+    native = w.replace(precision=profile.native)
+    q = grid_eval(sim, fam, w)
+    n = grid_eval(sim, fam, native)
     dj = q["j_per_query"] - n["j_per_query"]
     bn, bk = crossing(b, dj)
     nb, nk = crossing(s, dj.T)
@@ -589,13 +661,11 @@ def trap_map(profile: HardwareProfile, arch: Architecture, precision: str, sizes
            "energy_ratio": q["j_per_query"] / n["j_per_query"],
            "b_star_of_n": bn, "b_star_kind": bk, "n_star_of_b": nb, "n_star_kind": nk,
            "native_fits": np.asarray(n["fits"], bool), "fits": np.asarray(q["fits"], bool),
-           "gpu": profile.name, "precision": get_precision(precision).name,
+           "gpu": profile.name, "precision": w.precision,
            "family": arch.name, "profile_source": profile.source, "n_draws": n_draws,
-           "new_tokens": new_tokens, "prompt_tokens": prompt_tokens, "p_trapped": None}
+           "new_tokens": w.new_tokens, "prompt_tokens": w.prompt_tokens, "p_trapped": None}
     if n_draws > 0:
-        qd = grid_eval(sim, fam, precision, b, new_tokens, prompt_tokens, True)
-        nd = grid_eval(sim, fam, profile.native, b, new_tokens, prompt_tokens, True)
-        out["p_trapped"] = np.mean(qd["j_per_query"] > nd["j_per_query"], axis=0)
+        out["p_trapped"] = np.mean(delta_j(sim, fam, w, True) > 0, axis=0)
     return out
 
 

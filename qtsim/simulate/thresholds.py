@@ -1,25 +1,24 @@
 """Thresholds: where quantized and native energy-per-query curves cross (B*, N*), vectorised.
 
-Shared by :class:`qtsim.simulate.simulator.Simulator` (one model) and :mod:`qtsim.simulate.surface` (whole grids):
-the batch grid, the memory limit, the kernel-switch rule at batch 1 -> 2 and the uncertainty
-bands live here once.
+Used by :class:`qtsim.simulate.simulator.Simulator` (one model) and :mod:`qtsim.simulate.surface`
+(whole grids): the batch grid, the memory limit, the kernel-switch rule at batch 1 -> 2 and the
+uncertainty bands live here once. Every function takes the simulator as an :class:`Evaluator`
+(anything with a ``profile`` and ``evaluate(counts, workload, draws)``), so this module does not
+import the simulator, and the served workload as a :class:`~qtsim.model.workload.Workload`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from qtsim.model import physical
 from qtsim.model.architecture import ArchCounts, Architecture
+from qtsim.model.workload import Workload
+from qtsim.simulate.stats import BAND, GIB
 
-if TYPE_CHECKING:
-    from qtsim.simulate.simulator import Simulator
-
-GIB = 2**30
-BAND = (16.0, 84.0)  # percentiles of the draws: a 68% band, one sigma for a normal
 KIND_NAMES = {0: "crossing", 1: "reverse", 2: "trapped_everywhere", 3: "never_trapped"}
 KIND_CODES = {**KIND_NAMES, 4: "native_oom"}
 B_MAX = 4096.0  # B* search range
@@ -28,31 +27,49 @@ N_RANGE = (1e8, 1e12)  # N* search range, parameters
 N_GRID = 160
 
 
+class Evaluator(Protocol):
+    """What the thresholds need of a simulator: its profile and a vectorised evaluation."""
+
+    profile: object
+
+    def evaluate(self, counts: ArchCounts, workload: Workload, draws: bool = False) -> dict: ...
+
+
 def map_counts(counts: ArchCounts, fn) -> ArchCounts:
     return ArchCounts(**{f.name: fn(np.asarray(getattr(counts, f.name), float))
                          for f in dataclasses.fields(ArchCounts)})
 
 
-def grid_eval(sim: Simulator, counts: ArchCounts, precision: str, batch, new_tokens,
-              prompt_tokens, draws: bool = False) -> dict:
+def grid_eval(sim: Evaluator, counts: ArchCounts, workload: Workload, draws: bool = False) -> dict:
     """``sim.evaluate`` on the outer grid models x batches: arrays (M, B), or (n, M, B) with draws.
 
-    ``counts`` fields are 1-D (M,); ``batch`` is (B,) or per-model (M, B). Central values
-    broadcast without copies; draws (whose parameters carry shape (n, 1)) evaluate the flattened
-    grid and reshape.
+    ``counts`` fields are 1-D (M,); ``workload.batch`` is (B,) or per-model (M, B). Central
+    values broadcast without copies; draws (whose parameters carry shape (n, 1)) evaluate the
+    flattened grid and reshape.
     """
-    b = np.asarray(batch, float)
+    b = np.asarray(workload.batch, float)
     m = np.size(np.asarray(counts.n_params))
     shape = (m, b.shape[-1])
     if not draws:
         col = map_counts(counts, lambda a: a.reshape(-1, 1) if a.size == m else a)
-        out = sim.evaluate(col, precision, b, new_tokens, prompt_tokens)
+        out = sim.evaluate(col, workload.replace(batch=b))
         return {k: np.broadcast_to(v, shape) for k, v in out.items()}
     flat = map_counts(counts, lambda a: np.broadcast_to(a.reshape(-1, 1) if a.size == m else a,
                                                          shape).ravel())
-    out = sim.evaluate(flat, precision, np.broadcast_to(b, shape).ravel(), new_tokens,
-                       prompt_tokens, draws=True)
+    out = sim.evaluate(flat, workload.replace(batch=np.broadcast_to(b, shape).ravel()),
+                       draws=True)
     return {k: np.asarray(v).reshape(np.shape(v)[:-1] + shape) for k, v in out.items()}
+
+
+def delta_j(sim: Evaluator, counts: ArchCounts, workload: Workload, draws: bool = False):
+    """Quantized minus native J/query on the grid models x batches (:func:`grid_eval`), J.
+
+    Positive where the quantized ``workload`` costs more energy per query than the same
+    workload at the profile's native dtype (trapped on energy).
+    """
+    q = grid_eval(sim, counts, workload, draws)
+    n = grid_eval(sim, counts, workload.replace(precision=sim.profile.native), draws)
+    return q["j_per_query"] - n["j_per_query"]
 
 
 def crossing(x, delta):
@@ -79,28 +96,6 @@ def crossing(x, delta):
         val = np.where(has, np.exp(x0 + frac * (x1 - x0)), np.where(pos[..., 0], np.inf, 0.0))
     kind = np.where(has, np.where(pos[..., 0], 0, 1), np.where(pos[..., 0], 2, 3))
     return val, kind
-
-
-def nan_percentiles(x, qs=BAND):
-    """Percentiles along axis 0 ignoring NaN and inf (numpy's linear method), vectorised.
-
-    ``np.nanpercentile`` loops over columns in Python once any NaN is present; this sorts once.
-    Columns with no finite value give NaN.
-    """
-    x = np.asarray(x, float)
-    x = np.where(np.isfinite(x), x, np.nan)
-    s = np.sort(x, axis=0)  # NaN last
-    n = np.sum(~np.isnan(x), axis=0)
-    top = np.maximum(n - 1, 0)
-    out = []
-    for q in qs:
-        pos = q / 100.0 * top
-        lo = np.floor(pos).astype(np.intp)
-        hi = np.minimum(lo + 1, top)
-        v_lo = np.take_along_axis(s, lo[None], 0)[0]
-        v_hi = np.take_along_axis(s, hi[None], 0)[0]
-        out.append(np.where(n > 0, v_lo + (pos - lo) * (v_hi - v_lo), np.nan))
-    return out
 
 
 def censored_band(val_draws, kind_draws, kind_central=0, qs=(BAND[0], 50.0, BAND[1])):
@@ -154,42 +149,42 @@ def n_sign_changes(delta):
     return np.sum(pos[..., 1:] != pos[..., :-1], axis=-1)
 
 
-def batch_limit(sim: Simulator, counts: ArchCounts, precision: str, new_tokens, prompt_tokens):
-    """Largest batch whose peak memory fits the device, vectorised over models (0: none fits)."""
+def batch_limit(sim: Evaluator, counts: ArchCounts, workload: Workload):
+    """Largest batch whose peak memory fits the device, vectorised over models (0: none fits).
+
+    ``workload.batch`` is ignored: the memory left after the batch-independent part (weights,
+    workspace, runtime overhead) is divided by one sequence's KV cache.
+    """
     prof = sim.profile
     overhead = float(prof.hardware.get("runtime_overhead_gib", 0.0)) * GIB
-    fixed = physical.peak_memory_bytes(counts, precision, 0.0, new_tokens, prompt_tokens,
-                                       False, overhead)
-    per_seq = (prompt_tokens + new_tokens) * np.asarray(counts.kv_bytes_per_token, float)
+    w = workload
+    fixed = physical.peak_memory_bytes(counts, w.precision, 0.0, w.new_tokens, w.prompt_tokens,
+                                       w.double_quant, overhead)
+    per_seq = (w.prompt_tokens + w.new_tokens) * np.asarray(counts.kv_bytes_per_token, float)
     return np.floor(np.maximum(prof.memory_bytes - fixed, 0.0) / per_seq)
 
 
-def b_star_rows(sim: Simulator, counts: ArchCounts, precision: str, new_tokens, prompt_tokens,
-                b_max: float = B_MAX, n_grid: int = B_GRID, draws: bool = False,
-                details: bool = False) -> dict:
+def b_star_rows(sim: Evaluator, counts: ArchCounts, workload: Workload, b_max: float = B_MAX,
+                n_grid: int = B_GRID, draws: bool = False, details: bool = False) -> dict:
     """B* for every model at once: where quantized J/query equals native (physical model).
 
-    Grid: integer batches rounded from a geometric grid 1..limit, limit = min(b_max, the native
-    configuration's memory limit). A sign flip between batch 1 and 2 is bitsandbytes leaving its
-    batch-1 GEMV kernel, not a smooth crossing: B* is reported as 2 (in the draws too). Returns
-    ``b_star`` (the first crossing), ``b_star_kind`` (codes of ``KIND_CODES``), ``b_star_max``
-    and with draws ``b_star_low``, ``b_star_high``: 16/84% over all draws, no-crossing draws
-    censored (:func:`censored_band`). With ``details`` also ``b_star_n_crossings``, the grid
-    and central delta (for :func:`all_crossings`), ``b_star_median`` and the shares of
-    :func:`threshold_draw_stats`.
+    ``workload`` gives the quantized precision, its bitsandbytes settings and the tokens; its
+    batch is ignored. Grid: integer batches rounded from a geometric grid 1..limit, limit =
+    min(b_max, the native configuration's memory limit). A sign flip between batch 1 and 2 is
+    bitsandbytes leaving its batch-1 GEMV kernel, not a smooth crossing: B* is reported as 2
+    (in the draws too). Returns ``b_star`` (the first crossing), ``b_star_kind`` (codes of
+    ``KIND_CODES``), ``b_star_max`` and with draws ``b_star_low``, ``b_star_high``: 16/84% over
+    all draws, no-crossing draws censored (:func:`censored_band`). With ``details`` also
+    ``b_star_n_crossings``, the grid and central delta (for :func:`all_crossings`),
+    ``b_star_median`` and the shares of :func:`threshold_draw_stats`.
     """
-    lim = np.atleast_1d(np.minimum(b_max, batch_limit(sim, counts, sim.profile.native,
-                                                      new_tokens, prompt_tokens)))
+    native = workload.replace(precision=sim.profile.native)
+    lim = np.atleast_1d(np.minimum(b_max, batch_limit(sim, counts, native)))
     top = np.maximum(lim, 1.0)
     grid = np.round(np.exp(np.linspace(0.0, 1.0, n_grid)[None, :] * np.log(top)[:, None]))
+    on_grid = workload.replace(batch=grid)
     out = {"b_star_max": lim}
-
-    def delta(d):
-        q = grid_eval(sim, counts, precision, grid, new_tokens, prompt_tokens, d)
-        n = grid_eval(sim, counts, sim.profile.native, grid, new_tokens, prompt_tokens, d)
-        return q["j_per_query"] - n["j_per_query"]
-
-    dc = delta(False)
+    dc = delta_j(sim, counts, on_grid)
     val, kind = crossing(grid, dc)
     oom = lim < 1
     jump = np.isin(kind, (0, 1)) & (val < 2.0)  # kernel switch between batch 1 and 2
@@ -198,34 +193,38 @@ def b_star_rows(sim: Simulator, counts: ArchCounts, precision: str, new_tokens, 
     if details:
         out.update(b_star_n_crossings=n_sign_changes(dc), b_star_grid=grid, b_star_delta=dc)
     if draws:
-        dd = delta(True)
+        dd = delta_j(sim, counts, on_grid, True)
         vd, kd = crossing(grid, dd)
         vd = np.where(np.isin(kd, (0, 1)) & (vd < 2.0), 2.0, vd)
-        lo, med, hi = censored_band(vd, kd, kind)
-        out["b_star_low"] = np.where(oom, np.nan, lo)
-        out["b_star_high"] = np.where(oom, np.nan, hi)
-        if details:
-            out["b_star_median"] = np.where(oom, np.nan, med)
-            for k, v in threshold_draw_stats(vd, kd, n_sign_changes(dd)).items():
-                out[f"b_star_{k}"] = v
+        out.update(_draw_band("b_star", vd, kd, kind, dd, details, mask=oom))
     return out
 
 
-def n_star_rows(sim: Simulator, arch: Architecture, precision: str, batch, new_tokens,
-                prompt_tokens, n_range=N_RANGE, n_grid: int = N_GRID, draws: bool = False,
-                details: bool = False) -> dict:
-    """N* for every batch at once along ``arch``'s synthetic family (width and depth scaled).
+def _draw_band(prefix: str, vd, kd, kind, dd, details: bool, mask=False) -> dict:
+    """``<prefix>_low``/``_high`` (and with ``details`` the median and draw shares) of the
+    thresholds ``vd`` (kinds ``kd``) of the draws; NaN where ``mask``."""
+    lo, med, hi = censored_band(vd, kd, kind)
+    out = {f"{prefix}_low": np.where(mask, np.nan, lo), f"{prefix}_high": np.where(mask, np.nan, hi)}
+    if details:
+        out[f"{prefix}_median"] = np.where(mask, np.nan, med)
+        for k, v in threshold_draw_stats(vd, kd, n_sign_changes(dd)).items():
+            out[f"{prefix}_{k}"] = v
+    return out
+
+
+def n_star_rows(sim: Evaluator, arch: Architecture, workload: Workload, n_range=N_RANGE,
+                n_grid: int = N_GRID, draws: bool = False, details: bool = False) -> dict:
+    """N* for every batch of ``workload.batch`` at once along ``arch``'s synthetic family (width
+    and depth scaled).
 
     Same fields and censoring as :func:`b_star_rows` (``n_star_*``).
     """
     sizes = np.geomspace(n_range[0], n_range[1], n_grid)
     fam = arch.scaled(sizes)
-    b = np.atleast_1d(np.asarray(batch, float))
+    w = workload.replace(batch=np.atleast_1d(np.asarray(workload.batch, float)))
 
     def delta(d):
-        q = grid_eval(sim, fam, precision, b, new_tokens, prompt_tokens, d)
-        n = grid_eval(sim, fam, sim.profile.native, b, new_tokens, prompt_tokens, d)
-        return np.swapaxes(q["j_per_query"] - n["j_per_query"], -1, -2)  # (..., B, S)
+        return np.swapaxes(delta_j(sim, fam, w, d), -1, -2)  # (..., B, S)
 
     dc = delta(False)
     val, kind = crossing(sizes, dc)
@@ -235,12 +234,5 @@ def n_star_rows(sim: Simulator, arch: Architecture, precision: str, batch, new_t
     if draws:
         dd = delta(True)
         vd, kd = crossing(sizes, dd)
-        lo, med, hi = censored_band(vd, kd, kind)
-        out["n_star_low"], out["n_star_high"] = lo, hi
-        if details:
-            out["n_star_median"] = med
-            for k, v in threshold_draw_stats(vd, kd, n_sign_changes(dd)).items():
-                out[f"n_star_{k}"] = v
+        out.update(_draw_band("n_star", vd, kd, kind, dd, details))
     return out
-
-

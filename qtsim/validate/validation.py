@@ -21,6 +21,7 @@ from qtsim.errors import QtsimError
 from qtsim.model import paper, physical
 from qtsim.model.architecture import from_config
 from qtsim.model.precision import get_precision
+from qtsim.model.workload import Workload
 from qtsim.profiles.hardware import HardwareProfile, model_error_deviates
 from qtsim.simulate.simulator import Simulator, band
 
@@ -160,11 +161,10 @@ def predict_point(sim: Simulator, config: dict, name: str, pt: ValidationPoint) 
     c = arch.counts()
     b, k, pr = float(pt.batch), float(pt.new_tokens), float(pt.prompt_tokens)
     bnb = pt.bnb()
-    if bnb != sim.bnb:
-        sim = Simulator(sim.profile, n_draws=sim.n_draws, seed=sim.seed, bnb=bnb)
-    q = sim.evaluate(c, pt.precision, b, k, pr)
-    qd = sim.evaluate(c, pt.precision, b, k, pr, draws=True)
-    pc = sim.paper_constants(c, pt.precision if get_precision(pt.precision).quantized else sim.profile.native)
+    w = Workload(pt.precision, b, k, pr, bnb)
+    q = sim.evaluate(c, w)
+    qd = sim.evaluate(c, w, draws=True)
+    pc = sim.paper_constants(c, w.reference(sim.profile.native))
     bits = get_precision(pt.precision).bits
     phi = float(pc["phi_j"]) if get_precision(pt.precision).quantized else 0.0
     e_paper = paper.energy_functional_j(k, float(pc["gamma_j"]), float(pc["alpha_j_per_bit"]), bits, b, phi)
@@ -306,9 +306,9 @@ def point_draws(profile: HardwareProfile, df, n_draws: int = 400, seed: int = 0)
     drw = {q: [] for q in BAND_QUANTITIES}
     for _, row in df.iterrows():
         c = from_config(json.loads(row["config_json"]), name=str(row["model"])).counts()
-        args = (c, str(row["precision"]), float(row["batch"]), float(row["new_tokens"]),
-                float(row["prompt_len"]))
-        q, qd = sim.evaluate(*args), sim.evaluate(*args, draws=True)
+        w = Workload(str(row["precision"]), float(row["batch"]), float(row["new_tokens"]),
+                     float(row["prompt_len"]))
+        q, qd = sim.evaluate(c, w), sim.evaluate(c, w, draws=True)
         for k in BAND_QUANTITIES:
             cen[k].append(float(q[k]))
             drw[k].append(np.log(np.asarray(qd[k], float).ravel()))

@@ -1,0 +1,40 @@
+"""Shared units and uncertainty bands of the simulator, thresholds, surfaces and reports.
+
+One home for the 68% band (:data:`BAND`), the percentile helpers that summarise Monte-Carlo
+draws (:func:`nan_percentiles`, :func:`band`) and the GiB unit memory figures are reported in.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+GIB = 2**30  # bytes per GiB
+BAND = (16.0, 84.0)  # percentiles of the draws: a 68% band, one sigma for a normal
+
+
+def nan_percentiles(x, qs=BAND):
+    """Percentiles along axis 0 ignoring NaN and inf (numpy's linear method), vectorised.
+
+    ``np.nanpercentile`` loops over columns in Python once any NaN is present; this sorts once.
+    Columns with no finite value give NaN.
+    """
+    x = np.asarray(x, float)
+    x = np.where(np.isfinite(x), x, np.nan)
+    s = np.sort(x, axis=0)  # NaN last
+    n = np.sum(~np.isnan(x), axis=0)
+    top = np.maximum(n - 1, 0)
+    out = []
+    for q in qs:
+        pos = q / 100.0 * top
+        lo = np.floor(pos).astype(np.intp)
+        hi = np.minimum(lo + 1, top)
+        v_lo = np.take_along_axis(s, lo[None], 0)[0]
+        v_hi = np.take_along_axis(s, hi[None], 0)[0]
+        out.append(np.where(n > 0, v_lo + (pos - lo) * (v_hi - v_lo), np.nan))
+    return out
+
+
+def band(x):
+    """(median, low, high) of Monte-Carlo draws (1-D), ignoring NaN and inf; NaN if none finite."""
+    lo, med, hi = nan_percentiles(np.asarray(x, float).ravel(), (BAND[0], 50.0, BAND[1]))
+    return med, lo, hi
