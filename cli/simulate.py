@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
-from pathlib import Path
 
 import click
 
 from qtsim.cli.options import bnb_options, bnb_settings, int_list, precision_list, split_list
-
-PLOTS = ("trap", "fig1", "cor")
 
 
 def parse_batches(text: str) -> list[int]:
@@ -122,205 +118,17 @@ def simulate(gpus, profile_paths, models, precisions, batches, tokens, prompt_to
       qtsim simulate --gpu h100 --family mistral-7b --sizes 0.5e9:80e9:40 --precision int8,nf4 \\
           --draws 200 --out sweep.h5 --csv sweep.csv --plot figs/
     """
-    from qtsim.errors import QtsimError
-    from qtsim.model.architecture import check_context, load_architecture
     from qtsim.model.workload import Workload
-    from qtsim.profiles.hardware import load_profile
-    from qtsim.report.plots import save
-    from qtsim.simulate.surface import n_blocks, parse_sizes, write_csv, write_hdf5
-    from qtsim.simulate.surface import simulate as run
+    from qtsim.report.grid import simulate_to_files
 
-    ctx = click.get_current_context()
-    bnb = bnb_settings(double_quant, int8_threshold, compute_dtype)
-    if not gpus and not profile_paths:
-        raise QtsimError("give --gpu GPU[,GPU...] or --profile FILE")
-    profiles = [load_profile(g) for g in (split_list(gpus, "--gpu") if gpus else [])]
-    profiles += [load_profile(path=p) for p in profile_paths]
-    names = [p.name for p in profiles]
-    if len(set(names)) != len(names):
-        raise QtsimError(f"GPU listed twice: {', '.join(names)}")
-    archs = [load_architecture(m) for m in split_list(models, "--model")] if models else []
-    fam = load_architecture(family) if family else None
-    for a in [*archs, *([fam] if fam else [])]:
-        check_context(a, prompt_tokens, tokens)
-    size_grid = parse_sizes(sizes) if sizes else None
-    b = parse_batches(batches)
-    precs = precision_list(precisions)
-    plots = split_list(which_plots, "--plots")
-    bad = [p for p in plots if p not in PLOTS]
-    if bad:
-        raise QtsimError(f"--plots: unknown figure {bad[0]!r} (choose from {', '.join(PLOTS)})")
-
-    _check_targets(out, csv_path, plot_dir)  # refuse before computing, not after
-    n_models = len(archs) + (len(size_grid) if size_grid is not None else 0)
-    total = len(profiles) * len(precs) * n_blocks(max(n_models, 1), len(b), draws)
-    t0 = time.perf_counter()
-    with LateBar(total, "simulating") as bar:
-        surface = run(profiles, archs, precs, Workload(batch=b, new_tokens=tokens,
-                                                       prompt_tokens=prompt_tokens, bnb=bnb),
-                      size_grid, fam, trust_table, depth, policy, n_draws=draws, seed=seed,
-                      progress=bar.update)
-    elapsed = time.perf_counter() - t0
-    g, p, m, nb = surface.shape
-    click.echo(f"{g} GPU x {p} precision x {m} model x {nb} batch = {surface.n_points} points"
-               f"{f', {draws} draws' if draws else ''} in {elapsed:.2f} s")
-    with Outputs() as o:  # all or nothing: a failing figure leaves no half-written set behind
-        write_hdf5(surface, o.tmp(out), _command_line(ctx), compress=compress)
-        done = [f"wrote {out} ({len(surface.data)} quantities)"]
-        if csv_path:
-            n = write_csv(surface, o.tmp(csv_path))
-            done.append(f"wrote {csv_path} ({n} rows)")
-        if plot_dir:
-            for name, fig in _plots(surface, plots, profiles, archs, fam, size_grid, b, tokens,
-                                    prompt_tokens, draws, seed, bnb):
-                path = str(Path(plot_dir) / name)
-                save(fig, o.tmp(path))
-                done.append(f"wrote {path}")
-    for line in done:
-        click.echo(line)
-    click.echo(_summary(surface))
-
-
-def _plots(surface, plots, profiles, archs, fam, size_grid, batches, tokens, prompt_tokens,
-           draws, seed, bnb=None):
-    """(file name, figure) for every figure asked for."""
-    import numpy as np
-
-    from qtsim.model.precision import get_precision
-    from qtsim.model.workload import Workload
-    from qtsim.report import plots as qp
-    from qtsim.simulate.surface import simulate as simulate_grid
-    from qtsim.simulate.surface import trap_map
-
-    out = []
-    quant = [p for p in surface.coords["precision"] if get_precision(p).quantized]
-    family = fam or (archs[0] if archs else None)
-    if "trap" in plots and family is not None and quant:
-        lo, hi = (size_grid.min(), size_grid.max()) if size_grid is not None else (3e8, 1e11)
-        sizes = np.geomspace(lo, hi, 60)
-        b_lo, b_hi = (min(batches), max(batches)) if max(batches) >= 16 * min(batches) else (1, 512)
-        grid = np.unique(np.round(np.geomspace(b_lo, b_hi, 48)))
-        maps = [trap_map(prof, family, Workload(p, grid, tokens, prompt_tokens, bnb), sizes,
-                         draws or 200, seed)
-                for prof in profiles for p in quant]
-        marks = [(a.name, a.n_params) for a in archs]
-        out.append(("trap_map.png", qp.plot_trap_maps(maps, ncols=len(quant), marks=marks)))
-    named = [m for m, syn in zip(surface.coords["model"], surface.coords["synthetic"], strict=True)
-             if not syn]
-    if "fig1" in plots and named:
-        # the native 16-bit bars are the comparison Fig. 1 exists for: evaluate them at the
-        # figure's batch when the grid did not ask for the native precision
-        missing = sorted({p.native for p in profiles} - set(surface.coords["precision"]))
-        at = Workload(batch=[surface.coords["batch"][0]], new_tokens=tokens,
-                      prompt_tokens=prompt_tokens)
-        native = (simulate_grid(profiles, archs, missing, at, n_draws=draws, seed=seed,
-                                thresholds=False)
-                  if missing and archs else None)
-        for m in named:
-            out.append((f"fig1_{_safe(m)}.png", qp.plot_fig1_panel(surface, m, native=native)))
-    if "cor" in plots and len(batches) > 1 and quant:
-        out.append(("cor_vs_batch.png", qp.plot_cor_vs_batch(surface, named or None)))
-    return out
-
-
-def _check_targets(out, csv_path, plot_dir) -> None:
-    """Create the output folders and refuse targets that cannot be written, before any work."""
-    from qtsim.errors import QtsimError
-
-    folders = [Path(p).parent for p in (out, csv_path) if p] + ([Path(plot_dir)] if plot_dir else [])
-    for f in folders:
-        try:
-            f.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise QtsimError(f"{f}: cannot create the folder ({e.strerror or e})") from None
-        if not os.access(f, os.W_OK):
-            raise QtsimError(f"{f}: folder is not writable")
-    for p in (out, csv_path):
-        if p and Path(p).is_dir():
-            raise QtsimError(f"{p}: is a folder, give a file name")
-
-
-def _safe(name: str) -> str:
-    """A model name as a file-name part (user names may hold '/', spaces, ...)."""
-    import re
-
-    return re.sub(r"[^A-Za-z0-9._~+-]+", "_", name).strip("_") or "model"
-
-
-class Outputs:
-    """Write every output under a temporary name beside its target, and rename them all into
-    place only when every one succeeded (folders are created as needed); on any failure the
-    temporaries are removed and no target is touched."""
-
-    def __init__(self):
-        self.pending: list[tuple[Path, Path]] = []
-
-    def tmp(self, target) -> str:
-        from qtsim.errors import QtsimError
-
-        t = Path(target)
-        try:
-            t.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise QtsimError(f"{t.parent}: cannot create the folder ({e.strerror or e})") from None
-        if t.is_dir():
-            raise QtsimError(f"{t}: is a folder, give a file name")
-        tmp = t.with_name(f".{t.stem}.{os.getpid()}.partial{t.suffix}")
-        self.pending.append((tmp, t))
-        return str(tmp)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            for tmp, target in self.pending:
-                os.replace(tmp, target)
-        else:
-            for tmp, _ in self.pending:
-                tmp.unlink(missing_ok=True)
-        return False
-
-
-def _summary(surface) -> str:
-    """A few lines per (GPU, quantized precision, model) at the smallest batch; large grids skip it."""
-    import numpy as np
-
-    from qtsim.model.precision import get_precision
-    from qtsim.simulate.thresholds import KIND_CODES
-
-    c = surface.coords
-    quant = [p for p in c["precision"] if get_precision(p).quantized]
-    rows = len(c["gpu"]) * len(quant) * len(c["model"])
-    b0 = c["batch"][0]
-    foot = (f"{surface.attrs['disclaimer']}; profiles: "
-            + ", ".join(f"{p['name']} ({p['source']}, {p['priors']} priors)"
-                        for p in surface.attrs["profiles"]))
-    if rows == 0 or rows > 40:
-        return foot
-    trust = {(t["precision"], t["model"]): t["status"] for t in surface.trust}
-    lines = [f"at batch {b0:g}: J/query ratio and trapped on energy by the power model | HLI; "
-             "SI; batches trapped (B*)",
-             f"{'gpu':24s} {'prec':5s} {'model':18s} {'E ratio':>11s} {'trapped':>8s} {'SI':>6s}  "
-             f"{'trapped at':16s} trust"]
-    for g in c["gpu"]:
-        for p in quant:
-            for m in c["model"]:
-                def v(name, g=g, p=p, m=m):
-                    return float(surface.sel(name, gpu=g, precision=p, model=m, batch=b0))
-
-                bs = float(surface.sel("b_star", gpu=g, precision=p, model=m))
-                top = float(surface.sel("b_star_max", gpu=g, precision=p, model=m))
-                kind = KIND_CODES[int(surface.sel("b_star_kind", gpu=g, precision=p, model=m))]
-                bstar = {"crossing": f"B < {bs:.3g}", "reverse": f"B >= {bs:.3g}",
-                         "trapped_everywhere": f"all B <= {top:g}",
-                         "never_trapped": f"none B <= {top:g}",
-                         "native_oom": "native OOM"}[kind]
-                tr = ("yes" if v("trapped_energy") else "no") + "|" + (
-                    "yes" if v("trapped_energy_hli") else "no")
-                ratio = f"{v('energy_ratio'):.2f}|{v('energy_ratio_hli'):.2f}"
-                si_ = v("si")
-                lines.append(f"{g:24s} {p:5s} {m[:18]:18s} {ratio:>11s} {tr:>8s} "
-                             f"{si_ if np.isfinite(si_) else float('nan'):6.3f}  {bstar:16s} "
-                             f"{trust[(p, m)]}")
-    return "\n".join([*lines, foot])
+    workload = Workload(batch=parse_batches(batches), new_tokens=tokens,
+                        prompt_tokens=prompt_tokens,
+                        bnb=bnb_settings(double_quant, int8_threshold, compute_dtype))
+    simulate_to_files(split_list(gpus, "--gpu") if gpus else [], profile_paths,
+                      split_list(models, "--model") if models else [],
+                      precision_list(precisions), workload, out, sizes=sizes, family=family,
+                      csv_path=csv_path, plot_dir=plot_dir,
+                      plots=split_list(which_plots, "--plots"), compress=compress,
+                      trust_table=trust_table, depth=depth, policy=policy, n_draws=draws,
+                      seed=seed, command=_command_line(click.get_current_context()),
+                      progress_bar=lambda total: LateBar(total, "simulating"), echo=click.echo)

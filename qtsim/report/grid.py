@@ -1,0 +1,235 @@
+"""``qtsim simulate``'s run: a surface computed, written to HDF5 (and CSV) all or nothing, its
+figures drawn and a short summary, from names and a :class:`~qtsim.model.workload.Workload`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from qtsim.errors import QtsimError
+from qtsim.model.workload import Workload
+
+#: the figures ``--plots`` may ask for
+PLOTS = ("trap", "fig1", "cor")
+
+
+def simulate_to_files(gpus: Sequence[str], profile_paths: Sequence[str], models: Sequence[str],
+                      precisions: Sequence[str], workload: Workload, out: str, *,
+                      sizes: str | None = None, family: str | None = None,
+                      csv_path: str | None = None, plot_dir: str | None = None,
+                      plots: Sequence[str] = PLOTS, compress: bool = False,
+                      trust_table: str | None = None, depth: float | None = None,
+                      policy: str = "linear", n_draws: int = 0, seed: int = 0,
+                      command: str = "", progress_bar: Callable | None = None,
+                      echo: Callable[[str], None] = print) -> None:
+    """Load the profiles (``gpus`` names, then ``profile_paths``) and ``models`` (names or
+    config paths; ``family`` scaled to ``sizes``, ``"LO:HI:N"``), simulate the grid over
+    ``workload.batch`` (:func:`qtsim.simulate.surface.simulate`) and write ``out`` (HDF5),
+    ``csv_path`` and the ``plots`` into ``plot_dir``: every target is checked before computing
+    and renamed into place only when all were written. ``progress_bar(total)`` gives a context
+    manager with ``update(n)``; ``echo`` receives the report lines.
+    """
+    from qtsim.model.architecture import check_context, load_architecture
+    from qtsim.profiles.hardware import load_profile
+    from qtsim.report.plots import save
+    from qtsim.simulate.surface import n_blocks, parse_sizes, simulate, write_csv, write_hdf5
+
+    if not gpus and not profile_paths:
+        raise QtsimError("give --gpu GPU[,GPU...] or --profile FILE")
+    profiles = [load_profile(g) for g in gpus] + [load_profile(path=p) for p in profile_paths]
+    names = [p.name for p in profiles]
+    if len(set(names)) != len(names):
+        raise QtsimError(f"GPU listed twice: {', '.join(names)}")
+    archs = [load_architecture(m) for m in models]
+    fam = load_architecture(family) if family else None
+    for a in [*archs, *([fam] if fam else [])]:
+        check_context(a, workload.prompt_tokens, workload.new_tokens)
+    size_grid = parse_sizes(sizes) if sizes else None
+    bad = [p for p in plots if p not in PLOTS]
+    if bad:
+        raise QtsimError(f"--plots: unknown figure {bad[0]!r} (choose from {', '.join(PLOTS)})")
+    _check_targets(out, csv_path, plot_dir)  # refuse before computing, not after
+    n_models = len(archs) + (len(size_grid) if size_grid is not None else 0)
+    total = len(profiles) * len(precisions) * n_blocks(max(n_models, 1),
+                                                       len(workload.batch), n_draws)
+    t0 = time.perf_counter()
+    with (progress_bar or _NoBar)(total) as bar:
+        surface = simulate(profiles, archs, precisions, workload, size_grid, fam, trust_table,
+                           depth, policy, n_draws=n_draws, seed=seed, progress=bar.update)
+    g, p, m, nb = surface.shape
+    echo(f"{g} GPU x {p} precision x {m} model x {nb} batch = {surface.n_points} points"
+         f"{f', {n_draws} draws' if n_draws else ''} in {time.perf_counter() - t0:.2f} s")
+    with Outputs() as o:  # all or nothing: a failing figure leaves no half-written set behind
+        write_hdf5(surface, o.tmp(out), command, compress=compress)
+        done = [f"wrote {out} ({len(surface.data)} quantities)"]
+        if csv_path:
+            n = write_csv(surface, o.tmp(csv_path))
+            done.append(f"wrote {csv_path} ({n} rows)")
+        if plot_dir:
+            for name, fig in _plots(surface, plots, profiles, archs, fam, size_grid, workload,
+                                    n_draws, seed):
+                path = str(Path(plot_dir) / name)
+                save(fig, o.tmp(path))
+                done.append(f"wrote {path}")
+    for line in done:
+        echo(line)
+    echo(_summary(surface))
+
+
+class _NoBar:
+    """A progress bar that shows nothing."""
+
+    def __init__(self, total: int):
+        self.total = total
+
+    def __enter__(self):
+        return self
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _plots(surface, plots, profiles, archs, fam, size_grid, workload: Workload, draws, seed):
+    """(file name, figure) for every figure asked for."""
+    import numpy as np
+
+    from qtsim.model.precision import get_precision
+    from qtsim.report import plots as qp
+    from qtsim.simulate.surface import simulate as simulate_grid
+    from qtsim.simulate.surface import trap_map
+
+    out = []
+    batches = [float(x) for x in workload.batch]
+    quant = [p for p in surface.coords["precision"] if get_precision(p).quantized]
+    family = fam or (archs[0] if archs else None)
+    if "trap" in plots and family is not None and quant:
+        lo, hi = (size_grid.min(), size_grid.max()) if size_grid is not None else (3e8, 1e11)
+        sizes = np.geomspace(lo, hi, 60)
+        b_lo, b_hi = (min(batches), max(batches)) if max(batches) >= 16 * min(batches) else (1, 512)
+        grid = np.unique(np.round(np.geomspace(b_lo, b_hi, 48)))
+        maps = [trap_map(prof, family, workload.replace(precision=p, batch=grid), sizes,
+                         draws or 200, seed)
+                for prof in profiles for p in quant]
+        marks = [(a.name, a.n_params) for a in archs]
+        out.append(("trap_map.png", qp.plot_trap_maps(maps, ncols=len(quant), marks=marks)))
+    named = [m for m, syn in zip(surface.coords["model"], surface.coords["synthetic"], strict=True)
+             if not syn]
+    if "fig1" in plots and named:
+        # the native 16-bit bars are the comparison Fig. 1 exists for: evaluate them at the
+        # figure's batch when the grid did not ask for the native precision
+        missing = sorted({p.native for p in profiles} - set(surface.coords["precision"]))
+        at = Workload(batch=[surface.coords["batch"][0]], new_tokens=workload.new_tokens,
+                      prompt_tokens=workload.prompt_tokens)
+        native = (simulate_grid(profiles, archs, missing, at, n_draws=draws, seed=seed,
+                                thresholds=False)
+                  if missing and archs else None)
+        for m in named:
+            out.append((f"fig1_{_safe(m)}.png", qp.plot_fig1_panel(surface, m, native=native)))
+    if "cor" in plots and len(batches) > 1 and quant:
+        out.append(("cor_vs_batch.png", qp.plot_cor_vs_batch(surface, named or None)))
+    return out
+
+
+def _check_targets(out, csv_path, plot_dir) -> None:
+    """Create the output folders and refuse targets that cannot be written, before any work."""
+    folders = [Path(p).parent for p in (out, csv_path) if p] + ([Path(plot_dir)] if plot_dir else [])
+    for f in folders:
+        try:
+            f.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise QtsimError(f"{f}: cannot create the folder ({e.strerror or e})") from None
+        if not os.access(f, os.W_OK):
+            raise QtsimError(f"{f}: folder is not writable")
+    for p in (out, csv_path):
+        if p and Path(p).is_dir():
+            raise QtsimError(f"{p}: is a folder, give a file name")
+
+
+def _safe(name: str) -> str:
+    """A model name as a file-name part (user names may hold '/', spaces, ...)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._~+-]+", "_", name).strip("_") or "model"
+
+
+class Outputs:
+    """Write every output under a temporary name beside its target, and rename them all into
+    place only when every one succeeded (folders are created as needed); on any failure the
+    temporaries are removed and no target is touched."""
+
+    def __init__(self):
+        self.pending: list[tuple[Path, Path]] = []
+
+    def tmp(self, target) -> str:
+        t = Path(target)
+        try:
+            t.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise QtsimError(f"{t.parent}: cannot create the folder ({e.strerror or e})") from None
+        if t.is_dir():
+            raise QtsimError(f"{t}: is a folder, give a file name")
+        tmp = t.with_name(f".{t.stem}.{os.getpid()}.partial{t.suffix}")
+        self.pending.append((tmp, t))
+        return str(tmp)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            for tmp, target in self.pending:
+                os.replace(tmp, target)
+        else:
+            for tmp, _ in self.pending:
+                tmp.unlink(missing_ok=True)
+        return False
+
+
+def _summary(surface) -> str:
+    """A few lines per (GPU, quantized precision, model) at the smallest batch; large grids skip it."""
+    import numpy as np
+
+    from qtsim.model.precision import get_precision
+    from qtsim.simulate.thresholds import KIND_CODES
+
+    c = surface.coords
+    quant = [p for p in c["precision"] if get_precision(p).quantized]
+    rows = len(c["gpu"]) * len(quant) * len(c["model"])
+    b0 = c["batch"][0]
+    foot = (f"{surface.attrs['disclaimer']}; profiles: "
+            + ", ".join(f"{p['name']} ({p['source']}, {p['priors']} priors)"
+                        for p in surface.attrs["profiles"]))
+    if rows == 0 or rows > 40:
+        return foot
+    trust = {(t["precision"], t["model"]): t["status"] for t in surface.trust}
+    lines = [f"at batch {b0:g}: J/query ratio and trapped on energy by the power model | HLI; "
+             "SI; batches trapped (B*)",
+             f"{'gpu':24s} {'prec':5s} {'model':18s} {'E ratio':>11s} {'trapped':>8s} {'SI':>6s}  "
+             f"{'trapped at':16s} trust"]
+    for g in c["gpu"]:
+        for p in quant:
+            for m in c["model"]:
+                def v(name, g=g, p=p, m=m):
+                    return float(surface.sel(name, gpu=g, precision=p, model=m, batch=b0))
+
+                bs = float(surface.sel("b_star", gpu=g, precision=p, model=m))
+                top = float(surface.sel("b_star_max", gpu=g, precision=p, model=m))
+                kind = KIND_CODES[int(surface.sel("b_star_kind", gpu=g, precision=p, model=m))]
+                bstar = {"crossing": f"B < {bs:.3g}", "reverse": f"B >= {bs:.3g}",
+                         "trapped_everywhere": f"all B <= {top:g}",
+                         "never_trapped": f"none B <= {top:g}",
+                         "native_oom": "native OOM"}[kind]
+                tr = ("yes" if v("trapped_energy") else "no") + "|" + (
+                    "yes" if v("trapped_energy_hli") else "no")
+                ratio = f"{v('energy_ratio'):.2f}|{v('energy_ratio_hli'):.2f}"
+                si_ = v("si")
+                lines.append(f"{g:24s} {p:5s} {m[:18]:18s} {ratio:>11s} {tr:>8s} "
+                             f"{si_ if np.isfinite(si_) else float('nan'):6.3f}  {bstar:16s} "
+                             f"{trust[(p, m)]}")
+    return "\n".join([*lines, foot])
