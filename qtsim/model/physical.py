@@ -243,47 +243,60 @@ def timelines(counts: ArchCounts, family: str, context, params: Mapping,
         t_weight = t_weight * deq
     inv = inventory.path_blocks(family.replace("fp4dq", "nf4dq"), side)
     cls = np.asarray(counts.model_class, float).astype(int)
-    is_lin = np.r_[np.ones(7), 0.0]
+    is_lin = _IS_LINEAR
     kern = inv["kernels"][cls] + deq * inv["unfused_kernels"] * is_lin
     ops = inv["ops"][cls] + deq * inv["unfused_ops"] * is_lin
-
-    def blk(x):  # a per-model or per-draw quantity, with the block axis added
-        return np.expand_dims(np.asarray(x, float), -1)
 
     w = np.stack(np.broadcast_arrays(counts.w_qo, counts.w_kv, counts.w_kv, counts.w_qo,
                                      counts.w_mlp, counts.w_mlp, counts.w_mlp, 0.0 * counts.w_qo),
                  axis=-1)
-    bpw = blk(bytes_per_weight(counts, family))
+    bpw = _blk(bytes_per_weight(counts, family))
     t_kernel = params.get("t_kernel_s", 0.0)
-    d_layer = (kern * blk(t_kernel) + blk(t_call) * is_lin
-               + w * (bpw / (blk(bw) * 1e9) + blk(t_weight)))
+    d_layer = (kern * _blk(t_kernel) + _blk(t_call) * is_lin
+               + w * (bpw / (_blk(bw) * 1e9) + _blk(t_weight)))
     t_layer_lump, t_layertok = layer_floor(params, family, b_rep)
     attn_per_seq = (context * counts.kv_bytes_per_token / counts.n_layers / (bw * 1e9)
                     + context * counts.attn_flops_per_token_per_ctx / counts.n_layers * act[2] / 2.0
                     + t_layertok)
     onehot_o = np.eye(8)[3]
-    d_layer_per_seq = (w * blk(t_tok) + blk(attn_per_seq) * onehot_o) * blk(per_seq_scale)
+    d_layer_per_seq = (w * _blk(t_tok) + _blk(attn_per_seq) * onehot_o) * _blk(per_seq_scale)
     head0 = counts.n_native_streamed * (NATIVE_BYTES / (bw * 1e9) + act[1]) + act[0]
     head1 = (counts.n_native_streamed * act[2]
              + counts.vocab_size * params.get("t_vocab_s", 0.0)) * per_seq_scale
     d_post0 = inv["post_kernels"][cls] * t_kernel + head0
     d_pre = inv["pre_kernels"][cls] * t_kernel
     if timeline_mode(params) == "inventory":
-        h_op, h_launch = params["h_op_s"], params.get("h_launch_s", 0.0)
-        if params.get(DISPATCH_FLAG, 0.0):  # t_call already holds the linear's own dispatch
-            ops = ops - (inv["linear_ops"][cls] + deq * inv["unfused_ops"] * is_lin)
-        h_layer = (ops * blk(h_op) + kern * blk(h_launch)
-                   + blk(host_call_s(params, family, b_rep)) * is_lin)
-        h_pre = inv["pre_ops"][cls] * h_op + inv["pre_kernels"][cls] * h_launch
-        h_post = (inv["post_ops"][cls] * h_op + inv["post_kernels"][cls] * h_launch
-                  + params.get("h_step_s", 0.0))
+        h_pre, h_layer, h_post = _host_timeline(params, family, inv, cls, ops, kern, deq, b_rep)
     else:  # lumped: the fitted per-layer floor spread evenly over the blocks
-        h_layer = blk(t_layer_lump) * np.full(8, 1.0 / 8)
+        h_layer = _blk(t_layer_lump) * np.full(8, 1.0 / 8)
         h_pre = 0.0
         h_post = params.get("t_step_s", 0.0)
     return {"h_pre": h_pre, "d_pre": d_pre, "h_layer": h_layer, "d_layer": d_layer,
             "d_layer_per_seq": d_layer_per_seq, "h_post": h_post, "d_post0": d_post0,
             "d_post1": head1, "sync": inv["sync"]}
+
+
+def _blk(x):
+    """A per-model or per-draw quantity with the block axis (last, 8 blocks) added."""
+    return np.expand_dims(np.asarray(x, float), -1)
+
+
+_IS_LINEAR = np.r_[np.ones(7), 0.0]  # the 7 linear blocks of a layer, then the rest
+
+
+def _host_timeline(params: Mapping, family: str, inv: dict, cls, ops, kern, deq, b_rep):
+    """(h_pre, h_layer, h_post) in ``inventory`` mode, s: traced aten operations x ``h_op_s`` +
+    kernels x ``h_launch_s`` + ``h_call_<path>_s`` per linear call, ``h_step_s`` per step; the
+    linear's own ops are left out where ``t_call`` already holds them (:data:`DISPATCH_FLAG`)."""
+    h_op, h_launch = params["h_op_s"], params.get("h_launch_s", 0.0)
+    if params.get(DISPATCH_FLAG, 0.0):  # t_call already holds the linear's own dispatch
+        ops = ops - (inv["linear_ops"][cls] + deq * inv["unfused_ops"] * _IS_LINEAR)
+    h_layer = (ops * _blk(h_op) + kern * _blk(h_launch)
+               + _blk(host_call_s(params, family, b_rep)) * _IS_LINEAR)
+    h_pre = inv["pre_ops"][cls] * h_op + inv["pre_kernels"][cls] * h_launch
+    h_post = (inv["post_ops"][cls] * h_op + inv["post_kernels"][cls] * h_launch
+              + params.get("h_step_s", 0.0))
+    return h_pre, h_layer, h_post
 
 
 def step_timelines(counts: ArchCounts, family: str, batch, context, params: Mapping,

@@ -325,6 +325,28 @@ def csv_text(c: Comparison) -> str:
     return buf.getvalue().rstrip("\n")
 
 
+def _bar(ax, r: dict, column: str, y: float, h: float, top: float, color) -> None:
+    """One row's bar at ``y`` (with its J/query band) and its value and verdict written after;
+    a configuration that does not fit gets a note instead of a bar."""
+    v = r[column]
+    if not r["fits"] or v is None:  # no bar: a length would suggest a value
+        ax.text(top * 0.01, y, f"{r['precision']}: does not fit in memory", va="center",
+                fontsize=8, color="0.3", style="italic")
+        return
+    err = None
+    if column == "j_per_query":
+        err = [[max(v - r["j_per_query_low"], 0)], [max(r["j_per_query_high"] - v, 0)]]
+    ax.barh(y, v, height=h * 0.9, color=color, xerr=err,
+            error_kw={"ecolor": "0.25", "capsize": 2, "lw": 0.8})
+    tag = _cell(column, v)
+    verdict = r["verdict"]
+    if verdict not in ("reference", "16-bit"):
+        tag += f"   energy: {verdict}"
+    right = r["j_per_query_high"] if column == "j_per_query" else v
+    ax.text(right + top * 0.01, y, tag, va="center", fontsize=8,
+            color="#b22222" if verdict.startswith(("trapped", "likely trapped")) else "0.15")
+
+
 def plot_compare(c: Comparison, column: str = "j_per_query"):
     """Horizontal bars of ``column`` per GPU, one bar per precision, verdicts written beside.
 
@@ -354,25 +376,8 @@ def plot_compare(c: Comparison, column: str = "j_per_query"):
             r = by.get((g, p))
             if r is None:
                 continue
-            y = gi + (pi - (n_p - 1) / 2) * h
-            color = PRECISION_COLORS.get(_base(p), "0.5")
-            v = r[column]
-            if not r["fits"] or v is None:  # no bar: a length would suggest a value
-                ax.text(top * 0.01, y, f"{p}: does not fit in memory", va="center", fontsize=8,
-                        color="0.3", style="italic")
-                continue
-            err = None
-            if column == "j_per_query":
-                err = [[max(v - r["j_per_query_low"], 0)], [max(r["j_per_query_high"] - v, 0)]]
-            ax.barh(y, v, height=h * 0.9, color=color, xerr=err,
-                    error_kw={"ecolor": "0.25", "capsize": 2, "lw": 0.8})
-            tag = _cell(column, v)
-            verdict = r["verdict"]
-            if verdict not in ("reference", "16-bit"):
-                tag += f"   energy: {verdict}"
-            right = r["j_per_query_high"] if column == "j_per_query" else v
-            ax.text(right + top * 0.01, y, tag, va="center", fontsize=8,
-                    color="#b22222" if verdict.startswith(("trapped", "likely trapped")) else "0.15")
+            _bar(ax, r, column, gi + (pi - (n_p - 1) / 2) * h, h, top,
+                 PRECISION_COLORS.get(_base(p), "0.5"))
     ax.set_yticks(range(len(gpus)), gpus)
     ax.invert_yaxis()
     ax.set_xlim(0, top * 1.85)  # room for the value and verdict written after each bar

@@ -318,8 +318,7 @@ def simulator_checks(rows, n_draws: int = 400, seed: int = 0) -> tuple[list[Chec
                 rho[(m, p, g)] = float(ref / s.sel("peak_memory_gib", gpu=g, precision=p, model=m,
                                                    batch=1.0))
     b_star, prof = _b_star_checks(n_draws, seed)
-    surface = _surface_checks(rows, s, gpus)  # S1-S14, then S17
-    out = surface[:-1] + b_star + surface[-1:]
+    out = _surface_checks(rows, s) + b_star + [_tokens_check(rows, s, gpus)]
     return out, rho, [*gpus, prof]
 
 
@@ -339,8 +338,8 @@ def _surface_check(s, id_, claim, name, gpu, model, p, paper_value, note="", for
     return Check(id_, "simulator", claim, paper_value, v, status, formula, note, lo, hi)
 
 
-def _surface_checks(rows, s, gpus) -> list[Check]:
-    """S1-S14 (COR, energy ratios, S_SI, E_SI, SI at batch 1) and S17 (tokens per query)."""
+def _surface_checks(rows, s) -> list[Check]:
+    """S1-S14: COR, energy ratios, S_SI, E_SI and SI at batch 1."""
     out = []
     mis = "mistral-7b-v0.3"
 
@@ -391,15 +390,20 @@ def _surface_checks(rows, s, gpus) -> list[Check]:
     cmp("S13b", "  same, power model", "si", "h100-sxm", "mistral-7b", "nf4", si4)
     cmp("S14", "SI Qwen3-0.6B INT8, MathQA ~0.55 (fig 3), A100, HLI", "si_hli", "a100-80gb",
         "qwen3-0.6b", "int8", figure(rows, "qwen3-0.6b", "mathqa", "any", "int8", "si"))
+    return out
+
+
+def _tokens_check(rows, s, gpus) -> Check:
+    """S17: the tokens per query the A100 FP16 HLI energy implies at our step time."""
+    ea = {"fp16": figure(rows, "mistral-7b-v0.3", "gsm8k", "a100", "fp16", "energy_per_query")}
     step = float(s.sel("step_s", gpu="a100-80gb", precision="fp16", model="mistral-7b", batch=1.0))
     tdp = next(p.tdp_w for p in gpus if p.name == "a100-80gb")
     k_implied = ea["fp16"] / tdp / step
-    out.append(Check(
+    return Check(
         "S17", "simulator", "tokens/query implied by A100 FP16 HLI 235.47 J at our step time", None,
         k_implied, "info", f"235.47 J / {tdp:g} W / {step * 1e3:.1f} ms",
         f"HLI = TDP x D / N puts {ea['fp16'] / tdp:.3f} s on each query: short for a GSM8K "
-        "chain of thought at batch 1, unless N counts something else"))
-    return out
+        "chain of thought at batch 1, unless N counts something else")
 
 
 def _b_star_checks(n_draws: int, seed: int):
