@@ -9,6 +9,7 @@ import sys
 import numpy as np
 
 from qtsim.model.architecture import load_architecture
+from qtsim.model.workload import Workload
 from qtsim.profiles.hardware import load_profile
 from qtsim.simulate.simulator import Simulator
 
@@ -27,7 +28,7 @@ def test_model_grid_1e6_points(benchmark):
     batch = np.geomspace(1, 4096, 1000)[None, :]
 
     def run():
-        return sim.compare(fam, "nf4", batch, 256, 128)[2]["delta_j"]
+        return sim.compare(fam, Workload("nf4", batch, 256, 128))[2]["delta_j"]
 
     out = benchmark(run)
     assert out.shape == (1000, 1000)

@@ -15,6 +15,7 @@ import tracemalloc
 import numpy as np
 
 from qtsim.model.architecture import load_architecture
+from qtsim.model.workload import Workload
 from qtsim.profiles.hardware import load_profile
 from qtsim.simulate.surface import simulate
 
@@ -25,7 +26,7 @@ BATCHES = np.arange(1, 1001)
 
 def surface_1e6():
     """The whole 10^6-point surface: every quantity, SI pillars, B* per size and N* per batch."""
-    return simulate([load_profile("h100-sxm")], [], PRECISIONS, BATCHES, 256, 128, sizes=SIZES,
+    return simulate([load_profile("h100-sxm")], [], PRECISIONS, Workload(batch=BATCHES), sizes=SIZES,
                     family=load_architecture("llama-3.1-8b"))
 
 
