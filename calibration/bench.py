@@ -509,6 +509,30 @@ def linear_point_id(path: str, in_features: int, out_features: int, batch: int,
     return make_point_id("linear", *parts)
 
 
+def _layer_copies(layer, attrs: dict) -> list:
+    """The extra copies of ``layer`` a rotating probe calls in turn (:func:`rotation_count`
+    over the last-level cache); records ``llc_bytes`` and ``llc_source`` in ``attrs``."""
+    import copy
+
+    llc, llc_src = last_level_cache_bytes()
+    n_rot = rotation_count(attrs["weight_bytes"], llc)
+    attrs.update(llc_bytes=int(llc), llc_source=llc_src)
+    return [copy.deepcopy(layer) for _ in range(n_rot - 1)]
+
+
+def probe_input(batch: int, in_features: int, seed: int, outlier_injection: bool = False):
+    """A linear probe's seeded float32 input (batch x in_features); with
+    ``outlier_injection`` the :func:`outlier_dims` set to +-``OUTLIER_SCALE``."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(batch, in_features, generator=gen)
+    if outlier_injection:
+        dims = outlier_dims(in_features)
+        x[:, dims] = OUTLIER_SCALE * torch.where(x[:, dims] < 0, -1.0, 1.0)
+    return x
+
+
 def linear_probe(device, path: str, in_features: int, out_features: int, batch: int, *,
                  monitor: EnergyMonitor | None = None, reps: int = 3,
                  min_window_s: float | None = None, warmup_s: float | None = None,
@@ -545,21 +569,10 @@ def linear_probe(device, path: str, in_features: int, out_features: int, batch: 
         with torch.inference_mode():
             layer = build_linear(lp, in_features, out_features, device, seed)
             attrs["weight_bytes"] = weight_storage_bytes(layer)
-            layers = [layer]
-            if rotate:
-                import copy
-
-                llc, llc_src = last_level_cache_bytes()
-                n_rot = rotation_count(attrs["weight_bytes"], llc)
-                layers += [copy.deepcopy(layer) for _ in range(n_rot - 1)]
-                attrs.update(llc_bytes=int(llc), llc_source=llc_src)
+            layers = [layer] + _layer_copies(layer, attrs) if rotate else [layer]
             attrs.update(rotation=len(layers), rotation_bytes=len(layers) * attrs["weight_bytes"])
-            gen = torch.Generator().manual_seed(seed + 1)
-            x = torch.randn(batch, in_features, generator=gen)
-            if outlier_injection:
-                dims = outlier_dims(in_features)
-                x[:, dims] = OUTLIER_SCALE * torch.where(x[:, dims] < 0, -1.0, 1.0)
-            x = x.to(device.torch_device, _torch_dtype(attrs["compute_dtype"]))
+            x = probe_input(batch, in_features, seed, outlier_injection).to(
+                device.torch_device, _torch_dtype(attrs["compute_dtype"]))
             if len(layers) == 1:
                 fn = lambda: layer(x)  # noqa: E731
             else:
