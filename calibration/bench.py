@@ -20,6 +20,8 @@ nf4dq_bn   the same at batch >= 2
 fp4_b1/bn  4-bit float (quant_type fp4); fp4dq_b1/bn with double quantisation
 =========  ==================================================================================
 
+(the vocabulary itself: :mod:`qtsim.model.paths`, whose ``PATHS`` these are)
+
 4-bit compute dtype is bfloat16 on CPU and float16 on CUDA. torch loads inside functions.
 """
 
@@ -37,8 +39,9 @@ from qtsim.calibration.conditions import environment_attrs
 from qtsim.calibration.energy import EnergyMonitor, Measurement
 from qtsim.calibration.raw import PointResult, make_point_id, now_iso
 from qtsim.errors import QtsimError
+from qtsim.model import paths
+from qtsim.model.paths import DEFAULT_INT8_THRESHOLD as DEFAULT_THRESHOLD
 
-DEFAULT_THRESHOLD = 6.0
 OUTLIER_N_DIMS = 8
 OUTLIER_SCALE = 20.0
 SPREAD_LIMIT = 1.3  # longest/shortest window above this triggers extra windows
@@ -65,39 +68,26 @@ def kernel_path(precision: str, batch: int, double_quant: bool = False,
                 threshold: float = DEFAULT_THRESHOLD) -> str:
     """The kernel path a (precision, batch) runs: ``kernel_path("nf4", 1)`` -> ``"nf4_b1"``,
     ``kernel_path("int8", 8, threshold=0.0)`` -> ``"int8_t0"``."""
-    p = precision.lower()
-    if p in ("fp16", "bf16"):
-        return p
-    if p == "int8":
-        return "int8_t0" if threshold == 0.0 else "int8"
-    if p in ("nf4", "fp4"):
-        return f"{p}{'dq' if double_quant else ''}_{'b1' if batch == 1 else 'bn'}"
-    raise QtsimError(f"unknown precision {precision!r} (known: fp16, bf16, int8, nf4, fp4)")
+    return paths.path_at(paths.path_family(precision.lower(), double_quant, threshold), batch)
 
 
 def parse_path(path: str) -> LinearPath:
-    """The :class:`LinearPath` for a kernel path name; QtsimError if unknown."""
-    if path in ("fp16", "bf16"):
-        return LinearPath(path, path)
-    if path == "int8":
-        return LinearPath(path, "int8", threshold=DEFAULT_THRESHOLD)
-    if path == "int8_t0":
-        return LinearPath(path, "int8", threshold=0.0)
-    for q in ("nf4", "fp4"):
-        for dq in ("", "dq"):
-            for bc in ("b1", "bn"):
-                if path == f"{q}{dq}_{bc}":
-                    return LinearPath(path, q, double_quant=bool(dq), batch_class=bc)
-    raise QtsimError(f"unknown kernel path {path!r}")
+    """The :class:`LinearPath` for a kernel path name (:data:`qtsim.model.paths.PATHS`);
+    QtsimError if unknown."""
+    if path not in paths.PATHS:
+        raise QtsimError(f"unknown kernel path {path!r} (known: {', '.join(paths.PATHS)})")
+    family, side = paths.split_side(path)
+    precision, dq = paths.family_precision(family)
+    return LinearPath(path, precision, paths.int8_threshold(family), dq, side)
 
 
-def resolve_path(path: str, batch: int) -> LinearPath:
-    """Accept a full path name or a bare 4-bit precision ("nf4", "nf4dq", "fp4") and check the
-    batch class against ``batch``."""
-    if path in ("nf4", "fp4", "nf4dq", "fp4dq"):
-        path = kernel_path(path[:3], batch, double_quant=path.endswith("dq"))
+def linear_path(path: str, batch: int) -> LinearPath:
+    """The :class:`LinearPath` a linear probe runs: a full path name or a bare 4-bit family
+    ("nf4", "nf4dq", "fp4", "fp4dq"), its batch class checked against ``batch``."""
+    if path in paths.FOUR_BIT:
+        path = paths.path_at(path, batch)
     lp = parse_path(path)
-    if lp.batch_class is not None and lp.batch_class != ("b1" if batch == 1 else "bn"):
+    if lp.batch_class is not None and lp.batch_class != paths.side(batch):
         raise QtsimError(f"kernel path {path!r} does not run at batch {batch}")
     return lp
 
@@ -519,6 +509,30 @@ def linear_point_id(path: str, in_features: int, out_features: int, batch: int,
     return make_point_id("linear", *parts)
 
 
+def _layer_copies(layer, attrs: dict) -> list:
+    """The extra copies of ``layer`` a rotating probe calls in turn (:func:`rotation_count`
+    over the last-level cache); records ``llc_bytes`` and ``llc_source`` in ``attrs``."""
+    import copy
+
+    llc, llc_src = last_level_cache_bytes()
+    n_rot = rotation_count(attrs["weight_bytes"], llc)
+    attrs.update(llc_bytes=int(llc), llc_source=llc_src)
+    return [copy.deepcopy(layer) for _ in range(n_rot - 1)]
+
+
+def probe_input(batch: int, in_features: int, seed: int, outlier_injection: bool = False):
+    """A linear probe's seeded float32 input (batch x in_features); with
+    ``outlier_injection`` the :func:`outlier_dims` set to +-``OUTLIER_SCALE``."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(batch, in_features, generator=gen)
+    if outlier_injection:
+        dims = outlier_dims(in_features)
+        x[:, dims] = OUTLIER_SCALE * torch.where(x[:, dims] < 0, -1.0, 1.0)
+    return x
+
+
 def linear_probe(device, path: str, in_features: int, out_features: int, batch: int, *,
                  monitor: EnergyMonitor | None = None, reps: int = 3,
                  min_window_s: float | None = None, warmup_s: float | None = None,
@@ -541,7 +555,7 @@ def linear_probe(device, path: str, in_features: int, out_features: int, batch: 
 
     import torch
 
-    lp = resolve_path(path, batch)
+    lp = linear_path(path, batch)
     monitor, min_window_s, warmup_s = _prepare(device, monitor, min_window_s, warmup_s)
     attrs: dict[str, Any] = {
         **environment_attrs(device, monitor, purpose), "kind": "linear", "path": lp.name,
@@ -555,21 +569,10 @@ def linear_probe(device, path: str, in_features: int, out_features: int, batch: 
         with torch.inference_mode():
             layer = build_linear(lp, in_features, out_features, device, seed)
             attrs["weight_bytes"] = weight_storage_bytes(layer)
-            layers = [layer]
-            if rotate:
-                import copy
-
-                llc, llc_src = last_level_cache_bytes()
-                n_rot = rotation_count(attrs["weight_bytes"], llc)
-                layers += [copy.deepcopy(layer) for _ in range(n_rot - 1)]
-                attrs.update(llc_bytes=int(llc), llc_source=llc_src)
+            layers = [layer] + _layer_copies(layer, attrs) if rotate else [layer]
             attrs.update(rotation=len(layers), rotation_bytes=len(layers) * attrs["weight_bytes"])
-            gen = torch.Generator().manual_seed(seed + 1)
-            x = torch.randn(batch, in_features, generator=gen)
-            if outlier_injection:
-                dims = outlier_dims(in_features)
-                x[:, dims] = OUTLIER_SCALE * torch.where(x[:, dims] < 0, -1.0, 1.0)
-            x = x.to(device.torch_device, _torch_dtype(attrs["compute_dtype"]))
+            x = probe_input(batch, in_features, seed, outlier_injection).to(
+                device.torch_device, _torch_dtype(attrs["compute_dtype"]))
             if len(layers) == 1:
                 fn = lambda: layer(x)  # noqa: E731
             else:

@@ -41,6 +41,7 @@ from qtsim.calibration.conditions import environment_attrs
 from qtsim.calibration.energy import EnergyMonitor
 from qtsim.calibration.raw import PointResult, make_point_id, now_iso
 from qtsim.errors import MeasurementError, QtsimError
+from qtsim.model import paths
 
 _DROP_CONFIG_KEYS = ("architectures", "transformers_version", "torch_dtype", "dtype",
                      "quantization_config", "_name_or_path", "auto_map")
@@ -211,6 +212,43 @@ def add_outlier_hooks(model, n_dims: int = OUTLIER_N_DIMS, scale: float = OUTLIE
     return len(layers)
 
 
+def _quantised_model(config: dict, precision: str, device, seed: int, double_quant: bool,
+                     threshold: float, route: str):
+    """(model, build attrs) of a bitsandbytes model: through transformers' from_pretrained
+    where ``route`` allows it, else (or where it refuses) by module replacement."""
+    model = None
+    reason = "requested"
+    if route == "auto" and importlib.util.find_spec("accelerate") is None:
+        route = "module_replacement"
+        reason = "accelerate is not installed (transformers needs it for bitsandbytes)"
+    if route in ("auto", "from_pretrained"):
+        try:
+            with _quiet_progress_bars():
+                model = _from_pretrained_route(config, precision, device, seed,
+                                               double_quant, threshold)
+            return model, {"build_route": "from_pretrained",
+                           "build_route_reason": "transformers BitsAndBytesConfig"}
+        except Exception as exc:  # noqa: BLE001 - any refusal: fall back, reason recorded
+            if route == "from_pretrained" or is_oom(exc):
+                raise
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+            # the failed load's frames (and their CUDA tensors) die with ``exc``
+        release_memory(device)
+    model = _random_model(config, compute_dtype_name(device, precision), device, seed)
+    replace_linears_with_bnb(model, precision, device, double_quant=double_quant,
+                             threshold=threshold)
+    return model, {"build_route": "module_replacement",
+                   "build_route_reason": f"from_pretrained not used: {reason}"}
+
+
+def _outlier_attrs(model, sixteen: bool) -> dict[str, Any]:
+    """Outlier hooks on a quantised model's linears (none on a 16-bit one), as attrs."""
+    return {"outlier_hooks": 0 if sixteen else add_outlier_hooks(model),
+            "outlier_n_dims": OUTLIER_N_DIMS, "outlier_scale": OUTLIER_SCALE,
+            "outlier_dims_rule": f"i * in_features // {OUTLIER_N_DIMS}, "
+                                 f"i < {OUTLIER_N_DIMS}; set to +-{OUTLIER_SCALE:g}"}
+
+
 def build_model(config: dict, precision: str, device, *, seed: int = 0,
                 outlier_injection: bool = False, double_quant: bool = False,
                 threshold: float = DEFAULT_THRESHOLD, route: str = "auto") -> BuiltModel:
@@ -222,56 +260,30 @@ def build_model(config: dict, precision: str, device, *, seed: int = 0,
     "from_pretrained" or "module_replacement".
     """
     precision = precision.lower()
-    if precision not in ("fp16", "bf16", "int8", "nf4", "fp4"):
-        raise QtsimError(f"unknown precision {precision!r} (known: fp16, bf16, int8, nf4, fp4)")
+    known = (*paths.SIXTEEN_BIT, "int8", *paths.FOUR_BIT_PRECISIONS)
+    if precision not in known:
+        raise QtsimError(f"unknown precision {precision!r} (known: {', '.join(known)})")
+    four = precision in paths.FOUR_BIT_PRECISIONS
+    sixteen = precision in paths.SIXTEEN_BIT
     attrs: dict[str, Any] = {
         "precision": precision,
         "compute_dtype": compute_dtype_name(device, precision),
         "llm_int8_threshold": threshold if precision == "int8" else None,
-        "bnb_4bit_quant_type": precision if precision in ("nf4", "fp4") else None,
-        "bnb_4bit_use_double_quant": double_quant if precision in ("nf4", "fp4") else None,
+        "bnb_4bit_quant_type": precision if four else None,
+        "bnb_4bit_use_double_quant": double_quant if four else None,
         "seed": seed,
         "outlier_injection": outlier_injection,
     }
-    if precision in ("fp16", "bf16"):
+    if sixteen:
         model = _random_model(config, precision, device, seed)
         attrs.update(build_route="from_config", build_route_reason="16-bit: no quantisation")
     else:
-        model = None
-        reason = "requested"
-        if route == "auto" and importlib.util.find_spec("accelerate") is None:
-            route = "module_replacement"
-            reason = "accelerate is not installed (transformers needs it for bitsandbytes)"
-        if route in ("auto", "from_pretrained"):
-            try:
-                with _quiet_progress_bars():
-                    model = _from_pretrained_route(config, precision, device, seed,
-                                                   double_quant, threshold)
-                attrs.update(build_route="from_pretrained",
-                             build_route_reason="transformers BitsAndBytesConfig")
-            except Exception as exc:  # noqa: BLE001 - any refusal: fall back, reason recorded
-                if route == "from_pretrained" or is_oom(exc):
-                    raise
-                reason = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
-                # the failed load's frames (and their CUDA tensors) die with ``exc``
-            if model is None:
-                release_memory(device)
-        if model is None:
-            model = _random_model(config, compute_dtype_name(device, precision), device, seed)
-            replace_linears_with_bnb(model, precision, device, double_quant=double_quant,
-                                     threshold=threshold)
-            attrs.update(build_route="module_replacement",
-                         build_route_reason=f"from_pretrained not used: {reason}")
-    attrs["n_quantised_linears"] = len(quantised_linears(model)) if precision not in (
-        "fp16", "bf16") else 0
+        model, route_attrs = _quantised_model(config, precision, device, seed, double_quant,
+                                              threshold, route)
+        attrs.update(route_attrs)
+    attrs["n_quantised_linears"] = 0 if sixteen else len(quantised_linears(model))
     if outlier_injection:
-        if precision in ("fp16", "bf16"):
-            attrs["outlier_hooks"] = 0
-        else:
-            attrs["outlier_hooks"] = add_outlier_hooks(model)
-        attrs.update(outlier_n_dims=OUTLIER_N_DIMS, outlier_scale=OUTLIER_SCALE,
-                     outlier_dims_rule=f"i * in_features // {OUTLIER_N_DIMS}, "
-                                       f"i < {OUTLIER_N_DIMS}; set to +-{OUTLIER_SCALE:g}")
+        attrs.update(_outlier_attrs(model, sixteen))
     try:
         attrs["model_memory_bytes"] = int(model.get_memory_footprint())
     except Exception:  # noqa: BLE001 - informative only
@@ -348,6 +360,59 @@ def _window(monitor, key: str, generate, k: int, iters: int):
     return monitor.end_window(key)
 
 
+def _warm_up(generate, device, batch: int, prompt_len: int, new_tokens: int, warmup: int):
+    """Check generate's output shape, then time ``warmup`` unmeasured runs: (fastest decode of
+    ``new_tokens``, fastest 1-token prefill), s."""
+    out = generate(new_tokens)
+    if tuple(out.shape) != (batch, prompt_len + new_tokens):
+        raise MeasurementError(
+            f"generate returned shape {tuple(out.shape)}, expected "
+            f"{(batch, prompt_len + new_tokens)}"
+        )
+    out = None
+    t_gen = _timed(lambda: generate(new_tokens), device)
+    t_pre = _timed(lambda: generate(1), device)
+    for _ in range(max(0, warmup - 1)):
+        t_gen = min(t_gen, _timed(lambda: generate(new_tokens), device))
+        t_pre = min(t_pre, _timed(lambda: generate(1), device))
+    return t_gen, t_pre
+
+
+def _measure_decode(generate, device, monitor, batch: int, prompt_len: int, new_tokens: int,
+                    reps: int, warmup: int, min_window_s: float | None) -> dict:
+    """Warm up, then ``reps`` measured decode and prefill windows; with the peak memory."""
+    t_gen, t_pre = _warm_up(generate, device, batch, prompt_len, new_tokens, warmup)
+    iters = iters_for(t_gen, min_window_s) if min_window_s else 1
+    p_iters = iters_for(t_pre, min_window_s) if min_window_s else 1
+    peak_kind = reset_peak_memory(device)
+    gen_ms, pre_ms = [], []
+    for r in range(reps):
+        gen_ms.append(_window(monitor, f"decode#{r}", generate, new_tokens, iters))
+        pre_ms.append(_window(monitor, f"prefill#{r}", generate, 1, p_iters))
+    return {"gen_ms": gen_ms, "pre_ms": pre_ms, "iters": iters, "p_iters": p_iters,
+            "peak_kind": peak_kind, "peak": peak_memory_bytes(device)}
+
+
+def _decode_result(attrs: dict, m: dict, device, min_window_s, new_tokens: int) -> PointResult:
+    """The measured windows of :func:`_measure_decode` as a raw-store point."""
+    datasets, excl, notes = measurements_to_datasets(m["gen_ms"])
+    pre_data, pre_excl, pre_notes = measurements_to_datasets(m["pre_ms"], prefix="prefill_",
+                                                              duration_name="prefill_s")
+    datasets.update(pre_data)
+    if m["peak"] is not None:
+        datasets["peak_memory_bytes"] = m["peak"]
+    attrs.update(
+        iters_per_rep=m["iters"], prefill_iters_per_rep=m["p_iters"], min_window_s=min_window_s,
+        exclusions=excl + [e for e in pre_excl if e not in excl],
+        notes=notes + [n for n in pre_notes if n not in notes],
+        peak_memory_kind=m["peak_kind"], status="ok", finished=now_iso(),
+        tokens_generated=int(new_tokens),
+    )
+    if device.backend == "cpu":
+        attrs["rss_bytes"] = _proc_status_bytes("VmRSS")
+    return PointResult(attrs, datasets)
+
+
 def decode_run(built: BuiltModel, batch: int, prompt_len: int, new_tokens: int,
                reps: int = 3, warmup: int = 1, *, monitor: EnergyMonitor | None = None,
                seed: int = 0, min_window_s: float | None = None, model_name: str = "model",
@@ -383,45 +448,13 @@ def decode_run(built: BuiltModel, batch: int, prompt_len: int, new_tokens: int,
                                       max_new_tokens=k, do_sample=False, use_cache=True,
                                       pad_token_id=0)
 
-            out = generate(new_tokens)
-            if tuple(out.shape) != (batch, prompt_len + new_tokens):
-                raise MeasurementError(
-                    f"generate returned shape {tuple(out.shape)}, expected "
-                    f"{(batch, prompt_len + new_tokens)}"
-                )
-            t_gen = _timed(lambda: generate(new_tokens), device)
-            t_pre = _timed(lambda: generate(1), device)
-            for _ in range(max(0, warmup - 1)):
-                t_gen = min(t_gen, _timed(lambda: generate(new_tokens), device))
-                t_pre = min(t_pre, _timed(lambda: generate(1), device))
-            iters = iters_for(t_gen, min_window_s) if min_window_s else 1
-            p_iters = iters_for(t_pre, min_window_s) if min_window_s else 1
-            peak_kind = reset_peak_memory(device)
-            gen_ms, pre_ms = [], []
-            for r in range(reps):
-                gen_ms.append(_window(monitor, f"decode#{r}", generate, new_tokens, iters))
-                pre_ms.append(_window(monitor, f"prefill#{r}", generate, 1, p_iters))
-            peak = peak_memory_bytes(device)
-        ids = mask = out = None
+            measured = _measure_decode(generate, device, monitor, batch, prompt_len, new_tokens,
+                                       reps, warmup, min_window_s)
+        ids = mask = None
     except Exception as exc:
-        ids = mask = out = generate = None
+        ids = mask = generate = None
         return skip_on_oom(exc, device, attrs, f"batch {batch}")
-    datasets, excl, notes = measurements_to_datasets(gen_ms)
-    pre_data, pre_excl, pre_notes = measurements_to_datasets(pre_ms, prefix="prefill_",
-                                                              duration_name="prefill_s")
-    datasets.update(pre_data)
-    if peak is not None:
-        datasets["peak_memory_bytes"] = peak
-    attrs.update(
-        iters_per_rep=iters, prefill_iters_per_rep=p_iters, min_window_s=min_window_s,
-        exclusions=excl + [e for e in pre_excl if e not in excl],
-        notes=notes + [n for n in pre_notes if n not in notes],
-        peak_memory_kind=peak_kind, status="ok", finished=now_iso(),
-        tokens_generated=int(new_tokens),
-    )
-    if device.backend == "cpu":
-        attrs["rss_bytes"] = _proc_status_bytes("VmRSS")
-    return PointResult(attrs, datasets)
+    return _decode_result(attrs, measured, device, min_window_s, new_tokens)
 
 
 def cleanup(built: BuiltModel) -> None:

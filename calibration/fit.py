@@ -38,12 +38,10 @@ import numpy as np
 
 from qtsim import __version__
 from qtsim.errors import FitError
-from qtsim.model import physical
+from qtsim.model import paths, physical
 from qtsim.model.architecture import from_config
-from qtsim.model.precision import get_precision
 from qtsim.profiles.hardware import HardwareProfile, Param, file_sha256
 
-REFERENCE_PATH = "fp16"
 REAL_METERS = ("nvml_counter", "rapl", "nvml_poll")
 #: constants are fitted in units that make them O(1) (us, ps), which keeps lmfit's numerical
 #: derivatives and its bound handling well conditioned; results are converted back to SI
@@ -180,16 +178,8 @@ def _stage(name, res, units, observed, predicted, notes) -> StageResult:
 
 # ---- stage 1: kernel paths ---------------------------------------------------------------------
 def _bytes_per_weight(path: str, in_features: float) -> float:
-    """Bytes per weight a measured kernel path streams (scales from :class:`Precision`)."""
-    precision, dq = physical.family_precision(split_path(path, 1)[: -len("_b1")])
-    p = get_precision(precision)
-    return (p.bits + p.scale_bits_per_weight(int(in_features), dq)) / 8.0
-
-
-def split_path(path: str, batch: float) -> str:
-    """The measured kernel path, split at batch 1: ``fp16`` at batch 4 -> ``fp16_bn``."""
-    base = path[:-3] if path.endswith(("_b1", "_bn")) else path
-    return f"{base}_b1" if batch <= 1 else f"{base}_bn"
+    """Bytes per weight a measured kernel path streams (:func:`physical.linear_bytes_per_weight`)."""
+    return physical.linear_bytes_per_weight(paths.split_side(path)[0], in_features)
 
 
 def reference_path(lin) -> str:
@@ -198,7 +188,7 @@ def reference_path(lin) -> str:
     Its ``t_weight`` is 0 by definition, every other path's is the extra per-weight time over
     it. (On GPUs that is fp16; on a CPU with AMX it can be bf16.)
     """
-    cands = [p for p in (f"{REFERENCE_PATH}_b1", "bf16_b1") if p in set(lin["split"])]
+    cands = [p for p in (f"{f}_b1" for f in paths.SIXTEEN_BIT) if p in set(lin["split"])]
     if not cands:
         raise FitError("no 16-bit linear layer was measured at batch 1: bandwidth cannot be "
                        "separated from casting cost")
@@ -210,14 +200,9 @@ def reference_path(lin) -> str:
     return min(cands, key=slope_s_per_weight)
 
 
-def fit_kernel_paths(frame, notes: list[str]) -> StageResult:
-    """Stage 1 on linear microbenchmark rows (path, in_features, out_features, batch, t_call_s).
-
-    Every path is split at batch 1 (``_b1``: the GEMV kernels) and batch >= 2 (``_bn``).
-    Batch-1 paths have no per-token term (it is folded into ``t_weight``); the reference
-    (:func:`reference_path`) has none either, so its time is ``t_call + W 2 bytes / BW``: that
-    defines BW.
-    """
+def linear_rows(frame, notes: list[str]):
+    """The linear microbenchmark rows stage 1 fits, each with its path split at batch 1
+    (``split``): outlier-injected and, where rotating ones exist, cache-resident points out."""
     lin = _without_outliers(frame[frame["kind"] == "linear"], notes)
     if "rotation" in lin:
         rot = lin["rotation"].fillna(1).astype(float)
@@ -230,46 +215,72 @@ def fit_kernel_paths(frame, notes: list[str]) -> StageResult:
                          "(weights beyond the last-level cache)")
     if lin.empty:
         raise FitError("no linear microbenchmarks in the raw data: nothing to fit kernel paths from")
-    lin = lin.assign(split=[split_path(p, b) for p, b in zip(lin["path"], lin["batch"], strict=True)])
-    ref = reference_path(lin)
-    paths = sorted(lin["split"].unique())
-    w = (lin["in_features"] * lin["out_features"]).to_numpy(float)
-    b = lin["batch"].to_numpy(float)
-    t_obs = lin["t_call_s"].to_numpy(float)
+    return lin.assign(split=[paths.split_path(p, b)
+                             for p, b in zip(lin["path"], lin["batch"], strict=True)])
+
+
+def linear_points(lin) -> dict:
+    """The linear rows as arrays: ``path`` (split), ``weights``, ``bytes_per_weight``, ``batch``,
+    ``t_obs`` (s per call)."""
     path_of = lin["split"].to_numpy()
-    bpw = np.array([_bytes_per_weight(p, i) for p, i in zip(path_of, lin["in_features"], strict=True)])
-    lmfit = _lmfit()
-    ps = lmfit.Parameters()
+    return {"path": path_of, "weights": (lin["in_features"] * lin["out_features"]).to_numpy(float),
+            "bytes_per_weight": np.array([_bytes_per_weight(p, i) for p, i in
+                                          zip(path_of, lin["in_features"], strict=True)]),
+            "batch": lin["batch"].to_numpy(float), "t_obs": lin["t_call_s"].to_numpy(float)}
+
+
+def predict_linear_calls(pts: dict, v: dict) -> np.ndarray:
+    """Time per call of every linear probe from the model itself (:func:`physical.linear_call_s`
+    with each point's path coefficients), s; ``v`` in SI, the bandwidth as ``inv_bw_s_per_byte``."""
+    coeff = {c: np.array([v[paths.param_name(p, c)] for p in pts["path"]])
+             for c in paths.PATH_COEFFS}
+    return physical.linear_call_s(pts["weights"], pts["bytes_per_weight"], pts["batch"],
+                                  1.0 / (v["inv_bw_s_per_byte"] * 1e9), coeff["t_call"],
+                                  coeff["t_weight"], coeff["t_tokweight"])
+
+
+def _kernel_parameters(lin, ref: str):
+    """Stage 1's lmfit Parameters (us, ps; bounded at 0), their units, and the coefficients
+    fixed by definition (the reference's ``t_weight``, batch-1 paths' ``t_tokweight``)."""
+    ps = _lmfit().Parameters()
     r1 = lin[lin["split"] == ref].sort_values("in_features").iloc[-1]
     bw0 = 2.0 * r1["in_features"] * r1["out_features"] / r1["t_call_s"]
     ps.add("inv_bw_s_per_byte", value=1.0 / bw0 / 1e-12, min=1e-6)
     units = {"inv_bw_s_per_byte": "s/byte"}
     fixed = {}
-    for p in paths:
-        sub = t_obs[path_of == p]
-        ps.add(physical.param_name(p, "t_call"), value=float(np.min(sub)) / 2 / 1e-6, min=0.0)
-        ps.add(physical.param_name(p, "t_weight"), value=0.0 if p == ref else 1.0, min=0.0,
+    for p in sorted(lin["split"].unique()):
+        t_min = float(lin.loc[lin["split"] == p, "t_call_s"].min())
+        ps.add(paths.param_name(p, "t_call"), value=t_min / 2 / 1e-6, min=0.0)
+        ps.add(paths.param_name(p, "t_weight"), value=0.0 if p == ref else 1.0, min=0.0,
                vary=p != ref)
-        ps.add(physical.param_name(p, "t_tokweight"), value=0.0 if p.endswith("_b1") else 1.0,
+        ps.add(paths.param_name(p, "t_tokweight"), value=0.0 if p.endswith("_b1") else 1.0,
                min=0.0, vary=not p.endswith("_b1"))
         if p == ref:
-            fixed[physical.param_name(p, "t_weight")] = "reference path: 0 by definition"
+            fixed[paths.param_name(p, "t_weight")] = "reference path: 0 by definition"
         if p.endswith("_b1"):
-            fixed[physical.param_name(p, "t_tokweight")] = "batch-1 path: per-token cost folded into t_weight"
-        units.update({physical.param_name(p, c): physical.PARAM_UNITS[c] for c in physical.PATH_COEFFS})
-    masks = {p: path_of == p for p in paths}
+            fixed[paths.param_name(p, "t_tokweight")] = ("batch-1 path: per-token cost folded "
+                                                         "into t_weight")
+        units.update({paths.param_name(p, c): physical.PARAM_UNITS[c] for c in paths.PATH_COEFFS})
+    return ps, units, fixed
 
-    def predict(v):
-        out = np.empty_like(t_obs)
-        for p, m in masks.items():
-            out[m] = (v[physical.param_name(p, "t_call")]
-                      + w[m] * (bpw[m] * v["inv_bw_s_per_byte"] + v[physical.param_name(p, "t_weight")])
-                      + b[m] * w[m] * v[physical.param_name(p, "t_tokweight")])
-        return out
 
-    res = _minimize(ps, lambda v: (predict(si_values(v)) - t_obs) / t_obs, "kernel-path fit",
-                    len(t_obs), notes)
-    st = _stage("kernel_paths", res, units, t_obs, predict(si_values(res.params)), notes)
+def fit_kernel_paths(frame, notes: list[str]) -> StageResult:
+    """Stage 1 on linear microbenchmark rows (path, in_features, out_features, batch, t_call_s).
+
+    Every path is split at batch 1 (``_b1``: the GEMV kernels) and batch >= 2 (``_bn``).
+    Batch-1 paths have no per-token term (it is folded into ``t_weight``); the reference
+    (:func:`reference_path`) has none either, so its time is ``t_call + W 2 bytes / BW``: that
+    defines BW. Each point is predicted by :func:`physical.linear_call_s`.
+    """
+    lin = linear_rows(frame, notes)
+    ref = reference_path(lin)
+    pts = linear_points(lin)
+    t_obs = pts["t_obs"]
+    ps, units, fixed = _kernel_parameters(lin, ref)
+    res = _minimize(ps, lambda v: (predict_linear_calls(pts, si_values(v)) - t_obs) / t_obs,
+                    "kernel-path fit", len(t_obs), notes)
+    st = _stage("kernel_paths", res, units, t_obs, predict_linear_calls(pts, si_values(res.params)),
+                notes)
     for k, why in fixed.items():
         st.params[k] = FittedParam(0.0, 0.0, units[k], why)
     for k in res.pinned:
@@ -299,9 +310,9 @@ def _attr(r, key, default):
 def row_family(r) -> str:
     """The kernel-path family a recorded decode ran (a threshold of 0 is ``int8_t0``: a
     missing one, not a zero, means the default 6)."""
-    return physical.path_family(str(r["precision"]),
-                                bool(_attr(r, "bnb_4bit_use_double_quant", False)),
-                                float(_attr(r, "llm_int8_threshold", 6.0)))
+    return paths.path_family(str(r["precision"]),
+                             bool(_attr(r, "bnb_4bit_use_double_quant", False)),
+                             float(_attr(r, "llm_int8_threshold", 6.0)))
 
 
 def _decode_rows(frame, notes: list[str] | None = None):
@@ -318,47 +329,61 @@ def _decode_rows(frame, notes: list[str] | None = None):
 def compute_dtype_4bit(frame) -> str:
     """The compute dtype the 4-bit decodes used (bf16 on CPU, fp16 on CUDA by default)."""
     if "compute_dtype" in frame and "precision" in frame:
-        d = frame[frame["precision"].isin(["nf4", "fp4"]) & frame["compute_dtype"].notna()]
+        d = frame[frame["precision"].isin(paths.FOUR_BIT_PRECISIONS) & frame["compute_dtype"].notna()]
         if len(d):
             return str(d["compute_dtype"].iloc[0])
-    return REFERENCE_PATH
+    return paths.NATIVE
 
 
-def linear_part_s(counts, family, batch, context, values, native=REFERENCE_PATH, cd4=None):
+def linear_part_s(counts, family, batch, context, values, native=paths.NATIVE, cd4=None):
     """Predicted step time without the floor (t_step_s = t_layer_* = 0)."""
     v = {k: val for k, val in values.items() if not k.startswith(("t_layer", "t_layertok"))}
     v.update(t_step_s=0.0, t_layer_s=0.0)
     return physical.step_time_s(counts, family, batch, context, v, native, cd4)
 
 
-def fit_step_floor(frame, kernel: StageResult, bw_gbs: float, notes: list[str]) -> StageResult:
-    """Stage 2 from short decodes: ``t_step_s`` and ``t_vocab_s`` (shared) and, per precision
-    family, ``t_layer_<fam>_b1_s`` / ``t_layer_<fam>_bn_s`` (per layer per step, batch 1 and
-    batch >= 2) and ``t_layertok_<fam>_s`` (per layer per sequence)."""
+def _add_held(st: StageResult, res, units: dict, why_fixed: dict | None = None) -> None:
+    """Add the constants a stage held (at their bound, or fixed) to its result, with why."""
+    for k, p in res.params.items():
+        if not p.vary and k not in st.params:
+            why = (why_fixed or {}).get(k) or (
+                "held at its physical bound 0 by the fit" if k in res.pinned
+                else "fixed: not resolvable from these decodes, held at 0")
+            st.params[k] = FittedParam(float(p.value) * scale_of(k), 0.0, units[k], why)
+
+
+def _floor_points(frame, kernel: StageResult, bw_gbs: float, notes: list[str]) -> dict:
+    """The decodes as arrays for the lumped floor fit: ``t_obs``, ``lin_s`` (the model's step
+    time without the floor, from stage 1's constants), ``layers``, ``batch``, ``vocab``,
+    ``family``."""
     rows = _decode_rows(frame, notes)
     if not rows:
         raise FitError("no decode runs in the raw data: the per-step and per-layer floor cannot be fitted")
     values = {k: p.value for k, p in kernel.params.items()}
     values["mem_bw_gbs"] = bw_gbs
     cd4 = compute_dtype_4bit(frame)
-    t_obs, lin_s, layers, batch, vocab, fams = [], [], [], [], [], []
+    cols = {k: [] for k in ("t_obs", "lin_s", "layers", "batch", "vocab", "family")}
     for r, c, fam in rows:
         ctx = float(r["prompt_len"]) + float(r["new_tokens"]) / 2.0
-        t_obs.append(float(r["t_step_s"]))
-        lin_s.append(float(linear_part_s(c, fam, float(r["batch"]), ctx, values, cd4=cd4)))
-        layers.append(float(c.n_layers))
-        batch.append(float(r["batch"]))
-        vocab.append(float(c.vocab_size))
-        fams.append(fam)
-    t_obs, lin_s, layers, batch, vocab, fams = map(np.asarray, (t_obs, lin_s, layers, batch, vocab, fams))
-    if len(np.unique(layers)) < 2:
+        for k, x in (("t_obs", float(r["t_step_s"])),
+                     ("lin_s", float(linear_part_s(c, fam, float(r["batch"]), ctx, values, cd4=cd4))),
+                     ("layers", float(c.n_layers)), ("batch", float(r["batch"])),
+                     ("vocab", float(c.vocab_size)), ("family", fam)):
+            cols[k].append(x)
+    pts = {k: np.asarray(v) for k, v in cols.items()}
+    if len(np.unique(pts["layers"])) < 2:
         raise FitError("decodes were measured at one depth only: per-step and per-layer floors "
                        "cannot be separated (the calibration plan decodes several depths)")
-    lmfit = _lmfit()
-    ps = lmfit.Parameters()
-    resid0 = np.maximum(t_obs - lin_s, 1e-6)
+    return pts
+
+
+def _floor_parameters(pts: dict, notes: list[str]):
+    """The lumped floor fit's lmfit Parameters (us, bounded at 0) and their units."""
+    fams, batch, layers = pts["family"], pts["batch"], pts["layers"]
+    ps = _lmfit().Parameters()
+    resid0 = np.maximum(pts["t_obs"] - pts["lin_s"], 1e-6)
     ps.add("t_step_s", value=float(np.min(resid0)) / 2 / 1e-6, min=0.0)
-    many_v = len(np.unique(vocab)) >= 2
+    many_v = len(np.unique(pts["vocab"])) >= 2
     ps.add("t_vocab_s", value=1.0 if many_v else 0.0, min=0.0, vary=many_v)
     if not many_v:
         notes.append("t_vocab_s: decodes at one vocabulary size only; held at 0")
@@ -373,22 +398,33 @@ def fit_step_floor(frame, kernel: StageResult, bw_gbs: float, notes: list[str]) 
         many_b = len(np.unique(batch[m & (batch > 1)])) >= 2
         ps.add(f"t_layertok_{f}_s", value=1.0 if many_b else 0.0, min=0.0, vary=many_b)
         units[f"t_layertok_{f}_s"] = "s/sequence"
+    return ps, units
 
-    def predict(v):
-        tl = np.array([v.get(f"t_layer_{f}_{'b1' if b <= 1 else 'bn'}_s", 0.0) for f, b in zip(fams, batch, strict=True)])
-        tt = np.array([v[f"t_layertok_{f}_s"] for f in fams])
-        return v["t_step_s"] + layers * (tl + batch * tt) + batch * vocab * v["t_vocab_s"] + lin_s
 
-    res = _minimize(ps, lambda v: (predict(si_values(v)) - t_obs) / t_obs, "step-floor fit",
-                    len(t_obs), notes)
-    st = _stage("step_floor", res, units, t_obs, predict(si_values(res.params)), notes)
-    for k, p in res.params.items():
-        if not p.vary and k not in st.params:
-            why = ("held at its physical bound 0 by the fit" if k in res.pinned
-                   else "fixed: not resolvable from these decodes, held at 0")
-            st.params[k] = FittedParam(float(p.value) * scale_of(k), 0.0, units[k], why)
-    for side in ("b1", "bn"):
-        ref = f"t_layer_{REFERENCE_PATH}_{side}_s"
+def predict_floor(pts: dict, v: dict) -> np.ndarray:
+    """Step times in the lumped form: the floor ``t_step + L (t_layer + B t_layertok) +
+    B V t_vocab`` on top of the model's floor-free step time ``lin_s``, s."""
+    fams, batch = pts["family"], pts["batch"]
+    tl = np.array([v.get(f"t_layer_{f}_{paths.side(b)}_s", 0.0)
+                   for f, b in zip(fams, batch, strict=True)])
+    tt = np.array([v[f"t_layertok_{f}_s"] for f in fams])
+    return (v["t_step_s"] + pts["layers"] * (tl + batch * tt)
+            + batch * pts["vocab"] * v["t_vocab_s"] + pts["lin_s"])
+
+
+def fit_step_floor(frame, kernel: StageResult, bw_gbs: float, notes: list[str]) -> StageResult:
+    """Stage 2 from short decodes: ``t_step_s`` and ``t_vocab_s`` (shared) and, per precision
+    family, ``t_layer_<fam>_b1_s`` / ``t_layer_<fam>_bn_s`` (per layer per step, batch 1 and
+    batch >= 2) and ``t_layertok_<fam>_s`` (per layer per sequence)."""
+    pts = _floor_points(frame, kernel, bw_gbs, notes)
+    t_obs = pts["t_obs"]
+    ps, units = _floor_parameters(pts, notes)
+    res = _minimize(ps, lambda v: (predict_floor(pts, si_values(v)) - t_obs) / t_obs,
+                    "step-floor fit", len(t_obs), notes)
+    st = _stage("step_floor", res, units, t_obs, predict_floor(pts, si_values(res.params)), notes)
+    _add_held(st, res, units)
+    for side in paths.SIDES:
+        ref = f"t_layer_{paths.NATIVE}_{side}_s"
         if ref in st.params:
             p = st.params[ref]
             st.params["t_layer_s"] = FittedParam(p.value, p.stderr, "s", f"tied: generic floor = {ref}")
@@ -397,7 +433,6 @@ def fit_step_floor(frame, kernel: StageResult, bw_gbs: float, notes: list[str]) 
 
 
 # ---- stage 2 (inventory mode): host constants priced per traced operation --------------------
-SIXTEEN_BIT = ("fp16", "bf16")
 HOST_UNITS = {"h_op_s": "s/op", "h_step_s": "s", "t_layertok_s": "s/(layer*sequence)",
               "t_vocab_s": "s/(sequence*token)"}
 
@@ -424,8 +459,8 @@ def host_call_names(pts, sixteen: bool = False) -> list[str]:
     ops and, on a CPU, the measured ``t_call``)."""
     names = []
     for f, b in zip(pts["family"], pts["batch"], strict=True):
-        n = f"h_call_{f}_{'b1' if b <= 1 else 'bn'}_s"
-        if (sixteen or f not in SIXTEEN_BIT) and n not in names:
+        n = f"h_call_{f}_{paths.side(b)}_s"
+        if (sixteen or f not in paths.SIXTEEN_BIT) and n not in names:
             names.append(n)
     return sorted(names)
 
@@ -433,9 +468,42 @@ def host_call_names(pts, sixteen: bool = False) -> list[str]:
 def predict_steps(pts, base: dict, v: dict, cd4=None, overlap: bool = False) -> np.ndarray:
     """Step time of every decode point from the model itself (:func:`physical.step_time_s`)."""
     params = {**base, **v}
-    return np.array([float(physical.step_time_s(c, f, b, x, params, REFERENCE_PATH, cd4, overlap))
+    return np.array([float(physical.step_time_s(c, f, b, x, params, paths.NATIVE, cd4, overlap))
                      for c, f, b, x in zip(pts["counts"], pts["family"], pts["batch"],
                                            pts["context"], strict=True)])
+
+
+def _check_host_points(pts) -> None:
+    """FitError unless the decodes can separate the host constants (two depths, 16-bit runs)."""
+    if len(np.unique(pts["layers"])) < 2:
+        raise FitError("decodes were measured at one depth only: per-step and per-layer host "
+                       "costs cannot be separated (the calibration plan decodes several depths)")
+    if not any(f in paths.SIXTEEN_BIT for f in pts["family"]):
+        raise FitError("no 16-bit decodes: the host time per traced operation cannot be told "
+                       "from the quantized paths' per-call cost")
+
+
+def _host_parameters(pts, notes: list[str], name: str, fit_layertok: bool, fit_vocab: bool,
+                     h_op_prior: tuple[float, str] | None, sixteen_calls: bool):
+    """The host fit's lmfit Parameters (us, bounded at 0) and their units."""
+    ps = _lmfit().Parameters()
+    if h_op_prior is not None:
+        ps.add("h_op_s", value=h_op_prior[0] / scale_of("h_op_s"), min=0.0, vary=False)
+        notes.append(f"{name}: h_op_s = {h_op_prior[0]:.4g} s held from {h_op_prior[1]}")
+    else:
+        ps.add("h_op_s", value=5.0, min=0.0)  # us
+    ps.add("h_step_s", value=100.0, min=0.0)
+    ps.add("t_vocab_s", value=1.0 if fit_vocab else 0.0, min=0.0, vary=fit_vocab)
+    ps.add("t_layertok_s", value=1.0 if fit_layertok else 0.0, min=0.0, vary=fit_layertok)
+    if not fit_vocab:
+        notes.append(f"{name}: t_vocab_s: decodes at one vocabulary size only; held at 0")
+    if not fit_layertok:
+        notes.append(f"{name}: t_layertok_s: fewer than two batches above 1; held at 0")
+    units = dict(HOST_UNITS)
+    for n in host_call_names(pts, sixteen=sixteen_calls or h_op_prior is not None):
+        ps.add(n, value=10.0, min=0.0)
+        units[n] = "s/call"
+    return ps, units
 
 
 def fit_host_constants(pts, base: dict, notes: list[str], *, name: str = "host_inventory",
@@ -455,35 +523,14 @@ def fit_host_constants(pts, base: dict, notes: list[str], *, name: str = "host_i
     the 16-bit paths get their own ``h_call`` too: the in-model per-call cost beyond the
     microbenchmark's ``t_call``.
     """
-    if len(np.unique(pts["layers"])) < 2:
-        raise FitError("decodes were measured at one depth only: per-step and per-layer host "
-                       "costs cannot be separated (the calibration plan decodes several depths)")
-    if not any(f in SIXTEEN_BIT for f in pts["family"]):
-        raise FitError("no 16-bit decodes: the host time per traced operation cannot be told "
-                       "from the quantized paths' per-call cost")
+    _check_host_points(pts)
     t_obs = pts["t_obs"]
     if fit_vocab is None:
         fit_vocab = len(np.unique(pts["vocab"])) >= 2
     if fit_layertok is None:
         fit_layertok = len(np.unique(pts["batch"][pts["batch"] > 1])) >= 2
-    lmfit = _lmfit()
-    ps = lmfit.Parameters()
-    if h_op_prior is not None:
-        ps.add("h_op_s", value=h_op_prior[0] / scale_of("h_op_s"), min=0.0, vary=False)
-        notes.append(f"{name}: h_op_s = {h_op_prior[0]:.4g} s held from {h_op_prior[1]}")
-    else:
-        ps.add("h_op_s", value=5.0, min=0.0)  # us
-    ps.add("h_step_s", value=100.0, min=0.0)
-    ps.add("t_vocab_s", value=1.0 if fit_vocab else 0.0, min=0.0, vary=fit_vocab)
-    ps.add("t_layertok_s", value=1.0 if fit_layertok else 0.0, min=0.0, vary=fit_layertok)
-    if not fit_vocab:
-        notes.append(f"{name}: t_vocab_s: decodes at one vocabulary size only; held at 0")
-    if not fit_layertok:
-        notes.append(f"{name}: t_layertok_s: fewer than two batches above 1; held at 0")
-    units = dict(HOST_UNITS)
-    for n in host_call_names(pts, sixteen=sixteen_calls or h_op_prior is not None):
-        ps.add(n, value=10.0, min=0.0)
-        units[n] = "s/call"
+    ps, units = _host_parameters(pts, notes, name, fit_layertok, fit_vocab, h_op_prior,
+                                 sixteen_calls)
 
     def model(v):
         return predict_steps(pts, base, v, cd4, overlap)
@@ -491,13 +538,8 @@ def fit_host_constants(pts, base: dict, notes: list[str], *, name: str = "host_i
     res = _minimize(ps, lambda v: (model(si_values(v)) - t_obs) / t_obs, f"{name} fit",
                     len(t_obs), notes, max_nfev_per_constant=MAX_NFEV)
     st = _stage(name, res, units, t_obs, model(si_values(res.params)), notes)
-    for k, p in res.params.items():
-        if not p.vary and k not in st.params:
-            why = ("held at its physical bound 0 by the fit" if k in res.pinned
-                   else "fixed: not resolvable from these decodes, held at 0")
-            if k == "h_op_s" and h_op_prior is not None:
-                why = f"fixed: from {h_op_prior[1]}"
-            st.params[k] = FittedParam(float(p.value) * scale_of(k), 0.0, units[k], why)
+    prior = {"h_op_s": f"fixed: from {h_op_prior[1]}"} if h_op_prior is not None else None
+    _add_held(st, res, units, prior)
     return st
 
 
@@ -548,7 +590,7 @@ def fit_prefill(frame, values: dict, notes: list[str], overlap: bool = False) ->
     def model(v):
         params = {**values, **v}
         return np.array([float(physical.prefill_timelines(
-            c, f, float(r["batch"]), float(r["prompt_len"]), params, REFERENCE_PATH, cd4,
+            c, f, float(r["batch"]), float(r["prompt_len"]), params, paths.NATIVE, cd4,
             overlap)["step_s"]) for r, c, f in rows])
 
     lmfit = _lmfit()
@@ -586,17 +628,15 @@ def fit_energy(frame, values: dict, tdp_w: float, hli_assumption: str, notes: li
     t = lin["t_call_s"].to_numpy(float)
     w = (lin["in_features"] * lin["out_features"]).to_numpy(float)
     bpw = np.array([_bytes_per_weight(p, i) for p, i in zip(lin["path"], lin["in_features"], strict=True)])
-    by = w * bpw
-    fl = 2.0 * w * lin["batch"].to_numpy(float)
+    batch = lin["batch"].to_numpy(float)
     e_obs = lin[f"e_call_j_{meter}"].to_numpy(float)
-    lmfit = _lmfit()
-    ps = lmfit.Parameters()
+    ps = _lmfit().Parameters()
     ps.add("p_static_w", value=float(np.median(e_obs / t)), min=0)
     ps.add("e_byte_j", value=10.0, min=0)  # pJ/byte
     ps.add("e_flop_j", value=0.1, min=0)  # pJ/FLOP
 
-    def predict(v):
-        return v["p_static_w"] * t + v["e_byte_j"] * by + v["e_flop_j"] * fl
+    def predict(v):  # the model's own power model, capped at TDP x time
+        return physical.linear_call_energy_j(t, w, bpw, batch, v, tdp_w)
 
     res = _minimize(ps, lambda v: (predict(si_values(v)) - e_obs) / e_obs, "energy fit",
                     len(e_obs), notes)

@@ -34,7 +34,7 @@ import numpy as np
 
 from qtsim import __version__
 from qtsim.errors import FitError
-from qtsim.model import physical
+from qtsim.model import paths
 from qtsim.profiles.hardware import Param, file_sha256
 
 #: the tiny architecture the host decodes use (Qwen3 layout, as the CPU calibration's decodes)
@@ -66,11 +66,7 @@ def host_plan(device, depths=HOST_DEPTHS, batches=HOST_BATCHES, precisions=HOST_
     plan = []
     for name, cfg in host_configs(depths):
         for p in precisions:
-            base, dq, thr = p, False, 6.0
-            if p == "nf4dq":
-                base, dq = "nf4", True
-            elif p == "int8_t0":
-                base, thr = "int8", 0.0
+            base, dq, thr = paths.family_settings(p)
             for b in batches:
                 plan.append(DecodeSpec(name, cfg, base, b, HOST_PROMPT, HOST_NEW_TOKENS, reps,
                                        double_quant=dq, threshold=thr))
@@ -80,8 +76,8 @@ def host_plan(device, depths=HOST_DEPTHS, batches=HOST_BATCHES, precisions=HOST_
 def device_base() -> dict:
     """The nominal device part of the host decodes: bandwidth only, no per-call cost."""
     base = {"mem_bw_gbs": NOMINAL_BW_GBS, "h_launch_s": 0.0, "t_kernel_s": 0.0}
-    for p in physical.PATHS:
-        for n in physical.path_param_names(p):
+    for p in paths.PATHS:
+        for n in paths.path_param_names(p):
             base[n] = 0.0
     return base
 

@@ -19,13 +19,13 @@ from qtsim.calibration.bench import (
     DEFAULT_THRESHOLD,
     default_min_window_s,
     gemm_probe,
-    kernel_path,
     linear_point_id,
     linear_probe,
     membw_probe,
 )
 from qtsim.calibration.conditions import environment_attrs
 from qtsim.calibration.raw import PointResult, make_point_id, now_iso
+from qtsim.model import paths
 
 # A tiny Qwen3-like architecture (random weights): big enough to have every kernel of a real
 # decoder layer, small enough to decode 16 tokens in well under a second on 2 CPU cores.
@@ -248,17 +248,9 @@ class DecodeSpec:
 
 
 def linear_paths(device, precisions: tuple[str, ...], batch: int) -> list[str]:
-    """Kernel path names for ``precisions`` (``nf4dq`` = nf4 with double quantisation,
-    ``int8_t0`` = int8 at threshold 0) at ``batch``."""
-    out = []
-    for p in precisions:
-        if p == "int8_t0":
-            out.append(kernel_path("int8", batch, threshold=0.0))
-        elif p.endswith("dq"):
-            out.append(kernel_path(p[:-2], batch, double_quant=True))
-        else:
-            out.append(kernel_path(p, batch))
-    return out
+    """Kernel path names for ``precisions`` (path families, :data:`qtsim.model.paths.FAMILIES`:
+    ``nf4dq`` = nf4 with double quantisation, ``int8_t0`` = int8 at threshold 0) at ``batch``."""
+    return [paths.path_at(p, batch) for p in precisions]
 
 
 def linear_grid(device, precisions, shapes, batches, *, reps: int = 3,
@@ -283,11 +275,10 @@ def decode_grid(model_name: str, config: dict, precisions, batches, *, prompt_le
     """Decode points, grouped by precision so each model is built once."""
     specs = []
     for p in precisions:
-        dq = p.endswith("dq")
-        base = p[:-2] if dq else p
+        base, dq, thr = paths.family_settings(p)
         for b in batches:
             specs.append(DecodeSpec(model_name, config, base, b, prompt_len, new_tokens, reps,
-                                    double_quant=dq, min_window_s=min_window_s,
+                                    double_quant=dq, min_window_s=min_window_s, threshold=thr,
                                     outlier_injection=outlier_injection and base == "int8"))
     return specs
 

@@ -335,6 +335,51 @@ def _force_cuda_branch(model) -> int:
     return n
 
 
+def _traced_generate(model, tracer, kwargs: dict):
+    """One warm-up generate, then one under ``tracer`` (module hooks and dispatch mode)."""
+    import torch
+
+    handles = []
+    with torch.inference_mode():
+        model.generate(**kwargs)  # warm-up: lazy state (bnb init, compute dtypes) is set now
+        try:
+            mm = torch.nn.modules.module
+            handles = [mm.register_module_forward_pre_hook(tracer.pre_hook),
+                       mm.register_module_forward_hook(tracer.post_hook)]
+            handles += [m.register_forward_pre_hook(tracer.end_skip)
+                        for m in model.modules() if id(m) in tracer.linear_name]
+            with _mode_class()(tracer):
+                return model.generate(**kwargs)
+        finally:
+            for h in handles:
+                h.remove()
+
+
+def _inventory_entry(config: dict, spec: PathSpec, batch: int, tracer, built) -> dict[str, Any]:
+    """A traced decode cycle as an inventory entry (ops as lists, not yet indexed)."""
+    layers = tracer.layer_blocks
+    sig = [[(b.linear, tuple(b.ops)) for b in layer] for layer in layers]
+    agree = all(s == sig[0] for s in sig)
+    entry: dict[str, Any] = {
+        "model_type": config["model_type"], "path": f"{spec.base}_{'b1' if batch == 1 else 'bn'}",
+        "base_path": spec.base, "batch": batch, "outliers": spec.outliers,
+        "precision": spec.precision, "double_quant": spec.double_quant,
+        "llm_int8_threshold": spec.threshold if spec.precision == "int8" else None,
+        "layers_agree": agree, "n_layers_traced": len(layers),
+        "layer": [_with_ops(b) for b in layers[0]],
+        "pre": _with_ops(tracer.pre), "post": _with_ops(tracer.post),
+        "outlier_injection_ops_excluded": tracer.skipped,
+        "build": {k: built.attrs.get(k) for k in ("build_route", "compute_dtype",
+                                                  "n_quantised_linears")},
+    }
+    between = [b for b in tracer.between if b.ops]
+    if between:
+        entry["between_layers"] = [_with_ops(b) for b in tracer.between]
+    if not agree:
+        entry["layer_variants"] = [[_with_ops(b) for b in layer] for layer in layers]
+    return entry
+
+
 def trace_step(config: dict, spec: PathSpec, batch: int, *, bnb_cuda=None,
                seed: int = 0) -> dict[str, Any]:
     """Trace one steady decode cycle of ``config`` on ``spec``'s path at ``batch``.
@@ -359,43 +404,11 @@ def trace_step(config: dict, spec: PathSpec, batch: int, *, bnb_cuda=None,
     ids = torch.randint(3, int(config["vocab_size"]), (batch, PROMPT_LEN), generator=gen)
     kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS,
                   min_new_tokens=NEW_TOKENS, do_sample=False, use_cache=True, pad_token_id=0)
-    handles = []
-    with torch.inference_mode():
-        model.generate(**kwargs)  # warm-up: lazy state (bnb init, compute dtypes) is set now
-        try:
-            mm = torch.nn.modules.module
-            handles = [mm.register_module_forward_pre_hook(tracer.pre_hook),
-                       mm.register_module_forward_hook(tracer.post_hook)]
-            handles += [m.register_forward_pre_hook(tracer.end_skip)
-                        for m in model.modules() if id(m) in tracer.linear_name]
-            with _mode_class()(tracer):
-                out = model.generate(**kwargs)
-        finally:
-            for h in handles:
-                h.remove()
+    out = _traced_generate(model, tracer, kwargs)
     if tuple(out.shape) != (batch, PROMPT_LEN + NEW_TOKENS) or tracer.forward_idx != 2:
         raise MeasurementError(f"unexpected generate: shape {tuple(out.shape)}, "
                                f"{tracer.forward_idx + 1} forwards")
-    layers = tracer.layer_blocks
-    sig = [[(b.linear, tuple(b.ops)) for b in layer] for layer in layers]
-    agree = all(s == sig[0] for s in sig)
-    entry: dict[str, Any] = {
-        "model_type": config["model_type"], "path": f"{spec.base}_{'b1' if batch == 1 else 'bn'}",
-        "base_path": spec.base, "batch": batch, "outliers": spec.outliers,
-        "precision": spec.precision, "double_quant": spec.double_quant,
-        "llm_int8_threshold": spec.threshold if spec.precision == "int8" else None,
-        "layers_agree": agree, "n_layers_traced": len(layers),
-        "layer": [_with_ops(b) for b in layers[0]],
-        "pre": _with_ops(tracer.pre), "post": _with_ops(tracer.post),
-        "outlier_injection_ops_excluded": tracer.skipped,
-        "build": {k: built.attrs.get(k) for k in ("build_route", "compute_dtype",
-                                                  "n_quantised_linears")},
-    }
-    between = [b for b in tracer.between if b.ops]
-    if between:
-        entry["between_layers"] = [_with_ops(b) for b in tracer.between]
-    if not agree:
-        entry["layer_variants"] = [[_with_ops(b) for b in layer] for layer in layers]
+    entry = _inventory_entry(config, spec, batch, tracer, built)
     entry["bnb_calls"] = tracer.bnb_calls
     return entry
 
@@ -484,31 +497,46 @@ NOTES = [
 ]
 
 
-def bnb_cuda_table(bnb_cuda) -> dict[str, dict[str, Any]]:
-    """CUDA counts of the bitsandbytes ops on these paths, from synthetic inputs (each op
-    run once through its CUDA implementation), including variants the traces do not reach."""
+#: the synthetic bitsandbytes problem: K inputs, N outputs (weights N x K)
+SYNTH_K, SYNTH_N = 128, 256
+
+
+def _synthetic_inputs() -> dict[str, Any]:
+    """Seeded inputs of the bitsandbytes ops for :func:`bnb_cuda_table` (x1/x4: 1 and 4 rows,
+    xo: 4 rows with outlier columns; packed 4-bit weights with absmax, nested absmax and code;
+    int8 weights/activations with their scales)."""
     import torch
 
-    from qtsim.calibration.bnb_cuda import lib_calls_by_ast
-
     g = torch.Generator().manual_seed(0)
-    K, N = 128, 256
-    x1 = torch.randn(1, K, generator=g, dtype=torch.float16)
-    x4 = torch.randn(4, K, generator=g, dtype=torch.float16)
-    xo = x4.clone()
-    xo[:, ::16] = 20.0
-    packed = torch.randint(0, 255, (N * K // 2, 1), generator=g, dtype=torch.uint8)
-    absmax = torch.rand(N * K // 64, generator=g) + 0.5
-    absmax8 = torch.randint(0, 255, (N * K // 64,), generator=g, dtype=torch.uint8)
-    absmax2 = torch.rand(N * K // 64 // 256, generator=g) + 0.5
-    code = torch.linspace(-1, 1, 256)
-    offset = torch.tensor(0.1)
-    CB = torch.randint(-127, 127, (N, K), generator=g, dtype=torch.int8)
-    SCB = torch.rand(N, generator=g) + 0.5
-    CA = torch.randint(-127, 127, (4, K), generator=g, dtype=torch.int8)
-    SCA = torch.rand(4, generator=g) + 0.5
-    i32 = torch.randint(-1000, 1000, (4, N), generator=g, dtype=torch.int32)
-    cases: dict[str, tuple[str, tuple, dict]] = {
+    K, N = SYNTH_K, SYNTH_N
+    t: dict[str, Any] = {"x1": torch.randn(1, K, generator=g, dtype=torch.float16),
+                         "x4": torch.randn(4, K, generator=g, dtype=torch.float16)}
+    t["xo"] = t["x4"].clone()
+    t["xo"][:, ::16] = 20.0
+    t["packed"] = torch.randint(0, 255, (N * K // 2, 1), generator=g, dtype=torch.uint8)
+    t["absmax"] = torch.rand(N * K // 64, generator=g) + 0.5
+    t["absmax8"] = torch.randint(0, 255, (N * K // 64,), generator=g, dtype=torch.uint8)
+    t["absmax2"] = torch.rand(N * K // 64 // 256, generator=g) + 0.5
+    t["code"] = torch.linspace(-1, 1, 256)
+    t["offset"] = torch.tensor(0.1)
+    t["CB"] = torch.randint(-127, 127, (N, K), generator=g, dtype=torch.int8)
+    t["SCB"] = torch.rand(N, generator=g) + 0.5
+    t["CA"] = torch.randint(-127, 127, (4, K), generator=g, dtype=torch.int8)
+    t["SCA"] = torch.rand(4, generator=g) + 0.5
+    t["i32"] = torch.randint(-1000, 1000, (4, N), generator=g, dtype=torch.int32)
+    return t
+
+
+def _bnb_cases(t: dict[str, Any]) -> dict[str, tuple[str, tuple, dict]]:
+    """table key -> (bitsandbytes op, args, kwargs) over :func:`_synthetic_inputs`."""
+    import torch
+
+    K, N = SYNTH_K, SYNTH_N
+    x1, x4, xo, packed, absmax, absmax8, absmax2, code = (
+        t[k] for k in ("x1", "x4", "xo", "packed", "absmax", "absmax8", "absmax2", "code"))
+    CA, CB, SCA, SCB = t["CA"], t["CB"], t["SCA"], t["SCB"]
+    vq = "int8_vectorwise_quant"
+    return {
         "gemv_4bit": ("gemv_4bit", (x1, packed, (N, K), absmax, code, 64), {}),
         "dequantize_4bit": ("dequantize_4bit", (packed, absmax, 64, "nf4", (N, K),
                                                 torch.float16), {}),
@@ -517,18 +545,14 @@ def bnb_cuda_table(bnb_cuda) -> dict[str, dict[str, Any]]:
         "gemm_4bit[M<=4]": ("gemm_4bit", (x4, packed, (N, K), absmax, 64, "nf4"), {}),
         "gemm_4bit[M<=4, nested]": ("gemm_4bit", (x4, packed, (N, K), absmax2, 64, "nf4"),
                                     {"absmax_8bit": absmax8, "absmax_code": code,
-                                     "absmax_offset": offset}),
-        "int8_vectorwise_quant[threshold=0]": ("int8_vectorwise_quant", (x4, 0.0), {}),
-        "int8_vectorwise_quant[threshold>0, no outliers, rows>1]": ("int8_vectorwise_quant",
-                                                                    (x4, 6.0), {}),
-        "int8_vectorwise_quant[threshold>0, no outliers, rows=1]": ("int8_vectorwise_quant",
-                                                                    (x1, 6.0), {}),
-        "int8_vectorwise_quant[threshold>0, outliers, rows>1]": ("int8_vectorwise_quant",
-                                                                 (xo, 6.0), {}),
-        "int8_vectorwise_quant[threshold>0, outliers, rows=1]": ("int8_vectorwise_quant",
-                                                                 (xo[:1], 6.0), {}),
+                                     "absmax_offset": t["offset"]}),
+        f"{vq}[threshold=0]": (vq, (x4, 0.0), {}),
+        f"{vq}[threshold>0, no outliers, rows>1]": (vq, (x4, 6.0), {}),
+        f"{vq}[threshold>0, no outliers, rows=1]": (vq, (x1, 6.0), {}),
+        f"{vq}[threshold>0, outliers, rows>1]": (vq, (xo, 6.0), {}),
+        f"{vq}[threshold>0, outliers, rows=1]": (vq, (xo[:1], 6.0), {}),
         "int8_linear_matmul": ("int8_linear_matmul", (CA, CB), {}),
-        "int8_mm_dequant": ("int8_mm_dequant", (i32, SCA, SCB), {}),
+        "int8_mm_dequant": ("int8_mm_dequant", (t["i32"], SCA, SCB), {}),
         "int8_scaled_mm": ("int8_scaled_mm", (CA, CB, SCA, SCB), {"dtype": torch.float16}),
         "int8_mixed_scaled_mm[no outliers]": ("int8_mixed_scaled_mm",
                                               (x4, CA, CB, SCA, SCB, None), {}),
@@ -536,26 +560,38 @@ def bnb_cuda_table(bnb_cuda) -> dict[str, dict[str, Any]]:
                                            (xo, CA, CB, SCA, SCB,
                                             torch.arange(0, K, 16)), {}),
     }
+
+
+def _count_case(bnb_cuda, op: str, args: tuple, kwargs: dict, ast_counts: dict) -> dict:
+    """CUDA counts of one op call, or (where it cannot run here) its static launch sites."""
+    try:
+        c = bnb_cuda.count(op, args, kwargs)
+        return {**c.as_dict(), "op": op, "backend": bnb_cuda.impl_for(op)[1]}
+    except Exception as exc:  # noqa: BLE001 - fall back to the source, recorded
+        n = ast_counts.get(op, 0)
+        return {"kernels": n, "syncs": None, "aten_ops": None, "lib_calls": n,
+                "method": "ast", "op": op, "error": f"{type(exc).__name__}: {str(exc)[:160]}"}
+
+
+def bnb_cuda_table(bnb_cuda) -> dict[str, dict[str, Any]]:
+    """CUDA counts of the bitsandbytes ops on these paths, from synthetic inputs (each op
+    run once through its CUDA implementation), including variants the traces do not reach."""
+    from qtsim.calibration.bnb_cuda import lib_calls_by_ast
+
+    t = _synthetic_inputs()
     ast_counts = lib_calls_by_ast()
-    table: dict[str, dict[str, Any]] = {}
-    for key, (op, args, kwargs) in cases.items():
-        try:
-            c = bnb_cuda.count(op, args, kwargs)
-            table[key] = {**c.as_dict(), "op": op, "backend": bnb_cuda.impl_for(op)[1]}
-        except Exception as exc:  # noqa: BLE001 - fall back to the source, recorded
-            n = ast_counts.get(op, 0)
-            table[key] = {"kernels": n, "syncs": None, "aten_ops": None, "lib_calls": n,
-                          "method": "ast", "op": op,
-                          "error": f"{type(exc).__name__}: {str(exc)[:160]}"}
+    table = {key: _count_case(bnb_cuda, op, args, kwargs, ast_counts)
+             for key, (op, args, kwargs) in _bnb_cases(t).items()}
     # gemm_4bit's dequantize + F.linear fallback (M in 5..1536, per-arch heuristic)
     ns = bnb_cuda.namespaces["bitsandbytes.backends.cuda.ops"]
     for key, kw in (("gemm_4bit[fallback]", {}),
-                    ("gemm_4bit[fallback, nested]", {"absmax_8bit": absmax8,
-                                                     "absmax_code": code,
-                                                     "absmax_offset": offset})):
-        absm = absmax2 if kw else absmax
+                    ("gemm_4bit[fallback, nested]", {"absmax_8bit": t["absmax8"],
+                                                     "absmax_code": t["code"],
+                                                     "absmax_offset": t["offset"]})):
+        absm = t["absmax2"] if kw else t["absmax"]
         c = bnb_cuda.count_callable(ns["_dequant_linear_fallback"],
-                                    (x4, packed, (N, K), absm, 64, "nf4"), kw)
+                                    (t["x4"], t["packed"], (SYNTH_N, SYNTH_K), absm, 64, "nf4"),
+                                    kw)
         table[key] = {**c.as_dict(), "op": "gemm_4bit", "backend": "cuda"}
     # static cross-check: lib.c* launch sites reachable from the op's function (one helper
     # deep, dtype alternatives counted once): not a per-call count

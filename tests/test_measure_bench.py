@@ -9,19 +9,19 @@ from qtsim.calibration.bench import (  # noqa: E402
     gemm_probe,
     is_oom,
     kernel_path,
+    linear_path,
     linear_probe,
     membw_probe,
     parse_path,
-    resolve_path,
 )
 from qtsim.calibration.device import CpuDevice  # noqa: E402
 from qtsim.calibration.energy import EnergyMonitor  # noqa: E402
 from qtsim.errors import QtsimError  # noqa: E402
+from qtsim.model.paths import PATHS  # noqa: E402
 
 pytestmark = pytest.mark.measure
 
-ALL_PATHS = ["fp16", "bf16", "int8", "int8_t0", "nf4_b1", "nf4_bn", "nf4dq_b1", "nf4dq_bn",
-             "fp4_b1", "fp4_bn"]
+ALL_PATHS = list(PATHS)
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +42,9 @@ def test_kernel_path_names():
     with pytest.raises(QtsimError):
         kernel_path("int4", 1)
     assert parse_path("nf4dq_bn").double_quant and parse_path("int8_t0").threshold == 0.0
-    assert resolve_path("nf4", 1).name == "nf4_b1"
+    assert linear_path("nf4", 1).name == "nf4_b1"
     with pytest.raises(QtsimError, match="does not run at batch"):
-        resolve_path("nf4_b1", 4)
+        linear_path("nf4_b1", 4)
 
 
 @pytest.mark.parametrize("path", ALL_PATHS)

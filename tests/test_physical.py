@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qtsim.errors import ProfileError
-from qtsim.model import physical
+from qtsim.model import paths, physical
 from qtsim.model.architecture import load_architecture
 from qtsim.model.workload import Workload
 from qtsim.profiles.hardware import load_profile
@@ -91,10 +91,10 @@ def test_paper_constants_reassemble_batch1_energy():
 
 def test_fallback_paths_and_missing_path():
     vals = load_profile("h100-sxm").values()
-    assert physical.resolve_path(vals, "fp4_b1") == "nf4_b1"
-    assert physical.resolve_path(vals, "nf4dq_bn") == "nf4_bn"
+    assert paths.resolve_path(vals, "fp4_b1") == "nf4_b1"
+    assert paths.resolve_path(vals, "nf4dq_bn") == "nf4_bn"
     with pytest.raises(ProfileError):
-        physical.resolve_path({"mem_bw_gbs": 1.0}, "int8")
+        paths.resolve_path({"mem_bw_gbs": 1.0}, "int8")
 
 
 def test_draws_broadcast_over_grids():

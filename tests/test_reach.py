@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from qtsim.cli.main import main
 from qtsim.errors import QtsimError
-from qtsim.model import physical
+from qtsim.model import paths, physical
 from qtsim.model.architecture import config_display_name, load_architecture, load_config
 from qtsim.model.workload import BnbSettings, Workload
 from qtsim.profiles.hardware import load_profile
@@ -46,12 +46,12 @@ def one_line_error(r, needle):
 
 # ---- settings reach the model, B* and N* ------------------------------------------------------
 def test_path_family_every_setting():
-    assert physical.path_family("nf4", True) == "nf4dq"
-    assert physical.path_family("fp4", True) == "fp4dq"
-    assert physical.path_family("int8", False, 0) == "int8_t0"
-    assert physical.path_family("int8", False, 6.0) == "int8"
+    assert paths.path_family("nf4", True) == "nf4dq"
+    assert paths.path_family("fp4", True) == "fp4dq"
+    assert paths.path_family("int8", False, 0) == "int8_t0"
+    assert paths.path_family("int8", False, 6.0) == "int8"
     prof = load_profile("l4")
-    assert physical.resolve_path(prof.values(), "fp4dq_b1") in ("nf4dq_b1", "nf4_b1", "nf4")
+    assert paths.resolve_path(prof.values(), "fp4dq_b1") in ("nf4dq_b1", "nf4_b1", "nf4")
 
 
 @pytest.mark.parametrize("bnb,precision", [(BnbSettings(double_quant=True), "nf4"),

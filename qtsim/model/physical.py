@@ -32,10 +32,11 @@ non-linear ops (``ops - linear_ops``, traced per block); ``h_call_<path>_s`` is 
 in-model per-call cost beyond the microbenchmark's. GPU profiles (device time from kernels,
 host from a host part) leave it unset: every traced op is host work there.
 
-Kernel paths (the names calibration records): ``fp16``, ``bf16``, ``int8`` (LLM.int8(),
-threshold 6), ``int8_t0`` (threshold 0), ``nf4_b1``/``nf4_bn`` (batch 1 / batch >= 2 code
-paths), ``nf4dq_*`` (double quantisation), ``fp4_*``. A path the profile lacks falls back to a
-sibling (fp4 -> nf4, nf4dq -> nf4, bf16 <-> fp16) and the fallback is reported.
+Kernel paths (the names calibration records, :mod:`qtsim.model.paths`): ``fp16``, ``bf16``,
+``int8`` (LLM.int8(), threshold 6), ``int8_t0`` (threshold 0), ``nf4_b1``/``nf4_bn`` (batch 1 /
+batch >= 2 code paths), ``nf4dq_*`` (double quantisation), ``fp4_*``, ``fp4dq_*``. A path the
+profile lacks falls back to a sibling (fp4 -> nf4, nf4dq -> nf4, bf16 <-> fp16) and the
+fallback is reported.
 
 Everything broadcasts: parameters may carry a leading axis of Monte-Carlo draws and the
 workload (batch, context, model counts) any shape that broadcasts with it.
@@ -47,69 +48,27 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from qtsim.errors import ProfileError
 from qtsim.model.architecture import NATIVE_BYTES, ArchCounts
+from qtsim.model.paths import (
+    FOUR_BIT,
+    SIDES,
+    SIXTEEN_BIT,
+    fallbacks,
+    family_precision,
+    path_family,
+    path_param_names,
+    resolve_path,
+)
 from qtsim.model.precision import get_precision
 from qtsim.model.workload import Workload
 
-PATH_COEFFS = ("t_call", "t_weight", "t_tokweight")
 GLOBAL_PARAMS = ("mem_bw_gbs", "p_static_w", "e_byte_j", "e_flop_j")
-PATHS = ("fp16", "bf16", "int8", "int8_t0", "nf4_b1", "nf4_bn", "nf4dq_b1", "nf4dq_bn",
-         "fp4_b1", "fp4_bn")
-FALLBACK = {"fp4": "nf4", "nf4dq": "nf4", "fp4dq": "nf4dq", "bf16": "fp16", "fp16": "bf16",
-            "int8_t0": "int8"}
 
 PARAM_UNITS = {
     "mem_bw_gbs": "GB/s", "t_step_s": "s", "t_layer_s": "s", "t_vocab_s": "s/(sequence*token)", "p_static_w": "W",
     "e_byte_j": "J/byte", "e_flop_j": "J/FLOP", "t_call": "s", "t_weight": "s/weight",
     "t_tokweight": "s/(weight*token)",
 }
-
-
-def param_name(path: str, coeff: str) -> str:
-    """Profile key of one kernel-path coefficient, e.g. ``t_call_nf4_b1_s``."""
-    return f"{coeff}_{path}_s"
-
-
-def path_param_names(path: str) -> tuple[str, str, str]:
-    return tuple(param_name(path, c) for c in PATH_COEFFS)
-
-
-def path_family(precision: str, double_quant: bool = False, int8_threshold: float = 6.0) -> str:
-    """Path family of a user precision: fp16, bf16, int8, int8_t0, nf4, nf4dq, fp4 or fp4dq."""
-    p = get_precision(precision).name
-    if p in ("nf4", "fp4") and double_quant:
-        return p + "dq"
-    if p == "int8" and int8_threshold == 0:
-        return "int8_t0"
-    return p
-
-
-def _fallbacks(path: str) -> list[str]:
-    """``path`` then its stand-ins, nearest first: the unsplit family, then sibling families."""
-    fam, sep, suffix = path.partition("_")
-    if fam == "int8" and suffix.startswith("t0"):
-        fam, suffix = "int8_t0", suffix[3:]
-    suffix = suffix if suffix in ("b1", "bn") else ""
-    out, cur = [], fam
-    while cur and cur not in out:
-        out.append(cur)
-        cur = FALLBACK.get(cur)
-    names = []
-    for f in out:
-        if suffix:
-            names.append(f"{f}_{suffix}")
-        names.append(f)
-    return names
-
-
-def resolve_path(params: Mapping, path: str) -> str:
-    """The path whose coefficients ``params`` holds for ``path`` (itself, or its fallback)."""
-    for cand in _fallbacks(path):
-        if all(n in params for n in path_param_names(cand)):
-            return cand
-    raise ProfileError(f"profile has no coefficients for kernel path {path!r} "
-                       f"(needs {', '.join(path_param_names(path))})")
 
 
 def path_coefficients(params: Mapping, family: str, batch):
@@ -129,9 +88,9 @@ def path_coefficients(params: Mapping, family: str, batch):
 
 def activation_family(family: str, native: str = "fp16", compute_dtype_4bit: str | None = None) -> str:
     """The 16-bit dtype a model at ``family`` computes activations (and its lm_head) in."""
-    if family in ("fp16", "bf16"):
+    if family in SIXTEEN_BIT:
         return family
-    if family in ("nf4", "nf4dq", "fp4", "fp4dq"):
+    if family in FOUR_BIT:
         return compute_dtype_4bit or native
     return "fp16"  # LLM.int8() runs its activations and outlier columns in fp16
 
@@ -142,7 +101,7 @@ def layer_floor(params: Mapping, family: str, batch):
     A calibrated profile may split the per-step part at batch 1 and batch >= 2
     (``t_layer_<fam>_b1_s`` / ``_bn_s``), as the kernels behind norms and attention differ.
     """
-    for cand in _fallbacks(family):
+    for cand in fallbacks(family):
         tok = params.get(f"t_layertok_{cand}_s", params.get("t_layertok_s", 0.0))
         if f"t_layer_{cand}_b1_s" in params and f"t_layer_{cand}_bn_s" in params:
             one = np.asarray(batch) <= 1
@@ -152,27 +111,50 @@ def layer_floor(params: Mapping, family: str, batch):
     return params.get("t_layer_s", 0.0), params.get("t_layertok_s", 0.0)
 
 
-def family_precision(family: str) -> tuple[str, bool]:
-    """(user precision, double quantisation) a path family stores its weights in."""
-    return ({"nf4dq": "nf4", "fp4dq": "fp4", "int8_t0": "int8"}.get(family, family),
-            family in ("nf4dq", "fp4dq"))
-
-
 def bytes_per_weight(counts: ArchCounts, family: str):
     """Bytes streamed per quantizable weight for a path family (scales included)."""
-    if family in ("fp16", "bf16"):
+    if family in SIXTEEN_BIT:
         return NATIVE_BYTES
     precision, dq = family_precision(family)
     return counts.bits_per_weight(precision, double_quant=dq) / 8.0
+
+
+def linear_bytes_per_weight(family: str, in_features: int) -> float:
+    """Bytes per weight one linear layer of ``in_features`` inputs streams on a path family
+    (scales included: int8's fp32 scale per output row, 4-bit's absmax per block), as a linear
+    microbenchmark's layer stores it."""
+    precision, dq = family_precision(family)
+    p = get_precision(precision)
+    return (p.bits + p.scale_bits_per_weight(int(in_features), dq)) / 8.0
+
+
+def linear_weight_s(weights, bytes_per_weight, mem_bw_gbs, t_weight_s):
+    """Per-step device time of a linear layer's ``weights``, s: W (bytes_per_weight / BW +
+    t_weight), streaming each weight once at ``mem_bw_gbs`` GB/s and casting it (s/weight)."""
+    return weights * (bytes_per_weight / (mem_bw_gbs * 1e9) + t_weight_s)
+
+
+def linear_token_s(weights, t_tokweight_s):
+    """Per-sequence (per-token) device time of a linear layer, s: W t_tokweight (s/weight/token)."""
+    return weights * t_tokweight_s
+
+
+def linear_call_s(weights, bytes_per_weight, batch, mem_bw_gbs, t_call_s, t_weight_s,
+                  t_tokweight_s):
+    """Device time of one call of a linear layer on a kernel path for ``batch`` sequences, s:
+    ``t_call + W (bytes_per_weight / BW + t_weight) + B W t_tokweight``, the linear part of a
+    block's device time in :func:`timelines` (and what a linear microbenchmark measures)."""
+    return (t_call_s + linear_weight_s(weights, bytes_per_weight, mem_bw_gbs, t_weight_s)
+            + linear_token_s(batch * weights, t_tokweight_s))
 
 
 def host_call_s(params: Mapping, family: str, batch):
     """Host time per linear call of a path beyond its traced aten operations (bitsandbytes'
     Python wrappers, quant-state handling), ``h_call_<path>_s``; 0 where the host part has none."""
     vals = []
-    for side in ("b1", "bn"):
+    for side in SIDES:
         v = 0.0
-        for cand in _fallbacks(f"{family}_{side}"):
+        for cand in fallbacks(f"{family}_{side}"):
             if f"h_call_{cand}_s" in params:
                 v = params[f"h_call_{cand}_s"]
                 break
@@ -180,8 +162,6 @@ def host_call_s(params: Mapping, family: str, batch):
     return np.where(np.asarray(batch) <= 1, vals[0], vals[1])
 
 
-#: the 4-bit path families (bitsandbytes' NF4 / FP4, with or without double quantisation)
-FOUR_BIT = ("nf4", "nf4dq", "fp4", "fp4dq")
 #: largest batch at which bitsandbytes >= 0.50 runs its fused 4-bit GEMM on CUDA (PR #1949:
 #: batch 2-64; the exact cap is per architecture and shape in 0.50.2's CUDA backend); a host
 #: part states its stack's cap as ``h_fused4bit_max_batch`` (0: no fused kernel, as in 0.45)
@@ -253,13 +233,14 @@ def timelines(counts: ArchCounts, family: str, context, params: Mapping,
     bpw = _blk(bytes_per_weight(counts, family))
     t_kernel = params.get("t_kernel_s", 0.0)
     d_layer = (kern * _blk(t_kernel) + _blk(t_call) * is_lin
-               + w * (bpw / (_blk(bw) * 1e9) + _blk(t_weight)))
+               + linear_weight_s(w, bpw, _blk(bw), _blk(t_weight)))
     t_layer_lump, t_layertok = layer_floor(params, family, b_rep)
     attn_per_seq = (context * counts.kv_bytes_per_token / counts.n_layers / (bw * 1e9)
                     + context * counts.attn_flops_per_token_per_ctx / counts.n_layers * act[2] / 2.0
                     + t_layertok)
     onehot_o = np.eye(8)[3]
-    d_layer_per_seq = (w * _blk(t_tok) + _blk(attn_per_seq) * onehot_o) * _blk(per_seq_scale)
+    d_layer_per_seq = ((linear_token_s(w, _blk(t_tok)) + _blk(attn_per_seq) * onehot_o)
+                       * _blk(per_seq_scale))
     head0 = counts.n_native_streamed * (NATIVE_BYTES / (bw * 1e9) + act[1]) + act[0]
     head1 = (counts.n_native_streamed * act[2]
              + counts.vocab_size * params.get("t_vocab_s", 0.0)) * per_seq_scale
@@ -351,9 +332,13 @@ def step_bytes(counts: ArchCounts, family: str, batch, context, deq=0.0):
             + batch * context * counts.kv_bytes_per_token)
 
 
+#: FLOPs per weight per token of a linear layer (one multiply-add)
+FLOPS_PER_WEIGHT = 2.0
+
+
 def step_flops(counts: ArchCounts, batch, context):
     """FLOPs of one step: 2 per weight per token, plus attention over the context."""
-    return batch * (2.0 * (counts.n_quant_weights + counts.n_native_streamed)
+    return batch * (FLOPS_PER_WEIGHT * (counts.n_quant_weights + counts.n_native_streamed)
                     + context * counts.attn_flops_per_token_per_ctx)
 
 
@@ -370,6 +355,14 @@ def step_energy_j(time_s, bytes_, flops, params: Mapping, tdp_w, busy_s=None):
     e = (p_idle * time_s + (p_busy - p_idle) * busy
          + params["e_byte_j"] * bytes_ + params["e_flop_j"] * flops)
     return np.minimum(e, tdp_w * time_s)
+
+
+def linear_call_energy_j(time_s, weights, bytes_per_weight, batch, params: Mapping, tdp_w):
+    """Energy of one linear layer call of ``time_s`` for ``batch`` sequences, J: the power model
+    of :func:`step_energy_j` (capped at TDP x time) over its weights' bytes and
+    :data:`FLOPS_PER_WEIGHT` per weight per sequence (what a linear microbenchmark meters)."""
+    return step_energy_j(time_s, weights * bytes_per_weight,
+                         batch * (FLOPS_PER_WEIGHT * weights), params, tdp_w)
 
 
 def prefill_timelines(counts: ArchCounts, family: str, batch, prompt_tokens, params: Mapping,

@@ -7,7 +7,7 @@ grid), the new tokens K per query and the prompt tokens.
 
 :class:`BnbSettings` carries the quantisation knobs, named as transformers'
 ``BitsAndBytesConfig`` names them, to the kernel-path choice
-(:func:`qtsim.model.physical.path_family`):
+(:func:`qtsim.model.paths.path_family`):
 
 - ``double_quant`` (``bnb_4bit_use_double_quant``): NF4/FP4 quantise their absmax scales again
   (8-bit, blocks of 256): about 0.127 instead of 0.5 bit of scale per weight, and on calibrated
@@ -31,13 +31,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from qtsim.errors import QtsimError
+from qtsim.model.paths import DEFAULT_INT8_THRESHOLD, INT8_THRESHOLDS, path_family
+from qtsim.model.paths import FOUR_BIT_PRECISIONS as FOUR_BIT
 from qtsim.model.precision import get_precision
 
-#: llm_int8_threshold values with a kernel path of their own: threshold -> path family
-INT8_THRESHOLDS = {0.0: "int8_t0", 6.0: "int8"}
-DEFAULT_INT8_THRESHOLD = 6.0
 COMPUTE_DTYPES = ("fp16", "bf16", "fp32")
-FOUR_BIT = ("nf4", "fp4")
 
 
 @dataclass(frozen=True)
@@ -89,7 +87,7 @@ class BnbSettings:
                              "precisions (nf4, fp4) only")
         if profile is not None and self.compute_dtype is not None:
             from qtsim.errors import ProfileError
-            from qtsim.model.physical import resolve_path
+            from qtsim.model.paths import resolve_path
 
             try:
                 for side in ("b1", "bn"):
@@ -174,9 +172,7 @@ class Workload:
 
     @property
     def family(self) -> str:
-        """The kernel-path family this workload runs (:func:`qtsim.model.physical.path_family`)."""
-        from qtsim.model.physical import path_family
-
+        """The kernel-path family this workload runs (:func:`qtsim.model.paths.path_family`)."""
         return path_family(self.precision, self.bnb.double_quant, self.bnb.int8_threshold)
 
     def replace(self, **changes) -> Workload:

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from qtsim.errors import ProfileError, UnknownNameError, suggest
-from qtsim.model.physical import GLOBAL_PARAMS, path_param_names, resolve_path
+from qtsim.model.paths import QUANT_FAMILIES, path_param_names, resolve_path
+from qtsim.model.physical import GLOBAL_PARAMS
 
 SCHEMA_VERSION = 1
 SOURCES = ("spec", "prior", "published", "calibrated", "fixed", "assumed", "derived")
@@ -240,8 +241,7 @@ MODEL_ERROR_PRIORS = {
         "hardware, CPU held-out here about 10%); run `qtsim validate` to record this profile's own")},
 }
 
-#: quantized kernel-path families, longest first (``int8_t0`` before ``int8``)
-QUANT_FAMILIES = ("int8_t0", "nf4dq", "int8", "nf4", "fp4")
+#: a quantized kernel-path family in a constant's name (:data:`qtsim.model.paths.QUANT_FAMILIES`)
 _QUANT_RE = re.compile(r"_(" + "|".join(QUANT_FAMILIES) + r")(_b1|_bn)?(?=_)")
 
 
