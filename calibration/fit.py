@@ -335,13 +335,6 @@ def compute_dtype_4bit(frame) -> str:
     return paths.NATIVE
 
 
-def linear_part_s(counts, family, batch, context, values, native=paths.NATIVE, cd4=None):
-    """Predicted step time without the floor (t_step_s = t_layer_* = 0)."""
-    v = {k: val for k, val in values.items() if not k.startswith(("t_layer", "t_layertok"))}
-    v.update(t_step_s=0.0, t_layer_s=0.0)
-    return physical.step_time_s(counts, family, batch, context, v, native, cd4)
-
-
 def _add_held(st: StageResult, res, units: dict, why_fixed: dict | None = None) -> None:
     """Add the constants a stage held (at their bound, or fixed) to its result, with why."""
     for k, p in res.params.items():
@@ -353,24 +346,14 @@ def _add_held(st: StageResult, res, units: dict, why_fixed: dict | None = None) 
 
 
 def _floor_points(frame, kernel: StageResult, bw_gbs: float, notes: list[str]) -> dict:
-    """The decodes as arrays for the lumped floor fit: ``t_obs``, ``lin_s`` (the model's step
-    time without the floor, from stage 1's constants), ``layers``, ``batch``, ``vocab``,
-    ``family``."""
-    rows = _decode_rows(frame, notes)
-    if not rows:
-        raise FitError("no decode runs in the raw data: the per-step and per-layer floor cannot be fitted")
-    values = {k: p.value for k, p in kernel.params.items()}
-    values["mem_bw_gbs"] = bw_gbs
-    cd4 = compute_dtype_4bit(frame)
-    cols = {k: [] for k in ("t_obs", "lin_s", "layers", "batch", "vocab", "family")}
-    for r, c, fam in rows:
-        ctx = float(r["prompt_len"]) + float(r["new_tokens"]) / 2.0
-        for k, x in (("t_obs", float(r["t_step_s"])),
-                     ("lin_s", float(linear_part_s(c, fam, float(r["batch"]), ctx, values, cd4=cd4))),
-                     ("layers", float(c.n_layers)), ("batch", float(r["batch"])),
-                     ("vocab", float(c.vocab_size)), ("family", fam)):
-            cols[k].append(x)
-    pts = {k: np.asarray(v) for k, v in cols.items()}
+    """The decodes as arrays for the lumped floor fit (:func:`decode_points`), with ``base``
+    (stage 1's constants), ``cd4`` and ``lin_s`` (the model's step time without the floor, s;
+    it seeds the fit)."""
+    pts = decode_points(frame, notes)
+    base = {k: p.value for k, p in kernel.params.items()}
+    base.update(mem_bw_gbs=bw_gbs, t_step_s=0.0, t_layer_s=0.0)
+    pts.update(base=base, cd4=compute_dtype_4bit(frame))
+    pts["lin_s"] = predict_steps(pts, base, {}, cd4=pts["cd4"])
     if len(np.unique(pts["layers"])) < 2:
         raise FitError("decodes were measured at one depth only: per-step and per-layer floors "
                        "cannot be separated (the calibration plan decodes several depths)")
@@ -402,14 +385,10 @@ def _floor_parameters(pts: dict, notes: list[str]):
 
 
 def predict_floor(pts: dict, v: dict) -> np.ndarray:
-    """Step times in the lumped form: the floor ``t_step + L (t_layer + B t_layertok) +
-    B V t_vocab`` on top of the model's floor-free step time ``lin_s``, s."""
-    fams, batch = pts["family"], pts["batch"]
-    tl = np.array([v.get(f"t_layer_{f}_{paths.side(b)}_s", 0.0)
-                   for f, b in zip(fams, batch, strict=True)])
-    tt = np.array([v[f"t_layertok_{f}_s"] for f in fams])
-    return (v["t_step_s"] + pts["layers"] * (tl + batch * tt)
-            + batch * pts["vocab"] * v["t_vocab_s"] + pts["lin_s"])
+    """Step times in the lumped form from the model itself (:func:`predict_steps`): stage 1's
+    constants ``pts["base"]`` with the floor constants ``v`` (``t_step_s``, ``t_layer_*``,
+    ``t_layertok_*``, ``t_vocab_s``), s."""
+    return predict_steps(pts, pts["base"], v, cd4=pts["cd4"])
 
 
 def fit_step_floor(frame, kernel: StageResult, bw_gbs: float, notes: list[str]) -> StageResult:
