@@ -13,22 +13,17 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from qtsim.cli.main import main
 from qtsim.model.architecture import load_config
+
+from .conftest import invoke_qtsim
 
 L4 = (Path(__file__).parents[1] / "hardware_profiles" / "l4.toml").read_text()
 
 
 def qtsim(*args, env=None):
-    """Run ``qtsim ARGS`` in-process under click's CliRunner isolation: (status, stdout, stderr)."""
-    runner = CliRunner()
-    with runner.isolation(env=env) as (out, err, _):
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as e:
-            code = e.code or 0
-        return code, out.getvalue().decode(), err.getvalue().decode()
+    """Run ``qtsim ARGS`` in-process (:func:`invoke_qtsim`): (status, stdout, stderr)."""
+    r = invoke_qtsim(*args, env=env)
+    return r.returncode, r.stdout, r.stderr
 
 
 def _config(path: Path, **extra):

@@ -8,17 +8,10 @@ import pytest
 from qtsim.calibration.raw import RawStore
 from qtsim.errors import QtsimError
 from qtsim.profiles.hardware import read_profile
-from qtsim.validate.validation import (
-    ValidationPoint,
-    cor_and_verdicts,
-    error_table,
-    holdout_conflicts,
-    measured_frame,
-    read_plan,
-    verdict_summary,
-)
+from qtsim.validate.plan import ValidationPoint, holdout_conflicts, point_workload, read_plan
+from qtsim.validate.score import cor_and_verdicts, error_table, measured_frame, verdict_summary
 
-from .conftest import run_qtsim
+from .conftest import invoke_qtsim
 
 ROOT = Path(__file__).parents[1]
 RAW = ROOT / "data" / "raw" / "cpu-validation.h5"
@@ -56,7 +49,7 @@ def test_trap_verdicts_and_cor(df):
 
 def test_holdout_refuses_calibrated_points():
     prof = read_profile(PROFILE)
-    pts = [ValidationPoint("tiny-qwen3", "fp16", 3, 16, 16), ValidationPoint("tiny-qwen3", "fp16", 2, 16, 16)]
+    pts = [ValidationPoint("tiny-qwen3", point_workload("fp16", b, 16, 16)) for b in (3, 2)]
     conflicts = holdout_conflicts(prof, pts, {})
     assert len(conflicts) == 1 and "batch 3" in conflicts[0]
 
@@ -74,7 +67,7 @@ def test_plan_parsing(tmp_path):
 
 
 def test_report_only_cli(tmp_path):
-    r = run_qtsim("validate", "--profile", str(PROFILE), "--raw", str(RAW), "--report-only",
+    r = invoke_qtsim("validate", "--profile", str(PROFILE), "--raw", str(RAW), "--report-only",
                   "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert "latency_s" in r.stdout and "trap verdicts agree: 12/12" in r.stdout
@@ -86,7 +79,7 @@ def test_report_only_cli(tmp_path):
 
 def test_validate_refuses_overlap_before_measuring(tmp_path):
     cfg = ROOT / "data" / "validation" / "tiny-llama-a.json"
-    r = run_qtsim("validate", "--profile", str(PROFILE), "--model", str(cfg), "--batch", "1",
+    r = invoke_qtsim("validate", "--profile", str(PROFILE), "--model", str(cfg), "--batch", "1",
                   "--precision", "nf4", "--out", str(tmp_path), "--report-only")
     assert r.returncode == 2 and "no raw validation data" in r.stderr
 
@@ -105,7 +98,7 @@ def test_out_of_range_holdout_error(capsys):
     after a fresh calibration with rotating buffers (data/raw/cpu-epyc-2c-calibration.h5);
     predicted by the committed profile fitted from it."""
     from qtsim.simulate.simulator import Simulator
-    from qtsim.validate.validation import repredict
+    from qtsim.validate.predict import repredict
 
     df = measured_frame(RawStore(WIDE_RAW, readonly=True).summary_frame("decode"))
     assert len(df) == 18 and set(df["holdout"]) == {"held-out"}
