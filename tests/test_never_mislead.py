@@ -273,15 +273,15 @@ def test_ctrl_c_says_resume_continues(tmp_path, capsys):
 
 def test_resume_refuses_another_thread_count(tmp_path):
     pytest.importorskip("torch")
+    from qtsim.calibration.calibrate import same_threads_on_resume
     from qtsim.calibration.raw import RawStore
-    from qtsim.cli.calibrate import _same_threads_on_resume
     from qtsim.errors import QtsimError
 
     raw = tmp_path / "cpu-calibration.h5"
     RawStore(raw).append("p0", {"kind": "linear", "torch_threads": 2}, {"x": np.ones(2)})
     with pytest.raises(QtsimError, match="measured with 2 torch threads"):
-        _same_threads_on_resume(raw, 1)
-    _same_threads_on_resume(raw, 2)
+        same_threads_on_resume(raw, 1)
+    same_threads_on_resume(raw, 2)
 
 
 def test_bitsandbytes_kernels_hint_is_dropped_and_other_warnings_are_not():
