@@ -119,3 +119,22 @@ def test_out_of_range_holdout_error(capsys):
     assert lat["mape_pct"] <= WIDE_ACHIEVED_PCT
     assert step["mape_pct"] <= 11.0
     assert step["pearson_r"] > 0.98
+
+
+def test_fleet_validate_job_carries_the_points_and_their_workloads(tmp_path):
+    """`fleet validate` ships points to Ray jobs as plain values: a node rebuilds the same
+    points (workload included) and predicts them as `qtsim validate` does."""
+    from qtsim.calibration.fleet import _slot_plan
+    from qtsim.validate.plan import ValidationRequest, plan_points
+
+    plan = ROOT / "data" / "validation" / "cpu-holdout.toml"
+    points, reps, configs = plan_points(ValidationRequest(str(plan)))
+    assert [ValidationPoint.from_dict(p.to_dict()) for p in points] == points
+    job = {"kind": "validate", "profile_toml": EPYC_PROFILE.read_text(), "reps": reps,
+           "points": [p.to_dict() for p in points[:3]],
+           "configs": {k: list(v) for k, v in configs.items()}}
+    specs, purpose = _slot_plan(job, tmp_path, None)
+    assert purpose == "validation" and len(specs) == 3
+    assert specs[0].decode.precision == points[0].workload.precision
+    assert specs[0].predictions["holdout"] == "held-out"
+    assert specs[0].predictions["pred_step_s"] > 0
