@@ -171,28 +171,15 @@ def _same_unit(a: dict, b: dict) -> bool:
 
 def validation_specs(profile, points: list, configs: dict, reps: int = 3) -> list:
     """Held-out :class:`~qtsim.calibration.holdout.ValidationSpec` s for ``points`` with the
-    ``profile``'s predictions (what ``qtsim validate`` measures). ``configs``: model -> (config,
-    name)."""
-    from qtsim.calibration.holdout import ValidationSpec
-    from qtsim.calibration.plan import DecodeSpec
-    from qtsim.simulate.simulator import Simulator
-    from qtsim.validate.validation import holdout_conflicts, predict_point
+    ``profile``'s predictions (what ``qtsim validate`` measures), refusing points that
+    calibrated it. ``configs``: model -> (config, name)."""
+    from qtsim.calibration import holdout
+    from qtsim.validate.plan import holdout_conflicts
 
     conflicts = holdout_conflicts(profile, points, {m: n for m, (_, n) in configs.items()})
     if conflicts:
         raise QtsimError(f"not held out: {conflicts[0]}")
-    sim = Simulator(profile, n_draws=200)
-    specs = []
-    for pt in points:
-        cfg, name = configs[pt.model]
-        pb = pt.bnb()
-        dec = DecodeSpec(name, cfg, pt.precision, pt.batch, pt.prompt_tokens, pt.new_tokens,
-                         reps, double_quant=pb.double_quant,
-                         threshold=pb.int8_threshold)
-        pred = predict_point(sim, cfg, name, pt)
-        pred["holdout"] = "held-out"
-        specs.append(ValidationSpec(dec, pred))
-    return specs
+    return holdout.validation_specs(profile, points, configs, reps)
 
 
 def run_slot(job: dict) -> dict:
@@ -207,24 +194,61 @@ def run_slot(job: dict) -> dict:
 
     slot_dir = Path(job["work_dir"]) / job["campaign"] / job["slot"]
     slot_dir.mkdir(parents=True, exist_ok=True)
-    attempts_file = slot_dir / "attempts"
-    attempt = int(attempts_file.read_text()) + 1 if attempts_file.exists() else 1
-    attempts_file.write_text(str(attempt))
-    base = {"slot": job["slot"], "attempt": attempt, "host": socket.gethostname()}
+    base = {"slot": job["slot"], "attempt": _next_attempt(slot_dir), "host": socket.gethostname()}
     try:
         device = detect_device(job["gpu"], cpu_threads=job.get("cpu_threads"))
     except QtsimError as e:
         return {**base, "status": "refused", "reason": str(e)}
     unit = unit_identity(device)
+    moved = _unit_moved(slot_dir, job["slot"], unit)
+    if moved:
+        return {**base, "status": "refused", "unit": unit, "reason": moved}
+    return {**base, "status": "measured", "unit": unit, **_measure_slot(job, slot_dir, device)}
+
+
+def _next_attempt(slot_dir: Path) -> int:
+    """Count this attempt at the slot in its node-local ``attempts`` file."""
+    f = slot_dir / "attempts"
+    attempt = int(f.read_text()) + 1 if f.exists() else 1
+    f.write_text(str(attempt))
+    return attempt
+
+
+def _unit_moved(slot_dir: Path, slot: str, unit: dict) -> str | None:
+    """Why the slot's stored raw data cannot be resumed on ``unit`` (None: same unit, or the
+    first attempt, which records it)."""
     unit_file = slot_dir / "unit.json"
-    if unit_file.exists():
-        before = json.loads(unit_file.read_text())
-        if not _same_unit(before, unit):
-            return {**base, "status": "refused", "unit": unit,
-                    "reason": f"slot {job['slot']} moved from {before} to {unit}: its raw data "
-                              "is not resumed on another unit (run the slot again on its unit)"}
-    else:
+    if not unit_file.exists():
         unit_file.write_text(json.dumps(unit))
+        return None
+    before = json.loads(unit_file.read_text())
+    if _same_unit(before, unit):
+        return None
+    return (f"slot {slot} moved from {before} to {unit}: its raw data is not resumed on another "
+            "unit (run the slot again on its unit)")
+
+
+def _slot_plan(job: dict, slot_dir: Path, device) -> tuple[list, str]:
+    """The slot's point specs and their purpose: the named calibration plan, or held-out
+    validation specs predicted by the job's profile."""
+    if job["kind"] == "calibrate":
+        from qtsim.calibration.plan import named_plan
+
+        return named_plan(job.get("plan", "tiny"), device), "calibration"
+    from qtsim.profiles.hardware import read_profile
+    from qtsim.validate.plan import ValidationPoint
+
+    prof_path = slot_dir / "profile.toml"
+    prof_path.write_text(job["profile_toml"])
+    points = [ValidationPoint.from_dict(p) for p in job["points"]]
+    configs = {k: tuple(v) for k, v in job["configs"].items()}
+    return (validation_specs(read_profile(prof_path), points, configs, int(job.get("reps", 3))),
+            "validation")
+
+
+def _measure_slot(job: dict, slot_dir: Path, device) -> dict:
+    """Run (or resume) the slot's plan into its node-local raw HDF5: the point ids expected,
+    measured and resumed, and the file's bytes."""
     from qtsim.calibration.energy import EnergyMonitor
     from qtsim.calibration.raw import RawStore
     from qtsim.calibration.runner import run_plan
@@ -232,30 +256,15 @@ def run_slot(job: dict) -> dict:
     raw = slot_dir / f"{job['kind']}.h5"
     store = RawStore(raw)
     monitor = EnergyMonitor(device, tdp_w=job.get("tdp_w") if device.backend == "cpu" else None)
-    if job["kind"] == "calibrate":
-        from qtsim.calibration.plan import named_plan
-
-        plan = named_plan(job.get("plan", "tiny"), device)
-        purpose = "calibration"
-    else:
-        from qtsim.profiles.hardware import read_profile
-        from qtsim.validate.validation import ValidationPoint
-
-        prof_path = slot_dir / "profile.toml"
-        prof_path.write_text(job["profile_toml"])
-        profile = read_profile(prof_path)
-        points = [ValidationPoint(**p) for p in job["points"]]
-        configs = {k: tuple(v) for k, v in job["configs"].items()}
-        plan = validation_specs(profile, points, configs, int(job.get("reps", 3)))
-        purpose = "validation"
+    plan, purpose = _slot_plan(job, slot_dir, device)
     expected = [p.point_id() for p in plan]
     if job.get("crash_after") is not None:
         plan = [_CrashAfter(p, store, int(job["crash_after"]), str(slot_dir / "crashed"))
                 for p in plan]
     report = run_plan(plan, store, device, monitor, progress=False, resume=True, purpose=purpose)
-    return {**base, "status": "measured", "unit": unit, "expected": expected,
-            "measured": report.measured, "resumed": report.resumed, "skipped": report.skipped,
-            "wall_s": report.wall_s, "raw_name": raw.name, "raw_bytes": raw.read_bytes()}
+    return {"expected": expected, "measured": report.measured,
+            "resumed": report.resumed, "skipped": report.skipped, "wall_s": report.wall_s,
+            "raw_name": raw.name, "raw_bytes": raw.read_bytes()}
 
 
 # ---- the head side ----------------------------------------------------------------------------
@@ -568,12 +577,7 @@ def validation_summary(m: Manifest, profiles_by_slot: dict, echo=print):
     import pandas as pd
 
     from qtsim.calibration.raw import RawStore
-    from qtsim.validate.validation import (
-        cor_and_verdicts,
-        error_table,
-        measured_frame,
-        verdict_summary,
-    )
+    from qtsim.validate.score import cor_and_verdicts, error_table, measured_frame, verdict_summary
 
     rows = []
     for name, st in m.doc["slots"].items():

@@ -35,3 +35,29 @@ class ValidationSpec:
         result.attrs.update(self.predictions)
         result.attrs["purpose"] = "validation"
         return result
+
+
+def validation_specs(profile, points, configs: dict, reps: int = 3, *, overlap=(),
+                     outliers: bool = False) -> list[ValidationSpec]:
+    """A :class:`ValidationSpec` per :class:`~qtsim.validate.plan.ValidationPoint`, carrying the
+    ``profile``'s predictions for it (:func:`qtsim.validate.predict.predict_point`).
+
+    ``configs``: model -> (config, name) (:func:`qtsim.validate.plan.plan_points`); points in
+    ``overlap`` (they calibrated the profile) are labelled ``overlap``, the others ``held-out``;
+    ``outliers`` injects activation outliers into INT8 models so LLM.int8() takes its fp16 path.
+    """
+    from qtsim.simulate.simulator import Simulator
+    from qtsim.validate.predict import predict_point
+
+    sim = Simulator(profile, n_draws=200)
+    specs = []
+    for pt in points:
+        cfg, name = configs[pt.model]
+        w = pt.workload
+        dec = DecodeSpec(name, cfg, w.precision, pt.batch, w.prompt_tokens, w.new_tokens, reps,
+                         double_quant=w.bnb.double_quant, threshold=w.bnb.int8_threshold,
+                         outlier_injection=outliers and w.precision == "int8")
+        pred = predict_point(sim, cfg, name, pt)
+        pred["holdout"] = "overlap" if pt in overlap else "held-out"
+        specs.append(ValidationSpec(dec, pred))
+    return specs

@@ -3,26 +3,9 @@ layer over :mod:`qtsim.calibration.fleet`)."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import click
 
 from qtsim.cli.options import int_list, precision_list, split_list
-
-
-def _connect(address: str | None, num_cpus: int | None = None):
-    from qtsim.calibration.fleet import require_ray
-
-    ray = require_ray()
-    if not ray.is_initialized():
-        kw = {"log_to_driver": False, "logging_level": "ERROR", "configure_logging": False}
-        if address:
-            ray.init(address=address, **kw)
-        else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, **kw)
-    return ray
-
 
 address_option = click.option(
     "--address", default="auto", show_default=True,
@@ -53,14 +36,6 @@ def _apply(options):
             f = o(f)
         return f
     return deco
-
-
-def _crash(items) -> dict:
-    out = {}
-    for it in items:
-        slot, _, n = it.partition("=")
-        out[slot] = int(n)
-    return out
 
 
 @click.group()
@@ -96,41 +71,11 @@ def calibrate(address, gpu, nodes, plan_name, tdp_w, out_dir, resume, work_dir, 
     Example:
       qtsim fleet calibrate --address auto --gpu h100 --out fleet-h100/
     """
-    from qtsim.calibration import fleet as fl
+    from qtsim.calibration.campaigns import calibrate_fleet
 
-    ray = _connect(address)
-    slots = fl.parse_slots(nodes, gpu, ray.cluster_resources())
-    settings = {"plan": plan_name, "gpu": gpu}
-    extra = {"*": {"plan": plan_name, "cpu_threads": cpu_threads, "tdp_w": tdp_w}}
-    click.echo(f"fleet calibrate: {len(slots)} slots ({', '.join(f'{s.name}={s.gpu}' for s in slots)}), "
-               f"plan {plan_name} -> {out_dir}")
-    m = fl.run_campaign("calibrate", out_dir, slots, settings=settings, job_extra=extra,
-                        resume=resume, work_dir=work_dir or fl.DEFAULT_WORK_DIR,
-                        max_retries=max_retries, crash=_crash(crash), echo=click.echo)
-    profiles = fl.fit_nodes(m, echo=click.echo)
-    summary = fl.fleet_summary(m, profiles, echo=click.echo)
-    _print_summary(m, summary)
-
-
-def _print_summary(m, summary):
-    frame = summary["frame"]
-    statuses = {}
-    for n, s in m.doc["slots"].items():
-        statuses.setdefault(s["status"], []).append(n)
-    click.echo("slots: " + "; ".join(f"{k} {', '.join(v)}" for k, v in statuses.items()))
-    for n, s in m.doc["slots"].items():
-        if s["status"] in ("refused", "failed", "fit_failed"):
-            click.echo(f"  {n} {s['status']}: {s.get('reason', '')}")
-    if len(frame):
-        for g in dict.fromkeys(frame["hardware_model"]):
-            sub = frame[frame["hardware_model"] == g]
-            click.echo(f"spread between units of {g} ({int(sub['n_units'].iloc[0])} units):")
-            click.echo(f"  {'constant':22s} {'mean':>11s} {'sd':>10s} {'min':>11s} {'max':>11s} {'CV':>7s}")
-            for _, r in sub.iterrows():
-                click.echo(f"  {r['constant']:22s} {r['mean']:11.4g} {r['sd']:10.3g} {r['min']:11.4g} "
-                           f"{r['max']:11.4g} {100 * r['cv']:6.1f}%")
-    click.echo(f"wrote {m.out / 'fleet_summary.csv'}, fleet_summary.json"
-               + (f", {summary['png'].name}" if summary.get("png") else "") + f", {m.path.name}")
+    calibrate_fleet(address, gpu, nodes, plan_name, tdp_w, out_dir, resume=resume,
+                    work_dir=work_dir, max_retries=max_retries, cpu_threads=cpu_threads,
+                    crash=crash, echo=click.echo)
 
 
 @fleet.command("validate")
@@ -159,45 +104,17 @@ def validate(address, from_dir, profile_path, gpu, nodes, plan_path, model, prec
     Example:
       qtsim fleet validate --from fleet-h100/ --plan holdout.toml --out fleet-h100-val/
     """
-    from qtsim.calibration import fleet as fl
-    from qtsim.errors import QtsimError
-    from qtsim.profiles.hardware import read_profile
-    from qtsim.validate.validation import plan_points
+    from qtsim.calibration.campaigns import validate_fleet
+    from qtsim.model.workload import Workload
+    from qtsim.validate.plan import ValidationRequest
 
-    if bool(from_dir) == bool(profile_path):
-        raise QtsimError("give --from CAMPAIGN_DIR or --profile FILE")
-    points, reps, configs = plan_points(
-        plan_path, split_list(model, "--model") if model else None, precision_list(precisions),
-        int_list(batches, "--batch"), tokens, prompt_tokens, reps)
-    ray = _connect(address)
-    if from_dir:
-        cal = json.loads((Path(from_dir) / fl.MANIFEST).read_text())
-        have = {n: s for n, s in cal["slots"].items() if s["status"] == "done" and s.get("profile")}
-        wanted = fl.parse_slots(nodes, gpu, {fl.RESOURCE_PREFIX + n: 1 for n in have})
-        slots = [fl.Slot(s.name, have[s.name]["gpu"]) for s in wanted if s.name in have]
-        prof_files = {s.name: Path(from_dir) / have[s.name]["profile"] for s in slots}
-    else:
-        slots = fl.parse_slots(nodes, gpu, ray.cluster_resources())
-        prof_files = {s.name: Path(profile_path) for s in slots}
-    profiles = {n: read_profile(p) for n, p in prof_files.items()}
-    pts = [{f: getattr(p, f) for f in ("model", "precision", "batch", "new_tokens", "prompt_tokens",
-                                       "double_quant", "int8_threshold")} for p in points]
-    extra = {"*": {"points": pts, "configs": {k: list(v) for k, v in configs.items()}, "reps": reps,
-                   "cpu_threads": cpu_threads}}
-    for n, p in prof_files.items():
-        extra[n] = {"profile_toml": p.read_text()}
-        if cpu_threads is None and profiles[n].hardware.get("device_type") == "cpu":
-            extra[n]["cpu_threads"] = profiles[n].hardware.get("cpu_threads") or None
-    settings = {"from": str(from_dir or ""), "profile": str(profile_path or ""),
-                "points": len(points), "reps": reps}
-    click.echo(f"fleet validate: {len(slots)} slots x {len(points)} held-out points -> {out_dir}")
-    m = fl.run_campaign("validate", out_dir, slots, settings=settings, job_extra=extra,
-                        resume=resume, work_dir=work_dir or fl.DEFAULT_WORK_DIR,
-                        max_retries=max_retries, crash=_crash(crash), echo=click.echo)
-    frame = fl.validation_summary(m, profiles, echo=click.echo)
-    for _, r in frame[frame["status"] != "done"].iterrows():
-        click.echo(f"  {r['slot']} {r['status']}: {r['reason']}")
-    click.echo(f"wrote {m.out / 'fleet_validation.csv'}, fleet_validation.json, {m.path.name}")
+    request = ValidationRequest(
+        plan_path, tuple(split_list(model, "--model")) if model else (),
+        tuple(precision_list(precisions)), tuple(int_list(batches, "--batch")),
+        Workload(new_tokens=tokens, prompt_tokens=prompt_tokens), reps)
+    validate_fleet(address, request, out_dir, from_dir=from_dir, profile_path=profile_path,
+                   gpu=gpu, nodes=nodes, resume=resume, work_dir=work_dir,
+                   max_retries=max_retries, cpu_threads=cpu_threads, crash=crash, echo=click.echo)
 
 
 @fleet.command("simulate")
@@ -231,33 +148,21 @@ def simulate(address, workers, gpus, profile_paths, models, precisions, batches,
       qtsim fleet simulate --gpu l4,h100-sxm --family mistral-7b --sizes 0.5e9:80e9:400 \\
           --batch 1:512:40 --draws 200 --chunk-models 50 --out sweep.h5
     """
-    import time
-
-    from qtsim.calibration.fleet import fleet_simulate
+    from qtsim.calibration.campaigns import simulate_fleet
     from qtsim.cli.simulate import parse_batches
     from qtsim.errors import QtsimError
     from qtsim.model.architecture import load_architecture
     from qtsim.profiles.hardware import load_profile
-    from qtsim.simulate.surface import parse_sizes, write_csv, write_hdf5
+    from qtsim.simulate.surface import parse_sizes
 
     if not gpus and not profile_paths:
         raise QtsimError("give --gpu GPU[,GPU...] or --profile FILE")
     profiles = [load_profile(g) for g in (split_list(gpus, "--gpu") if gpus else [])]
     profiles += [load_profile(path=p) for p in profile_paths]
     archs = [load_architecture(m) for m in split_list(models, "--model")] if models else []
-    fam = load_architecture(family) if family else None
-    size_grid = parse_sizes(sizes) if sizes else None
-    _connect(address, workers)
-    t0 = time.perf_counter()
-    surface = fleet_simulate(profiles, archs, size_grid, parse_batches(batches), family=fam,
-                             chunk_models=chunk_models, chunk_batches=chunk_batches,
-                             precisions=precision_list(precisions), new_tokens=tokens,
-                             prompt_tokens=prompt_tokens, n_draws=draws, seed=seed)
-    elapsed = time.perf_counter() - t0
-    write_hdf5(surface, out, "qtsim fleet simulate")
-    g, p, m, nb = surface.shape
-    click.echo(f"{g} GPU x {p} precision x {m} model x {nb} batch = {surface.n_points} points"
-               f"{f', {draws} draws' if draws else ''} in {elapsed:.2f} s over Ray")
-    click.echo(f"wrote {out} ({len(surface.data)} quantities)")
-    if csv_path:
-        click.echo(f"wrote {csv_path} ({write_csv(surface, csv_path)} rows)")
+    simulate_fleet(address, workers, profiles, archs, parse_sizes(sizes) if sizes else None,
+                   parse_batches(batches), out, family=load_architecture(family) if family else None,
+                   chunk_models=chunk_models, chunk_batches=chunk_batches,
+                   precisions=precision_list(precisions), new_tokens=tokens,
+                   prompt_tokens=prompt_tokens, n_draws=draws, seed=seed, csv_path=csv_path,
+                   echo=click.echo)

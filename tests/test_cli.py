@@ -4,11 +4,11 @@ import sys
 
 import pytest
 
-from .conftest import run_qtsim
+from .conftest import invoke_qtsim, run_qtsim_process
 
 
 def test_trap_text_answers_the_l4_question():
-    r = run_qtsim("trap", "--gpu", "l4", "--model", "mistral-7b", "--precision", "nf4")
+    r = invoke_qtsim("trap", "--gpu", "l4", "--model", "mistral-7b", "--precision", "nf4")
     assert r.returncode == 0, r.stderr
     out = r.stdout
     for needle in ("on energy", "J/query", "tok/s", "COR", "B*", "N*", "SI", "profile: l4", "prior"):
@@ -16,7 +16,7 @@ def test_trap_text_answers_the_l4_question():
 
 
 def test_trap_json_keys_documented_in_readme():
-    r = run_qtsim("trap", "--gpu", "h100", "--model", "qwen3-0.6b", "--precision", "int8",
+    r = invoke_qtsim("trap", "--gpu", "h100", "--model", "qwen3-0.6b", "--precision", "int8",
                   "--batch", "4", "--format", "json", "--draws", "50")
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
@@ -31,7 +31,7 @@ def test_trap_json_keys_documented_in_readme():
 
 
 def test_trap_csv():
-    r = run_qtsim("trap", "--gpu", "l4", "--model", "qwen3-0.6b", "--precision", "nf4", "--format", "csv", "--draws", "20")
+    r = invoke_qtsim("trap", "--gpu", "l4", "--model", "qwen3-0.6b", "--precision", "nf4", "--format", "csv", "--draws", "20")
     assert r.returncode == 0 and r.stdout.startswith("gpu,model,precision,")
 
 
@@ -45,16 +45,24 @@ def test_trap_csv():
     (["trap", "--profile", "/nonexistent.toml", "--model", "mistral-7b", "--precision", "nf4"], "no such profile"),
 ])
 def test_bad_input_exits_2_without_traceback(args, needle):
-    r = run_qtsim(*args)
+    r = invoke_qtsim(*args)
     assert r.returncode == 2
     assert needle in r.stderr
     assert "Traceback" not in r.stderr
 
 
+def test_bad_input_is_one_line_and_exit_2_from_a_real_process():
+    """Through ``python -m qtsim`` (a process: the exit status the shell sees, the module entry
+    point), not only in-process: a refusal is one line on stderr and status 2."""
+    r = run_qtsim_process("trap", "--gpu", "l5", "--model", "mistral-7b", "--precision", "nf4")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "unknown GPU" in r.stderr
+
+
 def test_corrupt_profile_file(tmp_path):
     f = tmp_path / "bad.toml"
     f.write_text("schema_version = 1\n[hardware]\nname = 'x'\n")
-    r = run_qtsim("trap", "--profile", str(f), "--model", "mistral-7b", "--precision", "nf4")
+    r = invoke_qtsim("trap", "--profile", str(f), "--model", "mistral-7b", "--precision", "nf4")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 
@@ -62,11 +70,12 @@ def test_corrupt_profile_file(tmp_path):
 def test_malformed_config_json(tmp_path):
     f = tmp_path / "config.json"
     f.write_text('{"model_type": "llama"')
-    r = run_qtsim("trap", "--gpu", "l4", "--model", str(f), "--precision", "nf4")
+    r = invoke_qtsim("trap", "--gpu", "l4", "--model", str(f), "--precision", "nf4")
     assert r.returncode == 2 and "not valid JSON" in r.stderr
 
 
 def test_planner_imports_no_torch():
+    # a fresh interpreter: whether torch gets imported is only visible from a clean sys.modules
     code = ("import sys\nfrom qtsim.cli.main import main\n"
             "try:\n    main(['trap','--gpu','l4','--model','mistral-7b','--precision','nf4','--draws','20'])\n"
             "except SystemExit:\n    pass\n"
@@ -77,17 +86,18 @@ def test_planner_imports_no_torch():
 
 
 def test_profiles_and_models_commands():
-    r = run_qtsim("profiles", "list")
+    r = invoke_qtsim("profiles", "list")
     assert r.returncode == 0 and "h100-sxm" in r.stdout
-    r = run_qtsim("profiles", "show", "l4")
+    r = invoke_qtsim("profiles", "show", "l4")
     assert r.returncode == 0 and "t_call_nf4_b1_s" in r.stdout and "prior" in r.stdout
-    r = run_qtsim("models")
+    r = invoke_qtsim("models")
     assert r.returncode == 0 and "llama-3.1-70b" in r.stdout and "refused" in r.stdout
 
 
 def test_console_script_and_help():
+    # the installed console script: the entry point pip wrote must answer
     r = subprocess.run(["qtsim", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "trap" in r.stdout
-    r = run_qtsim("trap", "--help")
+    r = invoke_qtsim("trap", "--help")
     assert "Example" in r.stdout
 

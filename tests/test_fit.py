@@ -12,7 +12,7 @@ from qtsim.calibration.raw import RawStore
 from qtsim.errors import FitError
 from qtsim.profiles.hardware import read_profile, write_profile
 
-from .conftest import run_qtsim
+from .conftest import invoke_qtsim
 
 ROOT = Path(__file__).parents[1]
 RAW = ROOT / "data" / "raw" / "cpu-calibration.h5"
@@ -96,10 +96,10 @@ def test_too_few_points(frame):
 
 
 def test_fit_cli(tmp_path):
-    r = run_qtsim("fit", str(RAW), "--out", str(tmp_path / "p.toml"), "--name", "cpu-cli")
+    r = invoke_qtsim("fit", str(RAW), "--out", str(tmp_path / "p.toml"), "--name", "cpu-cli")
     assert r.returncode == 0, r.stderr
     assert "kernel_paths" in r.stdout and "MAPE" in r.stdout
-    r = run_qtsim("trap", "--profile", str(tmp_path / "p.toml"), "--model", "qwen3-0.6b",
+    r = invoke_qtsim("trap", "--profile", str(tmp_path / "p.toml"), "--model", "qwen3-0.6b",
                   "--precision", "int8", "--draws", "50")
     assert r.returncode == 0 and "calibrated" in r.stdout
 
@@ -107,7 +107,7 @@ def test_fit_cli(tmp_path):
 def test_fit_cli_rejects_corrupt_file(tmp_path):
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"not hdf5 at all")
-    r = run_qtsim("fit", str(bad))
+    r = invoke_qtsim("fit", str(bad))
     assert r.returncode == 2 and "Traceback" not in r.stderr
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from qtsim.errors import QtsimError
 
-from .conftest import run_qtsim
+from .conftest import run_qtsim_process
 
 SLOTS = "cpu-a,cpu-b,cpu-c=l4"
 CRASH_AFTER = 5
@@ -136,9 +136,10 @@ def test_interrupted_campaign_resumes_from_the_manifest(campaign, cluster):
     doc["slots"]["cpu-b"]["status"] = "running"
     (m.out / doc["slots"]["cpu-b"]["raw"]).unlink()
     m.path.write_text(json.dumps(doc))
-    r = run_qtsim("fleet", "calibrate", "--address", cluster["address"], "--nodes", SLOTS,
-                  "--gpu", "cpu", "--plan", "tiny", "--out", str(m.out), "--resume",
-                  "--work-dir", str(cluster["work"]), "--cpu-threads", "1")
+    # a fresh head process (the point: a new driver resumes from the manifest alone)
+    r = run_qtsim_process("fleet", "calibrate", "--address", cluster["address"], "--nodes", SLOTS,
+                          "--gpu", "cpu", "--plan", "tiny", "--out", str(m.out), "--resume",
+                          "--work-dir", str(cluster["work"]), "--cpu-threads", "1")
     assert r.returncode == 0, r.stderr[-3000:]
     after = json.loads(m.path.read_text())
     b = after["slots"]["cpu-b"]

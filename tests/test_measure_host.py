@@ -30,8 +30,8 @@ def test_host_plan_runs_and_fits(tmp_path):
 
 
 def test_calibrate_host_cli_refuses_existing(tmp_path):
-    from .conftest import run_qtsim
+    from .conftest import invoke_qtsim
 
     (tmp_path / "x-host.h5").write_bytes(b"")
-    r = run_qtsim("calibrate", "--host", "--name", "x-host", "--out", str(tmp_path))
+    r = invoke_qtsim("calibrate", "--host", "--name", "x-host", "--out", str(tmp_path))
     assert r.returncode == 2 and "--resume" in r.stderr

@@ -13,22 +13,17 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from qtsim.cli.main import main
 from qtsim.model.architecture import load_config
+
+from .conftest import invoke_qtsim
 
 L4 = (Path(__file__).parents[1] / "hardware_profiles" / "l4.toml").read_text()
 
 
 def qtsim(*args, env=None):
-    """Run ``qtsim ARGS`` in-process under click's CliRunner isolation: (status, stdout, stderr)."""
-    runner = CliRunner()
-    with runner.isolation(env=env) as (out, err, _):
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as e:
-            code = e.code or 0
-        return code, out.getvalue().decode(), err.getvalue().decode()
+    """Run ``qtsim ARGS`` in-process (:func:`invoke_qtsim`): (status, stdout, stderr)."""
+    r = invoke_qtsim(*args, env=env)
+    return r.returncode, r.stdout, r.stderr
 
 
 def _config(path: Path, **extra):
@@ -278,15 +273,15 @@ def test_ctrl_c_says_resume_continues(tmp_path, capsys):
 
 def test_resume_refuses_another_thread_count(tmp_path):
     pytest.importorskip("torch")
+    from qtsim.calibration.calibrate import same_threads_on_resume
     from qtsim.calibration.raw import RawStore
-    from qtsim.cli.calibrate import _same_threads_on_resume
     from qtsim.errors import QtsimError
 
     raw = tmp_path / "cpu-calibration.h5"
     RawStore(raw).append("p0", {"kind": "linear", "torch_threads": 2}, {"x": np.ones(2)})
     with pytest.raises(QtsimError, match="measured with 2 torch threads"):
-        _same_threads_on_resume(raw, 1)
-    _same_threads_on_resume(raw, 2)
+        same_threads_on_resume(raw, 1)
+    same_threads_on_resume(raw, 2)
 
 
 def test_bitsandbytes_kernels_hint_is_dropped_and_other_warnings_are_not():

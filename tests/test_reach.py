@@ -239,15 +239,16 @@ def test_validate_bad_settings_exit_2_before_measuring(tmp_path, extra, needle):
 
 
 def test_validation_plan_takes_bitsandbytes_names(tmp_path):
-    from qtsim.validate.validation import predict_point, read_plan
+    from qtsim.validate.plan import read_plan
+    from qtsim.validate.predict import predict_point
 
     plan = tmp_path / "p.toml"
     plan.write_text('[validation]\nbnb_4bit_use_double_quant = true\n'
                     '[[points]]\nmodel = "m"\nprecision = "nf4"\nbatch = 2\n'
                     '[[points]]\nmodel = "m"\nprecision = "int8"\nbatch = 2\nllm_int8_threshold = 0\n')
     _, pts = read_plan(str(plan))
-    assert pts[0].double_quant and pts[0].bnb().double_quant
-    assert pts[1].bnb().int8_threshold == 0.0 and not pts[1].bnb().double_quant
+    assert pts[0].workload.double_quant and pts[0].workload.family == "nf4dq"
+    assert pts[1].workload.bnb.int8_threshold == 0.0 and not pts[1].workload.bnb.double_quant
     cfg, name, _ = load_config("qwen3-0.6b")
     pred = predict_point(Simulator(load_profile(path=CPU_PROFILE)), cfg, name, pts[0])
     assert pred["pred_kernel_family"] == "nf4dq"
@@ -260,7 +261,8 @@ def test_validation_plan_takes_bitsandbytes_names(tmp_path):
 def test_config_names_two_files_in_one_folder(tmp_path):
     """`validate --model d/a.json,d/b.json` once stopped on duplicate point ids."""
     from qtsim.calibration.plan import DecodeSpec
-    from qtsim.validate.validation import grid_points
+    from qtsim.model.workload import Workload
+    from qtsim.validate.plan import grid_points
 
     cfg = json.loads((ROOT / "data/validation/tiny-llama-a.json").read_text())
     cfg.pop("_qtsim_name", None)
@@ -273,9 +275,10 @@ def test_config_names_two_files_in_one_folder(tmp_path):
     assert config_display_name(d / "a.json", cfg) == "a"
     assert config_display_name(tmp_path / "llama" / "config.json", cfg) == "llama"
     assert config_display_name(d / "a.json", {**cfg, "_qtsim_name": "mine"}) == "mine"
-    pts = grid_points([str(d / "a.json"), str(d / "b.json")], ["fp16"], [2], 8, 4)
-    ids = {DecodeSpec(load_config(p.model)[1], cfg, p.precision, p.batch, p.prompt_tokens,
-                      p.new_tokens).point_id() for p in pts}
+    pts = grid_points([str(d / "a.json"), str(d / "b.json")], ["fp16"], [2],
+                      Workload(new_tokens=8, prompt_tokens=4))
+    ids = {DecodeSpec(load_config(p.model)[1], cfg, p.workload.precision, p.batch,
+                      p.workload.prompt_tokens, p.workload.new_tokens).point_id() for p in pts}
     assert len(ids) == 2
 
 

@@ -1,6 +1,4 @@
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -12,6 +10,8 @@ from qtsim.report.reproduce import (
     reproduce,
     worked_examples,
 )
+
+from .conftest import invoke_qtsim
 
 
 @pytest.fixture(scope="module")
@@ -109,11 +109,9 @@ def test_text_format(report):
 
 
 def test_reproduce_command_json_and_text():
-    r = subprocess.run([sys.executable, "-m", "qtsim", "reproduce", "--format", "json", "--draws", "30"],
-                       capture_output=True, text=True, timeout=300)
+    r = invoke_qtsim("reproduce", "--format", "json", "--draws", "30")
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
     assert {"checks", "summary", "profiles", "caveat"} <= set(rep)
-    r = subprocess.run([sys.executable, "-m", "qtsim", "reproduce", "--draws", "30"],
-                       capture_output=True, text=True, timeout=300)
+    r = invoke_qtsim("reproduce", "--draws", "30")
     assert r.returncode == 0 and "S_SI worked example" in r.stdout

@@ -117,7 +117,8 @@ def test_cpu_heldout_band_coverage(capsys):
     """Issue 10's CI figure: 68%/95% band coverage on the CPU held-out validation set."""
     pytest.importorskip("h5py")
     from qtsim.calibration.raw import RawStore
-    from qtsim.validate.validation import coverage_table, measured_frame
+    from qtsim.validate.coverage import coverage_table
+    from qtsim.validate.score import measured_frame
 
     df = measured_frame(RawStore(CPU_VALIDATION, readonly=True).summary_frame("decode"))
     table, _ = coverage_table(read_profile(CPU_PROFILE), df)

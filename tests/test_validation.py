@@ -8,17 +8,10 @@ import pytest
 from qtsim.calibration.raw import RawStore
 from qtsim.errors import QtsimError
 from qtsim.profiles.hardware import read_profile
-from qtsim.validate.validation import (
-    ValidationPoint,
-    cor_and_verdicts,
-    error_table,
-    holdout_conflicts,
-    measured_frame,
-    read_plan,
-    verdict_summary,
-)
+from qtsim.validate.plan import ValidationPoint, holdout_conflicts, point_workload, read_plan
+from qtsim.validate.score import cor_and_verdicts, error_table, measured_frame, verdict_summary
 
-from .conftest import run_qtsim
+from .conftest import invoke_qtsim
 
 ROOT = Path(__file__).parents[1]
 RAW = ROOT / "data" / "raw" / "cpu-validation.h5"
@@ -56,7 +49,7 @@ def test_trap_verdicts_and_cor(df):
 
 def test_holdout_refuses_calibrated_points():
     prof = read_profile(PROFILE)
-    pts = [ValidationPoint("tiny-qwen3", "fp16", 3, 16, 16), ValidationPoint("tiny-qwen3", "fp16", 2, 16, 16)]
+    pts = [ValidationPoint("tiny-qwen3", point_workload("fp16", b, 16, 16)) for b in (3, 2)]
     conflicts = holdout_conflicts(prof, pts, {})
     assert len(conflicts) == 1 and "batch 3" in conflicts[0]
 
@@ -74,7 +67,7 @@ def test_plan_parsing(tmp_path):
 
 
 def test_report_only_cli(tmp_path):
-    r = run_qtsim("validate", "--profile", str(PROFILE), "--raw", str(RAW), "--report-only",
+    r = invoke_qtsim("validate", "--profile", str(PROFILE), "--raw", str(RAW), "--report-only",
                   "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert "latency_s" in r.stdout and "trap verdicts agree: 12/12" in r.stdout
@@ -86,7 +79,7 @@ def test_report_only_cli(tmp_path):
 
 def test_validate_refuses_overlap_before_measuring(tmp_path):
     cfg = ROOT / "data" / "validation" / "tiny-llama-a.json"
-    r = run_qtsim("validate", "--profile", str(PROFILE), "--model", str(cfg), "--batch", "1",
+    r = invoke_qtsim("validate", "--profile", str(PROFILE), "--model", str(cfg), "--batch", "1",
                   "--precision", "nf4", "--out", str(tmp_path), "--report-only")
     assert r.returncode == 2 and "no raw validation data" in r.stderr
 
@@ -105,7 +98,7 @@ def test_out_of_range_holdout_error(capsys):
     after a fresh calibration with rotating buffers (data/raw/cpu-epyc-2c-calibration.h5);
     predicted by the committed profile fitted from it."""
     from qtsim.simulate.simulator import Simulator
-    from qtsim.validate.validation import repredict
+    from qtsim.validate.predict import repredict
 
     df = measured_frame(RawStore(WIDE_RAW, readonly=True).summary_frame("decode"))
     assert len(df) == 18 and set(df["holdout"]) == {"held-out"}
@@ -126,3 +119,22 @@ def test_out_of_range_holdout_error(capsys):
     assert lat["mape_pct"] <= WIDE_ACHIEVED_PCT
     assert step["mape_pct"] <= 11.0
     assert step["pearson_r"] > 0.98
+
+
+def test_fleet_validate_job_carries_the_points_and_their_workloads(tmp_path):
+    """`fleet validate` ships points to Ray jobs as plain values: a node rebuilds the same
+    points (workload included) and predicts them as `qtsim validate` does."""
+    from qtsim.calibration.fleet import _slot_plan
+    from qtsim.validate.plan import ValidationRequest, plan_points
+
+    plan = ROOT / "data" / "validation" / "cpu-holdout.toml"
+    points, reps, configs = plan_points(ValidationRequest(str(plan)))
+    assert [ValidationPoint.from_dict(p.to_dict()) for p in points] == points
+    job = {"kind": "validate", "profile_toml": EPYC_PROFILE.read_text(), "reps": reps,
+           "points": [p.to_dict() for p in points[:3]],
+           "configs": {k: list(v) for k, v in configs.items()}}
+    specs, purpose = _slot_plan(job, tmp_path, None)
+    assert purpose == "validation" and len(specs) == 3
+    assert specs[0].decode.precision == points[0].workload.precision
+    assert specs[0].predictions["holdout"] == "held-out"
+    assert specs[0].predictions["pred_step_s"] > 0

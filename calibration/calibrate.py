@@ -1,0 +1,168 @@
+"""``qtsim calibrate`` and ``qtsim fit``'s work: measure this machine, fit, write the profile.
+
+:func:`calibrate_device` measures a GPU (or the CPU) and fits a hardware profile;
+:func:`calibrate_host` measures the host part only; :func:`refit` fits a profile from recorded
+raw HDF5 (no torch). Summaries go to ``echo``, measurement progress to ``log``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from qtsim.errors import QtsimError
+
+#: the constants the fit summary prints, when the profile has them
+SUMMARY_CONSTANTS = ("mem_bw_gbs", "h_op_s", "h_step_s", "t_step_s", "t_layer_s",
+                     "t_call_fp16_b1_s", "t_call_nf4_b1_s", "t_call_int8_b1_s")
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def fit_lines(prof, fit, out) -> list[str]:
+    """The fit summary: per stage MAPE and information criteria, key constants, notes."""
+    lines = [f"profile {prof.name} ({prof.provenance['device']}) -> {out}"]
+    lines += [f"  {s.name:13s} {s.n_points:4d} points  fit MAPE {100 * s.mape:5.1f}%  "
+              f"max {100 * s.max_ape:5.1f}%  AIC {s.aic:8.1f}  BIC {s.bic:8.1f}"
+              for s in fit.stages if s.n_points]
+    lines.append(f"  energy method: {fit.energy_method}")
+    for k in SUMMARY_CONSTANTS:
+        if k in prof.physical:
+            p = prof.physical[k]
+            lines.append(f"  {k:18s} {p.value:.4g} ± {p.stderr:.2g} {p.unit}")
+    lines += [f"  note: {n}" for n in fit.notes]
+    return lines
+
+
+def refit(raw, out=None, name=None, host_part=None, lumped: bool = False, echo=print):
+    """``qtsim fit``: fit a profile from recorded ``raw`` HDF5 and write it (default next to
+    ``raw``); returns the profile and the fit."""
+    from qtsim.calibration.profile_builder import build_profile
+    from qtsim.profiles.hardware import write_profile
+
+    prof, result = build_profile(raw, name, "lumped" if lumped else "inventory", host_part)
+    out = out or str(Path(raw).with_suffix(".toml"))
+    write_profile(prof, out)
+    for line in fit_lines(prof, result, out):
+        echo(line)
+    return prof, result
+
+
+def check_gpu_name(gpu: str) -> None:
+    """An unknown --gpu is a naming mistake: say so before looking for CUDA."""
+    from qtsim.calibration.device import GPU_ALIASES, KNOWN_GPU_NAMES
+    from qtsim.errors import UnknownNameError, suggest
+
+    key = gpu.strip().lower()
+    known = {"cpu", "cuda", "gpu", "auto", *KNOWN_GPU_NAMES, *GPU_ALIASES}
+    if key not in known:
+        raise UnknownNameError(
+            f"unknown GPU {gpu!r}{suggest(gpu, known)}; calibrate takes a known GPU name "
+            "(qtsim profiles list), 'cuda' for whatever GPU is visible, or 'cpu'")
+
+
+def same_threads_on_resume(raw, cpu_threads, log=_stderr) -> None:
+    """A resumed CPU calibration keeps the thread count its stored points were measured with."""
+    import torch
+
+    from qtsim.calibration.raw import RawStore
+
+    stored = next((int(p.attrs["torch_threads"]) for p in RawStore(raw, readonly=True).points()
+                   if p.attrs.get("torch_threads")), None)
+    if stored is None:
+        return
+    if cpu_threads is None:
+        torch.set_num_threads(stored)
+        log(f"resuming with {stored} torch threads, as the stored points were measured")
+    elif cpu_threads != stored:
+        raise QtsimError(f"{raw} was measured with {stored} torch threads; resuming with "
+                         f"--cpu-threads {cpu_threads} would mix the two in one fit: resume with "
+                         f"--cpu-threads {stored}, or start a new --out")
+
+
+def _measurement():
+    """The measurement modules (the calibrate extra), or a one-line refusal without them."""
+    try:
+        from qtsim.calibration import device, energy, plan, raw, runner
+    except ImportError as e:
+        raise QtsimError("calibration needs the calibrate extra (pip install "
+                         f"'qtsim[calibrate]'): {e}") from None
+    return device, energy, plan, raw, runner
+
+
+def _fresh_raw(raw: Path, resume: bool) -> None:
+    if raw.exists() and not resume:
+        raise QtsimError(f"{raw} exists: pass --resume to continue it, or choose another --out")
+
+
+def calibrate_device(gpu: str, out_dir, name=None, *, resume=False, quick=False, tdp_w=None,
+                     cpu_threads=None, install=False, rotate=None, progress=True, echo=print,
+                     log=_stderr):
+    """``qtsim calibrate --gpu``: measure the plan on this device into OUT/NAME-calibration.h5
+    (resumable), fit, write OUT/NAME.toml (and with ``install`` the user profile directory)."""
+    from qtsim.calibration.profile_builder import build_profile
+    from qtsim.profiles.hardware import user_profile_dir, write_profile
+
+    device_mod, energy, plan_mod, raw_mod, runner = _measurement()
+    check_gpu_name(gpu)
+    if cpu_threads is not None and gpu.strip().lower() != "cpu":
+        raise QtsimError("--cpu-threads applies to --gpu cpu only")
+    device = device_mod.detect_device(gpu, cpu_threads=cpu_threads)
+    name = name or device.name
+    out = Path(out_dir)
+    raw = out / f"{name}-calibration.h5"
+    _fresh_raw(raw, resume)
+    if raw.exists() and device.backend == "cpu":
+        same_threads_on_resume(raw, cpu_threads, log)
+    out.mkdir(parents=True, exist_ok=True)
+    monitor = energy.EnergyMonitor(device, tdp_w=tdp_w if device.backend == "cpu" else None)
+    plan = plan_mod.calibration_plan(device, quick=quick, rotate=rotate)
+    log(f"calibrating {device.name} ({device.describe().get('device_string')}): "
+        f"{len(plan)} points, about {plan_mod.estimate_plan_s(plan, device) / 60:.1f} min; "
+        f"meters: {', '.join(monitor.meter_names)}")
+    report = runner.run_plan(plan, raw_mod.RawStore(raw), device, monitor, progress=progress)
+    log(f"measured: {report.line()} -> {raw}")
+    prof, result = build_profile(raw, name)
+    path = write_profile(prof, out / f"{name}.toml")
+    for line in fit_lines(prof, result, path):
+        echo(line)
+    if install:
+        dest = write_profile(prof, user_profile_dir() / f"{name}.toml")
+        echo(f"installed: {dest} (qtsim trap --gpu {name} ...)")
+    return prof
+
+
+def calibrate_host(out_dir, name=None, *, resume=False, cpu_threads=None, install=False,
+                   progress=True, echo=print, log=_stderr):
+    """``qtsim calibrate --host``: tiny-width decodes on every path, then the host-part fit
+    (OUT/NAME.h5, OUT/NAME.toml)."""
+    device_mod, energy, plan_mod, raw_mod, runner = _measurement()
+    from qtsim.calibration.host import build_host_part, host_plan
+    from qtsim.profiles.hardware import user_profile_dir
+    from qtsim.profiles.hosts import write_host
+
+    device = device_mod.detect_device("cpu", cpu_threads=cpu_threads)
+    name = name or f"{device.name}-host"
+    out = Path(out_dir)
+    raw = out / f"{name}.h5"
+    _fresh_raw(raw, resume)
+    out.mkdir(parents=True, exist_ok=True)
+    plan = host_plan(device)
+    log(f"host calibration on {device.describe().get('device_string')}: {len(plan)} tiny "
+        f"decodes, about {plan_mod.estimate_plan_s(plan, device) / 60:.1f} min")
+    report = runner.run_plan(plan, raw_mod.RawStore(raw), device, energy.EnergyMonitor(device),
+                             progress=progress)
+    log(f"measured: {report.line()} -> {raw}")
+    part, st = build_host_part(str(raw), name)
+    path = write_host(part, out / f"{name}.toml")
+    echo(f"host part {part.name} ({part.host.get('cpu')}) -> {path}")
+    echo(f"  host fit {st.n_points:4d} points  fit MAPE {100 * st.mape:5.1f}%  "
+         f"max {100 * st.max_ape:5.1f}%  AIC {st.aic:8.1f}")
+    for k, p in sorted(part.physical.items()):
+        echo(f"  {k:22s} {p.value:.4g} ± {p.stderr:.2g} {p.unit}  ({p.source})")
+    if install:
+        dest = write_host(part, user_profile_dir() / "hosts" / f"{name}.toml")
+        echo(f"installed: {dest} (qtsim trap --host {name} ...)")
+    return part

@@ -1,0 +1,151 @@
+"""``qtsim fleet``'s work, one function per command: join Ray, run the campaign, summarise.
+
+The campaign machinery (slots, manifest, node tasks, gathering, fits, summaries, tiled
+simulate grids) lives in :mod:`qtsim.calibration.fleet`; this module strings it together for
+:func:`calibrate_fleet`, :func:`validate_fleet` and :func:`simulate_fleet` and writes their
+terminal summaries through ``echo``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from qtsim.calibration import fleet as fl
+from qtsim.errors import QtsimError
+
+
+def connect(address: str | None, num_cpus: int | None = None):
+    """Join the Ray cluster at ``address`` (None: start one here with ``num_cpus``)."""
+    ray = fl.require_ray()
+    if not ray.is_initialized():
+        kw = {"log_to_driver": False, "logging_level": "ERROR", "configure_logging": False}
+        if address:
+            ray.init(address=address, **kw)
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, **kw)
+    return ray
+
+
+def parse_crash(items) -> dict:
+    """``--crash-after SLOT=N`` drills: {slot: N}."""
+    out = {}
+    for it in items:
+        slot, _, n = it.partition("=")
+        out[slot] = int(n)
+    return out
+
+
+def calibrate_fleet(address, gpu: str, nodes, plan_name: str, tdp_w, out_dir, *, resume=False,
+                    work_dir=None, max_retries=3, cpu_threads=None, crash=(), echo=print):
+    """``qtsim fleet calibrate``: calibrate every slot, fit a profile per slot and summarise
+    the spread of each constant between units of the same hardware model."""
+    ray = connect(address)
+    slots = fl.parse_slots(nodes, gpu, ray.cluster_resources())
+    settings = {"plan": plan_name, "gpu": gpu}
+    extra = {"*": {"plan": plan_name, "cpu_threads": cpu_threads, "tdp_w": tdp_w}}
+    echo(f"fleet calibrate: {len(slots)} slots ({', '.join(f'{s.name}={s.gpu}' for s in slots)}), "
+         f"plan {plan_name} -> {out_dir}")
+    m = fl.run_campaign("calibrate", out_dir, slots, settings=settings, job_extra=extra,
+                        resume=resume, work_dir=work_dir or fl.DEFAULT_WORK_DIR,
+                        max_retries=max_retries, crash=parse_crash(crash), echo=echo)
+    profiles = fl.fit_nodes(m, echo=echo)
+    summary = fl.fleet_summary(m, profiles, echo=echo)
+    for line in summary_lines(m, summary):
+        echo(line)
+    return m, summary
+
+
+def summary_lines(m, summary) -> list[str]:
+    """Slot statuses, refusals and failures, and the spread table per hardware model."""
+    frame = summary["frame"]
+    statuses = {}
+    for n, s in m.doc["slots"].items():
+        statuses.setdefault(s["status"], []).append(n)
+    lines = ["slots: " + "; ".join(f"{k} {', '.join(v)}" for k, v in statuses.items())]
+    lines += [f"  {n} {s['status']}: {s.get('reason', '')}" for n, s in m.doc["slots"].items()
+              if s["status"] in ("refused", "failed", "fit_failed")]
+    for g in (dict.fromkeys(frame["hardware_model"]) if len(frame) else ()):
+        sub = frame[frame["hardware_model"] == g]
+        lines.append(f"spread between units of {g} ({int(sub['n_units'].iloc[0])} units):")
+        lines.append(f"  {'constant':22s} {'mean':>11s} {'sd':>10s} {'min':>11s} {'max':>11s} "
+                     f"{'CV':>7s}")
+        lines += [f"  {r['constant']:22s} {r['mean']:11.4g} {r['sd']:10.3g} {r['min']:11.4g} "
+                  f"{r['max']:11.4g} {100 * r['cv']:6.1f}%" for _, r in sub.iterrows()]
+    lines.append(f"wrote {m.out / 'fleet_summary.csv'}, fleet_summary.json"
+                 + (f", {summary['png'].name}" if summary.get("png") else "") + f", {m.path.name}")
+    return lines
+
+
+def _validation_slots(ray, from_dir, profile_path, nodes, gpu: str):
+    """(slots, {slot: profile file}): each calibrated slot's own profile (``from_dir``, a fleet
+    calibrate campaign) or one ``profile_path`` for every slot."""
+    if from_dir:
+        cal = json.loads((Path(from_dir) / fl.MANIFEST).read_text())
+        have = {n: s for n, s in cal["slots"].items() if s["status"] == "done" and s.get("profile")}
+        wanted = fl.parse_slots(nodes, gpu, {fl.RESOURCE_PREFIX + n: 1 for n in have})
+        slots = [fl.Slot(s.name, have[s.name]["gpu"]) for s in wanted if s.name in have]
+        return slots, {s.name: Path(from_dir) / have[s.name]["profile"] for s in slots}
+    slots = fl.parse_slots(nodes, gpu, ray.cluster_resources())
+    return slots, {s.name: Path(profile_path) for s in slots}
+
+
+def validate_fleet(address, request, out_dir, *, from_dir=None, profile_path=None, gpu="cpu",
+                   nodes=None, resume=False, work_dir=None, max_retries=3, cpu_threads=None,
+                   crash=(), echo=print):
+    """``qtsim fleet validate``: held-out decodes of ``request``
+    (:class:`qtsim.validate.plan.ValidationRequest`) on every slot, each against its own
+    profile, with per-slot errors and the fleet's spread."""
+    from qtsim.profiles.hardware import read_profile
+    from qtsim.validate.plan import plan_points
+
+    if bool(from_dir) == bool(profile_path):
+        raise QtsimError("give --from CAMPAIGN_DIR or --profile FILE")
+    points, reps, configs = plan_points(request)
+    slots, prof_files = _validation_slots(connect(address), from_dir, profile_path, nodes, gpu)
+    profiles = {n: read_profile(p) for n, p in prof_files.items()}
+    extra = {"*": {"points": [p.to_dict() for p in points],
+                   "configs": {k: list(v) for k, v in configs.items()}, "reps": reps,
+                   "cpu_threads": cpu_threads}}
+    for n, p in prof_files.items():
+        extra[n] = {"profile_toml": p.read_text()}
+        if cpu_threads is None and profiles[n].hardware.get("device_type") == "cpu":
+            extra[n]["cpu_threads"] = profiles[n].hardware.get("cpu_threads") or None
+    settings = {"from": str(from_dir or ""), "profile": str(profile_path or ""),
+                "points": len(points), "reps": reps}
+    echo(f"fleet validate: {len(slots)} slots x {len(points)} held-out points -> {out_dir}")
+    m = fl.run_campaign("validate", out_dir, slots, settings=settings, job_extra=extra,
+                        resume=resume, work_dir=work_dir or fl.DEFAULT_WORK_DIR,
+                        max_retries=max_retries, crash=parse_crash(crash), echo=echo)
+    frame = fl.validation_summary(m, profiles, echo=echo)
+    for _, r in frame[frame["status"] != "done"].iterrows():
+        echo(f"  {r['slot']} {r['status']}: {r['reason']}")
+    echo(f"wrote {m.out / 'fleet_validation.csv'}, fleet_validation.json, {m.path.name}")
+    return m, frame
+
+
+def simulate_fleet(address, workers, profiles, archs, size_grid, batches, out, *, family=None,
+                   chunk_models=None, chunk_batches=None, precisions=("fp16", "int8", "nf4"),
+                   new_tokens=256, prompt_tokens=128, n_draws=0, seed=0, csv_path=None,
+                   echo=print):
+    """``qtsim fleet simulate``: the grid in tiles over Ray workers, written as one machine
+    writes it (HDF5, optional CSV)."""
+    import time
+
+    from qtsim.simulate.surface import write_csv, write_hdf5
+
+    connect(address, workers)
+    t0 = time.perf_counter()
+    surface = fl.fleet_simulate(profiles, archs, size_grid, batches, family=family,
+                                chunk_models=chunk_models, chunk_batches=chunk_batches,
+                                precisions=precisions, new_tokens=new_tokens,
+                                prompt_tokens=prompt_tokens, n_draws=n_draws, seed=seed)
+    elapsed = time.perf_counter() - t0
+    write_hdf5(surface, out, "qtsim fleet simulate")
+    g, p, m, nb = surface.shape
+    echo(f"{g} GPU x {p} precision x {m} model x {nb} batch = {surface.n_points} points"
+         f"{f', {n_draws} draws' if n_draws else ''} in {elapsed:.2f} s over Ray")
+    echo(f"wrote {out} ({len(surface.data)} quantities)")
+    if csv_path:
+        echo(f"wrote {csv_path} ({write_csv(surface, csv_path)} rows)")
+    return surface

@@ -1,0 +1,80 @@
+"""Predictions for validation points, made before they are measured (or again, from a refit).
+
+:func:`simulate` is the one place validation calls the :class:`Simulator`; :func:`predict_point`
+gives the physical model's and the paper model's (eq. 19) predictions that are stored beside
+each measurement; :func:`repredict` recomputes them for recorded rows with another profile.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from qtsim.model import paper
+from qtsim.model.architecture import from_config
+from qtsim.model.precision import get_precision
+from qtsim.model.workload import DEFAULT_INT8_THRESHOLD, Workload
+from qtsim.simulate.simulator import Simulator
+from qtsim.simulate.stats import band
+from qtsim.validate.plan import ValidationPoint, point_workload
+
+
+def predict_point(sim: Simulator, config: dict, name: str, pt: ValidationPoint) -> dict:
+    """Physical-model and paper-model predictions for one point, made before it is measured."""
+    c = from_config(config, name=name).counts()
+    w = pt.workload
+    q = sim.evaluate(c, w)
+    _, lo, hi = band(sim.evaluate(c, w, draws=True)["latency_s"])
+    return {
+        "pred_step_s": float(q["step_s"]), "pred_latency_s": float(q["latency_s"]),
+        "pred_latency_low_s": float(lo), "pred_latency_high_s": float(hi),
+        "pred_j_per_query": float(q["j_per_query"]),
+        "pred_j_per_query_hli": float(q["j_per_query_hli"]),
+        "pred_j_per_query_paper": paper_energy_j(sim, c, w), "pred_peak_bytes": float(q["peak_bytes"]),
+        "pred_profile": sim.profile.name, "pred_profile_source": sim.profile.source,
+        "pred_kernel_family": w.family,
+    }
+
+
+def paper_energy_j(sim: Simulator, counts, workload: Workload) -> float:
+    """J per query of the paper's energy functional (eq. 19) with constants from ``sim``'s
+    profile: phi applies to quantized precisions only."""
+    ref = workload if workload.quantized else workload.replace(precision=sim.profile.native)
+    pc = sim.paper_constants(counts, ref)
+    prec = get_precision(workload.precision)
+    phi = float(pc["phi_j"]) if prec.quantized else 0.0
+    return float(paper.energy_functional_j(float(workload.new_tokens), float(pc["gamma_j"]),
+                                           float(pc["alpha_j_per_bit"]), prec.bits,
+                                           float(workload.batch), phi))
+
+
+def row_point(row) -> ValidationPoint:
+    """The point a recorded validation row (:func:`qtsim.validate.score.measured_frame`)
+    measured, with the bitsandbytes settings its raw attributes record."""
+    dq = row.get("bnb_4bit_use_double_quant")
+    thr = row.get("llm_int8_threshold")
+    return ValidationPoint(str(row["model"]), point_workload(
+        str(row["precision"]), int(row["batch"]), int(row["new_tokens"]), int(row["prompt_len"]),
+        _recorded(dq, False), float(_recorded(thr, DEFAULT_INT8_THRESHOLD))))
+
+
+def _recorded(value, default):
+    """A raw attribute, or ``default`` where the point does not record it (None or NaN)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return default
+    return value.item() if hasattr(value, "item") else value
+
+
+def repredict(df, sim: Simulator):
+    """``df`` (validation rows, :func:`qtsim.validate.score.measured_frame`) with every
+    ``pred_*`` column recomputed by ``sim``'s profile from each point's recorded config: scores
+    a refitted profile on recorded held-out runs. The predictions stored at measurement time
+    are kept as ``stored_pred_*``."""
+    out = df.copy()
+    rows = [predict_point(sim, json.loads(r["config_json"]), str(r["model"]), row_point(r))
+            for _, r in out.iterrows()]
+    for k in rows[0] if rows else []:
+        if k in out:
+            out[f"stored_{k}"] = out[k]
+        out[k] = [x[k] for x in rows]
+    return out

@@ -1,0 +1,108 @@
+"""Scoring held-out runs: measured J/query, prediction errors, COR and trap verdicts.
+
+Pure functions over pandas frames of recorded validation decodes (no torch).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from qtsim.errors import QtsimError
+
+#: a measured quantized/native J-per-query ratio this close to 1 is a near tie: its verdict can
+#: flip with run-to-run noise, so reports count decisive comparisons separately
+CLOSE_CALL = 0.05
+QUANTITIES = {  # measured column, predicted column, unit
+    "step_s": ("t_step_s", "pred_step_s", "s"),
+    "latency_s": ("t_generate_s", "pred_latency_s", "s"),
+    "j_per_query": ("j_per_query", "pred_j_per_query", "J"),
+    "peak_memory_bytes": ("peak_memory_bytes", "pred_peak_bytes", "bytes"),
+}
+
+
+def measured_frame(frame, meter: str | None = None):
+    """Validation decode rows with measured J/query (window energy / iterations / batch)."""
+    import pandas as pd
+
+    if frame is None or len(frame) == 0 or "kind" not in frame:
+        return pd.DataFrame()
+    df = frame[(frame["kind"] == "decode") & (frame.get("purpose", "validation") == "validation")].copy()
+    if df.empty:
+        return df
+    meters = [c[len("e_median_j_"):] for c in df.columns if c.startswith("e_median_j_")]
+    meter = meter or next((m for m in ("nvml_counter", "rapl", "nvml_poll", "hli") if m in meters), None)
+    if meter is None:
+        raise QtsimError("validation data has no energy readings")
+    iters = df.get("iters_per_rep", 1)
+    iters = iters.fillna(1) if hasattr(iters, "fillna") else 1
+    df["j_per_query"] = df[f"e_median_j_{meter}"] / iters / df["batch"]
+    df["energy_meter"] = meter
+    return df
+
+
+def error_table(df, by: str | None = "precision"):
+    """MAPE, bias, Pearson r, p90 and max absolute % error per quantity (and per ``by``)."""
+    import pandas as pd
+
+    rows = []
+    groups = [("all", df)] + (list(df.groupby(by)) if by and by in df else [])
+    for gname, g in groups:
+        for q, (mcol, pcol, unit) in QUANTITIES.items():
+            if mcol not in g or pcol not in g:
+                continue
+            ok = g[[mcol, pcol]].dropna()
+            ok = ok[(ok[mcol] > 0)]
+            if ok.empty:
+                continue
+            err = ok[pcol] / ok[mcol] - 1.0
+            r = float(np.corrcoef(ok[mcol], ok[pcol])[0, 1]) if len(ok) > 2 else math.nan
+            rows.append({"group": gname, "quantity": q, "unit": unit, "n": len(ok),
+                         "mape_pct": 100 * float(err.abs().mean()), "bias_pct": 100 * float(err.mean()),
+                         "pearson_r": r, "p90_ape_pct": 100 * float(err.abs().quantile(0.9)),
+                         "max_ape_pct": 100 * float(err.abs().max())})
+    return pd.DataFrame(rows)
+
+
+def cor_and_verdicts(df, native: str = "fp16"):
+    """Measured vs predicted COR (eq. 8) and trap verdicts (J/query: quantized > native)."""
+    import pandas as pd
+
+    rows = []
+    keys = ["model", "batch", "new_tokens", "prompt_len"]
+    for key, g in df.groupby(keys):
+        nat = g[g["precision"] == native]
+        if nat.empty:
+            continue
+        n = nat.iloc[0]
+        for _, q in g[g["precision"] != native].iterrows():
+            rows.append({
+                **dict(zip(keys, key, strict=True)), "precision": q["precision"],
+                "cor_measured": q["t_step_s"] / n["t_step_s"] - 1.0,
+                "cor_predicted": q["pred_step_s"] / n["pred_step_s"] - 1.0,
+                "trapped_measured": bool(q["j_per_query"] > n["j_per_query"]),
+                "trapped_predicted": bool(q["pred_j_per_query"] > n["pred_j_per_query"]),
+                "trapped_paper_model": bool(q["pred_j_per_query_paper"] > n["pred_j_per_query_paper"]),
+                "energy_ratio_measured": q["j_per_query"] / n["j_per_query"],
+                "energy_ratio_predicted": q["pred_j_per_query"] / n["pred_j_per_query"],
+            })
+    out = pd.DataFrame(rows)
+    if not out.empty:
+        out["verdict_agrees"] = out["trapped_measured"] == out["trapped_predicted"]
+        out["paper_verdict_agrees"] = out["trapped_measured"] == out["trapped_paper_model"]
+        out["close_call"] = (out["energy_ratio_measured"] - 1.0).abs() < CLOSE_CALL
+    return out
+
+
+def verdict_summary(verdicts) -> str:
+    """'a/b (paper eq. 19: c/b); decisive comparisons: d/e; n close calls' for reports."""
+    n = len(verdicts)
+    dec = verdicts[~verdicts["close_call"]]
+    text = (f"{int(verdicts['verdict_agrees'].sum())}/{n} (paper eq. 19: "
+            f"{int(verdicts['paper_verdict_agrees'].sum())}/{n}); decisive comparisons "
+            f"(measured J/query ratio more than {100 * CLOSE_CALL:.0f}% from parity): "
+            f"{int(dec['verdict_agrees'].sum())}/{len(dec)}")
+    close = n - len(dec)
+    return text + (f"; {close} close call{'s' if close != 1 else ''} within ±{100 * CLOSE_CALL:.0f}%"
+                   if close else "")
