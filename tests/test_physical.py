@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qtsim.errors import ProfileError
-from qtsim.model import paths, physical
+from qtsim.model import paths
 from qtsim.model.architecture import load_architecture
 from qtsim.model.workload import Workload
 from qtsim.profiles.hardware import load_profile
@@ -75,17 +75,17 @@ def test_memory_limit_and_native_oom():
 
 
 def test_paper_constants_reassemble_batch1_energy():
-    """E_hop(p, 1) = gamma + alpha p + phi exactly at batch 1 (eq. 19 decomposition)."""
+    """E_hop(p, 1) = gamma + alpha p + phi at batch 1 (eq. 19 decomposition): the simulator's J
+    for a one-token query at batch 1, and alpha by hand, (e_byte + P_static / BW) W_q / 8."""
     prof = load_profile("a100-80gb")
     sim = Simulator(prof)
     c = load_architecture("mistral-7b").counts()
-    for p in ("int8", "nf4"):
+    v = sim.profile.values()  # device part + the default host part
+    alpha = (v["e_byte_j"] + v["p_static_w"] / (v["mem_bw_gbs"] * 1e9)) * c.n_quant_weights / 8
+    for p, bits in (("int8", 8), ("nf4", 4)):
         pc = sim.paper_constants(c, Workload(p))
-        bits = 8 if p == "int8" else 4
-        v = sim.profile.values()  # device part + the default host part
-        st = physical.step_timelines(c, p, 1.0, 0.0, v, overlap=True)
-        e = physical.step_energy_j(st["step_s"], physical.step_bytes(c, p, 1.0, 0.0),
-                                   physical.step_flops(c, 1.0, 0.0), v, prof.tdp_w, st["device_s"])
+        assert float(pc["alpha_j_per_bit"]) == pytest.approx(alpha, rel=1e-12)
+        e = sim.evaluate(c, Workload(p, 1.0, new_tokens=1, prompt_tokens=0))["j_per_query"]
         assert float(pc["gamma_j"] + pc["alpha_j_per_bit"] * bits + pc["phi_j"]) == pytest.approx(float(e))
 
 

@@ -1,16 +1,24 @@
+import math
 import os
+import tomllib
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from qtsim.errors import ProfileError, UnknownNameError
+from qtsim.model.architecture import load_architecture
 from qtsim.profiles.hardware import (
+    dumps_toml,
     list_profiles,
     load_profile,
     parse_profile,
     read_profile,
     write_profile,
 )
-from qtsim.profiles.priors import spec_profile, spec_rows
+from qtsim.profiles.hosts import parse_host
+from qtsim.profiles.priors import REFERENCE_MODEL, spec_profile, spec_rows
+from qtsim.simulate.simulator import paper_constants_table
 
 SHIPPED = ["l4", "a100-40gb", "a100-80gb", "h100-sxm", "h100-pcie", "h200",
            "rtx-pro-6000-blackwell", "b200", "rtx-4090"]
@@ -102,3 +110,90 @@ def test_profiles_carry_paper_constants_with_stderr(name):
     # alpha does not depend on the precision, phi does (eq. 19)
     assert c["int8"]["alpha_j_per_bit"] == c["nf4"]["alpha_j_per_bit"]
     assert c["int8"]["phi_j"] != c["nf4"]["phi_j"]
+
+
+SHIPPED_DIR = Path(__file__).parents[1] / "hardware_profiles"
+GPU_PROFILES = sorted(f.stem for f in SHIPPED_DIR.glob("*.toml"))
+BITS = {"int8": 8, "nf4": 4}  # the paper's p for eq. 18; the native pi is 16
+
+
+def _same(stored, fresh, digits):
+    """Equal at the ``digits`` significant digits the file prints (written as float(f"{x:.Ng}"))."""
+    return stored == pytest.approx(fresh, rel=10.0 ** (1 - digits), abs=1e-300)
+
+
+@pytest.mark.parametrize("name", GPU_PROFILES)
+def test_shipped_constants_match_a_fresh_derivation(name):
+    """[constants] (alpha, gamma, phi, eq. 18 B* at batch 1) re-derived from the file's own
+    [physical] constants: stale constants after a change to the model or priors fail here."""
+    prof = read_profile(SHIPPED_DIR / f"{name}.toml")
+    stored = prof.constants
+    fresh = paper_constants_table(prof, load_architecture(REFERENCE_MODEL).counts(),
+                                  stored["reference_model"])
+    assert stored["reference_model"] == REFERENCE_MODEL and stored["reference_batch"] == 1
+    for key, digits in (("alpha_j_per_weight_bit", 6), ("alpha_j_per_weight_bit_stderr", 4)):
+        assert _same(stored[key], fresh[key], digits), key
+    for p in BITS:
+        for key, v in fresh[p].items():
+            assert _same(stored[p][key], v, 4 if key.endswith("_stderr") else 6), (p, key)
+
+
+@pytest.mark.parametrize("name", GPU_PROFILES)
+def test_shipped_constants_by_hand(name):
+    """Two of the [constants] by hand from the paper's formulas: the hardware alpha,
+    (e_byte + P_static / BW) / 8 J per weight bit, and eq. 18, B* = alpha (pi - p) / phi."""
+    prof = read_profile(SHIPPED_DIR / f"{name}.toml")
+    v, c = prof.values(), prof.constants
+    alpha = (v["e_byte_j"] + v["p_static_w"] / (v["mem_bw_gbs"] * 1e9)) / 8.0
+    assert _same(c["alpha_j_per_weight_bit"], alpha, 6)
+    for p, bits in BITS.items():
+        row = c[p]
+        # the stored B* was rounded from unrounded alpha and phi: 6 digits each, so 5 here
+        assert _same(row["b_star_eq18"], row["alpha_j_per_bit"] * (16 - bits) / row["phi_j"], 5)
+
+
+HOST_TEXT = (SHIPPED_DIR / "hosts" / "hf-eager-server.toml").read_text()
+
+
+@pytest.mark.parametrize("mutate,msg", [
+    (lambda t: t.replace('name = "hf-eager-server"', ""), "[host] lacks 'name'"),
+    (lambda t: t.replace("[physical.h_op_s]", "[physical.h_opX_s]"), "lacks h_op_s"),
+    (lambda t: t.replace("[physical.h_step_s]", "[physical.x_step_s]"), "not a host constant"),
+    (lambda t: t.replace('source = "published"', 'source = "guessed"', 2),
+     "source must be prior, published or calibrated"),
+    (lambda t: t.replace("[physical.h_op_s]\nvalue = ", "[physical.h_op_s]\nvalue = -"),
+     "[physical.h_op_s] value and stderr must be finite and >= 0"),
+    (lambda t: t.replace("[physical.h_op_s]\nvalue = ", "[physical.h_op_s]\nvalue = 'a' #"),
+     "[physical.h_op_s] value and stderr must be numbers"),
+    (lambda t: t[: len(t) // 2] + "[[[", "not valid TOML"),
+])
+def test_corrupt_host_parts_give_one_line_errors(mutate, msg):
+    assert parse_host(HOST_TEXT, "h.toml").physical  # the shipped file itself is valid
+    with pytest.raises(ProfileError) as e:
+        parse_host(mutate(HOST_TEXT), "h.toml")
+    assert str(e.value).startswith("h.toml: ") and msg in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("record,msg", [
+    ({"rho": 1.5, "step_s": {"q68": 0.1}}, "[fit.model_error] rho"),
+    ({"rho": 0.5, "step_s": {"q68": -0.1}}, "[fit.model_error.step_s] q68"),
+    ({"rho": 0.5, "step_s": {"q95": 0.2}}, "[fit.model_error.step_s] q68"),
+    ({"rho": 0.5, "step_s": {"q68": 0.1, "q95": "wide"}}, "[fit.model_error.step_s] q95"),
+])
+def test_model_error_record_shape_is_checked(record, msg):
+    prof = load_profile("l4")
+    prof.fit["model_error"] = record
+    with pytest.raises(ProfileError) as e:
+        parse_profile(prof.to_toml(), "x.toml")
+    assert msg in str(e.value) and "\n" not in str(e.value)
+
+
+def test_written_toml_reads_back_numpy_and_nan():
+    """The writer (tomli-w) takes numpy numbers and arrays and keeps nan and inf."""
+    doc = {"a": np.float64(0.1), "n": np.int64(3), "arr": np.array([1.5, np.inf]),
+           "t": {"nan": float("nan"), "rows": [[1, 2], [3, 4]], "s": 'say "hi"\n'}}
+    back = tomllib.loads(dumps_toml(doc))
+    assert back["a"] == 0.1 and back["n"] == 3 and back["arr"] == [1.5, math.inf]
+    assert math.isnan(back["t"]["nan"]) and back["t"]["rows"] == [[1, 2], [3, 4]]
+    assert back["t"]["s"] == 'say "hi"\n'

@@ -14,22 +14,25 @@ from pathlib import Path
 
 from qtsim.errors import QtsimError
 from qtsim.profiles.hardware import HardwareProfile, user_profile_dir, write_profile
+from qtsim.profiles.schema import DATASHEET
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-#: (option, unit, lowest, highest): plausible datasheet ranges; outside them is a typo
-LIMITS = {
-    "memory_gib": ("--memory-gib", "GiB", 0.5, 4096.0),
-    "bandwidth_gbs": ("--bandwidth-gbs", "GB/s", 10.0, 100_000.0),
-    "fp16_tflops": ("--fp16-tflops", "TFLOPS", 0.1, 100_000.0),
-    "int8_tops": ("--int8-tops", "TOPS", 0.1, 200_000.0),
-    "tdp_w": ("--tdp-w", "W", 5.0, 5_000.0),
+#: argument -> (option, its ``[hardware]`` key, whose unit and plausible range
+#: :data:`qtsim.profiles.schema.DATASHEET` states)
+OPTIONS = {
+    "memory_gib": ("--memory-gib", "memory_gib"),
+    "bandwidth_gbs": ("--bandwidth-gbs", "mem_bw_gbs"),
+    "fp16_tflops": ("--fp16-tflops", "fp16_tflops"),
+    "int8_tops": ("--int8-tops", "int8_tops"),
+    "tdp_w": ("--tdp-w", "tdp_w"),
 }
 MEMORY_TYPES = ("hbm", "gddr")
 
 
 def check_number(key: str, value) -> float:
     """``value`` as a float inside the plausible range of ``key``, else a one-line error."""
-    opt, unit, lo, hi = LIMITS[key]
+    opt, hw_key = OPTIONS[key]
+    unit, lo, hi = DATASHEET[hw_key]
     try:
         x = float(value)
     except (TypeError, ValueError):

@@ -24,30 +24,12 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+import tomli_w
 
 from qtsim.errors import ProfileError, UnknownNameError, suggest
-from qtsim.model.paths import QUANT_FAMILIES, path_param_names, resolve_path
-from qtsim.model.physical import GLOBAL_PARAMS
-
-SCHEMA_VERSION = 1
-SOURCES = ("spec", "prior", "published", "calibrated", "fixed", "assumed", "derived")
-REQUIRED_HARDWARE = ("name", "device_type", "memory_gib", "tdp_w")
-POSITIVE_PARAMS = ("mem_bw_gbs",)
-
-
-@dataclass(frozen=True)
-class Param:
-    """One physical constant with its standard error, unit and provenance."""
-
-    value: float
-    stderr: float
-    unit: str
-    source: str
-    basis: str = ""
-
-    @property
-    def relative_stderr(self) -> float:
-        return self.stderr / abs(self.value) if self.value else math.inf
+from qtsim.model.paths import QUANT_FAMILIES
+from qtsim.profiles import schema
+from qtsim.profiles.schema import POSITIVE_PARAMS, SCHEMA_VERSION, Param
 
 
 @dataclass
@@ -218,9 +200,7 @@ class HardwareProfile:
                "provenance": self.provenance}
         if self.constants:
             doc["constants"] = self.constants
-        doc["physical"] = {k: {"value": p.value, "stderr": p.stderr, "unit": p.unit,
-                               "source": p.source, "basis": p.basis}
-                           for k, p in self.physical.items()}
+        doc["physical"] = {k: p.to_table() for k, p in self.physical.items()}
         if self.fit:
             doc["fit"] = self.fit
         return dumps_toml(doc)
@@ -312,64 +292,12 @@ def _lognormal_extra(mean: float, sd: float, dev) -> np.ndarray:
 
 
 # ---- reading ---------------------------------------------------------------------------------
-def _fail(where: str, msg: str):
-    raise ProfileError(f"{where}: {msg}")
-
-
 def parse_profile(text: str, where: str = "profile") -> HardwareProfile:
-    """Parse and validate a profile's TOML text; any defect is a one-line ProfileError."""
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        _fail(where, f"not valid TOML ({e})")
-    if doc.get("schema_version") != SCHEMA_VERSION:
-        _fail(where, f"schema_version must be {SCHEMA_VERSION}, got {doc.get('schema_version')!r}")
-    hw = doc.get("hardware")
-    if not isinstance(hw, dict):
-        _fail(where, "missing [hardware] table")
-    for key in REQUIRED_HARDWARE:
-        if key not in hw:
-            _fail(where, f"[hardware] lacks {key!r}")
-    for key in ("memory_gib", "tdp_w"):
-        v = hw[key]
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not (v > 0) or math.isinf(v):
-            _fail(where, f"[hardware] {key} must be a positive number, got {v!r}")
-    for key, v in hw.items():  # nan or inf anywhere in [hardware] is a broken file, not a value
-        if isinstance(v, float) and not math.isfinite(v):
-            _fail(where, f"[hardware] {key} must be a finite number, got {v!r}")
-    prov = doc.get("provenance", {})
-    if prov.get("source", "spec") not in ("spec", "calibrated", "published"):
-        _fail(where, f"[provenance] source must be spec, calibrated or published, got {prov.get('source')!r}")
-    phys_raw = doc.get("physical")
-    if not isinstance(phys_raw, dict) or not phys_raw:
-        _fail(where, "missing [physical] constants")
-    physical = {}
-    for k, entry in phys_raw.items():
-        if not isinstance(entry, dict) or "value" not in entry or "stderr" not in entry:
-            _fail(where, f"[physical.{k}] needs value and stderr")
-        try:
-            val, se = float(entry["value"]), float(entry["stderr"])
-        except (TypeError, ValueError):
-            _fail(where, f"[physical.{k}] value and stderr must be numbers")
-        if not (math.isfinite(val) and math.isfinite(se)) or val < 0 or se < 0:
-            _fail(where, f"[physical.{k}] value and stderr must be finite and >= 0, got {val}, {se}")
-        if k in POSITIVE_PARAMS and val <= 0:
-            _fail(where, f"[physical.{k}] must be > 0")
-        src = entry.get("source", "")
-        if src not in SOURCES:
-            _fail(where, f"[physical.{k}] source must be one of {', '.join(SOURCES)}, got {src!r}")
-        physical[k] = Param(val, se, str(entry.get("unit", "")), src, str(entry.get("basis", "")))
-    missing = [k for k in GLOBAL_PARAMS if k not in physical]
-    if missing:
-        _fail(where, f"[physical] lacks {', '.join(missing)}")
-    native = hw.get("native_dtype", "fp16")
-    for side in ("b1", "bn"):
-        try:
-            resolve_path(physical, f"{native}_{side}")
-        except ProfileError:
-            _fail(where, f"[physical] lacks the native {native} path "
-                         f"({', '.join(path_param_names(native))} or its _b1/_bn split)")
-    return HardwareProfile(hw, prov, physical, doc.get("constants", {}), doc.get("fit", {}), where)
+    """Parse a profile's TOML text and check it against :data:`qtsim.profiles.schema.PROFILE`;
+    any defect is a one-line ProfileError naming ``where`` and the key."""
+    doc, physical = schema.parse(text, schema.PROFILE, where)
+    return HardwareProfile(doc["hardware"], doc.get("provenance", {}), physical,
+                           doc.get("constants", {}), doc.get("fit", {}), where)
 
 
 def read_profile(path: str | os.PathLike) -> HardwareProfile:
@@ -501,46 +429,15 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def _toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    if isinstance(v, (float, np.floating)):
-        v = float(v)
-        if math.isnan(v):
-            return "nan"
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+def dumps_toml(doc: dict) -> str:
+    """TOML text of ``doc`` (tomli-w), numpy numbers and arrays written as plain ones."""
+    return tomli_w.dumps(_plain(doc))
+
+
+def _plain(v):
+    """``v`` with numpy scalars as Python numbers and arrays/tuples as lists, for tomli-w."""
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
     if isinstance(v, (list, tuple, np.ndarray)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    raise TypeError(f"cannot write {type(v).__name__} to TOML")
-
-
-def dumps_toml(doc: dict, prefix: str = "") -> str:
-    """TOML for qtsim's profile documents: nested tables of scalars and (nested) lists.
-
-    The standard library reads TOML but does not write it; this emitter covers exactly the
-    shapes profiles use and ``write_profile`` reads every file back before it lands.
-    """
-    lines, tables = [], []
-    for k, v in doc.items():
-        if isinstance(v, dict):
-            tables.append((k, v))
-        else:
-            lines.append(f"{_key(k)} = {_toml_value(v)}")
-    out = "\n".join(lines)
-    for k, v in tables:
-        name = f"{prefix}.{_key(k)}" if prefix else _key(k)
-        body = dumps_toml(v, name)
-        has_scalars = any(not isinstance(x, dict) for x in v.values())
-        head = f"\n\n[{name}]\n" if has_scalars or not v else ""
-        out += head + body
-    return out.strip("\n") + "\n" if not prefix else out
-
-
-def _key(k: str) -> str:
-    return k if k.replace("_", "").replace("-", "").isalnum() else _toml_value(k)
+        return [_plain(x) for x in v]
+    return v.item() if isinstance(v, np.generic) else v

@@ -5,7 +5,7 @@ transformers, bitsandbytes), not the GPU. A GPU profile therefore holds the devi
 is combined with a host part at load time (``qtsim trap --host NAME_OR_FILE``); a CPU profile
 carries its own host part (host and device are the same chip).
 
-A host file is TOML::
+A host file is TOML (its rules: :data:`qtsim.profiles.schema.HOST`)::
 
     schema_version = 1
     [host]          name, description, stack (versions), execution ("HF transformers generate, eager")
@@ -19,19 +19,18 @@ Search order: a path; the user directory's ``hosts/`` (beside the user profiles)
 
 from __future__ import annotations
 
-import math
 import os
-import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 from qtsim.errors import ProfileError, UnknownNameError, suggest
+from qtsim.profiles import schema
+from qtsim.profiles.schema import HOST_PARAM_PREFIXES
 
 #: the host assumed where none is named: HF eager decode on a datacentre GPU server, fitted to
 #: the bitsandbytes maintainers' H100 rows, with a spread that covers the desktop host
 DEFAULT_HOST = "hf-eager-server"
-HOST_PARAM_PREFIXES = ("h_op", "h_launch", "h_step", "h_call_", "h_fused4bit", "h_prefill")
 
 
 @dataclass
@@ -40,7 +39,7 @@ class HostPart:
 
     host: dict
     provenance: dict
-    physical: dict  # name -> qtsim.profiles.hardware.Param
+    physical: dict  # name -> qtsim.profiles.schema.Param
     fit: dict = field(default_factory=dict)
     path: str | None = None
 
@@ -60,35 +59,10 @@ def is_host_param(name: str) -> bool:
 
 
 def parse_host(text: str, where: str = "host") -> HostPart:
-    """Parse a host file; any defect is a one-line ProfileError."""
-    from qtsim.profiles.hardware import SOURCES, Param
-
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ProfileError(f"{where}: not valid TOML ({e})") from None
-    host = doc.get("host")
-    if not isinstance(host, dict) or "name" not in host:
-        raise ProfileError(f"{where}: missing [host] table with a name")
-    phys = doc.get("physical")
-    if not isinstance(phys, dict) or "h_op_s" not in phys:
-        raise ProfileError(f"{where}: [physical] needs at least h_op_s (host time per operation)")
-    out = {}
-    for k, e in phys.items():
-        if not is_host_param(k):
-            raise ProfileError(f"{where}: [physical.{k}] is not a host constant "
-                               f"(host constants start with {', '.join(HOST_PARAM_PREFIXES)})")
-        try:
-            val, se = float(e["value"]), float(e["stderr"])
-        except (TypeError, ValueError, KeyError):
-            raise ProfileError(f"{where}: [physical.{k}] needs numeric value and stderr") from None
-        if not (math.isfinite(val) and math.isfinite(se)) or val < 0 or se < 0:
-            raise ProfileError(f"{where}: [physical.{k}] value and stderr must be finite and >= 0")
-        src = e.get("source", "prior")
-        if src not in SOURCES:
-            raise ProfileError(f"{where}: [physical.{k}] source must be one of {', '.join(SOURCES)}")
-        out[k] = Param(val, se, str(e.get("unit", "s")), src, str(e.get("basis", "")))
-    return HostPart(host, doc.get("provenance", {}), out, doc.get("fit", {}), where)
+    """Parse a host file and check it against :data:`qtsim.profiles.schema.HOST`; any defect is
+    a one-line ProfileError naming ``where`` and the key."""
+    doc, physical = schema.parse(text, schema.HOST, where)
+    return HostPart(doc["host"], doc.get("provenance", {}), physical, doc.get("fit", {}), where)
 
 
 def _dirs():
@@ -130,9 +104,9 @@ def write_host(part: HostPart, path) -> Path:
     """Write a host file atomically (read back before it lands)."""
     from qtsim.profiles.hardware import atomic_write_text, dumps_toml
 
-    doc = {"schema_version": 1, "host": part.host, "provenance": part.provenance,
-           "physical": {k: {"value": p.value, "stderr": p.stderr, "unit": p.unit,
-                            "source": p.source, "basis": p.basis} for k, p in part.physical.items()}}
+    doc = {"schema_version": schema.SCHEMA_VERSION, "host": part.host,
+           "provenance": part.provenance,
+           "physical": {k: p.to_table() for k, p in part.physical.items()}}
     if part.fit:
         doc["fit"] = part.fit
     text = dumps_toml(doc)

@@ -77,31 +77,54 @@ def spec_profile(row: dict, fit: dict | None = None) -> HardwareProfile:
     published rows (``data/reference/public_fit.toml``), with their spread.
     """
     fit = fit or public_fit()
-    dev = fit["device"]
     name = row["gpu"]
-    bw = float(row["mem_bw_gbs"])
-    tflops = float(row["fp16_dense_tflops"])
-    tops = float(row["int8_dense_tops"])
+    prov = {
+        "source": "spec", "date": date.today().isoformat(), "device": f"{name} (datasheet)",
+        "driver": "", "qtsim_version": __version__, "n_measurements": 0, "raw_data": "",
+        "raw_sha256": "",
+        "notes": "Device part only: datasheet facts and priors with wide stderr (host constants come from a host part, `--host`). Run `qtsim calibrate` on this GPU to replace them.",
+    }
+    prof = HardwareProfile(_spec_hardware(row), prov, _device_priors(row, fit))
+    prof.fit = {"public_rows": {k: v for k, v in fit["fit"].items() if not isinstance(v, dict)}}
+    prof.constants = paper_constants_table(prof, load_architecture(REFERENCE_MODEL).counts(),
+                                           REFERENCE_MODEL)
+    prof.constants["host"] = "derived with the default host part (qtsim.profiles.hosts.DEFAULT_HOST)"
+    return prof
+
+
+def _spec_hardware(row: dict) -> dict:
+    """The ``[hardware]`` table of a ``gpu_specs.csv`` row: datasheet facts, aliases, idle prior."""
+    name = row["gpu"]
     tdp = float(row["tdp_w"])
-    mem_type = str(row.get("memory_type") or "").lower()  # optional: hbm | gddr
-    hbm = (mem_type == "hbm" if mem_type
-           else not (name.startswith(GDDR_PREFIXES) or name in GDDR_NAMES))
     native_formats = ["fp16", "bf16", "int8"] + [f for f in row["native_low_precision"].split() if f != "int8"]
-    hw = {
+    return {
         "name": name, "aliases": ALIASES.get(name, []), "vendor": "nvidia",
         "architecture": row["architecture"], "device_type": "cuda",
-        "memory_gib": round(float(row["memory_gb"]) * 1e9 / 2**30, 2), "mem_bw_gbs": bw,
-        "fp16_tflops": tflops, "int8_tops": tops, "tdp_w": tdp,
+        "memory_gib": round(float(row["memory_gb"]) * 1e9 / 2**30, 2),
+        "mem_bw_gbs": float(row["mem_bw_gbs"]), "fp16_tflops": float(row["fp16_dense_tflops"]),
+        "int8_tops": float(row["int8_dense_tops"]), "tdp_w": tdp,
         "idle_w": round(IDLE_FRACTION * tdp, 1), "native_formats": native_formats,
         "native_dtype": "fp16", "runtime_overhead_gib": 0.6,
         "sources": [row["source"]],
     }
-    t_fp16 = 2.0 / (0.5 * tflops * 1e12)
-    t_int8 = 2.0 / (0.5 * tops * 1e12)
+
+
+def _is_hbm(row: dict) -> bool:
+    """HBM or GDDR: the row's ``memory_type`` (hbm | gddr) where given, else by name."""
+    mem_type = str(row.get("memory_type") or "").lower()
+    name = row["gpu"]
+    return mem_type == "hbm" if mem_type else not (name.startswith(GDDR_PREFIXES) or name in GDDR_NAMES)
+
+
+def _device_priors(row: dict, fit: dict) -> dict[str, Param]:
+    """The ``[physical]`` device constants of a spec row: datasheet-derived values and priors."""
+    dev = fit["device"]
+    bw = float(row["mem_bw_gbs"])
+    tflops = float(row["fp16_dense_tflops"])
+    tdp = float(row["tdp_w"])
+    hbm = _is_hbm(row)
     eta, eta_se = dev["eta_bw"]["value"], dev["eta_bw"]["stderr"]
-    bw_eff = eta * bw * 1e9
     t_kernel = dev["t_kernel_s"]["value"]
-    deq = float(f"{4.0 / bw_eff:.6g}")  # write an fp16 copy and read it back: 4 bytes per weight
     src = f"joint fit to the published rows ({PUBLIC_FIT}, {fit['provenance']['table']})"
     p = {
         "mem_bw_gbs": _prior(eta * bw, max(eta_se / eta, 0.16), "GB/s", f"{eta:.3g} x datasheet bandwidth ({src}; aiconfigurator uses 0.8)"),
@@ -111,7 +134,19 @@ def spec_profile(row: dict, fit: dict | None = None) -> HardwareProfile:
         "e_byte_j": _prior(6e-11 if hbm else 1.2e-10, 0.5, "J/byte", "HBM about 4 pJ/bit plus on-chip movement" if hbm else "GDDR about 7.5 pJ/bit plus on-chip movement"),
         "e_flop_j": _prior(0.5 * tdp / (tflops * 1e12), 0.5, "J/FLOP", "half the TDP spread over dense 16-bit tensor throughput"),
     }
+    p.update(_path_priors(tflops, float(row["int8_dense_tops"]), eta * bw * 1e9, t_kernel))
+    p["t_weight_fp16_s"] = Param(0.0, 0.0, "s/weight", "fixed", "reference path: bytes/BW only, by definition")
+    return p
+
+
+def _path_priors(tflops: float, tops: float, bw_eff: float, t_kernel: float) -> dict[str, Param]:
+    """Per-path priors: t_call (0, stderr one kernel), t_weight (dequantisation) and
+    t_tokweight (2 FLOPs per weight at half the dense throughput), ``bw_eff`` in bytes/s."""
+    t_fp16 = 2.0 / (0.5 * tflops * 1e12)
+    t_int8 = 2.0 / (0.5 * tops * 1e12)
+    deq = float(f"{4.0 / bw_eff:.6g}")  # write an fp16 copy and read it back: 4 bytes per weight
     kernel_basis = "device per-call cost beyond its kernels x t_kernel_s: 0, stderr one kernel"
+    p = {}
     for path, tok, w in (("fp16", t_fp16, 0.0), ("bf16", t_fp16, 0.0), ("int8", t_int8, 0.0),
                          ("int8_t0", t_int8, 0.0), ("nf4_b1", t_fp16, 0.0), ("nf4_bn", t_fp16, deq)):
         p[f"t_call_{path}_s"] = Param(0.0, float(f"{t_kernel:.6g}"), "s", "prior", kernel_basis)
@@ -119,24 +154,18 @@ def spec_profile(row: dict, fit: dict | None = None) -> HardwareProfile:
             _prior(w, 0.5, "s/weight", "dequantisation: a 16-bit copy written and read back, 4 bytes per weight at effective bandwidth")
             if w else Param(0.0, float(f"{0.25 / bw_eff:.6g}"), "s/weight", "prior", "no per-step casting on this path; stderr a quarter byte per weight of bandwidth time"))
         p[f"t_tokweight_{path}_s"] = _prior(tok, 0.5, "s/(weight*token)", "2 FLOPs per weight at half the datasheet dense throughput" + (" (int8)" if "int8" in path else ""))
-    p["t_weight_fp16_s"] = Param(0.0, 0.0, "s/weight", "fixed", "reference path: bytes/BW only, by definition")
-    prov = {
-        "source": "spec", "date": date.today().isoformat(), "device": f"{name} (datasheet)",
-        "driver": "", "qtsim_version": __version__, "n_measurements": 0, "raw_data": "",
-        "raw_sha256": "",
-        "notes": "Device part only: datasheet facts and priors with wide stderr (host constants come from a host part, `--host`). Run `qtsim calibrate` on this GPU to replace them.",
-    }
-    prof = HardwareProfile(hw, prov, p)
-    prof.fit = {"public_rows": {k: v for k, v in fit["fit"].items() if not isinstance(v, dict)}}
-    prof.constants = paper_constants_table(prof, load_architecture(REFERENCE_MODEL).counts(),
-                                           REFERENCE_MODEL)
-    prof.constants["host"] = "derived with the default host part (qtsim.profiles.hosts.DEFAULT_HOST)"
-    return prof
+    return p
 
 
 def write_spec_profiles(outdir: str | Path) -> list[Path]:
     fit = public_fit()
     return [write_profile(spec_profile(r, fit), Path(outdir) / f"{r['gpu']}.toml") for r in spec_rows()]
+
+
+PUBLIC_TABLE = "bitsandbytes maintainers' HF-generate decode table (data/reference/bnb_maintainers_decode.csv)"
+#: the software stack of the published table's rows
+PUBLIC_STACK = {"python": "3.x (not stated)", "torch": "2.5.1", "transformers": "4.46.3",
+                "bitsandbytes": "0.45.0.dev"}
 
 
 def refit_public(outdir: str | Path) -> list[Path]:
@@ -146,32 +175,13 @@ def refit_public(outdir: str | Path) -> list[Path]:
     desktop host, so bands widen where the host is unknown."""
     from qtsim.calibration import public
     from qtsim.profiles.hardware import atomic_write_text, dumps_toml
-    from qtsim.profiles.hosts import HostPart, write_host
+    from qtsim.profiles.hosts import write_host
 
     rows = public.read_rows()
     f = public.fit(rows)
-    obs = np.array([r["step_s"] for r in rows])
-    resid = (f.fit_pred - obs) / obs
-    speed, speed_se = f.values["host_speedup"], f.stderr["host_speedup"]
-    table = "bitsandbytes maintainers' HF-generate decode table (data/reference/bnb_maintainers_decode.csv)"
-    doc = {
-        "provenance": {"table": table, "date": date.today().isoformat(), "qtsim_version": __version__,
-                       "model": "qtsim.model.physical timelines (overlap on) via qtsim.calibration.public"},
-        "device": {k: {"value": float(f"{f.values[k]:.6g}"), "stderr": float(f"{f.stderr[k]:.4g}")}
-                   for k in ("eta_bw", "t_kernel_s")},
-        "host": {k: {"value": float(f"{f.values[k]:.6g}"), "stderr": float(f"{f.stderr[k]:.4g}")}
-                 for k in f.values if k.startswith("h_") or k == "host_speedup"},
-        "fit": {"n_rows": len(rows), "aic": f.aic, "bic": f.bic,
-                "mape_pct": float(100 * np.mean(np.abs(resid))),
-                "max_ape_pct": float(100 * np.max(np.abs(resid))),
-                "residuals": {f"{r['gpu']}/{r['model']}/{r['path']}/b{int(r['batch'])}": float(f"{x:.4g}")
-                              for r, x in zip(rows, resid, strict=True)}},
-    }
-    out = Path(outdir)
     ref = resources.files("qtsim.data.reference") / PUBLIC_FIT
-    written = [atomic_write_text(dumps_toml(doc), Path(str(ref)))]
-    stack = {"python": "3.x (not stated)", "torch": "2.5.1", "transformers": "4.46.3",
-             "bitsandbytes": "0.45.0.dev"}
+    written = [atomic_write_text(dumps_toml(_public_fit_doc(f, rows)), Path(str(ref)))]
+    speed = f.values["host_speedup"]
     for name, scale, spread, desc in (
             ("hf-eager-server", 1.0, (speed - 1.0) / speed,
              "HF transformers generate, eager, on a datacentre GPU server (the H100 SXM host of the "
@@ -179,27 +189,60 @@ def refit_public(outdir: str | Path) -> list[Path]:
             ("hf-eager-desktop", speed, 0.0,
              "HF transformers generate, eager, on a desktop (the RTX 4090 host of the published "
              f"table: {speed:.2f}x faster host work than the server)")):
-        phys = {}
-        for k in ("h_op_s", "h_step_s") + tuple(f"h_call_{p}_s" for p in public.QUANT_PATHS):
-            v = f.values[k] / scale
-            rel = np.hypot(f.stderr[k] / max(f.values[k], 1e-30), speed_se / speed if scale != 1.0 else 0.0)
-            basis = f"joint fit to the {table}" + (f", / host speed-up {speed:.3g}" if scale != 1.0 else "")
-            if f.values[k] < 1e-7:  # pinned at its bound: the traced operations explain it
-                phys[k] = Param(0.0, 0.0, "s", "published", basis + "; pinned at 0 by the fit")
-                continue
-            se = v * float(np.hypot(rel, spread))
-            phys[k] = Param(float(f"{v:.6g}"), float(f"{se:.4g}"), "s", "published", basis)
-        phys["h_fused4bit_max_batch"] = Param(public.FUSED_4BIT_MAX_BATCH, 0.0, "sequences", "published",
-                                              "bitsandbytes 0.45 (this stack) has no fused 4-bit GEMM: batch >= 2 dequantises then runs a 16-bit GEMM")
-        launch = public.H_LAUNCH_S / scale
-        phys["h_launch_s"] = Param(launch, 0.5 * launch, "s", "prior",
-                                   "CUDA launch cost per kernel on the host (typical cudaLaunchKernel through torch)")
-        part = HostPart({"name": name, "description": desc, "stack": stack,
-                         "execution": "HF transformers generate, eager (no CUDA graphs)"},
-                        {"source": "published", "date": date.today().isoformat(), "basis": table},
-                        phys, {"aic": f.aic, "bic": f.bic, "n_rows": len(rows)})
-        written.append(write_host(part, out / "hosts" / f"{name}.toml"))
+        part = _public_host(f, len(rows), name, scale, spread, desc)
+        written.append(write_host(part, Path(outdir) / "hosts" / f"{name}.toml"))
     return written
+
+
+def _public_fit_doc(f, rows: list[dict]) -> dict:
+    """``public_fit.toml``: the fitted device factors and host constants with stderr, and the
+    fit's statistics and relative residuals per published row."""
+    obs = np.array([r["step_s"] for r in rows])
+    resid = (f.fit_pred - obs) / obs
+
+    def rounded(keys):
+        return {k: {"value": float(f"{f.values[k]:.6g}"), "stderr": float(f"{f.stderr[k]:.4g}")}
+                for k in keys}
+
+    return {
+        "provenance": {"table": PUBLIC_TABLE, "date": date.today().isoformat(), "qtsim_version": __version__,
+                       "model": "qtsim.model.physical timelines (overlap on) via qtsim.calibration.public"},
+        "device": rounded(("eta_bw", "t_kernel_s")),
+        "host": rounded(k for k in f.values if k.startswith("h_") or k == "host_speedup"),
+        "fit": {"n_rows": len(rows), "aic": f.aic, "bic": f.bic,
+                "mape_pct": float(100 * np.mean(np.abs(resid))),
+                "max_ape_pct": float(100 * np.max(np.abs(resid))),
+                "residuals": {f"{r['gpu']}/{r['model']}/{r['path']}/b{int(r['batch'])}": float(f"{x:.4g}")
+                              for r, x in zip(rows, resid, strict=True)}},
+    }
+
+
+def _public_host(f, n_rows: int, name: str, scale: float, spread: float, desc: str):
+    """A host part from the public fit: its host constants / ``scale`` (the host speed-up), the
+    relative stderr widened by ``spread`` (so the default host covers the faster one)."""
+    from qtsim.calibration import public
+    from qtsim.profiles.hosts import HostPart
+
+    speed, speed_se = f.values["host_speedup"], f.stderr["host_speedup"]
+    basis = f"joint fit to the {PUBLIC_TABLE}" + (f", / host speed-up {speed:.3g}" if scale != 1.0 else "")
+    phys = {}
+    for k in ("h_op_s", "h_step_s") + tuple(f"h_call_{p}_s" for p in public.QUANT_PATHS):
+        v = f.values[k] / scale
+        rel = np.hypot(f.stderr[k] / max(f.values[k], 1e-30), speed_se / speed if scale != 1.0 else 0.0)
+        if f.values[k] < 1e-7:  # pinned at its bound: the traced operations explain it
+            phys[k] = Param(0.0, 0.0, "s", "published", basis + "; pinned at 0 by the fit")
+            continue
+        se = v * float(np.hypot(rel, spread))
+        phys[k] = Param(float(f"{v:.6g}"), float(f"{se:.4g}"), "s", "published", basis)
+    phys["h_fused4bit_max_batch"] = Param(public.FUSED_4BIT_MAX_BATCH, 0.0, "sequences", "published",
+                                          "bitsandbytes 0.45 (this stack) has no fused 4-bit GEMM: batch >= 2 dequantises then runs a 16-bit GEMM")
+    launch = public.H_LAUNCH_S / scale
+    phys["h_launch_s"] = Param(launch, 0.5 * launch, "s", "prior",
+                               "CUDA launch cost per kernel on the host (typical cudaLaunchKernel through torch)")
+    return HostPart({"name": name, "description": desc, "stack": PUBLIC_STACK,
+                     "execution": "HF transformers generate, eager (no CUDA graphs)"},
+                    {"source": "published", "date": date.today().isoformat(), "basis": PUBLIC_TABLE},
+                    phys, {"aic": f.aic, "bic": f.bic, "n_rows": n_rows})
 
 
 def main(argv=None) -> None:
