@@ -9,21 +9,31 @@ from __future__ import annotations
 import json
 
 
+def table_text(rows: list[dict], fmt: str, text, columns=None, floats: str | None = None) -> str:
+    """``rows`` as JSON, CSV (pandas; ``columns`` picks and orders them, ``floats`` formats
+    floats) or, for ``text``, what the callable ``text(rows)`` makes of them."""
+    if fmt == "json":
+        return json.dumps(rows, indent=2)
+    if fmt == "csv":
+        import pandas as pd
+
+        df = pd.DataFrame(rows, columns=columns)
+        return df.to_csv(index=False, float_format=floats).rstrip("\n")
+    return text(rows)
+
+
 def profile_list(fmt: str = "text") -> str:
     """Every visible profile, with where its numbers come from."""
     from qtsim.profiles.hardware import list_profiles, user_profile_dir
 
-    rows = list_profiles()
-    if fmt == "json":
-        return json.dumps(rows, indent=2)
-    if fmt == "csv":
-        return "\n".join(["name,origin,source,device,location"]
-                         + [f"{r['name']},{r['origin']},{r['source']},\"{r['device']}\","
-                            f"{r['location']}" for r in rows])
-    return "\n".join([f"{'name':26s} {'origin':8s} {'source':11s} device"]
-                     + [f"{r['name']:26s} {r['origin']:8s} {r['source']:11s} {r['device']}"
-                        for r in rows]
-                     + [f"(user profiles live in {user_profile_dir()} and are searched first)"])
+    def text(rows):
+        return "\n".join([f"{'name':26s} {'origin':8s} {'source':11s} device"]
+                         + [f"{r['name']:26s} {r['origin']:8s} {r['source']:11s} {r['device']}"
+                            for r in rows]
+                         + [f"(user profiles live in {user_profile_dir()} and are searched first)"])
+
+    return table_text(list_profiles(), fmt, text,
+                      columns=["name", "origin", "source", "device", "location"])
 
 
 def profile_card(prof, fmt: str = "text") -> str:
@@ -102,31 +112,26 @@ def host_list(fmt: str = "text") -> str:
         part = load_host(where)
         rows.append({"name": name, "default": name == DEFAULT_HOST, "describe": part.describe(),
                      "location": where, **{k: p.value for k, p in part.physical.items()}})
-    if fmt == "json":
-        return json.dumps(rows, indent=2)
-    if fmt == "csv":
-        import pandas as pd
-
-        return pd.DataFrame(rows).to_csv(index=False).rstrip("\n")
-    return "\n".join(f"{r['name']}{' (default)' if r['default'] else ''}: {r['describe']}; "
-                     f"h_op {r['h_op_s'] * 1e6:.3g} us/op  [{r['location']}]" for r in rows)
+    return table_text(rows, fmt, lambda rows: "\n".join(
+        f"{r['name']}{' (default)' if r['default'] else ''}: {r['describe']}; "
+        f"h_op {r['h_op_s'] * 1e6:.3g} us/op  [{r['location']}]" for r in rows))
 
 
 def model_list(fmt: str = "text") -> str:
     """Shipped model architectures and their counts (unsupported ones with the reason)."""
     rows = _model_rows()
-    if fmt == "json":
-        return json.dumps(rows, indent=2)
+
+    def text(rows):
+        head = f"{'model':16s} {'params':>8s} {'layers':>6s} {'fp16 GiB':>9s} {'nf4 GiB':>8s}"
+        return "\n".join([head] + [
+            f"{r['model']:16s} {r['params'] / 1e9:7.2f}B {r['layers']:6d} {r['fp16_gib']:9.2f} "
+            f"{r['nf4_gib']:8.2f}" if r["params"] else f"{r['model']:16s} refused: {r['note']}"
+            for r in rows])
+
     if fmt == "csv":
-        return "\n".join(["model,params,quantizable,layers,linear_calls,fp16_gib,nf4_gib"]
-                         + [f"{r['model']},{r['params']},{r['quantizable']},{r['layers']},"
-                            f"{r['linear_calls']},{r['fp16_gib']:.3f},{r['nf4_gib']:.3f}"
-                            for r in rows if r["params"]])
-    lines = [f"{'model':16s} {'params':>8s} {'layers':>6s} {'fp16 GiB':>9s} {'nf4 GiB':>8s}"]
-    lines += [f"{r['model']:16s} {r['params'] / 1e9:7.2f}B {r['layers']:6d} {r['fp16_gib']:9.2f} "
-              f"{r['nf4_gib']:8.2f}" if r["params"] else f"{r['model']:16s} refused: {r['note']}"
-              for r in rows]
-    return "\n".join(lines)
+        rows = [r for r in rows if r["params"]]
+    return table_text(rows, fmt, text, floats="%.6g", columns=[
+        "model", "params", "quantizable", "layers", "linear_calls", "fp16_gib", "nf4_gib"])
 
 
 def _model_rows() -> list[dict]:
