@@ -227,9 +227,7 @@ def timelines(counts: ArchCounts, family: str, context, params: Mapping,
     kern = inv["kernels"][cls] + deq * inv["unfused_kernels"] * is_lin
     ops = inv["ops"][cls] + deq * inv["unfused_ops"] * is_lin
 
-    w = np.stack(np.broadcast_arrays(counts.w_qo, counts.w_kv, counts.w_kv, counts.w_qo,
-                                     counts.w_mlp, counts.w_mlp, counts.w_mlp, 0.0 * counts.w_qo),
-                 axis=-1)
+    w = _block_weights(counts)
     bpw = _blk(bytes_per_weight(counts, family))
     t_kernel = params.get("t_kernel_s", 0.0)
     d_layer = (kern * _blk(t_kernel) + _blk(t_call) * is_lin
@@ -241,9 +239,7 @@ def timelines(counts: ArchCounts, family: str, context, params: Mapping,
     onehot_o = np.eye(8)[3]
     d_layer_per_seq = ((linear_token_s(w, _blk(t_tok)) + _blk(attn_per_seq) * onehot_o)
                        * _blk(per_seq_scale))
-    head0 = counts.n_native_streamed * (NATIVE_BYTES / (bw * 1e9) + act[1]) + act[0]
-    head1 = (counts.n_native_streamed * act[2]
-             + counts.vocab_size * params.get("t_vocab_s", 0.0)) * per_seq_scale
+    head0, head1 = _lm_head_s(counts, act, bw, params.get("t_vocab_s", 0.0), per_seq_scale)
     d_post0 = inv["post_kernels"][cls] * t_kernel + head0
     d_pre = inv["pre_kernels"][cls] * t_kernel
     if timeline_mode(params) == "inventory":
@@ -255,6 +251,23 @@ def timelines(counts: ArchCounts, family: str, context, params: Mapping,
     return {"h_pre": h_pre, "d_pre": d_pre, "h_layer": h_layer, "d_layer": d_layer,
             "d_layer_per_seq": d_layer_per_seq, "h_post": h_post, "d_post0": d_post0,
             "d_post1": head1, "sync": inv["sync"]}
+
+
+def _block_weights(counts: ArchCounts):
+    """Quantizable weights per layer in each of the 8 blocks (q, k, v, o, gate, up, down, norm
+    and residual: none), block axis last."""
+    return np.stack(np.broadcast_arrays(counts.w_qo, counts.w_kv, counts.w_kv, counts.w_qo,
+                                        counts.w_mlp, counts.w_mlp, counts.w_mlp,
+                                        0.0 * counts.w_qo), axis=-1)
+
+
+def _lm_head_s(counts: ArchCounts, act, mem_bw_gbs, t_vocab_s, per_seq_scale=1.0):
+    """(batch-independent, per-sequence) device time of the 16-bit lm_head and logits, s: its
+    weights streamed at ``mem_bw_gbs`` on the activation path ``act`` = (t_call, t_weight,
+    t_tokweight), and ``t_vocab_s`` per vocabulary entry per sequence."""
+    once = counts.n_native_streamed * (NATIVE_BYTES / (mem_bw_gbs * 1e9) + act[1]) + act[0]
+    per_seq = (counts.n_native_streamed * act[2] + counts.vocab_size * t_vocab_s) * per_seq_scale
+    return once, per_seq
 
 
 def _blk(x):
