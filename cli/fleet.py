@@ -238,7 +238,8 @@ def simulate(address, workers, gpus, profile_paths, models, precisions, batches,
     from qtsim.errors import QtsimError
     from qtsim.model.architecture import load_architecture
     from qtsim.profiles.hardware import load_profile
-    from qtsim.simulate.surface import parse_sizes, write_csv, write_hdf5
+    from qtsim.simulate.dataset import DIMS, n_points, quantities, write_csv, write_hdf5
+    from qtsim.simulate.surface import parse_sizes
 
     if not gpus and not profile_paths:
         raise QtsimError("give --gpu GPU[,GPU...] or --profile FILE")
@@ -255,9 +256,9 @@ def simulate(address, workers, gpus, profile_paths, models, precisions, batches,
                              prompt_tokens=prompt_tokens, n_draws=draws, seed=seed)
     elapsed = time.perf_counter() - t0
     write_hdf5(surface, out, "qtsim fleet simulate")
-    g, p, m, nb = surface.shape
-    click.echo(f"{g} GPU x {p} precision x {m} model x {nb} batch = {surface.n_points} points"
+    g, p, m, nb = (surface.sizes[d] for d in DIMS)
+    click.echo(f"{g} GPU x {p} precision x {m} model x {nb} batch = {n_points(surface)} points"
                f"{f', {draws} draws' if draws else ''} in {elapsed:.2f} s over Ray")
-    click.echo(f"wrote {out} ({len(surface.data)} quantities)")
+    click.echo(f"wrote {out} ({len(quantities(surface))} quantities)")
     if csv_path:
         click.echo(f"wrote {csv_path} ({write_csv(surface, csv_path)} rows)")

@@ -126,7 +126,8 @@ def simulate(gpus, profile_paths, models, precisions, batches, tokens, prompt_to
     from qtsim.model.architecture import check_context, load_architecture
     from qtsim.profiles.hardware import load_profile
     from qtsim.report.plots import save
-    from qtsim.simulate.surface import n_blocks, parse_sizes, write_csv, write_hdf5
+    from qtsim.simulate.dataset import DIMS, n_points, quantities, write_csv, write_hdf5
+    from qtsim.simulate.surface import n_blocks, parse_sizes
     from qtsim.simulate.surface import simulate as run
 
     ctx = click.get_current_context()
@@ -159,12 +160,12 @@ def simulate(gpus, profile_paths, models, precisions, batches, tokens, prompt_to
                       trust_table, depth, policy, n_draws=draws, seed=seed, progress=bar.update,
                       bnb=bnb)
     elapsed = time.perf_counter() - t0
-    g, p, m, nb = surface.shape
-    click.echo(f"{g} GPU x {p} precision x {m} model x {nb} batch = {surface.n_points} points"
+    g, p, m, nb = (surface.sizes[d] for d in DIMS)
+    click.echo(f"{g} GPU x {p} precision x {m} model x {nb} batch = {n_points(surface)} points"
                f"{f', {draws} draws' if draws else ''} in {elapsed:.2f} s")
     with Outputs() as o:  # all or nothing: a failing figure leaves no half-written set behind
         write_hdf5(surface, o.tmp(out), _command_line(ctx), compress=compress)
-        done = [f"wrote {out} ({len(surface.data)} quantities)"]
+        done = [f"wrote {out} ({len(quantities(surface))} quantities)"]
         if csv_path:
             n = write_csv(surface, o.tmp(csv_path))
             done.append(f"wrote {csv_path} ({n} rows)")
@@ -190,7 +191,8 @@ def _plots(surface, plots, profiles, archs, fam, size_grid, batches, tokens, pro
     from qtsim.simulate.surface import trap_map
 
     out = []
-    quant = [p for p in surface.coords["precision"] if get_precision(p).quantized]
+    c = {k: surface[k].values.tolist() for k in ("precision", "model", "synthetic", "batch")}
+    quant = [p for p in c["precision"] if get_precision(p).quantized]
     family = fam or (archs[0] if archs else None)
     if "trap" in plots and family is not None and quant:
         lo, hi = (size_grid.min(), size_grid.max()) if size_grid is not None else (3e8, 1e11)
@@ -201,13 +203,12 @@ def _plots(surface, plots, profiles, archs, fam, size_grid, batches, tokens, pro
                 for prof in profiles for p in quant]
         marks = [(a.name, a.n_params) for a in archs]
         out.append(("trap_map.png", qp.plot_trap_maps(maps, ncols=len(quant), marks=marks)))
-    named = [m for m, syn in zip(surface.coords["model"], surface.coords["synthetic"], strict=True)
-             if not syn]
+    named = [m for m, syn in zip(c["model"], c["synthetic"], strict=True) if not syn]
     if "fig1" in plots and named:
         # the native 16-bit bars are the comparison Fig. 1 exists for: evaluate them at the
         # figure's batch when the grid did not ask for the native precision
-        missing = sorted({p.native for p in profiles} - set(surface.coords["precision"]))
-        native = (simulate_grid(profiles, archs, missing, [surface.coords["batch"][0]], tokens,
+        missing = sorted({p.native for p in profiles} - set(c["precision"]))
+        native = (simulate_grid(profiles, archs, missing, [c["batch"][0]], tokens,
                                 prompt_tokens, n_draws=draws, seed=seed, thresholds=False)
                   if missing and archs else None)
         for m in named:
@@ -281,18 +282,19 @@ def _summary(surface) -> str:
     import numpy as np
 
     from qtsim.model.precision import get_precision
+    from qtsim.simulate.dataset import DIMS, profiles, trust_status
     from qtsim.simulate.surface import KIND_CODES
 
-    c = surface.coords
+    c = {d: surface[d].values.tolist() for d in DIMS}
     quant = [p for p in c["precision"] if get_precision(p).quantized]
     rows = len(c["gpu"]) * len(quant) * len(c["model"])
     b0 = c["batch"][0]
-    foot = (f"{surface.attrs['disclaimer']}; profiles: "
+    foot = (f"{surface.attrs['note']}; profiles: "
             + ", ".join(f"{p['name']} ({p['source']}, {p['priors']} priors)"
-                        for p in surface.attrs["profiles"]))
+                        for p in profiles(surface)))
     if rows == 0 or rows > 40:
         return foot
-    trust = {(t["precision"], t["model"]): t["status"] for t in surface.trust}
+    trust = trust_status(surface)
     lines = [f"at batch {b0:g}: J/query ratio and trapped on energy by the power model | HLI; "
              "SI; batches trapped (B*)",
              f"{'gpu':24s} {'prec':5s} {'model':18s} {'E ratio':>11s} {'trapped':>8s} {'SI':>6s}  "
@@ -301,11 +303,11 @@ def _summary(surface) -> str:
         for p in quant:
             for m in c["model"]:
                 def v(name, g=g, p=p, m=m):
-                    return float(surface.sel(name, gpu=g, precision=p, model=m, batch=b0))
+                    return float(surface[name].sel(gpu=g, precision=p, model=m, batch=b0))
 
-                bs = float(surface.sel("b_star", gpu=g, precision=p, model=m))
-                top = float(surface.sel("b_star_max", gpu=g, precision=p, model=m))
-                kind = KIND_CODES[int(surface.sel("b_star_kind", gpu=g, precision=p, model=m))]
+                bs = float(surface["b_star"].sel(gpu=g, precision=p, model=m))
+                top = float(surface["b_star_max"].sel(gpu=g, precision=p, model=m))
+                kind = KIND_CODES[int(surface["b_star_kind"].sel(gpu=g, precision=p, model=m))]
                 bstar = {"crossing": f"B < {bs:.3g}", "reverse": f"B >= {bs:.3g}",
                          "trapped_everywhere": f"all B <= {top:g}",
                          "never_trapped": f"none B <= {top:g}",
