@@ -139,7 +139,9 @@ def make_surface(coords: dict, data: dict, trust: list, attrs: dict) -> Surface:
         table = [[str(by_key[(p, m)][key]) for m in coords["model"]] for p in coords["precision"]]
         data_vars[name] = xr.Variable(("precision", "model"), np.array(table, dtype=str),
                                       {"units": "", "description": desc})
-    return xr.Dataset(data_vars, coord_vars, _file_attrs(attrs))
+    # coordinates first: h5netcdf then writes each dimension scale before the variables that
+    # attach to it, instead of re-attaching every variable when the scale replaces its placeholder
+    return xr.Dataset(coords=coord_vars, attrs=_file_attrs(attrs)).assign(data_vars)
 
 
 def _file_attrs(a: dict) -> dict:
