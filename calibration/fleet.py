@@ -656,7 +656,8 @@ def assemble(tiles: list[dict], surfaces: list):
         rows.setdefault(tuple(tile["_model_slice"]), []).append(s)
     opts = {"data_vars": "minimal", "coords": "minimal", "compat": "override", "join": "exact",
             "combine_attrs": "override"}
-    return xr.combine_nested(list(rows.values()), concat_dim=["model", "batch"], **opts)
+    out = xr.combine_nested(list(rows.values()), concat_dim=["model", "batch"], **opts)
+    return out[list(surfaces[0].variables)]  # one machine's order: coordinates first
 
 
 def fleet_simulate(profiles, models=(), sizes=None, batch=(1, 8, 64), *, family=None,
