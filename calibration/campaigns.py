@@ -132,7 +132,7 @@ def simulate_fleet(address, workers, profiles, archs, size_grid, batches, out, *
     writes it (HDF5, optional CSV)."""
     import time
 
-    from qtsim.simulate.surface import write_csv, write_hdf5
+    from qtsim.simulate.dataset import grid_line, quantities, write_csv, write_hdf5
 
     connect(address, workers)
     t0 = time.perf_counter()
@@ -142,10 +142,8 @@ def simulate_fleet(address, workers, profiles, archs, size_grid, batches, out, *
                                 prompt_tokens=prompt_tokens, n_draws=n_draws, seed=seed)
     elapsed = time.perf_counter() - t0
     write_hdf5(surface, out, "qtsim fleet simulate")
-    g, p, m, nb = surface.shape
-    echo(f"{g} GPU x {p} precision x {m} model x {nb} batch = {surface.n_points} points"
-         f"{f', {n_draws} draws' if n_draws else ''} in {elapsed:.2f} s over Ray")
-    echo(f"wrote {out} ({len(surface.data)} quantities)")
+    echo(grid_line(surface, n_draws, elapsed) + " over Ray")
+    echo(f"wrote {out} ({len(quantities(surface))} quantities)")
     if csv_path:
         echo(f"wrote {csv_path} ({write_csv(surface, csv_path)} rows)")
     return surface

@@ -637,7 +637,7 @@ def simulate_tiles(profiles, models=(), sizes=None, batch=(1, 8, 64), *, family=
             tiles.append({"profiles": list(profiles), "models": named,
                           "sizes": sizes_arr[syn] if syn else None, "batch": b[bs],
                           "family": family, **kw,
-                          "_model_slice": (ms.start, ms.stop), "_batch_slice": (bs.start, bs.stop)})
+                          "_model_slice": (ms.start, ms.stop)})
     return tiles
 
 
@@ -650,62 +650,39 @@ def _simulate_tile(tile: dict):
     return simulate(workload=Workload(**w), **kw)
 
 
-def assemble(tiles: list[dict], surfaces: list, n_models: int, n_batches: int):
-    """One :class:`~qtsim.simulate.surface.Surface` from the tiles' surfaces, every array placed at its
-    tile's model and batch slice (per-model and per-batch quantities are the same in every tile
-    that shares those indices)."""
-    from qtsim.simulate.surface import Surface
+def assemble(tiles: list[dict], surfaces: list):
+    """One surface Dataset from the tiles' surfaces: concatenated along batch within each chunk
+    of models, then along model (tiles come model chunk by model chunk, as
+    :func:`simulate_tiles` makes them). Per-model and per-batch quantities are the same in
+    every tile that shares those indices; they are taken from the first."""
+    import xarray as xr
 
-    first = surfaces[0]
-    data = {}
-    for name, arr in first.data.items():
-        dims = first.dims_of(name)
-        shape = list(arr.shape)
-        for ax, d in enumerate(dims):
-            shape[ax] = {"model": n_models, "batch": n_batches}.get(d, shape[ax])
-        data[name] = np.empty(shape, arr.dtype)
-    model_names = [None] * n_models
-    n_params = np.empty(n_models)
-    synthetic = [False] * n_models
-    batch = np.empty(n_batches)
-    trust = {}
+    rows: dict[tuple, list] = {}
     for tile, s in zip(tiles, surfaces, strict=True):
-        ms, bs = slice(*tile["_model_slice"]), slice(*tile["_batch_slice"])
-        for name, arr in s.data.items():
-            idx = tuple({"model": ms, "batch": bs}.get(d, slice(None)) for d in s.dims_of(name))
-            data[name][idx] = arr
-        model_names[ms] = s.coords["model"]
-        n_params[ms] = s.coords["n_params"]
-        synthetic[ms] = s.coords["synthetic"]
-        batch[bs] = s.coords["batch"]
-        for t in s.trust:
-            trust.setdefault((t["precision"], t["model"]), t)
-    coords = {**first.coords, "model": model_names, "n_params": n_params,
-              "synthetic": synthetic, "batch": batch}
-    attrs = dict(first.attrs)
-    ordered = [trust[(p, mname)] for p in coords["precision"] for mname in model_names]
-    return Surface(coords, data, ordered, attrs)
+        rows.setdefault(tuple(tile["_model_slice"]), []).append(s)
+    opts = {"data_vars": "minimal", "coords": "minimal", "compat": "override", "join": "exact",
+            "combine_attrs": "override"}
+    out = xr.combine_nested(list(rows.values()), concat_dim=["model", "batch"], **opts)
+    return out[list(surfaces[0].variables)]  # one machine's order: coordinates first
 
 
 def fleet_simulate(profiles, models=(), sizes=None, batch=(1, 8, 64), *, family=None,
                    chunk_models: int | None = None, chunk_batches: int | None = None,
                    use_ray: bool = True, **kw):
     """:func:`qtsim.simulate.surface.simulate` over a large grid, one Ray task per tile (see
-    :func:`simulate_tiles`), assembled into the same Surface one machine computes: draws are
+    :func:`simulate_tiles`), assembled into the same Dataset one machine computes: draws are
     seeded per GPU profile (``Simulator(profile, seed)``) and per model family, never per
     tile, and every value is computed element-wise, so the result is bit for bit the same.
     ``use_ray=False`` runs the tiles in this process (for checking)."""
     tiles = simulate_tiles(profiles, models, sizes, batch, family=family,
                            chunk_models=chunk_models, chunk_batches=chunk_batches, **kw)
-    n_models = len(list(models)) + (0 if sizes is None else np.atleast_1d(sizes).size)
-    n_batches = np.atleast_1d(batch).size
     if use_ray:
         ray = require_ray()
         remote = ray.remote(num_cpus=1)(_simulate_tile)
         surfaces = ray.get([remote.remote(t) for t in tiles])
     else:
         surfaces = [_simulate_tile(t) for t in tiles]
-    return assemble(tiles, surfaces, n_models, n_batches)
+    return assemble(tiles, surfaces)
 
 
 def wait_for_resources(resources: list[str], timeout_s: float = 60.0) -> None:

@@ -9,6 +9,7 @@ from qtsim.errors import QtsimError
 from qtsim.model.architecture import load_architecture
 from qtsim.model.workload import Workload
 from qtsim.profiles.hardware import load_profile
+from qtsim.simulate import dataset as sd
 from qtsim.simulate import surface as sf
 from qtsim.simulate import thresholds
 from qtsim.simulate.simulator import Simulator
@@ -26,20 +27,23 @@ def surf():
 
 
 def test_shapes_and_dims(surf):
-    assert surf.shape == (2, 3, 2, 4)
-    for name, arr in surf.data.items():
-        assert arr.shape == tuple(len(surf.coords[d]) for d in surf.dims_of(name)), name
-    assert surf.dims_of("b_star") == ("gpu", "precision", "model")
-    assert surf.dims_of("n_star") == ("gpu", "precision", "batch")
+    assert tuple(surf.sizes[d] for d in sd.DIMS) == (2, 3, 2, 4) and sd.n_points(surf) == 48
+    for name in sd.quantities(surf):
+        assert surf[name].dims == sd.dims_of(name), name
+        assert surf[name].attrs["units"] == sd.units_description(name)[0], name
+    assert sd.dims_of("b_star") == ("gpu", "precision", "model")
+    assert sd.dims_of("n_star") == ("gpu", "precision", "batch")
+    assert surf["trust_status"].dims == ("precision", "model")
+    assert surf["bits"].values.tolist() == [16, 8, 4]
     for q in ("j_per_query", "j_per_query_hli", "j_per_query_paper", "cor", "si", "tok_per_s"):
-        assert np.all(np.isfinite(surf.data[q]))
+        assert np.all(np.isfinite(surf[q]))
 
 
 def test_native_row_is_the_anchor(surf):
     for q in ("e_si", "s_si", "s_si_hli", "si", "t_si", "energy_ratio"):
-        assert np.allclose(surf.sel(q, precision="fp16"), 1.0)
-    assert np.allclose(surf.sel("cor", precision="fp16"), 0.0)
-    assert not surf.sel("trapped_energy", precision="fp16").any()
+        assert np.allclose(surf[q].sel(precision="fp16"), 1.0)
+    assert np.allclose(surf["cor"].sel(precision="fp16"), 0.0)
+    assert not surf["trapped_energy"].sel(precision="fp16").any()
 
 
 @pytest.mark.parametrize("gpu", GPUS)
@@ -50,27 +54,29 @@ def test_points_match_simulator_compare(surf, gpu, prec):
         for b in BATCH:
             q, n, d = sim.compare(load_architecture(m).counts(), Workload(prec, float(b)))
             for k in ("cor", "energy_ratio", "energy_ratio_hli", "speed_ratio", "delta_j"):
-                assert surf.sel(k, gpu=gpu, precision=prec, model=m, batch=b) == pytest.approx(d[k])
-            assert surf.sel("j_per_query", gpu=gpu, precision=prec, model=m,
-                            batch=b) == pytest.approx(q["j_per_query"])
+                assert float(surf[k].sel(gpu=gpu, precision=prec, model=m, batch=b)) == \
+                    pytest.approx(d[k])
+            assert float(surf["j_per_query"].sel(gpu=gpu, precision=prec, model=m,
+                                                 batch=b)) == pytest.approx(q["j_per_query"])
 
 
 def test_hli_verdict_is_the_latency_verdict(surf):
     """HLI = TDP x latency / B: its energy ratio is the latency ratio, its trap the time trap."""
-    lat = surf.data["latency_s"]
-    ref = np.broadcast_to(surf.data["latency_s"][:, :1], lat.shape)
-    assert np.allclose(surf.data["energy_ratio_hli"], lat / ref)
-    assert np.array_equal(surf.data["trapped_energy_hli"], surf.data["trapped_time"])
+    lat = surf["latency_s"].values
+    ref = np.broadcast_to(lat[:, :1], lat.shape)
+    assert np.allclose(surf["energy_ratio_hli"], lat / ref)
+    assert np.array_equal(surf["trapped_energy_hli"], surf["trapped_time"])
 
 
 def test_paper_mode_trapped_above_eq18_b_star(surf):
-    bs = surf.data["b_star_paper"][..., None]
-    phi = surf.data["phi_j"][..., None]
+    bs = surf["b_star_paper"].values[..., None]
+    phi = surf["phi_j"].values[..., None]
     b = np.asarray(BATCH, float)
     expect = (phi > 0) & (b > bs)
-    quant = [i for i, p in enumerate(surf.coords["precision"]) if p != "fp16"]
-    assert np.array_equal(surf.data["trapped_energy_paper"][:, quant].astype(bool),
-                          np.broadcast_to(expect, surf.data["trapped_energy_paper"].shape)[:, quant])
+    quant = [i for i, p in enumerate(surf["precision"].values) if p != "fp16"]
+    trapped = surf["trapped_energy_paper"].values
+    assert np.array_equal(trapped[:, quant].astype(bool),
+                          np.broadcast_to(expect, trapped.shape)[:, quant])
 
 
 @pytest.mark.parametrize("gpu", ("l4", "a100-80gb", "h100-sxm", "rtx-pro-6000-blackwell"))
@@ -101,28 +107,30 @@ def test_n_star_rows_match_simulator(prec):
 
 def test_draw_bands_and_shares(surf):
     for q in ("j_per_query", "cor", "si", "energy_ratio_paper"):
-        lo, hi = surf.data[f"{q}_low"], surf.data[f"{q}_high"]
+        lo, hi = surf[f"{q}_low"], surf[f"{q}_high"]
         assert np.all(lo <= hi + 1e-12)
+        assert surf[f"{q}_low"].attrs["description"].startswith("16th percentile")
     for k in ("p_trapped_energy", "p_trapped_energy_hli", "p_trapped_si"):
-        p = surf.data[k]
+        p = surf[k]
         assert np.all((p >= 0) & (p <= 1))
 
 
 def test_trust_status_everywhere(surf):
-    st = {(t["precision"], t["model"]): t["status"] for t in surf.trust}
+    st = sd.trust_status(surf)
     assert st[("nf4", "mistral-7b")] == "published"
     assert st[("fp16", "qwen3-0.6b")] == "reference"
-    assert surf.sel("t_si", precision="nf4", model="mistral-7b")[0, 0] == pytest.approx(0.3942 / 0.4314)
+    t_si = surf["t_si"].sel(precision="nf4", model="mistral-7b").values[0, 0]
+    assert t_si == pytest.approx(0.3942 / 0.4314)
 
 
 def test_size_sweep_is_synthetic_and_assumed():
     fam = load_architecture("mistral-7b")
     s = sf.simulate([load_profile("l4")], [fam], ("int8",), Workload(batch=(1, 4)), sizes=sf.parse_sizes("1e9:2e10:5"),
                     depth=8)
-    assert s.coords["synthetic"] == [False] + [True] * 5
-    assert s.coords["model"][1] == "mistral-7b~1B"
-    assert np.allclose(s.coords["n_params"][1:], np.geomspace(1e9, 2e10, 5), rtol=1e-6)
-    st = [t["status"] for t in s.trust]
+    assert s["synthetic"].values.tolist() == [False] + [True] * 5
+    assert s["model"].values[1] == "mistral-7b~1B"
+    assert np.allclose(s["n_params"].values[1:], np.geomspace(1e9, 2e10, 5), rtol=1e-6)
+    st = s["trust_status"].values[0].tolist()
     assert st[0] == "extrapolated" and set(st[1:]) == {"assumed"}
 
 
@@ -147,8 +155,12 @@ def test_bad_sizes(text):
 
 
 def test_hdf5_layout_and_provenance(surf, tmp_path):
+    """netCDF4/HDF5 that plain h5py reads: a dataset per quantity with its units, coordinates as
+    dimension scales, provenance in the file attributes; xarray reads back the same Dataset."""
+    import xarray as xr
+
     path = tmp_path / "s.h5"
-    sf.write_hdf5(surf, path, "qtsim simulate --gpu l4,h100-sxm")
+    sd.write_hdf5(surf, path, "qtsim simulate --gpu l4,h100-sxm")
     with h5py.File(path) as f:
         assert f.attrs["note"] == "predictions, not measurements"
         assert f.attrs["command"].startswith("qtsim simulate")
@@ -158,28 +170,36 @@ def test_hdf5_layout_and_provenance(surf, tmp_path):
             assert len(f.attrs[k]) == 2 and all(f.attrs[k])
         d = f["j_per_query"]
         assert d.attrs["units"] == "J" and "power model" in d.attrs["description"]
-        assert [x.label for x in d.dims] == ["gpu", "precision", "model", "batch"]
-        assert [list(x.keys()) for x in d.dims] == [["gpu"], ["precision", "bits"],
-                                                    ["model", "n_params", "synthetic"], ["batch"]]
+        assert [list(x.keys()) for x in d.dims] == [[k] for k in sd.DIMS]
         assert list(d.dims[3][0][()]) == list(BATCH)
+        assert set(d.attrs["coordinates"].split()) == {"bits", "n_params", "synthetic"}
+        assert [list(x.keys()) for x in f["bits"].dims] == [["precision"]]
+        assert list(f["bits"][()]) == [16, 8, 4]
         assert f["j_per_query_hli"].attrs["units"] == "J" and "HLI" in f["j_per_query_hli"].attrs["description"]
-        assert [x.label for x in f["b_star"].dims] == ["gpu", "precision", "model"]
-        assert [x.label for x in f["n_star"].dims] == ["gpu", "precision", "batch"]
+        assert [list(x.keys()) for x in f["b_star"].dims] == [["gpu"], ["precision"], ["model"]]
+        assert [list(x.keys()) for x in f["n_star"].dims] == [["gpu"], ["precision"], ["batch"]]
+        assert f["trust_status"][0, 0] == b"reference"
         for name in f:
             assert "units" in f[name].attrs and "description" in f[name].attrs, name
-    back = sf.read_hdf5(path)
-    assert back.coords["gpu"] == list(GPUS) and back.coords["model"] == list(MODELS)
-    np.testing.assert_allclose(back.data["si"], surf.data["si"])
-    assert back.attrs["profiles"][0]["name"] == "l4"
+            assert "_FillValue" not in f[name].attrs, name
+    back = sd.read_hdf5(path)
+    xr.testing.assert_identical(back, surf.assign_attrs(command="qtsim simulate --gpu l4,h100-sxm"))
+    assert sd.profiles(back)[0]["name"] == "l4"
+    frame = back[["si", "j_per_query"]].to_dataframe()  # pandas: one row per grid point
+    assert list(frame.index.names) == list(sd.DIMS) and len(frame) == sd.n_points(surf)
+    assert frame.loc[("l4", "nf4", "mistral-7b", 8.0), "si"] == float(
+        surf["si"].sel(gpu="l4", precision="nf4", model="mistral-7b", batch=8))
 
 
 def test_csv_long_format(surf, tmp_path):
     path = tmp_path / "s.csv"
-    n = sf.write_csv(surf, path)
+    n = sd.write_csv(surf, path)
     lines = path.read_text().splitlines()
     assert lines[0] == "gpu,precision,model,n_params,batch,quantity,value,unit"
-    assert n == len(lines) - 1 == sum(a.size for a in surf.data.values())
+    assert n == len(lines) - 1 == sum(surf[k].size for k in sd.quantities(surf))
     assert any(",j_per_query_hli," in x and x.endswith(",J") for x in lines)
+    assert "l4,int8,mistral-7b,7.24802e+09,,b_star," in path.read_text()
+    assert "l4,int8,family:mistral-7b,,64,n_star," in path.read_text()
 
 
 def test_trap_map_boundaries_follow_the_sign_change():
@@ -271,6 +291,6 @@ def test_blocked_surface_equals_one_block(monkeypatch):
     many_d = sf.simulate(profs, archs, ("int8", "nf4"), Workload(batch=[1, 2, 3, 8, 64]),
                          n_draws=20)
     for a, z in ((one, many), (one_d, many_d)):
-        assert list(a.data) == list(z.data)
-        for k in a.data:
-            np.testing.assert_array_equal(a.data[k], z.data[k], err_msg=k)
+        assert list(a.data_vars) == list(z.data_vars)
+        for k in a.data_vars:
+            np.testing.assert_array_equal(a[k].values, z[k].values, err_msg=k)

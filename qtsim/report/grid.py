@@ -32,25 +32,12 @@ def simulate_to_files(gpus: Sequence[str], profile_paths: Sequence[str], models:
     and renamed into place only when all were written. ``progress_bar(total)`` gives a context
     manager with ``update(n)``; ``echo`` receives the report lines.
     """
-    from qtsim.model.architecture import check_context, load_architecture
-    from qtsim.profiles.hardware import load_profile
     from qtsim.report.plots import save
-    from qtsim.simulate.surface import n_blocks, parse_sizes, simulate, write_csv, write_hdf5
+    from qtsim.simulate.dataset import grid_line, quantities, write_csv, write_hdf5
+    from qtsim.simulate.surface import n_blocks, simulate
 
-    if not gpus and not profile_paths:
-        raise QtsimError("give --gpu GPU[,GPU...] or --profile FILE")
-    profiles = [load_profile(g) for g in gpus] + [load_profile(path=p) for p in profile_paths]
-    names = [p.name for p in profiles]
-    if len(set(names)) != len(names):
-        raise QtsimError(f"GPU listed twice: {', '.join(names)}")
-    archs = [load_architecture(m) for m in models]
-    fam = load_architecture(family) if family else None
-    for a in [*archs, *([fam] if fam else [])]:
-        check_context(a, workload.prompt_tokens, workload.new_tokens)
-    size_grid = parse_sizes(sizes) if sizes else None
-    bad = [p for p in plots if p not in PLOTS]
-    if bad:
-        raise QtsimError(f"--plots: unknown figure {bad[0]!r} (choose from {', '.join(PLOTS)})")
+    profiles, archs, fam, size_grid = _inputs(gpus, profile_paths, models, family, sizes,
+                                              workload, plots)
     _check_targets(out, csv_path, plot_dir)  # refuse before computing, not after
     n_models = len(archs) + (len(size_grid) if size_grid is not None else 0)
     total = len(profiles) * len(precisions) * n_blocks(max(n_models, 1),
@@ -59,12 +46,10 @@ def simulate_to_files(gpus: Sequence[str], profile_paths: Sequence[str], models:
     with (progress_bar or _NoBar)(total) as bar:
         surface = simulate(profiles, archs, precisions, workload, size_grid, fam, trust_table,
                            depth, policy, n_draws=n_draws, seed=seed, progress=bar.update)
-    g, p, m, nb = surface.shape
-    echo(f"{g} GPU x {p} precision x {m} model x {nb} batch = {surface.n_points} points"
-         f"{f', {n_draws} draws' if n_draws else ''} in {time.perf_counter() - t0:.2f} s")
+    echo(grid_line(surface, n_draws, time.perf_counter() - t0))
     with Outputs() as o:  # all or nothing: a failing figure leaves no half-written set behind
         write_hdf5(surface, o.tmp(out), command, compress=compress)
-        done = [f"wrote {out} ({len(surface.data)} quantities)"]
+        done = [f"wrote {out} ({len(quantities(surface))} quantities)"]
         if csv_path:
             n = write_csv(surface, o.tmp(csv_path))
             done.append(f"wrote {csv_path} ({n} rows)")
@@ -77,6 +62,29 @@ def simulate_to_files(gpus: Sequence[str], profile_paths: Sequence[str], models:
     for line in done:
         echo(line)
     echo(_summary(surface))
+
+
+def _inputs(gpus, profile_paths, models, family, sizes, workload: Workload, plots):
+    """(profiles, architectures, family, size grid) of a simulate run, refused with one line
+    when a GPU is listed twice, a context is too long or a figure is unknown."""
+    from qtsim.model.architecture import check_context, load_architecture
+    from qtsim.profiles.hardware import load_profile
+    from qtsim.simulate.surface import parse_sizes
+
+    if not gpus and not profile_paths:
+        raise QtsimError("give --gpu GPU[,GPU...] or --profile FILE")
+    profiles = [load_profile(g) for g in gpus] + [load_profile(path=p) for p in profile_paths]
+    names = [p.name for p in profiles]
+    if len(set(names)) != len(names):
+        raise QtsimError(f"GPU listed twice: {', '.join(names)}")
+    archs = [load_architecture(m) for m in models]
+    fam = load_architecture(family) if family else None
+    for a in [*archs, *([fam] if fam else [])]:
+        check_context(a, workload.prompt_tokens, workload.new_tokens)
+    bad = [p for p in plots if p not in PLOTS]
+    if bad:
+        raise QtsimError(f"--plots: unknown figure {bad[0]!r} (choose from {', '.join(PLOTS)})")
+    return profiles, archs, fam, parse_sizes(sizes) if sizes else None
 
 
 class _NoBar:
@@ -106,7 +114,8 @@ def _plots(surface, plots, profiles, archs, fam, size_grid, workload: Workload, 
 
     out = []
     batches = [float(x) for x in workload.batch]
-    quant = [p for p in surface.coords["precision"] if get_precision(p).quantized]
+    c = {k: surface[k].values.tolist() for k in ("precision", "model", "synthetic", "batch")}
+    quant = [p for p in c["precision"] if get_precision(p).quantized]
     family = fam or (archs[0] if archs else None)
     if "trap" in plots and family is not None and quant:
         lo, hi = (size_grid.min(), size_grid.max()) if size_grid is not None else (3e8, 1e11)
@@ -118,13 +127,12 @@ def _plots(surface, plots, profiles, archs, fam, size_grid, workload: Workload, 
                 for prof in profiles for p in quant]
         marks = [(a.name, a.n_params) for a in archs]
         out.append(("trap_map.png", qp.plot_trap_maps(maps, ncols=len(quant), marks=marks)))
-    named = [m for m, syn in zip(surface.coords["model"], surface.coords["synthetic"], strict=True)
-             if not syn]
+    named = [m for m, syn in zip(c["model"], c["synthetic"], strict=True) if not syn]
     if "fig1" in plots and named:
         # the native 16-bit bars are the comparison Fig. 1 exists for: evaluate them at the
         # figure's batch when the grid did not ask for the native precision
-        missing = sorted({p.native for p in profiles} - set(surface.coords["precision"]))
-        at = Workload(batch=[surface.coords["batch"][0]], new_tokens=workload.new_tokens,
+        missing = sorted({p.native for p in profiles} - set(c["precision"]))
+        at = Workload(batch=[c["batch"][0]], new_tokens=workload.new_tokens,
                       prompt_tokens=workload.prompt_tokens)
         native = (simulate_grid(profiles, archs, missing, at, n_draws=draws, seed=seed,
                                 thresholds=False)
@@ -196,18 +204,19 @@ def _summary(surface) -> str:
     import numpy as np
 
     from qtsim.model.precision import get_precision
+    from qtsim.simulate.dataset import DIMS, profiles, trust_status
     from qtsim.simulate.thresholds import KIND_CODES
 
-    c = surface.coords
+    c = {d: surface[d].values.tolist() for d in DIMS}
     quant = [p for p in c["precision"] if get_precision(p).quantized]
     rows = len(c["gpu"]) * len(quant) * len(c["model"])
     b0 = c["batch"][0]
-    foot = (f"{surface.attrs['disclaimer']}; profiles: "
+    foot = (f"{surface.attrs['note']}; profiles: "
             + ", ".join(f"{p['name']} ({p['source']}, {p['priors']} priors)"
-                        for p in surface.attrs["profiles"]))
+                        for p in profiles(surface)))
     if rows == 0 or rows > 40:
         return foot
-    trust = {(t["precision"], t["model"]): t["status"] for t in surface.trust}
+    trust = trust_status(surface)
     lines = [f"at batch {b0:g}: J/query ratio and trapped on energy by the power model | HLI; "
              "SI; batches trapped (B*)",
              f"{'gpu':24s} {'prec':5s} {'model':18s} {'E ratio':>11s} {'trapped':>8s} {'SI':>6s}  "
@@ -216,11 +225,11 @@ def _summary(surface) -> str:
         for p in quant:
             for m in c["model"]:
                 def v(name, g=g, p=p, m=m):
-                    return float(surface.sel(name, gpu=g, precision=p, model=m, batch=b0))
+                    return float(surface[name].sel(gpu=g, precision=p, model=m, batch=b0))
 
-                bs = float(surface.sel("b_star", gpu=g, precision=p, model=m))
-                top = float(surface.sel("b_star_max", gpu=g, precision=p, model=m))
-                kind = KIND_CODES[int(surface.sel("b_star_kind", gpu=g, precision=p, model=m))]
+                bs = float(surface["b_star"].sel(gpu=g, precision=p, model=m))
+                top = float(surface["b_star_max"].sel(gpu=g, precision=p, model=m))
+                kind = KIND_CODES[int(surface["b_star_kind"].sel(gpu=g, precision=p, model=m))]
                 bstar = {"crossing": f"B < {bs:.3g}", "reverse": f"B >= {bs:.3g}",
                          "trapped_everywhere": f"all B <= {top:g}",
                          "never_trapped": f"none B <= {top:g}",

@@ -1,9 +1,9 @@
 """Figures of qtsim's surfaces (matplotlib, headless: no pyplot, no display).
 
-Each function takes computed data (:func:`qtsim.simulate.surface.trap_map`, a
-:class:`qtsim.simulate.surface.Surface`) and returns a :class:`matplotlib.figure.Figure`; :func:`save`
-writes it. Figures are built with ``Figure()`` directly and saved through the Agg canvas, so
-nothing depends on a display or on pyplot's global state.
+Each function takes computed data (:func:`qtsim.simulate.surface.trap_map`, a surface
+Dataset of :mod:`qtsim.simulate.dataset`) and returns a :class:`matplotlib.figure.Figure`;
+:func:`save` writes it. Figures are built with ``Figure()`` directly and saved through the Agg
+canvas, so nothing depends on a display or on pyplot's global state.
 
 - :func:`plot_trap_maps`: model size x batch, shaded where quantized J/query > native, with the
   B*(N) and N*(B) boundaries and the band where 16-84% of Monte-Carlo draws disagree;
@@ -15,6 +15,8 @@ nothing depends on a display or on pyplot's global state.
 from __future__ import annotations
 
 import numpy as np
+
+from qtsim.simulate.dataset import trust_status
 
 PRECISION_COLORS = {"fp16": "#4c72b0", "bf16": "#64b5cd", "int8": "#dd8452", "nf4": "#55a868",
                     "fp4": "#8172b3"}
@@ -189,16 +191,16 @@ def _fig1_bars(surface, name: str, model: str, batch, native=None):
     native 16-bit reference first (from ``native``, a surface of the native precision, when
     ``surface`` lacks it), then the surface's precisions."""
     def cols(surf):
-        vals = surf.sel(name, model=model, batch=batch)
-        has = f"{name}_low" in surf.data
-        lo = surf.sel(f"{name}_low", model=model, batch=batch) if has else None
-        hi = surf.sel(f"{name}_high", model=model, batch=batch) if has else None
+        def at(var):
+            return surf[var].sel(model=model, batch=batch).values if var in surf else None
+
+        vals, lo, hi = at(name), at(f"{name}_low"), at(f"{name}_high")
         return [(p, vals[:, k], None if lo is None else lo[:, k], None if hi is None else hi[:, k])
-                for k, p in enumerate(surf.coords["precision"])]
+                for k, p in enumerate(surf["precision"].values.tolist())]
 
     bars = cols(surface)
-    have = set(surface.coords["precision"])
-    if native is not None and model in native.coords["model"]:
+    have = set(surface["precision"].values.tolist())
+    if native is not None and model in native["model"].values.tolist():
         bars = [b for b in cols(native) if b[0] not in have] + bars
     return bars
 
@@ -214,7 +216,7 @@ def plot_fig1_panel(surface, model: str, batch=None, native=None):
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    c = surface.coords
+    c = {d: surface[d].values.tolist() for d in ("gpu", "batch")}
     batch = c["batch"][0] if batch is None else batch
     gpus = c["gpu"]
     fig, axes = _figure(2, 3, max(12.5, 1.1 * len(gpus) + 6), 7.8)
@@ -253,9 +255,9 @@ def plot_fig1_panel(surface, model: str, batch=None, native=None):
     handles.append(Line2D([], [], marker="_", ls="none", color="k", markersize=14, mew=2,
                           label="J/query by the paper's HLI (TDP x latency)"))
     _legend(fig, handles, 9, col_in=2.2)
-    t = {e["precision"]: e["status"] for e in surface.trust if e["model"] == model}
-    if native is not None:
-        t = {**{e["precision"]: e["status"] for e in native.trust if e["model"] == model}, **t}
+    t = {}
+    for surf in ([native] if native is not None else []) + [surface]:
+        t.update({p: st for (p, m), st in trust_status(surf).items() if m == model})
     trust = ", ".join(f"{p.upper()} {t[p]}" for p in precs if p in t)
     a = surface.attrs
     bands = ("error bars: 16-84% of Monte-Carlo draws" if any_band else "no uncertainty bands "
@@ -271,7 +273,8 @@ def plot_cor_vs_batch(surface, models=None):
     precision (colour) and GPU (line style), 16-84% bands when the surface has draws."""
     from matplotlib.lines import Line2D
 
-    c = surface.coords
+    c = {d: surface[d].values.tolist()
+         for d in ("gpu", "precision", "bits", "model", "synthetic", "batch")}
     models = list(models or [m for m, syn in zip(c["model"], c["synthetic"], strict=True) if not syn]
                   or c["model"][:1])
     precs = [p for p, bits in zip(c["precision"], c["bits"], strict=True) if bits < 16]
@@ -279,19 +282,21 @@ def plot_cor_vs_batch(surface, models=None):
     ncols = min(len(models), 3)
     nrows = -(-len(models) // ncols)
     fig, axes = _figure(nrows, ncols, max(5.0 * ncols, 7.0), 3.9 * nrows + 1.3)
-    bands = "cor_low" in surface.data
+    bands = "cor_low" in surface
     for ax in list(axes.flat)[len(models):]:
         ax.set_visible(False)
     for ax, model in zip(axes.flat, models, strict=False):
         for gi, gpu in enumerate(c["gpu"]):
             for p in precs:
-                y = surface.sel("cor", gpu=gpu, precision=p, model=model)
+                def cor(var, gpu=gpu, p=p, model=model):
+                    return surface[var].sel(gpu=gpu, precision=p, model=model).values
+
+                y = cor("cor")
                 col = PRECISION_COLORS.get(p, "0.5")
                 ax.plot(b, y, color=col, ls=GPU_STYLES[gi % len(GPU_STYLES)], marker="o", ms=3)
                 if bands:
-                    ax.fill_between(b, surface.sel("cor_low", gpu=gpu, precision=p, model=model),
-                                    surface.sel("cor_high", gpu=gpu, precision=p, model=model),
-                                    color=col, alpha=0.15, lw=0)
+                    ax.fill_between(b, cor("cor_low"), cor("cor_high"), color=col, alpha=0.15,
+                                    lw=0)
         ax.axhline(1.0, color="#c03030", lw=1, ls="--")
         ax.axhline(0.0, color="0.4", lw=0.7)
         ax.text(0.01, 0.99, "above the red line (COR = 1): casting dominates", va="top",

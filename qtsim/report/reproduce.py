@@ -311,11 +311,11 @@ def simulator_checks(rows, n_draws: int = 400, seed: int = 0) -> tuple[list[Chec
     """(checks, rho, profiles): qtsim vs the paper, and the VRAM ratios consistency() needs."""
     s, gpus = _sim_rows(n_draws, seed)
     rho = {}
-    for g in s.coords["gpu"]:
-        for m in s.coords["model"]:
-            ref = s.sel("peak_memory_gib", gpu=g, precision="fp16", model=m, batch=1.0)
+    for g in s["gpu"].values.tolist():
+        for m in s["model"].values.tolist():
+            ref = s["peak_memory_gib"].sel(gpu=g, precision="fp16", model=m, batch=1.0)
             for p in ("int8", "nf4"):
-                rho[(m, p, g)] = float(ref / s.sel("peak_memory_gib", gpu=g, precision=p, model=m,
+                rho[(m, p, g)] = float(ref / s["peak_memory_gib"].sel(gpu=g, precision=p, model=m,
                                                    batch=1.0))
     b_star, prof = _b_star_checks(n_draws, seed)
     out = _surface_checks(rows, s) + b_star + [_tokens_check(rows, s, gpus)]
@@ -324,11 +324,11 @@ def simulator_checks(rows, n_draws: int = 400, seed: int = 0) -> tuple[list[Chec
 
 def _surface_check(s, id_, claim, name, gpu, model, p, paper_value, note="", formula="") -> Check:
     """qtsim's ``name`` at batch 1 against the paper's value: inside our band, or within 10%."""
-    v = float(s.sel(name, gpu=gpu, precision=p, model=model, batch=1.0))
+    v = float(s[name].sel(gpu=gpu, precision=p, model=model, batch=1.0))
     lo = hi = None
-    if f"{name}_low" in s.data:
-        lo = float(s.sel(f"{name}_low", gpu=gpu, precision=p, model=model, batch=1.0))
-        hi = float(s.sel(f"{name}_high", gpu=gpu, precision=p, model=model, batch=1.0))
+    if f"{name}_low" in s:
+        lo = float(s[f"{name}_low"].sel(gpu=gpu, precision=p, model=model, batch=1.0))
+        hi = float(s[f"{name}_high"].sel(gpu=gpu, precision=p, model=model, batch=1.0))
     if paper_value is None:
         status = "info"
     elif lo is not None:
@@ -396,7 +396,7 @@ def _surface_checks(rows, s) -> list[Check]:
 def _tokens_check(rows, s, gpus) -> Check:
     """S17: the tokens per query the A100 FP16 HLI energy implies at our step time."""
     ea = {"fp16": figure(rows, "mistral-7b-v0.3", "gsm8k", "a100", "fp16", "energy_per_query")}
-    step = float(s.sel("step_s", gpu="a100-80gb", precision="fp16", model="mistral-7b", batch=1.0))
+    step = float(s["step_s"].sel(gpu="a100-80gb", precision="fp16", model="mistral-7b", batch=1.0))
     tdp = next(p.tdp_w for p in gpus if p.name == "a100-80gb")
     k_implied = ea["fp16"] / tdp / step
     return Check(

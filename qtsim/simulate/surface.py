@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -37,10 +38,10 @@ from qtsim.model.precision import get_precision
 from qtsim.model.trust import TrustEstimate, lookup_trust
 from qtsim.model.workload import Workload
 from qtsim.profiles.hardware import HardwareProfile
+from qtsim.simulate.dataset import make_surface
 from qtsim.simulate.simulator import Simulator
 from qtsim.simulate.stats import BAND, GIB, nan_percentiles
 from qtsim.simulate.thresholds import (
-    KIND_CODES,
     N_GRID,
     N_RANGE,
     b_star_rows,
@@ -51,95 +52,8 @@ from qtsim.simulate.thresholds import (
     n_star_rows,
 )
 
-DIMS = ("gpu", "precision", "model", "batch")
-
-#: name -> (units, description, dims). Dims not listed are ``DIMS``.
-QUANTITIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "latency_s": ("s", "wall time of one batch of queries (prefill + K-1 decode steps)", DIMS),
-    "step_s": ("s", "mean decode step time (one token for each of B sequences)", DIMS),
-    "tok_per_s": ("tokens/s", "generated tokens per second, all B sequences", DIMS),
-    "j_per_query": ("J", "energy per query from the integrated power model (what an NVML energy counter would read, eq. 4)", DIMS),
-    "j_per_query_hli": ("J", "energy per query by the paper's HLI, TDP x latency / B (sec. 3.1): latency in disguise", DIMS),
-    "j_per_query_paper": ("J", "energy per query by the paper's eq. 19, K [gamma + alpha p / B + phi], constants from the profile at batch 1", DIMS),
-    "avg_power_w": ("W", "average board power over the query (power model)", DIMS),
-    "peak_memory_gib": ("GiB", "peak device memory: weights, full KV cache, dequantisation workspace, runtime overhead", DIMS),
-    "fits": ("1", "1 when the configuration fits in device memory", DIMS),
-    "native_fits": ("1", "1 when the native 16-bit configuration fits in device memory", DIMS),
-    "cor": ("1", "Casting Overhead Ratio, eq. 8/9: tau_p / tau_ref - 1 from decode step times", DIMS),
-    "energy_ratio": ("1", "quantized / native J per query (power model)", DIMS),
-    "energy_ratio_hli": ("1", "quantized / native J per query (HLI): equals the latency ratio", DIMS),
-    "energy_ratio_paper": ("1", "quantized / native J per query (eq. 19)", DIMS),
-    "speed_ratio": ("1", "quantized / native tok/s", DIMS),
-    "delta_j": ("J", "quantized minus native J per query (power model); > 0 trapped on energy", DIMS),
-    "trapped_energy": ("1", "1 when quantized J/query > native (power model)", DIMS),
-    "trapped_energy_hli": ("1", "1 when quantized J/query > native (HLI, i.e. when it is slower)", DIMS),
-    "trapped_energy_paper": ("1", "1 when quantized J/query > native by eq. 19; algebra of eq. 19 puts this at B > B* of eq. 18 (Thm. 4.3 says below: see qtsim reproduce, C15)", DIMS),
-    "trapped_time": ("1", "1 when quantized tok/s < native", DIMS),
-    "trapped_si": ("1", "1 when SI < SI(native) = 1 (Prop. 3.2 on the precision grid)", DIMS),
-    "t_si": ("1", "trust pillar T_SI, eq. 2 (see trust_status: measured, published, extrapolated or assumed)", DIMS),
-    "e_si": ("1", "economic pillar E_SI, eq. 3 (alpha_E = 0.5): harmonic mean of tok/s and VRAM gains", DIMS),
-    "s_si": ("1", "energy pillar S_SI = E_ref / E, same grid (sec. 3.1 III), power-model energy", DIMS),
-    "s_si_hli": ("1", "energy pillar S_SI with HLI energy (the paper's method)", DIMS),
-    "s_si_paper": ("1", "energy pillar S_SI with eq. 19 energy", DIMS),
-    "si": ("1", "Sustainability Index, eq. 6 (or Remark 3.1), power-model S_SI", DIMS),
-    "si_hli": ("1", "Sustainability Index with the HLI S_SI (the paper's method)", DIMS),
-    "alpha_j_per_bit": ("J/bit", "eq. 19 alpha: weight-movement energy per hop per bit, from the profile at batch 1", ("gpu", "precision", "model")),
-    "gamma_j": ("J", "eq. 19 gamma: precision-independent energy per hop", ("gpu", "precision", "model")),
-    "phi_j": ("J", "eq. 19 phi(h, p): casting energy per hop (0 at native)", ("gpu", "precision", "model")),
-    "b_star_paper": ("sequences", "critical batch by eq. 10/18, alpha (pi - p) / phi (0 where phi <= 0); eq. 19 is trapped above it", ("gpu", "precision", "model")),
-    "b_star": ("sequences", "critical batch B* from the physical model: quantized J/query = native (see b_star_kind)", ("gpu", "precision", "model")),
-    "b_star_kind": ("code", "0 crossing (trapped below B*), 1 reverse (trapped above), 2 trapped everywhere searched (B* > range), 3 never trapped, 4 native does not fit", ("gpu", "precision", "model")),
-    "b_star_max": ("sequences", "top of the B* search: min(4096, native memory limit)", ("gpu", "precision", "model")),
-    "n_star": ("parameters", "critical model scale N* along the family's synthetic sizes: quantized J/query = native (see n_star_kind)", ("gpu", "precision", "batch")),
-    "n_star_kind": ("code", "0 crossing (trapped below N*), 1 reverse (trapped above), 2 trapped at every size searched, 3 never trapped", ("gpu", "precision", "batch")),
-}
-
-
-@dataclass
-class Surface:
-    """Results on the grid: ``data[name]`` has the dims ``QUANTITIES`` gives (bands likewise).
-
-    ``coords``: gpu, precision (with ``bits``), model (with ``n_params``, ``synthetic``), batch.
-    ``trust``: the :class:`TrustEstimate` behind every (precision, model) T_SI.
-    ``attrs``: provenance (profiles, qtsim version, workload, draws, the disclaimer).
-    """
-
-    coords: dict
-    data: dict
-    trust: list
-    attrs: dict = field(default_factory=dict)
-
-    def dims_of(self, name: str) -> tuple[str, ...]:
-        base = name.removesuffix("_low").removesuffix("_high")
-        if name.startswith("p_"):
-            return DIMS
-        return QUANTITIES[base][2]
-
-    def sel(self, name: str, **where):
-        """``data[name]`` indexed by coordinate values, e.g. ``sel("si", gpu="l4", batch=1)``."""
-        arr = self.data[name]
-        idx = []
-        for d in self.dims_of(name):
-            if d in where:
-                vals = self.coords[d]
-                want = where[d]
-                hit = (np.flatnonzero(np.asarray(vals) == want) if isinstance(vals, np.ndarray)
-                       else [i for i, v in enumerate(vals) if v == want])
-                if len(hit) == 0:
-                    shown = ", ".join(map(str, list(vals)[:20])) + (", ..." if len(vals) > 20 else "")
-                    raise QtsimError(f"{want!r} is not on the {d} axis ({shown})")
-                idx.append(int(hit[0]))
-            else:
-                idx.append(slice(None))
-        return arr[tuple(idx)]
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(len(self.coords[d]) for d in DIMS)
-
-    @property
-    def n_points(self) -> int:
-        return int(np.prod(self.shape))
+if TYPE_CHECKING:
+    from qtsim.simulate.dataset import Surface
 
 
 # ---- counts -----------------------------------------------------------------------------------
@@ -560,7 +474,7 @@ def simulate(profiles: Sequence[HardwareProfile], models: Sequence[Architecture]
         "batch": b,
     }
     attrs = _attrs(profiles, w, family, trust_table, depth, policy, weights, n_draws, seed)
-    return Surface(coords, data, trust, attrs)
+    return make_surface(coords, data, trust, attrs)
 
 
 def _check_grid(profiles, precisions, workload: Workload) -> list[str]:
@@ -667,174 +581,3 @@ def trap_map(profile: HardwareProfile, arch: Architecture, workload: Workload, s
     if n_draws > 0:
         out["p_trapped"] = np.mean(delta_j(sim, fam, w, True) > 0, axis=0)
     return out
-
-
-# ---- writing --------------------------------------------------------------------------------
-def packing(arr, compress: bool) -> dict:
-    """h5py storage options: plain by default (writing is then disk-bound, about 0.1 s per 10^6
-    points of every quantity); ``compress``: gzip level 1 after byte shuffling, about 3.5x
-    smaller files for about 1.3 s more per 10^6 points."""
-    if compress and np.size(arr) > 4096:
-        return {"compression": "gzip", "compression_opts": 1, "shuffle": True}
-    return {}
-
-
-def write_hdf5(surface: Surface, path, command: str = "", compress: bool = False) -> None:
-    """One dataset per quantity, coordinates as HDF5 dimension scales, units and descriptions.
-
-    File attributes carry provenance: every profile's name, source, date and device (arrays in
-    GPU order), qtsim version, the command line, and "predictions, not measurements".
-    """
-    import json
-
-    import h5py
-
-    c = surface.coords
-    try:
-        fh = h5py.File(path, "w")
-    except OSError as e:
-        raise QtsimError(f"{path}: cannot write HDF5 ({e})") from None
-    with fh as f:
-        s = h5py.string_dtype()
-        scales = {
-            "gpu": f.create_dataset("gpu", data=np.array(c["gpu"], dtype=object), dtype=s),
-            "precision": f.create_dataset("precision", data=np.array(c["precision"], dtype=object), dtype=s),
-            "model": f.create_dataset("model", data=np.array(c["model"], dtype=object), dtype=s),
-            "batch": f.create_dataset("batch", data=np.asarray(c["batch"], float)),
-        }
-        aux = {
-            "precision": [("bits", f.create_dataset("bits", data=np.asarray(c["bits"], np.int16)))],
-            "model": [("n_params", f.create_dataset("n_params", data=np.asarray(c["n_params"], float))),
-                      ("synthetic", f.create_dataset("synthetic", data=np.asarray(c["synthetic"], np.uint8)))],
-        }
-        for name, ds in scales.items():
-            ds.make_scale(name)
-        for group in aux.values():
-            for name, ds in group:
-                ds.make_scale(name)
-        meta = {
-            "gpu": ("", "hardware profile name"), "precision": ("", "weight precision"),
-            "model": ("", "model name, or FAMILY~SIZE for a synthetic size"),
-            "batch": ("sequences", "batch size B (concurrent sequences)"),
-            "bits": ("bits", "the paper's p: bits per weight element"),
-            "n_params": ("parameters", "total parameter count"),
-            "synthetic": ("1", "1 for a synthetic size of the N* family (Architecture.scaled)"),
-        }
-        for name, (unit, desc) in meta.items():
-            f[name].attrs["units"] = unit
-            f[name].attrs["description"] = desc
-        for name, arr in surface.data.items():
-            dims = surface.dims_of(name)
-            ds = f.create_dataset(name, data=arr, **packing(arr, compress))
-            base = name.removesuffix("_low").removesuffix("_high")
-            if name.startswith("p_"):
-                unit, desc = "1", f"share of Monte-Carlo draws {name[2:].replace('_', ' ')}"
-            else:
-                unit, desc = QUANTITIES[base][:2]
-                if name != base:
-                    pct = BAND[0] if name.endswith("_low") else BAND[1]
-                    desc = f"{pct:g}th percentile over draws of: {desc}"
-            ds.attrs["units"] = unit
-            ds.attrs["description"] = desc
-            for k, d in enumerate(dims):
-                ds.dims[k].label = d
-                ds.dims[k].attach_scale(scales[d])
-                for _, aux_ds in aux.get(d, []):
-                    ds.dims[k].attach_scale(aux_ds)
-        f.create_dataset("trust_status", data=np.array(
-            [[t["status"] for t in surface.trust if t["precision"] == p] for p in c["precision"]],
-            dtype=object), dtype=s)
-        f.create_dataset("trust_source", data=np.array(
-            [[t["source"] for t in surface.trust if t["precision"] == p] for p in c["precision"]],
-            dtype=object), dtype=s)
-        for name in ("trust_status", "trust_source"):
-            f[name].dims[0].label, f[name].dims[1].label = "precision", "model"
-            f[name].dims[0].attach_scale(scales["precision"])
-            f[name].dims[1].attach_scale(scales["model"])
-            f[name].attrs["units"] = ""
-        f["trust_status"].attrs["description"] = "where T_SI comes from: reference, measured, published, extrapolated or assumed"
-        f["trust_source"].attrs["description"] = "the trust figure's source, or the assumption made"
-        a = surface.attrs
-        f.attrs["title"] = "qtsim simulate surface"
-        f.attrs["note"] = a["disclaimer"]
-        f.attrs["command"] = command
-        for k in ("qtsim_version", "new_tokens", "prompt_tokens", "policy", "n_draws", "seed",
-                  "n_star_family", "trust_depth", "trust_table", "energy_methods"):
-            f.attrs[k] = a[k]
-        for k in ("bnb_4bit_use_double_quant", "llm_int8_threshold", "bnb_4bit_compute_dtype"):
-            if k in a:
-                f.attrs[k] = a[k]
-        f.attrs["si_weights"] = np.asarray(a["si_weights"], float)
-        f.attrs["band_percentiles"] = np.asarray(a["band_percentiles"], float)
-        for k in ("name", "source", "date", "device", "location"):
-            f.attrs[f"profile_{k}"] = np.array([str(p[k]) for p in a["profiles"]], dtype=object)
-        f.attrs["profiles_json"] = json.dumps(a["profiles"])
-        f.attrs["b_star_kind_codes"] = json.dumps(KIND_CODES)
-
-
-def read_hdf5(path) -> Surface:
-    """Read back what :func:`write_hdf5` wrote (for plots and tests)."""
-    import json
-
-    import h5py
-
-    try:
-        fh = h5py.File(path, "r")
-    except OSError as e:
-        raise QtsimError(f"{path}: cannot read HDF5 ({e})") from None
-    with fh as f:
-        dec = [x.decode() if isinstance(x, bytes) else str(x) for x in f["gpu"][()]]
-        coords = {
-            "gpu": dec,
-            "precision": [x.decode() for x in f["precision"][()]],
-            "bits": [int(x) for x in f["bits"][()]],
-            "model": [x.decode() for x in f["model"][()]],
-            "n_params": f["n_params"][()], "synthetic": [bool(x) for x in f["synthetic"][()]],
-            "batch": f["batch"][()],
-        }
-        skip = set(coords) | {"trust_status", "trust_source"}
-        data = {k: f[k][()] for k in f if k not in skip}
-        status, source = f["trust_status"][()], f["trust_source"][()]
-        trust = [{"precision": p, "model": m, "status": status[i, j].decode(),
-                  "source": source[i, j].decode()}
-                 for i, p in enumerate(coords["precision"]) for j, m in enumerate(coords["model"])]
-        attrs = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in f.attrs.items()}
-        attrs["profiles"] = json.loads(attrs.pop("profiles_json"))
-        attrs["disclaimer"] = attrs.get("note", "")
-    return Surface(coords, data, trust, attrs)
-
-
-def csv_rows(surface: Surface):
-    """Long format: (gpu, precision, model, n_params, batch, quantity, value, unit) per value."""
-    c = surface.coords
-    index = {"gpu": c["gpu"], "precision": c["precision"], "model": c["model"],
-             "batch": [f"{x:g}" for x in c["batch"]]}
-    n_params = dict(zip(c["model"], c["n_params"], strict=True))
-    for name, arr in surface.data.items():
-        dims = surface.dims_of(name)
-        base = name.removesuffix("_low").removesuffix("_high")
-        unit = "1" if name.startswith("p_") else QUANTITIES[base][0]
-        for idx in np.ndindex(arr.shape):
-            key = {d: index[d][i] for d, i in zip(dims, idx, strict=True)}
-            model = key.get("model", f"family:{surface.attrs.get('n_star_family', '')}")
-            yield (key["gpu"], key["precision"], model,
-                   f"{n_params[model]:.6g}" if model in n_params else "",
-                   key.get("batch", ""), name, f"{float(arr[idx]):.6g}", unit)
-
-
-def write_csv(surface: Surface, path) -> int:
-    """Write :func:`csv_rows` with a header; returns the number of rows."""
-    import csv
-
-    n = 0
-    try:
-        fh = open(path, "w", newline="")
-    except OSError as e:
-        raise QtsimError(f"{path}: cannot write CSV ({e})") from None
-    with fh:
-        w = csv.writer(fh)
-        w.writerow(["gpu", "precision", "model", "n_params", "batch", "quantity", "value", "unit"])
-        for row in csv_rows(surface):
-            w.writerow(row)
-            n += 1
-    return n
