@@ -25,6 +25,20 @@ class MeasurementError(QtsimError):
     """A measurement that could not be taken or failed its sanity checks."""
 
 
+def read_user_file(path, error: type[QtsimError] = QtsimError, missing: str = "no such file") -> str:
+    """The text of a file a user named, or ``error`` with one line (``"<path>: <missing>"``
+    when it is not a file, ``"<path>: cannot read (...)"`` when it cannot be read as text)."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise error(f"{p}: {missing}")
+    try:
+        return p.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise error(f"{p}: cannot read ({e})") from None
+
+
 def suggest(name: str, choices) -> str:
     """' (did you mean: a, b?)' for the nearest of ``choices``, or '' when none is close."""
     import difflib

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qtsim.errors import ArchitectureError, UnknownNameError, suggest
+from qtsim.errors import ArchitectureError, UnknownNameError, read_user_file, suggest
 from qtsim.model.precision import get_precision
 
 DENSE_TYPES = {"llama", "mistral", "qwen2", "qwen3", "falcon3", "gemma", "gemma2", "gemma3_text"}
@@ -388,11 +388,7 @@ def load_config(name_or_path: str) -> tuple[dict, str, str]:
             path = path / "config.json"
         if not path.is_file():
             raise ArchitectureError(f"{name_or_path}: no such config.json")
-        try:
-            text = path.read_text()
-        except (OSError, UnicodeDecodeError) as e:
-            raise ArchitectureError(f"{path}: cannot read ({e})") from None
-        cfg = _read_json(text, str(path))
+        cfg = _read_json(read_user_file(path, ArchitectureError), str(path))
         if not isinstance(cfg, dict):
             raise ArchitectureError(f"{path}: a config.json must hold a JSON object "
                                     f"(found a JSON {type(cfg).__name__})")

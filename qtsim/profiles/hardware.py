@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import tomli_w
 
-from qtsim.errors import ProfileError, UnknownNameError, suggest
+from qtsim.errors import ProfileError, UnknownNameError, read_user_file, suggest
 from qtsim.model.paths import QUANT_FAMILIES
 from qtsim.profiles import schema
 from qtsim.profiles.schema import POSITIVE_PARAMS, SCHEMA_VERSION, Param
@@ -301,14 +301,8 @@ def parse_profile(text: str, where: str = "profile") -> HardwareProfile:
 
 
 def read_profile(path: str | os.PathLike) -> HardwareProfile:
-    p = Path(path)
-    if not p.is_file():
-        raise ProfileError(f"{p}: no such profile file")
-    try:
-        text = p.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ProfileError(f"{p}: cannot read ({e})") from None
-    return parse_profile(text, str(p))
+    text = read_user_file(path, ProfileError, "no such profile file")
+    return parse_profile(text, str(Path(path)))
 
 
 def user_profile_dir() -> Path:

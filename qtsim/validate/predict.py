@@ -1,7 +1,6 @@
 """Predictions for validation points, made before they are measured (or again, from a refit).
 
-:func:`simulate` is the one place validation calls the :class:`Simulator`; :func:`predict_point`
-gives the physical model's and the paper model's (eq. 19) predictions that are stored beside
+:func:`predict_point` gives the physical model's and the paper model's (eq. 19) predictions that are stored beside
 each measurement; :func:`repredict` recomputes them for recorded rows with another profile.
 """
 
@@ -10,12 +9,13 @@ from __future__ import annotations
 import json
 import math
 
-from qtsim.model import paper
+import numpy as np
+
 from qtsim.model.architecture import from_config
-from qtsim.model.precision import get_precision
 from qtsim.model.workload import DEFAULT_INT8_THRESHOLD, Workload
 from qtsim.simulate.simulator import Simulator
 from qtsim.simulate.stats import band
+from qtsim.simulate.surface import paper_energy
 from qtsim.validate.plan import ValidationPoint, point_workload
 
 
@@ -38,14 +38,10 @@ def predict_point(sim: Simulator, config: dict, name: str, pt: ValidationPoint) 
 
 def paper_energy_j(sim: Simulator, counts, workload: Workload) -> float:
     """J per query of the paper's energy functional (eq. 19) with constants from ``sim``'s
-    profile: phi applies to quantized precisions only."""
-    ref = workload if workload.quantized else workload.replace(precision=sim.profile.native)
-    pc = sim.paper_constants(counts, ref)
-    prec = get_precision(workload.precision)
-    phi = float(pc["phi_j"]) if prec.quantized else 0.0
-    return float(paper.energy_functional_j(float(workload.new_tokens), float(pc["gamma_j"]),
-                                           float(pc["alpha_j_per_bit"]), prec.bits,
-                                           float(workload.batch), phi))
+    profile (:func:`qtsim.simulate.surface.paper_energy`): phi applies to quantized precisions
+    only."""
+    at = workload.replace(batch=np.atleast_1d(np.asarray(workload.batch, float)))
+    return float(np.ravel(paper_energy(sim, counts, at)["j_per_query_paper"])[0])
 
 
 def row_point(row) -> ValidationPoint:
