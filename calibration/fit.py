@@ -131,10 +131,11 @@ def _minimize(params, residual, name: str, n_points: int, notes: list[str] | Non
         n_vary = sum(1 for p in params.values() if p.vary)
         cap = max_nfev_per_constant * (n_vary + 1) if max_nfev_per_constant else None
         res = lmfit.minimize(residual, params, method="leastsq", max_nfev=cap)
-        if not res.success:
+        if not res.success:  # leastsq's bound transform crawls near a bound: trust-region instead
+            res = lmfit.minimize(residual, params, method="least_squares", max_nfev=cap)
+        pinned = _at_bound(res.params)
+        if not res.success and not pinned:
             raise FitError(f"{name}: fit did not converge ({res.message})")
-        pinned = [k for k, p in res.params.items() if p.vary and p.min is not None and np.isfinite(p.min)
-                  and p.value <= p.min + 1e-6 and (p.stderr is None or not math.isfinite(p.stderr))]
         if not pinned:
             break
         for k in pinned:
@@ -148,6 +149,13 @@ def _minimize(params, residual, name: str, n_points: int, notes: list[str] | Non
     res.pinned = [k for k, p in params.items() if not p.vary and p.min is not None
                   and p.value == p.min and not p.expr]
     return res
+
+
+def _at_bound(params) -> list[str]:
+    """Varying constants that settled on their lower bound without a standard error: they make
+    the Jacobian singular (leastsq then reports no error bars, or stalls), so they are held."""
+    return [k for k, p in params.items() if p.vary and p.min is not None and np.isfinite(p.min)
+            and p.value <= p.min + 1e-6 and (p.stderr is None or not math.isfinite(p.stderr))]
 
 
 def _stage(name, res, units, observed, predicted, notes) -> StageResult:
