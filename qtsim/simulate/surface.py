@@ -4,7 +4,8 @@
 trap`` reports for one point: latency, tok/s, energy per query three ways, COR (eq. 8/9), the SI
 pillars and SI (eq. 1-6), trap verdicts, B* per model and N* per batch. Model counts are stacked
 (:func:`stack_counts`: an :class:`~qtsim.model.architecture.ArchCounts` whose fields are arrays, one
-entry per model, shipped or a synthetic size sweep from ``Architecture.scaled``).
+entry per model, shipped or a synthetic size sweep from ``Architecture.scaled``). The result is
+an ``xarray.Dataset`` (:mod:`qtsim.simulate.dataset`: quantities, units, file formats).
 
 Energy per query, side by side (DESIGN.md sec. 2):
 
@@ -449,7 +450,8 @@ def simulate(profiles: Sequence[HardwareProfile], models: Sequence[Architecture]
     every precision runs with; its precision is not used. Default: batches 1, 8, 64 with
     :class:`~qtsim.model.workload.Workload`'s defaults. ``family`` defaults to the first model;
     it is the architecture synthetic sizes and N* are drawn from. ``depth`` moves published
-    accuracies to another reasoning depth (trust.py).
+    accuracies to another reasoning depth (trust.py). Returns an ``xarray.Dataset``
+    (:func:`qtsim.simulate.dataset.make_surface`).
     """
     workload = workload or Workload(batch=(1, 8, 64))
     precisions = _check_grid(profiles, precisions, workload)
