@@ -35,9 +35,8 @@ import csv
 import math
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 
-from qtsim.errors import QtsimError
+from qtsim.errors import QtsimError, read_user_file
 
 TASK_DEPTH = {"gsm8k": 5.0, "mathqa": 8.0}
 DEFAULT_DEPTH = 5.0  # tasks the table does not know: GSM8K's documented default
@@ -154,11 +153,8 @@ def read_trust_table(path: str | None = None) -> list[dict]:
         text = (resources.files("qtsim.data.reference") / SHIPPED_TABLE).read_text()
         return _parse_rows(csv.DictReader(text.splitlines()), SHIPPED_TABLE, "published",
                            "published: ")
-    p = Path(path)
-    if not p.is_file():
-        raise QtsimError(f"{path}: no such trust table")
-    with p.open(newline="") as fh:
-        return _parse_rows(csv.DictReader(fh), str(path), "measured", "user: ")
+    text = read_user_file(path, QtsimError, "no such trust table")
+    return _parse_rows(csv.DictReader(text.splitlines()), str(path), "measured", "user: ")
 
 
 def _ratio(rows: list[dict], precision: str, reference: str):

@@ -182,16 +182,3 @@ class Workload:
     def reference(self, native: str) -> Workload:
         """The 16-bit workload a quantized one is compared with (itself when not quantized)."""
         return self.replace(precision=native) if self.quantized else self
-
-    def compute_dtype(self, profile) -> str:
-        """The 4-bit compute dtype in force on ``profile``."""
-        return self.bnb.compute_dtype_for(profile)
-
-    def describe(self) -> dict:
-        """Provenance: the workload as plain values (batch as a list when it is a grid)."""
-        b = np.asarray(self.batch)
-        return {"precision": self.precision,
-                "batch": b.tolist() if b.ndim else float(b),
-                "new_tokens": int(self.new_tokens), "prompt_tokens": int(self.prompt_tokens),
-                "double_quant": self.bnb.double_quant, "int8_threshold": self.bnb.int8_threshold,
-                "compute_dtype": self.bnb.compute_dtype}

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from qtsim.errors import ProfileError, UnknownNameError, suggest
+from qtsim.errors import ProfileError, UnknownNameError, read_user_file, suggest
 from qtsim.profiles import schema
 from qtsim.profiles.schema import HOST_PARAM_PREFIXES
 
@@ -89,9 +89,7 @@ def load_host(name_or_path: str | None = None) -> HostPart:
     key = name_or_path or DEFAULT_HOST
     p = Path(key)
     if p.suffix == ".toml" or os.sep in key:
-        if not p.is_file():
-            raise ProfileError(f"{key}: no such host file")
-        return parse_host(p.read_text(), str(p))
+        return parse_host(read_user_file(p, ProfileError, "no such host file"), str(p))
     hosts = dict(list_hosts())
     if key.lower() not in hosts:
         raise UnknownNameError(f"unknown host {key!r}{suggest(key, set(hosts))}; "

@@ -15,7 +15,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from qtsim.errors import QtsimError
+from qtsim.errors import QtsimError, read_user_file
 from qtsim.model.precision import get_precision
 from qtsim.model.workload import DEFAULT_INT8_THRESHOLD, FOUR_BIT, BnbSettings, Workload
 from qtsim.profiles.hardware import HardwareProfile
@@ -85,11 +85,9 @@ def read_plan(path: str) -> tuple[dict, list[ValidationPoint]]:
     batch; optional new_tokens, prompt_tokens, and bitsandbytes settings under transformers'
     names ``bnb_4bit_use_double_quant`` and ``llm_int8_threshold``, in ``[validation]`` for every
     point or per point), or ``[grid]`` with lists to cross."""
-    p = Path(path)
-    if not p.is_file():
-        raise QtsimError(f"{path}: no such validation plan")
+    text = read_user_file(path, QtsimError, "no such validation plan")
     try:
-        doc = tomllib.loads(p.read_text())
+        doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise QtsimError(f"{path}: not valid TOML ({e})") from None
     opts = doc.get("validation", {})
