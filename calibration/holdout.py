@@ -47,9 +47,9 @@ def validation_specs(profile, points, configs: dict, reps: int = 3, *, overlap=(
     ``outliers`` injects activation outliers into INT8 models so LLM.int8() takes its fp16 path.
     """
     from qtsim.simulate.simulator import Simulator
-    from qtsim.validate.predict import predict_point
+    from qtsim.validate.predict import PREDICTION_DRAWS, predict_point
 
-    sim = Simulator(profile, n_draws=200)
+    sim = Simulator(profile, n_draws=PREDICTION_DRAWS)
     specs = []
     for pt in points:
         cfg, name = configs[pt.model]

@@ -150,19 +150,15 @@ def simulate(address, workers, gpus, profile_paths, models, precisions, batches,
     """
     from qtsim.calibration.campaigns import simulate_fleet
     from qtsim.cli.simulate import parse_batches
-    from qtsim.errors import QtsimError
-    from qtsim.model.architecture import load_architecture
-    from qtsim.profiles.hardware import load_profile
-    from qtsim.simulate.surface import parse_sizes
+    from qtsim.model.workload import Workload
+    from qtsim.report.grid import load_grid_inputs
 
-    if not gpus and not profile_paths:
-        raise QtsimError("give --gpu GPU[,GPU...] or --profile FILE")
-    profiles = [load_profile(g) for g in (split_list(gpus, "--gpu") if gpus else [])]
-    profiles += [load_profile(path=p) for p in profile_paths]
-    archs = [load_architecture(m) for m in split_list(models, "--model")] if models else []
-    simulate_fleet(address, workers, profiles, archs, parse_sizes(sizes) if sizes else None,
-                   parse_batches(batches), out, family=load_architecture(family) if family else None,
-                   chunk_models=chunk_models, chunk_batches=chunk_batches,
+    profiles, archs, fam, size_grid = load_grid_inputs(
+        split_list(gpus, "--gpu") if gpus else [], profile_paths,
+        split_list(models, "--model") if models else [], family, sizes,
+        Workload(new_tokens=tokens, prompt_tokens=prompt_tokens))
+    simulate_fleet(address, workers, profiles, archs, size_grid, parse_batches(batches), out,
+                   family=fam, chunk_models=chunk_models, chunk_batches=chunk_batches,
                    precisions=precision_list(precisions), new_tokens=tokens,
                    prompt_tokens=prompt_tokens, n_draws=draws, seed=seed, csv_path=csv_path,
                    echo=click.echo)

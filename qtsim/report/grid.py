@@ -36,7 +36,7 @@ def simulate_to_files(gpus: Sequence[str], profile_paths: Sequence[str], models:
     from qtsim.simulate.dataset import grid_line, quantities, write_csv, write_hdf5
     from qtsim.simulate.surface import n_blocks, simulate
 
-    profiles, archs, fam, size_grid = _inputs(gpus, profile_paths, models, family, sizes,
+    profiles, archs, fam, size_grid = load_grid_inputs(gpus, profile_paths, models, family, sizes,
                                               workload, plots)
     _check_targets(out, csv_path, plot_dir)  # refuse before computing, not after
     n_models = len(archs) + (len(size_grid) if size_grid is not None else 0)
@@ -64,9 +64,10 @@ def simulate_to_files(gpus: Sequence[str], profile_paths: Sequence[str], models:
     echo(_summary(surface))
 
 
-def _inputs(gpus, profile_paths, models, family, sizes, workload: Workload, plots):
-    """(profiles, architectures, family, size grid) of a simulate run, refused with one line
-    when a GPU is listed twice, a context is too long or a figure is unknown."""
+def load_grid_inputs(gpus, profile_paths, models, family, sizes, workload: Workload, plots=()):
+    """(profiles, architectures, family, size grid) of a simulate run (one machine or a fleet),
+    refused with one line when a GPU is listed twice, a context is too long or a figure is
+    unknown."""
     from qtsim.model.architecture import check_context, load_architecture
     from qtsim.profiles.hardware import load_profile
     from qtsim.simulate.surface import parse_sizes

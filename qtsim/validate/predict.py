@@ -18,6 +18,9 @@ from qtsim.simulate.stats import band
 from qtsim.simulate.surface import paper_energy
 from qtsim.validate.plan import ValidationPoint, point_workload
 
+#: Monte-Carlo draws behind a prediction's band, stored at measurement time or re-made
+PREDICTION_DRAWS = 200
+
 
 def predict_point(sim: Simulator, config: dict, name: str, pt: ValidationPoint) -> dict:
     """Physical-model and paper-model predictions for one point, made before it is measured."""

@@ -16,9 +16,6 @@ from qtsim.profiles.hardware import HardwareProfile
 from qtsim.validate.plan import ValidationRequest, calibrated_points, holdout_conflicts, plan_points
 from qtsim.validate.report import ValidationReport, report_meta, summary_lines, write_report
 
-#: Monte-Carlo draws behind stored (and re-made) predictions' bands
-PREDICTION_DRAWS = 200
-
 
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr)
@@ -118,6 +115,7 @@ def report_validation(profile: HardwareProfile, raw: Path, out: Path, *, repredi
         raise QtsimError(f"{raw}: no validation decode points")
     if repredict:
         from qtsim.simulate.simulator import Simulator
+        from qtsim.validate.predict import PREDICTION_DRAWS
         from qtsim.validate.predict import repredict as remake
 
         df = remake(df, Simulator(profile, n_draws=PREDICTION_DRAWS))
