@@ -18,9 +18,9 @@ count alike:
    so only the non-linear ops are priced (``[hardware] t_call_includes_dispatch``). The older
    ``lumped`` mode (``t_step_s + L t_layer_<fam>_s`` per-family floors) stays selectable for
    comparison. Two or more depths are needed to separate per-step from per-layer cost.
-3. **Energy** where a real meter (NVML counter, RAPL) measured it: ``p_static_w``, ``e_byte_j``,
+3. **Energy** where a real meter (NVML counter, RAPL) measured it: ``p_awake_w``, ``e_byte_j``,
    ``e_flop_j`` from every point's energy. With only the HLI estimate (TDP x time), the power
-   model is that assumption: ``p_static_w`` = the assumed TDP, the others 0, labelled so.
+   model is that assumption: ``p_awake_w`` = the assumed TDP, the others 0, labelled so.
 
 A fit that does not converge, a constant the data cannot identify (no stderr), or one that
 comes out significantly negative raises :class:`qtsim.errors.FitError` and no profile is
@@ -606,7 +606,7 @@ def fit_energy(frame, values: dict, tdp_w: float, hli_assumption: str, notes: li
     if meter is None:
         notes.append(f"energy: no real meter on this device; power model = HLI ({hli_assumption})")
         params = {
-            "p_static_w": FittedParam(tdp_w, 0.0, "W", f"assumed: HLI, {hli_assumption}"),
+            "p_awake_w": FittedParam(tdp_w, 0.0, "W", f"assumed: HLI, {hli_assumption}"),
             "e_byte_j": FittedParam(0.0, 0.0, "J/byte", "assumed: HLI has no per-byte term"),
             "e_flop_j": FittedParam(0.0, 0.0, "J/FLOP", "assumed: HLI has no per-FLOP term"),
         }
@@ -618,16 +618,16 @@ def fit_energy(frame, values: dict, tdp_w: float, hli_assumption: str, notes: li
     batch = lin["batch"].to_numpy(float)
     e_obs = lin[f"e_call_j_{meter}"].to_numpy(float)
     ps = _lmfit().Parameters()
-    ps.add("p_static_w", value=float(np.median(e_obs / t)), min=0)
+    ps.add("p_awake_w", value=float(np.median(e_obs / t)), min=0)
     ps.add("e_byte_j", value=10.0, min=0)  # pJ/byte
     ps.add("e_flop_j", value=0.1, min=0)  # pJ/FLOP
 
     def predict(v):  # the model's own power model, capped at TDP x time
-        return physical.linear_call_energy_j(t, w, bpw, batch, v, tdp_w)
+        return physical.linear_call_energy_j(t, w, bpw, batch, v)
 
     res = _minimize(ps, lambda v: (predict(si_values(v)) - e_obs) / e_obs, "energy fit",
                     len(e_obs), notes)
-    units = {"p_static_w": "W", "e_byte_j": "J/byte", "e_flop_j": "J/FLOP"}
+    units = {"p_awake_w": "W", "e_byte_j": "J/byte", "e_flop_j": "J/FLOP"}
     return _stage("energy", res, units, e_obs, predict(si_values(res.params)), notes), meter
 
 

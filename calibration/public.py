@@ -80,7 +80,7 @@ def device_params(spec: dict, eta_bw: float, t_kernel_s: float) -> dict:
     t16 = 2.0 / (0.5 * float(spec["fp16_dense_tflops"]) * 1e12)
     t8 = 2.0 / (0.5 * float(spec["int8_dense_tops"]) * 1e12)
     deq = 2.0 * 2.0 / (bw * 1e9)
-    p = {"mem_bw_gbs": bw, "t_kernel_s": t_kernel_s, "p_static_w": 0.0, "e_byte_j": 0.0,
+    p = {"mem_bw_gbs": bw, "t_kernel_s": t_kernel_s, "p_awake_w": 0.0, "e_byte_j": 0.0,
          "e_flop_j": 0.0}
     for path, tok, w in (("fp16", t16, 0.0), ("bf16", t16, 0.0), ("int8", t8, 0.0),
                          ("int8_t0", t8, 0.0), ("nf4_b1", t16, 0.0), ("nf4_bn", t16, deq),

@@ -51,7 +51,7 @@ def test_fit_is_physical(fitted):
     # LLM.int8() costs more per call than NF4, which costs more than 16-bit (bitsandbytes on CPU)
     assert v["t_call_int8_b1_s"] > v["t_call_nf4_b1_s"] > v["t_call_fp16_b1_s"]
     assert prof.hardware["compute_dtype_4bit"] == "bf16"
-    assert prof.physical["p_static_w"].source == "assumed"
+    assert prof.physical["p_awake_w"].source == "assumed"
     c = prof.constants
     assert c["reference_model"] == "tiny-qwen3"
     assert all(c[p]["phi_j_stderr"] > 0 for p in ("int8", "nf4"))

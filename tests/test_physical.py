@@ -81,7 +81,7 @@ def test_paper_constants_reassemble_batch1_energy():
     sim = Simulator(prof)
     c = load_architecture("mistral-7b").counts()
     v = sim.profile.values()  # device part + the default host part
-    alpha = (v["e_byte_j"] + v["p_static_w"] / (v["mem_bw_gbs"] * 1e9)) * c.n_quant_weights / 8
+    alpha = (v["e_byte_j"] + v["p_awake_w"] / (v["mem_bw_gbs"] * 1e9)) * c.n_quant_weights / 8
     for p, bits in (("int8", 8), ("nf4", 4)):
         pc = sim.paper_constants(c, Workload(p))
         assert float(pc["alpha_j_per_bit"]) == pytest.approx(alpha, rel=1e-12)

@@ -76,7 +76,7 @@ def test_user_directory_searched_first(tmp_path, monkeypatch):
     (lambda t: t.replace('name = "l4"', ""), "lacks 'name'"),
     (lambda t: t.replace("tdp_w = 72.0", "tdp_w = -72.0"), "tdp_w"),
     (lambda t: t.replace("[physical.mem_bw_gbs]\nvalue = ", "[physical.mem_bw_gbs]\nvalue = nan #"), "finite"),
-    (lambda t: t.replace("[physical.p_static_w]", "[physical.p_static_wX]"), "lacks p_static_w"),
+    (lambda t: t.replace("[physical.p_awake_w]", "[physical.p_awake_wX]"), "lacks p_awake_w"),
     (lambda t: t.replace("[physical.t_call_fp16_s]", "[physical.t_call_fp16X_s]")
      .replace("[physical.t_call_bf16_s]", "[physical.t_call_bf16X_s]"), "native fp16 path"),
     (lambda t: t[: len(t) // 2] + "[[[", "not valid TOML"),
@@ -144,7 +144,7 @@ def test_shipped_constants_by_hand(name):
     (e_byte + P_static / BW) / 8 J per weight bit, and eq. 18, B* = alpha (pi - p) / phi."""
     prof = read_profile(SHIPPED_DIR / f"{name}.toml")
     v, c = prof.values(), prof.constants
-    alpha = (v["e_byte_j"] + v["p_static_w"] / (v["mem_bw_gbs"] * 1e9)) / 8.0
+    alpha = (v["e_byte_j"] + v["p_awake_w"] / (v["mem_bw_gbs"] * 1e9)) / 8.0
     assert _same(c["alpha_j_per_weight_bit"], alpha, 6)
     for p, bits in BITS.items():
         row = c[p]

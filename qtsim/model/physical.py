@@ -16,9 +16,11 @@ the layers. Any path may split into ``PATH_b1`` (batch 1: GEMV kernels) and ``PA
 amortises; ``t_tokweight`` the per-token, per-weight time (the matmul, 2 FLOPs per weight, plus
 per-token casting such as LLM.int8()'s activation quantisation) that batching does not.
 
-Power (:func:`step_energy_j`): ``p_idle_w`` while the device waits for the host, ``p_static_w``
-while it works, plus ``e_byte_j`` per byte (dequantisation traffic included) and ``e_flop_j`` per
-FLOP, capped at TDP x time.
+Power in states (:mod:`qtsim.model.power`): ``p_awake_w`` over the whole step (context open,
+clocks up, the device waiting for the host or working), plus ``e_byte_j`` per byte moved
+(dequantisation traffic included) and ``e_flop_j`` per FLOP while it works; where that busy
+power would exceed the board limit ``p_cap_w`` (else the TDP) the device timeline stretches
+until it fits (power capping lowers clocks) and the step is recomposed from it.
 
 Host and device timelines (:func:`timelines`, :mod:`qtsim.model.timeline`): in ``inventory`` mode
 (the host part has ``h_op_s``) each block's host time is its traced aten operations x ``h_op_s``
@@ -59,13 +61,14 @@ from qtsim.model.paths import (
     path_param_names,
     resolve_path,
 )
+from qtsim.model import power
 from qtsim.model.precision import get_precision
 from qtsim.model.workload import Workload
 
-GLOBAL_PARAMS = ("mem_bw_gbs", "p_static_w", "e_byte_j", "e_flop_j")
+GLOBAL_PARAMS = ("mem_bw_gbs", "p_awake_w", "e_byte_j", "e_flop_j")
 
 PARAM_UNITS = {
-    "mem_bw_gbs": "GB/s", "t_step_s": "s", "t_layer_s": "s", "t_vocab_s": "s/(sequence*token)", "p_static_w": "W",
+    "mem_bw_gbs": "GB/s", "t_step_s": "s", "t_layer_s": "s", "t_vocab_s": "s/(sequence*token)", "p_awake_w": "W",
     "e_byte_j": "J/byte", "e_flop_j": "J/FLOP", "t_call": "s", "t_weight": "s/weight",
     "t_tokweight": "s/(weight*token)",
 }
@@ -295,13 +298,14 @@ def _host_timeline(params: Mapping, family: str, inv: dict, cls, ops, kern, deq,
 
 def step_timelines(counts: ArchCounts, family: str, batch, context, params: Mapping,
                    native: str = "fp16", compute_dtype_4bit: str | None = None,
-                   overlap: bool = False, per_seq_scale=1.0) -> dict:
+                   overlap: bool = False, per_seq_scale=1.0, device_scale=1.0) -> dict:
     """One decoding step composed from its timelines (:func:`qtsim.model.timeline.step_s`).
 
     Returns ``step_s`` (wall time), ``host_s`` and ``device_s`` (each timeline alone), s.
     ``overlap`` is True on CUDA GPUs (asynchronous launches), False on CPUs. Batches on
     either side of a kernel switch (batch 1 / >= 2; fused / dequantising 4-bit GEMM) take
-    their own code path's timelines.
+    their own code path's timelines. ``device_scale`` (>= 1, broadcasting with ``batch``)
+    stretches the device timeline of a power-capped device (:func:`qtsim.model.power.cap_stretch`).
     """
     from qtsim.model import timeline
 
@@ -318,7 +322,7 @@ def step_timelines(counts: ArchCounts, family: str, batch, context, params: Mapp
         r = timeline.step_s(tl["h_pre"], tl["d_pre"], tl["h_layer"], tl["d_layer"],
                             counts.n_layers, tl["h_post"], tl["d_post0"] + b * tl["d_post1"],
                             sync=tl["sync"] if overlap else None, overlap=overlap, batch=b,
-                            d_layer_per_seq=tl["d_layer_per_seq"])
+                            d_layer_per_seq=tl["d_layer_per_seq"], device_scale=device_scale)
         out = r if not out else {k: np.where(sel, r[k], out[k]) for k in r}
     return out
 
@@ -355,27 +359,47 @@ def step_flops(counts: ArchCounts, batch, context):
                     + context * counts.attn_flops_per_token_per_ctx)
 
 
-def step_energy_j(time_s, bytes_, flops, params: Mapping, tdp_w, busy_s=None):
-    """Energy of one step from the power model, capped at TDP x time, J.
-
-    P = ``p_idle_w`` while the device waits for the host and ``p_static_w`` while it works
-    (``busy_s`` of the step; the whole step where it is None or the profile has no idle
-    power), plus ``e_byte_j`` per byte moved and ``e_flop_j`` per FLOP.
-    """
-    p_busy = params["p_static_w"]
-    p_idle = params.get("p_idle_w", p_busy)
-    busy = time_s if busy_s is None else np.minimum(busy_s, time_s)
-    e = (p_idle * time_s + (p_busy - p_idle) * busy
-         + params["e_byte_j"] * bytes_ + params["e_flop_j"] * flops)
-    return np.minimum(e, tdp_w * time_s)
+def step_energy_j(time_s, bytes_, flops, params: Mapping):
+    """Energy of one step of wall time ``time_s`` moving ``bytes_`` and computing ``flops``, J:
+    the power states of :func:`qtsim.model.power.step_energy_j` (eq. P.1)."""
+    return power.step_energy_j(time_s, bytes_, flops, params)
 
 
-def linear_call_energy_j(time_s, weights, bytes_per_weight, batch, params: Mapping, tdp_w):
+def linear_call_energy_j(time_s, weights, bytes_per_weight, batch, params: Mapping):
     """Energy of one linear layer call of ``time_s`` for ``batch`` sequences, J: the power model
-    of :func:`step_energy_j` (capped at TDP x time) over its weights' bytes and
-    :data:`FLOPS_PER_WEIGHT` per weight per sequence (what a linear microbenchmark meters)."""
+    of :func:`step_energy_j` over its weights' bytes and :data:`FLOPS_PER_WEIGHT` per weight per
+    sequence (what a linear microbenchmark meters)."""
     return step_energy_j(time_s, weights * bytes_per_weight,
-                         batch * (FLOPS_PER_WEIGHT * weights), params, tdp_w)
+                         batch * (FLOPS_PER_WEIGHT * weights), params)
+
+
+def capped_step(counts: ArchCounts, family: str, batch, context, params: Mapping, tdp_w,
+                bytes_, flops, native: str = "fp16", compute_dtype_4bit: str | None = None,
+                overlap: bool = False, per_seq_scale=1.0) -> dict:
+    """One step's timelines with power capping applied, and its energy.
+
+    The device timeline is stretched where its busy power would exceed the board limit
+    (:func:`qtsim.model.power.cap_stretch`, eq. P.3) and the step recomposed from it (only
+    where some point is capped: the second composition is skipped otherwise). Returns the
+    :func:`step_timelines` dict plus ``energy_j`` (eq. P.1), ``e_dyn_j`` and ``cap_stretch``
+    (1 where the device runs at full clocks).
+    """
+    st = step_timelines(counts, family, batch, context, params, native, compute_dtype_4bit,
+                        overlap, per_seq_scale)
+    e_dyn = power.dynamic_energy_j(bytes_, flops, params["e_byte_j"], params["e_flop_j"])
+    dev = st["device_s"] if overlap else st["step_s"]
+    stretch = power.cap_stretch(e_dyn, dev, params["p_awake_w"], power.power_cap_w(params, tdp_w))
+    if np.any(stretch > 1.0):
+        st = step_timelines(counts, family, batch, context, params, native, compute_dtype_4bit,
+                            overlap, per_seq_scale, device_scale=stretch)
+    return {**st, "energy_j": power.step_energy_j(st["step_s"], bytes_, flops, params),
+            "e_dyn_j": e_dyn, "cap_stretch": stretch}
+
+
+def prefill_tok_scale(params: Mapping, family: str):
+    """Per-token device-time factor of a prefill's GEMMs on ``family``: the fitted
+    ``prefill_tok_scale_<family>``, else ``prefill_tok_scale``, else 1."""
+    return params.get(f"prefill_tok_scale_{family}", params.get("prefill_tok_scale", 1.0))
 
 
 def prefill_timelines(counts: ArchCounts, family: str, batch, prompt_tokens, params: Mapping,
@@ -393,8 +417,7 @@ def prefill_timelines(counts: ArchCounts, family: str, batch, prompt_tokens, par
     prompt = np.asarray(prompt_tokens, float)
     pre = step_timelines(counts, family, b * np.maximum(prompt, 1.0), prompt / 2.0, params,
                          native, compute_dtype_4bit, overlap,
-                         per_seq_scale=params.get(f"prefill_tok_scale_{family}",
-                                                  params.get("prefill_tok_scale", 1.0)))
+                         per_seq_scale=prefill_tok_scale(params, family))
     extra = params.get("h_prefill_s", 0.0)
     return {**pre, "step_s": pre["step_s"] + extra, "host_s": pre["host_s"] + extra}
 
@@ -408,9 +431,11 @@ def query(counts: ArchCounts, workload: Workload, params: Mapping, tdp_w, native
     the profile's 4-bit compute dtype, used where the workload names none.
 
     Returns a dict of arrays: ``step_s`` (mean decode step), ``host_s`` / ``device_s`` (the
-    decode step's two timelines alone), ``prefill_s``, ``latency_s`` (whole batch),
-    ``tok_per_s`` (all sequences), ``j_per_query`` (power model), ``j_per_query_hli``
-    (TDP x latency / B, the paper's HLI), ``avg_power_w``.
+    decode step's two timelines alone, the device's stretched where power-capped),
+    ``prefill_s``, ``latency_s`` (whole batch), ``tok_per_s`` (all sequences), ``j_per_query``
+    (power states, :mod:`qtsim.model.power`), ``j_per_query_hli`` (TDP x latency / B, the
+    paper's HLI), ``avg_power_w``; the decode step's power-state mix ``busy_frac``, ``busy_w``,
+    ``awake_frac``, ``awake_w`` and ``cap_stretch`` (device slow-down from the board limit).
     """
     family = workload.family
     cd = workload.bnb.compute_dtype or compute_dtype_4bit
@@ -418,28 +443,29 @@ def query(counts: ArchCounts, workload: Workload, params: Mapping, tdp_w, native
     k = np.asarray(workload.new_tokens, dtype=float)
     prompt = np.asarray(workload.prompt_tokens, dtype=float)
     ctx = prompt + k / 2.0
-    st = step_timelines(counts, family, b, ctx, params, native, cd, overlap)
+    st = capped_step(counts, family, b, ctx, params, tdp_w,
+                     step_bytes(counts, family, b, ctx, dequantizes(params, family, b, overlap)),
+                     step_flops(counts, b, ctx), native, cd, overlap)
     step = st["step_s"]
     pre_tokens = b * np.maximum(prompt, 1.0)
-    pre = prefill_timelines(counts, family, b, prompt, params, native, cd, overlap)
-    prefill = pre["step_s"]
+    pre = capped_step(counts, family, pre_tokens, prompt / 2.0, params, tdp_w,
+                      step_bytes(counts, family, 1.0, 0.0,
+                                 dequantizes(params, family, pre_tokens, overlap))
+                      + pre_tokens * prompt / 2 * counts.kv_bytes_per_token,
+                      step_flops(counts, pre_tokens, prompt / 2), native, cd, overlap,
+                      per_seq_scale=prefill_tok_scale(params, family))
+    extra = params.get("h_prefill_s", 0.0)
+    prefill = pre["step_s"] + extra
     n_steps = np.maximum(k - 1.0, 0.0)
     latency = prefill + n_steps * step
-    busy = st["device_s"] if overlap else None
-    e_step = step_energy_j(step, step_bytes(counts, family, b, ctx,
-                                            dequantizes(params, family, b, overlap)),
-                           step_flops(counts, b, ctx), params, tdp_w, busy)
-    e_pre = step_energy_j(prefill, step_bytes(counts, family, 1.0, 0.0,
-                                              dequantizes(params, family, pre_tokens, overlap))
-                          + pre_tokens * prompt / 2
-                          * counts.kv_bytes_per_token, step_flops(counts, pre_tokens, prompt / 2),
-                          params, tdp_w, pre["device_s"] if overlap else None)
-    energy = e_pre + n_steps * e_step
+    energy = pre["energy_j"] + params["p_awake_w"] * extra + n_steps * st["energy_j"]
+    mix = power.state_mix(step, st["device_s"], st["e_dyn_j"], params["p_awake_w"], overlap)
     return {
         "step_s": step, "host_s": st["host_s"], "device_s": st["device_s"],
         "prefill_s": prefill, "latency_s": latency,
         "tok_per_s": b * k / latency, "j_per_query": energy / b,
         "j_per_query_hli": tdp_w * latency / b, "avg_power_w": energy / latency,
+        **mix, "cap_stretch": st["cap_stretch"],
     }
 
 
@@ -466,23 +492,21 @@ def paper_constants(counts: ArchCounts, workload: Workload, params: Mapping, tdp
     E_hop(p) = gamma + alpha p + phi(h, p):
 
     - ``alpha_j_per_bit``: energy to stream one bit of every quantizable weight once, J/bit per
-      hop, i.e. (e_byte + p_static / BW) x W_q / 8 (the static power burnt while the bytes move);
+      hop, i.e. (e_byte + p_awake / BW) x W_q / 8 (the awake power burnt while the bytes move);
     - ``gamma_j``: E_hop(native) - 16 alpha, the precision-independent part, J;
     - ``phi_j``: E_hop(p) - gamma - alpha p, the casting energy, J (0 at native).
     """
     compute_dtype_4bit = workload.bnb.compute_dtype or compute_dtype_4bit
     bw_bytes_per_s = params["mem_bw_gbs"] * 1e9
-    alpha = (params["e_byte_j"] + params["p_static_w"] / bw_bytes_per_s) \
+    alpha = (params["e_byte_j"] + params["p_awake_w"] / bw_bytes_per_s) \
         * counts.n_quant_weights / 8.0
     fam_n = path_family(native)
     fam_p = workload.family
 
     def e_hop(fam):
-        st = step_timelines(counts, fam, 1.0, context, params, native, compute_dtype_4bit,
-                            overlap)
-        return step_energy_j(st["step_s"], step_bytes(counts, fam, 1.0, context),
-                             step_flops(counts, 1.0, context), params, tdp_w,
-                             st["device_s"] if overlap else None)
+        return capped_step(counts, fam, 1.0, context, params, tdp_w,
+                           step_bytes(counts, fam, 1.0, context), step_flops(counts, 1.0, context),
+                           native, compute_dtype_4bit, overlap)["energy_j"]
 
     e_nat = e_hop(fam_n)
     gamma = e_nat - 16.0 * alpha

@@ -38,22 +38,27 @@ def _suffix(x):
     return np.flip(np.cumsum(np.flip(x, axis=-1), axis=-1), axis=-1)
 
 
-def _envelope(p, a, c, batch):
-    """max_k (p_k + a_k + batch c_k): eq. (2a.1) for blocks whose device cost is affine in the
-    batch (a + batch c, suffix sums ``a``, ``c``) and host cost is not (prefix sums ``p``). Only
-    this last step runs at the grid's full shape."""
-    const = p + a
-    out = const[..., 0] + batch * c[..., 0]
-    for k in range(1, const.shape[-1]):  # an upper envelope of lines: no (grid x blocks) temp
-        if np.any(c[..., k] != 0.0):
-            out = np.maximum(out, const[..., k] + batch * c[..., k])
-        else:
-            out = np.maximum(out, const[..., k])
+def _envelope(p, a, c, batch, scale=1.0):
+    """max_k (p_k + scale (a_k + batch c_k)): eq. (2a.1) for blocks whose device cost is affine
+    in the batch (a + batch c, suffix sums ``a``, ``c``), stretched by ``scale`` (power capping),
+    and host cost is not (prefix sums ``p``). Only this last step runs at the grid's full shape."""
+    if np.ndim(scale) == 0 and scale == 1.0:
+        const = p + a
+        out = const[..., 0] + batch * c[..., 0]
+        for k in range(1, const.shape[-1]):  # an upper envelope of lines: no (grid x blocks) temp
+            if np.any(c[..., k] != 0.0):
+                out = np.maximum(out, const[..., k] + batch * c[..., k])
+            else:
+                out = np.maximum(out, const[..., k])
+        return out
+    out = p[..., 0] + scale * (a[..., 0] + batch * c[..., 0])
+    for k in range(1, p.shape[-1]):
+        out = np.maximum(out, p[..., k] + scale * (a[..., k] + batch * c[..., k]))
     return out
 
 
 def step_s(h_pre, d_pre, h_layer, d_layer, n_layers, h_post, d_post, *, sync=None,
-           overlap: bool = True, batch=0.0, d_layer_per_seq=None):
+           overlap: bool = True, batch=0.0, d_layer_per_seq=None, device_scale=1.0):
     """Wall time of one decoding step from its host and device timelines, s.
 
     Parameters
@@ -69,6 +74,9 @@ def step_s(h_pre, d_pre, h_layer, d_layer, n_layers, h_post, d_post, *, sync=Non
     n_layers : L, layers per step (any broadcastable shape; fractional for synthetic families)
     sync : bool per block, True where a block synchronises with the device (None: none do)
     overlap : False on a CPU (host and device are the same thread: everything adds)
+    device_scale : factor (>= 1, any shape broadcasting with ``batch``) stretching every device
+        cost: a power-capped device runs its kernels at lower clocks
+        (:func:`qtsim.model.power.cap_stretch`)
 
     Returns
     -------
@@ -80,8 +88,10 @@ def step_s(h_pre, d_pre, h_layer, d_layer, n_layers, h_post, d_post, *, sync=Non
     d1 = np.zeros_like(d0) if d_layer_per_seq is None else np.asarray(d_layer_per_seq, float)
     b = np.asarray(batch, float)
     p, a, c = np.cumsum(h_layer, axis=-1), _suffix(d0), _suffix(d1)
+    sc = device_scale
     big_h = p[..., -1]
-    big_d = a[..., 0] + b * c[..., 0]
+    big_d = sc * (a[..., 0] + b * c[..., 0])
+    d_pre, d_post = sc * d_pre, sc * d_post
     host = h_pre + n_layers * big_h + h_post
     device = d_pre + n_layers * big_d + d_post
     if not overlap:
@@ -93,10 +103,10 @@ def step_s(h_pre, d_pre, h_layer, d_layer, n_layers, h_post, d_post, *, sync=Non
         for lo, hi in segments(np.roll(sync, shift)):
             hs, ds0, ds1 = hr[..., lo:hi], d0r[..., lo:hi], d1r[..., lo:hi]
             per_layer = per_layer + _envelope(np.cumsum(hs, axis=-1), _suffix(ds0),
-                                              _suffix(ds1), b)
+                                              _suffix(ds1), b, sc)
         t = h_pre + d_pre + n_layers * per_layer + h_post + d_post
     else:
-        m1 = _envelope(p, a, c, b)
+        m1 = _envelope(p, a, c, b, sc)
         t = np.maximum(np.maximum(
             h_pre + d_pre + n_layers * big_d + d_post,
             h_pre + np.maximum(n_layers - 1.0, 0.0) * np.maximum(big_h, big_d) + m1 + d_post),

@@ -129,8 +129,9 @@ def _device_priors(row: dict, fit: dict) -> dict[str, Param]:
     p = {
         "mem_bw_gbs": _prior(eta * bw, max(eta_se / eta, 0.16), "GB/s", f"{eta:.3g} x datasheet bandwidth ({src}; aiconfigurator uses 0.8)"),
         "t_kernel_s": _prior(t_kernel, 0.5, "s", f"device time per kernel launched ({src})"),
-        "p_static_w": _prior(0.3 * tdp, 0.5, "W", "0.3 x TDP while the device works at small batch (Splitwise: 380 W decode of 700 W on H100)"),
-        "p_idle_w": _prior(IDLE_FRACTION * tdp, 0.5, "W", "idle power while the device waits for the host (Splitwise: 75 W of 700 W on H100)"),
+        "p_awake_w": _prior(0.25 * tdp, 0.5, "W", "awake (context open, clocks up, waiting for the host): 0.25 x TDP"),
+        "p_idle_w": _prior(IDLE_FRACTION * tdp, 0.5, "W", "deep idle, no context (Splitwise: 75 W of 700 W on H100)"),
+        "p_cap_w": Param(tdp, 0.0, "W", "spec", "board power limit = TDP (datasheet); power capping stretches device time above it"),
         "e_byte_j": _prior(6e-11 if hbm else 1.2e-10, 0.5, "J/byte", "HBM about 4 pJ/bit plus on-chip movement" if hbm else "GDDR about 7.5 pJ/bit plus on-chip movement"),
         "e_flop_j": _prior(0.5 * tdp / (tflops * 1e12), 0.5, "J/FLOP", "half the TDP spread over dense 16-bit tensor throughput"),
     }

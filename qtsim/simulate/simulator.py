@@ -300,7 +300,7 @@ def paper_constants_table(profile: HardwareProfile, counts: ArchCounts, referenc
     v, d = sim.params(), sim.params(draws=True)
 
     def per_bit(p):
-        return (p["e_byte_j"] + p["p_static_w"] / (p["mem_bw_gbs"] * 1e9)) / 8.0
+        return (p["e_byte_j"] + p["p_awake_w"] / (p["mem_bw_gbs"] * 1e9)) / 8.0
 
     def stat(central, draws):  # robust to ratios whose draws pass near a pole (B* = alpha / phi)
         _, lo, hi = band(np.asarray(draws, float).ravel())
