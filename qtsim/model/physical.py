@@ -50,6 +50,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from qtsim.model import power
 from qtsim.model.architecture import NATIVE_BYTES, ArchCounts
 from qtsim.model.paths import (
     FOUR_BIT,
@@ -61,7 +62,6 @@ from qtsim.model.paths import (
     path_param_names,
     resolve_path,
 )
-from qtsim.model import power
 from qtsim.model.precision import get_precision
 from qtsim.model.workload import Workload
 
