@@ -290,7 +290,7 @@ NEW_GPUS = {"t4": (320, 65, 70), "a10g": (600, 70, 300), "a10": (600, 125, 150),
 
 @pytest.mark.parametrize("gpu", sorted(NEW_GPUS))
 def test_new_gpus_ship_with_sources(gpu):
-    from qtsim.profiles.priors import spec_rows
+    from qtsim.profiles.priors import public_fit, spec_rows
 
     row = {r["gpu"]: r for r in spec_rows()}[gpu]
     assert row["source"].strip()
@@ -298,7 +298,8 @@ def test_new_gpus_ship_with_sources(gpu):
     prof = load_profile(gpu)
     assert prof.hardware["mem_bw_gbs"] == bw and prof.hardware["fp16_tflops"] == tflops
     assert prof.tdp_w == tdp and prof.source == "spec"
-    assert prof.physical["e_byte_j"].value == pytest.approx(1.2e-10)  # GDDR prior
+    share = public_fit()["power"]["byte_share"]["value"]  # streaming at datasheet BW: share x TDP
+    assert prof.physical["e_byte_j"].value == pytest.approx(share * tdp / (bw * 1e9), rel=1e-3)
 
 
 def test_profiles_new_matches_shipped_priors(tmp_path, monkeypatch):
@@ -314,7 +315,7 @@ def test_profiles_new_matches_shipped_priors(tmp_path, monkeypatch):
         assert mine.physical[k].source == p.source
     assert mine.hardware["architecture"] == "ada-lovelace"
     r = qt("trap", "--gpu", "my-l4", "--model", "mistral-7b", "--precision", "nf4", "--draws", "10")
-    assert r.exit_code == 0 and "(host part hf-eager-server)" in r.stdout
+    assert r.exit_code == 0 and "(host part hf-eager)" in r.stdout
     one_line_error(qt("profiles", "new", "my-l4", "--memory-gib", "24", "--bandwidth-gbs", "300",
                       "--fp16-tflops", "121", "--int8-tops", "242", "--tdp-w", "72"), "--force")
     r = qt("profiles", "new", "my-l4", "--memory-gib", "24", "--bandwidth-gbs", "300",

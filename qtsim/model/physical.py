@@ -339,13 +339,18 @@ def step_time_s(counts: ArchCounts, family: str, batch, context, params: Mapping
                           overlap)["step_s"]
 
 
+#: bytes per weight a dequantise-then-GEMM step moves beyond reading the quantized weights: the
+#: 16-bit copy written and read back (the lower bound of that path's device work per weight)
+DEQ_BYTES_PER_WEIGHT = 2.0 * NATIVE_BYTES
+
+
 def step_bytes(counts: ArchCounts, family: str, batch, context, deq=0.0):
     """Bytes moved in one step: weights at precision, the KV cache, and where ``deq``
     (:func:`dequantizes`) the 16-bit copy a dequantise-then-GEMM path writes and reads back
     (2 x 2 bytes per quantizable weight)."""
     return (counts.n_quant_weights * bytes_per_weight(counts, family)
             + NATIVE_BYTES * counts.n_native_streamed
-            + deq * 2.0 * NATIVE_BYTES * counts.n_quant_weights
+            + deq * DEQ_BYTES_PER_WEIGHT * counts.n_quant_weights
             + batch * context * counts.kv_bytes_per_token)
 
 
@@ -378,22 +383,25 @@ def capped_step(counts: ArchCounts, family: str, batch, context, params: Mapping
                 overlap: bool = False, per_seq_scale=1.0) -> dict:
     """One step's timelines with power capping applied, and its energy.
 
-    The device timeline is stretched where its busy power would exceed the board limit
-    (:func:`qtsim.model.power.cap_stretch`, eq. P.3) and the step recomposed from it (only
+    The device timeline is stretched where its busy power would exceed the board limit and its
+    dynamic energy lowered (:func:`qtsim.model.power.cap_stretch`, eq. P.3), and the step
+    recomposed from the stretched timeline (only
     where some point is capped: the second composition is skipped otherwise). Returns the
-    :func:`step_timelines` dict plus ``energy_j`` (eq. P.1), ``e_dyn_j`` and ``cap_stretch``
-    (1 where the device runs at full clocks).
+    :func:`step_timelines` dict plus ``energy_j`` (eq. P.1), ``e_dyn_j`` (dynamic energy spent)
+    and ``cap_stretch`` (1 where the device runs at full clocks).
     """
     st = step_timelines(counts, family, batch, context, params, native, compute_dtype_4bit,
                         overlap, per_seq_scale)
     e_dyn = power.dynamic_energy_j(bytes_, flops, params["e_byte_j"], params["e_flop_j"])
     dev = st["device_s"] if overlap else st["step_s"]
     stretch = power.cap_stretch(e_dyn, dev, params["p_awake_w"], power.power_cap_w(params, tdp_w))
-    if np.any(stretch > 1.0):
-        st = step_timelines(counts, family, batch, context, params, native, compute_dtype_4bit,
-                            overlap, per_seq_scale, device_scale=stretch)
-    return {**st, "energy_j": power.step_energy_j(st["step_s"], bytes_, flops, params),
-            "e_dyn_j": e_dyn, "cap_stretch": stretch}
+    capped = stretch > 1.0
+    if np.any(capped):  # only capped points take the recomposed step (bit-stable under tiling)
+        st2 = step_timelines(counts, family, batch, context, params, native, compute_dtype_4bit,
+                             overlap, per_seq_scale, device_scale=stretch)
+        st = {k: np.where(capped, st2[k], st[k]) for k in st}
+    return {**st, "energy_j": power.step_energy_j(st["step_s"], bytes_, flops, params, stretch),
+            "e_dyn_j": power.capped_dynamic_j(e_dyn, stretch), "cap_stretch": stretch}
 
 
 def prefill_tok_scale(params: Mapping, family: str):
@@ -434,7 +442,8 @@ def query(counts: ArchCounts, workload: Workload, params: Mapping, tdp_w, native
     decode step's two timelines alone, the device's stretched where power-capped),
     ``prefill_s``, ``latency_s`` (whole batch), ``tok_per_s`` (all sequences), ``j_per_query``
     (power states, :mod:`qtsim.model.power`), ``j_per_query_hli`` (TDP x latency / B, the
-    paper's HLI), ``avg_power_w``; the decode step's power-state mix ``busy_frac``, ``busy_w``,
+    paper's HLI), ``avg_power_w``, ``step_j`` (one decode step, all sequences); the decode
+    step's power-state mix ``busy_frac``, ``busy_w``,
     ``awake_frac``, ``awake_w`` and ``cap_stretch`` (device slow-down from the board limit).
     """
     family = workload.family
@@ -465,7 +474,7 @@ def query(counts: ArchCounts, workload: Workload, params: Mapping, tdp_w, native
         "prefill_s": prefill, "latency_s": latency,
         "tok_per_s": b * k / latency, "j_per_query": energy / b,
         "j_per_query_hli": tdp_w * latency / b, "avg_power_w": energy / latency,
-        **mix, "cap_stretch": st["cap_stretch"],
+        "step_j": st["energy_j"], **mix, "cap_stretch": st["cap_stretch"],
     }
 
 

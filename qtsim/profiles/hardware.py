@@ -133,6 +133,10 @@ class HardwareProfile:
            reversed, and names outside this scheme, are drawn as in step 1.
         3. Every other constant is clipped at zero (all are non-negative physical
            quantities), bandwidth at 5% of its value.
+        4. Host time constants (``h_*`` in s) of a host part with a ``speed_sd_log`` are all
+           multiplied by one lognormal speed factor per draw: a faster or slower machine speeds
+           up or slows down every path together, so a quantized/native ratio keeps its sign
+           where both sides are host-bound (their own stderr stays as small per-path terms).
         """
         rng = np.random.default_rng(seed)
         names = list(self.physical)
@@ -164,7 +168,20 @@ class HardwareProfile:
             out[q] = out[r] + _lognormal_extra(m, s, (z[:, i] * sd[i] - z[:, j] * sd[j]))[:, None]
         for q, r in tied_call_pairs(self.physical, self.native):
             out[q] = np.maximum(out[q], out[r])
-        return out
+        return self._host_speed(out, n, seed)
+
+    def _host_speed(self, draws: dict, n: int, seed: int) -> dict:
+        """``draws`` with every host time constant multiplied by one lognormal speed factor per
+        draw (the host part's ``speed_sd_log``): one machine runs all its host work faster or
+        slower together."""
+        sd = getattr(self.host, "speed_sd_log", 0.0)
+        if sd <= 0:
+            return draws
+        from qtsim.profiles.hosts import is_host_param
+
+        speed = np.exp(sd * np.random.default_rng([seed, 0x4057]).standard_normal((n, 1)))
+        return {k: (v * speed if is_host_param(k) and self.physical[k].unit == "s" else v)
+                for k, v in draws.items()}
 
     def model_error(self) -> dict:
         """The model's own out-of-sample error, added to the parameter draws in every band.

@@ -8,7 +8,8 @@ carries its own host part (host and device are the same chip).
 A host file is TOML (its rules: :data:`qtsim.profiles.schema.HOST`)::
 
     schema_version = 1
-    [host]          name, description, stack (versions), execution ("HF transformers generate, eager")
+    [host]          name, description, stack (versions), execution ("HF transformers generate, eager"),
+                    speed_sd_log (log spread of the one speed factor all host work shares)
     [provenance]    source (prior | published | calibrated), date, basis
     [physical.NAME] value, stderr, unit, source, basis     h_op_s, h_launch_s, h_step_s, h_call_<path>_s
     [fit]           statistics of the fit that produced it (optional)
@@ -28,9 +29,9 @@ from qtsim.errors import ProfileError, UnknownNameError, read_user_file, suggest
 from qtsim.profiles import schema
 from qtsim.profiles.schema import HOST_PARAM_PREFIXES
 
-#: the host assumed where none is named: HF eager decode on a datacentre GPU server, fitted to
-#: the bitsandbytes maintainers' H100 rows, with a spread that covers the desktop host
-DEFAULT_HOST = "hf-eager-server"
+#: the host assumed where none is named: HF eager decode on the population-centre host of the
+#: public campaigns (servers and desktops), with one shared speed factor spanning them
+DEFAULT_HOST = "hf-eager"
 
 
 @dataclass
@@ -46,6 +47,13 @@ class HostPart:
     @property
     def name(self) -> str:
         return str(self.host.get("name", "host"))
+
+    @property
+    def speed_sd_log(self) -> float:
+        """Log spread of the one speed factor shared by all this host's work (``[host]
+        speed_sd_log``): how much faster or slower an unnamed machine of this kind runs every
+        host constant together. 0 for a measured machine."""
+        return float(self.host.get("speed_sd_log", 0.0))
 
     def describe(self) -> str:
         """One line naming the host, its stack and where its constants come from."""

@@ -4,14 +4,17 @@ Every constant a datasheet cannot give is a *prior*: a value with a wide standar
 beside it, where it came from. ``qtsim calibrate`` replaces priors with measurements. Sources of
 the priors (``data/reference/peer_measurements.md``):
 
-- bitsandbytes maintainers' H100 table (HF generate, Llama-3.1-8B, 224 quantizable linear calls
-  per token): BF16 24.4 ms/token at batch 1, NF4 33.2 ms, INT8 (threshold 0) 52.1 ms, LLM.int8()
-  (threshold 6) 82.0 ms; at batch 8 BF16 25.5 ms/step and NF4 47.6 ms/step. Per-call deltas:
-  NF4 +39 us, INT8-t0 +124 us, LLM.int8() +257 us at batch 1; NF4 +98 us at batch 8.
-- NVIDIA aiconfigurator: effective bandwidth 0.8 x datasheet.
-- Splitwise-sim: H100 75 W idle, about 380 W in decode (of 700 W TDP).
+- the joint fit of the timeline and power model to public rows (``data/reference/public_fit.toml``,
+  :mod:`qtsim.calibration.public`): the bitsandbytes maintainers' decode latencies on an H100 SXM
+  and an RTX 4090, and NVML-metered HF ``generate`` runs on RTX 4090 / 4090D, A100 and T4. It
+  gives the bandwidth efficiency, the device time per kernel, each kernel path's device work per
+  weight, and the power states of a GPU class as forms of its datasheet facts
+  (:func:`power_priors`, :mod:`qtsim.model.power`);
+- NVIDIA aiconfigurator: effective bandwidth 0.8 x datasheet (the fit's prior);
+- Splitwise-sim: H100 75 W idle of 700 W TDP (the deep-idle prior).
 
-Regenerate the shipped files with ``python -m qtsim.profiles.priors hardware_profiles/``.
+Regenerate the shipped files with ``python -m qtsim.profiles.priors hardware_profiles/`` (refit
+the public rows first with ``python -m qtsim.calibration.public_refit``, which also does this).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 
 from qtsim import __version__
 from qtsim.model.architecture import load_architecture
+from qtsim.model.physical import DEQ_BYTES_PER_WEIGHT
 from qtsim.profiles.hardware import HardwareProfile, Param, write_profile
 from qtsim.simulate.simulator import paper_constants_table
 
@@ -61,8 +65,9 @@ PUBLIC_FIT = "public_fit.toml"  # data/reference: the joint device/host fit to p
 
 
 def public_fit() -> dict:
-    """The shipped joint fit to the bitsandbytes maintainers' rows (:mod:`qtsim.calibration.public`),
-    written by ``python -m qtsim.profiles.priors``: fitted device factors and host constants with stderr."""
+    """The shipped joint fit to public rows (:mod:`qtsim.calibration.public`), written by
+    ``python -m qtsim.calibration.public_refit``: fitted device factors, host constants and power
+    coefficients with stderr, the campaigns' spreads, the model error and held-out scores."""
     import tomllib
 
     return tomllib.loads((resources.files("qtsim.data.reference") / PUBLIC_FIT).read_text())
@@ -85,7 +90,8 @@ def spec_profile(row: dict, fit: dict | None = None) -> HardwareProfile:
         "notes": "Device part only: datasheet facts and priors with wide stderr (host constants come from a host part, `--host`). Run `qtsim calibrate` on this GPU to replace them.",
     }
     prof = HardwareProfile(_spec_hardware(row), prov, _device_priors(row, fit))
-    prof.fit = {"public_rows": {k: v for k, v in fit["fit"].items() if not isinstance(v, dict)}}
+    prof.fit = {"public_rows": {k: v for k, v in fit["fit"].items() if not isinstance(v, dict)},
+                "model_error": fit["model_error"]}
     prof.constants = paper_constants_table(prof, load_architecture(REFERENCE_MODEL).counts(),
                                            REFERENCE_MODEL)
     prof.constants["host"] = "derived with the default host part (qtsim.profiles.hosts.DEFAULT_HOST)"
@@ -104,6 +110,8 @@ def _spec_hardware(row: dict) -> dict:
         "mem_bw_gbs": float(row["mem_bw_gbs"]), "fp16_tflops": float(row["fp16_dense_tflops"]),
         "int8_tops": float(row["int8_dense_tops"]), "tdp_w": tdp,
         "idle_w": round(IDLE_FRACTION * tdp, 1), "native_formats": native_formats,
+        "memory_type": "hbm" if _is_hbm(row) else "gddr",
+        "segment": row.get("segment") or "datacenter",
         "native_dtype": "fp16", "runtime_overhead_gib": 0.6,
         "sources": [row["source"]],
     }
@@ -117,43 +125,95 @@ def _is_hbm(row: dict) -> bool:
 
 
 def _device_priors(row: dict, fit: dict) -> dict[str, Param]:
-    """The ``[physical]`` device constants of a spec row: datasheet-derived values and priors."""
+    """The ``[physical]`` device constants of a spec row: datasheet-derived values and priors
+    from the joint fit to public rows (``public_fit.toml``): bandwidth efficiency, device time
+    per kernel and per-weight device work of each kernel path, and the power states of the
+    row's GPU class (:func:`power_priors`)."""
     dev = fit["device"]
     bw = float(row["mem_bw_gbs"])
-    tflops = float(row["fp16_dense_tflops"])
-    tdp = float(row["tdp_w"])
-    hbm = _is_hbm(row)
     eta, eta_se = dev["eta_bw"]["value"], dev["eta_bw"]["stderr"]
     t_kernel = dev["t_kernel_s"]["value"]
-    src = f"joint fit to the published rows ({PUBLIC_FIT}, {fit['provenance']['table']})"
+    src = f"joint fit to public rows ({PUBLIC_FIT})"
     p = {
-        "mem_bw_gbs": _prior(eta * bw, max(eta_se / eta, 0.16), "GB/s", f"{eta:.3g} x datasheet bandwidth ({src}; aiconfigurator uses 0.8)"),
-        "t_kernel_s": _prior(t_kernel, 0.5, "s", f"device time per kernel launched ({src})"),
-        "p_awake_w": _prior(0.25 * tdp, 0.5, "W", "awake (context open, clocks up, waiting for the host): 0.25 x TDP"),
-        "p_idle_w": _prior(IDLE_FRACTION * tdp, 0.5, "W", "deep idle, no context (Splitwise: 75 W of 700 W on H100)"),
-        "p_cap_w": Param(tdp, 0.0, "W", "spec", "board power limit = TDP (datasheet); power capping stretches device time above it"),
-        "e_byte_j": _prior(6e-11 if hbm else 1.2e-10, 0.5, "J/byte", "HBM about 4 pJ/bit plus on-chip movement" if hbm else "GDDR about 7.5 pJ/bit plus on-chip movement"),
-        "e_flop_j": _prior(0.5 * tdp / (tflops * 1e12), 0.5, "J/FLOP", "half the TDP spread over dense 16-bit tensor throughput"),
+        "mem_bw_gbs": _prior(eta * bw, max(eta_se / eta, 0.08), "GB/s", f"{eta:.3g} x datasheet bandwidth ({src}; aiconfigurator uses 0.8)"),
+        "t_kernel_s": Param(float(f"{t_kernel:.6g}"), float(f"{max(dev['t_kernel_s']['stderr'], 0.5 * t_kernel):.4g}"), "s", "prior", f"device time per kernel launched ({src})"),
+        **power_priors(row, fit),
     }
-    p.update(_path_priors(tflops, float(row["int8_dense_tops"]), eta * bw * 1e9, t_kernel))
+    p.update(_path_priors(float(row["fp16_dense_tflops"]), float(row["int8_dense_tops"]),
+                          eta * bw * 1e9, t_kernel, dev))
     p["t_weight_fp16_s"] = Param(0.0, 0.0, "s/weight", "fixed", "reference path: bytes/BW only, by definition")
     return p
 
 
-def _path_priors(tflops: float, tops: float, bw_eff: float, t_kernel: float) -> dict[str, Param]:
-    """Per-path priors: t_call (0, stderr one kernel), t_weight (dequantisation) and
-    t_tokweight (2 FLOPs per weight at half the dense throughput), ``bw_eff`` in bytes/s."""
+def power_priors(row: dict, fit: dict, n_draws: int = 2000) -> dict[str, Param]:
+    """The power states of a GPU from its datasheet facts (TDP, bandwidth, dense FP16 rate,
+    market segment) through the class forms of :mod:`qtsim.model.power`, with the coefficients
+    and their covariance from the joint fit to metered public runs (``public_fit.toml``
+    ``[power]``). stderr: the spread of each state over draws of the coefficients, floored at
+    the between-campaign meter spread. Deep idle is a stated prior (not fitted: no public row
+    sees it), the board limit the datasheet TDP."""
+    from qtsim.model import power
+
+    pw = fit["power"]
+    names = list(pw["names"])
+    mean = np.array([pw[k]["value"] for k in names])
+    cov = np.asarray(pw["covariance"], float)
+    rng = np.random.default_rng(0)
+    x = rng.multivariate_normal(mean, cov, n_draws) if cov.size else mean[None, :]
+    c = {k: x[:, i] for i, k in enumerate(names)}
+    c0 = {k: pw[k]["value"] for k in names}
+    tdp, bw, tflops = float(row["tdp_w"]), float(row["mem_bw_gbs"]), float(row["fp16_dense_tflops"])
+    seg = row.get("segment") or "datacenter"
+    flop_share, flop_share_se = pw["flop_share"]["value"], pw["flop_share"]["stderr"]
+
+    def states(k):
+        awake = power.awake_power_w(tdp, seg, k["awake_base_w"], k["awake_per_tdp"], k["awake_desktop"])
+        return awake, power.byte_energy_j(tdp, bw, k["byte_share"]), power.flop_energy_j(tdp, awake, tflops, flop_share)
+
+    a0, b0, f0 = (float(np.ravel(v)[0]) for v in states(c0))
+    ad, bd, _ = states(c)
+    floor = fit["host_spread"]["meter_sd_log"]
+    src = f"joint fit of the power states to metered public runs ({PUBLIC_FIT}: {fit['fit']['n_obs']} observations, {fit['fit']['n_campaigns']} campaigns)"
+    seg_txt = f", x {c0['awake_desktop']:.3g} on a {seg} board (its driver drops clocks between kernels)" if seg in power.LOW_CLOCK_SEGMENTS else ""
+    idle = IDLE_FRACTION * tdp
+    return {
+        "p_awake_w": Param(float(f"{a0:.4g}"), float(f"{max(np.std(ad), floor * a0):.3g}"), "W", "prior",
+                           f"awake (context open, clocks up, waiting for the host): {c0['awake_base_w']:.3g} W + {c0['awake_per_tdp']:.3g} x TDP{seg_txt} ({src})"),
+        "p_idle_w": _prior(min(idle, a0), 0.5, "W", "deep idle, no context: 0.1 x TDP (Splitwise-sim: 75 W of 700 W on H100), at most the awake power; not spent while decoding"),
+        "e_byte_j": Param(float(f"{b0:.4g}"), float(f"{max(np.std(bd), floor * b0):.3g}"), "J/byte", "prior",
+                          f"streaming at the datasheet bandwidth dissipates {c0['byte_share']:.3g} x TDP ({src})"),
+        "e_flop_j": Param(float(f"{f0:.4g}"), float(f"{f0 * flop_share_se / flop_share:.3g}"), "J/FLOP", "prior",
+                          f"a dense 16-bit GEMM at the datasheet rate draws {flop_share:.2g} of the headroom between awake power and TDP (stated prior: batch-1 public rows cannot see it)"),
+        "p_cap_w": Param(tdp, 0.0, "W", "spec", "board power limit = TDP (datasheet); above it the device lowers its clocks (power capping stretches device time)"),
+    }
+
+
+def _path_priors(tflops: float, tops: float, bw_eff: float, t_kernel: float,
+                 dev: dict) -> dict[str, Param]:
+    """Per-path priors: t_call (0, stderr one kernel), t_weight (device work per weight beyond
+    streaming it: the fitted ``x_<path>`` bytes at the effective bandwidth, each bounded below by
+    what the path must move) and t_tokweight (2 FLOPs per weight at half the dense throughput),
+    ``bw_eff`` in bytes/s."""
     t_fp16 = 2.0 / (0.5 * tflops * 1e12)
     t_int8 = 2.0 / (0.5 * tops * 1e12)
-    deq = float(f"{4.0 / bw_eff:.6g}")  # write an fp16 copy and read it back: 4 bytes per weight
     kernel_basis = "device per-call cost beyond its kernels x t_kernel_s: 0, stderr one kernel"
+    x_basis = {
+        "nf4_b1": "bitsandbytes' batch-1 4-bit GEMV: device work beyond streaming the 4-bit weights",
+        "nf4_bn": f"dequantise-then-GEMM (bitsandbytes < 0.50 at batch >= 2): at least {DEQ_BYTES_PER_WEIGHT:g} bytes per weight (a 16-bit copy written and read back)",
+        "int8": "LLM.int8(): device work per weight beyond streaming the int8 weights",
+    }
     p = {}
-    for path, tok, w in (("fp16", t_fp16, 0.0), ("bf16", t_fp16, 0.0), ("int8", t_int8, 0.0),
-                         ("int8_t0", t_int8, 0.0), ("nf4_b1", t_fp16, 0.0), ("nf4_bn", t_fp16, deq)):
+    for path, tok, x in (("fp16", t_fp16, None), ("bf16", t_fp16, None), ("int8", t_int8, "x_int8"),
+                         ("int8_t0", t_int8, "x_int8"), ("nf4_b1", t_fp16, "x_nf4_b1"),
+                         ("nf4_bn", t_fp16, "x_deq")):
         p[f"t_call_{path}_s"] = Param(0.0, float(f"{t_kernel:.6g}"), "s", "prior", kernel_basis)
-        p[f"t_weight_{path}_s"] = (
-            _prior(w, 0.5, "s/weight", "dequantisation: a 16-bit copy written and read back, 4 bytes per weight at effective bandwidth")
-            if w else Param(0.0, float(f"{0.25 / bw_eff:.6g}"), "s/weight", "prior", "no per-step casting on this path; stderr a quarter byte per weight of bandwidth time"))
+        if x is None:
+            p[f"t_weight_{path}_s"] = Param(0.0, float(f"{0.25 / bw_eff:.6g}"), "s/weight", "prior", "no per-step casting on this path; stderr a quarter byte per weight of bandwidth time")
+        else:
+            v, se = dev[x]["value"], max(dev[x]["stderr"], 0.25)
+            v = v if v >= 1e-3 else 0.0  # at its lower bound: the path moves no extra bytes
+            p[f"t_weight_{path}_s"] = Param(float(f"{v / bw_eff:.6g}"), float(f"{se / bw_eff:.4g}"), "s/weight", "prior",
+                                            f"{x_basis[path.replace('_t0', '')]}: {v:.3g} bytes/weight at effective bandwidth (joint fit to public rows, {PUBLIC_FIT})")
         p[f"t_tokweight_{path}_s"] = _prior(tok, 0.5, "s/(weight*token)", "2 FLOPs per weight at half the datasheet dense throughput" + (" (int8)" if "int8" in path else ""))
     return p
 
@@ -161,89 +221,6 @@ def _path_priors(tflops: float, tops: float, bw_eff: float, t_kernel: float) -> 
 def write_spec_profiles(outdir: str | Path) -> list[Path]:
     fit = public_fit()
     return [write_profile(spec_profile(r, fit), Path(outdir) / f"{r['gpu']}.toml") for r in spec_rows()]
-
-
-PUBLIC_TABLE = "bitsandbytes maintainers' HF-generate decode table (data/reference/bnb_maintainers_decode.csv)"
-#: the software stack of the published table's rows
-PUBLIC_STACK = {"python": "3.x (not stated)", "torch": "2.5.1", "transformers": "4.46.3",
-                "bitsandbytes": "0.45.0.dev"}
-
-
-def refit_public(outdir: str | Path) -> list[Path]:
-    """Fit the published rows (all of them), write ``data/reference/public_fit.toml`` and the
-    host parts ``hf-eager-server`` (the H100 server's host) and ``hf-eager-desktop`` (the RTX
-    4090's) under ``OUTDIR/hosts``. The default server host gets a spread that covers the
-    desktop host, so bands widen where the host is unknown."""
-    from qtsim.calibration import public
-    from qtsim.profiles.hardware import atomic_write_text, dumps_toml
-    from qtsim.profiles.hosts import write_host
-
-    rows = public.read_rows()
-    f = public.fit(rows)
-    ref = resources.files("qtsim.data.reference") / PUBLIC_FIT
-    written = [atomic_write_text(dumps_toml(_public_fit_doc(f, rows)), Path(str(ref)))]
-    speed = f.values["host_speedup"]
-    for name, scale, spread, desc in (
-            ("hf-eager-server", 1.0, (speed - 1.0) / speed,
-             "HF transformers generate, eager, on a datacentre GPU server (the H100 SXM host of the "
-             "published table); the default: its stderr spans the faster desktop host"),
-            ("hf-eager-desktop", speed, 0.0,
-             "HF transformers generate, eager, on a desktop (the RTX 4090 host of the published "
-             f"table: {speed:.2f}x faster host work than the server)")):
-        part = _public_host(f, len(rows), name, scale, spread, desc)
-        written.append(write_host(part, Path(outdir) / "hosts" / f"{name}.toml"))
-    return written
-
-
-def _public_fit_doc(f, rows: list[dict]) -> dict:
-    """``public_fit.toml``: the fitted device factors and host constants with stderr, and the
-    fit's statistics and relative residuals per published row."""
-    obs = np.array([r["step_s"] for r in rows])
-    resid = (f.fit_pred - obs) / obs
-
-    def rounded(keys):
-        return {k: {"value": float(f"{f.values[k]:.6g}"), "stderr": float(f"{f.stderr[k]:.4g}")}
-                for k in keys}
-
-    return {
-        "provenance": {"table": PUBLIC_TABLE, "date": date.today().isoformat(), "qtsim_version": __version__,
-                       "model": "qtsim.model.physical timelines (overlap on) via qtsim.calibration.public"},
-        "device": rounded(("eta_bw", "t_kernel_s")),
-        "host": rounded(k for k in f.values if k.startswith("h_") or k == "host_speedup"),
-        "fit": {"n_rows": len(rows), "aic": f.aic, "bic": f.bic,
-                "mape_pct": float(100 * np.mean(np.abs(resid))),
-                "max_ape_pct": float(100 * np.max(np.abs(resid))),
-                "residuals": {f"{r['gpu']}/{r['model']}/{r['path']}/b{int(r['batch'])}": float(f"{x:.4g}")
-                              for r, x in zip(rows, resid, strict=True)}},
-    }
-
-
-def _public_host(f, n_rows: int, name: str, scale: float, spread: float, desc: str):
-    """A host part from the public fit: its host constants / ``scale`` (the host speed-up), the
-    relative stderr widened by ``spread`` (so the default host covers the faster one)."""
-    from qtsim.calibration import public
-    from qtsim.profiles.hosts import HostPart
-
-    speed, speed_se = f.values["host_speedup"], f.stderr["host_speedup"]
-    basis = f"joint fit to the {PUBLIC_TABLE}" + (f", / host speed-up {speed:.3g}" if scale != 1.0 else "")
-    phys = {}
-    for k in ("h_op_s", "h_step_s") + tuple(f"h_call_{p}_s" for p in public.QUANT_PATHS):
-        v = f.values[k] / scale
-        rel = np.hypot(f.stderr[k] / max(f.values[k], 1e-30), speed_se / speed if scale != 1.0 else 0.0)
-        if f.values[k] < 1e-7:  # pinned at its bound: the traced operations explain it
-            phys[k] = Param(0.0, 0.0, "s", "published", basis + "; pinned at 0 by the fit")
-            continue
-        se = v * float(np.hypot(rel, spread))
-        phys[k] = Param(float(f"{v:.6g}"), float(f"{se:.4g}"), "s", "published", basis)
-    phys["h_fused4bit_max_batch"] = Param(public.FUSED_4BIT_MAX_BATCH, 0.0, "sequences", "published",
-                                          "bitsandbytes 0.45 (this stack) has no fused 4-bit GEMM: batch >= 2 dequantises then runs a 16-bit GEMM")
-    launch = public.H_LAUNCH_S / scale
-    phys["h_launch_s"] = Param(launch, 0.5 * launch, "s", "prior",
-                               "CUDA launch cost per kernel on the host (typical cudaLaunchKernel through torch)")
-    return HostPart({"name": name, "description": desc, "stack": PUBLIC_STACK,
-                     "execution": "HF transformers generate, eager (no CUDA graphs)"},
-                    {"source": "published", "date": date.today().isoformat(), "basis": PUBLIC_TABLE},
-                    phys, {"aic": f.aic, "bic": f.bic, "n_rows": n_rows})
 
 
 def main(argv=None) -> None:
@@ -256,12 +233,7 @@ def main(argv=None) -> None:
                     "data/reference/gpu_specs.csv) into OUTDIR.")
     ap.add_argument("outdir", nargs="?", default="hardware_profiles",
                     help="folder to write (default: hardware_profiles)")
-    ap.add_argument("--refit", action="store_true",
-                    help="first refit the published rows (public_fit.toml and OUTDIR/hosts)")
     args = ap.parse_args(argv)
-    if args.refit:
-        for f in refit_public(args.outdir):
-            print(f)
     for f in write_spec_profiles(args.outdir):
         print(f)
 
