@@ -15,15 +15,17 @@ def parse_batches(text: str) -> list[int]:
     (every integer from LO to HI)."""
     import numpy as np
 
+    from qtsim.errors import QtsimError
+
     if ":" in text:
         try:
             parts = [float(x) for x in text.split(":")]
             lo, hi, n = parts if len(parts) == 3 else (*parts, None)
         except ValueError:
-            raise click.BadParameter(f"--batch {text!r}: give LO:HI:N, e.g. 1:256:9, or LO:HI "
-                                     "(every integer)") from None
+            raise QtsimError(f"--batch {text!r}: give LO:HI:N, e.g. 1:256:9, or LO:HI "
+                             "(every integer)") from None
         if not (1 <= lo <= hi) or (n is not None and n < 1):
-            raise click.BadParameter(f"--batch {text!r}: need 1 <= LO <= HI and N >= 1")
+            raise QtsimError(f"--batch {text!r}: need 1 <= LO <= HI and N >= 1")
         if n is None:
             return list(range(int(np.ceil(lo)), int(hi) + 1))
         return np.unique(np.round(np.geomspace(lo, hi, int(n)))).astype(int).tolist()

@@ -100,12 +100,24 @@ class Targets:
         if not (50.0 <= self.percentile < 100.0):
             raise QtsimError(f"--percentile {self.percentile:g}: must be in [50, 100)")
 
+    def short(self) -> str:
+        """'step <= 80 ms, time per query <= 60 s (p84)' or 'no latency target'."""
+        parts = self._parts()
+        return f"{', '.join(parts)} (p{self.percentile:g})" if parts else "no latency target"
+
+    def _parts(self) -> list[str]:
+        return ([f"step <= {self.step_s * 1e3:g} ms"] if self.step_s else []) + \
+               ([f"time per query <= {self.query_s:g} s"] if self.query_s else [])
+
     def describe(self) -> str:
-        parts = ([f"step <= {self.step_s * 1e3:g} ms"] if self.step_s else []) + \
-                ([f"time per query <= {self.query_s:g} s"] if self.query_s else [])
+        parts = self._parts()
         if not parts:
-            return "no latency target (throughput only)"
-        return " and ".join(parts) + f", at the {self.percentile:g}th percentile of the draws"
+            return ("no latency target (throughput only: a batch may wait long to fill, see the "
+                    "time per query; --max-query-s bounds it)")
+        text = " and ".join(parts) + f", at the {self.percentile:g}th percentile of the draws"
+        if self.query_s is None:
+            text += " (no time-per-query target: --max-query-s bounds the wait to fill a batch)"
+        return text
 
 
 @dataclass(frozen=True)
@@ -171,7 +183,7 @@ class PlanRequest:
 
 # ---- the serving arithmetic on whole grids ----------------------------------------------------------
 def serve(latency_s, j_per_query, idle_w, batch, demand: Demand,
-          a: budget.BudgetAssumptions, usd_per_hour: float | None) -> dict:
+          a: budget.BudgetAssumptions, usd_per_hour: float | None, totals: bool = True) -> dict:
     """A plan's figures for configurations of one GPU, any shape that broadcasts (settings x
     batches, or draws x settings x batches with the idle power per draw).
 
@@ -179,7 +191,8 @@ def serve(latency_s, j_per_query, idle_w, batch, demand: Demand,
     ``idle_w`` (:meth:`Simulator.idle_power_w`). Returns ``replicas``, ``time_per_query_s``,
     ``utilisation`` (busy share of the replicas' hours at the mean demand), ``kwh_per_month``
     (served queries x J/query + the replicas' idle time x idle power, x PUE),
-    ``usd_per_month`` and ``tco2e_per_month`` (NaN where their assumption is missing).
+    ``usd_per_month`` and ``tco2e_per_month`` (NaN where their assumption is missing; with
+    ``totals=False`` neither, nor the utilisation: per draw they follow from replicas and kWh).
     """
     mu = serving.replica_queries_per_s(batch, latency_s)
     r = serving.replicas_needed(demand.peak_queries_per_s, mu)
@@ -187,10 +200,12 @@ def serve(latency_s, j_per_query, idle_w, batch, demand: Demand,
     held_s = r * budget.SECONDS_PER_MONTH
     busy_s = queries / mu
     kwh = budget.kwh(queries * j_per_query + (held_s - busy_s) * idle_w, a.pue)
+    out = {"replicas": r, "kwh_per_month": kwh,
+           "time_per_query_s": serving.time_per_query_s(batch, latency_s, r, demand.queries_per_s)}
+    if not totals:
+        return out
     nan = np.full(np.shape(kwh), np.nan)
-    return {"replicas": r,
-            "time_per_query_s": serving.time_per_query_s(batch, latency_s, r, demand.queries_per_s),
-            "utilisation": busy_s / held_s, "kwh_per_month": kwh,
+    return {**out, "utilisation": busy_s / held_s,
             "usd_per_month": (budget.usd_per_month(r, usd_per_hour) if usd_per_hour is not None
                               else nan),
             "tco2e_per_month": (budget.tco2e(kwh, a.grid_gco2_per_kwh)
@@ -263,7 +278,7 @@ def evaluate_gpu(sim: Simulator, req: PlanRequest, price: float | None,
     fig = {**c, **serve(c["latency_s"], c["j_per_query"], sim.idle_power_w(), b, req.demand, a,
                         price)}
     fd = serve(d["latency_s"], d["j_per_query"], np.reshape(sim.idle_power_w(True), (-1, 1, 1)),
-               b, req.demand, a, price)
+               b, req.demand, a, price, totals=False)
     fig["step_p_s"] = nan_percentiles(d["step_s"], (t.percentile,))[0]
     fig["time_per_query_p_s"] = nan_percentiles(fd["time_per_query_s"], (t.percentile,))[0]
     ok = c["fits"] & np.isfinite(c["latency_s"])
@@ -334,7 +349,8 @@ def trap_test(g: GpuGrid, req: PlanRequest, objective: str, fd: dict) -> dict:
             q, n = g.fig[key][bq], g.fig[key][bn]
             if np.isnan(q):
                 continue
-            qd, nd = fd[key][(slice(None), *bq)], fd[key][(slice(None), *bn)]
+            per_draw = fd["kwh_per_month"] if key == "kwh_per_month" else fd["replicas"]
+            qd, nd = per_draw[(slice(None), *bq)], per_draw[(slice(None), *bn)]  # $ = replicas x price
             share = float(np.mean(verdicts.costs_more(qd, nd)))
             lo, hi = nan_percentiles(qd / nd, BAND)
             out[key] = {"ratio": float(q / n), "low": float(lo), "high": float(hi),

@@ -293,7 +293,7 @@ def plot_plan(p: Plan):
     r = p.request
     fig.suptitle(f"{r.arch.name}: {r.demand.queries_per_s:.3g} queries/s (peak x"
                  f"{r.demand.peak_factor:g}), {r.prompt_tokens}-token prompts, {r.new_tokens} new "
-                 f"tokens\ntargets: {r.targets.describe()}", fontsize=10.5)
+                 f"tokens; targets: {r.targets.short()}", fontsize=10.5)
     zoom.yaxis.set_major_formatter("{x:,.0f}")
     zoom.legend(handles=_handles(p), loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8,
                 frameon=False, title="setting", title_fontsize=8)
