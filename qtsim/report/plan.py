@@ -409,21 +409,21 @@ def reason(g: GpuGrid, req: PlanRequest, s: int) -> str:
     if not fits.any():
         return (f"{name}: does not fit (needs {f['peak_bytes'][s, 0] / GIB:.1f} GiB at batch "
                 f"{req.batches[0]}, has {g.profile.memory_bytes / GIB:.1f} GiB)")
-    pct = f"p{t.percentile:g}"
-    parts = []
-    if t.step_s is not None:
-        i = int(np.nanargmin(np.where(fits, f["step_p_s"][s], np.inf)))
-        if f["step_p_s"][s, i] > t.step_s:
-            return (f"{name}: step {f['step_p_s'][s, i] * 1e3:.3g} ms at best ({pct}, batch "
-                    f"{req.batches[i]}) > {t.step_s * 1e3:g} ms, {_bound(f, s, i)}")
-        parts.append("step")
-    if t.query_s is not None:
-        i = int(np.nanargmin(np.where(fits, f["time_per_query_p_s"][s], np.inf)))
-        if f["time_per_query_p_s"][s, i] > t.query_s:
-            return (f"{name}: time per query {f['time_per_query_p_s'][s, i]:.3g} s at best "
-                    f"({pct}, batch {req.batches[i]}) > {t.query_s:g} s")
-        parts.append("time per query")
-    return f"{name}: no batch meets the {' and '.join(parts)} targets together"
+    pct, checks = f"p{t.percentile:g}", target_checks(t)
+    for key, target, what, unit, scale, _ in checks:
+        i = int(np.argmin(np.where(fits, f[key][s], np.inf)))
+        if f[key][s, i] > target:
+            bound = f", {_bound(f, s, i)}" if key == "step_p_s" else ""
+            return (f"{name}: {what} {f[key][s, i] * scale:.3g} {unit} at best ({pct}, batch "
+                    f"{req.batches[i]}) > {target * scale:g} {unit}{bound}")
+    return f"{name}: no batch meets the {' and '.join(c[2] for c in checks)} targets together"
+
+
+def target_checks(t: Targets) -> list[tuple]:
+    """(figure at the percentile, target, name, unit, scale to the unit, option) per target given."""
+    return ([("step_p_s", t.step_s, "step", "ms", 1e3, "--max-step-ms")] if t.step_s is not None
+            else []) + ([("time_per_query_p_s", t.query_s, "time per query", "s", 1.0,
+                          "--max-query-s")] if t.query_s is not None else [])
 
 
 def _bound(f: dict, s: int, i: int) -> str:
@@ -604,20 +604,16 @@ def refusal(grids: list[GpuGrid], req: PlanRequest) -> str:
                 f"{req.batches[0]}) and the largest GPU, {big.name}, has "
                 f"{big.memory_bytes / GIB:.1f} GiB; a model sharded over several GPUs is outside "
                 "qtsim plan")
-    t, pct = req.targets, f"p{req.targets.percentile:g}"
-    for key, target, label, unit, scale in (
-            ("step_p_s", t.step_s, "--max-step-ms", "ms", 1e3),
-            ("time_per_query_p_s", t.query_s, "--max-query-s", "s", 1.0)):
-        if target is None:
-            continue
+    pct = f"p{req.targets.percentile:g}"
+    for key, target, what, unit, scale, option in target_checks(req.targets):
         v = np.where(fits, np.stack([g.fig[key] for g in grids]), np.inf)
         gi, si, bi = np.unravel_index(np.argmin(v), v.shape)
         if v[gi, si, bi] > target:
             g = grids[gi]
             where = (f"{g.profile.name} {req.settings[si].label}, batch {req.batches[bi]}, "
                      f"{pct}")
-            return (f"no plan: {label} {target * scale:g} is below every configuration's "
-                    f"{'decode step' if scale > 1 else 'time per query'}: the fastest is "
+            return (f"no plan: {option} {target * scale:g} is below every configuration's "
+                    f"{'decode step' if what == 'step' else what}: the fastest is "
                     f"{v[gi, si, bi] * scale:.3g} {unit} ({where}), {_floor(g, req, si, bi)}")
     why = [reason(g, req, s) for g in grids for s in range(len(req.settings))]
     return f"no plan: no configuration meets the targets together ({'; '.join(why[:3])})"

@@ -23,6 +23,13 @@ CSV_ROW = ("rank", "gpu", "setting", "precision", "quantized", "feasible", "batc
            "profile_source", "best_for", "reason")
 
 
+#: the serving arithmetic in one CSV cell (the full statement: JSON ``serving.arithmetic``)
+SERVING_FORMULAS = ("HF generate, static batches: replicas = ceil(demand x peak factor / (B / "
+                    "latency)); time per query = (B - 1) x replicas / demand + latency; kWh = "
+                    "(queries x J/query + idle replica-s x idle W) x PUE / 3.6e6; $ = replicas x "
+                    "$/GPU-hour x 730.5 h; continuous batching and multi-GPU sharding out of scope")
+
+
 def query_dict(p: Plan) -> dict:
     r, d, t = p.request, p.request.demand, p.request.targets
     return {"model": r.arch.name, "model_params": r.arch.n_params,
@@ -209,7 +216,7 @@ def csv_text(p: Plan) -> str:
             "max_time_per_query_s": q["targets"]["time_per_query_s"],
             "percentile": q["targets"]["percentile"], "pue": a["pue"],
             "grid_gco2_per_kwh": a["grid_gco2_per_kwh"], "minimize": p.objective,
-            "serving": "static batches (HF generate); see --format json serving.arithmetic"}
+            "serving": SERVING_FORMULAS}
     best = {}
     for o, r in p.best.items():
         best.setdefault((r["gpu"], r["setting"], r["batch"]), []).append(o)
