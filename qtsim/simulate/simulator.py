@@ -173,11 +173,13 @@ class Simulator:
                                           w.prompt_tokens, w.double_quant, overhead)
 
     def idle_power_w(self, draws: bool = False):
-        """Board power of the device with a model loaded and no batch to run, W: the power
-        model's waiting state (``p_idle_w``; the busy ``p_static_w`` where a profile has none).
-        A float, or (n_draws, 1) with draws. ``qtsim plan`` charges replicas' idle time at it."""
+        """Board power of a replica with no batch to run, W: the profile's ``p_idle_w`` (the
+        awake power where a profile has none). A float, or (n_draws, 1) with draws.
+        ``qtsim plan`` charges replicas' hours without a batch at it."""
         p = self.params(draws)
-        return p.get("p_idle_w", p["p_static_w"])
+        if "p_idle_w" in p:
+            return p["p_idle_w"]
+        return p["p_awake_w"] if "p_awake_w" in p else p["p_static_w"]
 
     def compare(self, counts: ArchCounts, workload: Workload, draws: bool = False):
         """Quantized against its native reference at the same workload.
