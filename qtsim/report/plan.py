@@ -224,7 +224,8 @@ def evaluate_settings(sim: Simulator, arch: Architecture, req: PlanRequest):
 
     ``central``: arrays (S, B) of :data:`CENTRAL`; ``draws``: (n, S, B) of :data:`DRAWN`;
     ``unmodelled``: per setting, why the profile cannot predict it (None where it can; its
-    figures are NaN and it never fits). One vectorised evaluation per setting.
+    figures are NaN and it never fits). One vectorised evaluation per setting, over the batches
+    that fit in memory (the others keep NaN figures).
     """
     counts = arch.counts()
     b = np.asarray(req.batches, float)
@@ -240,11 +241,17 @@ def evaluate_settings(sim: Simulator, arch: Architecture, req: PlanRequest):
             continue
         unmodelled.append(None)
         w = Workload(s.precision, b, req.new_tokens, req.prompt_tokens, s.bnb)
+        peak, fit = sim.memory(counts, w)
+        central["peak_bytes"][i], central["fits"][i] = peak, fit
+        fit = central["fits"][i]
+        if not fit.any():
+            continue
+        w = w.replace(batch=b[fit])
         c, d = sim.evaluate(counts, w), sim.evaluate(counts, w, draws=True)
         for k in CENTRAL:
-            central[k][i] = np.broadcast_to(c[k], b.shape)
+            central[k][i, fit] = np.broadcast_to(c[k], (fit.sum(),))
         for k in DRAWN:
-            draws[k][:, i] = np.broadcast_to(d[k], (sim.n_draws, b.size))
+            draws[k][:, i, fit] = np.broadcast_to(d[k], (sim.n_draws, fit.sum()))
     return central, draws, unmodelled
 
 

@@ -161,9 +161,14 @@ class Simulator:
                              prof.compute_dtype_4bit, overlap=prof.overlap)
         if draws:
             out = self._add_model_error(out, workload.family)
-        out["peak_bytes"] = self.peak_bytes(counts, workload)
-        out["fits"] = out["peak_bytes"] <= prof.memory_bytes
+        out["peak_bytes"], out["fits"] = self.memory(counts, workload)
         return out
+
+    def memory(self, counts: ArchCounts, workload: Workload):
+        """(peak bytes, fits): :meth:`peak_bytes` of ``workload`` and whether it is within the
+        device's memory (cheap: no timelines, so callers can skip what does not fit)."""
+        peak = self.peak_bytes(counts, workload)
+        return peak, peak <= self.profile.memory_bytes
 
     def peak_bytes(self, counts: ArchCounts, workload: Workload):
         """Peak device memory of ``workload``, runtime overhead included, bytes."""
