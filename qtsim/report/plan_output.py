@@ -241,10 +241,12 @@ def _csv(v) -> str:
 # ---- the figure ---------------------------------------------------------------------------------
 #: marker per bitsandbytes modifier of a setting (its colour is the precision's)
 SETTING_MARKERS = {"+dq": "s", " t=0": "^"}
-#: ranked rows numbered in the close-up
-ZOOM_ROWS = 8
-#: the close-up reaches this many times the frontier's largest energy and cost
+#: ranked rows numbered in the close-up (and kept in it when within ZOOM_MAX of the frontier)
+ZOOM_ROWS = 6
+#: the close-up reaches this many times the frontier's largest energy and cost, at least ...
 ZOOM = 3.0
+#: ... and at most this many, to hold the best ranked rows
+ZOOM_MAX = 10.0
 MAX_LABELS = 8
 
 
@@ -363,11 +365,16 @@ def _points(ax, p: Plan, pts, box=None) -> None:
 
 
 def _zoom_box(p: Plan, pts) -> tuple[float, float, float, float]:
-    """(x0, x1, y0, y1) of the close-up: from the frontier to :data:`ZOOM` times its largest
-    energy and cost, padded."""
+    """(x0, x1, y0, y1) of the close-up: the frontier to :data:`ZOOM` times its largest energy
+    and cost, widened to hold the best :data:`ZOOM_ROWS` ranked rows that lie within
+    :data:`ZOOM_MAX` times it, padded."""
     f = pts["frontier"]
     xs, ys = pts["kwh"][f], pts["cost"][f]
-    x1, y1 = ZOOM * xs.max(), ZOOM * ys.max()
+    ck = _cost_key(p)
+    near = [(r["kwh_per_month"], r[ck]) for r in p.rows[:ZOOM_ROWS] if r["feasible"]
+            and r["kwh_per_month"] <= ZOOM_MAX * xs.max() and r[ck] <= ZOOM_MAX * ys.max()]
+    x1 = max([ZOOM * xs.max()] + [1.1 * x for x, _ in near])
+    y1 = max([ZOOM * ys.max()] + [1.1 * y for _, y in near])
     pad_x, pad_y = 0.06 * (x1 - xs.min()), 0.06 * (y1 - ys.min())
     return (max(xs.min() - pad_x, 0.0), x1, max(ys.min() - pad_y, 0.0), y1)
 
