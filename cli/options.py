@@ -75,9 +75,10 @@ def bnb_settings(double_quant=False, int8_threshold=None, compute_dtype=None):
 def budget_options(f):
     """--pue, --grid-gco2-per-kwh, --usd-per-hour: the assumptions behind budget figures."""
     f = click.option("--usd-per-hour", "usd_per_hour", metavar="USD",
-                     help="GPU price per hour (rental or amortised): adds $ per million tokens.")(f)
+                     help="GPU price per hour (rental or amortised): adds the $ figures "
+                          "(compare and plan: one price, or one per GPU in --gpu order).")(f)
     f = click.option("--grid-gco2-per-kwh", "grid_gco2_per_kwh", metavar="G",
-                     help="Grid carbon intensity, gCO2e/kWh: adds gCO2e per query.")(f)
+                     help="Grid carbon intensity, gCO2e/kWh: adds the carbon figures.")(f)
     f = click.option("--pue", metavar="PUE", default="1.0", show_default=True,
                      help="Facility power usage effectiveness (>= 1); 1 = GPU board energy only.")(f)
     return f

@@ -21,7 +21,7 @@ from qtsim.report.plan import DEFAULT_SETTINGS
               help="Target: time per query, arrival to last token (batch-fill wait + the call), s.")
 @click.option("--percentile", default="84", show_default=True, metavar="P",
               help="Targets must hold at this percentile of the profile's Monte-Carlo draws "
-                   "(84: the top of the 68%% band; 50: the median; 95: stricter).")
+                   "(84: the top of the 68% band; 50: the median; 95: stricter).")
 @click.option("--gpu", "gpus", default="all", show_default=True,
               help="GPUs, comma-separated names or aliases, or 'all' (every visible profile).")
 @click.option("--profile", "profile_paths", multiple=True, type=click.Path(dir_okay=False),
