@@ -122,6 +122,13 @@ def test_refused_model_larger_than_any_gpu():
     assert "fits on none of the 2 GPUs" in r.stderr and "l4, has 22.4 GiB" in r.stderr
 
 
+def test_refused_when_no_setting_is_modelled():
+    r = invoke_qtsim("plan", "--model", "qwen3-0.6b", "--demand", "1/s", "--gpu", "l4",
+                     "--precision", "nf4+fp32", "--batch", "1:4", "--draws", "20")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "no setting asked for is modelled" in r.stderr and "fp32" in r.stderr
+
+
 def test_infeasible_settings_say_why():
     arch = load_architecture("llama-3.1-8b")
     p = plan([load_profile("t4")], _request(arch, 1.0, settings="fp16,nf4", batches=(1, 2)))
@@ -142,6 +149,7 @@ def test_infeasible_settings_say_why():
     (["--demand", "5/s", "--percentile", "100"], "--percentile"),
     (["--demand", "5/s", "--max-step-ms", "-1"], "--max-step-ms"),
     (["--demand", "5/s", "--batch", "0:4"], "--batch"),
+    (["--demand", "5/s", "--batch", "1:5000"], "at most 4096"),
     (["--demand", "5/s", "--usd-per-hour", "1,2"], "one per GPU"),
     (["--demand", "5/s", "--gpu", "nope"], "unknown GPU"),
     (["--demand", "5/s", "--prompt-tokens", "200000"], "max_position_embeddings"),

@@ -38,6 +38,8 @@ OBJECTIVES = {"usd": ("usd_per_month", "$/month", "--usd-per-hour"),
               "kwh": ("kwh_per_month", "kWh/month", None),
               "co2": ("tco2e_per_month", "tCO2e/month", "--grid-gco2-per-kwh")}
 DEFAULT_SETTINGS = "fp16,int8,int8+t0,nf4,nf4+dq"
+#: batch sizes one plan searches at most (its draws arrays are draws x settings x batches)
+MAX_BATCHES = 4096
 DEMAND_UNITS = {"s": 1.0, "min": 60.0, "h": 3600.0, "day": 86400.0}
 #: figures of :func:`serve` summarised with a 68% band
 BANDED = ("replicas", "usd_per_month", "kwh_per_month", "tco2e_per_month")
@@ -163,9 +165,9 @@ class PlanRequest:
     n_draws: int = 200
     seed: int = 0
 
-    def objective(self, prices: dict | None) -> str:
-        """The objective asked for (refused when its assumption is missing), else $ when the
-        GPUs are priced, else kWh."""
+    def validate(self, prices: dict | None) -> str:
+        """The objective: the one asked for (refused when its assumption is missing), else $
+        when the GPUs are priced, else kWh. Refuses a request that cannot be planned."""
         if self.minimize is not None and self.minimize not in OBJECTIVES:
             raise QtsimError(f"--minimize {self.minimize!r}: choose from {', '.join(OBJECTIVES)}")
         objective = self.minimize or ("usd" if prices else "kwh")
@@ -176,6 +178,9 @@ class PlanRequest:
             raise QtsimError(f"--minimize {objective} needs {need}")
         if not self.batches or min(self.batches) < 1:
             raise QtsimError("--batch: batches must be >= 1")
+        if len(self.batches) > MAX_BATCHES:
+            raise QtsimError(f"--batch: {len(self.batches)} batch sizes; plan searches at most "
+                             f"{MAX_BATCHES} (give LO:HI:N for a geometric grid)")
         if not self.settings:
             raise QtsimError("--precision: no settings to plan with")
         return objective
@@ -543,7 +548,7 @@ def plan(profiles: Sequence[HardwareProfile], req: PlanRequest, prices: dict | N
     """
     from qtsim.model.architecture import check_context
 
-    objective = req.objective(prices)
+    objective = req.validate(prices)
     if not profiles:
         raise QtsimError("no GPUs to plan with")
     check_context(req.arch, req.prompt_tokens, req.new_tokens)
@@ -604,6 +609,9 @@ def refusal(grids: list[GpuGrid], req: PlanRequest) -> str:
     name = req.arch.name
     if not fits.any():
         peak = np.stack([g.fig["peak_bytes"][:, 0] for g in grids])
+        if np.isnan(peak).all():
+            why = next(u for g in grids for u in g.unmodelled if u)
+            return f"no plan: no setting asked for is modelled on these GPUs ({why})"
         gi, si = np.unravel_index(np.nanargmin(peak), peak.shape)
         big = max(grids, key=lambda g: g.profile.memory_bytes).profile
         return (f"no plan: {name} fits on none of the {len(grids)} GPUs at any setting: it needs "

@@ -454,7 +454,7 @@ def plan_answer(model: str, gpus: Sequence[str], profile_paths: Sequence[str], d
                       **opts)
     profiles = load_gpus(gpus, profile_paths)
     by_gpu = gpu_prices(prices, profiles)
-    req.objective(by_gpu)  # refuse a bad objective before computing
+    req.validate(by_gpu)  # refuse what cannot be planned before loading more
     with (progress_bar or NoBar)(len(profiles)) as bar:
         result = plan(profiles, req, by_gpu, host, progress=bar.update)
     text = (json.dumps(result.to_dict(), indent=2) if fmt == "json" else
