@@ -246,8 +246,7 @@ def evaluate_settings(sim: Simulator, arch: Architecture, req: PlanRequest):
             continue
         unmodelled.append(None)
         w = Workload(s.precision, b, req.new_tokens, req.prompt_tokens, s.bnb)
-        peak, fit = sim.memory(counts, w)
-        central["peak_bytes"][i], central["fits"][i] = peak, fit
+        central["peak_bytes"][i], central["fits"][i] = sim.memory(counts, w)
         fit = central["fits"][i]
         if not fit.any():
             continue
