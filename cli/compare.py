@@ -10,7 +10,9 @@ from qtsim.cli.options import (
     bnb_settings,
     budget_assumptions,
     budget_options,
+    int_option,
     precision_list,
+    prices_option,
     split_list,
 )
 
@@ -58,34 +60,15 @@ def compare(model, batch, gpus, profile_paths, precisions, tokens, prompt_tokens
     from qtsim.model.workload import Workload
     from qtsim.report.compare import compare_text
 
-    b, k, pr, nd = (_int(batch, "--batch", 1), _int(tokens, "--tokens", 1),
-                    _int(prompt_tokens, "--prompt-tokens", 0), _int(draws, "--draws", 10))
+    b, k, pr, nd = (int_option(batch, "--batch", 1), int_option(tokens, "--tokens", 1),
+                    int_option(prompt_tokens, "--prompt-tokens", 0), int_option(draws, "--draws", 10))
     workload = Workload(batch=b, new_tokens=k, prompt_tokens=pr,
                         bnb=bnb_settings(double_quant, int8_threshold, compute_dtype))
     text, plot = compare_text(model, split_list(gpus, "--gpu"), profile_paths, workload,
                               precision_list(precisions), sort,
                               budget_assumptions(pue, grid_gco2_per_kwh, None),
-                              _prices(usd_per_hour), nd, host, fmt, plot_path)
+                              prices_option(usd_per_hour), nd, host, fmt, plot_path)
     click.echo(text)
     if plot:
         click.echo(f"wrote {plot}", err=fmt != "text")
 
-
-def _int(text, name: str, minimum: int) -> int:
-    from qtsim.errors import QtsimError
-
-    try:
-        x = int(str(text))
-    except ValueError:
-        raise QtsimError(f"{name} {text!r} is not an integer") from None
-    if x < minimum:
-        raise QtsimError(f"{name} {x} is below {minimum}")
-    return x
-
-
-def _prices(text):
-    """``--usd-per-hour``: one price, or one per GPU (comma-separated), USD per GPU-hour."""
-    if text is None:
-        return None
-    return [budget_assumptions("1.0", None, v).usd_per_hour
-            for v in split_list(text, "--usd-per-hour")]

@@ -19,6 +19,7 @@ from qtsim.errors import QtsimError
 COMMANDS = {
     "trap": ("qtsim.cli.trap", "trap", "Will quantizing trap us? Verdicts, J/query, tok/s, COR, B*, N*, SI."),
     "compare": ("qtsim.cli.compare", "compare", "One model at one batch across GPUs x precisions: tok/s, J/query, kWh, $, verdicts."),
+    "plan": ("qtsim.cli.plan", "plan", "Capacity plan: GPU, precision, batch, replicas for a demand and latency target; $, kWh, CO2e."),
     "profiles": ("qtsim.cli.profiles", "profiles", "List, show and create (new) hardware profiles."),
     "models": ("qtsim.cli.profiles", "models", "List shipped model architectures and their counts."),
     "calibrate": ("qtsim.cli.calibrate", "calibrate", "Measure this GPU (or CPU) and write a hardware profile."),

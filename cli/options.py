@@ -68,16 +68,17 @@ def bnb_settings(double_quant=False, int8_threshold=None, compute_dtype=None):
 
     t = DEFAULT_INT8_THRESHOLD if int8_threshold is None else int8_threshold
     if isinstance(t, str):
-        t = _number(t, "--int8-threshold")
+        t = number_option(t, "--int8-threshold")
     return BnbSettings(bool(double_quant), t, compute_dtype)
 
 
 def budget_options(f):
     """--pue, --grid-gco2-per-kwh, --usd-per-hour: the assumptions behind budget figures."""
     f = click.option("--usd-per-hour", "usd_per_hour", metavar="USD",
-                     help="GPU price per hour (rental or amortised): adds $ per million tokens.")(f)
+                     help="GPU price per hour (rental or amortised): adds the $ figures "
+                          "(compare and plan: one price, or one per GPU in --gpu order).")(f)
     f = click.option("--grid-gco2-per-kwh", "grid_gco2_per_kwh", metavar="G",
-                     help="Grid carbon intensity, gCO2e/kWh: adds gCO2e per query.")(f)
+                     help="Grid carbon intensity, gCO2e/kWh: adds the carbon figures.")(f)
     f = click.option("--pue", metavar="PUE", default="1.0", show_default=True,
                      help="Facility power usage effectiveness (>= 1); 1 = GPU board energy only.")(f)
     return f
@@ -88,13 +89,35 @@ def budget_assumptions(pue="1.0", grid_gco2_per_kwh=None, usd_per_hour=None):
     from qtsim.report.budget import BudgetAssumptions
 
     def opt(v, name):
-        return None if v is None else _number(v, name)
+        return None if v is None else number_option(v, name)
 
-    return BudgetAssumptions(_number(pue, "--pue"), opt(grid_gco2_per_kwh, "--grid-gco2-per-kwh"),
+    return BudgetAssumptions(number_option(pue, "--pue"), opt(grid_gco2_per_kwh, "--grid-gco2-per-kwh"),
                              opt(usd_per_hour, "--usd-per-hour"))
 
 
-def _number(text, name: str) -> float:
+def int_option(text, name: str, minimum: int) -> int:
+    """An integer option given as text (checked here so the error is one line, exit 2)."""
+    from qtsim.errors import QtsimError
+
+    try:
+        x = int(str(text))
+    except ValueError:
+        raise QtsimError(f"{name} {text!r} is not an integer") from None
+    if x < minimum:
+        raise QtsimError(f"{name} {x} is below {minimum}")
+    return x
+
+
+def prices_option(text):
+    """``--usd-per-hour``: one price, or one per GPU (comma-separated), USD per GPU-hour."""
+    if text is None:
+        return None
+    return [budget_assumptions("1.0", None, v).usd_per_hour
+            for v in split_list(text, "--usd-per-hour")]
+
+
+def number_option(text, name: str) -> float:
+    """A finite number given as text (one-line error otherwise, exit 2)."""
     import math
 
     from qtsim.errors import QtsimError

@@ -11,16 +11,23 @@ from qtsim.cli.options import bnb_options, bnb_settings, int_list, precision_lis
 
 
 def parse_batches(text: str) -> list[int]:
-    """``1,2,4`` or ``LO:HI:N`` (N geometric steps, rounded to distinct integers)."""
+    """``1,2,4``, ``LO:HI:N`` (N geometric steps, rounded to distinct integers) or ``LO:HI``
+    (every integer from LO to HI)."""
     import numpy as np
+
+    from qtsim.errors import QtsimError
 
     if ":" in text:
         try:
-            lo, hi, n = (float(x) for x in text.split(":"))
+            parts = [float(x) for x in text.split(":")]
+            lo, hi, n = parts if len(parts) == 3 else (*parts, None)
         except ValueError:
-            raise click.BadParameter(f"--batch {text!r}: give LO:HI:N, e.g. 1:256:9") from None
-        if not (1 <= lo <= hi) or n < 1:
-            raise click.BadParameter(f"--batch {text!r}: need 1 <= LO <= HI and N >= 1")
+            raise QtsimError(f"--batch {text!r}: give LO:HI:N, e.g. 1:256:9, or LO:HI "
+                             "(every integer)") from None
+        if not (1 <= lo <= hi) or (n is not None and n < 1):
+            raise QtsimError(f"--batch {text!r}: need 1 <= LO <= HI and N >= 1")
+        if n is None:
+            return list(range(int(np.ceil(lo)), int(hi) + 1))
         return np.unique(np.round(np.geomspace(lo, hi, int(n)))).astype(int).tolist()
     return sorted(set(int_list(text, "--batch")))
 
@@ -77,7 +84,8 @@ def _command_line(ctx) -> str:
 @click.option("--precision", "precisions", default="fp16,int8,nf4", show_default=True,
               help="Weight precisions, comma-separated (each compared with the native 16-bit run).")
 @click.option("--batch", "batches", default="1,2,4,8,16,32,64,128", show_default=True,
-              help="Batch sizes: a comma list, or LO:HI:N geometric (rounded to integers).")
+              help="Batch sizes: a comma list, LO:HI:N geometric (rounded to integers) or LO:HI "
+                   "(every integer).")
 @click.option("--tokens", default=256, show_default=True, type=click.IntRange(min=1),
               help="New tokens per query K (the paper's atomic hops).")
 @click.option("--prompt-tokens", default=128, show_default=True, type=click.IntRange(min=0),

@@ -128,6 +128,37 @@ class BnbSettings:
         return out
 
 
+def parse_setting(text: str) -> tuple[str, BnbSettings]:
+    """A precision and its bitsandbytes settings from one name, the inverse of
+    :meth:`BnbSettings.label`: the precision, then ``+``-joined modifiers, ``dq`` (double
+    quantisation), ``t0`` / ``t6`` (LLM.int8() threshold) and ``fp16`` / ``bf16`` / ``fp32`` (4-bit
+    compute dtype); ``nf4+dq+bf16``, ``int8+t0``, and the labels as tables print them
+    (``int8 t=0``, ``nf4+dq bf16``). Returns (canonical precision, settings); a modifier that
+    does not apply to the precision is refused with one line."""
+    parts = [x for x in str(text).lower().replace(" ", "+").split("+") if x]
+    if not parts:
+        raise QtsimError("empty precision setting")
+    precision = get_precision(parts[0]).name
+    dq, threshold, dtype = False, DEFAULT_INT8_THRESHOLD, None
+    for m in parts[1:]:
+        t = m.replace("t=", "t")
+        if m == "dq":
+            dq = True
+        elif t[:1] == "t" and t[1:].replace(".", "", 1).isdigit():
+            threshold = float(t[1:])
+        elif m in COMPUTE_DTYPES:
+            dtype = m
+        else:
+            raise QtsimError(f"precision setting {text!r}: unknown modifier {m!r} (dq, t0, t6, "
+                             f"{', '.join(COMPUTE_DTYPES)})")
+    bnb = BnbSettings(dq, threshold, dtype)
+    try:
+        bnb.check([precision])
+    except QtsimError as e:
+        raise QtsimError(f"precision setting {text!r}: {e}") from None
+    return precision, bnb
+
+
 def _torch_name(dtype: str | None) -> str | None:
     """``bf16`` -> ``bfloat16`` (the torch dtype name BitsAndBytesConfig takes)."""
     return {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}.get(dtype, dtype)

@@ -22,6 +22,10 @@ from qtsim.errors import QtsimError
 
 J_PER_KWH = 3.6e6
 SECONDS_PER_HOUR = 3600.0
+#: an average month: 365.25 days x 24 h / 12, hours
+HOURS_PER_MONTH = 730.5
+SECONDS_PER_MONTH = HOURS_PER_MONTH * SECONDS_PER_HOUR
+G_PER_TONNE = 1e6
 
 
 @dataclass(frozen=True)
@@ -56,14 +60,30 @@ class BudgetAssumptions:
         return "; ".join(parts)
 
 
+def kwh(energy_j, pue: float = 1.0):
+    """Facility energy of ``energy_j`` joules at the GPU board, kWh: J x PUE / 3.6e6 J/kWh."""
+    return energy_j * pue / J_PER_KWH
+
+
 def kwh_per_million_queries(j_per_query, pue: float = 1.0):
     """Energy of one million queries, kWh: J/query x PUE x 1e6 / 3.6e6 J/kWh."""
-    return j_per_query * pue * 1e6 / J_PER_KWH
+    return kwh(j_per_query * 1e6, pue)
+
+
+def tco2e(kwh_, grid_gco2_per_kwh: float):
+    """Emissions of ``kwh_`` kWh of facility energy, tonnes CO2e: kWh x gCO2e/kWh / 1e6 g/t."""
+    return kwh_ * grid_gco2_per_kwh / G_PER_TONNE
+
+
+def usd_per_month(gpus, usd_per_hour: float):
+    """What ``gpus`` GPUs cost in a month (:data:`HOURS_PER_MONTH`), USD: GPUs x $/h x 730.5 h,
+    whether they are busy or not (a rented or reserved GPU is paid for by the hour)."""
+    return gpus * usd_per_hour * HOURS_PER_MONTH
 
 
 def gco2e_per_query(j_per_query, grid_gco2_per_kwh: float, pue: float = 1.0):
     """Emissions of one query, gCO2e: J/query x PUE / 3.6e6 J/kWh x gCO2e/kWh."""
-    return j_per_query * pue / J_PER_KWH * grid_gco2_per_kwh
+    return kwh(j_per_query, pue) * grid_gco2_per_kwh
 
 
 def usd_per_million_tokens(tok_per_s, usd_per_hour: float):

@@ -154,28 +154,16 @@ def compare_text(model: str, gpus: Sequence[str], profile_paths: Sequence[str],
     import json
 
     from qtsim.model.architecture import load_architecture
-    from qtsim.profiles.hardware import list_profiles, load_profile
 
     if sort not in COLUMNS:
         raise QtsimError(f"--sort {sort!r}: choose from {', '.join(COLUMNS)}")
     assumptions = assumptions or budget.BudgetAssumptions()
-    if [n.lower() for n in gpus] == ["all"]:
-        profiles = [load_profile(r["name"]) for r in list_profiles() if r["source"] != "INVALID"]
-    else:
-        profiles = [load_profile(g) for g in gpus]
-    profiles += [load_profile(path=p) for p in profile_paths]
-    seen = [p.name for p in profiles]
-    if len(set(seen)) != len(seen):
-        raise QtsimError(f"GPU listed twice: {', '.join(seen)}")
+    profiles = load_gpus(gpus, profile_paths)
     arch = load_architecture(model)
-    if prices is not None and len(prices) not in (1, len(profiles)):
-        raise QtsimError(f"--usd-per-hour: give one price, or one per GPU ({len(profiles)}) in "
-                         "--gpu order")
-    by_gpu = None
+    by_gpu = gpu_prices(prices, profiles)
     if prices and len(prices) == 1:
         assumptions = dataclasses.replace(assumptions, usd_per_hour=prices[0])
-    elif prices:
-        by_gpu = dict(zip([p.name for p in profiles], prices, strict=True))
+        by_gpu = None
     result = compare(profiles, arch, workload, precisions, assumptions, sort, n_draws=n_draws,
                      usd_per_hour_by_gpu=by_gpu, host=host)
     text = (json.dumps(result.to_dict(), indent=2) if fmt == "json" else
@@ -187,6 +175,35 @@ def compare_text(model: str, gpus: Sequence[str], profile_paths: Sequence[str],
         col = sort if COLUMNS[sort][2] != "{}" and sort != "fits" else "j_per_query"
         written = save(plot_compare(result, col), plot_path)
     return text, written
+
+
+def load_gpus(gpus: Sequence[str], profile_paths: Sequence[str] = ()) -> list[HardwareProfile]:
+    """The profiles of ``gpus`` (names or aliases, or ``["all"]``: every visible profile, the
+    user's included), then of ``profile_paths``; a GPU listed twice is refused."""
+    from qtsim.profiles.hardware import list_profiles, load_profile
+
+    if [n.lower() for n in gpus] == ["all"]:
+        profiles = [load_profile(r["name"]) for r in list_profiles() if r["source"] != "INVALID"]
+    else:
+        profiles = [load_profile(g) for g in gpus]
+    profiles += [load_profile(path=p) for p in profile_paths]
+    seen = [p.name for p in profiles]
+    if len(set(seen)) != len(seen):
+        raise QtsimError(f"GPU listed twice: {', '.join(seen)}")
+    return profiles
+
+
+def gpu_prices(prices: Sequence[float] | None, profiles) -> dict | None:
+    """``--usd-per-hour``: None, one price for every GPU or one per GPU in order -> GPU name ->
+    USD per GPU-hour (None when no price was given)."""
+    if not prices:
+        return None
+    if len(prices) not in (1, len(profiles)):
+        raise QtsimError(f"--usd-per-hour: give one price, or one per GPU ({len(profiles)}) in "
+                         "--gpu order")
+    names = [p.name for p in profiles]
+    return dict(zip(names, list(prices) * len(names) if len(prices) == 1 else prices,
+                    strict=True))
 
 
 def _check_compare(profiles, workload: Workload, precisions, sort: str) -> list[str]:

@@ -43,7 +43,7 @@ def simulate_to_files(gpus: Sequence[str], profile_paths: Sequence[str], models:
     total = len(profiles) * len(precisions) * n_blocks(max(n_models, 1),
                                                        len(workload.batch), n_draws)
     t0 = time.perf_counter()
-    with (progress_bar or _NoBar)(total) as bar:
+    with (progress_bar or NoBar)(total) as bar:
         surface = simulate(profiles, archs, precisions, workload, size_grid, fam, trust_table,
                            depth, policy, n_draws=n_draws, seed=seed, progress=bar.update)
     echo(grid_line(surface, n_draws, time.perf_counter() - t0))
@@ -88,7 +88,7 @@ def load_grid_inputs(gpus, profile_paths, models, family, sizes, workload: Workl
     return profiles, archs, fam, parse_sizes(sizes) if sizes else None
 
 
-class _NoBar:
+class NoBar:
     """A progress bar that shows nothing."""
 
     def __init__(self, total: int):

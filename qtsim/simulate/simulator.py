@@ -161,9 +161,14 @@ class Simulator:
                              prof.compute_dtype_4bit, overlap=prof.overlap)
         if draws:
             out = self._add_model_error(out, workload.family)
-        out["peak_bytes"] = self.peak_bytes(counts, workload)
-        out["fits"] = out["peak_bytes"] <= prof.memory_bytes
+        out["peak_bytes"], out["fits"] = self.memory(counts, workload)
         return out
+
+    def memory(self, counts: ArchCounts, workload: Workload):
+        """(peak bytes, fits): :meth:`peak_bytes` of ``workload`` and whether it is within the
+        device's memory (cheap: no timelines, so callers can skip what does not fit)."""
+        peak = self.peak_bytes(counts, workload)
+        return peak, peak <= self.profile.memory_bytes
 
     def peak_bytes(self, counts: ArchCounts, workload: Workload):
         """Peak device memory of ``workload``, runtime overhead included, bytes."""
@@ -171,6 +176,15 @@ class Simulator:
         w = workload
         return physical.peak_memory_bytes(counts, w.precision, w.batch, w.new_tokens,
                                           w.prompt_tokens, w.double_quant, overhead)
+
+    def idle_power_w(self, draws: bool = False):
+        """Board power of a replica with no batch to run, W: the profile's ``p_idle_w`` (the
+        awake power where a profile has none). A float, or (n_draws, 1) with draws.
+        ``qtsim plan`` charges replicas' hours without a batch at it."""
+        p = self.params(draws)
+        if "p_idle_w" in p:
+            return p["p_idle_w"]
+        return p["p_awake_w"] if "p_awake_w" in p else p["p_static_w"]
 
     def compare(self, counts: ArchCounts, workload: Workload, draws: bool = False):
         """Quantized against its native reference at the same workload.
