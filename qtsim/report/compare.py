@@ -36,6 +36,8 @@ COLUMNS = {
     "tok_per_s": ("tok/s", "tokens/s", "{:.3g}", False),
     "latency_s": ("latency s", "s", "{:.3g}", True),
     "j_per_query": ("J/query", "J", "{:.3g}", True),
+    "avg_power_w": ("avg W", "W", "{:.3g}", True),
+    "awake_frac": ("awake %", "%", "{:.0%}", True),
     "kwh_per_million_queries": ("kWh/M q", "kWh", "{:.3g}", True),
     "gco2e_per_query": ("gCO2e/q", "gCO2e", "{:.3g}", True),
     "usd_per_million_tokens": ("$/M tok", "USD", "{:.3g}", True),
@@ -50,6 +52,8 @@ LONG_NAMES = {
     "kwh_per_million_queries": "kWh per million queries",
     "gco2e_per_query": "gCO2e per query", "usd_per_million_tokens": "USD per million tokens",
     "energy_ratio": "energy per query / same GPU's 16-bit",
+    "avg_power_w": "average board power over the query (W)",
+    "awake_frac": "share of the decode step the GPU waits for the host at awake power",
 }
 
 
@@ -245,6 +249,7 @@ def _row(sim: Simulator, counts, w: Workload, nat: dict, price: budget.BudgetAss
         "peak_memory_gib": float(q["peak_bytes"]) / GIB,
         "tok_per_s": float(q["tok_per_s"]), "latency_s": float(q["latency_s"]),
         "j_per_query": j, "j_per_query_low": float(j_lo), "j_per_query_high": float(j_hi),
+        "avg_power_w": float(q["avg_power_w"]), "awake_frac": float(q["awake_frac"]),
         **budget.figures(j, float(q["tok_per_s"]), price),
         "energy_ratio": float(d["energy_ratio"]) if quant else 1.0,
         "verdict": verdict,

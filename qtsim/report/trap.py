@@ -78,6 +78,8 @@ def assess_trap(profile: HardwareProfile, arch: Architecture, workload: Workload
     v = rep["verdict"]
     v.update(fits_note=_fits_note(q, n, workload, profile), fits=fits["quantized"],
              native_fits=fits["native"])
+    if "p_awake_w" in profile.physical and profile.overlap:
+        v["awake_sensitivity"] = sim.verdict_range(counts, workload, "p_awake_w")
     v["headline"] = fits_headline(rep)
     if not fits["quantized"]:  # no verdict on a configuration that cannot run
         v["if_it_fit"] = {k: v[k] for k in ("energy", "time", "si")}
@@ -126,6 +128,8 @@ def _side(c: dict, dr: dict) -> dict:
         "host_s": float(c["host_s"]), "device_s": float(c["device_s"]),
         "binding": str(timeline.binding(c["host_s"], c["device_s"])),
         "avg_power_w": _stat(c["avg_power_w"], dr["avg_power_w"]),
+        "power_states": {k: float(np.ravel(c[k])[0]) for k in
+                         ("busy_frac", "busy_w", "awake_frac", "awake_w", "cap_stretch")},
         "peak_memory_gib": float(c["peak_bytes"]) / GIB,
         "fits": bool(c["fits"]),
     }
@@ -266,8 +270,17 @@ def format_text(r: dict) -> str:
         f"  B*  {_threshold_text(r['b_star'], 'batch')}   paper eq. 18: {r['paper']['b_star_eq18']:.3g} (eq. 19 is trapped above it)",
         f"  N*  {_threshold_text(r['n_star'], 'params')}",
         f"  step    {p} {_step_text(qn)}; {nat} {_step_text(nt)}",
+        f"  power   {p} {_power_text(qn)}",
+        f"          {nat} {_power_text(nt)}",
         f"  memory  {p} {qn['peak_memory_gib']:.1f} GiB, {nat} {nt['peak_memory_gib']:.1f} GiB",
     ]
+    hinge = r["verdict"].get("awake_sensitivity")
+    if hinge and hinge["flips"]:
+        lo, hi = hinge["range"]
+        lines.append(f"  NOTE    the energy verdict hinges on the awake-power prior: it flips within "
+                     f"its 68% range ({lo:.0f}-{hi:.0f} W; energy ratio "
+                     f"{hinge['energy_ratio'][0]:.2f}x-{hinge['energy_ratio'][2]:.2f}x); "
+                     "meter this GPU idling with a context open (`qtsim calibrate`) to settle it")
     if r.get("budget"):
         lines.append(_budget_text(r["budget"], p, nat))
     t = r["si"]["trust"]
@@ -309,6 +322,19 @@ def _budget_text(b: dict, p: str, nat: str) -> str:
     a = b["assumptions"]
     text = BudgetAssumptions(a["pue"], a["grid_gco2_per_kwh"], a["usd_per_hour"]).describe()
     return f"  budget  {p} {one(b['quantized'])} vs {nat} {one(b['native'])}  ({text})"
+
+
+def _power_text(side: dict) -> str:
+    """'62 W average [55, 70]: busy 31% of the step at ~120 W, waiting for the host 69% at 43 W
+    (awake)' for one configuration, with the power cap's slow-down where it binds."""
+    st = side["power_states"]
+    text = (f"{_fmt(side['avg_power_w'], ' W')} average: busy {100 * st['busy_frac']:.0f}% of the "
+            f"step at ~{st['busy_w']:.0f} W")
+    if st["awake_frac"] >= 0.005:
+        text += f", waiting for the host {100 * st['awake_frac']:.0f}% at {st['awake_w']:.0f} W (awake)"
+    if st["cap_stretch"] > 1.005:
+        text += f"; power-capped: clocks down, device time x{st['cap_stretch']:.2f}"
+    return text
 
 
 def _step_text(side: dict) -> str:

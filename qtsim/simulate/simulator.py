@@ -148,16 +148,20 @@ class Simulator:
         return out
 
     # ---- one configuration -------------------------------------------------------------------
-    def evaluate(self, counts: ArchCounts, workload: Workload, draws: bool = False) -> dict:
+    def evaluate(self, counts: ArchCounts, workload: Workload, draws: bool = False,
+                 overrides: dict | None = None) -> dict:
         """Latency, throughput, J/query (power model and HLI) and peak memory of ``workload``.
 
         Vectorised: ``workload.batch`` and the ``counts`` fields may be arrays that broadcast;
         with ``draws`` every value gets a leading axis of Monte-Carlo draws (model error
-        included). Returns the dict of :func:`qtsim.model.physical.query` plus ``peak_bytes``
-        and ``fits`` (peak memory within the device's).
+        included). ``overrides`` replaces named constants (central values only: a what-if, e.g.
+        one power state at the edge of its band). Returns the dict of
+        :func:`qtsim.model.physical.query` plus ``peak_bytes`` and ``fits`` (peak memory within
+        the device's).
         """
         prof = self.profile
-        out = physical.query(counts, workload, self.params(draws), prof.tdp_w, prof.native,
+        params = {**self.params(draws), **(overrides or {})}
+        out = physical.query(counts, workload, params, prof.tdp_w, prof.native,
                              prof.compute_dtype_4bit, overlap=prof.overlap)
         if draws:
             out = self._add_model_error(out, workload.family)
@@ -186,16 +190,34 @@ class Simulator:
             return p["p_idle_w"]
         return p["p_awake_w"] if "p_awake_w" in p else p["p_static_w"]
 
-    def compare(self, counts: ArchCounts, workload: Workload, draws: bool = False):
+    def compare(self, counts: ArchCounts, workload: Workload, draws: bool = False,
+                overrides: dict | None = None):
         """Quantized against its native reference at the same workload.
 
         Returns ``(quant, native, derived)``; ``derived`` holds COR (eq. 9 from step times),
         the energy ratio (quantized / native J per query), the speed ratio (tok/s), and
         ``delta_j`` (quantized minus native J/query; positive = trapped on energy).
         """
-        q = self.evaluate(counts, workload, draws)
-        n = self.evaluate(counts, workload.reference(self.profile.native), draws)
+        q = self.evaluate(counts, workload, draws, overrides)
+        n = self.evaluate(counts, workload.reference(self.profile.native), draws, overrides)
         return q, n, ratios(q, n)
+
+    def verdict_range(self, counts: ArchCounts, workload: Workload, name: str = "p_awake_w",
+                      z: float = 1.0) -> dict:
+        """Does the energy verdict hinge on one constant? The quantized/native energy ratio with
+        ``name`` at its central value -/+ ``z`` stderr (everything else central): ``flips`` is
+        True when the verdict differs at either edge of that range (68% for z = 1)."""
+        p = self.profile.physical[name]
+        lo, hi = max(p.value - z * p.stderr, 0.0), p.value + z * p.stderr
+        out = {"name": name, "value": p.value, "stderr": p.stderr, "unit": p.unit,
+               "source": p.source, "range": [lo, hi]}
+        trapped = []
+        for x in (lo, p.value, hi):
+            *_, d = self.compare(counts, workload, overrides={name: x})
+            trapped.append(bool(np.ravel(d["energy_ratio"])[0] > 1.0))
+            out.setdefault("energy_ratio", []).append(float(np.ravel(d["energy_ratio"])[0]))
+        out["flips"] = len(set(trapped)) > 1
+        return out
 
     # ---- thresholds --------------------------------------------------------------------------
     def batch_limit(self, counts: ArchCounts, workload: Workload) -> float:
