@@ -45,15 +45,19 @@ def show_cmd(name, profile_path, fmt):
 @click.option("--architecture", default="unknown", show_default=True,
               help="GPU architecture, e.g. ampere, ada-lovelace, hopper (recorded only).")
 @click.option("--memory-type", metavar="hbm|gddr",
-              help="Memory kind for the energy-per-byte prior (default: hbm from 1500 GB/s up).")
+              help="Memory kind, recorded (default: hbm from 1500 GB/s up).")
+@click.option("--segment", default="datacenter", show_default=True,
+              type=click.Choice(["datacenter", "workstation", "desktop"]),
+              help="Board class: a desktop (GeForce) board's driver drops clocks between "
+                   "kernels, so it waits for the host at lower awake power.")
 @click.option("--force", is_flag=True, help="Replace an existing user profile of this name.")
 @click.option("--dry-run", is_flag=True, help="Print the TOML instead of writing it.")
 def new_cmd(name, memory_gib, bandwidth_gbs, fp16_tflops, int8_tops, tdp_w, architecture,
-            memory_type, force, dry_run):
+            memory_type, segment, force, dry_run):
     """Write a spec-derived profile for GPU NAME into your profile directory.
 
-    The same priors (with their wide stderr) as the shipped spec profiles are derived from the
-    five datasheet numbers; afterwards `qtsim trap --gpu NAME ...` works like for any shipped
+    The same priors as the shipped spec profiles are derived from the five datasheet numbers and
+    the board class (the power states' forms fitted to metered public runs); afterwards `qtsim trap --gpu NAME ...` works like for any shipped
     GPU. Use dense tensor throughput, not the "with sparsity" figure.
 
     \b
@@ -64,7 +68,7 @@ def new_cmd(name, memory_gib, bandwidth_gbs, fp16_tflops, int8_tops, tdp_w, arch
     from qtsim.report.catalog import new_profile
 
     click.echo(new_profile(name, memory_gib, bandwidth_gbs, fp16_tflops, int8_tops, tdp_w,
-                           architecture, memory_type, force, dry_run))
+                           architecture, memory_type, force, dry_run, segment))
 
 
 @profiles.command("hosts")

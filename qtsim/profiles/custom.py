@@ -55,12 +55,13 @@ def check_name(name: str) -> str:
 
 def new_spec_profile(name: str, memory_gib, bandwidth_gbs, fp16_tflops, int8_tops, tdp_w,
                      architecture: str = "unknown", memory_type: str | None = None,
-                     source: str = "") -> HardwareProfile:
+                     source: str = "", segment: str = "datacenter") -> HardwareProfile:
     """A spec-derived profile from datasheet numbers (dense tensor throughput, not sparse).
 
     Units: ``memory_gib`` GiB, ``bandwidth_gbs`` GB/s, ``fp16_tflops`` dense FP16 tensor
     TFLOPS, ``int8_tops`` dense INT8 tensor TOPS, ``tdp_w`` W. ``memory_type`` hbm or gddr picks
-    the energy-per-byte prior (default: hbm from 1500 GB/s up, else gddr).
+    is recorded (default: hbm from 1500 GB/s up, else gddr); ``segment`` (datacenter,
+    workstation, desktop) picks the awake-power form (:func:`qtsim.model.power.awake_power_w`).
     """
     from qtsim.profiles.priors import spec_profile
 
@@ -80,6 +81,7 @@ def new_spec_profile(name: str, memory_gib, bandwidth_gbs, fp16_tflops, int8_top
         "fp16_dense_tflops": v["fp16_tflops"], "int8_dense_tops": v["int8_tops"],
         "fp8_dense_tflops": "", "fp4_dense_tflops": "", "tdp_w": v["tdp_w"],
         "native_low_precision": "int8", "memory_type": str(memory_type).lower(),
+        "segment": segment,
         "source": source or "user-entered datasheet figures (qtsim profiles new)",
     }
     prof = spec_profile(row)

@@ -91,13 +91,14 @@ def new_profile_summary(prof, path) -> str:
 
 
 def new_profile(name, memory_gib, bandwidth_gbs, fp16_tflops, int8_tops, tdp_w,
-                architecture="unknown", memory_type=None, force=False, dry_run=False) -> str:
+                architecture="unknown", memory_type=None, force=False, dry_run=False,
+                segment="datacenter") -> str:
     """``profiles new``: a spec-derived profile written to the user directory (``dry_run``:
     its TOML only); returns the text to print."""
     from qtsim.profiles.custom import new_spec_profile, save_user_profile
 
     prof = new_spec_profile(name, memory_gib, bandwidth_gbs, fp16_tflops, int8_tops, tdp_w,
-                            architecture, memory_type)
+                            architecture, memory_type, segment=segment)
     if dry_run:
         return prof.to_toml()
     return new_profile_summary(prof, save_user_profile(prof, force))
