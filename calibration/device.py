@@ -265,6 +265,36 @@ class CudaDevice(Device):
         return gpu.default_power_limit_w() if gpu is not None else None
 
 
+@dataclass
+class NvmlOnlyDevice(Device):
+    """A GPU seen through NVML alone, before this process opens a CUDA context on it: what the
+    deep-idle power window measures (:mod:`qtsim.calibration.power_states`). Nothing can be
+    queued on it, so :meth:`synchronize` has nothing to wait for."""
+
+    backend: str = "cuda"
+    name: str = "unknown-gpu"
+    gpu: Any = None  # the NvmlGpu
+
+    def synchronize(self) -> None:
+        """No context, no queued work."""
+
+    def nvml(self):
+        return self.gpu
+
+    nvml_error = None
+
+    def describe(self) -> dict[str, Any]:
+        info = self.gpu.info()
+        return {"device_string": info.get("nvml_name"), "backend": "cuda",
+                "hardware": self.name, "cuda_version": None, **info}
+
+    def memory_bytes(self) -> int | None:
+        return None
+
+    def tdp_w(self) -> float | None:
+        return self.gpu.default_power_limit_w()
+
+
 MEASUREMENT_PACKAGES = ("torch", "transformers", "bitsandbytes")
 
 
