@@ -143,6 +143,9 @@ def calibrate_device(gpu: str, out_dir, name=None, *, resume=False, quick=False,
     if cpu_threads is not None and not cpu:
         raise QtsimError("--cpu-threads applies to --gpu cpu only")
     out = Path(out_dir)
+    if power_window_s < 5.0:
+        log(f"power-state windows of {power_window_s:g} s: shorter than 5 s, NVML's ~0.1 s "
+            "counter updates weigh on every power constant")
     idle_raw = None if cpu else _deep_idle_first(gpu, name, out, resume, power_window_s, log)
     device = device_mod.detect_device(gpu, cpu_threads=cpu_threads)
     name = name or device.name
