@@ -107,6 +107,12 @@ def _deep_idle_first(gpu: str, name, out: Path, resume: bool, power_window_s: fl
     from qtsim.calibration.power_states import deep_idle_device, measure_deep_idle
     from qtsim.calibration.raw import RawStore
 
+    try:  # importing torch opens no context; a build without CUDA is refused just after
+        import torch
+    except ImportError:
+        return None
+    if torch.version.cuda is None:
+        return None
     dev = deep_idle_device(gpu, log=log)
     if dev is None:
         return None

@@ -291,11 +291,14 @@ def _cuda_shaped_raw(path):
 
 def test_calibrate_gpu_measures_power_states_and_the_profile_uses_them(board, monkeypatch,
                                                                          tmp_path):
+    import torch
+
     from qtsim.calibration import calibrate as cal
     from qtsim.calibration import device as device_mod
     from qtsim.calibration import plan as plan_mod
     from qtsim.report.budget import profile_energy_scope
 
+    monkeypatch.setattr(torch.version, "cuda", "12.8")  # a CUDA build of torch, as on a GPU box
     dev = FakeCudaDevice(NvmlGpu(0))
     monkeypatch.setattr(device_mod, "detect_device", lambda *a, **k: dev)
     monkeypatch.setattr(plan_mod, "calibration_plan",
