@@ -170,6 +170,8 @@ class CpuDevice(Device):
         return os.cpu_count() or 1
 
     def describe(self) -> dict[str, Any]:
+        from qtsim.calibration.energy import rapl_power_limit_w
+
         try:
             import torch
 
@@ -192,7 +194,7 @@ class CpuDevice(Device):
             "mem_clock_mhz": None,
             "max_sm_clock_mhz": int(max_khz) / 1000 if max_khz and max_khz.strip().isdigit() else None,
             "temperature_c": None,
-            "power_limit_w": None,
+            "power_limit_w": rapl_power_limit_w(),  # RAPL's PL1 where readable
         }
 
     def memory_bytes(self) -> int | None:

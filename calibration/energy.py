@@ -219,6 +219,18 @@ class RaplMeter(Meter):
                         tuple(notes))
 
 
+def rapl_power_limit_w(root: str = "/sys/class/powercap") -> float | None:
+    """The package power limit RAPL enforces over the long term (PL1,
+    ``constraint_0_power_limit_uw``, summed over package zones), W: a CPU's analogue of NVML's
+    enforced power limit. None where absent or unreadable."""
+    meter = RaplMeter(root)
+    try:
+        total = sum(meter._read(z, "constraint_0_power_limit_uw") for z in meter.zones)
+    except (OSError, ValueError):
+        return None
+    return total / 1e6 if total > 0 else None
+
+
 def rapl_status(root: str = "/sys/class/powercap") -> tuple[bool, str]:
     """Whether this machine's RAPL package counters can be read, and a line saying so: absent
     (no ``intel-rapl:N`` zone under ``root``: common in virtual machines), unreadable (reading

@@ -9,7 +9,7 @@ whole window) solves directly:
     p_awake_w = P(awake)
     e_byte_j  = (P(stream) - p_awake) / (bytes/s)(stream)
     e_flop_j  = (P(gemm) - p_awake - e_byte (bytes/s)(gemm)) / (FLOP/s)(gemm)
-    p_cap_w   = NVML's enforced power limit
+    p_cap_w   = the enforced power limit: NVML's on a GPU, RAPL's PL1 on a CPU
 
 P is the mean over a point's windows of E_i / d_i from the best real meter it has (NVML counter,
 RAPL, then NVML polling; never the HLI estimate). Its standard error is the windows' standard
@@ -166,14 +166,21 @@ def _held(name: str, value: float, se: float, basis: str, meter: str,
     return PowerConstant(value, se, UNITS[name], basis, meter)
 
 
+LIMIT_SOURCE = {"cuda": "NVML enforced power limit (nvmlDeviceGetEnforcedPowerLimit)",
+                "cpu": "RAPL package power limit PL1 (constraint_0_power_limit_uw)"}
+
+
 def _power_cap(states: dict[str, StatePower], notes: list[str]) -> PowerConstant | None:
-    """``p_cap_w`` from NVML's enforced limit where the GPU's points recorded one; a GEMM
-    window held at that limit is noted (its e_flop_j is then the capped clock's)."""
-    gpu = [s for s in states.values() if s.row.get("backend") == "cuda"
-           and s.row.get("kind") == "power_state"]
-    limits = sorted({x for x in (_num(s.row, "power_limit_w") for s in gpu)
+    """``p_cap_w`` from the limit the device enforces (NVML's on a GPU, RAPL's PL1 on a CPU)
+    where the power-state points recorded one; a GEMM window held at that limit is noted (its
+    e_flop_j is then the capped clock's)."""
+    pts = [s for s in states.values() if s.row.get("kind") == "power_state"]
+    limits = sorted({x for x in (_num(s.row, "power_limit_w") for s in pts)
                      if math.isfinite(x) and x > 0})
     if not limits:
+        if pts:
+            notes.append("p_cap_w: the device recorded no enforced power limit; the profile's "
+                         "TDP stands in for it (a busy power above it stretches device time)")
         return None
     if len(limits) > 1:
         notes.append(f"the enforced power limit changed during calibration ({limits} W): "
@@ -189,9 +196,9 @@ def _power_cap(states: dict[str, StatePower], notes: list[str]) -> PowerConstant
                          f"; clock event reasons {reasons:#x}): e_flop_j is the energy per FLOP "
                          "at the capped clocks, which the model's capping (eq. P.3) assumes "
                          "clock-independent")
-    return PowerConstant(cap, 0.0, "W", "NVML enforced power limit "
-                         f"(nvmlDeviceGetEnforcedPowerLimit) recorded with {gpu[0].point_id}",
-                         "nvml")
+    src = LIMIT_SOURCE.get(str(pts[0].row.get("backend")), "enforced power limit")
+    return PowerConstant(cap, 0.0, "W", f"{src} recorded with {pts[0].point_id}",
+                         "nvml" if pts[0].row.get("backend") == "cuda" else "rapl")
 
 
 def power_constants(frame, notes: list[str]) -> dict[str, PowerConstant]:

@@ -21,7 +21,7 @@ import pytest
 from qtsim.calibration import nvml as nvml_mod
 from qtsim.calibration import power_states as ps
 from qtsim.calibration.device import CpuDevice
-from qtsim.calibration.energy import EnergyMonitor, RaplMeter, rapl_status
+from qtsim.calibration.energy import EnergyMonitor, RaplMeter, rapl_power_limit_w, rapl_status
 from qtsim.calibration.nvml import NvmlGpu, visible_gpu
 from qtsim.calibration.power_fit import power_constants, state_powers
 from qtsim.calibration.raw import RawStore
@@ -325,18 +325,26 @@ def test_calibrate_gpu_measures_power_states_and_the_profile_uses_them(board, mo
 
 
 # -- a CPU: RAPL where it is readable, said where it is not ----------------------------------------
-def _rapl_board(root, max_uj):
+def _rapl_board(root, max_uj, pl1_uw=None):
     z = root / "intel-rapl:0"
     z.mkdir(parents=True)
     (z / "max_energy_range_uj").write_text(f"{max_uj}\n")
     (z / "energy_uj").write_text("0\n")
+    if pl1_uw is not None:
+        (z / "constraint_0_power_limit_uw").write_text(f"{pl1_uw}\n")
     return z
 
 
 def test_rapl_power_states_on_a_cpu_with_wraparound(monkeypatch, tmp_path):
     """deep idle and awake on a CPU whose fake RAPL counter wraps within the run."""
     watts = {"deep_idle": 8.0, "awake": 21.0}
-    z = _rapl_board(tmp_path / "powercap", max_uj=3_000_000)  # wraps every 3 J
+    import functools
+
+    from qtsim.calibration import energy as energy_mod
+
+    z = _rapl_board(tmp_path / "powercap", max_uj=3_000_000, pl1_uw=35_000_000)  # wraps every 3 J
+    monkeypatch.setattr(energy_mod, "rapl_power_limit_w",  # what CpuDevice.describe() reads
+                        functools.partial(energy_mod.rapl_power_limit_w, str(tmp_path / "powercap")))
     state = {"w": 8.0, "uj": 0.0, "t": time.perf_counter()}
 
     def factory(spec, device):
@@ -360,7 +368,8 @@ def test_rapl_power_states_on_a_cpu_with_wraparound(monkeypatch, tmp_path):
     c = power_constants(store.summary_frame(), [])
     assert c["p_idle_w"].value == pytest.approx(8.0, rel=0.1)
     assert c["p_awake_w"].value == pytest.approx(21.0, rel=0.1) and c["p_awake_w"].meter == "rapl"
-    assert "p_cap_w" not in c  # a CPU's limit is its TDP, not an NVML reading
+    # the CPU's enforced limit is RAPL's PL1, not the assumed TDP (7.5 W x cores here)
+    assert c["p_cap_w"].value == pytest.approx(35.0) and "PL1" in c["p_cap_w"].basis
 
 
 def test_cpu_stream_and_gemm_fall_back_to_the_probes():
@@ -391,6 +400,9 @@ def test_rapl_status_says_why(tmp_path):
     z = _rapl_board(tmp_path / "pc", 1000)
     assert rapl_status(str(tmp_path / "pc")) == (True, f"RAPL readable (1 package zone(s) under "
                                                         f"{tmp_path / 'pc'})")
+    assert rapl_power_limit_w(str(tmp_path / "pc")) is None  # no PL1 file
+    (z / "constraint_0_power_limit_uw").write_text("28000000\n")
+    assert rapl_power_limit_w(str(tmp_path / "pc")) == pytest.approx(28.0)
     (z / "energy_uj").unlink()
     (z / "energy_uj").mkdir()  # unreadable as a file
     ok, line = rapl_status(str(tmp_path / "pc"))
