@@ -14,7 +14,8 @@ from qtsim.errors import QtsimError
 
 #: the constants the fit summary prints, when the profile has them
 SUMMARY_CONSTANTS = ("mem_bw_gbs", "h_op_s", "h_step_s", "t_step_s", "t_layer_s",
-                     "t_call_fp16_b1_s", "t_call_nf4_b1_s", "t_call_int8_b1_s")
+                     "t_call_fp16_b1_s", "t_call_nf4_b1_s", "t_call_int8_b1_s",
+                     "p_idle_w", "p_awake_w", "e_byte_j", "e_flop_j", "p_cap_w")
 
 
 def _stderr(line: str) -> None:
@@ -27,11 +28,13 @@ def fit_lines(prof, fit, out) -> list[str]:
     lines += [f"  {s.name:13s} {s.n_points:4d} points  fit MAPE {100 * s.mape:5.1f}%  "
               f"max {100 * s.max_ape:5.1f}%  AIC {s.aic:8.1f}  BIC {s.bic:8.1f}"
               for s in fit.stages if s.n_points]
-    lines.append(f"  energy method: {fit.energy_method}")
+    from qtsim.report.budget import profile_energy_scope
+
+    lines.append(f"  energy: {profile_energy_scope(prof)} (method: {fit.energy_method})")
     for k in SUMMARY_CONSTANTS:
         if k in prof.physical:
             p = prof.physical[k]
-            lines.append(f"  {k:18s} {p.value:.4g} ± {p.stderr:.2g} {p.unit}")
+            lines.append(f"  {k:18s} {p.value:.4g} ± {p.stderr:.2g} {p.unit} ({p.source})")
     lines += [f"  note: {n}" for n in fit.notes]
     return lines
 
@@ -97,31 +100,77 @@ def _fresh_raw(raw: Path, resume: bool) -> None:
         raise QtsimError(f"{raw} exists: pass --resume to continue it, or choose another --out")
 
 
+def _deep_idle_first(gpu: str, name, out: Path, resume: bool, power_window_s: float, log):
+    """A GPU's deep-idle windows, before anything opens a CUDA context in this process, into
+    OUT/NAME-calibration.h5 (NAME: ``name``, else the GPU as NVML names it); that file, or
+    None when NVML is unusable (then nothing was measured)."""
+    from qtsim.calibration.power_states import deep_idle_device, measure_deep_idle
+    from qtsim.calibration.raw import RawStore
+
+    try:  # importing torch opens no context; a build without CUDA is refused just after
+        import torch
+    except ImportError:
+        return None
+    if torch.version.cuda is None:
+        return None
+    dev = deep_idle_device(gpu, log=log)
+    if dev is None:
+        return None
+    raw = out / f"{name or dev.name}-calibration.h5"
+    _fresh_raw(raw, resume)
+    out.mkdir(parents=True, exist_ok=True)
+    measure_deep_idle(RawStore(raw), dev, window_s=power_window_s, log=log)
+    return raw
+
+
+def energy_meter_line(device, monitor) -> str:
+    """Which meter will see this device's energy, in words: on a CPU whether RAPL is there."""
+    if device.backend != "cpu":
+        return f"meters: {', '.join(monitor.meter_names)}"
+    from qtsim.calibration.energy import rapl_status
+    from qtsim.report.budget import energy_scope
+
+    ok, status = rapl_status()
+    return f"meters: {', '.join(monitor.meter_names)}; {status}: {energy_scope('cpu', 'rapl' if ok else 'hli')}"
+
+
 def calibrate_device(gpu: str, out_dir, name=None, *, resume=False, quick=False, tdp_w=None,
-                     cpu_threads=None, install=False, rotate=None, progress=True, echo=print,
-                     log=_stderr):
+                     cpu_threads=None, install=False, rotate=None, progress=True,
+                     power_window_s: float = 5.0, echo=print, log=_stderr):
     """``qtsim calibrate --gpu``: measure the plan on this device into OUT/NAME-calibration.h5
-    (resumable), fit, write OUT/NAME.toml (and with ``install`` the user profile directory)."""
+    (resumable; on a GPU the deep-idle windows come first, before any CUDA context), fit, write
+    OUT/NAME.toml (and with ``install`` the user profile directory)."""
     from qtsim.calibration.profile_builder import build_profile
     from qtsim.profiles.hardware import user_profile_dir, write_profile
 
     device_mod, energy, plan_mod, raw_mod, runner = _measurement()
     check_gpu_name(gpu)
-    if cpu_threads is not None and gpu.strip().lower() != "cpu":
+    cpu = gpu.strip().lower() == "cpu"
+    if cpu_threads is not None and not cpu:
         raise QtsimError("--cpu-threads applies to --gpu cpu only")
+    out = Path(out_dir)
+    if power_window_s < 5.0:
+        log(f"power-state windows of {power_window_s:g} s: shorter than 5 s, NVML's ~0.1 s "
+            "counter updates weigh on every power constant")
+    idle_raw = None if cpu else _deep_idle_first(gpu, name, out, resume, power_window_s, log)
     device = device_mod.detect_device(gpu, cpu_threads=cpu_threads)
     name = name or device.name
-    out = Path(out_dir)
     raw = out / f"{name}-calibration.h5"
-    _fresh_raw(raw, resume)
+    if idle_raw is None:
+        _fresh_raw(raw, resume)
+    elif idle_raw != raw:  # NVML and CUDA name device 0 differently: not the same GPU
+        log(f"deep idle was measured on the GPU NVML lists first ({idle_raw.name}), not on "
+            f"CUDA's {device.name}: it stays in {idle_raw}, unused")
+        _fresh_raw(raw, resume)
     if raw.exists() and device.backend == "cpu":
         same_threads_on_resume(raw, cpu_threads, log)
     out.mkdir(parents=True, exist_ok=True)
     monitor = energy.EnergyMonitor(device, tdp_w=tdp_w if device.backend == "cpu" else None)
-    plan = plan_mod.calibration_plan(device, quick=quick, rotate=rotate)
+    plan = plan_mod.calibration_plan(device, quick=quick, rotate=rotate,
+                                     power_window_s=power_window_s)
     log(f"calibrating {device.name} ({device.describe().get('device_string')}): "
         f"{len(plan)} points, about {plan_mod.estimate_plan_s(plan, device) / 60:.1f} min; "
-        f"meters: {', '.join(monitor.meter_names)}")
+        f"{energy_meter_line(device, monitor)}")
     report = runner.run_plan(plan, raw_mod.RawStore(raw), device, monitor, progress=progress)
     log(f"measured: {report.line()} -> {raw}")
     prof, result = build_profile(raw, name)

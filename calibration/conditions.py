@@ -38,6 +38,7 @@ def environment_attrs(device, monitor=None, purpose: str = "calibration") -> dic
         # ("uuid") or only by index ("index": wrong GPU possible under CUDA_VISIBLE_DEVICES)
         "nvml_name": info.get("nvml_name"),
         "nvml_matched_by": info.get("nvml_matched_by"),
+        "nvml_uuid": info.get("nvml_uuid"),
         "clocks": {
             "sm_mhz": info.get("sm_clock_mhz"),
             "mem_mhz": info.get("mem_clock_mhz"),

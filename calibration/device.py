@@ -170,6 +170,8 @@ class CpuDevice(Device):
         return os.cpu_count() or 1
 
     def describe(self) -> dict[str, Any]:
+        from qtsim.calibration.energy import rapl_power_limit_w
+
         try:
             import torch
 
@@ -192,7 +194,7 @@ class CpuDevice(Device):
             "mem_clock_mhz": None,
             "max_sm_clock_mhz": int(max_khz) / 1000 if max_khz and max_khz.strip().isdigit() else None,
             "temperature_c": None,
-            "power_limit_w": None,
+            "power_limit_w": rapl_power_limit_w(),  # RAPL's PL1 where readable
         }
 
     def memory_bytes(self) -> int | None:
@@ -263,6 +265,36 @@ class CudaDevice(Device):
     def tdp_w(self) -> float | None:
         gpu = self.nvml()
         return gpu.default_power_limit_w() if gpu is not None else None
+
+
+@dataclass
+class NvmlOnlyDevice(Device):
+    """A GPU seen through NVML alone, before this process opens a CUDA context on it: what the
+    deep-idle power window measures (:mod:`qtsim.calibration.power_states`). Nothing can be
+    queued on it, so :meth:`synchronize` has nothing to wait for."""
+
+    backend: str = "cuda"
+    name: str = "unknown-gpu"
+    gpu: Any = None  # the NvmlGpu
+
+    def synchronize(self) -> None:
+        """No context, no queued work."""
+
+    def nvml(self):
+        return self.gpu
+
+    nvml_error = None
+
+    def describe(self) -> dict[str, Any]:
+        info = self.gpu.info()
+        return {"device_string": info.get("nvml_name"), "backend": "cuda",
+                "hardware": self.name, "cuda_version": None, **info}
+
+    def memory_bytes(self) -> int | None:
+        return None
+
+    def tdp_w(self) -> float | None:
+        return self.gpu.default_power_limit_w()
 
 
 MEASUREMENT_PACKAGES = ("torch", "transformers", "bitsandbytes")

@@ -189,14 +189,7 @@ class RaplMeter(Meter):
             return int(f.read().strip())
 
     def available(self) -> bool:
-        if not self.zones:
-            return False
-        try:
-            for z in self.zones:
-                self._read(z, "energy_uj")
-            return True
-        except (OSError, ValueError):
-            return False
+        return rapl_status(self.root)[0]
 
     def start(self) -> dict[str, int]:
         return {z: self._read(z, "energy_uj") for z in self.zones}
@@ -224,6 +217,33 @@ class RaplMeter(Meter):
             problems.append(check_counter_advanced(self.name, 0))
         return _verdict(self.name, total_uj / 1e6, duration_s, self.tdp_w, tuple(problems),
                         tuple(notes))
+
+
+def rapl_power_limit_w(root: str = "/sys/class/powercap") -> float | None:
+    """The package power limit RAPL enforces over the long term (PL1,
+    ``constraint_0_power_limit_uw``, summed over package zones), W: a CPU's analogue of NVML's
+    enforced power limit. None where absent or unreadable."""
+    meter = RaplMeter(root)
+    try:
+        total = sum(meter._read(z, "constraint_0_power_limit_uw") for z in meter.zones)
+    except (OSError, ValueError):
+        return None
+    return total / 1e6 if total > 0 else None
+
+
+def rapl_status(root: str = "/sys/class/powercap") -> tuple[bool, str]:
+    """Whether this machine's RAPL package counters can be read, and a line saying so: absent
+    (no ``intel-rapl:N`` zone under ``root``: common in virtual machines), unreadable (reading
+    ``energy_uj`` needs root on most kernels) or readable (how many package zones)."""
+    meter = RaplMeter(root)
+    if not meter.zones:
+        return False, f"RAPL absent ({root} has no intel-rapl package zone)"
+    try:
+        for z in meter.zones:
+            meter._read(z, "energy_uj")
+    except (OSError, ValueError) as exc:
+        return False, f"RAPL unreadable ({_first_line(exc)})"
+    return True, f"RAPL readable ({len(meter.zones)} package zone(s) under {root})"
 
 
 class NvmlEnergyCounter(Meter):

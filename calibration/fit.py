@@ -70,6 +70,7 @@ class FittedParam:
     stderr: float
     unit: str
     note: str = ""
+    source: str = ""  # the profile source; "" = from the note (profile_from_fit)
 
 
 @dataclass
@@ -593,6 +594,10 @@ def fit_prefill(frame, values: dict, notes: list[str], overlap: bool = False) ->
 
 
 # ---- stage 3: energy ---------------------------------------------------------------------------
+ENERGY_PARAMS = ("p_awake_w", "e_byte_j", "e_flop_j")
+ENERGY_UNITS = {"p_awake_w": "W", "e_byte_j": "J/byte", "e_flop_j": "J/FLOP"}
+
+
 def real_meter(frame) -> str | None:
     for m in REAL_METERS:
         if f"e_call_j_{m}" in frame or f"e_step_j_{m}" in frame:
@@ -600,35 +605,97 @@ def real_meter(frame) -> str | None:
     return None
 
 
-def fit_energy(frame, values: dict, tdp_w: float, hli_assumption: str, notes: list[str]):
-    """Stage 3: the power model from a real meter, or the labelled HLI assumption."""
-    meter = real_meter(frame)
-    if meter is None:
-        notes.append(f"energy: no real meter on this device; power model = HLI ({hli_assumption})")
-        params = {
-            "p_awake_w": FittedParam(tdp_w, 0.0, "W", f"assumed: HLI, {hli_assumption}"),
-            "e_byte_j": FittedParam(0.0, 0.0, "J/byte", "assumed: HLI has no per-byte term"),
-            "e_flop_j": FittedParam(0.0, 0.0, "J/FLOP", "assumed: HLI has no per-FLOP term"),
-        }
-        return StageResult("energy", params, 0, math.nan, math.nan, math.nan, math.nan, math.nan), "hli"
-    lin = frame[(frame["kind"] == "linear") & frame.get(f"e_call_j_{meter}", np.nan).notna()]
-    t = lin["t_call_s"].to_numpy(float)
-    w = (lin["in_features"] * lin["out_features"]).to_numpy(float)
-    bpw = np.array([_bytes_per_weight(p, i) for p, i in zip(lin["path"], lin["in_features"], strict=True)])
-    batch = lin["batch"].to_numpy(float)
-    e_obs = lin[f"e_call_j_{meter}"].to_numpy(float)
+def _hli_energy(tdp_w: float, hli_assumption: str, notes: list[str]):
+    notes.append(f"energy: no real meter on this device; power model = HLI ({hli_assumption})")
+    params = {
+        "p_awake_w": FittedParam(tdp_w, 0.0, "W", f"assumed: HLI, {hli_assumption}"),
+        "e_byte_j": FittedParam(0.0, 0.0, "J/byte", "assumed: HLI has no per-byte term"),
+        "e_flop_j": FittedParam(0.0, 0.0, "J/FLOP", "assumed: HLI has no per-FLOP term"),
+    }
+    return StageResult("energy", params, 0, math.nan, math.nan, math.nan, math.nan, math.nan), "hli"
+
+
+def _linear_energy_points(frame, meter: str | None) -> dict:
+    """The linear probes a real ``meter`` metered: time, weights, bytes/weight, batch, energy."""
+    col = f"e_call_j_{meter}"
+    if meter is None or col not in frame:
+        return {"t": np.array([]), "e_obs": np.array([])}
+    lin = frame[(frame["kind"] == "linear") & frame[col].notna()]
+    return {"t": lin["t_call_s"].to_numpy(float),
+            "w": (lin["in_features"] * lin["out_features"]).to_numpy(float),
+            "bpw": np.array([_bytes_per_weight(p, i) for p, i in
+                             zip(lin["path"], lin["in_features"], strict=True)]),
+            "batch": lin["batch"].to_numpy(float), "e_obs": lin[col].to_numpy(float)}
+
+
+def _predict_linear_energy(pts: dict, v: dict) -> np.ndarray:
+    """The model's own energy of every metered linear call (:func:`physical.linear_call_energy_j`)."""
+    return physical.linear_call_energy_j(pts["t"], pts["w"], pts["bpw"], pts["batch"], v)
+
+
+def _energy_check(pts: dict, measured: dict, notes: list[str]) -> StageResult:
+    """All three constants measured in power-state windows: nothing is fitted; the metered
+    linear probes, predicted from them, score them (out of sample)."""
+    params = {k: measured[k] for k in ENERGY_PARAMS}
+    if not len(pts["e_obs"]):
+        return StageResult("energy", params, 0, math.nan, math.nan, math.nan, math.nan, math.nan)
+    e_obs = pts["e_obs"]
+    pred = _predict_linear_energy(pts, {k: p.value for k, p in params.items()})
+    ape = np.abs(pred / e_obs - 1.0)
+    notes.append(f"energy: p_awake_w, e_byte_j, e_flop_j measured in power-state windows; the "
+                 f"{len(e_obs)} metered linear probes, predicted from them, are off by "
+                 f"{100 * ape.mean():.1f}% (MAPE; a check, nothing fitted to them)")
+    return StageResult("energy_check", params, len(e_obs), math.nan, math.nan, math.nan,
+                       float(ape.mean()), float(ape.max()),
+                       residuals=[float(x) for x in pred / e_obs - 1.0])
+
+
+def _energy_fit(pts: dict, measured: dict, notes: list[str]) -> StageResult:
+    """The constants the windows did not determine, fitted to the metered linear probes with
+    the measured ones held."""
+    e_obs = pts["e_obs"]
     ps = _lmfit().Parameters()
-    ps.add("p_awake_w", value=float(np.median(e_obs / t)), min=0)
-    ps.add("e_byte_j", value=10.0, min=0)  # pJ/byte
-    ps.add("e_flop_j", value=0.1, min=0)  # pJ/FLOP
+    start = {"p_awake_w": float(np.median(e_obs / pts["t"])), "e_byte_j": 10.0, "e_flop_j": 0.1}
+    for k in ENERGY_PARAMS:  # pJ/byte, pJ/FLOP while fitted
+        held = measured.get(k)
+        ps.add(k, value=(held.value / scale_of(k)) if held else start[k], min=0,
+               vary=held is None)
+    if measured:
+        notes.append(f"energy: {', '.join(measured)} held from the power-state windows; the rest "
+                     "fitted to the metered linear probes")
+    res = _minimize(ps, lambda v: (_predict_linear_energy(pts, si_values(v)) - e_obs) / e_obs,
+                    "energy fit", len(e_obs), notes)
+    st = _stage("energy", res, ENERGY_UNITS, e_obs,
+                _predict_linear_energy(pts, si_values(res.params)), notes)
+    st.params.update(measured)
+    return st
 
-    def predict(v):  # the model's own power model, capped at TDP x time
-        return physical.linear_call_energy_j(t, w, bpw, batch, v)
 
-    res = _minimize(ps, lambda v: (predict(si_values(v)) - e_obs) / e_obs, "energy fit",
-                    len(e_obs), notes)
-    units = {"p_awake_w": "W", "e_byte_j": "J/byte", "e_flop_j": "J/FLOP"}
-    return _stage("energy", res, units, e_obs, predict(si_values(res.params)), notes), meter
+def fit_energy(frame, values: dict, tdp_w: float, hli_assumption: str, notes: list[str]):
+    """Stage 3: the power model. Constants measured in power-state windows
+    (:mod:`qtsim.calibration.power_fit`: ``p_idle_w``, ``p_awake_w``, ``e_byte_j``,
+    ``e_flop_j``, ``p_cap_w``) are taken as measured; whatever they leave open of ``p_awake_w``,
+    ``e_byte_j``, ``e_flop_j`` is fitted to the linear probes' metered energy. With no real
+    meter at all (the HLI estimate only) the power model is that labelled assumption. Returns
+    the stage and the energy method (the real meter behind the constants, or ``hli``)."""
+    from qtsim.calibration.power_fit import power_constants, state_powers
+
+    measured = {k: FittedParam(c.value, c.stderr, c.unit, c.basis, "calibrated")
+                for k, c in power_constants(frame, notes).items()}
+    core = {k: p for k, p in measured.items() if k in ENERGY_PARAMS}
+    probe_meter = real_meter(frame)
+    pts = _linear_energy_points(frame, probe_meter)
+    if len(core) == len(ENERGY_PARAMS):
+        st, method = _energy_check(pts, core, notes), state_powers(frame, [])["awake"].meter
+    elif len(pts["e_obs"]):
+        st, method = _energy_fit(pts, core, notes), probe_meter
+    else:
+        st, method = _hli_energy(tdp_w, hli_assumption, notes)
+        if core:
+            notes.append(f"energy: {', '.join(core)} measured in power-state windows, the rest "
+                         "is the HLI assumption (no metered linear probes to fit it to)")
+    st.params.update(measured)
+    return st, method
 
 
 # ---- all stages --------------------------------------------------------------------------------
@@ -677,7 +744,9 @@ def profile_from_fit(fit: FitResult, frame, hardware: dict, raw_path: str, devic
     physical_params = {}
     today = date.today().isoformat()
     for k, p in fit.params().items():
-        if p.note.startswith("assumed"):
+        if p.source:
+            src = p.source
+        elif p.note.startswith("assumed"):
             src = "assumed"
         elif p.note and not p.note.startswith("fitted"):
             src = "fixed"  # held by definition or tied to another constant

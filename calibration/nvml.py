@@ -8,13 +8,20 @@ in W). Nothing here imports torch.
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from typing import Any
 
 from qtsim.errors import MeasurementError
 
 _INIT_LOCK = threading.Lock()
 _INITIALISED = False
+
+# nvmlClocksEventReasons bits (nvml.h) that mean "clocks held down to stay under a power limit"
+CLOCK_EVENT_SW_POWER_CAP = 0x4
+CLOCK_EVENT_HW_POWER_BRAKE = 0x80
+POWER_CAP_REASONS = CLOCK_EVENT_SW_POWER_CAP | CLOCK_EVENT_HW_POWER_BRAKE
 
 # nvmlValueType_t -> the c_nvmlValue_t union member holding a field value
 _FIELD_VALUE_MEMBER = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal",
@@ -140,6 +147,7 @@ class NvmlGpu:
         return {
             "nvml_name": self._try(lambda: _decode(nv.nvmlDeviceGetName(h))),
             "nvml_matched_by": self.matched_by,
+            "nvml_uuid": self.uuid(),
             "driver_version": self._try(lambda: _decode(nv.nvmlSystemGetDriverVersion())),
             "cuda_driver_version": (
                 f"{cuda_driver // 1000}.{(cuda_driver % 1000) // 10}" if cuda_driver else None
@@ -159,8 +167,95 @@ class NvmlGpu:
             "default_power_limit_w": self.default_power_limit_w(),
         }
 
+    def uuid(self) -> str | None:
+        """NVML's UUID of the device (``GPU-...``), None if unreadable."""
+        v = self._call("nvmlDeviceGetUUID")
+        return v.decode() if isinstance(v, bytes) else (None if v is None else str(v))
+
+    def enforced_power_limit_w(self) -> float | None:
+        """The power limit the board enforces now (W): the model's ``p_cap_w``; None if
+        unreadable. It can sit below the default limit (``nvidia-smi -pl``, a data centre cap)."""
+        return self._try(lambda: self._nv.nvmlDeviceGetEnforcedPowerLimit(self.handle) / 1e3)
+
+    def clock_event_reasons(self) -> int | None:
+        """Why clocks are below their maximum now (nvmlClocksEventReasons bitmask; the call was
+        named ...ThrottleReasons before driver 535), None if unreadable. See
+        :data:`POWER_CAP_REASONS`."""
+        v = self._call("nvmlDeviceGetCurrentClocksEventReasons")
+        v = self._call("nvmlDeviceGetCurrentClocksThrottleReasons") if v is None else v
+        return None if v is None else int(v)
+
+    def compute_processes(self) -> int | None:
+        """How many processes hold a compute context on this GPU now, None if unreadable."""
+        v = self._call("nvmlDeviceGetComputeRunningProcesses")
+        return None if v is None else len(v)
+
+    def _call(self, fn_name: str):
+        """``pynvml.<fn_name>(handle)``, None where this pynvml lacks it or NVML refuses."""
+        fn = getattr(self._nv, fn_name, None)
+        return None if fn is None else self._try(lambda: fn(self.handle))
+
+    def window_conditions(self) -> dict[str, float | None]:
+        """The conditions sampled inside each power-state window: SM and memory clocks (MHz),
+        temperature (C), clock event reasons (bitmask) and the enforced power limit (W)."""
+        nv, h = self._nv, self.handle
+        return {
+            "sm_clock_mhz": self._try(lambda: nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM)),
+            "mem_clock_mhz": self._try(lambda: nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_MEM)),
+            "temperature_c": self._try(
+                lambda: nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU)),
+            "clock_event_reasons": self.clock_event_reasons(),
+            "power_limit_w": self.enforced_power_limit_w(),
+        }
+
+    def counter_update_period_s(self, duration_s: float = 0.5) -> float | None:
+        """The total-energy counter's real update period (s): read it back to back for
+        ``duration_s`` and take the median time between changes of its value. None when it does
+        not answer or changed fewer than 3 times (then the ~100 ms NVIDIA documents is assumed
+        by the caller)."""
+        changes: list[float] = []
+        try:
+            last = self.total_energy_mj()
+            t_end = time.perf_counter() + duration_s
+            while time.perf_counter() < t_end:
+                v = self.total_energy_mj()
+                if v != last:
+                    changes.append(time.perf_counter())
+                    last = v
+        except self._nv.NVMLError:
+            return None
+        if len(changes) < 3:
+            return None
+        gaps = sorted(b - a for a, b in zip(changes, changes[1:], strict=False))
+        return float(gaps[len(gaps) // 2])
+
     def _try(self, fn):
         try:
             return fn()
         except self._nv.NVMLError:
             return None
+
+
+def visible_gpu(cuda_index: int = 0, env: dict | None = None) -> NvmlGpu:
+    """The GPU CUDA will call ``cuda:<cuda_index>``, found through NVML alone (no CUDA context:
+    what the deep-idle window needs). ``CUDA_VISIBLE_DEVICES`` is honoured where it lists
+    indices or full UUIDs; otherwise NVML's index is taken, which matches CUDA's numbering
+    unless ``CUDA_DEVICE_ORDER`` differs from PCI order on a mixed machine (callers compare
+    the UUID with torch's afterwards). MeasurementError when NVML is unusable."""
+    env = os.environ if env is None else env
+    _pynvml()
+    entries = [e.strip() for e in (env.get("CUDA_VISIBLE_DEVICES") or "").split(",") if e.strip()]
+    if not entries:
+        return NvmlGpu(cuda_index)
+    if cuda_index >= len(entries):
+        raise MeasurementError(f"CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']} shows no "
+                               f"device {cuda_index}")
+    entry = entries[cuda_index]
+    if entry.isdigit():
+        return NvmlGpu(int(entry))
+    if entry.startswith("GPU-"):
+        gpu = NvmlGpu(cuda_index, entry)
+        if gpu.matched_by == "uuid":
+            return gpu
+    raise MeasurementError(f"CUDA_VISIBLE_DEVICES entry {entry!r} names no GPU NVML can find "
+                           "(a full GPU-... UUID or an index is needed)")

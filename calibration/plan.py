@@ -7,6 +7,8 @@ A plan is a list of point specs (frozen dataclasses with ``point_id()``, ``run(c
   a few shapes and batches, short decodes of a small architecture.
 - :func:`full_plan` - CUDA: shapes 1024..8192 plus the 7 linear shapes of a Llama-3-8B layer,
   batches 1..128 (about 15 minutes on an H100).
+- :func:`calibration_plan` - either, after the power-state windows
+  (:mod:`qtsim.calibration.power_states`) where a real meter can see them.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from qtsim.calibration.bench import (
     membw_probe,
 )
 from qtsim.calibration.conditions import environment_attrs
+from qtsim.calibration.energy import rapl_status
+from qtsim.calibration.power_states import DEFAULT_WINDOW_S, power_state_plan
 from qtsim.calibration.raw import PointResult, make_point_id, now_iso
 from qtsim.model import paths
 
@@ -358,12 +362,16 @@ def llama_twin(arch_config: dict) -> dict:
 
 
 def calibration_plan(device, quick: bool = True, arch_config: dict | None = None,
-                     rotate: bool | None = None) -> list:
+                     rotate: bool | None = None, power_states: bool | None = None,
+                     power_window_s: float = DEFAULT_WINDOW_S) -> list:
     """The plan ``qtsim calibrate`` runs: :func:`quick_plan` or :func:`full_plan`
-    (``rotate``: rotating buffers in the linear probes, quick plan; default on CPUs)."""
-    if quick:
-        return quick_plan(device, arch_config, rotate=rotate)
-    return full_plan(device, arch_config)
+    (``rotate``: rotating buffers in the linear probes, quick plan; default on CPUs), after the
+    power-state windows of ``power_window_s`` (:func:`power_state_plan`; ``power_states``
+    None: on a GPU, and on a CPU where RAPL is readable, for nothing else can meter them)."""
+    plan = quick_plan(device, arch_config, rotate=rotate) if quick else full_plan(device, arch_config)
+    if power_states is None:
+        power_states = device.backend != "cpu" or rapl_status()[0]
+    return (power_state_plan(device, power_window_s) if power_states else []) + plan
 
 
 def full_plan(device, arch_config: dict | None = None, *, model_name: str | None = None,

@@ -10,6 +10,9 @@ Layout::
         prefill_s           decode only: (n_reps,) window of a 1-new-token generate
         prefill_energy_j_<meter>  decode only, likewise
         peak_memory_bytes   decode only: scalar
+        steps, sm_clock_mhz, mem_clock_mhz, temperature_c, clock_event_reasons
+                            power_state only: (n_reps,) work units run and the conditions
+                            sampled inside each window (NaN where unreadable)
 
 A window may hold ``iters_per_rep`` back-to-back calls (linear, membw, gemm; decode generates
 too when a minimum window is asked for, ``prefill_iters_per_rep`` for prefill): per-call values
@@ -35,7 +38,7 @@ import numpy as np
 from qtsim.errors import QtsimError
 
 SCHEMA = "qtsim-raw/1"
-KINDS = ("membw", "gemm", "linear", "decode", "idle")
+KINDS = ("membw", "gemm", "linear", "decode", "idle", "power_state")
 _PARTIAL_PREFIX = "~partial~"
 _JSON_ATTRS = "_json_attrs"
 
@@ -315,7 +318,8 @@ def summarise_point(rec: PointRecord) -> dict[str, Any]:
     """Scalar attrs plus ``t_median_s``, ``t_std_s``, ``n_reps``, ``e_median_j_<meter>``;
     ``t_call_s``/``e_call_j_<meter>`` per call where a window repeats calls; for decode
     ``t_prefill_s``, ``t_step_s`` = (K-token time - prefill time)/(K-1), ``e_step_j_<meter>``;
-    for idle ``p_idle_w_<meter>``; for membw ``bandwidth_bytes_per_s``; for gemm ``flops_per_s``."""
+    for idle ``p_idle_w_<meter>``; for membw ``bandwidth_bytes_per_s``; for gemm ``flops_per_s``;
+    for power_state, membw, gemm and idle the per-window power (:func:`window_power_summary`)."""
     a = rec.attrs
     row = _scalar_attrs(a)
     d = np.atleast_1d(np.asarray(rec.datasets["duration_s"], dtype=float))
@@ -358,4 +362,38 @@ def summarise_point(rec: PointRecord) -> dict[str, Any]:
     elif kind == "idle":
         for m, v in e_med.items():
             row[f"p_idle_w_{m}"] = v / row["t_median_s"] if row["t_median_s"] > 0 else math.nan
+    if kind in ("power_state", "membw", "gemm", "idle"):
+        row.update(window_power_summary(rec, meters))
     return row
+
+
+def window_power_summary(rec: PointRecord, meters: list[str]) -> dict[str, float]:
+    """Per-window average power and work rates of a point, summarised over its windows:
+    ``p_mean_w_<meter>`` and ``p_sem_w_<meter>`` (mean of E_i / d_i, W, and its standard error,
+    NaN from one window), and for ``power_state`` points ``bytes_per_s``, ``flops_per_s`` and
+    ``launches_per_s`` (mean of steps_i x per-step amount / d_i), the mean clocks and
+    temperature sampled in the windows (``*_mean``) and every clock event reason seen in any
+    window (``clock_event_reasons_any``, a bitmask; -1 when unreadable)."""
+    d = np.atleast_1d(np.asarray(rec.datasets["duration_s"], dtype=float))
+    out: dict[str, float] = {}
+
+    def mean_sem(x):
+        sem = float(np.std(x, ddof=1) / math.sqrt(x.size)) if x.size > 1 else math.nan
+        return float(np.mean(x)), sem
+
+    for m in meters:
+        p = np.atleast_1d(np.asarray(rec.datasets[f"energy_j_{m}"], dtype=float)) / d
+        out[f"p_mean_w_{m}"], out[f"p_sem_w_{m}"] = mean_sem(p)
+    steps = rec.datasets.get("steps")
+    if rec.attrs.get("kind") == "power_state" and steps is not None:
+        steps = np.atleast_1d(np.asarray(steps, dtype=float))
+        for per, name in (("bytes_per_step", "bytes_per_s"), ("flops_per_step", "flops_per_s"),
+                          ("launches_per_step", "launches_per_s")):
+            out[name] = float(np.mean(steps * float(rec.attrs.get(per) or 0.0) / d))
+        for name in ("sm_clock_mhz", "mem_clock_mhz", "temperature_c"):
+            x = np.asarray(rec.datasets.get(name, np.array([math.nan])), dtype=float)
+            out[f"{name}_mean"] = float(np.nanmean(x)) if np.isfinite(x).any() else math.nan
+        reasons = np.asarray(rec.datasets.get("clock_event_reasons", np.array([])), dtype=float)
+        reasons = reasons[np.isfinite(reasons)].astype(np.int64)
+        out["clock_event_reasons_any"] = int(np.bitwise_or.reduce(reasons)) if reasons.size else -1
+    return out

@@ -31,7 +31,7 @@ def fit(raw, out, name, host_part, lumped):
               help="What to calibrate: a GPU name matching the detected device (h100, h200, a100-80gb, l4, ...) or 'cpu'.")
 @click.option("--host", "host_only", is_flag=True,
               help="Measure the host part only (this CPU and software stack; no GPU needed): writes OUT/NAME-host.h5 and OUT/NAME-host.toml.")
-@click.option("--quick", is_flag=True, help="The short plan (CPU: a few minutes; H100: under 3 minutes).")
+@click.option("--quick", is_flag=True, help="The short plan (CPU: a few minutes; H100: about 4 minutes, power states included).")
 @click.option("--out", "out_dir", default="calibration", show_default=True, type=click.Path(file_okay=False),
               help="Directory for the raw HDF5 and the profile TOML.")
 @click.option("--name", help="Profile name (default: the detected hardware's name).")
@@ -44,9 +44,13 @@ def fit(raw, out, name, host_part, lumped):
               help="Also copy the profile into the user profile directory so --gpu NAME finds it.")
 @click.option("--no-rotate", is_flag=True,
               help="Linear probes call one weight matrix over and over (cache-resident; the older behaviour, for comparison) instead of rotating over layers larger than the last-level cache.")
+@click.option("--power-window-s", type=click.FloatRange(min=0, min_open=True), default=5.0,
+              show_default=True,
+              help="Length of each power-state window (deep idle, awake, streaming, GEMM; 3 of each), s. "
+                   "Below 5 s the NVML counter's ~0.1 s updates weigh on the result.")
 @click.option("--no-progress", is_flag=True)
 def calibrate(gpu, host_only, quick, out_dir, name, resume, tdp_w, cpu_threads, install, no_rotate,
-              no_progress):
+              power_window_s, no_progress):
     """Measure this machine's GPU (or CPU) and fit a hardware profile.
 
     Runs short real measurements (memory-bandwidth and GEMM probes, single-layer microbenchmarks
@@ -55,6 +59,12 @@ def calibrate(gpu, host_only, quick, out_dir, name, resume, tdp_w, cpu_threads, 
     every point to OUT/NAME-calibration.h5 as it is measured, then fits the physical model's
     constants with lmfit and writes OUT/NAME.toml atomically. Interrupted? Run again with
     --resume: measured points are kept and skipped.
+
+    Power states (docs/calibrate-power.md): on a GPU, NVML's energy counter measures deep idle
+    (before any CUDA context), awake-waiting (tiny kernels at HF eager's launch rate),
+    streaming and GEMM in 5 s windows, giving p_idle_w, p_awake_w, e_byte_j, e_flop_j and the
+    enforced power limit p_cap_w. On a CPU, RAPL does where it is readable; where it is not,
+    energy is estimated as TDP x time and every report says so.
 
     \b
     Examples:
@@ -74,7 +84,7 @@ def calibrate(gpu, host_only, quick, out_dir, name, resume, tdp_w, cpu_threads, 
     cal.calibrate_device(gpu, out_dir, name, resume=resume, quick=quick, tdp_w=tdp_w,
                          cpu_threads=cpu_threads, install=install,
                          rotate=False if no_rotate else None, progress=progress,
-                         echo=click.echo, log=_log)
+                         power_window_s=power_window_s, echo=click.echo, log=_log)
 
 
 def _log(line: str) -> None:

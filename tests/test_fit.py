@@ -99,6 +99,8 @@ def test_fit_cli(tmp_path):
     r = invoke_qtsim("fit", str(RAW), "--out", str(tmp_path / "p.toml"), "--name", "cpu-cli")
     assert r.returncode == 0, r.stderr
     assert "kernel_paths" in r.stdout and "MAPE" in r.stdout
+    # recorded without RAPL: the profile's energy is the TDP x time estimate, and it says so
+    assert "energy: CPU package energy estimated as TDP x time (no RAPL) (method: hli)" in r.stdout
     r = invoke_qtsim("trap", "--profile", str(tmp_path / "p.toml"), "--model", "qwen3-0.6b",
                   "--precision", "int8", "--draws", "50")
     assert r.returncode == 0 and "calibrated" in r.stdout

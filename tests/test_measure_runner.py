@@ -58,7 +58,7 @@ def test_plans_are_well_formed_and_within_budget():
     assert {p.precision for p in q if isinstance(p, DecodeSpec)} == {"fp16", "bf16", "int8",
                                                                      "nf4"}
     assert estimate_plan_s(q, cpu) < 240
-    assert calibration_plan(cpu, quick=True) == q
+    assert calibration_plan(cpu, quick=True, power_states=False) == q
     h100 = CudaDevice(name="h100-sxm")  # a plan is pure: no GPU needed to build it
     f = full_plan(h100)
     ids = [p.point_id() for p in f]
@@ -68,6 +68,10 @@ def test_plans_are_well_formed_and_within_budget():
                              if isinstance(p, LinearSpec)}
     assert estimate_plan_s(f, h100) < 15 * 60
     assert estimate_plan_s(quick_plan(h100), h100) < 3.5 * 60
+    # a GPU calibration opens with its power states (deep idle is measured before, via NVML)
+    cal = calibration_plan(h100, quick=True)
+    assert [getattr(p, "state", None) for p in cal[:3]] == ["awake", "stream", "gemm"]
+    assert cal[3:] == quick_plan(h100) and estimate_plan_s(cal, h100) < 4.5 * 60
 
 
 def test_quick_plan_runner_writes_readable_hdf5(tmp_path):

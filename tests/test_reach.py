@@ -145,7 +145,8 @@ def test_trap_json_carries_bitsandbytes_budget_and_serving():
     tps = rep["quantized"]["tok_per_s"]["value"]
     assert b["quantized"]["usd_per_million_tokens"] == pytest.approx(0.5 / (tps * 3600) * 1e6)
     assert b["assumptions"] == {"pue": 1.2, "grid_gco2_per_kwh": 400.0, "usd_per_hour": 0.5,
-                                "energy_boundary": "GPU board x PUE 1.2 (facility overhead)"}
+                                "energy_scope": "GPU board energy",
+                                "energy_boundary": "GPU board energy x PUE 1.2 (facility overhead)"}
     from qtsim.profiles.hosts import load_host
 
     stated = load_host(None).host["stack"]["bitsandbytes"]  # spec device + default host part
@@ -170,7 +171,9 @@ def test_trap_text_states_assumptions_and_serving_model():
            "--draws", "10", "--usd-per-hour", "1.5")
     assert r.exit_code == 0, r.output
     assert "kWh/M queries" in r.stdout and "$1.5/GPU-hour" in r.stdout
-    assert "PUE 1 (GPU board energy only)" in r.stdout
+    # a CPU profile without RAPL: its energy is the TDP x time estimate, and it says so
+    assert "PUE 1 (CPU package energy estimated as TDP x time (no RAPL) only)" in r.stdout
+    assert "GPU board" not in r.stdout
     assert "bitsandbytes 0.50.2" in r.stdout and "eager" in r.stdout
 
 

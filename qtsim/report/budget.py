@@ -1,12 +1,14 @@
 """Budget units planners work in, from qtsim's per-query predictions. Pure arithmetic, no I/O.
 
 Inputs are what the simulator predicts: energy per query in joules at the GPU board (the power
-model: what an NVML energy counter reads) and throughput in generated tokens per second for the
-whole batch. Every figure depends on stated assumptions (:class:`BudgetAssumptions`), which the
-reports print beside it:
+model: what an NVML energy counter reads; on a CPU profile the CPU package's, from RAPL or
+estimated as TDP x time: :func:`energy_scope` says which) and throughput in generated tokens per
+second for the whole batch. Every figure depends on stated assumptions
+(:class:`BudgetAssumptions`), which the reports print beside it:
 
 - ``pue``: power usage effectiveness of the facility (facility energy / IT energy, >= 1). With
   1.0 (the default) the figures are GPU-board energy only: no host CPU, memory, fans, cooling.
+- ``scope``: what the energy covers (:func:`energy_scope`), the device's own label.
 - ``grid_gco2_per_kwh``: carbon intensity of the electricity, gCO2e per kWh (location- and
   hour-dependent; none assumed by default).
 - ``usd_per_hour``: what one GPU costs per hour (rental or amortised), USD; the $ figure assumes
@@ -27,6 +29,27 @@ HOURS_PER_MONTH = 730.5
 SECONDS_PER_MONTH = HOURS_PER_MONTH * SECONDS_PER_HOUR
 G_PER_TONNE = 1e6
 
+#: what an energy figure covers, by device and meter (:func:`energy_scope`)
+GPU_BOARD = "GPU board energy"
+GPU_NO_METER = "GPU board energy estimated as TDP x time (no NVML meter)"
+CPU_RAPL = "CPU package energy (RAPL)"
+CPU_NO_RAPL = "CPU package energy estimated as TDP x time (no RAPL)"
+
+
+def energy_scope(device_type: str | None, meter: str | None) -> str:
+    """What an energy figure covers, in words, from the device type (``cpu``, else a GPU) and
+    the meter behind the profile's power model (``[fit] energy_method``: ``rapl``,
+    ``nvml_counter``, ``nvml_poll``, ``hli``; None for a spec profile, whose power model is
+    the GPU board's): the one place every report takes this label from."""
+    if device_type == "cpu":
+        return CPU_RAPL if meter == "rapl" else CPU_NO_RAPL
+    return GPU_NO_METER if meter == "hli" else GPU_BOARD
+
+
+def profile_energy_scope(profile) -> str:
+    """:func:`energy_scope` of a hardware profile: its device type and its energy meter."""
+    return energy_scope(profile.hardware.get("device_type"), profile.fit.get("energy_method"))
+
 
 @dataclass(frozen=True)
 class BudgetAssumptions:
@@ -35,6 +58,7 @@ class BudgetAssumptions:
     pue: float = 1.0
     grid_gco2_per_kwh: float | None = None
     usd_per_hour: float | None = None
+    scope: str = GPU_BOARD  # what the energy covers (:func:`energy_scope`)
 
     def __post_init__(self):
         if not (isinstance(self.pue, (int, float)) and math.isfinite(self.pue) and self.pue >= 1.0):
@@ -46,13 +70,14 @@ class BudgetAssumptions:
 
     def to_dict(self) -> dict:
         return {"pue": self.pue, "grid_gco2_per_kwh": self.grid_gco2_per_kwh,
-                "usd_per_hour": self.usd_per_hour,
-                "energy_boundary": "GPU board" if self.pue == 1.0 else
-                f"GPU board x PUE {self.pue:g} (facility overhead)"}
+                "usd_per_hour": self.usd_per_hour, "energy_scope": self.scope,
+                "energy_boundary": self.scope if self.pue == 1.0 else
+                f"{self.scope} x PUE {self.pue:g} (facility overhead)"}
 
     def describe(self) -> str:
         """One line naming every assumption, printed beside the figures."""
-        parts = [f"PUE {self.pue:g}" + (" (GPU board energy only)" if self.pue == 1.0 else "")]
+        parts = [f"PUE {self.pue:g}" + (f" ({self.scope} only)" if self.pue == 1.0 else
+                                        f" (facility energy = {self.pue:g} x {self.scope})")]
         parts.append(f"grid {self.grid_gco2_per_kwh:g} gCO2e/kWh" if self.grid_gco2_per_kwh
                      is not None else "no grid intensity given (--grid-gco2-per-kwh)")
         parts.append(f"${self.usd_per_hour:g}/GPU-hour, busy the whole hour" if self.usd_per_hour

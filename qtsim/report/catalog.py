@@ -38,10 +38,14 @@ def profile_list(fmt: str = "text") -> str:
 
 def profile_card(prof, fmt: str = "text") -> str:
     """One profile's facts, constants (value ± stderr, unit, source) and provenance."""
+    from qtsim.report.budget import profile_energy_scope
+
     if fmt == "toml":
         return prof.to_toml()
+    scope = profile_energy_scope(prof)
     if fmt == "json":
         return json.dumps({"hardware": prof.hardware, "provenance": prof.provenance,
+                           "energy_scope": scope,
                            "physical": {k: vars(p) for k, p in prof.physical.items()},
                            "constants": prof.constants,
                            "fit": {k: v for k, v in prof.fit.items() if k != "correlation"}},
@@ -51,6 +55,7 @@ def profile_card(prof, fmt: str = "text") -> str:
              f"{hw['tdp_w']} W)  [{prof.path}]",
              f"source: {pv.get('source')}  date: {pv.get('date')}  device: {pv.get('device')}  "
              f"measurements: {pv.get('n_measurements', 0)}",
+             f"energy: {scope}",
              f"{'constant':26s} {'value':>12s} {'stderr':>11s} {'unit':18s} source     basis"]
     lines += [f"{k:26s} {p.value:12.4g} {p.stderr:11.3g} {p.unit:18s} {p.source:10s} "
               f"{p.basis[:70]}" for k, p in prof.physical.items()]

@@ -135,6 +135,7 @@ def compare(profiles: Sequence[HardwareProfile], arch: Architecture,
                  if usd_per_hour_by_gpu else assumptions)
         nat = sim.evaluate(counts, workload.replace(precision=prof.native))
         rows += [_row(sim, counts, workload.replace(precision=p), nat, price) for p in precs]
+    assumptions = dataclasses.replace(assumptions, scope=_scope(rows))
     query = {"model": arch.name, "model_params": arch.n_params, "batch": int(workload.batch),
              "new_tokens": int(workload.new_tokens), "prompt_tokens": int(workload.prompt_tokens),
              "precisions": precs, "gpus": [p.name for p in profiles]}
@@ -210,6 +211,15 @@ def gpu_prices(prices: Sequence[float] | None, profiles) -> dict | None:
                     strict=True))
 
 
+def _scope(rows: list[dict]) -> str:
+    """What the energy figures cover: the label most GPUs share, then the others by name."""
+    from collections import Counter
+
+    by_gpu = {r["gpu"]: r["energy_scope"] for r in rows}
+    common = Counter(by_gpu.values()).most_common(1)[0][0] if by_gpu else budget.GPU_BOARD
+    return "; ".join([common] + [f"{g}: {s}" for g, s in by_gpu.items() if s != common])
+
+
 def _check_compare(profiles, workload: Workload, precisions, sort: str) -> list[str]:
     """Refuse no GPUs, a batch below 1, a precision listed twice or an unknown sort column;
     returns the canonical precisions."""
@@ -255,6 +265,7 @@ def _row(sim: Simulator, counts, w: Workload, nat: dict, price: budget.BudgetAss
         "verdict": verdict,
         "p_trapped_energy": share if quant else 0.0,
         "profile_source": prof.source,
+        "energy_scope": budget.profile_energy_scope(prof),
     }
 
 

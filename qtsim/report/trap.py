@@ -8,6 +8,8 @@ the profile's provenance.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from qtsim.model import sustainability as si
@@ -39,9 +41,10 @@ def assess_trap(profile: HardwareProfile, arch: Architecture, workload: Workload
     file, :mod:`qtsim.profiles.hosts`); None = the profile's own or the default host.
     ``assumptions``: PUE, grid intensity and GPU price behind the budget figures.
     """
-    assumptions = assumptions or budget.BudgetAssumptions()
     sim = Simulator(profile, n_draws=n_draws, seed=seed, host=host)
     profile = sim.profile
+    assumptions = dataclasses.replace(assumptions or budget.BudgetAssumptions(),
+                                      scope=budget.profile_energy_scope(profile))
     workload.bnb.check([workload.precision], profile)
     counts = arch.counts()
     q, n, d = sim.compare(counts, workload)
@@ -317,10 +320,11 @@ def _budget_text(b: dict, p: str, nat: str) -> str:
             out += f", ${f['usd_per_million_tokens']:.3g}/M tokens"
         return out
 
-    from qtsim.report.budget import BudgetAssumptions
+    from qtsim.report.budget import GPU_BOARD, BudgetAssumptions
 
     a = b["assumptions"]
-    text = BudgetAssumptions(a["pue"], a["grid_gco2_per_kwh"], a["usd_per_hour"]).describe()
+    text = BudgetAssumptions(a["pue"], a["grid_gco2_per_kwh"], a["usd_per_hour"],
+                             a.get("energy_scope", GPU_BOARD)).describe()
     return f"  budget  {p} {one(b['quantized'])} vs {nat} {one(b['native'])}  ({text})"
 
 

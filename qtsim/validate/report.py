@@ -33,11 +33,16 @@ class ValidationReport:
 
 
 def report_meta(profile, raw, df) -> dict:
-    """The report's header: profile, raw data, points, energy meter, outliers, hold-out."""
+    """The report's header: profile, raw data, points, energy meter and what it covers,
+    outliers, hold-out."""
+    from qtsim.report.budget import energy_scope
+
+    meter = df["energy_meter"].iloc[0]
     return {"profile": f"{profile.name} ({profile.source}, {profile.provenance.get('date', '')}, "
                        f"{profile.path})",
             "raw data": str(raw), "points": len(df),
-            "energy meter": df["energy_meter"].iloc[0],
+            "energy meter": meter,
+            "energy": energy_scope(profile.hardware.get("device_type"), meter),
             "outlier injection": ("outlier_injection" in df
                                   and bool(df["outlier_injection"].fillna(False).astype(bool).any())),
             "held out": (", ".join(sorted(df["holdout"].astype(str).unique()))
@@ -62,7 +67,7 @@ def write_report(rep: ValidationReport, out: Path) -> Path:
 def summary_lines(rep: ValidationReport, profile_name: str) -> list[str]:
     """The terminal summary: errors over all points, verdicts, paper model, band coverage."""
     lines = [f"validation of {profile_name}: {len(rep.df)} held-out points "
-             f"({rep.meta['energy meter']} energy)"]
+             f"(energy: {rep.meta['energy']}; meter {rep.meta['energy meter']})"]
     allrow = rep.errors[rep.errors["group"] == "all"].set_index("quantity")
     for q in SUMMARY_QUANTITIES:
         if q in allrow.index:
