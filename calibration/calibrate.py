@@ -36,14 +36,17 @@ def fit_lines(prof, fit, out) -> list[str]:
     return lines
 
 
-def refit(raw, out=None, name=None, host_part=None, lumped: bool = False, echo=print):
+def refit(raw, out=None, name=None, host_part=None, lumped: bool = False, echo=print,
+          force: bool = False):
     """``qtsim fit``: fit a profile from recorded ``raw`` HDF5 and write it (default next to
-    ``raw``); returns the profile and the fit."""
+    ``raw``; an existing file only with ``force``); returns the profile and the fit."""
     from qtsim.calibration.profile_builder import build_profile
     from qtsim.profiles.hardware import write_profile
+    from qtsim.report.grid import refuse_existing
 
-    prof, result = build_profile(raw, name, "lumped" if lumped else "inventory", host_part)
     out = out or str(Path(raw).with_suffix(".toml"))
+    refuse_existing(out, force, "--out")
+    prof, result = build_profile(raw, name, "lumped" if lumped else "inventory", host_part)
     write_profile(prof, out)
     for line in fit_lines(prof, result, out):
         echo(line)

@@ -6,6 +6,7 @@ import click
 
 from qtsim.cli.options import (
     FORMATS,
+    StrictCommand,
     bnb_options,
     bnb_settings,
     budget_assumptions,
@@ -15,7 +16,7 @@ from qtsim.cli.options import (
 )
 
 
-@click.command()
+@click.command(cls=StrictCommand)
 @click.option("--model", required=True, help="Shipped model name (`qtsim models`) or a path to a config.json.")
 @click.option("--batch", default="1", show_default=True, metavar="B", help="Concurrent sequences B.")
 @click.option("--gpu", "gpus", default="all", show_default=True,
@@ -42,9 +43,10 @@ from qtsim.cli.options import (
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
               help="Also write a bar chart of the sort column (PNG/PDF/SVG by suffix; J/query when "
                    "sorting by a text column).")
+@click.option("--force", is_flag=True, help="Replace an existing --plot file.")
 def compare(model, batch, gpus, profile_paths, precisions, tokens, prompt_tokens, sort, host, double_quant,
             int8_threshold, compute_dtype, pue, grid_gco2_per_kwh, usd_per_hour, draws, fmt,
-            plot_path):
+            plot_path, force):
     """One table across GPUs x precisions for MODEL at batch B: fits, tok/s, latency, J/query,
     kWh per million queries (gCO2e per query, $ per million tokens when their assumptions are
     given) and the energy verdict against each GPU's 16-bit run.
@@ -57,7 +59,9 @@ def compare(model, batch, gpus, profile_paths, precisions, tokens, prompt_tokens
     """
     from qtsim.model.workload import Workload
     from qtsim.report.compare import compare_text
+    from qtsim.report.grid import refuse_existing
 
+    refuse_existing(plot_path, force, "--plot")
     b, k, pr, nd = (_int(batch, "--batch", 1), _int(tokens, "--tokens", 1),
                     _int(prompt_tokens, "--prompt-tokens", 0), _int(draws, "--draws", 10))
     workload = Workload(batch=b, new_tokens=k, prompt_tokens=pr,

@@ -6,6 +6,7 @@ import click
 
 from qtsim.cli.options import (
     FORMATS,
+    StrictCommand,
     bnb_options,
     bnb_settings,
     budget_assumptions,
@@ -15,7 +16,7 @@ from qtsim.cli.options import (
 from qtsim.model.precision import PRECISIONS
 
 
-@click.command()
+@click.command(cls=StrictCommand)
 @profile_options
 @click.option("--model", required=True, help="Shipped model name (`qtsim models`) or a path to a config.json.")
 @click.option("--precision", required=True, type=click.Choice(list(PRECISIONS), case_sensitive=False),

@@ -316,6 +316,11 @@ def _candidates():
     """(origin, name, loader) for every profile, user ones first."""
     out = []
     udir = user_profile_dir()
+    env = os.environ.get("QTSIM_PROFILE_DIR")
+    if env and not udir.exists():
+        raise ProfileError(f"QTSIM_PROFILE_DIR={env}: no such directory (create it, or unset "
+                           "QTSIM_PROFILE_DIR to use ~/.config/qtsim/profiles); without it "
+                           "qtsim would silently show only the shipped profiles")
     if udir.exists() and not udir.is_dir():
         raise ProfileError(f"{udir}: the user profile directory (QTSIM_PROFILE_DIR or "
                            "~/.config/qtsim/profiles) is a file, not a directory")
@@ -336,6 +341,24 @@ def _aliases_of(text: str) -> list[str]:
     except tomllib.TOMLDecodeError:
         return []
     return [str(hw.get("name", ""))] + [str(a) for a in hw.get("aliases", [])]
+
+
+def shipped_names() -> set[str]:
+    """Names (file stems) of the shipped profiles."""
+    return {f.name[:-5] for f in resources.files("qtsim.hardware_profiles").iterdir()
+            if f.name.endswith(".toml")}
+
+
+def profile_origin(profile: HardwareProfile) -> str:
+    """Where a loaded profile came from, in words: ``shipped``, or ``user file PATH`` (and that
+    it shadows the shipped profile of the same name, so no one mistakes it for the shipped one)."""
+    where = profile.path or ""
+    if where.startswith("shipped:"):
+        return "shipped"
+    text = f"user file {where}" if where else "built in memory"
+    if profile.name in shipped_names() or Path(where).stem in shipped_names():
+        text += f" (shadows the shipped {profile.name}: not the shipped figures)"
+    return text
 
 
 def list_profiles() -> list[dict]:

@@ -26,6 +26,7 @@ import numpy as np
 
 from qtsim import __version__
 from qtsim.model.architecture import load_architecture
+from qtsim.model.precision import hardware_dtypes
 from qtsim.profiles.hardware import HardwareProfile, Param, write_profile
 from qtsim.simulate.simulator import paper_constants_table
 
@@ -96,7 +97,8 @@ def _spec_hardware(row: dict) -> dict:
     """The ``[hardware]`` table of a ``gpu_specs.csv`` row: datasheet facts, aliases, idle prior."""
     name = row["gpu"]
     tdp = float(row["tdp_w"])
-    native_formats = ["fp16", "bf16", "int8"] + [f for f in row["native_low_precision"].split() if f != "int8"]
+    native_formats = hardware_dtypes({"architecture": row["architecture"], "native_formats": [
+        "fp16", "bf16", "int8", *(f for f in row["native_low_precision"].split() if f != "int8")]})
     return {
         "name": name, "aliases": ALIASES.get(name, []), "vendor": "nvidia",
         "architecture": row["architecture"], "device_type": "cuda",

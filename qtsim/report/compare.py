@@ -64,6 +64,7 @@ class Comparison:
     serving: list[str] = field(default_factory=list)
     sort: str = DEFAULT_SORT
     usd_per_hour_by_gpu: dict | None = None
+    origins: list[str] = field(default_factory=list)  # profiles not shipped: where they came from
 
     def columns(self) -> list[str]:
         """Columns worth showing: budget columns only where their assumption was given."""
@@ -89,7 +90,7 @@ class Comparison:
                 "bitsandbytes": {p: self.bnb.bnb_config(p) for p in self.query["precisions"]},
                 "assumptions": a, "sort": self.sort,
                 "units": {c: COLUMNS[c][1] for c in COLUMNS if COLUMNS[c][1]},
-                "rows": self.rows, "serving": self.serving,
+                "rows": self.rows, "serving": self.serving, "profile_origins": self.origins,
                 "note": "predictions from hardware profiles, not measurements; bands are 16-84% "
                         "over Monte-Carlo draws of each profile's constants"}
 
@@ -122,7 +123,11 @@ def compare(profiles: Sequence[HardwareProfile], arch: Architecture,
             raise QtsimError(f"no GPU price for {', '.join(missing)}")
         assumptions = dataclasses.replace(assumptions, usd_per_hour=None)
     counts = arch.counts()
+    from qtsim.profiles.hardware import profile_origin
+
     rows, serving = [], []
+    origins = [f"profile {p.name}: {profile_origin(p)}" for p in profiles
+               if profile_origin(p) != "shipped"]
     for prof in profiles:
         workload.bnb.check(precs, prof)
         sim = Simulator(prof, n_draws=n_draws, seed=seed, host=host)
@@ -136,7 +141,7 @@ def compare(profiles: Sequence[HardwareProfile], arch: Architecture,
              "precisions": precs, "gpus": [p.name for p in profiles]}
     serving = list(dict.fromkeys(serving))
     return Comparison(sort_rows(rows, sort), query, assumptions, workload.bnb, serving, sort,
-                      dict(usd_per_hour_by_gpu) if usd_per_hour_by_gpu else None)
+                      dict(usd_per_hour_by_gpu) if usd_per_hour_by_gpu else None, origins)
 
 
 def compare_text(model: str, gpus: Sequence[str], profile_paths: Sequence[str],
@@ -297,6 +302,7 @@ def format_text(c: Comparison) -> str:
     out.append("verdict: energy per query vs the same GPU's 16-bit run (J/query, power model); "
                "'likely' = fewer than 84% of the profile's Monte-Carlo draws agree")
     out += c.serving
+    out += c.origins
     out.append("every figure is a prediction from a hardware profile, not a measurement "
                "(spec-derived profiles carry wide priors: `qtsim trap` shows the bands)")
     return "\n".join(out)

@@ -24,13 +24,14 @@ def simulate_to_files(gpus: Sequence[str], profile_paths: Sequence[str], models:
                       trust_table: str | None = None, depth: float | None = None,
                       policy: str = "linear", n_draws: int = 0, seed: int = 0,
                       command: str = "", progress_bar: Callable | None = None,
-                      echo: Callable[[str], None] = print) -> None:
+                      echo: Callable[[str], None] = print, force: bool = False) -> None:
     """Load the profiles (``gpus`` names, then ``profile_paths``) and ``models`` (names or
     config paths; ``family`` scaled to ``sizes``, ``"LO:HI:N"``), simulate the grid over
     ``workload.batch`` (:func:`qtsim.simulate.surface.simulate`) and write ``out`` (HDF5),
     ``csv_path`` and the ``plots`` into ``plot_dir``: every target is checked before computing
-    and renamed into place only when all were written. ``progress_bar(total)`` gives a context
-    manager with ``update(n)``; ``echo`` receives the report lines.
+    and renamed into place only when all were written; an existing file is refused unless
+    ``force``. ``progress_bar(total)`` gives a context manager with ``update(n)``; ``echo``
+    receives the report lines.
     """
     from qtsim.report.plots import save
     from qtsim.simulate.dataset import grid_line, quantities, write_csv, write_hdf5
@@ -38,8 +39,9 @@ def simulate_to_files(gpus: Sequence[str], profile_paths: Sequence[str], models:
 
     profiles, archs, fam, size_grid = load_grid_inputs(gpus, profile_paths, models, family, sizes,
                                               workload, plots)
-    _check_targets(out, csv_path, plot_dir)  # refuse before computing, not after
+    _check_targets(out, csv_path, plot_dir, force)  # refuse before computing, not after
     n_models = len(archs) + (len(size_grid) if size_grid is not None else 0)
+    check_grid_size(len(profiles), len(precisions), n_models, len(workload.batch), n_draws)
     total = len(profiles) * len(precisions) * n_blocks(max(n_models, 1),
                                                        len(workload.batch), n_draws)
     t0 = time.perf_counter()
@@ -47,7 +49,7 @@ def simulate_to_files(gpus: Sequence[str], profile_paths: Sequence[str], models:
         surface = simulate(profiles, archs, precisions, workload, size_grid, fam, trust_table,
                            depth, policy, n_draws=n_draws, seed=seed, progress=bar.update)
     echo(grid_line(surface, n_draws, time.perf_counter() - t0))
-    with Outputs() as o:  # all or nothing: a failing figure leaves no half-written set behind
+    with Outputs(force) as o:  # all or nothing: a failing figure leaves no half-written set behind
         write_hdf5(surface, o.tmp(out), command, compress=compress)
         done = [f"wrote {out} ({len(quantities(surface))} quantities)"]
         if csv_path:
@@ -62,6 +64,18 @@ def simulate_to_files(gpus: Sequence[str], profile_paths: Sequence[str], models:
     for line in done:
         echo(line)
     echo(_summary(surface))
+
+
+def check_grid_size(n_gpus: int, n_precisions: int, n_models: int, n_batches: int,
+                    n_draws: int) -> None:
+    """Refuse, before any work, too few draws for a band (:func:`qtsim.simulate.stats.check_draws`)
+    and a grid whose surface cannot fit in this machine's memory
+    (:func:`qtsim.simulate.memory.check_surface`)."""
+    from qtsim.simulate.memory import check_surface
+    from qtsim.simulate.stats import check_draws
+
+    check_draws(n_draws)
+    check_surface(n_gpus * n_precisions * max(n_models, 1) * n_batches, n_draws)
 
 
 def load_grid_inputs(gpus, profile_paths, models, family, sizes, workload: Workload, plots=()):
@@ -145,8 +159,18 @@ def _plots(surface, plots, profiles, archs, fam, size_grid, workload: Workload, 
     return out
 
 
-def _check_targets(out, csv_path, plot_dir) -> None:
-    """Create the output folders and refuse targets that cannot be written, before any work."""
+def refuse_existing(path, force: bool, option: str = "") -> None:
+    """A one-line refusal to replace an existing file unless ``force`` (``--force``)."""
+    if path and not force and Path(path).is_file():
+        raise QtsimError(f"{path} exists{f' ({option})' if option else ''}: pass --force to "
+                         "replace it, or choose another name")
+
+
+def _check_targets(out, csv_path, plot_dir, force: bool = False) -> None:
+    """Create the output folders and refuse targets that cannot be written (or that exist,
+    unless ``force``), before any work."""
+    refuse_existing(out, force, "--out")
+    refuse_existing(csv_path, force, "--csv")
     folders = [Path(p).parent for p in (out, csv_path) if p] + ([Path(plot_dir)] if plot_dir else [])
     for f in folders:
         try:
@@ -172,8 +196,9 @@ class Outputs:
     place only when every one succeeded (folders are created as needed); on any failure the
     temporaries are removed and no target is touched."""
 
-    def __init__(self):
+    def __init__(self, force: bool = True):
         self.pending: list[tuple[Path, Path]] = []
+        self.force = force
 
     def tmp(self, target) -> str:
         t = Path(target)
@@ -183,6 +208,7 @@ class Outputs:
             raise QtsimError(f"{t.parent}: cannot create the folder ({e.strerror or e})") from None
         if t.is_dir():
             raise QtsimError(f"{t}: is a folder, give a file name")
+        refuse_existing(t, self.force)
         tmp = t.with_name(f".{t.stem}.{os.getpid()}.partial{t.suffix}")
         self.pending.append((tmp, t))
         return str(tmp)
@@ -213,8 +239,9 @@ def _summary(surface) -> str:
     rows = len(c["gpu"]) * len(quant) * len(c["model"])
     b0 = c["batch"][0]
     foot = (f"{surface.attrs['note']}; profiles: "
-            + ", ".join(f"{p['name']} ({p['source']}, {p['priors']} priors)"
-                        for p in profiles(surface)))
+            + ", ".join(f"{p['name']} ({p['source']}, {p['priors']} priors"
+                        + ("" if p.get("origin", "shipped") == "shipped" else f"; {p['origin']}")
+                        + ")" for p in profiles(surface)))
     if rows == 0 or rows > 40:
         return foot
     trust = trust_status(surface)

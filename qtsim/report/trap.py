@@ -20,7 +20,7 @@ from qtsim.profiles.hardware import HardwareProfile
 from qtsim.report import budget
 from qtsim.report.serving import bnb_version, serving_assumption
 from qtsim.simulate.simulator import Simulator
-from qtsim.simulate.stats import GIB, band
+from qtsim.simulate.stats import GIB, band, gib_texts
 
 
 def _stat(central, draws):
@@ -39,6 +39,11 @@ def assess_trap(profile: HardwareProfile, arch: Architecture, workload: Workload
     file, :mod:`qtsim.profiles.hosts`); None = the profile's own or the default host.
     ``assumptions``: PUE, grid intensity and GPU price behind the budget figures.
     """
+    from qtsim.simulate.memory import check_trap_draws
+    from qtsim.simulate.stats import check_draws
+
+    check_draws(n_draws, allow_zero=False)
+    check_trap_draws(n_draws)
     assumptions = assumptions or budget.BudgetAssumptions()
     sim = Simulator(profile, n_draws=n_draws, seed=seed, host=host)
     profile = sim.profile
@@ -46,7 +51,7 @@ def assess_trap(profile: HardwareProfile, arch: Architecture, workload: Workload
     counts = arch.counts()
     q, n, d = sim.compare(counts, workload)
     qd, nd, dd = sim.compare(counts, workload, draws=True)
-    trust = lookup_trust(arch.name, workload.precision, profile.native, trust_table)
+    trust = lookup_trust(arch.name, workload.precision, profile.native, trust_table, arch=arch)
     fits = {"quantized": bool(q["fits"]), "native": bool(n["fits"])}
     rep = {
         "query": _query(profile, arch, workload),
@@ -149,12 +154,13 @@ def _verdicts(q, n, d, qd, nd, dd, t_si: float, policy: str) -> dict:
 def _fits_note(q: dict, n: dict, w: Workload, profile: HardwareProfile) -> str:
     """Why memory, not the comparison, decides (or '' when both fit)."""
     if not n["fits"] and q["fits"]:
-        return (f"the native {profile.native} model needs {float(n['peak_bytes']) / GIB:.1f} GiB "
-                f"and does not fit in {profile.memory_bytes / GIB:.1f} GiB: quantization is the "
-                "only way to run it here, whatever it costs")
+        need, cap = gib_texts(float(n["peak_bytes"]) / GIB, profile.memory_bytes / GIB)
+        return (f"the native {profile.native} model needs {need} and does not fit in {cap}: "
+                "quantization is the only way to run it here, whatever it costs")
     if not q["fits"]:
-        return (f"even the {w.precision} model needs {float(q['peak_bytes']) / GIB:.1f} GiB and "
-                f"does not fit in {profile.memory_bytes / GIB:.1f} GiB at batch {w.batch}")
+        need, cap = gib_texts(float(q["peak_bytes"]) / GIB, profile.memory_bytes / GIB)
+        return (f"even the {w.precision} model needs {need} and does not fit in {cap} at batch "
+                f"{w.batch}")
     return ""
 
 
@@ -190,8 +196,10 @@ def _host(profile: HardwareProfile) -> dict:
 
 
 def _profile(sim: Simulator, n_draws: int) -> dict:
+    from qtsim.profiles.hardware import profile_origin
+
     profile = sim.profile
-    return {"name": profile.name, "source": profile.source,
+    return {"name": profile.name, "source": profile.source, "origin": profile_origin(profile),
             "memory_gib": profile.memory_bytes / GIB,
             "calibrated": profile.source == "calibrated",
             "priors": sum(1 for p in profile.physical.values() if p.source == "prior"),
@@ -224,17 +232,17 @@ def fits_headline(r: dict) -> str:
     qy, qn, nt = r["query"], r["quantized"], r["native"]
     p, nat = qy["precision"].upper(), qy["native"].upper()
     cap = r["profile"].get("memory_gib")
-    has = f"; {qy['gpu']} has {cap:.1f} GiB" if cap else f" on {qy['gpu']}"
+    q_gib, n_gib, cap_gib = gib_texts(qn["peak_memory_gib"], nt["peak_memory_gib"], cap or 0.0)
+    has = f"; {qy['gpu']} has {cap_gib}" if cap else f" on {qy['gpu']}"
     at = f" (batch {qy['batch']})"
-    q_gib, n_gib = qn["peak_memory_gib"], nt["peak_memory_gib"]
     if not qn["fits"] and not nt["fits"]:
-        return (f"DOES NOT FIT: {qy['model']} needs {q_gib:.1f} GiB at {p} and {n_gib:.1f} GiB "
+        return (f"DOES NOT FIT: {qy['model']} needs {q_gib} at {p} and {n_gib} "
                 f"at {nat}{has}{at}: no verdict, it runs in neither")
     if not qn["fits"]:
-        return (f"DOES NOT FIT: {qy['model']} needs {q_gib:.1f} GiB at {p} ({nat}: "
-                f"{n_gib:.1f} GiB){has}{at}: no verdict")
+        return (f"DOES NOT FIT: {qy['model']} needs {q_gib} at {p} ({nat}: "
+                f"{n_gib}){has}{at}: no verdict")
     if not nt["fits"]:
-        return (f"ONLY {p} FITS: {qy['model']} needs {n_gib:.1f} GiB at {nat} but {q_gib:.1f} GiB "
+        return (f"ONLY {p} FITS: {qy['model']} needs {n_gib} at {nat} but {q_gib} "
                 f"at {p}{has}{at}: quantizing is the only way to run it here, whatever the "
                 "comparison below says")
     return ""
@@ -275,7 +283,8 @@ def format_text(r: dict) -> str:
     pr = r["profile"]
     src = ("calibrated" if pr["calibrated"] else f"{pr['source']}-derived with {pr['priors']} priors "
            "(wide bands; run `qtsim calibrate` on this GPU to narrow them)")
-    lines.append(f"  profile: {pr['name']} ({src}; {pr['device']}, {pr['date']})")
+    origin = "" if pr.get("origin", "shipped") == "shipped" else f"{pr['origin']}; "
+    lines.append(f"  profile: {pr['name']} ({origin}{src}; {pr['device']}, {pr['date']})")
     lines.append(f"  host: {r['host']['name']}")
     if r.get("serving"):
         lines.append(f"  {r['serving']['statement']}")

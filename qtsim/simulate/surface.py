@@ -123,8 +123,10 @@ def paper_energy(sim: Simulator, counts: ArchCounts, workload: Workload,
             "j_per_query_paper": e_q, "j_native": e_n}
 
 
-def _trust_grid(precisions, names, synthetic, native, trust_table, depth, family):
-    """(T_SI array (P, M), list of TrustEstimate) for every precision and model."""
+def _trust_grid(precisions, names, synthetic, native, trust_table, depth, family, archs=()):
+    """(T_SI array (P, M), list of TrustEstimate) for every precision and model (``archs``: the
+    named models' architectures, in order, which published figures are matched by)."""
+    by_name = {a.name: a for a in archs}
     t = np.ones((len(precisions), len(names)))
     est = []
     cache = {}
@@ -137,7 +139,8 @@ def _trust_grid(precisions, names, synthetic, native, trust_table, depth, family
             else:
                 key = (name, p)
                 if key not in cache:
-                    cache[key] = lookup_trust(name, p, native, trust_table, depth=depth)
+                    cache[key] = lookup_trust(name, p, native, trust_table, depth=depth,
+                                              arch=by_name.get(name))
                 e = cache[key]
             t[i, j] = e.t_si
             est.append({"precision": p, "model": name, **e.to_dict()})
@@ -460,7 +463,8 @@ def simulate(profiles: Sequence[HardwareProfile], models: Sequence[Architecture]
     stacked, names, synthetic = _model_axis(models, sizes, family)
     natives = {p.native for p in profiles}
     t_si, trust = _trust_grid(precisions, names, synthetic, natives.pop() if len(natives) == 1
-                              else "fp16", trust_table, depth, family.name if family else "")
+                              else "fp16", trust_table, depth, family.name if family else "",
+                              models)
     w = workload.replace(batch=b)
     per_gpu = [evaluate_gpu(prof, stacked, names, precisions, w, t_si, family, policy, weights,
                             n_draws, seed, thresholds, progress)
@@ -523,6 +527,7 @@ def _attrs(profiles, workload: Workload, family, trust_table, depth, policy, wei
            seed) -> dict:
     """A surface's provenance: qtsim version, workload, SI options, draws and every profile."""
     from qtsim import __version__
+    from qtsim.profiles.hardware import profile_origin
 
     bnb = workload.bnb
     return {
@@ -538,7 +543,7 @@ def _attrs(profiles, workload: Workload, family, trust_table, depth, policy, wei
         "n_star_family": family.name if family else "",
         "trust_depth": float(depth) if depth is not None else float("nan"),
         "trust_table": trust_table or "shipped: data/reference/trust_table.csv",
-        "profiles": [{"name": p.name, "source": p.source,
+        "profiles": [{"name": p.name, "source": p.source, "origin": profile_origin(p),
                       "date": str(p.provenance.get("date", "")),
                       "device": str(p.provenance.get("device", "")),
                       "location": p.path or "", "tdp_w": p.tdp_w,

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from qtsim.model import physical
 from qtsim.model.architecture import from_config
 from qtsim.model.workload import DEFAULT_INT8_THRESHOLD, Workload
 from qtsim.simulate.simulator import Simulator
@@ -34,6 +35,8 @@ def predict_point(sim: Simulator, config: dict, name: str, pt: ValidationPoint) 
         "pred_j_per_query": float(q["j_per_query"]),
         "pred_j_per_query_hli": float(q["j_per_query_hli"]),
         "pred_j_per_query_paper": paper_energy_j(sim, c, w), "pred_peak_bytes": float(q["peak_bytes"]),
+        "pred_steady_bytes": float(np.ravel(physical.peak_memory_bytes(
+            c, w.precision, w.batch, w.new_tokens, w.prompt_tokens, w.double_quant, 0.0))[0]),
         "pred_profile": sim.profile.name, "pred_profile_source": sim.profile.source,
         "pred_kernel_family": w.family,
     }
