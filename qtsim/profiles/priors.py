@@ -17,6 +17,7 @@ Regenerate the shipped files with ``python -m qtsim.profiles.priors hardware_pro
 from __future__ import annotations
 
 import csv
+import functools
 import sys
 from datetime import date
 from importlib import resources
@@ -64,6 +65,13 @@ PUBLIC_FIT = "public_fit.toml"  # data/reference: the joint device/host fit to p
 def public_fit() -> dict:
     """The shipped joint fit to the bitsandbytes maintainers' rows (:mod:`qtsim.calibration.public`),
     written by ``python -m qtsim.profiles.priors``: fitted device factors and host constants with stderr."""
+    import copy
+
+    return copy.deepcopy(_public_fit())
+
+
+@functools.cache
+def _public_fit() -> dict:
     import tomllib
 
     return tomllib.loads((resources.files("qtsim.data.reference") / PUBLIC_FIT).read_text())
@@ -87,10 +95,17 @@ def spec_profile(row: dict, fit: dict | None = None) -> HardwareProfile:
     }
     prof = HardwareProfile(_spec_hardware(row), prov, _device_priors(row, fit))
     prof.fit = {"public_rows": {k: v for k, v in fit["fit"].items() if not isinstance(v, dict)}}
-    prof.constants = paper_constants_table(prof, load_architecture(REFERENCE_MODEL).counts(),
-                                           REFERENCE_MODEL)
-    prof.constants["host"] = "derived with the default host part (qtsim.profiles.hosts.DEFAULT_HOST)"
+    prof.constants = spec_constants(prof)
     return prof
+
+
+def spec_constants(prof: HardwareProfile, reference_model: str = REFERENCE_MODEL) -> dict:
+    """The ``[constants]`` table of a spec-derived profile: the paper's alpha, gamma, phi and
+    eq. 18 B* for ``reference_model`` with the default host part."""
+    table = paper_constants_table(prof, load_architecture(reference_model).counts(),
+                                  reference_model)
+    table["host"] = "derived with the default host part (qtsim.profiles.hosts.DEFAULT_HOST)"
+    return table
 
 
 def _spec_hardware(row: dict) -> dict:
@@ -107,8 +122,44 @@ def _spec_hardware(row: dict) -> dict:
         "int8_tops": float(row["int8_dense_tops"]), "tdp_w": tdp,
         "idle_w": round(IDLE_FRACTION * tdp, 1), "native_formats": native_formats,
         "native_dtype": "fp16", "runtime_overhead_gib": 0.6,
+        "memory_type": "hbm" if _is_hbm(row) else "gddr",
         "sources": [row["source"]],
     }
+
+
+def spec_row(hardware: dict) -> dict:
+    """The ``gpu_specs.csv`` row a spec profile's ``[hardware]`` table stands for: the inverse of
+    :func:`_spec_hardware`, so a profile's datasheet facts can be re-derived into its constants
+    (:func:`derived_device_constants`)."""
+    native = [f for f in hardware.get("native_formats", []) if f not in ("fp16", "bf16", "int8")]
+    return {
+        "gpu": str(hardware.get("name", "")), "architecture": str(hardware.get("architecture", "")),
+        "memory_gb": float(hardware["memory_gib"]) * 2**30 / 1e9,
+        "mem_bw_gbs": float(hardware["mem_bw_gbs"]),
+        "fp16_dense_tflops": float(hardware["fp16_tflops"]),
+        "int8_dense_tops": float(hardware["int8_tops"]), "tdp_w": float(hardware["tdp_w"]),
+        "native_low_precision": " ".join(["int8", *native]),
+        "memory_type": str(hardware.get("memory_type") or ""), "source": "",
+    }
+
+
+#: ``[hardware]`` keys the spec-derived ``[physical]`` constants are computed from
+DERIVED_FROM = ("mem_bw_gbs", "fp16_tflops", "int8_tops", "tdp_w", "memory_type")
+
+
+def spec_prior_names() -> tuple[str, ...]:
+    """Names of the constants a spec-derived profile holds (those of :func:`_device_priors`):
+    the schema knows them as constants of the model."""
+    row = {"gpu": "x", "architecture": "", "memory_gb": 16, "mem_bw_gbs": 1000,
+           "fp16_dense_tflops": 100, "int8_dense_tops": 200, "tdp_w": 300,
+           "native_low_precision": "int8", "memory_type": "hbm"}
+    return tuple(_device_priors(row, public_fit()))
+
+
+def derived_device_constants(hardware: dict) -> dict[str, Param]:
+    """The ``[physical]`` device constants a spec-derived profile with this ``[hardware]`` table
+    holds (:func:`_device_priors` on :func:`spec_row`): what its datasheet facts imply."""
+    return _device_priors(spec_row(hardware), public_fit())
 
 
 def _is_hbm(row: dict) -> bool:
@@ -183,6 +234,7 @@ def refit_public(outdir: str | Path) -> list[Path]:
     f = public.fit(rows)
     ref = resources.files("qtsim.data.reference") / PUBLIC_FIT
     written = [atomic_write_text(dumps_toml(_public_fit_doc(f, rows)), Path(str(ref)))]
+    _public_fit.cache_clear()  # the spec profiles written next must see the new fit
     speed = f.values["host_speedup"]
     for name, scale, spread, desc in (
             ("hf-eager-server", 1.0, (speed - 1.0) / speed,

@@ -38,10 +38,14 @@ def profile_list(fmt: str = "text") -> str:
 
 def profile_card(prof, fmt: str = "text") -> str:
     """One profile's facts, constants (value ± stderr, unit, source) and provenance."""
+    from qtsim.profiles.hardware import profile_notes, unidentified_constants
+
     if fmt == "toml":
         return prof.to_toml()
     if fmt == "json":
         return json.dumps({"hardware": prof.hardware, "provenance": prof.provenance,
+                           "notes": profile_notes(prof),
+                           "unidentified": unidentified_constants(prof),
                            "physical": {k: vars(p) for k, p in prof.physical.items()},
                            "constants": prof.constants,
                            "fit": {k: v for k, v in prof.fit.items() if k != "correlation"}},
@@ -51,9 +55,12 @@ def profile_card(prof, fmt: str = "text") -> str:
              f"{hw['tdp_w']} W)  [{prof.path}]",
              f"source: {pv.get('source')}  date: {pv.get('date')}  device: {pv.get('device')}  "
              f"measurements: {pv.get('n_measurements', 0)}",
+             *(f"note: {n}" for n in profile_notes(prof)),
              f"{'constant':26s} {'value':>12s} {'stderr':>11s} {'unit':18s} source     basis"]
+    bad = unidentified_constants(prof)
     lines += [f"{k:26s} {p.value:12.4g} {p.stderr:11.3g} {p.unit:18s} {p.source:10s} "
-              f"{p.basis[:70]}" for k, p in prof.physical.items()]
+              + ("NOT IDENTIFIED: " if k in bad else "") + f"{p.basis[:70]}"
+              for k, p in prof.physical.items()]
     lines += _paper_constant_lines(prof.constants)
     if prof.fit:
         lines.append("fit: " + ", ".join(f"{k}={v}" for k, v in prof.fit.items()

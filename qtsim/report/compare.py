@@ -123,11 +123,10 @@ def compare(profiles: Sequence[HardwareProfile], arch: Architecture,
             raise QtsimError(f"no GPU price for {', '.join(missing)}")
         assumptions = dataclasses.replace(assumptions, usd_per_hour=None)
     counts = arch.counts()
-    from qtsim.profiles.hardware import profile_origin
+    from qtsim.profiles.hardware import profile_notes
 
     rows, serving = [], []
-    origins = [f"profile {p.name}: {profile_origin(p)}" for p in profiles
-               if profile_origin(p) != "shipped"]
+    origins = [f"profile {p.name}: {n}" for p in profiles for n in profile_notes(p)]
     for prof in profiles:
         workload.bnb.check(precs, prof)
         sim = Simulator(prof, n_draws=n_draws, seed=seed, host=host)

@@ -242,6 +242,8 @@ def _summary(surface) -> str:
             + ", ".join(f"{p['name']} ({p['source']}, {p['priors']} priors"
                         + ("" if p.get("origin", "shipped") == "shipped" else f"; {p['origin']}")
                         + ")" for p in profiles(surface)))
+    foot += "".join(f"\nprofile {p['name']}: {n}" for p in profiles(surface)
+                    for n in p.get("notes", []))
     if rows == 0 or rows > 40:
         return foot
     trust = trust_status(surface)

@@ -196,10 +196,13 @@ def _host(profile: HardwareProfile) -> dict:
 
 
 def _profile(sim: Simulator, n_draws: int) -> dict:
-    from qtsim.profiles.hardware import profile_origin
+    from qtsim.profiles.hardware import profile_notes, profile_origin, unidentified_constants
 
     profile = sim.profile
     return {"name": profile.name, "source": profile.source, "origin": profile_origin(profile),
+            "recomputed": list(profile.provenance.get("recomputed") or []),
+            "unidentified": unidentified_constants(profile),
+            "notes": profile_notes(profile, origin=False),
             "memory_gib": profile.memory_bytes / GIB,
             "calibrated": profile.source == "calibrated",
             "priors": sum(1 for p in profile.physical.values() if p.source == "prior"),
@@ -285,6 +288,7 @@ def format_text(r: dict) -> str:
            "(wide bands; run `qtsim calibrate` on this GPU to narrow them)")
     origin = "" if pr.get("origin", "shipped") == "shipped" else f"{pr['origin']}; "
     lines.append(f"  profile: {pr['name']} ({origin}{src}; {pr['device']}, {pr['date']})")
+    lines += [f"  profile note: {n}" for n in pr.get("notes", [])]
     lines.append(f"  host: {r['host']['name']}")
     if r.get("serving"):
         lines.append(f"  {r['serving']['statement']}")
