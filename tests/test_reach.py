@@ -363,7 +363,10 @@ def test_compare_text_json_csv(tmp_path):
     assert fits == sorted(fits, reverse=True)  # what does not fit comes last
     js = [row["j_per_query"] for row in rep["rows"] if row["fits"]]
     assert js == sorted(js)
-    assert all(row["gco2e_per_query"] > 0 for row in rep["rows"])
+    assert all(row["gco2e_per_query"] > 0 for row in rep["rows"] if row["fits"])
+    # a configuration that cannot run has no figures at all (issue 24)
+    assert all(row["gco2e_per_query"] is None and row["tok_per_s"] is None
+               for row in rep["rows"] if not row["fits"])
     t4 = {row["precision"]: row for row in rep["rows"] if row["gpu"] == "t4"}
     assert t4["fp16"]["verdict"] == "does not fit" and t4["nf4+dq"]["verdict"].startswith("only option")
     r = qt(*base, "--format", "csv", "--sort", "tok_per_s")
@@ -391,7 +394,8 @@ def test_compare_all_gpus_and_plot(tmp_path):
     (["--pue", "0"], "--pue"), (["--tokens", "0"], "--tokens"),
 ])
 def test_compare_bad_input_exit_2(extra, needle):
-    args = ["compare", "--model", "mistral-7b", "--draws", "10", "--gpu", "l4,t4", *extra]
+    gpu = [] if "--gpu" in extra else ["--gpu", "l4,t4"]  # an option given twice is refused
+    args = ["compare", "--model", "mistral-7b", "--draws", "10", *gpu, *extra]
     r = qt(*args)
     if needle == "int3":  # precision errors come from click's option parsing helper
         assert r.exit_code == 2 and needle in r.stderr

@@ -227,8 +227,9 @@ def _row(sim: Simulator, counts, w: Workload, nat: dict, price: budget.BudgetAss
             bool(verdicts.costs_more(q["j_per_query"], n["j_per_query"])), share)
     j = float(q["j_per_query"])
     _, j_lo, j_hi = band(qd["j_per_query"])
-    return {
+    row = {
         "gpu": prof.name, "precision": w.bnb.label(w.precision), "fits": fits,
+        "native_fits": nat_fits,
         "peak_memory_gib": float(q["peak_bytes"]) / GIB,
         "tok_per_s": float(q["tok_per_s"]), "latency_s": float(q["latency_s"]),
         "j_per_query": j, "j_per_query_low": float(j_lo), "j_per_query_high": float(j_hi),
@@ -238,6 +239,16 @@ def _row(sim: Simulator, counts, w: Workload, nat: dict, price: budget.BudgetAss
         "p_trapped_energy": share if quant else 0.0,
         "profile_source": prof.source,
     }
+    # nothing that cannot run is tabled as if it ran: a configuration that does not fit has no
+    # figures (null in JSON, empty in CSV, dashes in text); one whose 16-bit reference does not
+    # fit has no comparison with it
+    keep = {"gpu", "precision", "fits", "native_fits", "peak_memory_gib", "verdict",
+            "profile_source"}
+    for k in row:
+        if (not fits and k not in keep) or (quant and not nat_fits
+                                            and k in ("energy_ratio", "p_trapped_energy")):
+            row[k] = None
+    return row
 
 
 def sort_rows(rows: list[dict], column: str) -> list[dict]:
@@ -275,7 +286,7 @@ def format_text(c: Comparison) -> str:
     q = c.query
     head = [COLUMNS[k][0] for k in cols]
     # a configuration that does not fit has no throughput or cost to speak of: dashes, so that
-    # its hypothetical figures never read as the cheapest option (JSON and CSV keep them)
+    # its hypothetical figures never read as the cheapest option (null in JSON and CSV too)
     hypothetical = set(cols) - {"gpu", "precision", "fits", "peak_memory_gib", "verdict"}
     body = [[("-" if (not r["fits"] and k in hypothetical) else _cell(k, r[k])) for k in cols]
             for r in c.rows]

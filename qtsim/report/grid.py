@@ -264,10 +264,18 @@ def _summary(surface) -> str:
                          "trapped_everywhere": f"all B <= {top:g}",
                          "never_trapped": f"none B <= {top:g}",
                          "native_oom": "native OOM"}[kind]
+                si_ = v("si")
+                if not v("fits"):  # nothing to compare: it cannot run (its figures are NaN)
+                    lines.append(f"{g:24s} {p:5s} {m[:18]:18s} {'DOES NOT FIT':>20s} "
+                                 f"({v('peak_memory_gib'):.3g} GiB)  {trust[(p, m)]}")
+                    continue
+                if not v("native_fits"):
+                    lines.append(f"{g:24s} {p:5s} {m[:18]:18s} {'ONLY OPTION':>20s} "
+                                 f"(16-bit does not fit)  {trust[(p, m)]}")
+                    continue
                 tr = ("yes" if v("trapped_energy") else "no") + "|" + (
                     "yes" if v("trapped_energy_hli") else "no")
                 ratio = f"{v('energy_ratio'):.2f}|{v('energy_ratio_hli'):.2f}"
-                si_ = v("si")
                 lines.append(f"{g:24s} {p:5s} {m[:18]:18s} {ratio:>11s} {tr:>8s} "
                              f"{si_ if np.isfinite(si_) else float('nan'):6.3f}  {bstar:16s} "
                              f"{trust[(p, m)]}")

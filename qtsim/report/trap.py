@@ -415,7 +415,37 @@ def csv_row(r: dict) -> dict:
     for k in ("b_star", "n_star"):
         t = r[k]
         row[k], (row[f"{k}_low"], row[f"{k}_high"]), row[f"{k}_kind"] = t["value"], t["band"], t["kind"]
+    _blank_hypothetical(row, qn["fits"], nt["fits"])
     return {c: _cell(row.get(c)) for c in CSV_COLUMNS}
+
+
+#: CSV columns of the quantized run's own figures, of the native run's, and of their comparison
+_RUN = ("j_per_query", "tok_per_s")
+_COMPARISON = ("p_trapped_energy", "p_trapped_time", "p_trapped_si", "energy_ratio",
+               "energy_ratio_hli", "speed_ratio", "cor", "si", "si_low", "si_high", "e_si", "s_si")
+
+
+def _blank_hypothetical(row: dict, fits: bool, native_fits: bool) -> None:
+    """Empty the cells of what cannot run, so nothing hypothetical sits in a column of real
+    figures: the quantized run's own where it does not fit, the native run's where it does not,
+    and every comparison (ratios, shares of draws, SI) where either does not (the verdict
+    columns say why: "does not fit", "only option")."""
+    def blank(names):
+        for n in names:
+            for c in (n, f"{n}_low", f"{n}_high"):
+                if c in row:
+                    row[c] = None
+
+    if not fits:
+        blank(_RUN)
+    if not native_fits:
+        blank(f"native_{n}" for n in _RUN)
+        if fits:
+            row.update(verdict_energy="only option (native does not fit)",
+                       verdict_time="only option (native does not fit)",
+                       verdict_si="only option (native does not fit)")
+    if not (fits and native_fits):
+        blank(_COMPARISON)
 
 
 def csv_text(report: dict) -> str:

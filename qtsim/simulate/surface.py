@@ -252,28 +252,48 @@ def _evaluate_precision(g: _GpuGrid, w: Workload, nat: dict, nat_d, first: bool)
         _put_thresholds(g, w)
     if g.draws:
         qd = grid_eval(g.sim, g.counts, w, True)
-        _put_bands(g, w, qd, nat_d if w.quantized else qd)
+        _put_bands(g, w, qd, nat_d if w.quantized else qd, runs(q, ref))
+
+
+#: quantities of one configuration's own run: NaN where it does not fit in device memory
+RUN_QUANTITIES = ("latency_s", "step_s", "tok_per_s", "j_per_query", "j_per_query_hli",
+                  "avg_power_w", "j_per_query_paper")
+
+
+def runs(q: dict, ref: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(the configuration runs, its comparison with ``ref`` means something): where it fits in
+    device memory, and where both it and its 16-bit reference do. Everywhere else a surface
+    holds NaN: nothing that cannot run is tabled or drawn as if it ran (``fits`` and
+    ``native_fits`` say which)."""
+    own = np.asarray(q["fits"], bool)
+    return own, own & np.asarray(ref["fits"], bool)
+
+
+def _masked(value, ok):
+    """``value`` as floats, NaN where not ``ok``."""
+    return np.where(ok, np.asarray(value, float), np.nan)
 
 
 def _put_central(g: _GpuGrid, w: Workload, q: dict, ref: dict, nat: dict) -> None:
-    """Central values of precision ``w`` against ``ref``: the runs, ratios, SI and verdicts."""
+    """Central values of precision ``w`` against ``ref``: the runs, ratios, SI and verdicts
+    (NaN where the run, or the comparison, cannot happen: :func:`runs`)."""
+    run_ok, cmp_ok = runs(q, ref)
     d = derived(q, ref)
     pil = pillars(q, ref, g.t_si[g.i][:, None], g.policy, g.weights)
     pap = paper_energy(g.sim, g.counts, w)
     pap_n = pap["j_native"]
-    for k in ("latency_s", "step_s", "tok_per_s", "j_per_query", "j_per_query_hli",
-              "avg_power_w"):
-        g.put(k, q[k])
-    g.put("j_per_query_paper", pap["j_per_query_paper"])
+    for k in RUN_QUANTITIES[:-1]:
+        g.put(k, _masked(q[k], run_ok))
+    g.put("j_per_query_paper", _masked(pap["j_per_query_paper"], run_ok))
     g.put("peak_memory_gib", q["peak_bytes"] / GIB)
     g.put("fits", q["fits"].astype(np.uint8))
     g.put("native_fits", nat["fits"].astype(np.uint8))
     for k, v in d.items():
-        g.put(k, v)
-    g.put("energy_ratio_paper", pap["j_per_query_paper"] / pap_n)
-    g.put("s_si_paper", pap_n / pap["j_per_query_paper"])
+        g.put(k, _masked(v, cmp_ok))
+    g.put("energy_ratio_paper", _masked(pap["j_per_query_paper"] / pap_n, cmp_ok))
+    g.put("s_si_paper", _masked(pap_n / pap["j_per_query_paper"], cmp_ok))
     for k, v in pil.items():
-        g.put(k, v)
+        g.put(k, v if k == "t_si" else _masked(v, cmp_ok))
     trapped = {
         "trapped_energy": verdicts.costs_more(q["j_per_query"], ref["j_per_query"]),
         "trapped_energy_hli": verdicts.costs_more(q["j_per_query_hli"], ref["j_per_query_hli"]),
@@ -281,8 +301,8 @@ def _put_central(g: _GpuGrid, w: Workload, q: dict, ref: dict, nat: dict) -> Non
         "trapped_time": verdicts.slower(d["speed_ratio"]),
         "trapped_si": verdicts.si_trapped(pil["si"]),
     }
-    for k, v in trapped.items():
-        g.put(k, np.asarray(v, np.uint8))
+    for k, v in trapped.items():  # 1 trapped, 0 not, NaN: no verdict (it cannot run)
+        g.put(k, _masked(v, cmp_ok))
     for k in ("alpha_j_per_bit", "gamma_j", "phi_j", "b_star_paper"):
         g.put(k, np.broadcast_to(pap[k], (g.m,)), full=True)
 
@@ -299,16 +319,38 @@ def _put_thresholds(g: _GpuGrid, w: Workload) -> None:
             bs["b_star_low"] = bs["b_star_high"] = np.full(m, np.nan)
     if g.family is not None and w.quantized:
         ns = n_star_fast(g.sim, g.family, w.replace(batch=g.b_all), draws=g.draws)
+        ns.update(_n_star_fit(g, w, ns))
     else:
-        ns = {"n_star": np.full(nb, np.nan), "n_star_kind": np.full(nb, 3)}
+        ns = {"n_star": np.full(nb, np.nan), "n_star_kind": np.full(nb, 3),
+              "n_star_fits": np.full(nb, np.nan)}
         if g.draws:
             ns["n_star_low"] = ns["n_star_high"] = np.full(nb, np.nan)
     for k, v in {**bs, **ns}.items():
         g.put(k, v, full=True)
 
 
-def _put_bands(g: _GpuGrid, w: Workload, qd: dict, rd: dict) -> None:
-    """16/84% bands over the draws and the shares of draws trapped, precision ``w``."""
+def _n_star_fit(g: _GpuGrid, w: Workload, ns: dict) -> dict:
+    """``n_star_fits`` (1 where a model of the family at N* fits the device at that batch, 0
+    where it does not, NaN without a crossing) and N* (with its band) NaN where it does not
+    fit: a crossing at a size that cannot run at that batch is no planner's answer."""
+    val = np.asarray(ns["n_star"], float)
+    cross = np.isin(ns["n_star_kind"], (0, 1)) & np.isfinite(val) & (val > 0)
+    fits = np.zeros(val.shape, bool)
+    if cross.any():
+        sizes = val[cross]
+        peak = g.sim.peak_bytes(g.family.scaled(sizes), w.replace(batch=g.b_all[cross]))
+        fits[cross] = np.asarray(peak) <= g.sim.profile.memory_bytes
+    out = {"n_star_fits": np.where(cross, fits.astype(float), np.nan)}
+    for k in ("n_star", "n_star_low", "n_star_high"):
+        if k in ns:
+            out[k] = np.where(cross & ~fits, np.nan, np.asarray(ns[k], float))
+    return out
+
+
+def _put_bands(g: _GpuGrid, w: Workload, qd: dict, rd: dict, ok) -> None:
+    """16/84% bands over the draws and the shares of draws trapped, precision ``w``; ``ok``:
+    (the run fits, the comparison can happen) (:func:`runs`), NaN elsewhere."""
+    run_ok, cmp_ok = ok
     dd = derived(qd, rd)
     pd = pillars(qd, rd, g.t_si[g.i][:, None], g.policy, g.weights)
     papd = paper_energy(g.sim, g.counts, w, draws=True)
@@ -320,8 +362,9 @@ def _put_bands(g: _GpuGrid, w: Workload, qd: dict, rd: dict) -> None:
                **{k: pd[k] for k in ("e_si", "s_si", "s_si_hli", "si", "si_hli")}}
     for k, v in samples.items():
         lo, hi = nan_percentiles(v)
-        g.put(f"{k}_low", lo)
-        g.put(f"{k}_high", hi)
+        mask = run_ok if k in RUN_QUANTITIES else cmp_ok
+        g.put(f"{k}_low", _masked(lo, mask))
+        g.put(f"{k}_high", _masked(hi, mask))
     shares = {
         "p_trapped_energy": verdicts.costs_more(qd["j_per_query"], rd["j_per_query"]),
         "p_trapped_energy_hli": verdicts.costs_more(qd["j_per_query_hli"], rd["j_per_query_hli"]),
@@ -331,7 +374,8 @@ def _put_bands(g: _GpuGrid, w: Workload, qd: dict, rd: dict) -> None:
         "p_trapped_si": verdicts.si_trapped(pd["si"]),
     }
     for k, v in shares.items():
-        g.put(k, np.mean(v, axis=0) if w.quantized else np.zeros(np.shape(v)[1:]))
+        g.put(k, _masked(np.mean(v, axis=0) if w.quantized else np.zeros(np.shape(v)[1:]),
+                         cmp_ok))
 
 
 #: Batch axes longer than this get N* from anchors (:func:`n_star_fast`); shorter ones directly.
