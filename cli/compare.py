@@ -13,6 +13,7 @@ from qtsim.cli.options import (
     budget_options,
     precision_list,
     split_list,
+    stack_option,
 )
 
 
@@ -36,6 +37,7 @@ from qtsim.cli.options import (
               help="Host/software part combined with every GPU (`qtsim profiles hosts`); "
                    "default each profile's own or hf-eager-server.")
 @bnb_options
+@stack_option
 @budget_options
 @click.option("--draws", default="200", show_default=True, metavar="N",
               help="Monte-Carlo draws per configuration (bands and 'likely' verdicts).")
@@ -45,7 +47,7 @@ from qtsim.cli.options import (
                    "sorting by a text column).")
 @click.option("--force", is_flag=True, help="Replace an existing --plot file.")
 def compare(model, batch, gpus, profile_paths, precisions, tokens, prompt_tokens, sort, host, double_quant,
-            int8_threshold, compute_dtype, pue, grid_gco2_per_kwh, usd_per_hour, draws, fmt,
+            int8_threshold, compute_dtype, bnb_version, pue, grid_gco2_per_kwh, usd_per_hour, draws, fmt,
             plot_path, force):
     """One table across GPUs x precisions for MODEL at batch B: fits, tok/s, latency, J/query,
     kWh per million queries (gCO2e per query, $ per million tokens when their assumptions are
@@ -69,7 +71,8 @@ def compare(model, batch, gpus, profile_paths, precisions, tokens, prompt_tokens
     text, plot = compare_text(model, split_list(gpus, "--gpu"), profile_paths, workload,
                               precision_list(precisions), sort,
                               budget_assumptions(pue, grid_gco2_per_kwh, None),
-                              _prices(usd_per_hour), nd, host, fmt, plot_path)
+                              _prices(usd_per_hour), nd, host, fmt, plot_path,
+                              bnb_release=bnb_version)
     click.echo(text)
     if plot:
         click.echo(f"wrote {plot}", err=fmt != "text")

@@ -98,6 +98,18 @@ def bnb_options(f):
     return f
 
 
+def stack_option(f):
+    """--bnb-version: the bitsandbytes release the prediction describes (:mod:`qtsim.model.stack`)."""
+    from qtsim.model.stack import CURRENT_BNB
+
+    return click.option(
+        "--bnb-version", "bnb_version", metavar="VERSION",
+        help=f"bitsandbytes release you run (default {CURRENT_BNB}, the current one, stated as "
+             "assumed): from 0.50 4-bit layers run a fused GEMM for batch 2-64 on CUDA, before "
+             "it they dequantise every weight each step. A calibrated profile is the stack it "
+             "was calibrated with.")(f)
+
+
 def bnb_settings(double_quant=False, int8_threshold=None, compute_dtype=None):
     """A :class:`qtsim.model.workload.BnbSettings` from the options of :func:`bnb_options`."""
     from qtsim.model.workload import DEFAULT_INT8_THRESHOLD, BnbSettings

@@ -14,6 +14,7 @@ from qtsim.cli.options import (
     int_list,
     precision_list,
     split_list,
+    stack_option,
 )
 
 
@@ -121,9 +122,10 @@ def _command_line(ctx) -> str:
 @click.option("--policy", default="linear", show_default=True, type=click.Choice(["linear", "geometric"]),
               help="SI aggregation: linear (eq. 6) or geometric (Remark 3.1).")
 @bnb_options
+@stack_option
 def simulate(gpus, profile_paths, models, precisions, batches, tokens, prompt_tokens, sizes, family,
              out, force, compress, csv_path, plot_dir, which_plots, draws, seed, trust_table, depth, policy,
-             double_quant, int8_threshold, compute_dtype):
+             double_quant, int8_threshold, compute_dtype, bnb_version):
     """Evaluate J/query (power model, HLI and eq. 19), latency, tok/s, COR, B*, N* and the SI
     pillars over the whole grid GPU x precision x model x batch, in one vectorised pass per
     (GPU, precision), into HDF5 (dimension scales, units, provenance).
@@ -148,4 +150,4 @@ def simulate(gpus, profile_paths, models, precisions, batches, tokens, prompt_to
                       trust_table=trust_table, depth=depth, policy=policy, n_draws=draws,
                       seed=seed, command=_command_line(click.get_current_context()),
                       progress_bar=lambda total: LateBar(total, "simulating"), echo=click.echo,
-                      force=force)
+                      force=force, bnb_release=bnb_version)

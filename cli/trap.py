@@ -12,6 +12,7 @@ from qtsim.cli.options import (
     budget_assumptions,
     budget_options,
     profile_options,
+    stack_option,
 )
 from qtsim.model.precision import PRECISIONS
 
@@ -38,11 +39,12 @@ from qtsim.model.precision import PRECISIONS
                    "profile's own (calibrated CPU) or hf-eager-server, whose band spans server "
                    "and desktop hosts.")
 @bnb_options
+@stack_option
 @budget_options
 @click.option("--format", "fmt", default="text", show_default=True, type=FORMATS)
 def trap(gpu, profile_path, model, precision, batch, tokens, prompt_tokens, trust_table, policy,
-         draws, host, double_quant, int8_threshold, compute_dtype, pue, grid_gco2_per_kwh,
-         usd_per_hour, fmt):
+         draws, host, double_quant, int8_threshold, compute_dtype, bnb_version, pue,
+         grid_gco2_per_kwh, usd_per_hour, fmt):
     """Will PRECISION trap us on this GPU for this model?
 
     Answers from a hardware profile (shipped spec-derived, or calibrated by `qtsim calibrate`):
@@ -64,4 +66,4 @@ def trap(gpu, profile_path, model, precision, batch, tokens, prompt_tokens, trus
                         bnb_settings(double_quant, int8_threshold, compute_dtype))
     assumptions = budget_assumptions(pue, grid_gco2_per_kwh, usd_per_hour)
     click.echo(trap_text(gpu, profile_path, model, workload, trust_table, policy, n_draws=draws,
-                         host=host, assumptions=assumptions, fmt=fmt))
+                         host=host, assumptions=assumptions, fmt=fmt, bnb_release=bnb_version))

@@ -13,6 +13,7 @@ Search order for a name: ``--profile FILE``; the user directory (``$QTSIM_PROFIL
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -41,6 +42,9 @@ class HardwareProfile:
     fit: dict = field(default_factory=dict)
     path: str | None = None
     host: object = None  # the qtsim.profiles.hosts.HostPart combined in, if any
+    #: the bitsandbytes stack predictions describe (:meth:`with_stack`): version, where it
+    #: comes from, and the stack the host constants were fitted on
+    bnb: dict | None = None
 
     @property
     def name(self) -> str:
@@ -97,6 +101,55 @@ class HardwareProfile:
                   and not k.startswith("t_layer_")}
         return HardwareProfile(self.hardware, self.provenance, {**device, **part.physical},
                                self.constants, self.fit, self.path, part)
+
+    def with_stack(self, bnb_version: str | None = None) -> HardwareProfile:
+        """This profile for a bitsandbytes release (:mod:`qtsim.model.stack`): the
+        stack-dependent host constants (``h_fused4bit_max_batch``) set for ``bnb_version``,
+        and :attr:`bnb` saying which release and why.
+
+        A profile calibrated on a recorded stack is that stack (a different ``bnb_version`` is
+        refused: recalibrate with it); otherwise ``bnb_version``, or by default
+        :data:`qtsim.model.stack.CURRENT_BNB` (stated as assumed). Idempotent once applied.
+        """
+        from qtsim.errors import QtsimError
+        from qtsim.model import stack
+
+        if self.bnb is not None and bnb_version is None:
+            return self
+        if bnb_version is not None:
+            stack.parse_version(bnb_version)
+        recorded = (self.provenance.get("versions") or {}).get("bitsandbytes")
+        if recorded:
+            if bnb_version and not stack.same_release(bnb_version, recorded):
+                raise QtsimError(
+                    f"--bnb-version {bnb_version}: profile {self.name} was calibrated with "
+                    f"bitsandbytes {recorded}, and its constants describe that stack; calibrate "
+                    f"with bitsandbytes {bnb_version} installed to predict it")
+            bnb = {"version": str(recorded), "source": "measured: the stack it was calibrated with"}
+            return dataclasses.replace(self, bnb=bnb)
+        if bnb_version is None and self.source == "calibrated":
+            return dataclasses.replace(self, bnb={"version": "not stated",
+                                                  "source": "the calibration recorded none"})
+        version = bnb_version or stack.CURRENT_BNB
+        fitted = ((getattr(self.host, "host", None) or {}).get("stack") or {}).get("bitsandbytes")
+        source = ("given with --bnb-version" if bnb_version else
+                  "assumed: the current release (--bnb-version to change)")
+        phys = dict(self.physical)
+        for k, (v, unit, basis) in stack.stack_constants(version).items():
+            phys[k] = Param(v, 0.0, unit, "assumed", basis)
+        host = self.host
+        if host is not None:
+            host = dataclasses.replace(host, host={**host.host, "stack": {
+                **(host.host.get("stack") or {}), "bitsandbytes": version}})
+        bnb = {"version": version, "source": source,
+               "host_fitted_on": str(fitted) if fitted and not stack.same_release(
+                   fitted, version) else ""}
+        return dataclasses.replace(self, physical=phys, host=host, bnb=bnb)
+
+    def for_serving(self, host=None, bnb_version: str | None = None) -> HardwareProfile:
+        """This device part with a host part (:meth:`with_host`) and a bitsandbytes stack
+        (:meth:`with_stack`): what every prediction runs on."""
+        return self.with_host(host).with_stack(bnb_version)
 
     def model_flags(self) -> dict[str, float]:
         """Switches of the physical model a profile states in ``[hardware]`` (not fitted

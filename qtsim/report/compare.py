@@ -23,7 +23,7 @@ from qtsim.model.precision import get_precision
 from qtsim.model.workload import BnbSettings, Workload
 from qtsim.profiles.hardware import HardwareProfile
 from qtsim.report import budget
-from qtsim.report.serving import serving_assumption
+from qtsim.report.serving import bnb_version, serving_assumption
 from qtsim.simulate.simulator import Simulator
 from qtsim.simulate.stats import GIB, band
 
@@ -100,7 +100,8 @@ def compare(profiles: Sequence[HardwareProfile], arch: Architecture,
             precisions: Sequence[str] = ("fp16", "int8", "nf4"),
             assumptions: budget.BudgetAssumptions | None = None, sort: str = DEFAULT_SORT,
             n_draws: int = 200, seed: int = 0,
-            usd_per_hour_by_gpu: dict | None = None, host=None) -> Comparison:
+            usd_per_hour_by_gpu: dict | None = None, host=None,
+            bnb_release: str | None = None) -> Comparison:
     """Every GPU x precision for ``arch`` at ``workload``'s batch; rows sorted by ``sort``.
 
     ``workload``: the batch, tokens and bitsandbytes settings every precision runs with (its
@@ -108,7 +109,8 @@ def compare(profiles: Sequence[HardwareProfile], arch: Architecture,
     :class:`~qtsim.model.workload.Workload`'s defaults. ``usd_per_hour_by_gpu`` (GPU name ->
     USD per GPU-hour) prices each GPU on its own, in place of ``assumptions.usd_per_hour``;
     ``host`` the host/software part (:mod:`qtsim.profiles.hosts`) combined with every device
-    profile (None: each profile's own or the default).
+    profile (None: each profile's own or the default); ``bnb_release`` the bitsandbytes
+    release (:mod:`qtsim.model.stack`; None: each profile's recorded one, else the current).
 
     The verdict of a quantized row compares it with the GPU's own 16-bit reference at the same
     batch: "trapped" / "not trapped" (or "likely ... (uncertain)" when fewer than 84% of draws
@@ -129,7 +131,7 @@ def compare(profiles: Sequence[HardwareProfile], arch: Architecture,
     origins = [f"profile {p.name}: {n}" for p in profiles for n in profile_notes(p)]
     for prof in profiles:
         workload.bnb.check(precs, prof)
-        sim = Simulator(prof, n_draws=n_draws, seed=seed, host=host)
+        sim = Simulator(prof, n_draws=n_draws, seed=seed, host=host, bnb_version=bnb_release)
         serving.append(serving_assumption(sim.profile))  # with its host part
         price = (dataclasses.replace(assumptions, usd_per_hour=usd_per_hour_by_gpu[prof.name])
                  if usd_per_hour_by_gpu else assumptions)
@@ -147,7 +149,8 @@ def compare_text(model: str, gpus: Sequence[str], profile_paths: Sequence[str],
                  workload: Workload, precisions: Sequence[str], sort: str = DEFAULT_SORT,
                  assumptions: budget.BudgetAssumptions | None = None, prices=None,
                  n_draws: int = 200, host=None, fmt: str = "text",
-                 plot_path: str | None = None) -> tuple[str, str | None]:
+                 plot_path: str | None = None,
+                 bnb_release: str | None = None) -> tuple[str, str | None]:
     """``qtsim compare``: load the GPUs (names, ``["all"]`` for every visible profile, then
     ``profile_paths``) and ``model``, compare, and format as ``fmt`` (text, json or csv).
 
@@ -181,7 +184,7 @@ def compare_text(model: str, gpus: Sequence[str], profile_paths: Sequence[str],
     elif prices:
         by_gpu = dict(zip([p.name for p in profiles], prices, strict=True))
     result = compare(profiles, arch, workload, precisions, assumptions, sort, n_draws=n_draws,
-                     usd_per_hour_by_gpu=by_gpu, host=host)
+                     usd_per_hour_by_gpu=by_gpu, host=host, bnb_release=bnb_release)
     text = (json.dumps(result.to_dict(), indent=2) if fmt == "json" else
             csv_text(result) if fmt == "csv" else format_text(result))
     written = None
@@ -238,12 +241,13 @@ def _row(sim: Simulator, counts, w: Workload, nat: dict, price: budget.BudgetAss
         "verdict": verdict,
         "p_trapped_energy": share if quant else 0.0,
         "profile_source": prof.source,
+        "bitsandbytes_version": bnb_version(prof),
     }
     # nothing that cannot run is tabled as if it ran: a configuration that does not fit has no
     # figures (null in JSON, empty in CSV, dashes in text); one whose 16-bit reference does not
     # fit has no comparison with it
     keep = {"gpu", "precision", "fits", "native_fits", "peak_memory_gib", "verdict",
-            "profile_source"}
+            "profile_source", "bitsandbytes_version"}
     for k in row:
         if (not fits and k not in keep) or (quant and not nat_fits
                                             and k in ("energy_ratio", "p_trapped_energy")):

@@ -24,7 +24,8 @@ def simulate_to_files(gpus: Sequence[str], profile_paths: Sequence[str], models:
                       trust_table: str | None = None, depth: float | None = None,
                       policy: str = "linear", n_draws: int = 0, seed: int = 0,
                       command: str = "", progress_bar: Callable | None = None,
-                      echo: Callable[[str], None] = print, force: bool = False) -> None:
+                      echo: Callable[[str], None] = print, force: bool = False,
+                      bnb_release: str | None = None) -> None:
     """Load the profiles (``gpus`` names, then ``profile_paths``) and ``models`` (names or
     config paths; ``family`` scaled to ``sizes``, ``"LO:HI:N"``), simulate the grid over
     ``workload.batch`` (:func:`qtsim.simulate.surface.simulate`) and write ``out`` (HDF5),
@@ -38,7 +39,7 @@ def simulate_to_files(gpus: Sequence[str], profile_paths: Sequence[str], models:
     from qtsim.simulate.surface import n_blocks, simulate
 
     profiles, archs, fam, size_grid = load_grid_inputs(gpus, profile_paths, models, family, sizes,
-                                              workload, plots)
+                                              workload, plots, bnb_release)
     _check_targets(out, csv_path, plot_dir, force)  # refuse before computing, not after
     n_models = len(archs) + (len(size_grid) if size_grid is not None else 0)
     check_grid_size(len(profiles), len(precisions), n_models, len(workload.batch), n_draws)
@@ -78,10 +79,12 @@ def check_grid_size(n_gpus: int, n_precisions: int, n_models: int, n_batches: in
     check_surface(n_gpus * n_precisions * max(n_models, 1) * n_batches, n_draws)
 
 
-def load_grid_inputs(gpus, profile_paths, models, family, sizes, workload: Workload, plots=()):
+def load_grid_inputs(gpus, profile_paths, models, family, sizes, workload: Workload, plots=(),
+                     bnb_release: str | None = None):
     """(profiles, architectures, family, size grid) of a simulate run (one machine or a fleet),
     refused with one line when a GPU is listed twice, a context is too long or a figure is
-    unknown."""
+    unknown. Each profile comes with its host part and bitsandbytes stack (``bnb_release``:
+    :meth:`~qtsim.profiles.hardware.HardwareProfile.for_serving`)."""
     from qtsim.model.architecture import check_context, load_architecture
     from qtsim.profiles.hardware import load_profile
     from qtsim.simulate.surface import parse_sizes
@@ -89,6 +92,7 @@ def load_grid_inputs(gpus, profile_paths, models, family, sizes, workload: Workl
     if not gpus and not profile_paths:
         raise QtsimError("give --gpu GPU[,GPU...] or --profile FILE")
     profiles = [load_profile(g) for g in gpus] + [load_profile(path=p) for p in profile_paths]
+    profiles = [p.for_serving(None, bnb_release) for p in profiles]
     names = [p.name for p in profiles]
     if len(set(names)) != len(names):
         raise QtsimError(f"GPU listed twice: {', '.join(names)}")
@@ -239,7 +243,8 @@ def _summary(surface) -> str:
     rows = len(c["gpu"]) * len(quant) * len(c["model"])
     b0 = c["batch"][0]
     foot = (f"{surface.attrs['note']}; profiles: "
-            + ", ".join(f"{p['name']} ({p['source']}, {p['priors']} priors"
+            + ", ".join(f"{p['name']} ({p['source']}, {p['priors']} priors, "
+                        f"{p.get('bitsandbytes', 'bitsandbytes not stated')}"
                         + ("" if p.get("origin", "shipped") == "shipped" else f"; {p['origin']}")
                         + ")" for p in profiles(surface)))
     foot += "".join(f"\nprofile {p['name']}: {n}" for p in profiles(surface)

@@ -223,6 +223,37 @@ def _fig1_bars(surface, name: str, model: str, batch, native=None):
     return bars
 
 
+def _fig1_legend(fig, precs) -> None:
+    """Precision colours and the HLI tick, above the panels."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=PRECISION_COLORS.get(p, "0.5"), label=p.upper()) for p in precs]
+    handles.append(Line2D([], [], marker="_", ls="none", color="k", markersize=14, mew=2,
+                          label="J/query by the paper's HLI (TDP x latency)"))
+    _legend(fig, handles, 9, col_in=2.2)
+
+
+def _fig1_bar_group(ax, xs, w, p: str, vals, lo_v, hi_v, fits) -> tuple[bool, bool, bool]:
+    """One precision's bars at ``xs`` (one per GPU), with their 16-84% error bars; no bar where
+    the configuration does not fit, or (NaN) has no 16-bit run to compare with, but a note.
+    Returns (any error bar, any gap, any bar drawn)."""
+    vals = np.where(np.asarray(fits, bool), vals, np.nan)  # trust too: nothing that cannot run
+    err = None
+    if lo_v is not None:
+        err = np.abs(np.vstack([vals - lo_v, hi_v - vals]))
+        err = np.where(np.isfinite(err), err, 0.0)
+    ax.bar(xs, vals, w * 0.92, color=PRECISION_COLORS.get(p, "0.5"), yerr=err,
+           capsize=2, error_kw={"lw": 0.8, "ecolor": "0.2"}, label=p.upper())
+    for x_, v_, f_ in zip(xs, vals, fits, strict=True):
+        if not np.isfinite(v_):
+            ax.text(x_, 0.02, "does not fit" if not f_ else "no 16-bit run", rotation=90,
+                    ha="center", va="bottom", fontsize=7, color="0.35", style="italic",
+                    transform=ax.get_xaxis_transform())
+    return (err is not None and bool(np.any(err > 0)), bool(np.any(~np.isfinite(vals))),
+            bool(np.any(np.isfinite(vals))))
+
+
 def plot_fig1_panel(surface, model: str, batch=None, native=None):
     """The paper's Fig. 1 for one model: six panels of grouped bars (GPU groups, precision bars).
 
@@ -231,9 +262,6 @@ def plot_fig1_panel(surface, model: str, batch=None, native=None):
     16-bit bars are the comparison the figure exists for: when ``surface`` has no native
     precision, pass ``native``, a surface of the same GPUs and model at the native precision.
     """
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-
     c = {d: surface[d].values.tolist() for d in ("gpu", "batch")}
     batch = c["batch"][0] if batch is None else batch
     gpus = c["gpu"]
@@ -249,23 +277,11 @@ def plot_fig1_panel(surface, model: str, batch=None, native=None):
         fit = {p: v for p, v, *_ in _fig1_bars(surface, "fits", model, batch, native)}
         precs = [p for p, *_ in bars]
         w = 0.8 / len(bars)
+        drawn = False
         for k, (p, vals, lo_v, hi_v) in enumerate(bars):
-            # what cannot run has no bar (trust included), and no comparison without a 16-bit run
-            vals = np.where(np.asarray(fit[p], bool), vals, np.nan)
             xs = x + (k - (len(bars) - 1) / 2) * w
-            err = None
-            if lo_v is not None:
-                err = np.abs(np.vstack([vals - lo_v, hi_v - vals]))
-                err = np.where(np.isfinite(err), err, 0.0)
-                any_band = any_band or bool(np.any(err > 0))
-            ax.bar(xs, vals, w * 0.92, color=PRECISION_COLORS.get(p, "0.5"), yerr=err,
-                   capsize=2, error_kw={"lw": 0.8, "ecolor": "0.2"}, label=p.upper())
-            for x_, v_, f_ in zip(xs, vals, fit[p], strict=True):
-                if not np.isfinite(v_):  # NaN: it cannot run (or has no 16-bit run to compare)
-                    no_fit = True
-                    ax.text(x_, 0.02, "does not fit" if not f_ else "no 16-bit run", rotation=90,
-                            ha="center", va="bottom", fontsize=7, color="0.35", style="italic",
-                            transform=ax.get_xaxis_transform())
+            band, gap, shown = _fig1_bar_group(ax, xs, w, p, vals, lo_v, hi_v, fit[p])
+            any_band, no_fit, drawn = any_band or band, no_fit or gap, drawn or shown
             if name == "j_per_query":
                 ax.scatter(xs, hli_bars[p], marker="_", s=220, color="k", lw=2, zorder=3)
         if name in ("t_si", "e_si", "s_si", "si"):
@@ -275,17 +291,12 @@ def plot_fig1_panel(surface, model: str, batch=None, native=None):
         else:
             ax.set_xticks(x, gpus, fontsize=9)
         ax.set_xlim(-0.5, len(gpus) - 0.5)  # every GPU's slot, bars or not
-        if not any(np.isfinite(np.where(np.asarray(fit[p], bool), v, np.nan)).any()
-                   for p, v, *_ in bars):
+        if not drawn:
             ax.set_ylim(0, 1.2)  # nothing runs here: an axis from 0, not a zoom on nothing
-        ax.set_xlabel("GPU")
-        ax.set_ylabel(ylabel)
+        ax.set(xlabel="GPU", ylabel=ylabel)
         ax.set_title(title, fontsize=10)
         ax.margins(y=0.12)
-    handles = [Patch(facecolor=PRECISION_COLORS.get(p, "0.5"), label=p.upper()) for p in precs]
-    handles.append(Line2D([], [], marker="_", ls="none", color="k", markersize=14, mew=2,
-                          label="J/query by the paper's HLI (TDP x latency)"))
-    _legend(fig, handles, 9, col_in=2.2)
+    _fig1_legend(fig, precs)
     t = {}
     for surf in ([native] if native is not None else []) + [surface]:
         t.update({p: st for (p, m), st in trust_status(surf).items() if m == model})

@@ -31,13 +31,16 @@ def _stat(central, draws):
 def assess_trap(profile: HardwareProfile, arch: Architecture, workload: Workload,
                 trust_table: str | None = None, policy: str = "linear", n_draws: int = 400,
                 seed: int = 0, host=None,
-                assumptions: budget.BudgetAssumptions | None = None) -> dict:
+                assumptions: budget.BudgetAssumptions | None = None,
+                bnb_release: str | None = None) -> dict:
     """The full trap report as a JSON-ready dict (keys documented in the README).
 
     ``workload``: the quantized precision with its bitsandbytes settings (used for every figure,
     B* and N* included), the batch and the tokens. ``host``: the host/software part (name or
     file, :mod:`qtsim.profiles.hosts`); None = the profile's own or the default host.
     ``assumptions``: PUE, grid intensity and GPU price behind the budget figures.
+    ``bnb_release``: the bitsandbytes release predicted (default: the profile's recorded one,
+    else the current release, stated as assumed: :mod:`qtsim.model.stack`).
     """
     from qtsim.simulate.memory import check_trap_draws
     from qtsim.simulate.stats import check_draws
@@ -45,7 +48,7 @@ def assess_trap(profile: HardwareProfile, arch: Architecture, workload: Workload
     check_draws(n_draws, allow_zero=False)
     check_trap_draws(n_draws)
     assumptions = assumptions or budget.BudgetAssumptions()
-    sim = Simulator(profile, n_draws=n_draws, seed=seed, host=host)
+    sim = Simulator(profile, n_draws=n_draws, seed=seed, host=host, bnb_version=bnb_release)
     profile = sim.profile
     workload.bnb.check([workload.precision], profile)
     counts = arch.counts()
@@ -60,13 +63,10 @@ def assess_trap(profile: HardwareProfile, arch: Architecture, workload: Workload
         "quantized": _side(q, qd),
         "native": _side(n, nd),
         "budget": {"assumptions": assumptions.to_dict(),
-                   "quantized": budget.figures(float(q["j_per_query"]), float(q["tok_per_s"]),
-                                               assumptions),
-                   "native": budget.figures(float(n["j_per_query"]), float(n["tok_per_s"]),
-                                            assumptions)},
-        "serving": {"framework": "transformers generate", "execution": "eager",
-                    "bitsandbytes_version": bnb_version(profile),
-                    "statement": serving_assumption(profile)},
+                   **{side: budget.figures(float(x["j_per_query"]), float(x["tok_per_s"]),
+                                           assumptions) for side, x in (("quantized", q),
+                                                                        ("native", n))}},
+        "serving": _serving(profile),
         "ratios": {
             "energy": _stat(d["energy_ratio"], dd["energy_ratio"]),
             "energy_hli": float(d["energy_ratio_hli"]),
@@ -82,7 +82,7 @@ def assess_trap(profile: HardwareProfile, arch: Architecture, workload: Workload
     }
     v = rep["verdict"]
     v.update(fits_note=_fits_note(q, n, workload, profile), fits=fits["quantized"],
-             native_fits=fits["native"])
+             native_fits=fits["native"], bitsandbytes_version=bnb_version(profile))
     v["headline"] = fits_headline(rep)
     if not fits["quantized"]:  # no verdict on a configuration that cannot run
         v["if_it_fit"] = {k: v[k] for k in ("energy", "time", "si")}
@@ -93,7 +93,7 @@ def assess_trap(profile: HardwareProfile, arch: Architecture, workload: Workload
 def trap_text(gpu: str | None, profile_path: str | None, model: str, workload: Workload,
               trust_table: str | None = None, policy: str = "linear", n_draws: int = 400,
               host=None, assumptions: budget.BudgetAssumptions | None = None,
-              fmt: str = "text") -> str:
+              fmt: str = "text", bnb_release: str | None = None) -> str:
     """``qtsim trap``: the report for ``model`` on a profile (``gpu`` name or ``profile_path``)
     at ``workload``, as ``fmt`` (text, json or csv: :func:`format_text`, the JSON of
     :func:`assess_trap`, or :func:`csv_text`)."""
@@ -106,12 +106,20 @@ def trap_text(gpu: str | None, profile_path: str | None, model: str, workload: W
     arch = load_architecture(model)
     check_context(arch, workload.prompt_tokens, workload.new_tokens)
     report = assess_trap(prof, arch, workload, trust_table, policy, n_draws=n_draws, host=host,
-                         assumptions=assumptions)
+                         assumptions=assumptions, bnb_release=bnb_release)
     if fmt == "json":
         return json.dumps(report, indent=2)
     if fmt == "csv":
         return csv_text(report)
     return format_text(report)
+
+
+def _serving(profile: HardwareProfile) -> dict:
+    """The execution model and the bitsandbytes release every verdict depends on."""
+    return {"framework": "transformers generate", "execution": "eager",
+            "bitsandbytes_version": bnb_version(profile),
+            "bitsandbytes_version_source": (profile.bnb or {}).get("source", ""),
+            "statement": serving_assumption(profile)}
 
 
 def _query(profile: HardwareProfile, arch: Architecture, w: Workload) -> dict:
@@ -266,7 +274,8 @@ def format_text(r: dict) -> str:
     lines += [
         f"{head} on energy: {p} vs {nat} for {qy['model']} on {qy['gpu']}, batch {qy['batch']}, "
         f"{qy['new_tokens']} new tokens ({qy['prompt_tokens']}-token prompt)"
-        + (f"; {_bnb_text(r['bitsandbytes'])}" if r.get("bitsandbytes") else ""),
+        + (f"; {_bnb_text(r['bitsandbytes'])}" if r.get("bitsandbytes") else "")
+        + _stack_text(r),
         f"  energy  {v['energy']:<30s} J/query {p} {_fmt(qn['j_per_query'])} vs {nat} {_fmt(nt['j_per_query'])}"
         f"  ratio {_fmt(ra['energy'], 'x')}",
         f"  time    {v['time']:<30s} tok/s   {p} {_fmt(qn['tok_per_s'])} vs {nat} {_fmt(nt['tok_per_s'])}"
@@ -300,6 +309,15 @@ def format_text(r: dict) -> str:
                  f"(+-{100 * me['q68'].get('latency_s', 0):.0f}% latency, {me['source']}); "
                  "every figure is a prediction, not a measurement")
     return "\n".join(lines)
+
+
+def _stack_text(r: dict) -> str:
+    """'; bitsandbytes 0.50.2 (assumed)': the release the verdict depends on, beside it."""
+    sv = r.get("serving") or {}
+    if not sv.get("bitsandbytes_version"):
+        return ""
+    why = str(sv.get("bitsandbytes_version_source", "")).split(":")[0]
+    return f"; bitsandbytes {sv['bitsandbytes_version']}" + (f" ({why})" if why else "")
 
 
 def _bnb_text(cfg: dict) -> str:
@@ -359,6 +377,9 @@ def _threshold_text(t: dict, unit: str) -> str:
         side = "trapped below" if t["kind"] == "crossing" else "trapped above"
         if "kernel switch" in t["reason"]:
             side += ": the verdict flips where bitsandbytes leaves its batch-1 GEMV kernel"
+        elif "fused 4-bit GEMM ends" in t["reason"]:
+            side += (": the verdict flips where bitsandbytes' fused 4-bit GEMM ends and "
+                     "dequantisation starts")
         return f"{fmt(v)}{b} ({side}{extra})"
     return f"none: {t['reason']}{b}{extra}"
 
@@ -382,7 +403,7 @@ CSV_COLUMNS = (
     "si", "si_low", "si_high", "t_si", "e_si", "s_si", "trust_status",
     "b_star", "b_star_low", "b_star_high", "b_star_kind", "b_star_eq18",
     "n_star", "n_star_low", "n_star_high", "n_star_kind",
-    "profile", "profile_source", "profile_priors",
+    "profile", "profile_source", "profile_priors", "bitsandbytes_version",
 )
 
 
@@ -403,7 +424,8 @@ def csv_row(r: dict) -> dict:
            "trust_status": r["si"]["trust"].get("status", ""),
            "b_star_eq18": r["paper"]["b_star_eq18"],
            "profile": r["profile"]["name"], "profile_source": r["profile"]["source"],
-           "profile_priors": r["profile"]["priors"]}
+           "profile_priors": r["profile"]["priors"],
+           "bitsandbytes_version": (r.get("serving") or {}).get("bitsandbytes_version", "")}
     for prefix, side in (("", qn), ("native_", nt)):
         for k in ("j_per_query", "tok_per_s"):
             st = side[k]

@@ -156,8 +156,8 @@ def _file_attrs(a: dict) -> dict:
         out[k] = int(a[k]) if isinstance(a[k], bool) else a[k]
     out["si_weights"] = np.asarray(a["si_weights"], float)
     out["band_percentiles"] = np.asarray(a["band_percentiles"], float)
-    for k in ("name", "source", "date", "device", "location"):
-        out[f"profile_{k}"] = [str(p[k]) for p in a["profiles"]]
+    for k in ("name", "source", "date", "device", "location", "bitsandbytes_version"):
+        out[f"profile_{k}"] = [str(p.get(k, "")) for p in a["profiles"]]
     out["profiles_json"] = json.dumps(a["profiles"])
     out["b_star_kind_codes"] = json.dumps(KIND_CODES)
     return out
@@ -233,7 +233,7 @@ def read_hdf5(path) -> Surface:
 
 def long_frame(surface: Surface):
     """Long format, a row per value: gpu, precision, model, n_params, batch, quantity, value,
-    unit. Per-model quantities have an empty batch; per-batch ones (N*) the model
+    unit, bitsandbytes_version (the release that GPU's figures assume). Per-model quantities have an empty batch; per-batch ones (N*) the model
     ``family:NAME`` and an empty n_params. n_params and batch are strings (6 significant
     digits), value a float."""
     import pandas as pd
@@ -251,8 +251,13 @@ def long_frame(surface: Surface):
         df["quantity"], df["unit"] = name, da.attrs["units"]
         df["value"] = df["value"].astype(float)
         frames.append(df)
-    cols = ["gpu", "precision", "model", "n_params", "batch", "quantity", "value", "unit"]
-    return pd.concat(frames, ignore_index=True)[cols]
+    out = pd.concat(frames, ignore_index=True)
+    # the bitsandbytes release every verdict of that GPU depends on, beside each value
+    stack = {str(p["name"]): str(p.get("bitsandbytes_version", "")) for p in profiles(surface)}
+    out["bitsandbytes_version"] = out["gpu"].astype(str).map(stack).fillna("")
+    cols = ["gpu", "precision", "model", "n_params", "batch", "quantity", "value", "unit",
+            "bitsandbytes_version"]
+    return out[cols]
 
 
 def write_csv(surface: Surface, path) -> int:

@@ -571,6 +571,7 @@ def _attrs(profiles, workload: Workload, family, trust_table, depth, policy, wei
            seed) -> dict:
     """A surface's provenance: qtsim version, workload, SI options, draws and every profile."""
     from qtsim import __version__
+    from qtsim.model.stack import describe
     from qtsim.profiles.hardware import profile_notes, profile_origin
 
     bnb = workload.bnb
@@ -588,6 +589,8 @@ def _attrs(profiles, workload: Workload, family, trust_table, depth, policy, wei
         "trust_depth": float(depth) if depth is not None else float("nan"),
         "trust_table": trust_table or "shipped: data/reference/trust_table.csv",
         "profiles": [{"name": p.name, "source": p.source, "origin": profile_origin(p),
+                      "bitsandbytes": describe(p.for_serving().bnb),
+                      "bitsandbytes_version": str(p.for_serving().bnb["version"]),
                       "notes": profile_notes(p, origin=False),
                       "date": str(p.provenance.get("date", "")),
                       "device": str(p.provenance.get("device", "")),

@@ -41,7 +41,17 @@ def report_meta(profile, raw, df) -> dict:
             "outlier injection": ("outlier_injection" in df
                                   and bool(df["outlier_injection"].fillna(False).astype(bool).any())),
             "held out": (", ".join(sorted(df["holdout"].astype(str).unique()))
-                         if "holdout" in df else "held-out")}
+                         if "holdout" in df else "held-out"),
+            "bitsandbytes": _stack_line(profile, df)}
+
+
+def _stack_line(profile, df) -> str:
+    """The bitsandbytes release the runs used and the one the predictions assumed."""
+    from qtsim.model.stack import describe
+
+    ran = (", ".join(sorted(df["bitsandbytes"].dropna().astype(str).unique()))
+           if "bitsandbytes" in df else "") or "not recorded"
+    return f"measured with {ran}; predicted for {describe(profile.for_serving().bnb)}"
 
 
 def write_report(rep: ValidationReport, out: Path) -> Path:
@@ -62,7 +72,7 @@ def write_report(rep: ValidationReport, out: Path) -> Path:
 def summary_lines(rep: ValidationReport, profile_name: str) -> list[str]:
     """The terminal summary: errors over all points, verdicts, paper model, band coverage."""
     lines = [f"validation of {profile_name}: {len(rep.df)} held-out points "
-             f"({rep.meta['energy meter']} energy)"]
+             f"({rep.meta['energy meter']} energy; bitsandbytes {rep.meta['bitsandbytes']})"]
     allrow = rep.errors[rep.errors["group"] == "all"].set_index("quantity")
     for q in SUMMARY_QUANTITIES:
         if q in allrow.index:
