@@ -33,7 +33,26 @@ def fit_lines(prof, fit, out) -> list[str]:
             p = prof.physical[k]
             lines.append(f"  {k:18s} {p.value:.4g} ± {p.stderr:.2g} {p.unit}")
     lines += [f"  note: {n}" for n in fit.notes]
+    lines += identification_lines(prof)
     return lines
+
+
+def identification_lines(prof) -> list[str]:
+    """Warnings a calibrated profile must not be written without: a disturbed machine
+    (``[fit.contention]``) and constants the data did not identify (``[fit.unidentified]``)."""
+    from qtsim.calibration.contention import contention_lines
+
+    out = []
+    cont = prof.fit.get("contention")
+    if cont:
+        out += [f"  {x}" for x in contention_lines(cont)]
+    bad = prof.fit.get("unidentified") or {}
+    if bad:
+        out.append(f"  WARNING: {len(bad)} constant(s) not identified by these measurements "
+                   "(marked in the profile and in `qtsim profiles show`; predictions that lean "
+                   "on them carry wide bands):")
+        out += [f"    {k}: {why}" for k, why in bad.items()]
+    return out
 
 
 def refit(raw, out=None, name=None, host_part=None, lumped: bool = False, echo=print,
@@ -121,7 +140,9 @@ def calibrate_device(gpu: str, out_dir, name=None, *, resume=False, quick=False,
         same_threads_on_resume(raw, cpu_threads, log)
     out.mkdir(parents=True, exist_ok=True)
     monitor = energy.EnergyMonitor(device, tdp_w=tdp_w if device.backend == "cpu" else None)
-    plan = plan_mod.calibration_plan(device, quick=quick, rotate=rotate)
+    from qtsim.calibration.contention import with_drift_probes
+
+    plan = with_drift_probes(plan_mod.calibration_plan(device, quick=quick, rotate=rotate))
     log(f"calibrating {device.name} ({device.describe().get('device_string')}): "
         f"{len(plan)} points, about {plan_mod.estimate_plan_s(plan, device) / 60:.1f} min; "
         f"meters: {', '.join(monitor.meter_names)}")

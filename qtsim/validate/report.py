@@ -30,6 +30,7 @@ class ValidationReport:
     coverage: object
     estimate: dict
     meta: dict
+    drift: dict | None = None  # qtsim.validate.score.drift_since_calibration
 
 
 def report_meta(profile, raw, df) -> dict:
@@ -64,6 +65,10 @@ def write_report(rep: ValidationReport, out: Path) -> Path:
     rep.coverage.to_csv(out / "coverage.csv", index=False)
     rep.df.to_csv(out / "points.csv", index=False)
     rep.errors.to_csv(out / "errors.csv", index=False)
+    if rep.drift is not None:
+        import json
+
+        (out / "drift.json").write_text(json.dumps(rep.drift, indent=2))
     if not rep.verdicts.empty:
         rep.verdicts.to_csv(out / "verdicts.csv", index=False)
     return path
@@ -74,6 +79,12 @@ def summary_lines(rep: ValidationReport, profile_name: str) -> list[str]:
     lines = [f"validation of {profile_name}: {len(rep.df)} held-out points "
              f"({rep.meta['energy meter']} energy; bitsandbytes {rep.meta['bitsandbytes']})"]
     allrow = rep.errors[rep.errors["group"] == "all"].set_index("quantity")
+    if rep.drift is not None:
+        lines.append(f"  drift since calibration: {rep.drift['text']}")
+        if rep.drift.get("factor") and "t_generate_s_uncorrected" in rep.df:
+            d = rep.df
+            raw = 100 * float((d["pred_latency_s"] / d["t_generate_s_uncorrected"] - 1).abs().mean())
+            lines.append(f"  latency MAPE without the drift correction: {raw:.2f}%")
     for q in SUMMARY_QUANTITIES:
         if q in allrow.index:
             r = allrow.loc[q]
