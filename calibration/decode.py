@@ -265,14 +265,7 @@ def build_model(config: dict, precision: str, device, *, seed: int = 0,
         raise QtsimError(f"unknown precision {precision!r} (known: {', '.join(known)})")
     four = precision in paths.FOUR_BIT_PRECISIONS
     sixteen = precision in paths.SIXTEEN_BIT
-    rss_before = None
-    if device.backend == "cpu":  # the process without this model: what steady memory is above
-        import gc
-
-        gc.collect()
-        rss_before = _proc_status_bytes("VmRSS")
     attrs: dict[str, Any] = {
-        "rss_before_build_bytes": rss_before,
         "precision": precision,
         "compute_dtype": compute_dtype_name(device, precision),
         "llm_int8_threshold": threshold if precision == "int8" else None,
@@ -295,6 +288,7 @@ def build_model(config: dict, precision: str, device, *, seed: int = 0,
         attrs["model_memory_bytes"] = int(model.get_memory_footprint())
     except Exception:  # noqa: BLE001 - informative only
         attrs["model_memory_bytes"] = None
+    attrs["held_tensor_bytes"] = held_tensor_bytes(model)
     return BuiltModel(model, dict(config), precision, attrs, device)
 
 
@@ -417,77 +411,56 @@ def _decode_result(attrs: dict, m: dict, device, min_window_s, new_tokens: int) 
     )
     if device.backend == "cpu":
         attrs["rss_bytes"] = _proc_status_bytes("VmRSS")
-    attrs.update(steady_memory(m["peak"], m["peak_kind"], attrs.get("rss_before_build_bytes"),
-                               device))
+    attrs.update(steady_memory(m["peak"], attrs.get("held_tensor_bytes"), device))
     return PointResult(attrs, datasets)
 
 
-#: what ``steady_memory_bytes`` measures, per backend (what validation compares it with: the
-#: predicted weights + KV cache + dequantisation workspace, runtime overhead excluded)
+#: what ``steady_memory_bytes`` measures, per backend, and what validation compares it with
 STEADY_MEMORY_KIND = {
     "cuda": "torch.cuda.max_memory_allocated during the measured decodes (reset after the model "
-            "was built: quantised weights, KV cache, workspace; no CUDA context)",
-    "cpu": "peak RSS during the measured decodes minus RSS before the model was built (quantised "
-           "weights, KV cache, activations; not the interpreter, not the freed 16-bit weights)",
+            "was built): quantised weights, KV cache and dequantisation workspace, no CUDA "
+            "context; compared with predicted weights + KV cache + workspace",
+    "cpu": "bytes of the tensors the built model holds (parameters, buffers and bitsandbytes' "
+           "quantisation state: absmax, codebooks, int8 row scales); compared with the predicted "
+           "weight bytes. A CPU process's RSS cannot tell a model of a few MB from the allocator's "
+           "reuse of freed memory, so KV cache and workspace are not validated on a CPU",
 }
 
 
-def steady_memory(peak, peak_kind: str, rss_before, device) -> dict:
-    """``steady_memory_bytes`` (and its kind) of a decode: the memory the model itself holds
-    while it decodes, which is what a peak-memory prediction means; empty where it cannot be
-    told from the process's own (a CPU peak that could not be reset, or no baseline)."""
-    if peak is None:
+def held_tensor_bytes(model) -> int:
+    """Bytes of every tensor ``model`` holds: parameters and buffers (each storage once) and the
+    quantisation state bitsandbytes keeps beside its weights (4-bit absmax and codebook, with
+    double quantisation's second level; LLM.int8()'s row scales)."""
+    seen, total = set(), 0
+
+    def add(t) -> None:
+        nonlocal total
+        if t is None or not hasattr(t, "element_size"):
+            return
+        key = (t.data_ptr(), t.numel())
+        if key not in seen:
+            seen.add(key)
+            total += t.numel() * t.element_size()
+
+    for t in (*model.parameters(), *model.buffers()):
+        add(t)
+        qs = getattr(t, "quant_state", None)
+        for st in (qs, getattr(qs, "state2", None)):
+            add(getattr(st, "absmax", None))
+            add(getattr(st, "code", None))
+        add(getattr(t, "SCB", None))
+    return total
+
+
+def steady_memory(peak, held_bytes, device) -> dict:
+    """``steady_memory_bytes`` (and its kind) of a decode: what the model itself holds while it
+    decodes, the quantity a memory prediction means (:data:`STEADY_MEMORY_KIND`); {} where
+    nothing was measured."""
+    value = peak if device.backend == "cuda" else held_bytes
+    if value is None:
         return {}
-    if device.backend == "cuda":
-        return {"steady_memory_bytes": int(peak), "steady_memory_kind": STEADY_MEMORY_KIND["cuda"]}
-    if rss_before is None or "reset before" not in str(peak_kind):
-        return {}
-    return {"steady_memory_bytes": max(int(peak) - int(rss_before), 0),
-            "steady_memory_kind": STEADY_MEMORY_KIND["cpu"]}
-
-
-def decode_run(built: BuiltModel, batch: int, prompt_len: int, new_tokens: int,
-               reps: int = 3, warmup: int = 1, *, monitor: EnergyMonitor | None = None,
-               seed: int = 0, min_window_s: float | None = None, model_name: str = "model",
-               purpose: str = "calibration") -> PointResult:
-    """Greedy-decode exactly ``new_tokens`` (K) tokens for ``batch`` random prompts of
-    ``prompt_len`` tokens, ``reps`` measured windows after ``warmup`` unmeasured runs; and a
-    1-new-token generate per rep for the prefill time.
-
-    ``duration_s``/``prefill_s`` are window durations (s); a window holds ``iters_per_rep``
-    (``prefill_iters_per_rep``) generates, 1 unless ``min_window_s`` asks for longer windows.
-    """
-    import torch
-
-    device = built.device
-    monitor = monitor or EnergyMonitor(device)
-    model = built.model
-    vocab = int(built.config.get("vocab_size") or model.config.vocab_size)
-    attrs: dict[str, Any] = {
-        **environment_attrs(device, monitor, purpose), **built.attrs, "kind": "decode",
-        "model": model_name, "config_json": json.dumps(built.config, sort_keys=True),
-        "batch": batch, "prompt_len": prompt_len, "new_tokens": new_tokens, "reps": reps,
-        "warmup": warmup, "prompt_seed": seed, "started": now_iso(),
-    }
-    gen = torch.Generator().manual_seed(seed)
-    try:
-        with torch.inference_mode():
-            ids = torch.randint(1, vocab, (batch, prompt_len), generator=gen)
-            ids = ids.to(device.torch_device)
-            mask = torch.ones_like(ids)
-
-            def generate(k: int):
-                return model.generate(input_ids=ids, attention_mask=mask, min_new_tokens=k,
-                                      max_new_tokens=k, do_sample=False, use_cache=True,
-                                      pad_token_id=0)
-
-            measured = _measure_decode(generate, device, monitor, batch, prompt_len, new_tokens,
-                                       reps, warmup, min_window_s)
-        ids = mask = None
-    except Exception as exc:
-        ids = mask = generate = None
-        return skip_on_oom(exc, device, attrs, f"batch {batch}")
-    return _decode_result(attrs, measured, device, min_window_s, new_tokens)
+    return {"steady_memory_bytes": int(value),
+            "steady_memory_kind": STEADY_MEMORY_KIND["cuda" if device.backend == "cuda" else "cpu"]}
 
 
 def cleanup(built: BuiltModel) -> None:

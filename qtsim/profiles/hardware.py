@@ -119,20 +119,18 @@ class HardwareProfile:
         if bnb_version is not None:
             stack.parse_version(bnb_version)
         recorded = (self.provenance.get("versions") or {}).get("bitsandbytes")
-        if recorded:
-            if bnb_version and not stack.same_release(bnb_version, recorded):
-                raise QtsimError(
-                    f"--bnb-version {bnb_version}: profile {self.name} was calibrated with "
-                    f"bitsandbytes {recorded}, and its constants describe that stack; calibrate "
-                    f"with bitsandbytes {bnb_version} installed to predict it")
-            bnb = {"version": str(recorded), "source": "measured: the stack it was calibrated with"}
-            return dataclasses.replace(self, bnb=bnb)
-        if bnb_version is None and self.source == "calibrated":
+        if recorded and bnb_version and not stack.same_release(bnb_version, recorded):
+            raise QtsimError(
+                f"--bnb-version {bnb_version}: profile {self.name} was calibrated with "
+                f"bitsandbytes {recorded}, and its constants describe that stack; calibrate "
+                f"with bitsandbytes {bnb_version} installed to predict it")
+        if not recorded and bnb_version is None and self.source == "calibrated":
             return dataclasses.replace(self, bnb={"version": "not stated",
                                                   "source": "the calibration recorded none"})
-        version = bnb_version or stack.CURRENT_BNB
+        version = str(recorded or bnb_version or stack.CURRENT_BNB)
         fitted = ((getattr(self.host, "host", None) or {}).get("stack") or {}).get("bitsandbytes")
-        source = ("given with --bnb-version" if bnb_version else
+        source = ("measured: the stack it was calibrated with" if recorded else
+                  "given with --bnb-version" if bnb_version else
                   "assumed: the current release (--bnb-version to change)")
         phys = dict(self.physical)
         for k, (v, unit, basis) in stack.stack_constants(version).items():

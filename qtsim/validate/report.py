@@ -95,8 +95,7 @@ def summary_lines(rep: ValidationReport, profile_name: str) -> list[str]:
         lines.append(f"  {MEMORY_NOT_VALIDATED}")
     elif "steady_memory_kind" in rep.df:
         kind = rep.df["steady_memory_kind"].dropna()
-        lines.append(f"  memory measured: {kind.iloc[0] if len(kind) else ''}; predicted: "
-                     "weights + KV cache + workspace (runtime overhead excluded)")
+        lines.append(f"  memory measured: {kind.iloc[0] if len(kind) else ''}")
     if not rep.verdicts.empty:
         lines.append(f"  trap verdicts agree: {verdict_summary(rep.verdicts)}")
     if rep.comparison:
