@@ -463,6 +463,50 @@ def steady_memory(peak, held_bytes, device) -> dict:
             "steady_memory_kind": STEADY_MEMORY_KIND["cuda" if device.backend == "cuda" else "cpu"]}
 
 
+def decode_run(built: BuiltModel, batch: int, prompt_len: int, new_tokens: int,
+               reps: int = 3, warmup: int = 1, *, monitor: EnergyMonitor | None = None,
+               seed: int = 0, min_window_s: float | None = None, model_name: str = "model",
+               purpose: str = "calibration") -> PointResult:
+    """Greedy-decode exactly ``new_tokens`` (K) tokens for ``batch`` random prompts of
+    ``prompt_len`` tokens, ``reps`` measured windows after ``warmup`` unmeasured runs; and a
+    1-new-token generate per rep for the prefill time.
+
+    ``duration_s``/``prefill_s`` are window durations (s); a window holds ``iters_per_rep``
+    (``prefill_iters_per_rep``) generates, 1 unless ``min_window_s`` asks for longer windows.
+    """
+    import torch
+
+    device = built.device
+    monitor = monitor or EnergyMonitor(device)
+    model = built.model
+    vocab = int(built.config.get("vocab_size") or model.config.vocab_size)
+    attrs: dict[str, Any] = {
+        **environment_attrs(device, monitor, purpose), **built.attrs, "kind": "decode",
+        "model": model_name, "config_json": json.dumps(built.config, sort_keys=True),
+        "batch": batch, "prompt_len": prompt_len, "new_tokens": new_tokens, "reps": reps,
+        "warmup": warmup, "prompt_seed": seed, "started": now_iso(),
+    }
+    gen = torch.Generator().manual_seed(seed)
+    try:
+        with torch.inference_mode():
+            ids = torch.randint(1, vocab, (batch, prompt_len), generator=gen)
+            ids = ids.to(device.torch_device)
+            mask = torch.ones_like(ids)
+
+            def generate(k: int):
+                return model.generate(input_ids=ids, attention_mask=mask, min_new_tokens=k,
+                                      max_new_tokens=k, do_sample=False, use_cache=True,
+                                      pad_token_id=0)
+
+            measured = _measure_decode(generate, device, monitor, batch, prompt_len, new_tokens,
+                                       reps, warmup, min_window_s)
+        ids = mask = None
+    except Exception as exc:
+        ids = mask = generate = None
+        return skip_on_oom(exc, device, attrs, f"batch {batch}")
+    return _decode_result(attrs, measured, device, min_window_s, new_tokens)
+
+
 def cleanup(built: BuiltModel) -> None:
     """Drop the model and give memory back."""
     built.model = None
