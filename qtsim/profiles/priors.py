@@ -140,11 +140,12 @@ def spec_row(hardware: dict) -> dict:
         "int8_dense_tops": float(hardware["int8_tops"]), "tdp_w": float(hardware["tdp_w"]),
         "native_low_precision": " ".join(["int8", *native]),
         "memory_type": str(hardware.get("memory_type") or ""), "source": "",
+        "segment": str(hardware.get("segment") or ""),
     }
 
 
 #: ``[hardware]`` keys the spec-derived ``[physical]`` constants are computed from
-DERIVED_FROM = ("mem_bw_gbs", "fp16_tflops", "int8_tops", "tdp_w", "memory_type")
+DERIVED_FROM = ("mem_bw_gbs", "fp16_tflops", "int8_tops", "tdp_w", "memory_type", "segment")
 
 
 def spec_prior_names() -> tuple[str, ...]:

@@ -43,6 +43,7 @@ HOST_PARAM_PREFIXES = ("h_op", "h_launch", "h_step", "h_call_", "h_fused4bit", "
 HARDWARE_KEYS = (
     "name", "aliases", "vendor", "architecture", "device_type", "memory_gib", "mem_bw_gbs",
     "fp16_tflops", "int8_tops", "fp8_tflops", "fp4_tflops", "tdp_w", "idle_w", "memory_type",
+    "segment",
     "native_formats", "native_dtype", "compute_dtype_4bit", "runtime_overhead_gib", "sources",
     "device_name", "logical_cores", "cpu_threads", "t_call_includes_dispatch")
 #: the tables a profile holds
@@ -53,6 +54,7 @@ PARAM_FIELDS = ("value", "stderr", "unit", "source", "basis")
 #: :func:`is_known_param` matches by pattern (the power and energy constants come from
 #: :data:`qtsim.model.physical.GLOBAL_PARAMS` and from the spec priors' own names)
 EXTRA_PARAMS = ("t_kernel_s", "t_step_s", "t_layer_s", "t_layertok_s", "t_vocab_s", "p_idle_w",
+                "p_awake_w", "p_cap_w",
                 "prefill_tok_scale", "h_op_s", "h_launch_s", "h_step_s", "h_prefill_s",
                 "h_fused4bit_max_batch")
 #: ``[fit.model_error.QUANTITY]``: 68% (required) and 95% band half-widths of
@@ -198,10 +200,12 @@ def _check_power(head: dict, physical: dict, where: str) -> None:
     idle = head.get("idle_w")
     if idle is not None and (not _is_number(idle) or not 0 <= idle <= tdp):
         _fail(where, f"[hardware] idle_w = {idle!r} must lie between 0 and tdp_w = {tdp:g} W")
+    cap = physical.get("p_cap_w")  # a measured power limit (a CPU's RAPL PL1) may exceed TDP
+    limit = max(tdp, cap.value if cap is not None else 0.0)
     for k, p in physical.items():
-        if p.unit == "W" and p.value > tdp * (1 + 1e-9):
+        if p.unit == "W" and k != "p_cap_w" and p.value > limit * (1 + 1e-9):
             _fail(where, f"[physical.{k}] {p.value:g} W exceeds [hardware] tdp_w = {tdp:g} W, the "
-                         "board's power limit")
+                         "board's power limit" + (f" (and p_cap_w = {limit:g} W)" if cap else ""))
 
 
 def _fail(where: str, msg: str) -> NoReturn:
