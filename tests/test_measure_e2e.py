@@ -55,9 +55,9 @@ def test_calibrate_trap_validate(tmp_path, capsys):
     # Held-out latency within 15%, on a machine others share: validation re-measures the
     # calibration's reference points before and after the held-out runs and scores at the
     # machine's speed when it was calibrated (drift corrected); the gate widens only by what
-    # the machine measurably moved *during* the validation run (before vs after), and a run
-    # that misses it is measured once more, since one disturbed stretch is not the model's
-    # error. The 15% itself is never loosened.
+    # the machine measurably moved *during* the validation run (before vs after), at most 5
+    # points, and a run that misses it is measured once more, since one disturbed stretch is
+    # not the model's error.
     results = []
     for attempt in range(2):
         out = tmp_path / f"val{attempt}"
@@ -67,7 +67,7 @@ def test_calibrate_trap_validate(tmp_path, capsys):
         mape, drift = _latency_mape(out), json.loads((out / "drift.json").read_text())
         assert drift["factor"] is not None, "validation re-measured the calibration's points"
         moved = abs(drift["after"] / drift["before"] - 1.0) if drift.get("after") else 0.0
-        gate = 15.0 + 100.0 * moved
+        gate = 15.0 + min(100.0 * moved, 5.0)
         results.append((mape, gate, drift["factor"]))
         with capsys.disabled():
             print(f"\n--- CPU held-out validation, run {attempt + 1} (fresh calibration, this "
