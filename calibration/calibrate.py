@@ -36,17 +36,39 @@ def fit_lines(prof, fit, out) -> list[str]:
             p = prof.physical[k]
             lines.append(f"  {k:18s} {p.value:.4g} ± {p.stderr:.2g} {p.unit} ({p.source})")
     lines += [f"  note: {n}" for n in fit.notes]
+    lines += identification_lines(prof)
     return lines
 
 
-def refit(raw, out=None, name=None, host_part=None, lumped: bool = False, echo=print):
+def identification_lines(prof) -> list[str]:
+    """Warnings a calibrated profile must not be written without: a disturbed machine
+    (``[fit.contention]``) and constants the data did not identify (``[fit.unidentified]``)."""
+    from qtsim.calibration.contention import contention_lines
+
+    out = []
+    cont = prof.fit.get("contention")
+    if cont:
+        out += [f"  {x}" for x in contention_lines(cont)]
+    bad = prof.fit.get("unidentified") or {}
+    if bad:
+        out.append(f"  WARNING: {len(bad)} constant(s) not identified by these measurements "
+                   "(marked in the profile and in `qtsim profiles show`; predictions that lean "
+                   "on them carry wide bands):")
+        out += [f"    {k}: {why}" for k, why in bad.items()]
+    return out
+
+
+def refit(raw, out=None, name=None, host_part=None, lumped: bool = False, echo=print,
+          force: bool = False):
     """``qtsim fit``: fit a profile from recorded ``raw`` HDF5 and write it (default next to
-    ``raw``); returns the profile and the fit."""
+    ``raw``; an existing file only with ``force``); returns the profile and the fit."""
     from qtsim.calibration.profile_builder import build_profile
     from qtsim.profiles.hardware import write_profile
+    from qtsim.report.grid import refuse_existing
 
-    prof, result = build_profile(raw, name, "lumped" if lumped else "inventory", host_part)
     out = out or str(Path(raw).with_suffix(".toml"))
+    refuse_existing(out, force, "--out")
+    prof, result = build_profile(raw, name, "lumped" if lumped else "inventory", host_part)
     write_profile(prof, out)
     for line in fit_lines(prof, result, out):
         echo(line)
@@ -166,8 +188,10 @@ def calibrate_device(gpu: str, out_dir, name=None, *, resume=False, quick=False,
         same_threads_on_resume(raw, cpu_threads, log)
     out.mkdir(parents=True, exist_ok=True)
     monitor = energy.EnergyMonitor(device, tdp_w=tdp_w if device.backend == "cpu" else None)
-    plan = plan_mod.calibration_plan(device, quick=quick, rotate=rotate,
-                                     power_window_s=power_window_s)
+    from qtsim.calibration.contention import with_drift_probes
+
+    plan = with_drift_probes(plan_mod.calibration_plan(device, quick=quick, rotate=rotate,
+                                                       power_window_s=power_window_s))
     log(f"calibrating {device.name} ({device.describe().get('device_string')}): "
         f"{len(plan)} points, about {plan_mod.estimate_plan_s(plan, device) / 60:.1f} min; "
         f"{energy_meter_line(device, monitor)}")

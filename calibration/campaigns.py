@@ -14,14 +14,67 @@ from pathlib import Path
 from qtsim.calibration import fleet as fl
 from qtsim.errors import QtsimError
 
+#: how to get a cluster, said with every refusal to join one
+START_CLUSTER = ("start one with `ray start --head` on the head node (and `ray start --address "
+                 "HEAD:6379` on the others), then pass --address HEAD:6379, or --address auto on "
+                 "the head")
+#: seconds to wait for a cluster's port before refusing (Ray itself would retry for minutes)
+CONNECT_TIMEOUT_S = 5.0
+
+
+def cluster_endpoint(address: str) -> tuple[str, int]:
+    """(host, port) a Ray ``address`` points at: ``HOST:PORT``, ``ray://HOST:PORT``, or
+    ``auto`` (``RAY_ADDRESS``, else the cluster ``ray start`` began on this machine); a one-line
+    :class:`QtsimError` when there is none or the address is malformed."""
+    import os
+
+    addr = address
+    if addr == "auto":
+        addr = os.environ.get("RAY_ADDRESS") or ""
+        if not addr:
+            try:  # Ray's own lookup of the cluster `ray start` recorded on this machine
+                from ray._private.services import canonicalize_bootstrap_address
+
+                addr = canonicalize_bootstrap_address("auto") or ""
+            except Exception:  # noqa: BLE001 - any failure means: no cluster found
+                addr = ""
+        if not addr:
+            raise QtsimError(f"--address auto: no Ray cluster is running on this machine; "
+                             f"{START_CLUSTER}")
+    hostport = addr.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise QtsimError(f"--address {address!r}: give HOST:PORT, ray://HOST:PORT or auto")
+    return host, int(port)
+
+
+def check_cluster(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Refuse within ``timeout_s`` when nothing listens at ``address`` (Ray would hang)."""
+    import socket
+
+    host, port = cluster_endpoint(address)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except OSError as e:
+        why = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        raise QtsimError(f"--address {address}: no Ray cluster answers at {host}:{port} ({why}); "
+                         f"{START_CLUSTER}") from None
+
 
 def connect(address: str | None, num_cpus: int | None = None):
-    """Join the Ray cluster at ``address`` (None: start one here with ``num_cpus``)."""
+    """Join the Ray cluster at ``address`` (None: start one here with ``num_cpus``); a missing
+    cluster is a one-line :class:`QtsimError` within seconds (:func:`check_cluster`)."""
     ray = fl.require_ray()
     if not ray.is_initialized():
         kw = {"log_to_driver": False, "logging_level": "ERROR", "configure_logging": False}
         if address:
-            ray.init(address=address, **kw)
+            check_cluster(address)
+            try:
+                ray.init(address=address, **kw)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                raise QtsimError(f"--address {address}: cannot join the Ray cluster "
+                                 f"({str(e).splitlines()[0]}); {START_CLUSTER}") from None
         else:
             ray.init(num_cpus=num_cpus, include_dashboard=False, **kw)
     return ray
@@ -132,8 +185,11 @@ def simulate_fleet(address, workers, profiles, archs, size_grid, batches, out, *
     writes it (HDF5, optional CSV)."""
     import time
 
+    from qtsim.report.grid import check_grid_size
     from qtsim.simulate.dataset import grid_line, quantities, write_csv, write_hdf5
 
+    n_models = len(archs) + (len(size_grid) if size_grid is not None else 0)
+    check_grid_size(len(profiles), len(precisions), n_models, len(batches), n_draws)
     connect(address, workers)
     t0 = time.perf_counter()
     surface = fl.fleet_simulate(profiles, archs, size_grid, batches, family=family,

@@ -8,6 +8,8 @@ import platform
 from importlib import metadata
 from typing import Any
 
+from qtsim.calibration.contention import load_attrs
+
 
 def package_version(name: str) -> str | None:
     """Installed version of distribution ``name``, or None when it is not installed."""
@@ -51,6 +53,7 @@ def environment_attrs(device, monitor=None, purpose: str = "calibration") -> dic
         "logical_cores": info.get("logical_cores"),
         "torch_threads": info.get("torch_threads"),
         "purpose": purpose,
+        **load_attrs(),  # what else ran: calibration.contention turns it into a verdict
     }
     if monitor is not None:
         attrs["meters"] = list(monitor.meter_names)

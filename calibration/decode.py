@@ -288,6 +288,7 @@ def build_model(config: dict, precision: str, device, *, seed: int = 0,
         attrs["model_memory_bytes"] = int(model.get_memory_footprint())
     except Exception:  # noqa: BLE001 - informative only
         attrs["model_memory_bytes"] = None
+    attrs["held_tensor_bytes"] = held_tensor_bytes(model)
     return BuiltModel(model, dict(config), precision, attrs, device)
 
 
@@ -410,7 +411,56 @@ def _decode_result(attrs: dict, m: dict, device, min_window_s, new_tokens: int) 
     )
     if device.backend == "cpu":
         attrs["rss_bytes"] = _proc_status_bytes("VmRSS")
+    attrs.update(steady_memory(m["peak"], attrs.get("held_tensor_bytes"), device))
     return PointResult(attrs, datasets)
+
+
+#: what ``steady_memory_bytes`` measures, per backend, and what validation compares it with
+STEADY_MEMORY_KIND = {
+    "cuda": "torch.cuda.max_memory_allocated during the measured decodes (reset after the model "
+            "was built): quantised weights, KV cache and dequantisation workspace, no CUDA "
+            "context; compared with predicted weights + KV cache + workspace",
+    "cpu": "bytes of the tensors the built model holds (parameters, buffers and bitsandbytes' "
+           "quantisation state: absmax, codebooks, int8 row scales); compared with the predicted "
+           "weight bytes. A CPU process's RSS cannot tell a model of a few MB from the allocator's "
+           "reuse of freed memory, so KV cache and workspace are not validated on a CPU",
+}
+
+
+def held_tensor_bytes(model) -> int:
+    """Bytes of every tensor ``model`` holds: parameters and buffers (each storage once) and the
+    quantisation state bitsandbytes keeps beside its weights (4-bit absmax and codebook, with
+    double quantisation's second level; LLM.int8()'s row scales)."""
+    seen, total = set(), 0
+
+    def add(t) -> None:
+        nonlocal total
+        if t is None or not hasattr(t, "element_size"):
+            return
+        key = (t.data_ptr(), t.numel())
+        if key not in seen:
+            seen.add(key)
+            total += t.numel() * t.element_size()
+
+    for t in (*model.parameters(), *model.buffers()):
+        add(t)
+        qs = getattr(t, "quant_state", None)
+        for st in (qs, getattr(qs, "state2", None)):
+            add(getattr(st, "absmax", None))
+            add(getattr(st, "code", None))
+        add(getattr(t, "SCB", None))
+    return total
+
+
+def steady_memory(peak, held_bytes, device) -> dict:
+    """``steady_memory_bytes`` (and its kind) of a decode: what the model itself holds while it
+    decodes, the quantity a memory prediction means (:data:`STEADY_MEMORY_KIND`); {} where
+    nothing was measured."""
+    value = peak if device.backend == "cuda" else held_bytes
+    if value is None:
+        return {}
+    return {"steady_memory_bytes": int(value),
+            "steady_memory_kind": STEADY_MEMORY_KIND["cuda" if device.backend == "cuda" else "cpu"]}
 
 
 def decode_run(built: BuiltModel, batch: int, prompt_len: int, new_tokens: int,

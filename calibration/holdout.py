@@ -61,3 +61,42 @@ def validation_specs(profile, points, configs: dict, reps: int = 3, *, overlap=(
         pred["holdout"] = "overlap" if pt in overlap else "held-out"
         specs.append(ValidationSpec(dec, pred))
     return specs
+
+
+#: calibration decodes re-measured before and after the held-out runs (16-bit and one quantized
+#: path at batch 1: short, and both kinds of kernels)
+DRIFT_PRECISIONS = ("fp16", "bf16", "nf4")
+
+
+def drift_probes(profile, where: str = "before") -> list:
+    """Reference points of ``profile``'s calibration to measure again around held-out runs:
+    calibration decodes at batch 1 read from its raw file (``[provenance] raw_data``), each a
+    :class:`~qtsim.calibration.contention.DriftSpec` carrying what the calibration measured
+    there (``ref_t_generate_s``), so validation can tell how far the machine moved since.
+    Empty when the raw file is not at hand (the report then says drift was not measured)."""
+    import json
+    from pathlib import Path
+
+    from qtsim.calibration.contention import DriftSpec
+    from qtsim.calibration.plan import DecodeSpec
+    from qtsim.calibration.raw import RawStore
+
+    raw = profile.provenance.get("raw_data") or ""
+    if not raw or not Path(raw).is_file():
+        return []
+    frame = RawStore(raw, readonly=True).summary_frame("decode")
+    if not len(frame):
+        return []
+    cal = frame[(frame.get("purpose", "calibration") == "calibration") & (frame["batch"] == 1)
+                & frame["precision"].isin(DRIFT_PRECISIONS)]
+    if "bnb_4bit_use_double_quant" in cal:
+        cal = cal[~cal["bnb_4bit_use_double_quant"].fillna(False).astype(bool)]
+    base = cal.sort_values("model").groupby("precision").head(1)
+    out = []
+    for _, r in base.iterrows():
+        spec = DecodeSpec(str(r["model"]), json.loads(r["config_json"]), str(r["precision"]), 1,
+                          int(r["prompt_len"]), int(r["new_tokens"]), int(r.get("n_reps") or 3))
+        ref = {"ref_t_generate_s": float(r["t_generate_s"]), "ref_source": str(raw),
+               "drift_when": where}
+        out.append(DriftSpec(spec, 0 if where == "before" else 1, ref))
+    return out

@@ -156,7 +156,27 @@ class GemmSpec:
                           reps=self.reps, min_window_s=self.min_window_s, purpose=ctx.purpose)
 
     def estimate_s(self, device) -> float:
-        return (self.reps + 1) * (self.min_window_s or default_min_window_s(device)) + 0.3
+        window = self.min_window_s or default_min_window_s(device)
+        call = 0.0
+        if device.backend == "cpu":  # a 16-bit GEMM on a CPU core runs at about 0.8 GFLOP/s
+            call = 2.0 * self.n ** 3 / CPU_16BIT_FLOPS_PER_THREAD / _cpu_threads(device)
+        # warm-up, the window-length probe and the measured reps each run at least one call
+        return (2 * self.reps + 3) * max(window, call) + 0.3
+
+
+#: 16-bit GEMM throughput of one CPU thread, FLOP/s: 0.80-0.85 GFLOP/s for fp16 and bf16 at
+#: n = 1024 in data/raw/cpu-epyc-2c-calibration.h5 (one thread, a quiet 2-core AMD EPYC VM)
+CPU_16BIT_FLOPS_PER_THREAD = 0.8e9
+
+
+def _cpu_threads(device) -> int:
+    """torch's intra-op threads on a CPU device (1 where not known)."""
+    try:
+        import torch
+
+        return max(int(torch.get_num_threads()), 1)
+    except ImportError:
+        return 1
 
 
 @dataclass(frozen=True)
@@ -243,8 +263,10 @@ class DecodeSpec:
                           model_name=self.model_name, purpose=ctx.purpose)
 
     def estimate_s(self, device) -> float:
-        # rough: per-token cost of a small model; the runner's real time is what counts
-        per_token = 0.004 if device.backend == "cpu" else 0.02
+        # per-token cost of a small model: 0.007 s on a CPU core makes the quick plan's decodes
+        # take what they took on a quiet 2-core VM (median 1.77 s per point, 99 s in all,
+        # data/raw/cpu-epyc-2c-calibration.h5); the runner's real time is what counts
+        per_token = 0.007 if device.backend == "cpu" else 0.02
         n = (self.reps + self.warmup + 1) * (self.new_tokens + 1) * per_token * 2
         if self.min_window_s:
             n = max(n, 2 * self.reps * self.min_window_s)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from qtsim.calibration.contention import contention_report
 from qtsim.calibration.fit import FitResult, compute_dtype_4bit, fit_frame, profile_from_fit
 from qtsim.calibration.raw import RawStore
 from qtsim.errors import FitError, UnknownNameError
@@ -87,6 +88,7 @@ def build_profile(raw_path: str | os.PathLike, name: str | None = None,
         h_op_prior = (hp.physical["h_op_s"].value, f"host part {hp.path or hp.name}")
     store = RawStore(raw_path, readonly=True)
     frame = store.summary_frame()
+    contention = contention_report(frame) if len(frame) else None
     if len(frame) and "purpose" in frame:
         attrs = dict(frame.attrs)  # dropped/skipped notes survive the selection
         frame = frame[frame["purpose"].fillna("calibration") == "calibration"].copy()
@@ -120,4 +122,19 @@ def build_profile(raw_path: str | os.PathLike, name: str | None = None,
             prof, from_config(_json.loads(ref["config_json"])).counts(), str(ref["model"]))
     prof.provenance["calibrated_points"] = sorted(  # decodes: what validation must hold out
         {f"decode:{r['model']}:b{int(r['batch'])}" for _, r in frame.iterrows() if r.get("kind") == "decode"})
+    mark_identification(prof, contention)
     return prof, fit
+
+
+def mark_identification(prof: HardwareProfile, contention: dict | None) -> None:
+    """Record in ``[fit]`` how far the calibration can be trusted: the machine's disturbance
+    (``contention``: :func:`qtsim.calibration.contention.contention_report`) and the constants
+    the data did not identify (:func:`qtsim.profiles.hardware.unidentified_constants`), so the
+    profile says so wherever it is shown, not only when it was written."""
+    from qtsim.profiles.hardware import unidentified_constants
+
+    if contention is not None:
+        prof.fit["contention"] = {k: v for k, v in contention.items() if k != "lines"}
+    bad = unidentified_constants(prof)
+    if bad:
+        prof.fit["unidentified"] = bad

@@ -38,7 +38,7 @@ import pandas as pd
 
 from qtsim.calibration import public_rows
 from qtsim.errors import FitError
-from qtsim.model import physical, power
+from qtsim.model import physical, power, stack
 from qtsim.model.architecture import load_architecture
 from qtsim.model.paths import family_settings
 from qtsim.model.workload import BnbSettings, Workload
@@ -47,8 +47,8 @@ QUANT_PATHS = ("nf4_b1", "nf4_bn", "nf4dq_b1", "nf4dq_bn", "int8", "int8_t0")
 #: CUDA launch cost on the host per kernel (cudaLaunchKernel through torch; a stated prior: it
 #: is nearly collinear with h_op_s in HF eager, where almost every operation launches a kernel)
 H_LAUNCH_S = 2.5e-6
-#: the published stacks (bitsandbytes <= 0.45) have no fused 4-bit GEMM: batch >= 2 dequantises
-FUSED_4BIT_MAX_BATCH = 0.0
+#: the fitted stacks (bitsandbytes 0.43-0.45) have no fused 4-bit GEMM: batch >= 2 dequantises
+FUSED_4BIT_MAX_BATCH = stack.fused4bit_max_batch("0.45")
 DEQ_MIN_BYTES = physical.DEQ_BYTES_PER_WEIGHT
 
 

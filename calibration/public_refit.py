@@ -179,6 +179,7 @@ def refit(outdir: str | Path = "hardware_profiles", n_draws: int = 100) -> list[
     sc = scores(n_draws)
     ref = Path(str(resources.files("qtsim.data.reference") / priors.PUBLIC_FIT))
     written = [atomic_write_text(dumps_toml(fit_doc(sc)), ref)]
+    priors._public_fit.cache_clear()  # the spec profiles written next must see the new fit
     written += [write_host(h, Path(outdir) / "hosts" / f"{h.name}.toml") for h in host_parts(sc)]
     written += priors.write_spec_profiles(outdir)
     print(report(sc))

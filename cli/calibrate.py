@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import click
 
+from qtsim.cli.options import StrictCommand
 
-@click.command()
+
+@click.command(cls=StrictCommand)
 @click.argument("raw", type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", type=click.Path(dir_okay=False), help="Profile TOML to write (default: next to RAW).")
 @click.option("--name", help="Profile name (default: the hardware recorded in RAW).")
@@ -14,7 +16,8 @@ import click
                    "held, and the 16-bit paths' in-model per-call cost is fitted too.")
 @click.option("--lumped", is_flag=True,
               help="Fit the older per-family per-layer floors instead of the traced host constants (for comparison).")
-def fit(raw, out, name, host_part, lumped):
+@click.option("--force", is_flag=True, help="Replace an existing profile file.")
+def fit(raw, out, name, host_part, lumped, force):
     """Refit a hardware profile from recorded raw HDF5 (no torch, no measuring).
 
     \b
@@ -23,10 +26,10 @@ def fit(raw, out, name, host_part, lumped):
     """
     from qtsim.calibration.calibrate import refit
 
-    refit(raw, out, name, host_part, lumped, echo=click.echo)
+    refit(raw, out, name, host_part, lumped, echo=click.echo, force=force)
 
 
-@click.command()
+@click.command(cls=StrictCommand)
 @click.option("--gpu",
               help="What to calibrate: a GPU name matching the detected device (h100, h200, a100-80gb, l4, ...) or 'cpu'.")
 @click.option("--host", "host_only", is_flag=True,

@@ -6,6 +6,7 @@ import click
 
 from qtsim.cli.options import (
     FORMATS,
+    StrictCommand,
     bnb_options,
     bnb_settings,
     budget_assumptions,
@@ -14,10 +15,11 @@ from qtsim.cli.options import (
     precision_list,
     prices_option,
     split_list,
+    stack_option,
 )
 
 
-@click.command()
+@click.command(cls=StrictCommand)
 @click.option("--model", required=True, help="Shipped model name (`qtsim models`) or a path to a config.json.")
 @click.option("--batch", default="1", show_default=True, metavar="B", help="Concurrent sequences B.")
 @click.option("--gpu", "gpus", default="all", show_default=True,
@@ -35,8 +37,9 @@ from qtsim.cli.options import (
                    "energy_ratio, verdict (better first).")
 @click.option("--host", default=None, metavar="NAME_OR_FILE",
               help="Host/software part combined with every GPU (`qtsim profiles hosts`); "
-                   "default each profile's own or hf-eager-server.")
+                   "default each profile's own or hf-eager (the centre of the public campaigns' hosts).")
 @bnb_options
+@stack_option
 @budget_options
 @click.option("--draws", default="200", show_default=True, metavar="N",
               help="Monte-Carlo draws per configuration (bands and 'likely' verdicts).")
@@ -44,9 +47,10 @@ from qtsim.cli.options import (
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
               help="Also write a bar chart of the sort column (PNG/PDF/SVG by suffix; J/query when "
                    "sorting by a text column).")
+@click.option("--force", is_flag=True, help="Replace an existing --plot file.")
 def compare(model, batch, gpus, profile_paths, precisions, tokens, prompt_tokens, sort, host, double_quant,
-            int8_threshold, compute_dtype, pue, grid_gco2_per_kwh, usd_per_hour, draws, fmt,
-            plot_path):
+            int8_threshold, compute_dtype, bnb_version, pue, grid_gco2_per_kwh, usd_per_hour, draws, fmt,
+            plot_path, force):
     """One table across GPUs x precisions for MODEL at batch B: fits, tok/s, latency, J/query,
     kWh per million queries (gCO2e per query, $ per million tokens when their assumptions are
     given) and the energy verdict against each GPU's 16-bit run.
@@ -59,7 +63,9 @@ def compare(model, batch, gpus, profile_paths, precisions, tokens, prompt_tokens
     """
     from qtsim.model.workload import Workload
     from qtsim.report.compare import compare_text
+    from qtsim.report.grid import refuse_existing
 
+    refuse_existing(plot_path, force, "--plot")
     b, k, pr, nd = (int_option(batch, "--batch", 1), int_option(tokens, "--tokens", 1),
                     int_option(prompt_tokens, "--prompt-tokens", 0), int_option(draws, "--draws", 10))
     workload = Workload(batch=b, new_tokens=k, prompt_tokens=pr,
@@ -67,7 +73,8 @@ def compare(model, batch, gpus, profile_paths, precisions, tokens, prompt_tokens
     text, plot = compare_text(model, split_list(gpus, "--gpu"), profile_paths, workload,
                               precision_list(precisions), sort,
                               budget_assumptions(pue, grid_gco2_per_kwh, None),
-                              prices_option(usd_per_hour), nd, host, fmt, plot_path)
+                              prices_option(usd_per_hour), nd, host, fmt, plot_path,
+                              bnb_release=bnb_version)
     click.echo(text)
     if plot:
         click.echo(f"wrote {plot}", err=fmt != "text")

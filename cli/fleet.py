@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from qtsim.cli.options import int_list, precision_list, split_list
+from qtsim.cli.options import StrictGroup, int_list, precision_list, split_list, stack_option
 
 address_option = click.option(
     "--address", default="auto", show_default=True,
@@ -38,7 +38,7 @@ def _apply(options):
     return deco
 
 
-@click.group()
+@click.group(cls=StrictGroup)
 def fleet():
     """Calibrate and validate every node of a GPU fleet on Ray; chunk big simulate grids.
 
@@ -138,8 +138,11 @@ def validate(address, from_dir, profile_path, gpu, nodes, plan_path, model, prec
 @click.option("--chunk-batches", type=click.IntRange(min=1), help="Batch sizes per Ray task.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="HDF5 file to write.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="Replace existing --out and --csv files.")
+@stack_option
 def simulate(address, workers, gpus, profile_paths, models, precisions, batches, tokens,
-             prompt_tokens, sizes, family, draws, seed, chunk_models, chunk_batches, out, csv_path):
+             prompt_tokens, sizes, family, draws, seed, chunk_models, chunk_batches, out, csv_path,
+             force, bnb_version):
     """`qtsim simulate` over a very large grid, chunked over Ray workers (tiles of models x
     batches), assembled into the same HDF5 one machine writes, bit for bit.
 
@@ -151,12 +154,14 @@ def simulate(address, workers, gpus, profile_paths, models, precisions, batches,
     from qtsim.calibration.campaigns import simulate_fleet
     from qtsim.cli.simulate import parse_batches
     from qtsim.model.workload import Workload
-    from qtsim.report.grid import load_grid_inputs
+    from qtsim.report.grid import load_grid_inputs, refuse_existing
 
+    refuse_existing(out, force, "--out")
+    refuse_existing(csv_path, force, "--csv")
     profiles, archs, fam, size_grid = load_grid_inputs(
         split_list(gpus, "--gpu") if gpus else [], profile_paths,
         split_list(models, "--model") if models else [], family, sizes,
-        Workload(new_tokens=tokens, prompt_tokens=prompt_tokens))
+        Workload(new_tokens=tokens, prompt_tokens=prompt_tokens), bnb_release=bnb_version)
     simulate_fleet(address, workers, profiles, archs, size_grid, parse_batches(batches), out,
                    family=fam, chunk_models=chunk_models, chunk_batches=chunk_batches,
                    precisions=precision_list(precisions), new_tokens=tokens,

@@ -9,6 +9,42 @@ from qtsim.model.precision import PRECISIONS
 FORMATS = click.Choice(["text", "json", "csv"], case_sensitive=False)
 
 
+class StrictCommand(click.Command):
+    """A command that refuses an option given twice (click keeps the last one silently), unless
+    the option is declared repeatable (``multiple=True``) or counts (``count=True``)."""
+
+    def parse_args(self, ctx, args):
+        parser = self.make_parser(ctx)
+        try:
+            opts, _, order = parser.parse_args(args=list(args))
+        except click.UsageError:
+            return super().parse_args(ctx, args)  # click words its own usage errors
+        seen: dict[str, int] = {}
+        for p in order:
+            if isinstance(p, click.Option) and not (p.multiple or p.count):
+                seen[p.name] = seen.get(p.name, 0) + 1
+                if seen[p.name] == 2:
+                    from qtsim.errors import QtsimError
+
+                    raise QtsimError(
+                        f"{p.opts[0]} given more than once: give it once"
+                        + (" (it takes a comma-separated list)" if _takes_list(p) else "")
+                        + f"; only one value is used (`qtsim {ctx.command_path.split(' ', 1)[-1]} "
+                        "--help`)")
+        return super().parse_args(ctx, args)
+
+
+def _takes_list(option: click.Option) -> bool:
+    text = (option.help or "").lower()
+    return "comma" in text
+
+
+class StrictGroup(click.Group):
+    """A group whose subcommands are :class:`StrictCommand` s."""
+
+    command_class = StrictCommand
+
+
 def split_list(value: str, name: str) -> list[str]:
     items = [v.strip() for v in str(value).split(",") if v.strip()]
     if not items:
@@ -60,6 +96,18 @@ def bnb_options(f):
                      help="NF4/FP4 with double quantisation of the scales "
                           "(bnb_4bit_use_double_quant; QLoRA's default).")(f)
     return f
+
+
+def stack_option(f):
+    """--bnb-version: the bitsandbytes release the prediction describes (:mod:`qtsim.model.stack`)."""
+    from qtsim.model.stack import CURRENT_BNB
+
+    return click.option(
+        "--bnb-version", "bnb_version", metavar="VERSION",
+        help=f"bitsandbytes release you run (default {CURRENT_BNB}, the current one, stated as "
+             "assumed): from 0.50 4-bit layers run a fused GEMM for batch 2-64 on CUDA, before "
+             "it they dequantise every weight each step. A calibrated profile is the stack it "
+             "was calibrated with.")(f)
 
 
 def bnb_settings(double_quant=False, int8_threshold=None, compute_dtype=None):

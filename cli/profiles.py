@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from qtsim.cli.options import FORMATS
+from qtsim.cli.options import FORMATS, StrictCommand, StrictGroup
 
 
-@click.group()
+@click.group(cls=StrictGroup)
 def profiles():
     """Hardware profiles: shipped (spec-derived) and yours (user directory, searched first)."""
 
@@ -80,7 +80,7 @@ def hosts_cmd(fmt):
     click.echo(host_list(fmt))
 
 
-@click.command()
+@click.command(cls=StrictCommand)
 @click.option("--format", "fmt", default="text", type=FORMATS, show_default=True)
 def models(fmt):
     """Shipped model architectures (any config.json path works too)."""

@@ -6,8 +6,10 @@ import json
 
 import click
 
+from qtsim.cli.options import StrictCommand
 
-@click.command()
+
+@click.command(cls=StrictCommand)
 @click.option("--format", "fmt", default="text", show_default=True,
               type=click.Choice(["text", "json"], case_sensitive=False))
 @click.option("--draws", default=400, show_default=True, type=click.IntRange(min=10, max=100000),

@@ -7,7 +7,15 @@ import time
 
 import click
 
-from qtsim.cli.options import bnb_options, bnb_settings, int_list, precision_list, split_list
+from qtsim.cli.options import (
+    StrictCommand,
+    bnb_options,
+    bnb_settings,
+    int_list,
+    precision_list,
+    split_list,
+    stack_option,
+)
 
 
 def parse_batches(text: str) -> list[int]:
@@ -24,8 +32,16 @@ def parse_batches(text: str) -> list[int]:
         except ValueError:
             raise QtsimError(f"--batch {text!r}: give LO:HI:N, e.g. 1:256:9, or LO:HI "
                              "(every integer)") from None
-        if not (1 <= lo <= hi) or (n is not None and n < 1):
+        if not (1 <= lo <= hi) or (n is not None and n < 1) or not np.isfinite(hi):
             raise QtsimError(f"--batch {text!r}: need 1 <= LO <= HI and N >= 1")
+        from qtsim.simulate.memory import MAX_BATCHES
+
+        span = np.floor(hi) - np.ceil(lo) + 1  # distinct integers it can round to
+        most = span if n is None else min(n, span)
+        if most > MAX_BATCHES:
+            raise QtsimError(f"--batch {text!r}: up to {most:,.0f} batch sizes; give at "
+                             f"most {MAX_BATCHES:,} (every batch holds dozens of "
+                             "quantities per GPU, precision and model)")
         if n is None:
             return list(range(int(np.ceil(lo)), int(hi) + 1))
         return np.unique(np.round(np.geomspace(lo, hi, int(n)))).astype(int).tolist()
@@ -76,7 +92,7 @@ def _command_line(ctx) -> str:
     return " ".join(parts)
 
 
-@click.command()
+@click.command(cls=StrictCommand)
 @click.option("--gpu", "gpus", help="Hardware profiles, comma-separated names or aliases.")
 @click.option("--profile", "profile_paths", multiple=True, type=click.Path(dir_okay=False),
               help="A profile TOML file (repeatable); added after --gpu.")
@@ -94,6 +110,8 @@ def _command_line(ctx) -> str:
                               "e.g. 0.5e9:80e9:40; appended to the model axis.")
 @click.option("--family", help="Architecture scaled for --sizes and N* (default: the first --model).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="HDF5 file to write.")
+@click.option("--force", is_flag=True,
+              help="Replace existing output files (--out, --csv, figures); refused otherwise.")
 @click.option("--compress", is_flag=True,
               help="gzip the HDF5 datasets (level 1, shuffled): about 3.5x smaller, about 1.3 s "
                    "slower per 10^6 points.")
@@ -113,9 +131,10 @@ def _command_line(ctx) -> str:
 @click.option("--policy", default="linear", show_default=True, type=click.Choice(["linear", "geometric"]),
               help="SI aggregation: linear (eq. 6) or geometric (Remark 3.1).")
 @bnb_options
+@stack_option
 def simulate(gpus, profile_paths, models, precisions, batches, tokens, prompt_tokens, sizes, family,
-             out, compress, csv_path, plot_dir, which_plots, draws, seed, trust_table, depth, policy,
-             double_quant, int8_threshold, compute_dtype):
+             out, force, compress, csv_path, plot_dir, which_plots, draws, seed, trust_table, depth, policy,
+             double_quant, int8_threshold, compute_dtype, bnb_version):
     """Evaluate J/query (power model, HLI and eq. 19), latency, tok/s, COR, B*, N* and the SI
     pillars over the whole grid GPU x precision x model x batch, in one vectorised pass per
     (GPU, precision), into HDF5 (dimension scales, units, provenance).
@@ -139,4 +158,5 @@ def simulate(gpus, profile_paths, models, precisions, batches, tokens, prompt_to
                       plots=split_list(which_plots, "--plots"), compress=compress,
                       trust_table=trust_table, depth=depth, policy=policy, n_draws=draws,
                       seed=seed, command=_command_line(click.get_current_context()),
-                      progress_bar=lambda total: LateBar(total, "simulating"), echo=click.echo)
+                      progress_bar=lambda total: LateBar(total, "simulating"), echo=click.echo,
+                      force=force, bnb_release=bnb_version)

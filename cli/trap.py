@@ -6,16 +6,18 @@ import click
 
 from qtsim.cli.options import (
     FORMATS,
+    StrictCommand,
     bnb_options,
     bnb_settings,
     budget_assumptions,
     budget_options,
     profile_options,
+    stack_option,
 )
 from qtsim.model.precision import PRECISIONS
 
 
-@click.command()
+@click.command(cls=StrictCommand)
 @profile_options
 @click.option("--model", required=True, help="Shipped model name (`qtsim models`) or a path to a config.json.")
 @click.option("--precision", required=True, type=click.Choice(list(PRECISIONS), case_sensitive=False),
@@ -34,14 +36,15 @@ from qtsim.model.precision import PRECISIONS
 @click.option("--host", default=None, metavar="NAME_OR_FILE",
               help="Host/software part that issues the GPU's work (`qtsim profiles hosts`): the "
                    "host CPU and stack, which bind small-batch HF decoding. Default: the "
-                   "profile's own (calibrated CPU) or hf-eager-server, whose band spans server "
-                   "and desktop hosts.")
+                   "profile's own (calibrated CPU) or hf-eager, the centre of the public "
+                   "campaigns' hosts, whose one shared speed factor spans servers and desktops.")
 @bnb_options
+@stack_option
 @budget_options
 @click.option("--format", "fmt", default="text", show_default=True, type=FORMATS)
 def trap(gpu, profile_path, model, precision, batch, tokens, prompt_tokens, trust_table, policy,
-         draws, host, double_quant, int8_threshold, compute_dtype, pue, grid_gco2_per_kwh,
-         usd_per_hour, fmt):
+         draws, host, double_quant, int8_threshold, compute_dtype, bnb_version, pue,
+         grid_gco2_per_kwh, usd_per_hour, fmt):
     """Will PRECISION trap us on this GPU for this model?
 
     Answers from a hardware profile (shipped spec-derived, or calibrated by `qtsim calibrate`):
@@ -63,4 +66,4 @@ def trap(gpu, profile_path, model, precision, batch, tokens, prompt_tokens, trus
                         bnb_settings(double_quant, int8_threshold, compute_dtype))
     assumptions = budget_assumptions(pue, grid_gco2_per_kwh, usd_per_hour)
     click.echo(trap_text(gpu, profile_path, model, workload, trust_table, policy, n_draws=draws,
-                         host=host, assumptions=assumptions, fmt=fmt))
+                         host=host, assumptions=assumptions, fmt=fmt, bnb_release=bnb_version))

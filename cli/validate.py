@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import click
 
-from qtsim.cli.options import bnb_options, bnb_settings, int_list, precision_list, split_list
+from qtsim.cli.options import (
+    StrictCommand,
+    bnb_options,
+    bnb_settings,
+    int_list,
+    precision_list,
+    split_list,
+)
 
 
-@click.command()
+@click.command(cls=StrictCommand)
 @click.option("--profile", "profile_path", type=click.Path(dir_okay=False),
               help="Profile TOML whose predictions are checked (e.g. from `qtsim calibrate`).")
 @click.option("--gpu", help="Profile by name instead of --profile.")

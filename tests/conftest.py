@@ -40,7 +40,7 @@ def invoke_qtsim(*args, env=None) -> CliResult:
         return CliResult(code, out.getvalue().decode(), err.getvalue().decode())
 
 
-def run_qtsim_process(*args, env=None, check=False):
+def run_qtsim_process(*args, env=None, check=False, timeout=600):
     """Run ``python -m qtsim ARGS`` in a fresh interpreter, returning CompletedProcess.
 
     Only for tests whose point is the process boundary (exit status as the shell sees it,
@@ -49,4 +49,4 @@ def run_qtsim_process(*args, env=None, check=False):
     """
     e = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "qtsim", *map(str, args)], capture_output=True,
-                          text=True, env=e, check=check, timeout=600)
+                          text=True, env=e, check=check, timeout=timeout)

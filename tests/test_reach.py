@@ -147,10 +147,14 @@ def test_trap_json_carries_bitsandbytes_budget_and_serving():
     assert b["assumptions"] == {"pue": 1.2, "grid_gco2_per_kwh": 400.0, "usd_per_hour": 0.5,
                                 "energy_scope": "GPU board energy",
                                 "energy_boundary": "GPU board energy x PUE 1.2 (facility overhead)"}
+    from qtsim.model.stack import CURRENT_BNB
     from qtsim.profiles.hosts import load_host
 
-    stated = load_host(None).host["stack"]["bitsandbytes"]  # spec device + default host part
-    assert rep["serving"]["bitsandbytes_version"] == stated
+    fitted = load_host(None).host["stack"]["bitsandbytes"]  # the default host part's table
+    # a spec profile predicts the current release unless told (issue 24), and says so
+    assert rep["serving"]["bitsandbytes_version"] == CURRENT_BNB
+    assert rep["serving"]["bitsandbytes_version_source"].startswith("assumed")
+    assert f"host constants fitted on {fitted}" in rep["serving"]["statement"]
     assert "vLLM/TGI" in rep["serving"]["statement"]
 
 
@@ -367,7 +371,10 @@ def test_compare_text_json_csv(tmp_path):
     assert fits == sorted(fits, reverse=True)  # what does not fit comes last
     js = [row["j_per_query"] for row in rep["rows"] if row["fits"]]
     assert js == sorted(js)
-    assert all(row["gco2e_per_query"] > 0 for row in rep["rows"])
+    assert all(row["gco2e_per_query"] > 0 for row in rep["rows"] if row["fits"])
+    # a configuration that cannot run has no figures at all (issue 24)
+    assert all(row["gco2e_per_query"] is None and row["tok_per_s"] is None
+               for row in rep["rows"] if not row["fits"])
     t4 = {row["precision"]: row for row in rep["rows"] if row["gpu"] == "t4"}
     assert t4["fp16"]["verdict"] == "does not fit" and t4["nf4+dq"]["verdict"].startswith("only option")
     r = qt(*base, "--format", "csv", "--sort", "tok_per_s")
@@ -395,7 +402,8 @@ def test_compare_all_gpus_and_plot(tmp_path):
     (["--pue", "0"], "--pue"), (["--tokens", "0"], "--tokens"),
 ])
 def test_compare_bad_input_exit_2(extra, needle):
-    args = ["compare", "--model", "mistral-7b", "--draws", "10", "--gpu", "l4,t4", *extra]
+    gpu = [] if "--gpu" in extra else ["--gpu", "l4,t4"]  # an option given twice is refused
+    args = ["compare", "--model", "mistral-7b", "--draws", "10", *gpu, *extra]
     r = qt(*args)
     if needle == "int3":  # precision errors come from click's option parsing helper
         assert r.exit_code == 2 and needle in r.stderr

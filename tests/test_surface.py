@@ -195,9 +195,9 @@ def test_csv_long_format(surf, tmp_path):
     path = tmp_path / "s.csv"
     n = sd.write_csv(surf, path)
     lines = path.read_text().splitlines()
-    assert lines[0] == "gpu,precision,model,n_params,batch,quantity,value,unit"
+    assert lines[0] == "gpu,precision,model,n_params,batch,quantity,value,unit,bitsandbytes_version"
     assert n == len(lines) - 1 == sum(surf[k].size for k in sd.quantities(surf))
-    assert any(",j_per_query_hli," in x and x.endswith(",J") for x in lines)
+    assert any(",j_per_query_hli," in x and x.endswith(",J,0.50.2") for x in lines)
     assert "l4,int8,mistral-7b,7.24802e+09,,b_star," in path.read_text()
     assert "l4,int8,family:mistral-7b,,64,n_star," in path.read_text()
 

@@ -70,6 +70,18 @@ class Architecture:
     source: str = ""
     config: dict = field(default_factory=dict, compare=False, repr=False)
 
+    @property
+    def shape_key(self) -> tuple:
+        """The facts that make two configs the same network (decoder class and every shape),
+        whatever they are called: what published figures are matched by."""
+        return (MODEL_CLASS_OF.get(self.model_type, self.model_type), self.hidden_size,
+                self.intermediate_size, self.num_layers, self.num_heads, self.num_kv_heads,
+                self.head_dim, self.vocab_size, self.tie_word_embeddings)
+
+    def shape_text(self) -> str:
+        """The shape facts in words, e.g. ``qwen3, 28 layers, hidden 1024``."""
+        return f"{self.model_type}, {self.num_layers} layers, hidden {self.hidden_size}"
+
     # ---- per-layer structure -------------------------------------------------------------
     @property
     def layer_linears(self) -> tuple[Linear, ...]:
@@ -312,10 +324,21 @@ def from_config(cfg: dict, name: str | None = None, source: str = "") -> Archite
             f"({', '.join(sorted(DENSE_TYPES))})")
     hidden = _require(cfg, "hidden_size", where)
     heads = _require(cfg, "num_attention_heads", where)
+    if not cfg.get("head_dim") and hidden % heads:
+        raise ArchitectureError(f"{where}: hidden_size {hidden} is not a multiple of "
+                                f"num_attention_heads {heads} and the config gives no head_dim")
     head_dim = cfg.get("head_dim") or hidden // heads
     if not isinstance(head_dim, int) or head_dim <= 0:
         raise ArchitectureError(f"{where}: head_dim must be a positive integer, got {head_dim!r}")
     kv = cfg.get("num_key_value_heads") or heads
+    if not isinstance(kv, int) or isinstance(kv, bool) or kv <= 0:
+        raise ArchitectureError(f"{where}: num_key_value_heads must be a positive integer, "
+                                f"got {kv!r}")
+    if heads % kv:
+        raise ArchitectureError(
+            f"{where}: num_key_value_heads {kv} does not divide num_attention_heads {heads}: "
+            "grouped-query attention shares each key/value head among an equal number of query "
+            "heads, so no such model can be built")
     qkv_bias = bool(cfg.get("attention_bias", False)) or model_type == "qwen2"
     norms = 4 if model_type in ("gemma2", "gemma3_text") else 2
     return Architecture(

@@ -47,6 +47,19 @@ PRECISIONS: dict[str, Precision] = {
 }
 
 NATIVE_BITS = 16  # the paper's pi: native precision of the GPUs in the paper
+#: GPU architectures without BF16 arithmetic (BF16 tensor cores arrived with Ampere, sm_80):
+#: torch emulates bfloat16 there at a cost qtsim does not model, so BF16 is refused on them
+NO_BF16_ARCHITECTURES = ("kepler", "maxwell", "pascal", "volta", "turing")
+
+
+def hardware_dtypes(hardware: dict) -> list[str] | None:
+    """The formats a ``[hardware]`` table runs natively (its ``native_formats``, less BF16 on an
+    architecture of :data:`NO_BF16_ARCHITECTURES`), or None when the table does not say."""
+    formats = hardware.get("native_formats")
+    if formats is None:
+        return None
+    arch = str(hardware.get("architecture", "")).lower()
+    return [f for f in formats if not (f == "bf16" and arch in NO_BF16_ARCHITECTURES)]
 
 
 def get_precision(name: str) -> Precision:

@@ -32,6 +32,7 @@ unless the caller passes another value) and the status and source say so: never 
 from __future__ import annotations
 
 import csv
+import functools
 import math
 from dataclasses import dataclass
 from importlib import resources
@@ -171,44 +172,97 @@ def _ratio(rows: list[dict], precision: str, reference: str):
     return row["accuracy"] / refs[0]["accuracy"], row["accuracy"], refs[0]["accuracy"], row
 
 
+@functools.cache
+def _shipped_rows() -> tuple[dict, ...]:
+    return tuple(read_trust_table())
+
+
+@functools.cache
+def _published_arch(model: str):
+    """The shipped architecture a published row's model name stands for (None when qtsim ships
+    no config of it)."""
+    from qtsim.errors import QtsimError as _Err
+    from qtsim.model.architecture import load_architecture
+
+    try:
+        return load_architecture(_norm_model(model))
+    except _Err:
+        return None
+
+
+def _candidate_rows(model: str, arch, table: str | None, task: str | None):
+    """(rows, how they matched) to look T_SI up in, best first: the user's table matched by the
+    model's name (the user's own naming), then the shipped published table matched by
+    architecture (the same decoder class and shapes as the model the paper evaluated), never by
+    name alone. Also a note when a published model of that name has other shapes."""
+    key = _norm_model(model)
+    groups, note = [], ""
+    if table is not None:
+        mine = [r for r in read_trust_table(table) if _norm_model(r["model"]) == key]
+        groups.append((mine, ""))
+    if arch is None:
+        arch = _published_arch(model)
+    published = []
+    for r in _shipped_rows():
+        pa = _published_arch(r["model"])
+        if pa is None or arch is None:
+            continue
+        if pa.shape_key == arch.shape_key:
+            published.append(r)
+        elif _norm_model(r["model"]) == key and not note:
+            note = (f"a published figure exists for {r['model']}, but this {model!r} config is "
+                    f"another network ({arch.shape_text()} vs {pa.shape_text()}): not used")
+    groups.append((published, "matched by architecture"))
+    if task is not None:
+        groups = [([r for r in g if r["task"] == task.lower()], how) for g, how in groups]
+    return groups, note
+
+
 def lookup_trust(model: str, precision: str, reference: str = "fp16",
                  table: str | None = None, task: str | None = None,
-                 depth: float | None = None, assume: float = 1.0) -> TrustEstimate:
+                 depth: float | None = None, assume: float = 1.0, arch=None) -> TrustEstimate:
     """T_SI = acc(precision) / acc(reference) for ``model`` (eq. 2), or an explicit assumption.
 
     Parameters
     ----------
     model, precision, reference : names; model variants (-instruct, -v0.3) match their base
-    table : a user CSV, or None for the shipped table of the paper's figures
+    table : a user CSV; its rows (matched by model name) come first, the shipped table of the
+        paper's figures (matched by architecture) fills in what it lacks
     task : restrict to one task (default: GSM8K first, then the others alphabetically)
     depth : reasoning depth M (logical steps) to report T_SI at; when it differs from the
         row's depth M0 the compounding model moves it and the status is ``extrapolated``
     assume : T_SI assumed when no row exists (default 1.0: no loss), stated in ``source``
+    arch : the model's :class:`~qtsim.model.architecture.Architecture`; published figures
+        apply only to the network the paper evaluated (same class and shapes), whatever the
+        name. Without it, a shipped model of that name stands in.
     """
     if precision in ("fp16", "bf16") or precision == reference:
         return TrustEstimate(1.0, "reference", "the reference precision itself", depth=depth)
-    rows = read_trust_table(table)
-    key = _norm_model(model)
-    mine = [r for r in rows if _norm_model(r["model"]) == key
-            and (task is None or r["task"] == task.lower())]
-    for t in sorted({r["task"] for r in mine}, key=lambda t: (t != "gsm8k", t)):
-        got = _ratio([r for r in mine if r["task"] == t], precision, reference)
-        if got is None:
-            continue
-        t0, acc, acc_ref, row = got
-        m0 = row["depth"]
-        eps = fit_eps(t0, m0) if t0 <= 1.0 else None
-        note = row["note"]
-        if depth is None or math.isclose(float(depth), m0) or eps is None:
-            return TrustEstimate(t0, row["status"], row["source"], acc, acc_ref, t, m0, m0,
+    groups, mismatch = _candidate_rows(model, arch, table, task)
+    for mine, how in groups:
+        for t in sorted({r["task"] for r in mine}, key=lambda t: (t != "gsm8k", t)):
+            got = _ratio([r for r in mine if r["task"] == t], precision, reference)
+            if got is None:
+                continue
+            t0, acc, acc_ref, row = got
+            m0 = row["depth"]
+            eps = fit_eps(t0, m0) if t0 <= 1.0 else None
+            note = row["note"]
+            source = row["source"]
+            if how and _norm_model(row["model"]) != _norm_model(model):
+                source += f" ({row['model']}, {how}: {model} has the same shapes)"
+            if depth is None or math.isclose(float(depth), m0) or eps is None:
+                return TrustEstimate(t0, row["status"], source, acc, acc_ref, t, m0, m0,
+                                     eps, note)
+            t_m = t_si_compound(eps, depth)
+            src = (f"extrapolated from {source} ({t} at depth M0 = {m0:g} steps, "
+                   f"T_SI0 = {t0:.3f}, eps = {eps:.4f}/step) to depth M = {float(depth):g}: "
+                   "T_SI = (1 - eps)^M")
+            return TrustEstimate(t_m, "extrapolated", src, acc, acc_ref, t, float(depth), m0,
                                  eps, note)
-        t_m = t_si_compound(eps, depth)
-        src = (f"extrapolated from {row['source']} ({t} at depth M0 = {m0:g} steps, "
-               f"T_SI0 = {t0:.3f}, eps = {eps:.4f}/step) to depth M = {float(depth):g}: "
-               "T_SI = (1 - eps)^M")
-        return TrustEstimate(t_m, "extrapolated", src, acc, acc_ref, t, float(depth), m0, eps,
-                             note)
     src = ASSUMED_SOURCE if assume == 1.0 else (
         f"assumed: T_SI = {assume:g} given by the caller (no published or user figure for this "
         "model and precision)")
+    if mismatch:
+        src += f"; {mismatch}"
     return TrustEstimate(float(assume), "assumed", src, depth=depth)

@@ -33,7 +33,7 @@ import numpy as np
 from qtsim.errors import QtsimError
 from qtsim.model.paths import DEFAULT_INT8_THRESHOLD, INT8_THRESHOLDS, path_family
 from qtsim.model.paths import FOUR_BIT_PRECISIONS as FOUR_BIT
-from qtsim.model.precision import get_precision
+from qtsim.model.precision import get_precision, hardware_dtypes
 
 COMPUTE_DTYPES = ("fp16", "bf16", "fp32")
 
@@ -85,6 +85,11 @@ class BnbSettings:
         if self.compute_dtype is not None and not names & set(FOUR_BIT):
             raise QtsimError("--compute-dtype (bnb_4bit_compute_dtype) applies to 4-bit "
                              "precisions (nf4, fp4) only")
+        if profile is not None:
+            for p in sorted(names & {"fp16", "bf16"}):
+                check_dtype(profile, p, "--precision")
+            if self.compute_dtype is not None and names & set(FOUR_BIT):
+                check_dtype(profile, self.compute_dtype, "--compute-dtype")
         if profile is not None and self.compute_dtype is not None:
             from qtsim.errors import ProfileError
             from qtsim.model.paths import resolve_path
@@ -157,6 +162,19 @@ def parse_setting(text: str) -> tuple[str, BnbSettings]:
     except QtsimError as e:
         raise QtsimError(f"precision setting {text!r}: {e}") from None
     return precision, bnb
+
+
+def check_dtype(profile, dtype: str, option: str) -> None:
+    """Refuse a 16-bit (or fp32) ``dtype`` the profile's hardware does not run natively
+    (:func:`qtsim.model.precision.hardware_dtypes`): qtsim does not model an emulated format's
+    cost, and answering "identical to FP16" would be wrong."""
+    formats = hardware_dtypes(profile.hardware)
+    if formats is None or dtype in formats or dtype == "fp32":
+        return
+    arch = profile.hardware.get("architecture", "")
+    raise QtsimError(
+        f"{option} {dtype}: {profile.name} ({arch}) has no {dtype.upper()} arithmetic (it runs "
+        f"{', '.join(formats)}); torch would emulate it at a cost qtsim does not model: use fp16")
 
 
 def _torch_name(dtype: str | None) -> str | None:

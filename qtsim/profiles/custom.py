@@ -96,6 +96,7 @@ def save_user_profile(profile: HardwareProfile, force: bool = False,
     from qtsim.profiles.hardware import list_profiles
 
     d = Path(directory) if directory else user_profile_dir()
+    d.mkdir(parents=True, exist_ok=True)  # the user directory need not exist yet
     path = d / f"{profile.name}.toml"
     if not force:
         if path.exists():

@@ -13,6 +13,7 @@ Search order for a name: ``--profile FILE``; the user directory (``$QTSIM_PROFIL
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -41,6 +42,9 @@ class HardwareProfile:
     fit: dict = field(default_factory=dict)
     path: str | None = None
     host: object = None  # the qtsim.profiles.hosts.HostPart combined in, if any
+    #: the bitsandbytes stack predictions describe (:meth:`with_stack`): version, where it
+    #: comes from, and the stack the host constants were fitted on
+    bnb: dict | None = None
 
     @property
     def name(self) -> str:
@@ -97,6 +101,53 @@ class HardwareProfile:
                   and not k.startswith("t_layer_")}
         return HardwareProfile(self.hardware, self.provenance, {**device, **part.physical},
                                self.constants, self.fit, self.path, part)
+
+    def with_stack(self, bnb_version: str | None = None) -> HardwareProfile:
+        """This profile for a bitsandbytes release (:mod:`qtsim.model.stack`): the
+        stack-dependent host constants (``h_fused4bit_max_batch``) set for ``bnb_version``,
+        and :attr:`bnb` saying which release and why.
+
+        A profile calibrated on a recorded stack is that stack (a different ``bnb_version`` is
+        refused: recalibrate with it); otherwise ``bnb_version``, or by default
+        :data:`qtsim.model.stack.CURRENT_BNB` (stated as assumed). Idempotent once applied.
+        """
+        from qtsim.errors import QtsimError
+        from qtsim.model import stack
+
+        if self.bnb is not None and bnb_version is None:
+            return self
+        if bnb_version is not None:
+            stack.parse_version(bnb_version)
+        recorded = (self.provenance.get("versions") or {}).get("bitsandbytes")
+        if recorded and bnb_version and not stack.same_release(bnb_version, recorded):
+            raise QtsimError(
+                f"--bnb-version {bnb_version}: profile {self.name} was calibrated with "
+                f"bitsandbytes {recorded}, and its constants describe that stack; calibrate "
+                f"with bitsandbytes {bnb_version} installed to predict it")
+        if not recorded and bnb_version is None and self.source == "calibrated":
+            return dataclasses.replace(self, bnb={"version": "not stated",
+                                                  "source": "the calibration recorded none"})
+        version = str(recorded or bnb_version or stack.CURRENT_BNB)
+        fitted = ((getattr(self.host, "host", None) or {}).get("stack") or {}).get("bitsandbytes")
+        source = ("measured: the stack it was calibrated with" if recorded else
+                  "given with --bnb-version" if bnb_version else
+                  "assumed: the current release (--bnb-version to change)")
+        phys = dict(self.physical)
+        for k, (v, unit, basis) in stack.stack_constants(version).items():
+            phys[k] = Param(v, 0.0, unit, "assumed", basis)
+        host = self.host
+        if host is not None:
+            host = dataclasses.replace(host, host={**host.host, "stack": {
+                **(host.host.get("stack") or {}), "bitsandbytes": version}})
+        bnb = {"version": version, "source": source,
+               "host_fitted_on": str(fitted) if fitted and not stack.same_release(
+                   fitted, version) else ""}
+        return dataclasses.replace(self, physical=phys, host=host, bnb=bnb)
+
+    def for_serving(self, host=None, bnb_version: str | None = None) -> HardwareProfile:
+        """This device part with a host part (:meth:`with_host`) and a bitsandbytes stack
+        (:meth:`with_stack`): what every prediction runs on."""
+        return self.with_host(host).with_stack(bnb_version)
 
     def model_flags(self) -> dict[str, float]:
         """Switches of the physical model a profile states in ``[hardware]`` (not fitted
@@ -311,10 +362,101 @@ def _lognormal_extra(mean: float, sd: float, dev) -> np.ndarray:
 # ---- reading ---------------------------------------------------------------------------------
 def parse_profile(text: str, where: str = "profile") -> HardwareProfile:
     """Parse a profile's TOML text and check it against :data:`qtsim.profiles.schema.PROFILE`;
-    any defect is a one-line ProfileError naming ``where`` and the key."""
+    any defect is a one-line ProfileError naming ``where`` and the key. A spec-derived profile's
+    constants are re-derived from its ``[hardware]`` facts (:func:`rederive`)."""
     doc, physical = schema.parse(text, schema.PROFILE, where)
-    return HardwareProfile(doc["hardware"], doc.get("provenance", {}), physical,
-                           doc.get("constants", {}), doc.get("fit", {}), where)
+    return rederive(HardwareProfile(doc["hardware"], doc.get("provenance", {}), physical,
+                                    doc.get("constants", {}), doc.get("fit", {}), where))
+
+
+#: sources of the constants a spec-derived profile computes from its ``[hardware]`` facts; a
+#: constant with any other source (published, assumed, calibrated) is the user's own and kept
+DERIVED_SOURCES = ("spec", "prior", "fixed")
+
+
+def rederive(profile: HardwareProfile) -> HardwareProfile:
+    """A spec-derived profile whose ``[physical]`` constants follow its ``[hardware]`` facts.
+
+    The constants a datasheet implies (bandwidth, power and energy priors, per-path times:
+    :func:`qtsim.profiles.priors.derived_device_constants`, the same code that wrote the shipped
+    profiles) are recomputed from ``[hardware]``, so editing ``mem_bw_gbs`` or ``tdp_w`` changes
+    the answer instead of being silently ignored. Constants whose source is not
+    :data:`DERIVED_SOURCES` are the user's own and stay. Every value that changed is listed in
+    ``provenance["recomputed"]`` and said beside every answer (:func:`recompute_note`); the
+    paper's ``[constants]`` are then derived again. Calibrated and published profiles, and
+    spec ones that state no datasheet figures, are returned as they are.
+    """
+    hw = profile.hardware
+    if profile.source != "spec" or hw.get("device_type") != "cuda" or not all(
+            k in hw for k in ("mem_bw_gbs", "fp16_tflops", "int8_tops")):
+        return profile
+    from qtsim.profiles.priors import derived_device_constants, spec_constants
+
+    changed = []
+    for k, new in derived_device_constants(hw).items():
+        old = profile.physical.get(k)
+        if old is not None and old.source not in DERIVED_SOURCES:
+            continue
+        if old is None or not (math.isclose(old.value, new.value, rel_tol=1e-4)
+                               and math.isclose(old.stderr, new.stderr, rel_tol=1e-4)):
+            changed.append({"constant": k, "file": None if old is None else old.value,
+                            "derived": new.value, "unit": new.unit})
+        profile.physical[k] = new
+    if changed:
+        profile.provenance = {**profile.provenance, "recomputed": changed}
+        ref = profile.constants.get("reference_model") if profile.constants else None
+        profile.constants = spec_constants(profile, *([ref] if ref else []))
+    return profile
+
+
+def unidentified_constants(profile: HardwareProfile) -> dict[str, str]:
+    """Calibrated constants the measurements did not pin down, with why: a standard error larger
+    than the value (the data cannot tell it from 0, or from twice itself), or held at a bound
+    by the fit. Predictions that lean on them carry wide bands; ``qtsim profiles show`` and the
+    calibration say so."""
+    out = {}
+    for k, p in profile.physical.items():
+        if p.source == "calibrated" and p.stderr > abs(p.value):
+            out[k] = f"{p.value:.3g} ± {p.stderr:.2g} {p.unit}: stderr exceeds the value"
+        elif p.source in ("calibrated", "fixed") and "bound" in p.basis:
+            out[k] = f"{p.value:.3g} {p.unit}: held at its bound by the fit"
+    return out
+
+
+def profile_notes(profile: HardwareProfile, origin: bool = True) -> list[str]:
+    """What a reader must know about a loaded profile beside its figures: where it came from
+    (unless ``origin`` is False; a user file may shadow a shipped one), constants re-derived
+    from ``[hardware]``, constants the calibration did not identify."""
+    notes = []
+    where = profile_origin(profile)
+    if origin and where != "shipped":
+        notes.append(f"from {where}")
+    if recompute_note(profile):
+        notes.append(recompute_note(profile))
+    bad = unidentified_constants(profile)
+    if bad:
+        notes.append(f"{len(bad)} calibrated constant(s) not identified by the measurements ("
+                     + "; ".join(f"{k} {v}" for k, v in list(bad.items())[:3])
+                     + ("; ..." if len(bad) > 3 else "") + "): bands that depend on them are wide")
+    return notes
+
+
+def recompute_note(profile: HardwareProfile) -> str:
+    """One line on the constants :func:`rederive` recomputed, or ''."""
+    rows = profile.provenance.get("recomputed") or []
+    if not rows:
+        return ""
+    from qtsim.profiles.priors import DERIVED_FROM
+
+    def num(x):
+        return "absent" if x is None else f"{x:.4g}"
+
+    shown = ", ".join(f"{r['constant']} {num(r['file'])} -> {num(r['derived'])} {r['unit']}"
+                      for r in rows[:4])
+    more = f" and {len(rows) - 4} more" if len(rows) > 4 else ""
+    return (f"[physical] recomputed from [hardware] ({', '.join(DERIVED_FROM)}): {shown}{more}; a "
+            "spec-derived profile's constants follow its datasheet figures (to keep a value of "
+            "your own, give it source = 'assumed' and a basis)")
 
 
 def read_profile(path: str | os.PathLike) -> HardwareProfile:
@@ -333,6 +475,11 @@ def _candidates():
     """(origin, name, loader) for every profile, user ones first."""
     out = []
     udir = user_profile_dir()
+    env = os.environ.get("QTSIM_PROFILE_DIR")
+    if env and not udir.exists():
+        raise ProfileError(f"QTSIM_PROFILE_DIR={env}: no such directory (create it, or unset "
+                           "QTSIM_PROFILE_DIR to use ~/.config/qtsim/profiles); without it "
+                           "qtsim would silently show only the shipped profiles")
     if udir.exists() and not udir.is_dir():
         raise ProfileError(f"{udir}: the user profile directory (QTSIM_PROFILE_DIR or "
                            "~/.config/qtsim/profiles) is a file, not a directory")
@@ -353,6 +500,25 @@ def _aliases_of(text: str) -> list[str]:
     except tomllib.TOMLDecodeError:
         return []
     return [str(hw.get("name", ""))] + [str(a) for a in hw.get("aliases", [])]
+
+
+def shipped_names() -> set[str]:
+    """Names (file stems) of the shipped profiles."""
+    return {f.name[:-5] for f in resources.files("qtsim.hardware_profiles").iterdir()
+            if f.name.endswith(".toml")}
+
+
+def profile_origin(profile: HardwareProfile) -> str:
+    """Where a loaded profile came from, in words: ``shipped``, or ``user file PATH`` (and that
+    it shadows the shipped profile of the same name, so no one mistakes it for the shipped one)."""
+    where = profile.path or ""
+    if where.startswith("shipped:"):
+        return "shipped"
+    user = where and Path(where).resolve().parent == user_profile_dir().resolve()
+    text = f"{'user file' if user else 'file'} {where}" if where else "built in memory"
+    if profile.name in shipped_names() or Path(where).stem in shipped_names():
+        text += f" (named like the shipped {profile.name}, but not its figures)"
+    return text
 
 
 def list_profiles() -> list[dict]:

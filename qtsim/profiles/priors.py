@@ -20,6 +20,7 @@ the public rows first with ``python -m qtsim.calibration.public_refit``, which a
 from __future__ import annotations
 
 import csv
+import functools
 import sys
 from datetime import date
 from importlib import resources
@@ -30,6 +31,7 @@ import numpy as np
 from qtsim import __version__
 from qtsim.model.architecture import load_architecture
 from qtsim.model.physical import DEQ_BYTES_PER_WEIGHT
+from qtsim.model.precision import hardware_dtypes
 from qtsim.profiles.hardware import HardwareProfile, Param, write_profile
 from qtsim.simulate.simulator import paper_constants_table
 
@@ -68,6 +70,13 @@ def public_fit() -> dict:
     """The shipped joint fit to public rows (:mod:`qtsim.calibration.public`), written by
     ``python -m qtsim.calibration.public_refit``: fitted device factors, host constants and power
     coefficients with stderr, the campaigns' spreads, the model error and held-out scores."""
+    import copy
+
+    return copy.deepcopy(_public_fit())
+
+
+@functools.cache
+def _public_fit() -> dict:
     import tomllib
 
     return tomllib.loads((resources.files("qtsim.data.reference") / PUBLIC_FIT).read_text())
@@ -92,17 +101,25 @@ def spec_profile(row: dict, fit: dict | None = None) -> HardwareProfile:
     prof = HardwareProfile(_spec_hardware(row), prov, _device_priors(row, fit))
     prof.fit = {"public_rows": {k: v for k, v in fit["fit"].items() if not isinstance(v, dict)},
                 "model_error": fit["model_error"]}
-    prof.constants = paper_constants_table(prof, load_architecture(REFERENCE_MODEL).counts(),
-                                           REFERENCE_MODEL)
-    prof.constants["host"] = "derived with the default host part (qtsim.profiles.hosts.DEFAULT_HOST)"
+    prof.constants = spec_constants(prof)
     return prof
+
+
+def spec_constants(prof: HardwareProfile, reference_model: str = REFERENCE_MODEL) -> dict:
+    """The ``[constants]`` table of a spec-derived profile: the paper's alpha, gamma, phi and
+    eq. 18 B* for ``reference_model`` with the default host part."""
+    table = paper_constants_table(prof, load_architecture(reference_model).counts(),
+                                  reference_model)
+    table["host"] = "derived with the default host part (qtsim.profiles.hosts.DEFAULT_HOST)"
+    return table
 
 
 def _spec_hardware(row: dict) -> dict:
     """The ``[hardware]`` table of a ``gpu_specs.csv`` row: datasheet facts, aliases, idle prior."""
     name = row["gpu"]
     tdp = float(row["tdp_w"])
-    native_formats = ["fp16", "bf16", "int8"] + [f for f in row["native_low_precision"].split() if f != "int8"]
+    native_formats = hardware_dtypes({"architecture": row["architecture"], "native_formats": [
+        "fp16", "bf16", "int8", *(f for f in row["native_low_precision"].split() if f != "int8")]})
     return {
         "name": name, "aliases": ALIASES.get(name, []), "vendor": "nvidia",
         "architecture": row["architecture"], "device_type": "cuda",
@@ -115,6 +132,42 @@ def _spec_hardware(row: dict) -> dict:
         "native_dtype": "fp16", "runtime_overhead_gib": 0.6,
         "sources": [row["source"]],
     }
+
+
+def spec_row(hardware: dict) -> dict:
+    """The ``gpu_specs.csv`` row a spec profile's ``[hardware]`` table stands for: the inverse of
+    :func:`_spec_hardware`, so a profile's datasheet facts can be re-derived into its constants
+    (:func:`derived_device_constants`)."""
+    native = [f for f in hardware.get("native_formats", []) if f not in ("fp16", "bf16", "int8")]
+    return {
+        "gpu": str(hardware.get("name", "")), "architecture": str(hardware.get("architecture", "")),
+        "memory_gb": float(hardware["memory_gib"]) * 2**30 / 1e9,
+        "mem_bw_gbs": float(hardware["mem_bw_gbs"]),
+        "fp16_dense_tflops": float(hardware["fp16_tflops"]),
+        "int8_dense_tops": float(hardware["int8_tops"]), "tdp_w": float(hardware["tdp_w"]),
+        "native_low_precision": " ".join(["int8", *native]),
+        "memory_type": str(hardware.get("memory_type") or ""), "source": "",
+        "segment": str(hardware.get("segment") or ""),
+    }
+
+
+#: ``[hardware]`` keys the spec-derived ``[physical]`` constants are computed from
+DERIVED_FROM = ("mem_bw_gbs", "fp16_tflops", "int8_tops", "tdp_w", "memory_type", "segment")
+
+
+def spec_prior_names() -> tuple[str, ...]:
+    """Names of the constants a spec-derived profile holds (those of :func:`_device_priors`):
+    the schema knows them as constants of the model."""
+    row = {"gpu": "x", "architecture": "", "memory_gb": 16, "mem_bw_gbs": 1000,
+           "fp16_dense_tflops": 100, "int8_dense_tops": 200, "tdp_w": 300,
+           "native_low_precision": "int8", "memory_type": "hbm"}
+    return tuple(_device_priors(row, public_fit()))
+
+
+def derived_device_constants(hardware: dict) -> dict[str, Param]:
+    """The ``[physical]`` device constants a spec-derived profile with this ``[hardware]`` table
+    holds (:func:`_device_priors` on :func:`spec_row`): what its datasheet facts imply."""
+    return _device_priors(spec_row(hardware), public_fit())
 
 
 def _is_hbm(row: dict) -> bool:

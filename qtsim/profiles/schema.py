@@ -11,13 +11,15 @@ the key (the CLI prints it and exits 2).
 
 from __future__ import annotations
 
+import functools
 import math
+import re
 import tomllib
 from dataclasses import dataclass
 from typing import NoReturn
 
-from qtsim.errors import ProfileError
-from qtsim.model.paths import path_param_names, resolve_path
+from qtsim.errors import ProfileError, suggest
+from qtsim.model.paths import FAMILIES, path_param_names, resolve_path
 from qtsim.model.physical import GLOBAL_PARAMS
 
 SCHEMA_VERSION = 1
@@ -36,6 +38,25 @@ DATASHEET = {
 }
 #: host constants are named by these prefixes (host time per op, per launch, per step, per call)
 HOST_PARAM_PREFIXES = ("h_op", "h_launch", "h_step", "h_call_", "h_fused4bit", "h_prefill")
+#: every ``[hardware]`` key qtsim reads or writes; anything else (``mem_bw_gbsx``) is a typo that
+#: would be silently ignored, so it is refused
+HARDWARE_KEYS = (
+    "name", "aliases", "vendor", "architecture", "device_type", "memory_gib", "mem_bw_gbs",
+    "fp16_tflops", "int8_tops", "fp8_tflops", "fp4_tflops", "tdp_w", "idle_w", "memory_type",
+    "segment",
+    "native_formats", "native_dtype", "compute_dtype_4bit", "runtime_overhead_gib", "sources",
+    "device_name", "logical_cores", "cpu_threads", "t_call_includes_dispatch")
+#: the tables a profile holds
+PROFILE_TABLES = ("schema_version", "hardware", "provenance", "constants", "physical", "fit")
+#: the fields of one ``[physical.NAME]`` constant
+PARAM_FIELDS = ("value", "stderr", "unit", "source", "basis")
+#: constants of the physical model outside the kernel-path, layer and host families that
+#: :func:`is_known_param` matches by pattern (the power and energy constants come from
+#: :data:`qtsim.model.physical.GLOBAL_PARAMS` and from the spec priors' own names)
+EXTRA_PARAMS = ("t_kernel_s", "t_step_s", "t_layer_s", "t_layertok_s", "t_vocab_s", "p_idle_w",
+                "p_awake_w", "p_cap_w",
+                "prefill_tok_scale", "h_op_s", "h_launch_s", "h_step_s", "h_prefill_s",
+                "h_fused4bit_max_batch")
 #: ``[fit.model_error.QUANTITY]``: 68% (required) and 95% band half-widths of
 #: |log(measured / predicted)|, finite and >= 0
 MODEL_ERROR_HALF_WIDTHS = ("q68", "q95")
@@ -115,14 +136,76 @@ def check(doc: dict, schema: DocSchema, where: str) -> dict[str, Param]:
     raw = doc.get("physical")
     if not isinstance(raw, dict) or not raw:
         _fail(where, "missing [physical] constants")
+    if schema is PROFILE:
+        _check_profile_names(doc, head, raw, where)
     physical = {k: _param(k, entry, schema, where) for k, entry in raw.items()}
     missing = [k for k in schema.required_params if k not in physical]
     if missing:
         _fail(where, f"[physical] lacks {', '.join(missing)}")
     if schema.native_path:
         _check_native_path(physical, head.get("native_dtype", "fp16"), where)
+    if schema is PROFILE:
+        _check_power(head, physical, where)
     _check_model_error(_table(doc, "fit", where).get("model_error"), where)
     return physical
+
+
+def is_known_param(name: str) -> bool:
+    """Whether ``name`` is a constant the physical model reads: a kernel-path coefficient
+    (``t_call_<path>_s``...), a per-family layer floor, a host constant, a prefill scale, or one
+    of the named global, power and energy constants."""
+    return name in _known_names() or bool(_PARAM_RE.match(name))
+
+
+_PATHS = "|".join(sorted({*FAMILIES, "fp32"}, key=len, reverse=True))
+_PARAM_RE = re.compile(
+    rf"^(?:(?:t_call|t_weight|t_tokweight|h_call)_(?:{_PATHS})(?:_b1|_bn)?_s"
+    rf"|t_layer_(?:{_PATHS})(?:_b1|_bn)?_s|t_layertok_(?:{_PATHS})_s"
+    rf"|prefill_tok_scale_(?:{_PATHS}))$")
+
+
+@functools.cache
+def _known_names() -> frozenset[str]:
+    from qtsim.profiles.priors import spec_prior_names
+
+    return frozenset((*GLOBAL_PARAMS, *EXTRA_PARAMS, *spec_prior_names()))
+
+
+def _check_profile_names(doc: dict, head: dict, raw: dict, where: str) -> None:
+    """Refuse unknown tables, ``[hardware]`` keys, constants and constant fields: a misspelled
+    name would otherwise be read as absent and its value silently ignored."""
+    for name, known, what in ((list(doc), PROFILE_TABLES, "table"),
+                              (list(head), HARDWARE_KEYS, "[hardware] key")):
+        for k in name:
+            if k not in known:
+                _fail(where, f"unknown {what} {k!r}{suggest(k, known)}")
+    for k, entry in raw.items():
+        if not is_known_param(k):
+            _fail(where, f"[physical.{k}] is not a constant of qtsim's model"
+                         f"{suggest(k, sorted(_known_names()))}")
+        for f in entry if isinstance(entry, dict) else ():
+            if f not in PARAM_FIELDS:
+                _fail(where, f"[physical.{k}] unknown field {f!r}{suggest(f, PARAM_FIELDS)}")
+
+
+def _check_power(head: dict, physical: dict, where: str) -> None:
+    """Datasheet figures inside their plausible ranges (:data:`DATASHEET`); no idle or other
+    power above the board's limit (``tdp_w``)."""
+    for key, (unit, lo, hi) in DATASHEET.items():
+        v = head.get(key)
+        if v is not None and (not _is_number(v) or not lo <= v <= hi):
+            _fail(where, f"[hardware] {key} = {v!r} is outside {lo:g}-{hi:g} {unit} (a datasheet "
+                         "figure, dense: `qtsim profiles new` makes a profile from five of them)")
+    tdp = float(head["tdp_w"])
+    idle = head.get("idle_w")
+    if idle is not None and (not _is_number(idle) or not 0 <= idle <= tdp):
+        _fail(where, f"[hardware] idle_w = {idle!r} must lie between 0 and tdp_w = {tdp:g} W")
+    cap = physical.get("p_cap_w")  # a measured power limit (a CPU's RAPL PL1) may exceed TDP
+    limit = max(tdp, cap.value if cap is not None else 0.0)
+    for k, p in physical.items():
+        if p.unit == "W" and k != "p_cap_w" and p.value > limit * (1 + 1e-9):
+            _fail(where, f"[physical.{k}] {p.value:g} W exceeds [hardware] tdp_w = {tdp:g} W, the "
+                         "board's power limit" + (f" (and p_cap_w = {limit:g} W)" if cap else ""))
 
 
 def _fail(where: str, msg: str) -> NoReturn:

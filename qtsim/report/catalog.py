@@ -38,6 +38,7 @@ def profile_list(fmt: str = "text") -> str:
 
 def profile_card(prof, fmt: str = "text") -> str:
     """One profile's facts, constants (value ± stderr, unit, source) and provenance."""
+    from qtsim.profiles.hardware import profile_notes, unidentified_constants
     from qtsim.report.budget import profile_energy_scope
 
     if fmt == "toml":
@@ -46,6 +47,8 @@ def profile_card(prof, fmt: str = "text") -> str:
     if fmt == "json":
         return json.dumps({"hardware": prof.hardware, "provenance": prof.provenance,
                            "energy_scope": scope,
+                           "notes": profile_notes(prof),
+                           "unidentified": unidentified_constants(prof),
                            "physical": {k: vars(p) for k, p in prof.physical.items()},
                            "constants": prof.constants,
                            "fit": {k: v for k, v in prof.fit.items() if k != "correlation"}},
@@ -56,9 +59,12 @@ def profile_card(prof, fmt: str = "text") -> str:
              f"source: {pv.get('source')}  date: {pv.get('date')}  device: {pv.get('device')}  "
              f"measurements: {pv.get('n_measurements', 0)}",
              f"energy: {scope}",
+             *(f"note: {n}" for n in profile_notes(prof)),
              f"{'constant':26s} {'value':>12s} {'stderr':>11s} {'unit':18s} source     basis"]
+    bad = unidentified_constants(prof)
     lines += [f"{k:26s} {p.value:12.4g} {p.stderr:11.3g} {p.unit:18s} {p.source:10s} "
-              f"{p.basis[:70]}" for k, p in prof.physical.items()]
+              + ("NOT IDENTIFIED: " if k in bad else "") + f"{p.basis[:70]}"
+              for k, p in prof.physical.items()]
     lines += _paper_constant_lines(prof.constants)
     if prof.fit:
         lines.append("fit: " + ", ".join(f"{k}={v}" for k, v in prof.fit.items()

@@ -23,7 +23,7 @@ from qtsim.model.precision import get_precision
 from qtsim.model.workload import BnbSettings, Workload
 from qtsim.profiles.hardware import HardwareProfile
 from qtsim.report import budget
-from qtsim.report.serving import serving_assumption
+from qtsim.report.serving import bnb_version, serving_assumption
 from qtsim.simulate.simulator import Simulator
 from qtsim.simulate.stats import GIB, band
 
@@ -68,6 +68,7 @@ class Comparison:
     serving: list[str] = field(default_factory=list)
     sort: str = DEFAULT_SORT
     usd_per_hour_by_gpu: dict | None = None
+    origins: list[str] = field(default_factory=list)  # profiles not shipped: where they came from
 
     def columns(self) -> list[str]:
         """Columns worth showing: budget columns only where their assumption was given."""
@@ -93,7 +94,7 @@ class Comparison:
                 "bitsandbytes": {p: self.bnb.bnb_config(p) for p in self.query["precisions"]},
                 "assumptions": a, "sort": self.sort,
                 "units": {c: COLUMNS[c][1] for c in COLUMNS if COLUMNS[c][1]},
-                "rows": self.rows, "serving": self.serving,
+                "rows": self.rows, "serving": self.serving, "profile_origins": self.origins,
                 "note": "predictions from hardware profiles, not measurements; bands are 16-84% "
                         "over Monte-Carlo draws of each profile's constants"}
 
@@ -103,7 +104,8 @@ def compare(profiles: Sequence[HardwareProfile], arch: Architecture,
             precisions: Sequence[str] = ("fp16", "int8", "nf4"),
             assumptions: budget.BudgetAssumptions | None = None, sort: str = DEFAULT_SORT,
             n_draws: int = 200, seed: int = 0,
-            usd_per_hour_by_gpu: dict | None = None, host=None) -> Comparison:
+            usd_per_hour_by_gpu: dict | None = None, host=None,
+            bnb_release: str | None = None) -> Comparison:
     """Every GPU x precision for ``arch`` at ``workload``'s batch; rows sorted by ``sort``.
 
     ``workload``: the batch, tokens and bitsandbytes settings every precision runs with (its
@@ -111,7 +113,8 @@ def compare(profiles: Sequence[HardwareProfile], arch: Architecture,
     :class:`~qtsim.model.workload.Workload`'s defaults. ``usd_per_hour_by_gpu`` (GPU name ->
     USD per GPU-hour) prices each GPU on its own, in place of ``assumptions.usd_per_hour``;
     ``host`` the host/software part (:mod:`qtsim.profiles.hosts`) combined with every device
-    profile (None: each profile's own or the default).
+    profile (None: each profile's own or the default); ``bnb_release`` the bitsandbytes
+    release (:mod:`qtsim.model.stack`; None: each profile's recorded one, else the current).
 
     The verdict of a quantized row compares it with the GPU's own 16-bit reference at the same
     batch: "trapped" / "not trapped" (or "likely ... (uncertain)" when fewer than 84% of draws
@@ -126,10 +129,13 @@ def compare(profiles: Sequence[HardwareProfile], arch: Architecture,
             raise QtsimError(f"no GPU price for {', '.join(missing)}")
         assumptions = dataclasses.replace(assumptions, usd_per_hour=None)
     counts = arch.counts()
+    from qtsim.profiles.hardware import profile_notes
+
     rows, serving = [], []
+    origins = [f"profile {p.name}: {n}" for p in profiles for n in profile_notes(p)]
     for prof in profiles:
         workload.bnb.check(precs, prof)
-        sim = Simulator(prof, n_draws=n_draws, seed=seed, host=host)
+        sim = Simulator(prof, n_draws=n_draws, seed=seed, host=host, bnb_version=bnb_release)
         serving.append(serving_assumption(sim.profile))  # with its host part
         price = (dataclasses.replace(assumptions, usd_per_hour=usd_per_hour_by_gpu[prof.name])
                  if usd_per_hour_by_gpu else assumptions)
@@ -141,14 +147,15 @@ def compare(profiles: Sequence[HardwareProfile], arch: Architecture,
              "precisions": precs, "gpus": [p.name for p in profiles]}
     serving = list(dict.fromkeys(serving))
     return Comparison(sort_rows(rows, sort), query, assumptions, workload.bnb, serving, sort,
-                      dict(usd_per_hour_by_gpu) if usd_per_hour_by_gpu else None)
+                      dict(usd_per_hour_by_gpu) if usd_per_hour_by_gpu else None, origins)
 
 
 def compare_text(model: str, gpus: Sequence[str], profile_paths: Sequence[str],
                  workload: Workload, precisions: Sequence[str], sort: str = DEFAULT_SORT,
                  assumptions: budget.BudgetAssumptions | None = None, prices=None,
                  n_draws: int = 200, host=None, fmt: str = "text",
-                 plot_path: str | None = None) -> tuple[str, str | None]:
+                 plot_path: str | None = None,
+                 bnb_release: str | None = None) -> tuple[str, str | None]:
     """``qtsim compare``: load the GPUs (names, ``["all"]`` for every visible profile, then
     ``profile_paths``) and ``model``, compare, and format as ``fmt`` (text, json or csv).
 
@@ -170,7 +177,7 @@ def compare_text(model: str, gpus: Sequence[str], profile_paths: Sequence[str],
         assumptions = dataclasses.replace(assumptions, usd_per_hour=prices[0])
         by_gpu = None
     result = compare(profiles, arch, workload, precisions, assumptions, sort, n_draws=n_draws,
-                     usd_per_hour_by_gpu=by_gpu, host=host)
+                     usd_per_hour_by_gpu=by_gpu, host=host, bnb_release=bnb_release)
     text = (json.dumps(result.to_dict(), indent=2) if fmt == "json" else
             csv_text(result) if fmt == "csv" else format_text(result))
     written = None
@@ -254,8 +261,9 @@ def _row(sim: Simulator, counts, w: Workload, nat: dict, price: budget.BudgetAss
             bool(verdicts.costs_more(q["j_per_query"], n["j_per_query"])), share)
     j = float(q["j_per_query"])
     _, j_lo, j_hi = band(qd["j_per_query"])
-    return {
+    row = {
         "gpu": prof.name, "precision": w.bnb.label(w.precision), "fits": fits,
+        "native_fits": nat_fits,
         "peak_memory_gib": float(q["peak_bytes"]) / GIB,
         "tok_per_s": float(q["tok_per_s"]), "latency_s": float(q["latency_s"]),
         "j_per_query": j, "j_per_query_low": float(j_lo), "j_per_query_high": float(j_hi),
@@ -266,7 +274,18 @@ def _row(sim: Simulator, counts, w: Workload, nat: dict, price: budget.BudgetAss
         "p_trapped_energy": share if quant else 0.0,
         "profile_source": prof.source,
         "energy_scope": budget.profile_energy_scope(prof),
+        "bitsandbytes_version": bnb_version(prof),
     }
+    # nothing that cannot run is tabled as if it ran: a configuration that does not fit has no
+    # figures (null in JSON, empty in CSV, dashes in text); one whose 16-bit reference does not
+    # fit has no comparison with it
+    keep = {"gpu", "precision", "fits", "native_fits", "peak_memory_gib", "verdict",
+            "profile_source", "bitsandbytes_version"}
+    for k in row:
+        if (not fits and k not in keep) or (quant and not nat_fits
+                                            and k in ("energy_ratio", "p_trapped_energy")):
+            row[k] = None
+    return row
 
 
 def sort_rows(rows: list[dict], column: str) -> list[dict]:
@@ -304,7 +323,7 @@ def format_text(c: Comparison) -> str:
     q = c.query
     head = [COLUMNS[k][0] for k in cols]
     # a configuration that does not fit has no throughput or cost to speak of: dashes, so that
-    # its hypothetical figures never read as the cheapest option (JSON and CSV keep them)
+    # its hypothetical figures never read as the cheapest option (null in JSON and CSV too)
     hypothetical = set(cols) - {"gpu", "precision", "fits", "peak_memory_gib", "verdict"}
     body = [[("-" if (not r["fits"] and k in hypothetical) else _cell(k, r[k])) for k in cols]
             for r in c.rows]
@@ -330,6 +349,7 @@ def format_text(c: Comparison) -> str:
     out.append("verdict: energy per query vs the same GPU's 16-bit run (J/query, power model); "
                "'likely' = fewer than 84% of the profile's Monte-Carlo draws agree")
     out += c.serving
+    out += c.origins
     out.append("every figure is a prediction from a hardware profile, not a measurement "
                "(spec-derived profiles carry wide priors: `qtsim trap` shows the bands)")
     return "\n".join(out)

@@ -24,22 +24,25 @@ def simulate_to_files(gpus: Sequence[str], profile_paths: Sequence[str], models:
                       trust_table: str | None = None, depth: float | None = None,
                       policy: str = "linear", n_draws: int = 0, seed: int = 0,
                       command: str = "", progress_bar: Callable | None = None,
-                      echo: Callable[[str], None] = print) -> None:
+                      echo: Callable[[str], None] = print, force: bool = False,
+                      bnb_release: str | None = None) -> None:
     """Load the profiles (``gpus`` names, then ``profile_paths``) and ``models`` (names or
     config paths; ``family`` scaled to ``sizes``, ``"LO:HI:N"``), simulate the grid over
     ``workload.batch`` (:func:`qtsim.simulate.surface.simulate`) and write ``out`` (HDF5),
     ``csv_path`` and the ``plots`` into ``plot_dir``: every target is checked before computing
-    and renamed into place only when all were written. ``progress_bar(total)`` gives a context
-    manager with ``update(n)``; ``echo`` receives the report lines.
+    and renamed into place only when all were written; an existing file is refused unless
+    ``force``. ``progress_bar(total)`` gives a context manager with ``update(n)``; ``echo``
+    receives the report lines.
     """
     from qtsim.report.plots import save
     from qtsim.simulate.dataset import grid_line, quantities, write_csv, write_hdf5
     from qtsim.simulate.surface import n_blocks, simulate
 
     profiles, archs, fam, size_grid = load_grid_inputs(gpus, profile_paths, models, family, sizes,
-                                              workload, plots)
-    _check_targets(out, csv_path, plot_dir)  # refuse before computing, not after
+                                              workload, plots, bnb_release)
+    _check_targets(out, csv_path, plot_dir, force)  # refuse before computing, not after
     n_models = len(archs) + (len(size_grid) if size_grid is not None else 0)
+    check_grid_size(len(profiles), len(precisions), n_models, len(workload.batch), n_draws)
     total = len(profiles) * len(precisions) * n_blocks(max(n_models, 1),
                                                        len(workload.batch), n_draws)
     t0 = time.perf_counter()
@@ -47,7 +50,7 @@ def simulate_to_files(gpus: Sequence[str], profile_paths: Sequence[str], models:
         surface = simulate(profiles, archs, precisions, workload, size_grid, fam, trust_table,
                            depth, policy, n_draws=n_draws, seed=seed, progress=bar.update)
     echo(grid_line(surface, n_draws, time.perf_counter() - t0))
-    with Outputs() as o:  # all or nothing: a failing figure leaves no half-written set behind
+    with Outputs(force) as o:  # all or nothing: a failing figure leaves no half-written set behind
         write_hdf5(surface, o.tmp(out), command, compress=compress)
         done = [f"wrote {out} ({len(quantities(surface))} quantities)"]
         if csv_path:
@@ -64,10 +67,24 @@ def simulate_to_files(gpus: Sequence[str], profile_paths: Sequence[str], models:
     echo(_summary(surface))
 
 
-def load_grid_inputs(gpus, profile_paths, models, family, sizes, workload: Workload, plots=()):
+def check_grid_size(n_gpus: int, n_precisions: int, n_models: int, n_batches: int,
+                    n_draws: int) -> None:
+    """Refuse, before any work, too few draws for a band (:func:`qtsim.simulate.stats.check_draws`)
+    and a grid whose surface cannot fit in this machine's memory
+    (:func:`qtsim.simulate.memory.check_surface`)."""
+    from qtsim.simulate.memory import check_surface
+    from qtsim.simulate.stats import check_draws
+
+    check_draws(n_draws)
+    check_surface(n_gpus * n_precisions * max(n_models, 1) * n_batches, n_draws)
+
+
+def load_grid_inputs(gpus, profile_paths, models, family, sizes, workload: Workload, plots=(),
+                     bnb_release: str | None = None):
     """(profiles, architectures, family, size grid) of a simulate run (one machine or a fleet),
     refused with one line when a GPU is listed twice, a context is too long or a figure is
-    unknown."""
+    unknown. Each profile comes with its host part and bitsandbytes stack (``bnb_release``:
+    :meth:`~qtsim.profiles.hardware.HardwareProfile.for_serving`)."""
     from qtsim.model.architecture import check_context, load_architecture
     from qtsim.profiles.hardware import load_profile
     from qtsim.simulate.surface import parse_sizes
@@ -75,6 +92,7 @@ def load_grid_inputs(gpus, profile_paths, models, family, sizes, workload: Workl
     if not gpus and not profile_paths:
         raise QtsimError("give --gpu GPU[,GPU...] or --profile FILE")
     profiles = [load_profile(g) for g in gpus] + [load_profile(path=p) for p in profile_paths]
+    profiles = [p.for_serving(None, bnb_release) for p in profiles]
     names = [p.name for p in profiles]
     if len(set(names)) != len(names):
         raise QtsimError(f"GPU listed twice: {', '.join(names)}")
@@ -145,8 +163,18 @@ def _plots(surface, plots, profiles, archs, fam, size_grid, workload: Workload, 
     return out
 
 
-def _check_targets(out, csv_path, plot_dir) -> None:
-    """Create the output folders and refuse targets that cannot be written, before any work."""
+def refuse_existing(path, force: bool, option: str = "") -> None:
+    """A one-line refusal to replace an existing file unless ``force`` (``--force``)."""
+    if path and not force and Path(path).is_file():
+        raise QtsimError(f"{path} exists{f' ({option})' if option else ''}: pass --force to "
+                         "replace it, or choose another name")
+
+
+def _check_targets(out, csv_path, plot_dir, force: bool = False) -> None:
+    """Create the output folders and refuse targets that cannot be written (or that exist,
+    unless ``force``), before any work."""
+    refuse_existing(out, force, "--out")
+    refuse_existing(csv_path, force, "--csv")
     folders = [Path(p).parent for p in (out, csv_path) if p] + ([Path(plot_dir)] if plot_dir else [])
     for f in folders:
         try:
@@ -172,8 +200,9 @@ class Outputs:
     place only when every one succeeded (folders are created as needed); on any failure the
     temporaries are removed and no target is touched."""
 
-    def __init__(self):
+    def __init__(self, force: bool = True):
         self.pending: list[tuple[Path, Path]] = []
+        self.force = force
 
     def tmp(self, target) -> str:
         t = Path(target)
@@ -183,6 +212,7 @@ class Outputs:
             raise QtsimError(f"{t.parent}: cannot create the folder ({e.strerror or e})") from None
         if t.is_dir():
             raise QtsimError(f"{t}: is a folder, give a file name")
+        refuse_existing(t, self.force)
         tmp = t.with_name(f".{t.stem}.{os.getpid()}.partial{t.suffix}")
         self.pending.append((tmp, t))
         return str(tmp)
@@ -213,8 +243,12 @@ def _summary(surface) -> str:
     rows = len(c["gpu"]) * len(quant) * len(c["model"])
     b0 = c["batch"][0]
     foot = (f"{surface.attrs['note']}; profiles: "
-            + ", ".join(f"{p['name']} ({p['source']}, {p['priors']} priors)"
-                        for p in profiles(surface)))
+            + ", ".join(f"{p['name']} ({p['source']}, {p['priors']} priors, "
+                        f"{p.get('bitsandbytes', 'bitsandbytes not stated')}"
+                        + ("" if p.get("origin", "shipped") == "shipped" else f"; {p['origin']}")
+                        + ")" for p in profiles(surface)))
+    foot += "".join(f"\nprofile {p['name']}: {n}" for p in profiles(surface)
+                    for n in p.get("notes", []))
     if rows == 0 or rows > 40:
         return foot
     trust = trust_status(surface)
@@ -235,10 +269,18 @@ def _summary(surface) -> str:
                          "trapped_everywhere": f"all B <= {top:g}",
                          "never_trapped": f"none B <= {top:g}",
                          "native_oom": "native OOM"}[kind]
+                si_ = v("si")
+                if not v("fits"):  # nothing to compare: it cannot run (its figures are NaN)
+                    lines.append(f"{g:24s} {p:5s} {m[:18]:18s} {'DOES NOT FIT':>20s} "
+                                 f"({v('peak_memory_gib'):.3g} GiB)  {trust[(p, m)]}")
+                    continue
+                if not v("native_fits"):
+                    lines.append(f"{g:24s} {p:5s} {m[:18]:18s} {'ONLY OPTION':>20s} "
+                                 f"(16-bit does not fit)  {trust[(p, m)]}")
+                    continue
                 tr = ("yes" if v("trapped_energy") else "no") + "|" + (
                     "yes" if v("trapped_energy_hli") else "no")
                 ratio = f"{v('energy_ratio'):.2f}|{v('energy_ratio_hli'):.2f}"
-                si_ = v("si")
                 lines.append(f"{g:24s} {p:5s} {m[:18]:18s} {ratio:>11s} {tr:>8s} "
                              f"{si_ if np.isfinite(si_) else float('nan'):6.3f}  {bstar:16s} "
                              f"{trust[(p, m)]}")

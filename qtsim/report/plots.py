@@ -22,6 +22,7 @@ PRECISION_COLORS = {"fp16": "#4c72b0", "bf16": "#64b5cd", "int8": "#dd8452", "nf
                     "fp4": "#8172b3"}
 GPU_STYLES = ("-", "--", ":", "-.")
 DISCLAIMER = "predictions from hardware profiles, not measurements"
+NO_FIT_COLOR = "#c8c8c8"  # configurations that do not fit in device memory: no verdict
 
 
 def _figure(nrows: int, ncols: int, width: float, height: float):
@@ -96,9 +97,11 @@ def _trap_map_axes(ax, m: dict, marks=()) -> None:
 
     s, b = m["sizes"], m["batches"]
     sx, by = np.meshgrid(s, b, indexing="ij")
-    trapped = np.asarray(m["trapped"], float)
-    ax.pcolormesh(sx, by, trapped, shading="nearest", vmin=0, vmax=1,
-                  cmap=ListedColormap(["#e3f1e3", "#f3aaa4"]), rasterized=True)
+    fits = np.asarray(m.get("fits", np.ones_like(m["trapped"])), bool)
+    # 0 not trapped, 1 trapped, 2 the quantized model itself does not fit: no verdict there
+    cls = np.where(fits, np.asarray(m["trapped"], float), 2.0)
+    ax.pcolormesh(sx, by, cls, shading="nearest", vmin=0, vmax=2,
+                  cmap=ListedColormap(["#e3f1e3", "#f3aaa4", NO_FIT_COLOR]), rasterized=True)
     with mpl.rc_context({"hatch.color": "0.45", "hatch.linewidth": 0.6}):
         if m.get("p_trapped") is not None:
             p = np.asarray(m["p_trapped"])
@@ -110,9 +113,13 @@ def _trap_map_axes(ax, m: dict, marks=()) -> None:
         if nofit.any():
             ax.contourf(sx, by, nofit, levels=[0.5, 1.5], colors="none", hatches=["//"])
             ax.contour(sx, by, nofit, levels=[0.5], colors="0.25", linewidths=0.8)
+    # boundaries only where a model runs: B*(N) where size N fits at that batch, N*(B) where
+    # the model of size N* fits at batch B
     bn = np.where(np.isin(m["b_star_kind"], (0, 1)), m["b_star_of_n"], np.nan)
+    bn = np.where(_fits_at(fits, b, bn, axis=1), bn, np.nan)
     ax.plot(s, bn, color="k", lw=1.8)
     nb = np.where(np.isin(m["n_star_kind"], (0, 1)), m["n_star_of_b"], np.nan)
+    nb = np.where(_fits_at(fits.T, s, nb, axis=1), nb, np.nan)
     ax.plot(nb, b, color="#1f3fbf", lw=1.6, ls="--", marker="o", ms=2.5)
     shown = [(name, n) for name, n in marks if s.min() <= n <= s.max()]
     span = np.log10(s.max() / s.min())
@@ -132,6 +139,15 @@ def _trap_map_axes(ax, m: dict, marks=()) -> None:
     ax.set_ylabel("batch size B (sequences)")
     ax.set_title(f"{m['gpu']}: {m['precision'].upper()} vs FP16 ({m['family']} family)",
                  fontsize=10)
+
+
+def _fits_at(fits, grid, values, axis: int = 1) -> np.ndarray:
+    """Whether each row of ``fits`` (rows x ``grid``) fits at ``values`` (one per row, on
+    ``grid``'s scale; NaN: False), read at the nearest grid point at or below it."""
+    v = np.asarray(values, float)
+    idx = np.clip(np.searchsorted(grid, np.where(np.isfinite(v), v, grid[0]), side="right") - 1,
+                  0, len(grid) - 1)
+    return np.isfinite(v) & np.take_along_axis(fits, idx[:, None], axis=axis)[:, 0]
 
 
 def plot_trap_maps(maps, ncols: int | None = None, marks=()):
@@ -159,6 +175,8 @@ def plot_trap_maps(maps, ncols: int | None = None, marks=()):
     if any(m.get("p_trapped") is not None for m in maps):
         handles.append(Patch(facecolor="white", edgecolor="0.45", hatch="..",
                              label="uncertain: 16-84% of draws trapped"))
+    if any((~np.asarray(m.get("fits", True), bool)).any() for m in maps):
+        handles.append(Patch(facecolor=NO_FIT_COLOR, label="quantized does not fit: no verdict"))
     if any((~np.asarray(m["native_fits"], bool)).any() for m in maps):
         handles.append(Patch(facecolor="white", edgecolor="0.3", hatch="//",
                              label="native 16-bit does not fit"))
@@ -205,6 +223,37 @@ def _fig1_bars(surface, name: str, model: str, batch, native=None):
     return bars
 
 
+def _fig1_legend(fig, precs) -> None:
+    """Precision colours and the HLI tick, above the panels."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=PRECISION_COLORS.get(p, "0.5"), label=p.upper()) for p in precs]
+    handles.append(Line2D([], [], marker="_", ls="none", color="k", markersize=14, mew=2,
+                          label="J/query by the paper's HLI (TDP x latency)"))
+    _legend(fig, handles, 9, col_in=2.2)
+
+
+def _fig1_bar_group(ax, xs, w, p: str, vals, lo_v, hi_v, fits) -> tuple[bool, bool, bool]:
+    """One precision's bars at ``xs`` (one per GPU), with their 16-84% error bars; no bar where
+    the configuration does not fit, or (NaN) has no 16-bit run to compare with, but a note.
+    Returns (any error bar, any gap, any bar drawn)."""
+    vals = np.where(np.asarray(fits, bool), vals, np.nan)  # trust too: nothing that cannot run
+    err = None
+    if lo_v is not None:
+        err = np.abs(np.vstack([vals - lo_v, hi_v - vals]))
+        err = np.where(np.isfinite(err), err, 0.0)
+    ax.bar(xs, vals, w * 0.92, color=PRECISION_COLORS.get(p, "0.5"), yerr=err,
+           capsize=2, error_kw={"lw": 0.8, "ecolor": "0.2"}, label=p.upper())
+    for x_, v_, f_ in zip(xs, vals, fits, strict=True):
+        if not np.isfinite(v_):
+            ax.text(x_, 0.02, "does not fit" if not f_ else "no 16-bit run", rotation=90,
+                    ha="center", va="bottom", fontsize=7, color="0.35", style="italic",
+                    transform=ax.get_xaxis_transform())
+    return (err is not None and bool(np.any(err > 0)), bool(np.any(~np.isfinite(vals))),
+            bool(np.any(np.isfinite(vals))))
+
+
 def plot_fig1_panel(surface, model: str, batch=None, native=None):
     """The paper's Fig. 1 for one model: six panels of grouped bars (GPU groups, precision bars).
 
@@ -213,32 +262,26 @@ def plot_fig1_panel(surface, model: str, batch=None, native=None):
     16-bit bars are the comparison the figure exists for: when ``surface`` has no native
     precision, pass ``native``, a surface of the same GPUs and model at the native precision.
     """
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-
     c = {d: surface[d].values.tolist() for d in ("gpu", "batch")}
     batch = c["batch"][0] if batch is None else batch
     gpus = c["gpu"]
     fig, axes = _figure(2, 3, max(12.5, 1.1 * len(gpus) + 6), 7.8)
     x = np.arange(len(gpus))
     precs: list[str] = []
-    any_band = False
+    any_band = no_fit = False
     rotate = sum(len(g) for g in gpus) > 40  # long or many names: slant them
     for ax, (name, ylabel, title) in zip(axes.flat, FIG1_PANELS, strict=True):
         bars = _fig1_bars(surface, name, model, batch, native)
         hli_bars = dict((p, v) for p, v, _, _ in _fig1_bars(surface, "j_per_query_hli", model,
                                                              batch, native))
+        fit = {p: v for p, v, *_ in _fig1_bars(surface, "fits", model, batch, native)}
         precs = [p for p, *_ in bars]
         w = 0.8 / len(bars)
+        drawn = False
         for k, (p, vals, lo_v, hi_v) in enumerate(bars):
             xs = x + (k - (len(bars) - 1) / 2) * w
-            err = None
-            if lo_v is not None:
-                err = np.abs(np.vstack([vals - lo_v, hi_v - vals]))
-                err = np.where(np.isfinite(err), err, 0.0)
-                any_band = any_band or bool(np.any(err > 0))
-            ax.bar(xs, vals, w * 0.92, color=PRECISION_COLORS.get(p, "0.5"), yerr=err,
-                   capsize=2, error_kw={"lw": 0.8, "ecolor": "0.2"}, label=p.upper())
+            band, gap, shown = _fig1_bar_group(ax, xs, w, p, vals, lo_v, hi_v, fit[p])
+            any_band, no_fit, drawn = any_band or band, no_fit or gap, drawn or shown
             if name == "j_per_query":
                 ax.scatter(xs, hli_bars[p], marker="_", s=220, color="k", lw=2, zorder=3)
         if name in ("t_si", "e_si", "s_si", "si"):
@@ -247,14 +290,13 @@ def plot_fig1_panel(surface, model: str, batch=None, native=None):
             ax.set_xticks(x, gpus, fontsize=8, rotation=30, ha="right", rotation_mode="anchor")
         else:
             ax.set_xticks(x, gpus, fontsize=9)
-        ax.set_xlabel("GPU")
-        ax.set_ylabel(ylabel)
+        ax.set_xlim(-0.5, len(gpus) - 0.5)  # every GPU's slot, bars or not
+        if not drawn:
+            ax.set_ylim(0, 1.2)  # nothing runs here: an axis from 0, not a zoom on nothing
+        ax.set(xlabel="GPU", ylabel=ylabel)
         ax.set_title(title, fontsize=10)
         ax.margins(y=0.12)
-    handles = [Patch(facecolor=PRECISION_COLORS.get(p, "0.5"), label=p.upper()) for p in precs]
-    handles.append(Line2D([], [], marker="_", ls="none", color="k", markersize=14, mew=2,
-                          label="J/query by the paper's HLI (TDP x latency)"))
-    _legend(fig, handles, 9, col_in=2.2)
+    _fig1_legend(fig, precs)
     t = {}
     for surf in ([native] if native is not None else []) + [surface]:
         t.update({p: st for (p, m), st in trust_status(surf).items() if m == model})
@@ -262,8 +304,11 @@ def plot_fig1_panel(surface, model: str, batch=None, native=None):
     a = surface.attrs
     bands = ("error bars: 16-84% of Monte-Carlo draws" if any_band else "no uncertainty bands "
              "(run with --draws N for them)")
+    fit_text = ("no bar where the configuration does not fit in device memory ('does not "
+                "fit'), nor a pillar where its 16-bit reference does not ('no 16-bit run'); "
+                if no_fit else "")
     _footnote(fig, f"{model}, batch {batch:g}, K = {a['new_tokens']} new tokens; trust: {trust}; "
-                   f"S_SI and SI from the power model; {bands}; {DISCLAIMER}")
+                   f"S_SI and SI from the power model; {bands}; {fit_text}{DISCLAIMER}")
     return fig
 
 
@@ -286,23 +331,30 @@ def plot_cor_vs_batch(surface, models=None):
     for ax in list(axes.flat)[len(models):]:
         ax.set_visible(False)
     for ax, model in zip(axes.flat, models, strict=False):
+        drawn = False
         for gi, gpu in enumerate(c["gpu"]):
             for p in precs:
                 def cor(var, gpu=gpu, p=p, model=model):
                     return surface[var].sel(gpu=gpu, precision=p, model=model).values
 
-                y = cor("cor")
+                y = cor("cor")  # NaN where it or its 16-bit reference does not fit: a gap
                 col = PRECISION_COLORS.get(p, "0.5")
                 ax.plot(b, y, color=col, ls=GPU_STYLES[gi % len(GPU_STYLES)], marker="o", ms=3)
+                drawn = drawn or bool(np.isfinite(y).any())
                 if bands:
                     ax.fill_between(b, cor("cor_low"), cor("cor_high"), color=col, alpha=0.15,
                                     lw=0)
+        if not drawn:
+            ax.text(0.5, 0.5, "does not fit in memory at any batch shown\n(quantized or 16-bit)",
+                    ha="center", va="center", fontsize=9, color="0.3", style="italic",
+                    transform=ax.transAxes)
         ax.axhline(1.0, color="#c03030", lw=1, ls="--")
         ax.axhline(0.0, color="0.4", lw=0.7)
         ax.text(0.01, 0.99, "above the red line (COR = 1): casting dominates", va="top",
                 ha="left", fontsize=7, color="#c03030", transform=ax.transAxes,
                 bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85})
         ax.set_xscale("log", base=2)
+        ax.set_xlim(b.min() / 1.15, b.max() * 1.15)
         ax.xaxis.set_major_formatter(lambda v, _p: f"{v:g}")
         ax.set_xlabel("batch size B (sequences)")
         ax.set_ylabel("COR = tau_p / tau_ref - 1 (eq. 9)")
@@ -317,5 +369,6 @@ def plot_cor_vs_batch(surface, models=None):
     band_text = ("shaded: 16-84% of Monte-Carlo draws" if bands
                  else "no uncertainty bands (run with --draws N for them)")
     _footnote(fig, f"{gpus}; K = {surface.attrs['new_tokens']} new tokens; {band_text}; "
+                   "no point where the quantized or the 16-bit model does not fit in memory; "
                    f"{DISCLAIMER}")
     return fig

@@ -22,7 +22,7 @@ from qtsim.profiles.hardware import HardwareProfile
 from qtsim.report import budget
 from qtsim.report.serving import bnb_version, serving_assumption
 from qtsim.simulate.simulator import Simulator
-from qtsim.simulate.stats import GIB, band
+from qtsim.simulate.stats import GIB, band, gib_texts
 
 
 def _stat(central, draws):
@@ -33,15 +33,23 @@ def _stat(central, draws):
 def assess_trap(profile: HardwareProfile, arch: Architecture, workload: Workload,
                 trust_table: str | None = None, policy: str = "linear", n_draws: int = 400,
                 seed: int = 0, host=None,
-                assumptions: budget.BudgetAssumptions | None = None) -> dict:
+                assumptions: budget.BudgetAssumptions | None = None,
+                bnb_release: str | None = None) -> dict:
     """The full trap report as a JSON-ready dict (keys documented in the README).
 
     ``workload``: the quantized precision with its bitsandbytes settings (used for every figure,
     B* and N* included), the batch and the tokens. ``host``: the host/software part (name or
     file, :mod:`qtsim.profiles.hosts`); None = the profile's own or the default host.
     ``assumptions``: PUE, grid intensity and GPU price behind the budget figures.
+    ``bnb_release``: the bitsandbytes release predicted (default: the profile's recorded one,
+    else the current release, stated as assumed: :mod:`qtsim.model.stack`).
     """
-    sim = Simulator(profile, n_draws=n_draws, seed=seed, host=host)
+    from qtsim.simulate.memory import check_trap_draws
+    from qtsim.simulate.stats import check_draws
+
+    check_draws(n_draws, allow_zero=False)
+    check_trap_draws(n_draws)
+    sim = Simulator(profile, n_draws=n_draws, seed=seed, host=host, bnb_version=bnb_release)
     profile = sim.profile
     assumptions = dataclasses.replace(assumptions or budget.BudgetAssumptions(),
                                       scope=budget.profile_energy_scope(profile))
@@ -49,7 +57,7 @@ def assess_trap(profile: HardwareProfile, arch: Architecture, workload: Workload
     counts = arch.counts()
     q, n, d = sim.compare(counts, workload)
     qd, nd, dd = sim.compare(counts, workload, draws=True)
-    trust = lookup_trust(arch.name, workload.precision, profile.native, trust_table)
+    trust = lookup_trust(arch.name, workload.precision, profile.native, trust_table, arch=arch)
     fits = {"quantized": bool(q["fits"]), "native": bool(n["fits"])}
     rep = {
         "query": _query(profile, arch, workload),
@@ -58,13 +66,10 @@ def assess_trap(profile: HardwareProfile, arch: Architecture, workload: Workload
         "quantized": _side(q, qd),
         "native": _side(n, nd),
         "budget": {"assumptions": assumptions.to_dict(),
-                   "quantized": budget.figures(float(q["j_per_query"]), float(q["tok_per_s"]),
-                                               assumptions),
-                   "native": budget.figures(float(n["j_per_query"]), float(n["tok_per_s"]),
-                                            assumptions)},
-        "serving": {"framework": "transformers generate", "execution": "eager",
-                    "bitsandbytes_version": bnb_version(profile),
-                    "statement": serving_assumption(profile)},
+                   **{side: budget.figures(float(x["j_per_query"]), float(x["tok_per_s"]),
+                                           assumptions) for side, x in (("quantized", q),
+                                                                        ("native", n))}},
+        "serving": _serving(profile),
         "ratios": {
             "energy": _stat(d["energy_ratio"], dd["energy_ratio"]),
             "energy_hli": float(d["energy_ratio_hli"]),
@@ -80,7 +85,7 @@ def assess_trap(profile: HardwareProfile, arch: Architecture, workload: Workload
     }
     v = rep["verdict"]
     v.update(fits_note=_fits_note(q, n, workload, profile), fits=fits["quantized"],
-             native_fits=fits["native"])
+             native_fits=fits["native"], bitsandbytes_version=bnb_version(profile))
     if "p_awake_w" in profile.physical and profile.overlap:
         v["awake_sensitivity"] = sim.verdict_range(counts, workload, "p_awake_w")
     v["headline"] = fits_headline(rep)
@@ -93,7 +98,7 @@ def assess_trap(profile: HardwareProfile, arch: Architecture, workload: Workload
 def trap_text(gpu: str | None, profile_path: str | None, model: str, workload: Workload,
               trust_table: str | None = None, policy: str = "linear", n_draws: int = 400,
               host=None, assumptions: budget.BudgetAssumptions | None = None,
-              fmt: str = "text") -> str:
+              fmt: str = "text", bnb_release: str | None = None) -> str:
     """``qtsim trap``: the report for ``model`` on a profile (``gpu`` name or ``profile_path``)
     at ``workload``, as ``fmt`` (text, json or csv: :func:`format_text`, the JSON of
     :func:`assess_trap`, or :func:`csv_text`)."""
@@ -106,12 +111,20 @@ def trap_text(gpu: str | None, profile_path: str | None, model: str, workload: W
     arch = load_architecture(model)
     check_context(arch, workload.prompt_tokens, workload.new_tokens)
     report = assess_trap(prof, arch, workload, trust_table, policy, n_draws=n_draws, host=host,
-                         assumptions=assumptions)
+                         assumptions=assumptions, bnb_release=bnb_release)
     if fmt == "json":
         return json.dumps(report, indent=2)
     if fmt == "csv":
         return csv_text(report)
     return format_text(report)
+
+
+def _serving(profile: HardwareProfile) -> dict:
+    """The execution model and the bitsandbytes release every verdict depends on."""
+    return {"framework": "transformers generate", "execution": "eager",
+            "bitsandbytes_version": bnb_version(profile),
+            "bitsandbytes_version_source": (profile.bnb or {}).get("source", ""),
+            "statement": serving_assumption(profile)}
 
 
 def _query(profile: HardwareProfile, arch: Architecture, w: Workload) -> dict:
@@ -156,12 +169,13 @@ def _verdicts(q, n, d, qd, nd, dd, t_si: float, policy: str) -> dict:
 def _fits_note(q: dict, n: dict, w: Workload, profile: HardwareProfile) -> str:
     """Why memory, not the comparison, decides (or '' when both fit)."""
     if not n["fits"] and q["fits"]:
-        return (f"the native {profile.native} model needs {float(n['peak_bytes']) / GIB:.1f} GiB "
-                f"and does not fit in {profile.memory_bytes / GIB:.1f} GiB: quantization is the "
-                "only way to run it here, whatever it costs")
+        need, cap = gib_texts(float(n["peak_bytes"]) / GIB, profile.memory_bytes / GIB)
+        return (f"the native {profile.native} model needs {need} and does not fit in {cap}: "
+                "quantization is the only way to run it here, whatever it costs")
     if not q["fits"]:
-        return (f"even the {w.precision} model needs {float(q['peak_bytes']) / GIB:.1f} GiB and "
-                f"does not fit in {profile.memory_bytes / GIB:.1f} GiB at batch {w.batch}")
+        need, cap = gib_texts(float(q["peak_bytes"]) / GIB, profile.memory_bytes / GIB)
+        return (f"even the {w.precision} model needs {need} and does not fit in {cap} at batch "
+                f"{w.batch}")
     return ""
 
 
@@ -197,8 +211,13 @@ def _host(profile: HardwareProfile) -> dict:
 
 
 def _profile(sim: Simulator, n_draws: int) -> dict:
+    from qtsim.profiles.hardware import profile_notes, profile_origin, unidentified_constants
+
     profile = sim.profile
-    return {"name": profile.name, "source": profile.source,
+    return {"name": profile.name, "source": profile.source, "origin": profile_origin(profile),
+            "recomputed": list(profile.provenance.get("recomputed") or []),
+            "unidentified": unidentified_constants(profile),
+            "notes": profile_notes(profile, origin=False),
             "memory_gib": profile.memory_bytes / GIB,
             "calibrated": profile.source == "calibrated",
             "priors": sum(1 for p in profile.physical.values() if p.source == "prior"),
@@ -231,17 +250,17 @@ def fits_headline(r: dict) -> str:
     qy, qn, nt = r["query"], r["quantized"], r["native"]
     p, nat = qy["precision"].upper(), qy["native"].upper()
     cap = r["profile"].get("memory_gib")
-    has = f"; {qy['gpu']} has {cap:.1f} GiB" if cap else f" on {qy['gpu']}"
+    q_gib, n_gib, cap_gib = gib_texts(qn["peak_memory_gib"], nt["peak_memory_gib"], cap or 0.0)
+    has = f"; {qy['gpu']} has {cap_gib}" if cap else f" on {qy['gpu']}"
     at = f" (batch {qy['batch']})"
-    q_gib, n_gib = qn["peak_memory_gib"], nt["peak_memory_gib"]
     if not qn["fits"] and not nt["fits"]:
-        return (f"DOES NOT FIT: {qy['model']} needs {q_gib:.1f} GiB at {p} and {n_gib:.1f} GiB "
+        return (f"DOES NOT FIT: {qy['model']} needs {q_gib} at {p} and {n_gib} "
                 f"at {nat}{has}{at}: no verdict, it runs in neither")
     if not qn["fits"]:
-        return (f"DOES NOT FIT: {qy['model']} needs {q_gib:.1f} GiB at {p} ({nat}: "
-                f"{n_gib:.1f} GiB){has}{at}: no verdict")
+        return (f"DOES NOT FIT: {qy['model']} needs {q_gib} at {p} ({nat}: "
+                f"{n_gib}){has}{at}: no verdict")
     if not nt["fits"]:
-        return (f"ONLY {p} FITS: {qy['model']} needs {n_gib:.1f} GiB at {nat} but {q_gib:.1f} GiB "
+        return (f"ONLY {p} FITS: {qy['model']} needs {n_gib} at {nat} but {q_gib} "
                 f"at {p}{has}{at}: quantizing is the only way to run it here, whatever the "
                 "comparison below says")
     return ""
@@ -262,7 +281,8 @@ def format_text(r: dict) -> str:
     lines += [
         f"{head} on energy: {p} vs {nat} for {qy['model']} on {qy['gpu']}, batch {qy['batch']}, "
         f"{qy['new_tokens']} new tokens ({qy['prompt_tokens']}-token prompt)"
-        + (f"; {_bnb_text(r['bitsandbytes'])}" if r.get("bitsandbytes") else ""),
+        + (f"; {_bnb_text(r['bitsandbytes'])}" if r.get("bitsandbytes") else "")
+        + _stack_text(r),
         f"  energy  {v['energy']:<30s} J/query {p} {_fmt(qn['j_per_query'])} vs {nat} {_fmt(nt['j_per_query'])}"
         f"  ratio {_fmt(ra['energy'], 'x')}",
         f"  time    {v['time']:<30s} tok/s   {p} {_fmt(qn['tok_per_s'])} vs {nat} {_fmt(nt['tok_per_s'])}"
@@ -291,7 +311,9 @@ def format_text(r: dict) -> str:
     pr = r["profile"]
     src = ("calibrated" if pr["calibrated"] else f"{pr['source']}-derived with {pr['priors']} priors "
            "(wide bands; run `qtsim calibrate` on this GPU to narrow them)")
-    lines.append(f"  profile: {pr['name']} ({src}; {pr['device']}, {pr['date']})")
+    origin = "" if pr.get("origin", "shipped") == "shipped" else f"{pr['origin']}; "
+    lines.append(f"  profile: {pr['name']} ({origin}{src}; {pr['device']}, {pr['date']})")
+    lines += [f"  profile note: {n}" for n in pr.get("notes", [])]
     lines.append(f"  host: {r['host']['name']}")
     if r.get("serving"):
         lines.append(f"  {r['serving']['statement']}")
@@ -303,6 +325,15 @@ def format_text(r: dict) -> str:
                  f"(+-{100 * me['q68'].get('latency_s', 0):.0f}% latency, {me['source']}); "
                  "every figure is a prediction, not a measurement")
     return "\n".join(lines)
+
+
+def _stack_text(r: dict) -> str:
+    """'; bitsandbytes 0.50.2 (assumed)': the release the verdict depends on, beside it."""
+    sv = r.get("serving") or {}
+    if not sv.get("bitsandbytes_version"):
+        return ""
+    why = str(sv.get("bitsandbytes_version_source", "")).split(":")[0]
+    return f"; bitsandbytes {sv['bitsandbytes_version']}" + (f" ({why})" if why else "")
 
 
 def _bnb_text(cfg: dict) -> str:
@@ -376,6 +407,9 @@ def _threshold_text(t: dict, unit: str) -> str:
         side = "trapped below" if t["kind"] == "crossing" else "trapped above"
         if "kernel switch" in t["reason"]:
             side += ": the verdict flips where bitsandbytes leaves its batch-1 GEMV kernel"
+        elif "fused 4-bit GEMM ends" in t["reason"]:
+            side += (": the verdict flips where bitsandbytes' fused 4-bit GEMM ends and "
+                     "dequantisation starts")
         return f"{fmt(v)}{b} ({side}{extra})"
     return f"none: {t['reason']}{b}{extra}"
 
@@ -399,7 +433,7 @@ CSV_COLUMNS = (
     "si", "si_low", "si_high", "t_si", "e_si", "s_si", "trust_status",
     "b_star", "b_star_low", "b_star_high", "b_star_kind", "b_star_eq18",
     "n_star", "n_star_low", "n_star_high", "n_star_kind",
-    "profile", "profile_source", "profile_priors",
+    "profile", "profile_source", "profile_priors", "bitsandbytes_version",
 )
 
 
@@ -420,7 +454,8 @@ def csv_row(r: dict) -> dict:
            "trust_status": r["si"]["trust"].get("status", ""),
            "b_star_eq18": r["paper"]["b_star_eq18"],
            "profile": r["profile"]["name"], "profile_source": r["profile"]["source"],
-           "profile_priors": r["profile"]["priors"]}
+           "profile_priors": r["profile"]["priors"],
+           "bitsandbytes_version": (r.get("serving") or {}).get("bitsandbytes_version", "")}
     for prefix, side in (("", qn), ("native_", nt)):
         for k in ("j_per_query", "tok_per_s"):
             st = side[k]
@@ -432,7 +467,37 @@ def csv_row(r: dict) -> dict:
     for k in ("b_star", "n_star"):
         t = r[k]
         row[k], (row[f"{k}_low"], row[f"{k}_high"]), row[f"{k}_kind"] = t["value"], t["band"], t["kind"]
+    _blank_hypothetical(row, qn["fits"], nt["fits"])
     return {c: _cell(row.get(c)) for c in CSV_COLUMNS}
+
+
+#: CSV columns of the quantized run's own figures, of the native run's, and of their comparison
+_RUN = ("j_per_query", "tok_per_s")
+_COMPARISON = ("p_trapped_energy", "p_trapped_time", "p_trapped_si", "energy_ratio",
+               "energy_ratio_hli", "speed_ratio", "cor", "si", "si_low", "si_high", "e_si", "s_si")
+
+
+def _blank_hypothetical(row: dict, fits: bool, native_fits: bool) -> None:
+    """Empty the cells of what cannot run, so nothing hypothetical sits in a column of real
+    figures: the quantized run's own where it does not fit, the native run's where it does not,
+    and every comparison (ratios, shares of draws, SI) where either does not (the verdict
+    columns say why: "does not fit", "only option")."""
+    def blank(names):
+        for n in names:
+            for c in (n, f"{n}_low", f"{n}_high"):
+                if c in row:
+                    row[c] = None
+
+    if not fits:
+        blank(_RUN)
+    if not native_fits:
+        blank(f"native_{n}" for n in _RUN)
+        if fits:
+            row.update(verdict_energy="only option (native does not fit)",
+                       verdict_time="only option (native does not fit)",
+                       verdict_si="only option (native does not fit)")
+    if not (fits and native_fits):
+        blank(_COMPARISON)
 
 
 def csv_text(report: dict) -> str:

@@ -6,7 +6,9 @@ A surface (:func:`qtsim.simulate.surface.simulate`) is one Dataset on the dims `
   ``n_params`` and ``synthetic``) and ``batch``;
 - one variable per quantity of ``QUANTITIES`` (its dims, ``units`` and ``description``), with
   draws also ``NAME_low``/``NAME_high`` (16th/84th percentiles) and ``p_trapped_*`` (shares of
-  draws trapped);
+  draws trapped); NaN wherever the configuration does not fit in device memory (its own run's
+  figures), or it or its 16-bit reference does not (every comparison, verdict and share):
+  ``fits`` and ``native_fits`` say which, so nothing that cannot run reads as if it ran;
 - ``trust_status`` and ``trust_source`` (precision, model): where every T_SI comes from;
 - attributes: provenance, as the file holds them (``note``, ``profile_*``, ``profiles_json``...).
 
@@ -53,11 +55,11 @@ QUANTITIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "energy_ratio_paper": ("1", "quantized / native J per query (eq. 19)", DIMS),
     "speed_ratio": ("1", "quantized / native tok/s", DIMS),
     "delta_j": ("J", "quantized minus native J per query (power model); > 0 trapped on energy", DIMS),
-    "trapped_energy": ("1", "1 when quantized J/query > native (power model)", DIMS),
-    "trapped_energy_hli": ("1", "1 when quantized J/query > native (HLI, i.e. when it is slower)", DIMS),
-    "trapped_energy_paper": ("1", "1 when quantized J/query > native by eq. 19; algebra of eq. 19 puts this at B > B* of eq. 18 (Thm. 4.3 says below: see qtsim reproduce, C15)", DIMS),
-    "trapped_time": ("1", "1 when quantized tok/s < native", DIMS),
-    "trapped_si": ("1", "1 when SI < SI(native) = 1 (Prop. 3.2 on the precision grid)", DIMS),
+    "trapped_energy": ("1", "1 when quantized J/query > native (power model); NaN where it or native does not fit", DIMS),
+    "trapped_energy_hli": ("1", "1 when quantized J/query > native (HLI, i.e. when it is slower); NaN where it or native does not fit", DIMS),
+    "trapped_energy_paper": ("1", "1 when quantized J/query > native by eq. 19 (NaN where it or native does not fit); algebra of eq. 19 puts this at B > B* of eq. 18 (Thm. 4.3 says below: see qtsim reproduce, C15)", DIMS),
+    "trapped_time": ("1", "1 when quantized tok/s < native; NaN where it or native does not fit", DIMS),
+    "trapped_si": ("1", "1 when SI < SI(native) = 1 (Prop. 3.2 on the precision grid); NaN where it or native does not fit", DIMS),
     "t_si": ("1", "trust pillar T_SI, eq. 2 (see trust_status: measured, published, extrapolated or assumed)", DIMS),
     "e_si": ("1", "economic pillar E_SI, eq. 3 (alpha_E = 0.5): harmonic mean of tok/s and VRAM gains", DIMS),
     "s_si": ("1", "energy pillar S_SI = E_ref / E, same grid (sec. 3.1 III), power-model energy", DIMS),
@@ -72,7 +74,8 @@ QUANTITIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "b_star": ("sequences", "critical batch B* from the physical model: quantized J/query = native (see b_star_kind)", ("gpu", "precision", "model")),
     "b_star_kind": ("code", "0 crossing (trapped below B*), 1 reverse (trapped above), 2 trapped everywhere searched (B* > range), 3 never trapped, 4 native does not fit", ("gpu", "precision", "model")),
     "b_star_max": ("sequences", "top of the B* search: min(4096, native memory limit)", ("gpu", "precision", "model")),
-    "n_star": ("parameters", "critical model scale N* along the family's synthetic sizes: quantized J/query = native (see n_star_kind)", ("gpu", "precision", "batch")),
+    "n_star": ("parameters", "critical model scale N* along the family's synthetic sizes: quantized J/query = native (see n_star_kind; NaN where that size does not fit: n_star_fits)", ("gpu", "precision", "batch")),
+    "n_star_fits": ("1", "1 when a model of the family at N* fits in device memory at this batch (quantized), 0 when it does not (then n_star is NaN: no answer that cannot run), NaN without a crossing", ("gpu", "precision", "batch")),
     "n_star_kind": ("code", "0 crossing (trapped below N*), 1 reverse (trapped above), 2 trapped at every size searched, 3 never trapped", ("gpu", "precision", "batch")),
 }
 
@@ -153,8 +156,8 @@ def _file_attrs(a: dict) -> dict:
         out[k] = int(a[k]) if isinstance(a[k], bool) else a[k]
     out["si_weights"] = np.asarray(a["si_weights"], float)
     out["band_percentiles"] = np.asarray(a["band_percentiles"], float)
-    for k in ("name", "source", "date", "device", "location"):
-        out[f"profile_{k}"] = [str(p[k]) for p in a["profiles"]]
+    for k in ("name", "source", "date", "device", "location", "bitsandbytes_version"):
+        out[f"profile_{k}"] = [str(p.get(k, "")) for p in a["profiles"]]
     out["profiles_json"] = json.dumps(a["profiles"])
     out["b_star_kind_codes"] = json.dumps(KIND_CODES)
     return out
@@ -230,7 +233,7 @@ def read_hdf5(path) -> Surface:
 
 def long_frame(surface: Surface):
     """Long format, a row per value: gpu, precision, model, n_params, batch, quantity, value,
-    unit. Per-model quantities have an empty batch; per-batch ones (N*) the model
+    unit, bitsandbytes_version (the release that GPU's figures assume). Per-model quantities have an empty batch; per-batch ones (N*) the model
     ``family:NAME`` and an empty n_params. n_params and batch are strings (6 significant
     digits), value a float."""
     import pandas as pd
@@ -248,8 +251,13 @@ def long_frame(surface: Surface):
         df["quantity"], df["unit"] = name, da.attrs["units"]
         df["value"] = df["value"].astype(float)
         frames.append(df)
-    cols = ["gpu", "precision", "model", "n_params", "batch", "quantity", "value", "unit"]
-    return pd.concat(frames, ignore_index=True)[cols]
+    out = pd.concat(frames, ignore_index=True)
+    # the bitsandbytes release every verdict of that GPU depends on, beside each value
+    stack = {str(p["name"]): str(p.get("bitsandbytes_version", "")) for p in profiles(surface)}
+    out["bitsandbytes_version"] = out["gpu"].astype(str).map(stack).fillna("")
+    cols = ["gpu", "precision", "model", "n_params", "batch", "quantity", "value", "unit",
+            "bitsandbytes_version"]
+    return out[cols]
 
 
 def write_csv(surface: Surface, path) -> int:

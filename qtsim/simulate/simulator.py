@@ -85,6 +85,8 @@ class Simulator:
     profile : the hardware profile whose constants (and their stderr) drive the model
     host : the host/software part (:mod:`qtsim.profiles.hosts`: a name, file or HostPart) combined with
         a device-only profile; None takes the profile's own host part or the default host
+    bnb_version : the bitsandbytes release predicted (:meth:`HardwareProfile.with_stack`); None:
+        the one a calibrated profile recorded, else the current release (stated as assumed)
     n_draws : Monte-Carlo draws used when ``draws=True``
     seed : random seed of the draws (results are reproducible)
     model_error : add the model's own out-of-sample error (:meth:`HardwareProfile.model_error`)
@@ -96,8 +98,8 @@ class Simulator:
     """
 
     def __init__(self, profile: HardwareProfile, n_draws: int = 400, seed: int = 0,
-                 host=None, model_error: bool = True):
-        self.profile = profile.with_host(host)
+                 host=None, model_error: bool = True, bnb_version: str | None = None):
+        self.profile = profile.for_serving(host, bnb_version)
         self.n_draws = n_draws
         self.seed = seed
         self.model_error = self.profile.model_error() if model_error else None
@@ -254,6 +256,11 @@ class Simulator:
         crossings = [(max(v, 2.0) if v < 2.0 else v, side) for v, side in crossings]
         if kname in ("crossing", "reverse") and value == 2.0:
             reason += "; the flip happens at the kernel switch between batch 1 and 2 (4-bit GEMV -> GEMM)"
+        switch = thresholds.dequantise_switch(self, workload.family, b_max)
+        if kname in ("crossing", "reverse") and switch is not None and value == switch:
+            reason += (f"; the flip happens where bitsandbytes' fused 4-bit GEMM ends (batch "
+                       f"{switch - 1:g}): from batch {switch:g} every weight is dequantised "
+                       "each step")
         if len(crossings) > 1:
             reason += f"; the curves cross {len(crossings)} times"
         return Threshold(value, kname, lo, hi, (1.0, limit), reason, tuple(crossings),

@@ -123,8 +123,10 @@ def paper_energy(sim: Simulator, counts: ArchCounts, workload: Workload,
             "j_per_query_paper": e_q, "j_native": e_n}
 
 
-def _trust_grid(precisions, names, synthetic, native, trust_table, depth, family):
-    """(T_SI array (P, M), list of TrustEstimate) for every precision and model."""
+def _trust_grid(precisions, names, synthetic, native, trust_table, depth, family, archs=()):
+    """(T_SI array (P, M), list of TrustEstimate) for every precision and model (``archs``: the
+    named models' architectures, in order, which published figures are matched by)."""
+    by_name = {a.name: a for a in archs}
     t = np.ones((len(precisions), len(names)))
     est = []
     cache = {}
@@ -137,7 +139,8 @@ def _trust_grid(precisions, names, synthetic, native, trust_table, depth, family
             else:
                 key = (name, p)
                 if key not in cache:
-                    cache[key] = lookup_trust(name, p, native, trust_table, depth=depth)
+                    cache[key] = lookup_trust(name, p, native, trust_table, depth=depth,
+                                              arch=by_name.get(name))
                 e = cache[key]
             t[i, j] = e.t_si
             est.append({"precision": p, "model": name, **e.to_dict()})
@@ -249,28 +252,48 @@ def _evaluate_precision(g: _GpuGrid, w: Workload, nat: dict, nat_d, first: bool)
         _put_thresholds(g, w)
     if g.draws:
         qd = grid_eval(g.sim, g.counts, w, True)
-        _put_bands(g, w, qd, nat_d if w.quantized else qd)
+        _put_bands(g, w, qd, nat_d if w.quantized else qd, runs(q, ref))
+
+
+#: quantities of one configuration's own run: NaN where it does not fit in device memory
+RUN_QUANTITIES = ("latency_s", "step_s", "tok_per_s", "j_per_query", "j_per_query_hli",
+                  "avg_power_w", "j_per_query_paper")
+
+
+def runs(q: dict, ref: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(the configuration runs, its comparison with ``ref`` means something): where it fits in
+    device memory, and where both it and its 16-bit reference do. Everywhere else a surface
+    holds NaN: nothing that cannot run is tabled or drawn as if it ran (``fits`` and
+    ``native_fits`` say which)."""
+    own = np.asarray(q["fits"], bool)
+    return own, own & np.asarray(ref["fits"], bool)
+
+
+def _masked(value, ok):
+    """``value`` as floats, NaN where not ``ok``."""
+    return np.where(ok, np.asarray(value, float), np.nan)
 
 
 def _put_central(g: _GpuGrid, w: Workload, q: dict, ref: dict, nat: dict) -> None:
-    """Central values of precision ``w`` against ``ref``: the runs, ratios, SI and verdicts."""
+    """Central values of precision ``w`` against ``ref``: the runs, ratios, SI and verdicts
+    (NaN where the run, or the comparison, cannot happen: :func:`runs`)."""
+    run_ok, cmp_ok = runs(q, ref)
     d = derived(q, ref)
     pil = pillars(q, ref, g.t_si[g.i][:, None], g.policy, g.weights)
     pap = paper_energy(g.sim, g.counts, w)
     pap_n = pap["j_native"]
-    for k in ("latency_s", "step_s", "tok_per_s", "j_per_query", "j_per_query_hli",
-              "avg_power_w"):
-        g.put(k, q[k])
-    g.put("j_per_query_paper", pap["j_per_query_paper"])
+    for k in RUN_QUANTITIES[:-1]:
+        g.put(k, _masked(q[k], run_ok))
+    g.put("j_per_query_paper", _masked(pap["j_per_query_paper"], run_ok))
     g.put("peak_memory_gib", q["peak_bytes"] / GIB)
     g.put("fits", q["fits"].astype(np.uint8))
     g.put("native_fits", nat["fits"].astype(np.uint8))
     for k, v in d.items():
-        g.put(k, v)
-    g.put("energy_ratio_paper", pap["j_per_query_paper"] / pap_n)
-    g.put("s_si_paper", pap_n / pap["j_per_query_paper"])
+        g.put(k, _masked(v, cmp_ok))
+    g.put("energy_ratio_paper", _masked(pap["j_per_query_paper"] / pap_n, cmp_ok))
+    g.put("s_si_paper", _masked(pap_n / pap["j_per_query_paper"], cmp_ok))
     for k, v in pil.items():
-        g.put(k, v)
+        g.put(k, v if k == "t_si" else _masked(v, cmp_ok))
     trapped = {
         "trapped_energy": verdicts.costs_more(q["j_per_query"], ref["j_per_query"]),
         "trapped_energy_hli": verdicts.costs_more(q["j_per_query_hli"], ref["j_per_query_hli"]),
@@ -278,8 +301,8 @@ def _put_central(g: _GpuGrid, w: Workload, q: dict, ref: dict, nat: dict) -> Non
         "trapped_time": verdicts.slower(d["speed_ratio"]),
         "trapped_si": verdicts.si_trapped(pil["si"]),
     }
-    for k, v in trapped.items():
-        g.put(k, np.asarray(v, np.uint8))
+    for k, v in trapped.items():  # 1 trapped, 0 not, NaN: no verdict (it cannot run)
+        g.put(k, _masked(v, cmp_ok))
     for k in ("alpha_j_per_bit", "gamma_j", "phi_j", "b_star_paper"):
         g.put(k, np.broadcast_to(pap[k], (g.m,)), full=True)
 
@@ -296,16 +319,38 @@ def _put_thresholds(g: _GpuGrid, w: Workload) -> None:
             bs["b_star_low"] = bs["b_star_high"] = np.full(m, np.nan)
     if g.family is not None and w.quantized:
         ns = n_star_fast(g.sim, g.family, w.replace(batch=g.b_all), draws=g.draws)
+        ns.update(_n_star_fit(g, w, ns))
     else:
-        ns = {"n_star": np.full(nb, np.nan), "n_star_kind": np.full(nb, 3)}
+        ns = {"n_star": np.full(nb, np.nan), "n_star_kind": np.full(nb, 3),
+              "n_star_fits": np.full(nb, np.nan)}
         if g.draws:
             ns["n_star_low"] = ns["n_star_high"] = np.full(nb, np.nan)
     for k, v in {**bs, **ns}.items():
         g.put(k, v, full=True)
 
 
-def _put_bands(g: _GpuGrid, w: Workload, qd: dict, rd: dict) -> None:
-    """16/84% bands over the draws and the shares of draws trapped, precision ``w``."""
+def _n_star_fit(g: _GpuGrid, w: Workload, ns: dict) -> dict:
+    """``n_star_fits`` (1 where a model of the family at N* fits the device at that batch, 0
+    where it does not, NaN without a crossing) and N* (with its band) NaN where it does not
+    fit: a crossing at a size that cannot run at that batch is no planner's answer."""
+    val = np.asarray(ns["n_star"], float)
+    cross = np.isin(ns["n_star_kind"], (0, 1)) & np.isfinite(val) & (val > 0)
+    fits = np.zeros(val.shape, bool)
+    if cross.any():
+        sizes = val[cross]
+        peak = g.sim.peak_bytes(g.family.scaled(sizes), w.replace(batch=g.b_all[cross]))
+        fits[cross] = np.asarray(peak) <= g.sim.profile.memory_bytes
+    out = {"n_star_fits": np.where(cross, fits.astype(float), np.nan)}
+    for k in ("n_star", "n_star_low", "n_star_high"):
+        if k in ns:
+            out[k] = np.where(cross & ~fits, np.nan, np.asarray(ns[k], float))
+    return out
+
+
+def _put_bands(g: _GpuGrid, w: Workload, qd: dict, rd: dict, ok) -> None:
+    """16/84% bands over the draws and the shares of draws trapped, precision ``w``; ``ok``:
+    (the run fits, the comparison can happen) (:func:`runs`), NaN elsewhere."""
+    run_ok, cmp_ok = ok
     dd = derived(qd, rd)
     pd = pillars(qd, rd, g.t_si[g.i][:, None], g.policy, g.weights)
     papd = paper_energy(g.sim, g.counts, w, draws=True)
@@ -317,8 +362,9 @@ def _put_bands(g: _GpuGrid, w: Workload, qd: dict, rd: dict) -> None:
                **{k: pd[k] for k in ("e_si", "s_si", "s_si_hli", "si", "si_hli")}}
     for k, v in samples.items():
         lo, hi = nan_percentiles(v)
-        g.put(f"{k}_low", lo)
-        g.put(f"{k}_high", hi)
+        mask = run_ok if k in RUN_QUANTITIES else cmp_ok
+        g.put(f"{k}_low", _masked(lo, mask))
+        g.put(f"{k}_high", _masked(hi, mask))
     shares = {
         "p_trapped_energy": verdicts.costs_more(qd["j_per_query"], rd["j_per_query"]),
         "p_trapped_energy_hli": verdicts.costs_more(qd["j_per_query_hli"], rd["j_per_query_hli"]),
@@ -328,7 +374,8 @@ def _put_bands(g: _GpuGrid, w: Workload, qd: dict, rd: dict) -> None:
         "p_trapped_si": verdicts.si_trapped(pd["si"]),
     }
     for k, v in shares.items():
-        g.put(k, np.mean(v, axis=0) if w.quantized else np.zeros(np.shape(v)[1:]))
+        g.put(k, _masked(np.mean(v, axis=0) if w.quantized else np.zeros(np.shape(v)[1:]),
+                         cmp_ok))
 
 
 #: Batch axes longer than this get N* from anchors (:func:`n_star_fast`); shorter ones directly.
@@ -460,7 +507,8 @@ def simulate(profiles: Sequence[HardwareProfile], models: Sequence[Architecture]
     stacked, names, synthetic = _model_axis(models, sizes, family)
     natives = {p.native for p in profiles}
     t_si, trust = _trust_grid(precisions, names, synthetic, natives.pop() if len(natives) == 1
-                              else "fp16", trust_table, depth, family.name if family else "")
+                              else "fp16", trust_table, depth, family.name if family else "",
+                              models)
     w = workload.replace(batch=b)
     per_gpu = [evaluate_gpu(prof, stacked, names, precisions, w, t_si, family, policy, weights,
                             n_draws, seed, thresholds, progress)
@@ -523,6 +571,8 @@ def _attrs(profiles, workload: Workload, family, trust_table, depth, policy, wei
            seed) -> dict:
     """A surface's provenance: qtsim version, workload, SI options, draws and every profile."""
     from qtsim import __version__
+    from qtsim.model.stack import describe
+    from qtsim.profiles.hardware import profile_notes, profile_origin
 
     bnb = workload.bnb
     return {
@@ -538,7 +588,10 @@ def _attrs(profiles, workload: Workload, family, trust_table, depth, policy, wei
         "n_star_family": family.name if family else "",
         "trust_depth": float(depth) if depth is not None else float("nan"),
         "trust_table": trust_table or "shipped: data/reference/trust_table.csv",
-        "profiles": [{"name": p.name, "source": p.source,
+        "profiles": [{"name": p.name, "source": p.source, "origin": profile_origin(p),
+                      "bitsandbytes": describe(p.for_serving().bnb),
+                      "bitsandbytes_version": str(p.for_serving().bnb["version"]),
+                      "notes": profile_notes(p, origin=False),
                       "date": str(p.provenance.get("date", "")),
                       "device": str(p.provenance.get("device", "")),
                       "location": p.path or "", "tdp_w": p.tdp_w,

@@ -188,6 +188,7 @@ def b_star_rows(sim: Evaluator, counts: ArchCounts, workload: Workload, b_max: f
     val, kind = crossing(grid, dc)
     oom = lim < 1
     jump = np.isin(kind, (0, 1)) & (val < 2.0)  # kernel switch between batch 1 and 2
+    val = _snap_to_switch(sim, counts, workload, val, kind, top, n_grid)
     out["b_star"] = np.where(oom, np.nan, np.where(jump, 2.0, val))
     out["b_star_kind"] = np.where(oom, 4, kind)
     if details:
@@ -195,9 +196,37 @@ def b_star_rows(sim: Evaluator, counts: ArchCounts, workload: Workload, b_max: f
     if draws:
         dd = delta_j(sim, counts, on_grid, True)
         vd, kd = crossing(grid, dd)
+        vd = _snap_to_switch(sim, counts, workload, vd, kd, top, n_grid, draws=True)
         vd = np.where(np.isin(kd, (0, 1)) & (vd < 2.0), 2.0, vd)
         out.update(_draw_band("b_star", vd, kd, kind, dd, details, mask=oom))
     return out
+
+
+def dequantise_switch(sim: Evaluator, family: str, b_max: float = B_MAX) -> float | None:
+    """The first batch above 1 at which a 4-bit path dequantises again (bitsandbytes' fused
+    4-bit GEMM ends: :func:`qtsim.model.physical.dequantizes` with the profile's stack), or None
+    when no batch up to ``b_max`` switches (not 4-bit, a CPU, or a stack that never fuses)."""
+    grid = np.arange(2.0, b_max + 1.0)
+    deq = physical.dequantizes(sim.profile.values(), family, grid, sim.profile.overlap)
+    if deq[0] > 0 or not np.any(deq > 0):
+        return None
+    return float(grid[np.argmax(deq > 0)])
+
+
+def _snap_to_switch(sim: Evaluator, counts, workload: Workload, val, kind, top, n_grid: int,
+                    draws: bool = False):
+    """B* values whose crossing is the jump at :func:`dequantise_switch` (the sign of quantized
+    minus native J/query flips between the last fused batch and the first dequantising one),
+    reported at that first dequantising batch as the batch 1 -> 2 switch is reported at 2,
+    rather than interpolated across the jump on the coarse grid."""
+    switch = dequantise_switch(sim, workload.family)
+    if switch is None:
+        return val
+    pair = delta_j(sim, counts, workload.replace(batch=np.array([switch - 1.0, switch])), draws)
+    flips = (pair[..., 0] > 0) != (pair[..., 1] > 0)
+    step = np.exp(np.log(np.maximum(top, 2.0)) / max(n_grid - 1, 1))  # grid ratio per model
+    near = np.abs(np.log(np.maximum(np.asarray(val, float), 1e-300) / switch)) <= 1.5 * np.log(step)
+    return np.where(np.isin(kind, (0, 1)) & flips & near, switch, val)
 
 
 def _draw_band(prefix: str, vd, kd, kind, dd, details: bool, mask=False) -> dict:

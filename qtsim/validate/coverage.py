@@ -84,7 +84,8 @@ def coverage_table(profile: HardwareProfile, df, n_draws: int = 400, seed: int =
     from these same points); ``in-sample`` (half-widths from all points, scored on the same
     points: circular, for reference); ``leave-one-<group>-out`` (half-widths from the other
     groups' points, scored on the held-out group's: the honest figure, since a user brings an
-    architecture the record never saw). Returns the table and the record estimated from all
+    architecture the record never saw; absent when every point is of one group, where it would
+    be the in-sample figure again). Returns the table and the record estimated from all
     points (what ``[fit.model_error]`` stores).
     """
     import pandas as pd
@@ -123,13 +124,16 @@ def _halfwidth_schemes(a, groups, recorded, group: str) -> dict:
     """Per scheme of :func:`coverage_table`, the (68%, 95%) half-widths at each point, (P, 2)."""
     n = a.size
     h_all = (conformal_halfwidth(a, 68), conformal_halfwidth(a, 95))
+    out = {"parameters only": np.zeros((n, 2)), "profile": np.tile(recorded, (n, 1)),
+           "in-sample": np.tile(h_all, (n, 1))}
+    if np.unique(groups).size < 2:  # leaving the only group out leaves nothing to estimate from
+        return out
     loo = np.empty((n, 2))
     for gv in np.unique(groups):
-        out = groups == gv
-        loo[out] = ((conformal_halfwidth(a[~out], 68), conformal_halfwidth(a[~out], 95))
-                    if (~out).any() else h_all)
-    return {"parameters only": np.zeros((n, 2)), "profile": np.tile(recorded, (n, 1)),
-            "in-sample": np.tile(h_all, (n, 1)), f"leave-one-{group}-out": loo}
+        held = groups == gv
+        loo[held] = (conformal_halfwidth(a[~held], 68), conformal_halfwidth(a[~held], 95))
+    out[f"leave-one-{group}-out"] = loo
+    return out
 
 
 def _coverage_row(quantity: str, scheme: str, h, meas, log_draws, z) -> dict:

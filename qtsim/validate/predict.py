@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from qtsim.model import physical
 from qtsim.model.architecture import from_config
 from qtsim.model.workload import DEFAULT_INT8_THRESHOLD, Workload
 from qtsim.simulate.simulator import Simulator
@@ -34,9 +35,21 @@ def predict_point(sim: Simulator, config: dict, name: str, pt: ValidationPoint) 
         "pred_j_per_query": float(q["j_per_query"]),
         "pred_j_per_query_hli": float(q["j_per_query_hli"]),
         "pred_j_per_query_paper": paper_energy_j(sim, c, w), "pred_peak_bytes": float(q["peak_bytes"]),
+        "pred_steady_bytes": steady_bytes(sim.profile, c, w),
         "pred_profile": sim.profile.name, "pred_profile_source": sim.profile.source,
         "pred_kernel_family": w.family,
     }
+
+
+def steady_bytes(profile, counts, w: Workload) -> float:
+    """The predicted memory a decode's ``steady_memory_bytes`` is scored against
+    (:data:`qtsim.calibration.decode.STEADY_MEMORY_KIND`): on a GPU weights + KV cache +
+    workspace (the runtime overhead excluded), on a CPU the weight bytes alone."""
+    if profile.hardware.get("device_type") == "cpu":
+        return float(np.ravel(counts.weight_bytes(w.precision if w.precision != "fp4" else "nf4",
+                                                  w.double_quant))[0])
+    return float(np.ravel(physical.peak_memory_bytes(
+        counts, w.precision, w.batch, w.new_tokens, w.prompt_tokens, w.double_quant, 0.0))[0])
 
 
 def paper_energy_j(sim: Simulator, counts, workload: Workload) -> float:

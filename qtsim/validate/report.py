@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from qtsim.validate.score import QUANTITIES, verdict_summary
+from qtsim.validate.score import MEMORY_NOT_VALIDATED, QUANTITIES, verdict_summary
 
 #: quantities the summary prints, in order
-SUMMARY_QUANTITIES = ("step_s", "latency_s", "j_per_query", "peak_memory_bytes")
+SUMMARY_QUANTITIES = ("step_s", "latency_s", "j_per_query", "steady_memory_bytes")
 
 
 @dataclass
@@ -30,6 +30,7 @@ class ValidationReport:
     coverage: object
     estimate: dict
     meta: dict
+    drift: dict | None = None  # qtsim.validate.score.drift_since_calibration
 
 
 def report_meta(profile, raw, df) -> dict:
@@ -46,7 +47,17 @@ def report_meta(profile, raw, df) -> dict:
             "outlier injection": ("outlier_injection" in df
                                   and bool(df["outlier_injection"].fillna(False).astype(bool).any())),
             "held out": (", ".join(sorted(df["holdout"].astype(str).unique()))
-                         if "holdout" in df else "held-out")}
+                         if "holdout" in df else "held-out"),
+            "bitsandbytes": _stack_line(profile, df)}
+
+
+def _stack_line(profile, df) -> str:
+    """The bitsandbytes release the runs used and the one the predictions assumed."""
+    from qtsim.model.stack import describe
+
+    ran = (", ".join(sorted(df["bitsandbytes"].dropna().astype(str).unique()))
+           if "bitsandbytes" in df else "") or "not recorded"
+    return f"measured with {ran}; predicted for {describe(profile.for_serving().bnb)}"
 
 
 def write_report(rep: ValidationReport, out: Path) -> Path:
@@ -59,6 +70,10 @@ def write_report(rep: ValidationReport, out: Path) -> Path:
     rep.coverage.to_csv(out / "coverage.csv", index=False)
     rep.df.to_csv(out / "points.csv", index=False)
     rep.errors.to_csv(out / "errors.csv", index=False)
+    if rep.drift is not None:
+        import json
+
+        (out / "drift.json").write_text(json.dumps(rep.drift, indent=2))
     if not rep.verdicts.empty:
         rep.verdicts.to_csv(out / "verdicts.csv", index=False)
     return path
@@ -67,21 +82,40 @@ def write_report(rep: ValidationReport, out: Path) -> Path:
 def summary_lines(rep: ValidationReport, profile_name: str) -> list[str]:
     """The terminal summary: errors over all points, verdicts, paper model, band coverage."""
     lines = [f"validation of {profile_name}: {len(rep.df)} held-out points "
-             f"(energy: {rep.meta['energy']}; meter {rep.meta['energy meter']})"]
+             f"(energy: {rep.meta['energy']}; meter {rep.meta['energy meter']}; "
+             f"bitsandbytes {rep.meta['bitsandbytes']})"]
     allrow = rep.errors[rep.errors["group"] == "all"].set_index("quantity")
+    if rep.drift is not None:
+        lines.append(f"  drift since calibration: {rep.drift['text']}")
+        if rep.drift.get("factor") and "t_generate_s_uncorrected" in rep.df:
+            d = rep.df
+            raw = 100 * float((d["pred_latency_s"] / d["t_generate_s_uncorrected"] - 1).abs().mean())
+            lines.append(f"  latency MAPE without the drift correction: {raw:.2f}%")
     for q in SUMMARY_QUANTITIES:
         if q in allrow.index:
             r = allrow.loc[q]
             lines.append(f"  {q:18s} MAPE {r['mape_pct']:6.2f}%  bias {r['bias_pct']:+6.2f}%  "
                          f"p90 {r['p90_ape_pct']:6.2f}%  max {r['max_ape_pct']:6.2f}%  "
                          f"r {r['pearson_r']:.3f}")
+    if "steady_memory_bytes" not in allrow.index:
+        lines.append(f"  {MEMORY_NOT_VALIDATED}")
+    elif "steady_memory_kind" in rep.df:
+        kind = rep.df["steady_memory_kind"].dropna()
+        lines.append(f"  memory measured: {kind.iloc[0] if len(kind) else ''}")
     if not rep.verdicts.empty:
         lines.append(f"  trap verdicts agree: {verdict_summary(rep.verdicts)}")
     if rep.comparison:
         lines.append(f"  J/query MAPE: physical {rep.comparison['physical_j_mape_pct']:.1f}%, "
                      f"paper eq. 19 {rep.comparison['paper_j_mape_pct']:.1f}%")
     cov = rep.coverage
-    for _, r in cov[cov["scheme"].str.startswith("leave-one")].iterrows():
+    loo = cov[cov["scheme"].str.startswith("leave-one")] if len(cov) else cov
+    if len(cov) and loo.empty:
+        models = sorted(rep.df["model"].astype(str).unique()) if "model" in rep.df else []
+        lines.append(f"  band coverage: no leave-one-model-out figure: every point is of one model "
+                     f"({', '.join(models)}), and leaving it out leaves nothing to estimate the "
+                     "model error from; the in-sample coverage in the report is circular (validate "
+                     "two or more models for an honest figure)")
+    for _, r in loo.iterrows():
         lines.append(f"  {r['quantity']:18s} band coverage ({r['scheme']}): 68% band "
                      f"{r['coverage_68_pct']:5.1f}%, 95% band {r['coverage_95_pct']:5.1f}%  "
                      f"(n {r['n']}; parameters only: {_param_only(cov, r['quantity'])})")
@@ -180,7 +214,8 @@ def report_markdown(df, errors, verdicts, comparison, meta: dict, coverage=None)
                   "without model error. Predictions recomputed from the profile by this qtsim.", "",
                   _md(coverage.round(1)), ""]
     cols = ["model", "precision", "batch", "new_tokens", "t_step_s", "pred_step_s", "t_generate_s",
-            "pred_latency_s", "j_per_query", "pred_j_per_query", "peak_memory_bytes", "pred_peak_bytes"]
+            "pred_latency_s", "j_per_query", "pred_j_per_query", "steady_memory_bytes",
+            "pred_steady_bytes"]
     lines += ["## Points", "", _md(df[[c for c in cols if c in df]].round(5)), "",
               "![parity](parity.png)", "", "![error vs batch](error_vs_batch.png)", ""]
     return "\n".join(lines)

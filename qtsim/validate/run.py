@@ -15,6 +15,7 @@ from qtsim.errors import QtsimError
 from qtsim.profiles.hardware import HardwareProfile
 from qtsim.validate.plan import ValidationRequest, calibrated_points, holdout_conflicts, plan_points
 from qtsim.validate.report import ValidationReport, report_meta, summary_lines, write_report
+from qtsim.validate.score import correct_for_drift, drift_since_calibration
 
 
 def _stderr(line: str) -> None:
@@ -79,7 +80,7 @@ def measure_points(profile: HardwareProfile, request: ValidationRequest, raw: Pa
     try:
         from qtsim.calibration.device import detect_device
         from qtsim.calibration.energy import EnergyMonitor
-        from qtsim.calibration.holdout import validation_specs
+        from qtsim.calibration.holdout import drift_probes, validation_specs
         from qtsim.calibration.raw import RawStore
         from qtsim.calibration.runner import run_plan
     except ImportError as e:
@@ -90,6 +91,8 @@ def measure_points(profile: HardwareProfile, request: ValidationRequest, raw: Pa
     specs = validation_specs(profile, points, configs, reps,
                              overlap=set(calibrated_points(profile, points, names)),
                              outliers=outliers)
+    # the calibration's own reference points before and after: how far the machine moved since
+    specs = drift_probes(profile, "before") + specs + drift_probes(profile, "after")
     raw.parent.mkdir(parents=True, exist_ok=True)
     return run_plan(specs, RawStore(raw), device, monitor, progress=progress,
                     purpose="validation")
@@ -110,9 +113,11 @@ def report_validation(profile: HardwareProfile, raw: Path, out: Path, *, repredi
     from qtsim.calibration.raw import RawStore
     from qtsim.validate.score import measured_frame
 
-    df = measured_frame(RawStore(raw, readonly=True).summary_frame("decode"))
+    decodes = RawStore(raw, readonly=True).summary_frame("decode")
+    df = measured_frame(decodes)
     if df.empty:
         raise QtsimError(f"{raw}: no validation decode points")
+    df, drift = correct_for_drift(df, drift_since_calibration(decodes))
     if repredict:
         from qtsim.simulate.simulator import Simulator
         from qtsim.validate.predict import PREDICTION_DRAWS
@@ -120,6 +125,8 @@ def report_validation(profile: HardwareProfile, raw: Path, out: Path, *, repredi
 
         df = remake(df, Simulator(profile, n_draws=PREDICTION_DRAWS))
     rep = score_validation(profile, df, raw)
+    rep.meta["drift since calibration"] = drift["text"]
+    rep.drift = drift
     path = write_report(rep, out)
     for line in summary_lines(rep, profile.name):
         echo(line)

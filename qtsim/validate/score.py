@@ -18,8 +18,16 @@ QUANTITIES = {  # measured column, predicted column, unit
     "step_s": ("t_step_s", "pred_step_s", "s"),
     "latency_s": ("t_generate_s", "pred_latency_s", "s"),
     "j_per_query": ("j_per_query", "pred_j_per_query", "J"),
-    "peak_memory_bytes": ("peak_memory_bytes", "pred_peak_bytes", "bytes"),
+    # the memory the model holds while it decodes, against predicted weights + KV cache +
+    # workspace (runtime overhead excluded): what a peak-memory prediction means. A process's
+    # peak RSS (interpreter, and the 16-bit weights loaded before quantisation) is not scored
+    "steady_memory_bytes": ("steady_memory_bytes", "pred_steady_bytes", "bytes"),
 }
+#: said where points record no steady-state memory (older raw files)
+MEMORY_NOT_VALIDATED = (
+    "peak memory not validated: these points record only the process's peak RSS, which holds "
+    "the interpreter and the 16-bit weights loaded before quantisation, while the prediction "
+    "means the model's steady-state memory (re-measure with this qtsim: steady_memory_bytes)")
 
 
 def measured_frame(frame, meter: str | None = None):
@@ -106,3 +114,56 @@ def verdict_summary(verdicts) -> str:
     close = n - len(dec)
     return text + (f"; {close} close call{'s' if close != 1 else ''} within ±{100 * CLOSE_CALL:.0f}%"
                    if close else "")
+
+
+#: before/after drift factors further apart than this: the machine moved during the run, so one
+#: correction fits it badly (said in the report)
+DRIFT_UNSTEADY = 0.10
+#: measured columns that scale with the machine's speed (times; energy only under HLI, which is
+#: TDP x time)
+DRIFT_TIME_COLUMNS = ("t_generate_s", "t_step_s", "t_prefill_s")
+
+
+def drift_since_calibration(decodes) -> dict:
+    """How much slower (> 1) or faster the machine ran the calibration's reference points
+    during validation than during calibration: the median over the re-measured points
+    (``purpose = "drift"``, :func:`qtsim.calibration.holdout.drift_probes`) of measured /
+    calibration time, with the factors before and after the held-out runs. ``factor`` is None
+    where no reference point was re-measured."""
+    none = {"factor": None, "text": "not measured (the calibration's raw data was not at hand, "
+                                    "or these points predate drift probes): not corrected"}
+    if decodes is None or not len(decodes) or "ref_t_generate_s" not in decodes:
+        return none
+    d = decodes[(decodes.get("purpose") == "drift") & decodes["ref_t_generate_s"].notna()]
+    if d.empty:
+        return none
+    ratio = (d["t_generate_s"] / d["ref_t_generate_s"]).to_numpy(float)
+    when = d["drift_when"].astype(str).to_numpy() if "drift_when" in d else np.full(len(d), "")
+    by = {w: float(np.median(ratio[when == w])) for w in ("before", "after") if (when == w).any()}
+    factor = float(np.median(ratio))
+    unsteady = (len(by) == 2 and abs(by["after"] / by["before"] - 1.0) > DRIFT_UNSTEADY)
+    parts = ", ".join(f"{w} {v:.3f}x" for w, v in by.items())
+    text = (f"the calibration's reference points ran {factor:.3f}x their calibration times "
+            f"({parts}; {len(d)} points): measured times divided by it (and HLI energy, which "
+            "is TDP x time), i.e. scored at the machine's speed when it was calibrated"
+            + ("; the machine moved during the run itself, so the correction is uncertain by "
+               f"{100 * abs(by['after'] / by['before'] - 1):.0f}%" if unsteady else ""))
+    return {"factor": factor, "before": by.get("before"), "after": by.get("after"),
+            "n": int(len(d)), "unsteady": bool(unsteady), "text": text}
+
+
+def correct_for_drift(df, drift: dict):
+    """``df`` with its measured times (and HLI energies) divided by the drift factor of
+    :func:`drift_since_calibration` (the uncorrected values kept as ``*_uncorrected``), and
+    ``drift``; unchanged where no drift was measured."""
+    f = drift.get("factor")
+    if not f or df.empty:
+        return df, drift
+    out = df.copy()
+    cols = [c for c in DRIFT_TIME_COLUMNS if c in out]
+    if "energy_meter" in out and (out["energy_meter"] == "hli").all():
+        cols.append("j_per_query")
+    for c in cols:
+        out[f"{c}_uncorrected"] = out[c]
+        out[c] = out[c] / f
+    return out, drift
