@@ -58,7 +58,6 @@ def assess_trap(profile: HardwareProfile, arch: Architecture, workload: Workload
     q, n, d = sim.compare(counts, workload)
     qd, nd, dd = sim.compare(counts, workload, draws=True)
     trust = lookup_trust(arch.name, workload.precision, profile.native, trust_table, arch=arch)
-    fits = {"quantized": bool(q["fits"]), "native": bool(n["fits"])}
     rep = {
         "query": _query(profile, arch, workload),
         "verdict": _verdicts(q, n, d, qd, nd, dd, trust.t_si, policy),
@@ -83,16 +82,22 @@ def assess_trap(profile: HardwareProfile, arch: Architecture, workload: Workload
         "host": _host(profile),
         "profile": _profile(sim, n_draws),
     }
-    v = rep["verdict"]
-    v.update(fits_note=_fits_note(q, n, workload, profile), fits=fits["quantized"],
-             native_fits=fits["native"], bitsandbytes_version=bnb_version(profile))
+    _complete_verdict(rep, sim, counts, workload, q, n)
+    return rep
+
+
+def _complete_verdict(rep: dict, sim: Simulator, counts, workload: Workload, q, n) -> None:
+    """What the verdict rests on: memory, the stack, and whether the awake-power prior decides
+    it (the energy ratio at the edges of its 68% range); no verdict on what cannot run."""
+    profile, v = sim.profile, rep["verdict"]
+    v.update(fits_note=_fits_note(q, n, workload, profile), fits=bool(q["fits"]),
+             native_fits=bool(n["fits"]), bitsandbytes_version=bnb_version(profile))
     if "p_awake_w" in profile.physical and profile.overlap:
         v["awake_sensitivity"] = sim.verdict_range(counts, workload, "p_awake_w")
     v["headline"] = fits_headline(rep)
-    if not fits["quantized"]:  # no verdict on a configuration that cannot run
+    if not q["fits"]:  # no verdict on a configuration that cannot run
         v["if_it_fit"] = {k: v[k] for k in ("energy", "time", "si")}
         v.update(energy="does not fit", time="does not fit", si="does not fit")
-    return rep
 
 
 def trap_text(gpu: str | None, profile_path: str | None, model: str, workload: Workload,
