@@ -151,7 +151,7 @@ def outlier_share(model, prompts: np.ndarray, threshold: float = 6.0) -> float |
     return float(np.mean(shares))
 
 
-def probe(ckpt_dir, settings=DEFAULT_SETTINGS, max_hops: int = 8, n_per_hop: int = 500,
+def probe(ckpt_dir, settings=DEFAULT_SETTINGS, max_hops: int = 8, n_per_hop: int = 1000,
           seed: int = 0, batch: int = 250, check_batches=(1, 8), check_problems: int = 96,
           check_hops: int | None = None, threads: int = 1, compute_dtype: str = "fp16",
           progress=None) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 report and its --trust table (no torch)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -165,6 +166,8 @@ def test_report_and_trust_table_round_trip(tmp_path):
     assert nf4["divergence"]["per_hop"]["delta"] > 0
     flips = nf4["divergence"]["flips"]
     assert flips["ref_right"] > flips["pred_right"] and 0 <= flips["mcnemar_p"] <= 1
+    assert flips["eps_paired_low"] <= flips["eps_paired"] <= flips["eps_paired_high"]
+    assert flips["eps_paired"] > 0 and flips["at_risk"] > 0
     assert an["settings"]["fp16"]["batch_check"]["equal_within_intervals"]
     text = report.render(rec, an)
     assert "Theorem 4.5" in text and "nf4dq" in text and "eps" in text
@@ -233,3 +236,30 @@ def test_flip_outcomes_say_who_was_right_where_chains_part():
     pred[2, 2] = (truth[2, 2] + 2) % 6
     got = tasks.flip_outcomes(pred, ref, p)
     assert got == {"ref_right": 1, "pred_right": 1, "both_wrong": 1, "same": 1}
+
+
+def test_shipped_report_needs_no_torch():
+    """`qtsim trust report` (the shipped record) in a fresh interpreter: no torch imported."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom qtsim.cli.main import main\n"
+            "try:\n    main(['trust', 'report', '--format', 'csv'])\n"
+            "except SystemExit as e:\n    print('EXIT', e.code)\n"
+            "print('HEAVY', [m for m in ('torch', 'transformers', 'bitsandbytes') "
+            "if m in sys.modules])\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "HEAVY []" in r.stdout and "EXIT" not in r.stdout, r.stdout + r.stderr
+    assert r.stdout.splitlines()[0] == ",".join(report.TABLE_COLUMNS)
+    assert len(r.stdout.splitlines()) >= 1 + 7 * 8 + 1  # header, 7 settings x 8 hops, HEAVY
+
+
+def test_shipped_trust_table_gives_trap_measured_trust():
+    data = Path(__file__).resolve().parents[1] / "data"
+    r = invoke_qtsim("trap", "--profile", data / "profiles/cpu-epyc-2c.toml", "--model",
+                     data / "trust/hops-llama-3m/config.json", "--precision", "nf4",
+                     "--compute-dtype", "fp16", "--prompt-tokens", 19, "--tokens", 8,
+                     "--trust", data / "trust/probe-cpu/trust.csv", "--draws", 20)
+    assert r.returncode == 0, r.stderr
+    assert "trust: T_SI 1.001 (measured: pointer-chase at depth 8, accuracy 0.989 vs 0.988" \
+        in r.stdout

@@ -102,7 +102,7 @@ def _divergence(rec, chains, ref_chains, hops, level: float) -> dict[str, Any]:
     (:func:`qtsim.trust.tasks.flip_outcomes`), with McNemar's exact test of "no extra error"
     (the two one-sided flips equally likely)."""
     same, hist, n = [], [], []
-    flips = {"ref_right": 0, "pred_right": 0, "both_wrong": 0}
+    flips = {"ref_right": 0, "pred_right": 0, "both_wrong": 0, "at_risk": 0}
     task = rec["task"]
     for k, c, rc in zip(hops, chains, ref_chains, strict=True):
         pred, ref = tasks.decode_chains(c), tasks.decode_chains(rc)
@@ -110,19 +110,33 @@ def _divergence(rec, chains, ref_chains, hops, level: float) -> dict[str, Any]:
         same.append(int((first == k).sum()))
         hist.append(np.bincount(first, minlength=k + 1).tolist())
         n.append(len(first))
+        flips["at_risk"] += int(np.minimum(first + 1, k).sum())  # hops decoded while paired
         probs = tasks.problems(len(first), k, task["n_nodes"], seed=task.get("seed", 0),
                                split=task.get("split", "test"))
         for key, v in tasks.flip_outcomes(pred, ref, probs).items():
             if key in flips:
                 flips[key] += v
     fit = cmp.fit_hop_reliability(hops, same, n, level)
-    one_sided = flips["ref_right"] + flips["pred_right"]
-    flips["mcnemar_p"] = (float(stats.binomtest(flips["ref_right"], one_sided).pvalue)
-                          if one_sided else 1.0)
+    flips.update(_paired_eps(flips["ref_right"], flips["pred_right"], flips["at_risk"], level))
     return {"identical": same, "n": n,
             "per_hop": {"delta": 1 - fit.reliability, "low": 1 - fit.high, "high": 1 - fit.low,
                         "p_value": fit.p_value},
             "position": cmp.hop_position_reliability(hist, level), "flips": flips}
+
+
+def _paired_eps(ref_right: int, pred_right: int, at_risk: int, level: float) -> dict:
+    """Extra error per hop from the paired flips: (ref right - setting right) / hops decoded
+    while the chains agreed, with McNemar's exact test and an interval from the exact
+    (Clopper-Pearson) interval of the share of one-sided flips that went against the setting."""
+    m = ref_right + pred_right
+    if m == 0 or at_risk == 0:
+        return {"mcnemar_p": 1.0, "eps_paired": 0.0, "eps_paired_low": 0.0,
+                "eps_paired_high": 0.0}
+    lo, hi = cmp.binomial_ci(ref_right, m, level)
+    return {"mcnemar_p": float(stats.binomtest(ref_right, m).pvalue),
+            "eps_paired": (ref_right - pred_right) / at_risk,
+            "eps_paired_low": float((2 * lo - 1) * m / at_risk),
+            "eps_paired_high": float((2 * hi - 1) * m / at_risk)}
 
 
 def _batch(check: dict, level: float) -> dict[str, Any]:
@@ -206,7 +220,9 @@ def format_text(rec: dict, an: dict) -> str:
             f = d["flips"]
             lines.append(f"  {'':<9} where they part: {an['reference']} right {f['ref_right']}, "
                          f"{name} right {f['pred_right']}, both wrong {f['both_wrong']} "
-                         f"(McNemar p = {f['mcnemar_p']:.2g})")
+                         f"(McNemar p = {f['mcnemar_p']:.2g}): paired eps "
+                         f"{100 * f['eps_paired']:+.3f}%/hop [{100 * f['eps_paired_low']:+.3f}, "
+                         f"{100 * f['eps_paired_high']:+.3f}] over {f['at_risk']} paired hops")
         if "eq7_curve" in a:
             inside = sum(a["eq7_inside_ci"])
             lines.append(f"  {'':<9} eq. 7 curve T_ref(k) (1 - eps)^k inside the measured "
