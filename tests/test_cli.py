@@ -74,10 +74,14 @@ def test_malformed_config_json(tmp_path):
     assert r.returncode == 2 and "not valid JSON" in r.stderr
 
 
-def test_planner_imports_no_torch():
+@pytest.mark.parametrize("argv", [
+    ['trap', '--gpu', 'l4', '--model', 'mistral-7b', '--precision', 'nf4', '--draws', '20'],
+    ['trust', 'report', '--format', 'csv'],  # the shipped trust-probe record
+])
+def test_planner_imports_no_torch(argv):
     # a fresh interpreter: whether torch gets imported is only visible from a clean sys.modules
     code = ("import sys\nfrom qtsim.cli.main import main\n"
-            "try:\n    main(['trap','--gpu','l4','--model','mistral-7b','--precision','nf4','--draws','20'])\n"
+            f"try:\n    main({argv!r})\n"
             "except SystemExit:\n    pass\n"
             "main_mods = [m for m in ('torch','transformers','bitsandbytes','pynvml') if m in sys.modules]\n"
             "print('HEAVY', main_mods)\n")

@@ -238,20 +238,12 @@ def test_flip_outcomes_say_who_was_right_where_chains_part():
     assert got == {"ref_right": 1, "pred_right": 1, "both_wrong": 1, "same": 1}
 
 
-def test_shipped_report_needs_no_torch():
-    """`qtsim trust report` (the shipped record) in a fresh interpreter: no torch imported."""
-    import subprocess
-    import sys
-
-    code = ("import sys\nfrom qtsim.cli.main import main\n"
-            "try:\n    main(['trust', 'report', '--format', 'csv'])\n"
-            "except SystemExit as e:\n    print('EXIT', e.code)\n"
-            "print('HEAVY', [m for m in ('torch', 'transformers', 'bitsandbytes') "
-            "if m in sys.modules])\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert "HEAVY []" in r.stdout and "EXIT" not in r.stdout, r.stdout + r.stderr
-    assert r.stdout.splitlines()[0] == ",".join(report.TABLE_COLUMNS)
-    assert len(r.stdout.splitlines()) >= 1 + 7 * 8 + 1  # header, 7 settings x 8 hops, HEAVY
+def test_shipped_report_as_csv():
+    """`qtsim trust report` reads the shipped record (no torch: see test_cli's import test)."""
+    r = invoke_qtsim("trust", "report", "--format", "csv")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == ",".join(report.TABLE_COLUMNS) and len(lines) == 1 + 7 * 8
 
 
 def test_shipped_trust_table_gives_trap_measured_trust():
