@@ -206,7 +206,17 @@ def format_text(rec: dict, an: dict) -> str:
         lines.append("  " + " " * 9 + " " + "".join(
             f"{'[' + _ci(lo) + ',' + _ci(hi) + ']':>12}"
             for lo, hi in zip(a["ci_low"], a["ci_high"], strict=True)))
+    lines += ["", *_finding_lines(an, hops), "", *_batch_lines(rec, an)]
     lines.append("")
+    lines.append(f"  a {_params(rec)}-parameter model trained here on a synthetic task: it "
+                 "tests the compounding claim itself, not any LLM's accuracy "
+                 "(docs/trust-probe.md)")
+    return "\n".join(lines)
+
+
+def _finding_lines(an: dict, hops) -> list[str]:
+    """Per setting: the finding, the paired comparison, eq. 7's curve, LLM.int8()'s outliers."""
+    lines = []
     for name, a in an["settings"].items():
         lines.append(f"  {name:<9} {a['finding']}")
         if "divergence" in a:
@@ -230,11 +240,15 @@ def format_text(rec: dict, an: dict) -> str:
         if a.get("outlier_column_share") is not None:
             lines.append(f"  {'':<9} input columns with |x| >= 6 (kept in fp16 at threshold 6): "
                          f"{100 * a['outlier_column_share']:.1f}%")
-    lines.append("")
+    return lines
+
+
+def _batch_lines(rec: dict, an: dict) -> list[str]:
+    """Theorem 4.5: accuracy at each batch size with intervals, and identical chains."""
     chk = rec.get("check", {})
-    lines.append(f"  Theorem 4.5 (accuracy invariant to batch): the same {chk.get('problems')} "
-                 f"problems of k = {chk.get('hops')} hops decoded at batch "
-                 + " and ".join(str(b) for b in chk.get("batches", [])))
+    lines = [f"  Theorem 4.5 (accuracy invariant to batch): the same {chk.get('problems')} "
+             f"problems of k = {chk.get('hops')} hops decoded at batch "
+             + " and ".join(str(b) for b in chk.get("batches", []))]
     for name, a in an["settings"].items():
         b = a["batch_check"]
         if not b:
@@ -245,11 +259,7 @@ def format_text(rec: dict, an: dict) -> str:
         lines.append(f"  {name:<9} " + "  ".join(parts)
                      + f"  {'equal' if b['equal_within_intervals'] else 'DIFFERENT'} within "
                      f"intervals; identical chains {last['identical_chains']}/{last['n']}")
-    lines.append("")
-    lines.append(f"  a {_params(rec)}-parameter model trained here on a synthetic task: it "
-                 "tests the compounding claim itself, not any LLM's accuracy "
-                 "(docs/trust-probe.md)")
-    return "\n".join(lines)
+    return lines
 
 
 def _params(rec: dict) -> str:
