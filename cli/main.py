@@ -28,6 +28,7 @@ COMMANDS = {
     "simulate": ("qtsim.cli.simulate", "simulate", "Evaluate the model over whole grids into HDF5/CSV, with plots."),
     "fleet": ("qtsim.cli.fleet", "fleet", "Calibrate/validate every node of a GPU fleet on Ray; chunk big grids (qtsim[fleet])."),
     "reproduce": ("qtsim.cli.reproduce", "reproduce", "Recompute the paper's worked examples and figures."),
+    "trust": ("qtsim.cli.trust", "trust", "Multi-hop reasoning probe: train a small model here, measure accuracy per hop per precision, write a --trust table."),
 }
 
 

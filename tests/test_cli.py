@@ -78,6 +78,7 @@ def test_malformed_config_json(tmp_path):
     ["trap", "--gpu", "l4", "--model", "mistral-7b", "--precision", "nf4", "--draws", "20"],
     ["plan", "--model", "qwen3-0.6b", "--demand", "1/s", "--gpu", "l4", "--draws", "10",
      "--batch", "1:4"],
+    ["trust", "report", "--format", "csv"],  # the shipped trust-probe record
 ])
 def test_planner_imports_no_torch(args):
     # a fresh interpreter: whether torch gets imported is only visible from a clean sys.modules

@@ -1,12 +1,20 @@
 """Trust pillar inputs: accuracies from a trust table, with provenance (DESIGN.md sec. 2).
 
-Accuracy cannot be measured without model weights, so T_SI (eq. 2) comes from a table:
+Accuracy of real LLMs cannot be measured here without their weights, so T_SI (eq. 2) comes from
+a table:
 
 - the shipped ``data/reference/trust_table.csv``: the paper's published accuracies (sec. 3.1,
   4.3, 4.3.1, 4.5), status ``published``;
 - or a user's CSV (``--trust FILE``) with columns ``model,task,precision,accuracy`` and optional
   ``source``, ``kind``, ``depth``, ``status``, ``note``; status ``measured`` unless the row says
   ``published``.
+
+A table may hold one task at several depths (the trust probe's CSV, ``qtsim trust probe``:
+one row per hop count k, ``depth`` = k): the row at the depth asked for is used, else the
+deepest, and T_SI divides by the reference row at the same depth. Its ``precision`` column may
+name a kernel-path family (``int8_t0``: LLM.int8() at threshold 0; ``nf4dq``: NF4 with double
+quantisation; :mod:`qtsim.model.paths`), which wins over the plain precision's row when the
+query runs that family.
 
 ``kind`` is ``accuracy`` (a task accuracy in [0, 1]; T_SI = acc_p / acc_ref, eq. 2) or ``ratio``
 (the row already holds T_SI = acc_p / acc_ref, for figures published only as a relative loss).
@@ -158,15 +166,35 @@ def read_trust_table(path: str | None = None) -> list[dict]:
     return _parse_rows(csv.DictReader(text.splitlines()), str(path), "measured", "user: ")
 
 
-def _ratio(rows: list[dict], precision: str, reference: str):
-    """(T_SI, acc, acc_ref, row) from one task's rows, or None."""
-    acc = [r for r in rows if r["precision"] == precision]
+def _at_depth(rows: list[dict], depth: float | None) -> dict:
+    """The row at reasoning depth ``depth`` if the table has one, else the deepest row."""
+    if depth is not None:
+        for r in rows:
+            if math.isclose(r["depth"], float(depth)):
+                return r
+    return max(rows, key=lambda r: r["depth"])
+
+
+def _ratio(rows: list[dict], precisions, reference: str, depth: float | None = None):
+    """(T_SI, acc, acc_ref, row) from one task's rows, or None.
+
+    ``precisions``: the names to look for, most specific first (a kernel-path family such as
+    ``nf4dq`` or ``int8_t0``, then the plain precision). A task measured at several depths
+    (a probe's hop counts) gives the row at ``depth``, else its deepest; the reference row is
+    the one at the same depth.
+    """
+    acc = []
+    for p in precisions:
+        acc = [r for r in rows if r["precision"] == p]
+        if acc:
+            break
     if not acc:
         return None
-    row = acc[0]
+    row = _at_depth(acc, depth)
     if row["kind"] == "ratio":
         return row["accuracy"], None, None, row
-    refs = [r for r in rows if r["precision"] in (reference, "fp16", "bf16") and r["kind"] == "accuracy"]
+    refs = [r for r in rows if r["precision"] in (reference, "fp16", "bf16")
+            and r["kind"] == "accuracy" and math.isclose(r["depth"], row["depth"])]
     if not refs or refs[0]["accuracy"] <= 0:
         return None
     return row["accuracy"] / refs[0]["accuracy"], row["accuracy"], refs[0]["accuracy"], row
@@ -220,7 +248,8 @@ def _candidate_rows(model: str, arch, table: str | None, task: str | None):
 
 def lookup_trust(model: str, precision: str, reference: str = "fp16",
                  table: str | None = None, task: str | None = None,
-                 depth: float | None = None, assume: float = 1.0, arch=None) -> TrustEstimate:
+                 depth: float | None = None, assume: float = 1.0, arch=None,
+                 family: str | None = None) -> TrustEstimate:
     """T_SI = acc(precision) / acc(reference) for ``model`` (eq. 2), or an explicit assumption.
 
     Parameters
@@ -235,13 +264,17 @@ def lookup_trust(model: str, precision: str, reference: str = "fp16",
     arch : the model's :class:`~qtsim.model.architecture.Architecture`; published figures
         apply only to the network the paper evaluated (same class and shapes), whatever the
         name. Without it, a shipped model of that name stands in.
+    family : the kernel-path family the precision runs with its bitsandbytes settings
+        (:func:`qtsim.model.paths.path_family`: ``int8_t0``, ``nf4dq``, ...); rows under that
+        name win over rows under the plain precision
     """
     if precision in ("fp16", "bf16") or precision == reference:
         return TrustEstimate(1.0, "reference", "the reference precision itself", depth=depth)
     groups, mismatch = _candidate_rows(model, arch, table, task)
     for mine, how in groups:
         for t in sorted({r["task"] for r in mine}, key=lambda t: (t != "gsm8k", t)):
-            got = _ratio([r for r in mine if r["task"] == t], precision, reference)
+            names = [x for x in (family, precision) if x]
+            got = _ratio([r for r in mine if r["task"] == t], names, reference, depth)
             if got is None:
                 continue
             t0, acc, acc_ref, row = got

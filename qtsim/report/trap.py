@@ -57,7 +57,8 @@ def assess_trap(profile: HardwareProfile, arch: Architecture, workload: Workload
     counts = arch.counts()
     q, n, d = sim.compare(counts, workload)
     qd, nd, dd = sim.compare(counts, workload, draws=True)
-    trust = lookup_trust(arch.name, workload.precision, profile.native, trust_table, arch=arch)
+    trust = lookup_trust(arch.name, workload.precision, profile.native, trust_table, arch=arch,
+                         family=workload.family)
     rep = {
         "query": _query(profile, arch, workload),
         "verdict": _verdicts(q, n, d, qd, nd, dd, trust.t_si, policy),
@@ -130,6 +131,17 @@ def _serving(profile: HardwareProfile) -> dict:
             "bitsandbytes_version": bnb_version(profile),
             "bitsandbytes_version_source": (profile.bnb or {}).get("source", ""),
             "statement": serving_assumption(profile)}
+
+
+def _trust_text(t: dict) -> str:
+    """T_SI and where it comes from; a measured figure also says its task, depth and accuracies."""
+    text = f"{t['t_si']:.3f} ({t['source']})"
+    if t.get("status") == "measured":
+        accs = (f", accuracy {t['accuracy']:.3f} vs {t['accuracy_ref']:.3f}"
+                if t.get("accuracy") is not None and t.get("accuracy_ref") is not None else "")
+        depth = f" at depth {t['depth']:g}" if t.get("depth") is not None else ""
+        text = f"{t['t_si']:.3f} (measured: {t.get('task', '')}{depth}{accs}; {t['source']})"
+    return text
 
 
 def _query(profile: HardwareProfile, arch: Architecture, w: Workload) -> dict:
@@ -311,8 +323,7 @@ def format_text(r: dict) -> str:
                      "meter this GPU idling with a context open (`qtsim calibrate`) to settle it")
     if r.get("budget"):
         lines.append(_budget_text(r["budget"], p, nat))
-    t = r["si"]["trust"]
-    lines.append(f"  trust: T_SI {t['t_si']:.3f} ({t['source']})")
+    lines.append(f"  trust: T_SI {_trust_text(r['si']['trust'])}")
     pr = r["profile"]
     src = ("calibrated" if pr["calibrated"] else f"{pr['source']}-derived with {pr['priors']} priors "
            "(wide bands; run `qtsim calibrate` on this GPU to narrow them)")

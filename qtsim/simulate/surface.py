@@ -35,6 +35,7 @@ from qtsim.errors import QtsimError
 from qtsim.model import paper, verdicts
 from qtsim.model import sustainability as si
 from qtsim.model.architecture import ArchCounts, Architecture
+from qtsim.model.paths import path_family
 from qtsim.model.precision import get_precision
 from qtsim.model.trust import TrustEstimate, lookup_trust
 from qtsim.model.workload import Workload
@@ -123,9 +124,11 @@ def paper_energy(sim: Simulator, counts: ArchCounts, workload: Workload,
             "j_per_query_paper": e_q, "j_native": e_n}
 
 
-def _trust_grid(precisions, names, synthetic, native, trust_table, depth, family, archs=()):
+def _trust_grid(precisions, names, synthetic, native, trust_table, depth, family, archs=(),
+                bnb=None):
     """(T_SI array (P, M), list of TrustEstimate) for every precision and model (``archs``: the
-    named models' architectures, in order, which published figures are matched by)."""
+    named models' architectures, in order, which published figures are matched by; ``bnb``: the
+    workload's bitsandbytes settings, which pick a table's rows for that kernel-path family)."""
     by_name = {a.name: a for a in archs}
     t = np.ones((len(precisions), len(names)))
     est = []
@@ -139,8 +142,10 @@ def _trust_grid(precisions, names, synthetic, native, trust_table, depth, family
             else:
                 key = (name, p)
                 if key not in cache:
+                    fam = (path_family(p, bnb.double_quant, bnb.int8_threshold)
+                           if bnb is not None else None)
                     cache[key] = lookup_trust(name, p, native, trust_table, depth=depth,
-                                              arch=by_name.get(name))
+                                              arch=by_name.get(name), family=fam)
                 e = cache[key]
             t[i, j] = e.t_si
             est.append({"precision": p, "model": name, **e.to_dict()})
@@ -508,7 +513,7 @@ def simulate(profiles: Sequence[HardwareProfile], models: Sequence[Architecture]
     natives = {p.native for p in profiles}
     t_si, trust = _trust_grid(precisions, names, synthetic, natives.pop() if len(natives) == 1
                               else "fp16", trust_table, depth, family.name if family else "",
-                              models)
+                              models, workload.bnb)
     w = workload.replace(batch=b)
     per_gpu = [evaluate_gpu(prof, stacked, names, precisions, w, t_si, family, policy, weights,
                             n_draws, seed, thresholds, progress)
