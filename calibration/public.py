@@ -357,7 +357,8 @@ def energy_ratios(rows: pd.DataFrame, j_per_tok: np.ndarray) -> list[dict]:
                 continue
             out.append({"campaign": key[0], "gpu": key[1], "model": key[2], "batch": key[3],
                         "family": r.family, "measured": r.obs_j_per_tok / f["obs_j_per_tok"],
-                        "predicted": r.pred_j / f["pred_j"]})
+                        "predicted": r.pred_j / f["pred_j"],
+                        "rows": (rows.index.get_loc(r.Index), rows.index.get_loc(f.name))})
     return out
 
 
@@ -448,17 +449,18 @@ def leave_one_gpu_out(rows: pd.DataFrame | None = None, n_draws: int = 100,
         f = fit(train)
         pred = predict(test, f.values)
         r = np.log(pred["j_per_tok"].to_numpy(float) / test["obs_j_per_tok"].to_numpy(float))
-        s_host = np.std(band_draws(f, test, 0.0, max(n_draws // 3, 20), host_only=True), axis=0)
-        fits[name] = (f, test, pred, r, s_host)
+        host = band_draws(f, test, 0.0, max(n_draws // 3, 20), host_only=True)
+        fits[name] = (f, test, pred, r, np.std(host, axis=0), host)
     out = []
-    for name, (f, test, pred, r, s_host) in fits.items():
+    for name, (f, test, pred, r, s_host, host) in fits.items():
         excess = np.concatenate([(x[3] ** 2 - x[4] ** 2)[np.isfinite(x[3])]
                                  for k, x in fits.items() if k != name])
         model_sd = float(np.sqrt(max(np.mean(excess), MODEL_SD_FLOOR ** 2))) if len(excess) else 0.0
         lo, hi = np.exp(np.percentile(band_draws(f, test, model_sd, n_draws), [16, 84], axis=0))
         s = energy_scores(test, pred, lo, hi)
         out.append({"fold": name, "gpus": folds[name], "fit": f, "rows": test, "pred": pred,
-                    "log_resid": r, "s_host": s_host, "model_sd_log": model_sd, **s})
+                    "log_resid": r, "s_host": s_host, "host_draws": host,
+                    "model_sd_log": model_sd, **s})
     return out
 
 

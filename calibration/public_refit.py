@@ -57,8 +57,8 @@ def model_error(sc: dict) -> dict:
     GPU out (r the log residual of J/token, s_host the spread the host factor alone gives it);
     ``latency_s`` / ``step_s``: the RMS log residual of the latency rows whose machine was seen
     in other rows (the host factor carries the rest); ``rho``: the share of the J error common to
-    a quantized run and its FP16 reference, from the energy-ratio residuals
-    (var(log ratio error) = 2 sd^2 (1 - rho)).
+    a quantized run and its FP16 reference, from the energy-ratio residuals beyond what the host
+    factor gives them (var(log ratio error) - var_host = 2 sd^2 (1 - rho)).
     """
     r = np.concatenate([f["log_resid"] for f in sc["energy"]])
     s = np.concatenate([f["s_host"] for f in sc["energy"]])
@@ -66,10 +66,14 @@ def model_error(sc: dict) -> dict:
     sd_j = float(np.sqrt(max(np.mean(r[ok] ** 2 - s[ok] ** 2), public.MODEL_SD_FLOOR ** 2)))
     lat = np.concatenate([f["log_resid"] for f in sc["latency"] if f["host_known"]])
     sd_t = float(np.sqrt(np.mean(lat ** 2)))
-    ratios = [x for f in sc["energy"] for x in public.energy_ratios(
-        f["rows"], f["pred"]["j_per_tok"].to_numpy(float))]
-    er = np.log([x["predicted"] / x["measured"] for x in ratios])
-    rho = float(np.clip(1.0 - np.mean(er ** 2) / (2.0 * sd_j ** 2), 0.0, 0.95))
+    er2, ratios = [], []
+    for f in sc["energy"]:  # each ratio's error, less what the host factor alone gives it
+        for x in public.energy_ratios(f["rows"], f["pred"]["j_per_tok"].to_numpy(float)):
+            i, j = x["rows"]
+            s_host = np.std(f["host_draws"][:, i] - f["host_draws"][:, j])
+            er2.append(np.log(x["predicted"] / x["measured"]) ** 2 - s_host ** 2)
+            ratios.append(x)
+    rho = float(np.clip(1.0 - np.mean(er2) / (2.0 * sd_j ** 2), 0.0, 0.95))
     basis = (f"leave-one-GPU-out on {int(ok.sum())} metered rows of {len(sc['energy'])} GPUs "
              f"(J/token, beyond the host factor) and leave-one-group-out on {lat.size} latency "
              f"rows whose machine was seen elsewhere; rho from {len(ratios)} energy ratios")
