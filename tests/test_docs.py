@@ -1,0 +1,71 @@
+"""The README and docs/ as a newcomer meets them: short, every relative link resolves (file and
+heading), and the two quickstart commands are the ones CI runs."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+FENCE = re.compile(r"^```.*?^```", re.S | re.M)
+INSTALL_AND_TRAP = "pip install . && qtsim trap --gpu l4 --model mistral-7b --precision nf4"
+TEST_SUITE = ("pip install torch==2.13.0 && pip install -e '.[calibrate,test,fleet]' "
+              "&& python -m pytest")
+
+
+def _prose(text: str) -> str:
+    """The page without its fenced code blocks (command output is not a link)."""
+    return FENCE.sub("", text)
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading: lower case, punctuation dropped, spaces to '-'."""
+    text = re.sub(r"[`*_]|\\", "", heading.strip().lower())
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def _anchors(page: Path) -> set[str]:
+    return {_slug(m.group(1)) for m in re.finditer(r"^#{1,6}\s+(.*)$", _prose(page.read_text()), re.M)}
+
+
+def _relative_links(page: Path):
+    for target in LINK.findall(_prose(page.read_text())):
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto: ...
+            continue
+        yield target
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_relative_link_resolves(page):
+    broken = []
+    for target in _relative_links(page):
+        path, _, anchor = target.partition("#")
+        dest = (page.parent / path).resolve() if path else page
+        if not dest.is_file():
+            broken.append(f"{target}: no such file")
+        elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
+            broken.append(f"{target}: no heading #{anchor} in {dest.relative_to(ROOT)}")
+    assert not broken, f"{page.relative_to(ROOT)}: " + "; ".join(broken)
+
+
+def test_slug_follows_github():
+    assert _slug("`qtsim compare`: every GPU x precision at one batch") == \
+        "qtsim-compare-every-gpu-x-precision-at-one-batch"
+    assert _slug("Thresholds: B\\* and N\\*") == "thresholds-b-and-n"
+    assert _slug("The host part: `qtsim calibrate --host`") == "the-host-part-qtsim-calibrate---host"
+
+
+def test_readme_is_short_and_keeps_the_two_quickstart_commands():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 150
+    commands = [line.strip() for line in readme.splitlines()]
+    assert INSTALL_AND_TRAP in commands and TEST_SUITE in commands
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "torch==2.13.0" in ci and "-e '.[calibrate,test,fleet]'" in ci
+    assert re.search(r"^python -m pytest\b", ci, re.M)
