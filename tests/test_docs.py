@@ -1,6 +1,8 @@
 """The README and docs/ as a newcomer meets them: short, every relative link resolves (file and
-heading), and the two quickstart commands are the ones CI runs."""
+heading), every repository path and ``qtsim.`` name a page quotes exists, and the two quickstart
+commands are the ones CI runs."""
 
+import importlib
 import re
 from pathlib import Path
 
@@ -10,6 +12,11 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^```.*?^```", re.S | re.M)
+#: a repository file quoted in a code span (`data/raw/cpu-validation.h5`), not a placeholder
+REPO_PATH = re.compile(r"`((?:qtsim|calibration|cli|data|tests|benchmarks|hardware_profiles|docs)"
+                       r"/[\w./-]+\.(?:py|md|toml|h5|csv|json|png))`")
+#: a module or attribute quoted in a code span (`qtsim.model.stack`, `qtsim.model.paper.b_star`)
+DOTTED = re.compile(r"`(qtsim(?:\.\w+)+)`")
 INSTALL_AND_TRAP = "pip install . && qtsim trap --gpu l4 --model mistral-7b --precision nf4"
 TEST_SUITE = ("pip install torch==2.13.0 && pip install -e '.[calibrate,test,fleet]' "
               "&& python -m pytest")
@@ -49,6 +56,30 @@ def test_every_relative_link_resolves(page):
         elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
             broken.append(f"{target}: no heading #{anchor} in {dest.relative_to(ROOT)}")
     assert not broken, f"{page.relative_to(ROOT)}: " + "; ".join(broken)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_quoted_repository_paths_and_names_exist(page):
+    prose = _prose(page.read_text())
+    missing = [p for p in REPO_PATH.findall(prose) if not (ROOT / p).is_file()]
+    missing += [n for n in DOTTED.findall(prose) if not _resolves(n)]
+    assert not missing, f"{page.relative_to(ROOT)} quotes what does not exist: {missing}"
+
+
+def _resolves(dotted: str) -> bool:
+    """Whether ``qtsim.a.b.c`` is a module, or an attribute of the longest importable module."""
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for name in parts[i:]:
+            if not hasattr(obj, name):
+                return False
+            obj = getattr(obj, name)
+        return True
+    return False
 
 
 def test_slug_follows_github():
