@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import invoke_qtsim
+
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
@@ -100,3 +102,15 @@ def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "torch==2.13.0" in ci and "-e '.[calibrate,test,fleet]'" in ci
     assert re.search(r"^python -m pytest\b", ci, re.M)
+
+
+def test_readme_example_is_what_the_command_prints_today():
+    """The answer the README reads aloud is the current code's, `power` lines included: a change
+    that moves a figure must regenerate it (run the command, paste its output)."""
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"```\n\$ qtsim trap (.*?)\n(.*?)```", readme, re.S)
+    args, shown = block.group(1).split(), block.group(2).strip().splitlines()
+    r = invoke_qtsim("trap", *args)
+    assert r.returncode == 0, r.stderr
+    assert any(line.lstrip().startswith("power") for line in shown)
+    assert shown == r.stdout.strip().splitlines(), "README example is stale: regenerate it"
