@@ -15,7 +15,7 @@ def test_trap_text_answers_the_l4_question():
         assert needle in out
 
 
-def test_trap_json_keys_documented_in_readme():
+def test_trap_json_keys_documented_in_the_outputs_page():
     r = invoke_qtsim("trap", "--gpu", "h100", "--model", "qwen3-0.6b", "--precision", "int8",
                   "--batch", "4", "--format", "json", "--draws", "50")
     assert r.returncode == 0, r.stderr
@@ -25,9 +25,9 @@ def test_trap_json_keys_documented_in_readme():
     assert rep["query"]["batch"] == 4
     assert rep["quantized"]["j_per_query"]["low"] <= rep["quantized"]["j_per_query"]["value"]
     from pathlib import Path
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    page = (Path(__file__).parents[1] / "docs" / "formats-outputs.md").read_text()
     for key in rep:
-        assert f"`{key}`" in readme
+        assert f"`{key}`" in page
 
 
 def test_trap_csv():

@@ -59,7 +59,7 @@ def test_fit_is_physical(fitted):
 
 def test_refit_reproduces_committed_profile():
     """The committed Xeon profile is the lumped form: its one-class decodes cannot separate
-    h_op_s from the 16-bit paths' in-model per-call cost (README, Calibrate)."""
+    h_op_s from the 16-bit paths' in-model per-call cost (docs/calibrate.md)."""
     prof, _ = build_profile(RAW, "cpu-test", mode="lumped")
     shipped = read_profile(SHIPPED)
     for k, p in shipped.physical.items():

@@ -24,7 +24,7 @@ def test_calibrate_trap_validate(tmp_path, capsys):
     pytest.importorskip("torch")
     pytest.importorskip("bitsandbytes")
     cal = tmp_path / "cal"
-    # one thread: on a 2-vCPU VM two torch threads stall whenever anything else runs (README)
+    # one thread: on a 2-vCPU VM two torch threads stall whenever anything else runs (docs/calibrate.md)
     # about 4.5 min on a quiet 2-core machine; a shared one has taken 12 (issue 24): the
     # calibration measures and reports that disturbance, so give it the time to finish
     r = run_qtsim_process("calibrate", "--gpu", "cpu", "--quick", "--out", str(cal),

@@ -86,7 +86,7 @@ def test_validate_refuses_overlap_before_measuring(tmp_path):
 
 WIDE_RAW = ROOT / "data" / "raw" / "cpu-validation-wide.h5"
 EPYC_PROFILE = ROOT / "data" / "profiles" / "cpu-epyc-2c.toml"
-#: issue 9's latency MAPE target on the out-of-range held-out architectures: not met (see README)
+#: issue 9's latency MAPE target on the out-of-range held-out architectures: not met (see docs/validate.md)
 WIDE_TARGET_PCT = 10.0
 #: what the recorded run achieved (14.1%), asserted so that a regression fails
 WIDE_ACHIEVED_PCT = 15.0

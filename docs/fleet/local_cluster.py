@@ -1,4 +1,4 @@
-"""A fleet campaign on a local Ray cluster (the README's "Fleets" section was made with this).
+"""A fleet campaign on a local Ray cluster (docs/fleet.md's local campaign was made with this).
 
 A head and two worker "nodes" on this machine, each worker with a ``qtsim:<slot>`` resource
 standing for a GPU node, plus a slot on the head that asks for an L4 (refused: no GPU). Runs
