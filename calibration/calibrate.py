@@ -163,7 +163,8 @@ def calibrate_device(gpu: str, out_dir, name=None, *, resume=False, quick=False,
     (resumable; on a GPU the deep-idle windows come first, before any CUDA context), fit, write
     OUT/NAME.toml (and with ``install`` the user profile directory)."""
     from qtsim.calibration.profile_builder import build_profile
-    from qtsim.profiles.hardware import user_profile_dir, write_profile
+    from qtsim.profiles.files import user_profile_dir
+    from qtsim.profiles.hardware import write_profile
 
     device_mod, energy, plan_mod, raw_mod, runner = _measurement()
     check_gpu_name(gpu)
@@ -213,7 +214,7 @@ def calibrate_host(out_dir, name=None, *, resume=False, cpu_threads=None, instal
     (OUT/NAME.h5, OUT/NAME.toml)."""
     device_mod, energy, plan_mod, raw_mod, runner = _measurement()
     from qtsim.calibration.host import build_host_part, host_plan
-    from qtsim.profiles.hardware import user_profile_dir
+    from qtsim.profiles.files import user_profile_dir
     from qtsim.profiles.hosts import write_host
 
     device = device_mod.detect_device("cpu", cpu_threads=cpu_threads)

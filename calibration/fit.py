@@ -40,7 +40,9 @@ from qtsim import __version__
 from qtsim.errors import FitError
 from qtsim.model import paths, physical
 from qtsim.model.architecture import from_config
-from qtsim.profiles.hardware import HardwareProfile, Param, file_sha256
+from qtsim.profiles.files import file_sha256
+from qtsim.profiles.profile import HardwareProfile
+from qtsim.profiles.schema import Param
 
 REAL_METERS = ("nvml_counter", "rapl", "nvml_poll")
 #: constants are fitted in units that make them O(1) (us, ps), which keeps lmfit's numerical

@@ -35,7 +35,8 @@ import numpy as np
 from qtsim import __version__
 from qtsim.errors import FitError
 from qtsim.model import paths
-from qtsim.profiles.hardware import Param, file_sha256
+from qtsim.profiles.files import file_sha256
+from qtsim.profiles.schema import Param
 
 #: the tiny architecture the host decodes use (Qwen3 layout, as the CPU calibration's decodes)
 HOST_CONFIG = {

@@ -10,8 +10,9 @@ from qtsim.calibration.fit import FitResult, compute_dtype_4bit, fit_frame, prof
 from qtsim.calibration.raw import RawStore
 from qtsim.errors import FitError, UnknownNameError
 from qtsim.model.architecture import from_config
-from qtsim.profiles.hardware import HardwareProfile, load_profile
-from qtsim.simulate.simulator import paper_constants_table
+from qtsim.profiles.constants import paper_constants_table
+from qtsim.profiles.hardware import load_profile
+from qtsim.profiles.profile import HardwareProfile
 
 
 def _first(frame, col, default=None):

@@ -28,9 +28,11 @@ import numpy as np
 
 from qtsim import __version__
 from qtsim.calibration import public, public_rows
+from qtsim.calibration.spec_profiles import write_spec_profiles
 from qtsim.profiles import priors
-from qtsim.profiles.hardware import Z68, Z95, atomic_write_text, dumps_toml
+from qtsim.profiles.files import atomic_write_text, dumps_toml
 from qtsim.profiles.hosts import HostPart, write_host
+from qtsim.profiles.profile import Z68, Z95
 from qtsim.profiles.schema import Param
 
 POWER_NAMES = ("awake_base_w", "awake_per_tdp", "awake_desktop", "byte_share")
@@ -181,7 +183,7 @@ def refit(outdir: str | Path = "hardware_profiles", n_draws: int = 100) -> list[
     written = [atomic_write_text(dumps_toml(fit_doc(sc)), ref)]
     priors._public_fit.cache_clear()  # the spec profiles written next must see the new fit
     written += [write_host(h, Path(outdir) / "hosts" / f"{h.name}.toml") for h in host_parts(sc)]
-    written += priors.write_spec_profiles(outdir)
+    written += write_spec_profiles(outdir)
     print(report(sc))
     return written
 

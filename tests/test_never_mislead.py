@@ -228,12 +228,12 @@ def test_profiles_are_written_for_a_team_to_read(tmp_path):
     assert stat.S_IMODE(p.stat().st_mode) == 0o644
 
 
-def test_priors_help_writes_nothing(tmp_path, monkeypatch, capsys):
-    from qtsim.profiles import priors
+def test_spec_profiles_help_writes_nothing(tmp_path, monkeypatch, capsys):
+    from qtsim.calibration import spec_profiles
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as e:
-        priors.main(["--help"])
+        spec_profiles.main(["--help"])
     assert e.value.code == 0
     assert "usage" in capsys.readouterr().out
     assert list(tmp_path.iterdir()) == []

@@ -332,7 +332,7 @@ def test_a_user_profile_shadowing_a_shipped_one_says_so(tmp_path):
 
 
 def test_memory_that_decides_fitting_keeps_its_difference():
-    from qtsim.simulate.stats import gib_texts
+    from qtsim.model.stats import gib_texts
 
     assert gib_texts(14.944, 14.9) == ["14.94 GiB", "14.90 GiB"]
     assert gib_texts(6.4, 14.9) == ["6.4 GiB", "14.9 GiB"]

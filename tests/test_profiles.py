@@ -8,8 +8,9 @@ import pytest
 
 from qtsim.errors import ProfileError, UnknownNameError
 from qtsim.model.architecture import load_architecture
+from qtsim.profiles.constants import paper_constants_table
+from qtsim.profiles.files import dumps_toml
 from qtsim.profiles.hardware import (
-    dumps_toml,
     list_profiles,
     load_profile,
     parse_profile,
@@ -18,7 +19,6 @@ from qtsim.profiles.hardware import (
 )
 from qtsim.profiles.hosts import parse_host
 from qtsim.profiles.priors import REFERENCE_MODEL, spec_profile, spec_rows
-from qtsim.simulate.simulator import paper_constants_table
 
 SHIPPED = ["l4", "a100-40gb", "a100-80gb", "h100-sxm", "h100-pcie", "h200",
            "rtx-pro-6000-blackwell", "b200", "rtx-4090"]
@@ -207,3 +207,15 @@ def test_written_toml_reads_back_numpy_and_nan():
     assert back["a"] == 0.1 and back["n"] == 3 and back["arr"] == [1.5, math.inf]
     assert math.isnan(back["t"]["nan"]) and back["t"]["rows"] == [[1, 2], [3, 4]]
     assert back["t"]["s"] == 'say "hi"\n'
+
+
+def test_schema_knows_every_spec_prior():
+    """The schema names the constants without asking the priors (profiles/schema.py sits below
+    profiles/priors.py): every constant a spec-derived profile holds must still be one it knows."""
+    from qtsim.profiles import schema
+    from qtsim.profiles.priors import spec_prior_names
+
+    names = spec_prior_names()
+    assert len(names) > 20
+    assert [n for n in names if not schema.is_known_param(n)] == []
+    assert not schema.is_known_param("t_call_nf5_b1_s")  # the check can fail

@@ -7,13 +7,13 @@ import pytest
 
 from qtsim.errors import QtsimError
 from qtsim.model.architecture import load_architecture
+from qtsim.model.stats import nan_percentiles
 from qtsim.model.workload import Workload
 from qtsim.profiles.hardware import load_profile
 from qtsim.simulate import dataset as sd
 from qtsim.simulate import surface as sf
 from qtsim.simulate import thresholds
 from qtsim.simulate.simulator import Simulator
-from qtsim.simulate.stats import nan_percentiles
 
 GPUS = ("l4", "h100-sxm")
 MODELS = ("mistral-7b", "qwen3-0.6b")

@@ -13,12 +13,11 @@ from hypothesis import strategies as st
 from qtsim.model import sustainability as si
 from qtsim.model.architecture import load_architecture
 from qtsim.model.workload import Workload
-from qtsim.profiles.hardware import (
+from qtsim.profiles.hardware import parse_profile, read_profile
+from qtsim.profiles.profile import (
     HardwareProfile,
     model_error_deviates,
     ordered_pairs,
-    parse_profile,
-    read_profile,
     reference_name,
 )
 from qtsim.simulate.simulator import Simulator

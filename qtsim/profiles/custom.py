@@ -13,7 +13,9 @@ import re
 from pathlib import Path
 
 from qtsim.errors import QtsimError
-from qtsim.profiles.hardware import HardwareProfile, user_profile_dir, write_profile
+from qtsim.profiles.files import user_profile_dir
+from qtsim.profiles.hardware import write_profile
+from qtsim.profiles.profile import HardwareProfile
 from qtsim.profiles.schema import DATASHEET
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")

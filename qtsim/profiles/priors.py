@@ -13,18 +13,17 @@ the priors (``data/reference/peer_measurements.md``):
 - NVIDIA aiconfigurator: effective bandwidth 0.8 x datasheet (the fit's prior);
 - Splitwise-sim: H100 75 W idle of 700 W TDP (the deep-idle prior).
 
-Regenerate the shipped files with ``python -m qtsim.profiles.priors hardware_profiles/`` (refit
-the public rows first with ``python -m qtsim.calibration.public_refit``, which also does this).
+Regenerate the shipped files with ``python -m qtsim.calibration.spec_profiles hardware_profiles/``
+(refit the public rows first with ``python -m qtsim.calibration.public_refit``, which also does
+this).
 """
 
 from __future__ import annotations
 
 import csv
 import functools
-import sys
 from datetime import date
 from importlib import resources
-from pathlib import Path
 
 import numpy as np
 
@@ -32,8 +31,9 @@ from qtsim import __version__
 from qtsim.model.architecture import load_architecture
 from qtsim.model.physical import DEQ_BYTES_PER_WEIGHT
 from qtsim.model.precision import hardware_dtypes
-from qtsim.profiles.hardware import HardwareProfile, Param, write_profile
-from qtsim.simulate.simulator import paper_constants_table
+from qtsim.profiles.constants import paper_constants_table
+from qtsim.profiles.profile import HardwareProfile
+from qtsim.profiles.schema import Param
 
 BNB_TABLE = "bitsandbytes maintainers' H100 HF-generate table (data/reference/peer_measurements.md)"
 HBM = ("hopper", "ampere", "blackwell-dc")
@@ -269,27 +269,3 @@ def _path_priors(tflops: float, tops: float, bw_eff: float, t_kernel: float,
                                             f"{x_basis[path.replace('_t0', '')]}: {v:.3g} bytes/weight at effective bandwidth (joint fit to public rows, {PUBLIC_FIT})")
         p[f"t_tokweight_{path}_s"] = _prior(tok, 0.5, "s/(weight*token)", "2 FLOPs per weight at half the datasheet dense throughput" + (" (int8)" if "int8" in path else ""))
     return p
-
-
-def write_spec_profiles(outdir: str | Path) -> list[Path]:
-    fit = public_fit()
-    return [write_profile(spec_profile(r, fit), Path(outdir) / f"{r['gpu']}.toml") for r in spec_rows()]
-
-
-def main(argv=None) -> None:
-    """``python -m qtsim.profiles.priors [OUTDIR] [--refit]``: regenerate the spec-derived profiles."""
-    import argparse
-
-    ap = argparse.ArgumentParser(
-        prog="python -m qtsim.profiles.priors",
-        description="Write the spec-derived hardware profiles (one TOML per row of "
-                    "data/reference/gpu_specs.csv) into OUTDIR.")
-    ap.add_argument("outdir", nargs="?", default="hardware_profiles",
-                    help="folder to write (default: hardware_profiles)")
-    args = ap.parse_args(argv)
-    for f in write_spec_profiles(args.outdir):
-        print(f)
-
-
-if __name__ == "__main__":  # pragma: no cover - maintenance entry point
-    main(sys.argv[1:])

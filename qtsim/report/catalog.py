@@ -24,7 +24,8 @@ def table_text(rows: list[dict], fmt: str, text, columns=None, floats: str | Non
 
 def profile_list(fmt: str = "text") -> str:
     """Every visible profile, with where its numbers come from."""
-    from qtsim.profiles.hardware import list_profiles, user_profile_dir
+    from qtsim.profiles.files import user_profile_dir
+    from qtsim.profiles.hardware import list_profiles
 
     def text(rows):
         return "\n".join([f"{'name':26s} {'origin':8s} {'source':11s} device"]

@@ -20,12 +20,12 @@ from qtsim.errors import QtsimError
 from qtsim.model import verdicts
 from qtsim.model.architecture import Architecture
 from qtsim.model.precision import get_precision
+from qtsim.model.stats import GIB, band
 from qtsim.model.workload import BnbSettings, Workload
-from qtsim.profiles.hardware import HardwareProfile
+from qtsim.profiles.profile import HardwareProfile
 from qtsim.report import budget
 from qtsim.report.serving import bnb_version, serving_assumption
 from qtsim.simulate.simulator import Simulator
-from qtsim.simulate.stats import GIB, band
 
 #: column -> (header, unit, format, True when smaller is better: the default sort direction)
 COLUMNS = {

@@ -69,11 +69,11 @@ def simulate_to_files(gpus: Sequence[str], profile_paths: Sequence[str], models:
 
 def check_grid_size(n_gpus: int, n_precisions: int, n_models: int, n_batches: int,
                     n_draws: int) -> None:
-    """Refuse, before any work, too few draws for a band (:func:`qtsim.simulate.stats.check_draws`)
+    """Refuse, before any work, too few draws for a band (:func:`qtsim.model.stats.check_draws`)
     and a grid whose surface cannot fit in this machine's memory
     (:func:`qtsim.simulate.memory.check_surface`)."""
+    from qtsim.model.stats import check_draws
     from qtsim.simulate.memory import check_surface
-    from qtsim.simulate.stats import check_draws
 
     check_draws(n_draws)
     check_surface(n_gpus * n_precisions * max(n_models, 1) * n_batches, n_draws)

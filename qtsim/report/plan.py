@@ -27,11 +27,11 @@ import numpy as np
 from qtsim.errors import QtsimError
 from qtsim.model import verdicts
 from qtsim.model.architecture import Architecture
+from qtsim.model.stats import BAND, GIB, nan_percentiles
 from qtsim.model.workload import BnbSettings, Workload, parse_setting
-from qtsim.profiles.hardware import HardwareProfile
+from qtsim.profiles.profile import HardwareProfile
 from qtsim.report import budget, serving
 from qtsim.simulate.simulator import Simulator
-from qtsim.simulate.stats import BAND, GIB, nan_percentiles
 
 #: objective -> (figure, unit, what it needs)
 OBJECTIVES = {"usd": ("usd_per_month", "$/month", "--usd-per-hour"),

@@ -15,14 +15,14 @@ import numpy as np
 from qtsim.model import sustainability as si
 from qtsim.model import timeline
 from qtsim.model.architecture import Architecture
+from qtsim.model.stats import GIB, band, gib_texts
 from qtsim.model.trust import lookup_trust
 from qtsim.model.verdicts import costs_more, si_trapped, slower, verdict
 from qtsim.model.workload import Workload
-from qtsim.profiles.hardware import HardwareProfile
+from qtsim.profiles.profile import HardwareProfile
 from qtsim.report import budget
 from qtsim.report.serving import bnb_version, serving_assumption
 from qtsim.simulate.simulator import Simulator
-from qtsim.simulate.stats import GIB, band, gib_texts
 
 
 def _stat(central, draws):
@@ -44,8 +44,8 @@ def assess_trap(profile: HardwareProfile, arch: Architecture, workload: Workload
     ``bnb_release``: the bitsandbytes release predicted (default: the profile's recorded one,
     else the current release, stated as assumed: :mod:`qtsim.model.stack`).
     """
+    from qtsim.model.stats import check_draws
     from qtsim.simulate.memory import check_trap_draws
-    from qtsim.simulate.stats import check_draws
 
     check_draws(n_draws, allow_zero=False)
     check_trap_draws(n_draws)

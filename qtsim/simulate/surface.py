@@ -37,12 +37,12 @@ from qtsim.model import sustainability as si
 from qtsim.model.architecture import ArchCounts, Architecture
 from qtsim.model.paths import path_family
 from qtsim.model.precision import get_precision
+from qtsim.model.stats import BAND, GIB, nan_percentiles
 from qtsim.model.trust import TrustEstimate, lookup_trust
 from qtsim.model.workload import Workload
-from qtsim.profiles.hardware import HardwareProfile
+from qtsim.profiles.profile import HardwareProfile
 from qtsim.simulate.dataset import make_surface
 from qtsim.simulate.simulator import Simulator
-from qtsim.simulate.stats import BAND, GIB, nan_percentiles
 from qtsim.simulate.thresholds import (
     N_GRID,
     N_RANGE,

@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from qtsim.model.architecture import from_config
-from qtsim.profiles.hardware import HardwareProfile, model_error_deviates
+from qtsim.profiles.profile import HardwareProfile, model_error_deviates
 from qtsim.simulate.simulator import Simulator
 from qtsim.validate.predict import row_point
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from qtsim.errors import QtsimError, read_user_file
 from qtsim.model.precision import get_precision
 from qtsim.model.workload import DEFAULT_INT8_THRESHOLD, FOUR_BIT, BnbSettings, Workload
-from qtsim.profiles.hardware import HardwareProfile
+from qtsim.profiles.profile import HardwareProfile
 
 #: a plan's defaults: new tokens K and prompt tokens per query
 PLAN_NEW_TOKENS = 32

@@ -13,9 +13,9 @@ import numpy as np
 
 from qtsim.model import physical
 from qtsim.model.architecture import from_config
+from qtsim.model.stats import band
 from qtsim.model.workload import DEFAULT_INT8_THRESHOLD, Workload
 from qtsim.simulate.simulator import Simulator
-from qtsim.simulate.stats import band
 from qtsim.simulate.surface import paper_energy
 from qtsim.validate.plan import ValidationPoint, point_workload
 

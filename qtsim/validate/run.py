@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from qtsim.errors import QtsimError
-from qtsim.profiles.hardware import HardwareProfile
+from qtsim.profiles.profile import HardwareProfile
 from qtsim.validate.plan import ValidationRequest, calibrated_points, holdout_conflicts, plan_points
 from qtsim.validate.report import ValidationReport, report_meta, summary_lines, write_report
 from qtsim.validate.score import correct_for_drift, drift_since_calibration
