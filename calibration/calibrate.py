@@ -43,7 +43,7 @@ def fit_lines(prof, fit, out) -> list[str]:
 def identification_lines(prof) -> list[str]:
     """Warnings a calibrated profile must not be written without: a disturbed machine
     (``[fit.contention]``) and constants the data did not identify (``[fit.unidentified]``)."""
-    from qtsim.calibration.contention import contention_lines
+    from qtsim.calibration.probes.contention import contention_lines
 
     out = []
     cont = prof.fit.get("contention")
@@ -62,7 +62,7 @@ def refit(raw, out=None, name=None, host_part=None, lumped: bool = False, echo=p
           force: bool = False):
     """``qtsim fit``: fit a profile from recorded ``raw`` HDF5 and write it (default next to
     ``raw``; an existing file only with ``force``); returns the profile and the fit."""
-    from qtsim.calibration.profile_builder import build_profile
+    from qtsim.calibration.fit.profile_builder import build_profile
     from qtsim.profiles.hardware import write_profile
     from qtsim.report.grid import refuse_existing
 
@@ -77,7 +77,7 @@ def refit(raw, out=None, name=None, host_part=None, lumped: bool = False, echo=p
 
 def check_gpu_name(gpu: str) -> None:
     """An unknown --gpu is a naming mistake: say so before looking for CUDA."""
-    from qtsim.calibration.device import GPU_ALIASES, KNOWN_GPU_NAMES
+    from qtsim.calibration.measure.device import GPU_ALIASES, KNOWN_GPU_NAMES
     from qtsim.errors import UnknownNameError, suggest
 
     key = gpu.strip().lower()
@@ -92,7 +92,7 @@ def same_threads_on_resume(raw, cpu_threads, log=_stderr) -> None:
     """A resumed CPU calibration keeps the thread count its stored points were measured with."""
     import torch
 
-    from qtsim.calibration.raw import RawStore
+    from qtsim.calibration.measure.raw import RawStore
 
     stored = next((int(p.attrs["torch_threads"]) for p in RawStore(raw, readonly=True).points()
                    if p.attrs.get("torch_threads")), None)
@@ -110,7 +110,8 @@ def same_threads_on_resume(raw, cpu_threads, log=_stderr) -> None:
 def _measurement():
     """The measurement modules (the calibrate extra), or a one-line refusal without them."""
     try:
-        from qtsim.calibration import device, energy, plan, raw, runner
+        from qtsim.calibration.measure import device, energy, raw
+        from qtsim.calibration.probes import plan, runner
     except ImportError as e:
         raise QtsimError("calibration needs the calibrate extra (pip install "
                          f"'qtsim[calibrate]'): {e}") from None
@@ -126,8 +127,8 @@ def _deep_idle_first(gpu: str, name, out: Path, resume: bool, power_window_s: fl
     """A GPU's deep-idle windows, before anything opens a CUDA context in this process, into
     OUT/NAME-calibration.h5 (NAME: ``name``, else the GPU as NVML names it); that file, or
     None when NVML is unusable (then nothing was measured)."""
-    from qtsim.calibration.power_states import deep_idle_device, measure_deep_idle
-    from qtsim.calibration.raw import RawStore
+    from qtsim.calibration.measure.raw import RawStore
+    from qtsim.calibration.probes.power_states import deep_idle_device, measure_deep_idle
 
     try:  # importing torch opens no context; a build without CUDA is refused just after
         import torch
@@ -149,7 +150,7 @@ def energy_meter_line(device, monitor) -> str:
     """Which meter will see this device's energy, in words: on a CPU whether RAPL is there."""
     if device.backend != "cpu":
         return f"meters: {', '.join(monitor.meter_names)}"
-    from qtsim.calibration.energy import rapl_status
+    from qtsim.calibration.measure.energy import rapl_status
     from qtsim.report.budget import energy_scope
 
     ok, status = rapl_status()
@@ -162,7 +163,7 @@ def calibrate_device(gpu: str, out_dir, name=None, *, resume=False, quick=False,
     """``qtsim calibrate --gpu``: measure the plan on this device into OUT/NAME-calibration.h5
     (resumable; on a GPU the deep-idle windows come first, before any CUDA context), fit, write
     OUT/NAME.toml (and with ``install`` the user profile directory)."""
-    from qtsim.calibration.profile_builder import build_profile
+    from qtsim.calibration.fit.profile_builder import build_profile
     from qtsim.profiles.files import user_profile_dir
     from qtsim.profiles.hardware import write_profile
 
@@ -189,7 +190,7 @@ def calibrate_device(gpu: str, out_dir, name=None, *, resume=False, quick=False,
         same_threads_on_resume(raw, cpu_threads, log)
     out.mkdir(parents=True, exist_ok=True)
     monitor = energy.EnergyMonitor(device, tdp_w=tdp_w if device.backend == "cpu" else None)
-    from qtsim.calibration.contention import with_drift_probes
+    from qtsim.calibration.probes.contention import with_drift_probes
 
     plan = with_drift_probes(plan_mod.calibration_plan(device, quick=quick, rotate=rotate,
                                                        power_window_s=power_window_s))
@@ -213,7 +214,8 @@ def calibrate_host(out_dir, name=None, *, resume=False, cpu_threads=None, instal
     """``qtsim calibrate --host``: tiny-width decodes on every path, then the host-part fit
     (OUT/NAME.h5, OUT/NAME.toml)."""
     device_mod, energy, plan_mod, raw_mod, runner = _measurement()
-    from qtsim.calibration.host import build_host_part, host_plan
+    from qtsim.calibration.fit.host_part import build_host_part
+    from qtsim.calibration.probes.host import host_plan
     from qtsim.profiles.files import user_profile_dir
     from qtsim.profiles.hosts import write_host
 

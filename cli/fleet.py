@@ -71,7 +71,7 @@ def calibrate(address, gpu, nodes, plan_name, tdp_w, out_dir, resume, work_dir, 
     Example:
       qtsim fleet calibrate --address auto --gpu h100 --out fleet-h100/
     """
-    from qtsim.calibration.campaigns import calibrate_fleet
+    from qtsim.calibration.fleet.campaigns import calibrate_fleet
 
     calibrate_fleet(address, gpu, nodes, plan_name, tdp_w, out_dir, resume=resume,
                     work_dir=work_dir, max_retries=max_retries, cpu_threads=cpu_threads,
@@ -104,7 +104,7 @@ def validate(address, from_dir, profile_path, gpu, nodes, plan_path, model, prec
     Example:
       qtsim fleet validate --from fleet-h100/ --plan holdout.toml --out fleet-h100-val/
     """
-    from qtsim.calibration.campaigns import validate_fleet
+    from qtsim.calibration.fleet.campaigns import validate_fleet
     from qtsim.model.workload import Workload
     from qtsim.validate.plan import ValidationRequest
 
@@ -151,7 +151,7 @@ def simulate(address, workers, gpus, profile_paths, models, precisions, batches,
       qtsim fleet simulate --gpu l4,h100-sxm --family mistral-7b --sizes 0.5e9:80e9:400 \\
           --batch 1:512:40 --draws 200 --chunk-models 50 --out sweep.h5
     """
-    from qtsim.calibration.campaigns import simulate_fleet
+    from qtsim.calibration.fleet.campaigns import simulate_fleet
     from qtsim.cli.simulate import parse_batches
     from qtsim.model.workload import Workload
     from qtsim.report.grid import load_grid_inputs, refuse_existing

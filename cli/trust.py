@@ -54,11 +54,11 @@ def train(out_dir, overrides, fmt, no_progress):
     """
     import json
 
-    from qtsim.calibration.device import require_measurement_stack
+    from qtsim.calibration.measure.device import require_measurement_stack
 
     require_measurement_stack()
-    from qtsim.calibration.hops_train import Recipe
-    from qtsim.calibration.hops_train import train as run_train
+    from qtsim.calibration.trust.hops_train import Recipe
+    from qtsim.calibration.trust.hops_train import train as run_train
     from qtsim.cli.simulate import LateBar
 
     recipe = _recipe(Recipe, overrides)
@@ -145,11 +145,11 @@ def probe(checkpoint, settings, max_hops, n_per_hop, seed, batch, check_batch, c
       qtsim trust probe --out my-probe/
       qtsim trust probe --settings fp16,nf4 --max-hops 4 --problems 100 --format json
     """
-    from qtsim.calibration.device import require_measurement_stack
+    from qtsim.calibration.measure.device import require_measurement_stack
 
     require_measurement_stack()
-    from qtsim.calibration.hops_probe import check_settings
-    from qtsim.calibration.hops_probe import probe as run_probe
+    from qtsim.calibration.trust.hops_probe import check_settings
+    from qtsim.calibration.trust.hops_probe import probe as run_probe
     from qtsim.cli.simulate import LateBar
     from qtsim.trust import report
     from qtsim.trust.shipped import shipped_checkpoint

@@ -8,9 +8,9 @@ pytest.importorskip("torch")
 pytest.importorskip("bitsandbytes")
 pytest.importorskip("transformers")
 
-from qtsim.calibration.decode import build_model, decode_point_id, decode_run  # noqa: E402
-from qtsim.calibration.device import CpuDevice  # noqa: E402
-from qtsim.calibration.energy import EnergyMonitor  # noqa: E402
+from qtsim.calibration.measure.device import CpuDevice  # noqa: E402
+from qtsim.calibration.measure.energy import EnergyMonitor  # noqa: E402
+from qtsim.calibration.probes.decode import build_model, decode_point_id, decode_run  # noqa: E402
 from qtsim.errors import QtsimError  # noqa: E402
 
 pytestmark = pytest.mark.measure
@@ -95,7 +95,7 @@ def _cuda_available() -> bool:
 def test_decode_cuda(precision):
     import torch
 
-    from qtsim.calibration.device import detect_device, normalise_gpu_name
+    from qtsim.calibration.measure.device import detect_device, normalise_gpu_name
 
     dev = detect_device(normalise_gpu_name(torch.cuda.get_device_name(0)))
     built = build_model(MICRO, precision, dev)

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from qtsim.calibration.device import (
+from qtsim.calibration.measure.device import (
     CpuDevice,
     accepted_names,
     detect_device,
@@ -72,8 +72,8 @@ def test_cpu_device_describes_itself():
 
 
 def test_modules_import_without_torch():
-    code = ("import sys; import qtsim.calibration.device, qtsim.calibration.energy, "
-            "qtsim.calibration.raw, qtsim.calibration.nvml; "
+    code = ("import sys; import qtsim.calibration.measure.device, qtsim.calibration.measure.energy, "
+            "qtsim.calibration.measure.raw, qtsim.calibration.measure.nvml; "
             "print('torch' in sys.modules, 'pynvml' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()
@@ -98,7 +98,7 @@ def test_cuda_device_matches_and_refuses_mismatch():
 def test_missing_measurement_stack_is_one_line(monkeypatch):
     import importlib.util
 
-    from qtsim.calibration import device
+    from qtsim.calibration.measure import device
 
     real = importlib.util.find_spec
     monkeypatch.setattr(device.importlib.util, "find_spec",

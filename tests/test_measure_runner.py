@@ -8,9 +8,10 @@ pytest.importorskip("torch")
 pytest.importorskip("bitsandbytes")
 pytest.importorskip("transformers")
 
-from qtsim.calibration.device import CpuDevice, CudaDevice  # noqa: E402
-from qtsim.calibration.energy import EnergyMonitor  # noqa: E402
-from qtsim.calibration.plan import (  # noqa: E402
+from qtsim.calibration.measure.device import CpuDevice, CudaDevice  # noqa: E402
+from qtsim.calibration.measure.energy import EnergyMonitor  # noqa: E402
+from qtsim.calibration.measure.raw import PointResult, RawStore  # noqa: E402
+from qtsim.calibration.probes.plan import (  # noqa: E402
     DecodeSpec,
     GemmSpec,
     IdleSpec,
@@ -21,8 +22,7 @@ from qtsim.calibration.plan import (  # noqa: E402
     full_plan,
     quick_plan,
 )
-from qtsim.calibration.raw import PointResult, RawStore  # noqa: E402
-from qtsim.calibration.runner import run_plan  # noqa: E402
+from qtsim.calibration.probes.runner import run_plan  # noqa: E402
 from qtsim.errors import QtsimError  # noqa: E402
 
 pytestmark = pytest.mark.measure

@@ -229,7 +229,7 @@ def test_profiles_are_written_for_a_team_to_read(tmp_path):
 
 
 def test_spec_profiles_help_writes_nothing(tmp_path, monkeypatch, capsys):
-    from qtsim.calibration import spec_profiles
+    from qtsim.calibration.fit import spec_profiles
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as e:
@@ -240,8 +240,8 @@ def test_spec_profiles_help_writes_nothing(tmp_path, monkeypatch, capsys):
 
 
 def test_ctrl_c_says_resume_continues(tmp_path, capsys):
-    from qtsim.calibration.raw import PointResult, RawStore
-    from qtsim.calibration.runner import run_plan
+    from qtsim.calibration.measure.raw import PointResult, RawStore
+    from qtsim.calibration.probes.runner import run_plan
 
     class Point:
         def __init__(self, i, stop=False):
@@ -275,7 +275,7 @@ def test_ctrl_c_says_resume_continues(tmp_path, capsys):
 def test_resume_refuses_another_thread_count(tmp_path):
     pytest.importorskip("torch")
     from qtsim.calibration.calibrate import same_threads_on_resume
-    from qtsim.calibration.raw import RawStore
+    from qtsim.calibration.measure.raw import RawStore
     from qtsim.errors import QtsimError
 
     raw = tmp_path / "cpu-calibration.h5"

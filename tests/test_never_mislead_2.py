@@ -379,7 +379,7 @@ def test_fleet_auto_without_a_cluster_says_how_to_start_one(monkeypatch):
     pytest.importorskip("ray")
     import ray._private.services as services
 
-    from qtsim.calibration import campaigns
+    from qtsim.calibration.fleet import campaigns
     from qtsim.errors import QtsimError
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -404,7 +404,7 @@ def _frame(times_ref, cv=0.01, load=None):
 
 
 def test_contention_is_measured_and_judged():
-    from qtsim.calibration.contention import contention_report
+    from qtsim.calibration.probes.contention import contention_report
 
     # the first repeat, before anything else ran, is a warm-up: not judged
     quiet = contention_report(_frame([0.90, 0.50, 0.51, 0.505], load=1.2))
@@ -423,9 +423,9 @@ def test_contention_is_measured_and_judged():
 def test_the_plan_repeats_its_reference_points(monkeypatch):
     from types import SimpleNamespace
 
-    from qtsim.calibration import plan as plan_mod
-    from qtsim.calibration.contention import DriftSpec, with_drift_probes
-    from qtsim.calibration.plan import estimate_plan_s, quick_plan
+    from qtsim.calibration.probes import plan as plan_mod
+    from qtsim.calibration.probes.contention import DriftSpec, with_drift_probes
+    from qtsim.calibration.probes.plan import estimate_plan_s, quick_plan
 
     monkeypatch.setattr(plan_mod, "_cpu_threads", lambda device: 1)  # as the recorded run
 
@@ -444,7 +444,7 @@ def test_the_plan_repeats_its_reference_points(monkeypatch):
 
 def test_a_fit_marks_what_it_did_not_identify():
     from qtsim.calibration.calibrate import fit_lines
-    from qtsim.calibration.profile_builder import build_profile
+    from qtsim.calibration.fit.profile_builder import build_profile
 
     prof, fit = build_profile(ROOT / "data" / "raw" / "cpu-epyc-2c-calibration.h5")
     assert prof.fit["contention"]["verdict"] == "not measured"
@@ -480,7 +480,7 @@ def test_validation_scores_at_the_calibrated_machines_speed():
 
 # ---- 9. validation honesty ------------------------------------------------------------------------------
 def test_one_model_gives_no_leave_one_model_out_figure():
-    from qtsim.calibration.raw import RawStore
+    from qtsim.calibration.measure.raw import RawStore
     from qtsim.profiles.hardware import read_profile
     from qtsim.validate.report import summary_lines
     from qtsim.validate.run import score_validation
@@ -501,7 +501,7 @@ def test_one_model_gives_no_leave_one_model_out_figure():
 def test_steady_memory_is_what_the_model_holds():
     from types import SimpleNamespace
 
-    from qtsim.calibration.decode import steady_memory
+    from qtsim.calibration.probes.decode import steady_memory
 
     cpu, cuda = SimpleNamespace(backend="cpu"), SimpleNamespace(backend="cuda")
     got = steady_memory(900_000_000, 6_000_000, cpu)  # the process's peak RSS is not it
@@ -516,8 +516,8 @@ def test_held_tensor_bytes_count_bitsandbytes_state():
     pytest.importorskip("bitsandbytes")
     from types import SimpleNamespace
 
-    from qtsim.calibration.decode import build_model, held_tensor_bytes
-    from qtsim.calibration.plan import TINY_QWEN3_CONFIG
+    from qtsim.calibration.probes.decode import build_model, held_tensor_bytes
+    from qtsim.calibration.probes.plan import TINY_QWEN3_CONFIG
     from qtsim.model.architecture import from_config
     from qtsim.validate.predict import steady_bytes
 

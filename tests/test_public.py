@@ -13,7 +13,7 @@ print which are met; the assertions below guard what is met today against regres
 import numpy as np
 import pytest
 
-from qtsim.calibration import public, public_refit, public_rows
+from qtsim.calibration.fit import public, public_refit, public_rows
 from qtsim.profiles.priors import public_fit
 
 

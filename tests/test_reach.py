@@ -267,7 +267,7 @@ def test_validation_plan_takes_bitsandbytes_names(tmp_path):
 
 def test_config_names_two_files_in_one_folder(tmp_path):
     """`validate --model d/a.json,d/b.json` once stopped on duplicate point ids."""
-    from qtsim.calibration.plan import DecodeSpec
+    from qtsim.calibration.probes.plan import DecodeSpec
     from qtsim.model.workload import Workload
     from qtsim.validate.plan import grid_points
 

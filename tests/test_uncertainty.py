@@ -121,7 +121,7 @@ def test_bands_widen_with_model_error():
 def test_cpu_heldout_band_coverage(capsys):
     """Issue 10's CI figure: 68%/95% band coverage on the CPU held-out validation set."""
     pytest.importorskip("h5py")
-    from qtsim.calibration.raw import RawStore
+    from qtsim.calibration.measure.raw import RawStore
     from qtsim.validate.coverage import coverage_table
     from qtsim.validate.score import measured_frame
 

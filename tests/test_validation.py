@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qtsim.calibration.raw import RawStore
+from qtsim.calibration.measure.raw import RawStore
 from qtsim.errors import QtsimError
 from qtsim.profiles.hardware import read_profile
 from qtsim.validate.plan import ValidationPoint, holdout_conflicts, point_workload, read_plan
@@ -124,7 +124,7 @@ def test_out_of_range_holdout_error(capsys):
 def test_fleet_validate_job_carries_the_points_and_their_workloads(tmp_path):
     """`fleet validate` ships points to Ray jobs as plain values: a node rebuilds the same
     points (workload included) and predicts them as `qtsim validate` does."""
-    from qtsim.calibration.fleet import _slot_plan
+    from qtsim.calibration.fleet.node import _slot_plan
     from qtsim.validate.plan import ValidationRequest, plan_points
 
     plan = ROOT / "data" / "validation" / "cpu-holdout.toml"

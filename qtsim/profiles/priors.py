@@ -4,18 +4,18 @@ Every constant a datasheet cannot give is a *prior*: a value with a wide standar
 beside it, where it came from. ``qtsim calibrate`` replaces priors with measurements. Sources of
 the priors (``data/reference/peer_measurements.md``):
 
-- the joint fit of the timeline and power model to public rows (``data/reference/public_fit.toml``,
-  :mod:`qtsim.calibration.public`): the bitsandbytes maintainers' decode latencies on an H100 SXM
-  and an RTX 4090, and NVML-metered HF ``generate`` runs on RTX 4090 / 4090D, A100 and T4. It
-  gives the bandwidth efficiency, the device time per kernel, each kernel path's device work per
+- the joint fit of the timeline and power model to public rows
+  (``data/reference/public_fit.toml``, :mod:`qtsim.calibration.fit.public`): the bitsandbytes
+  maintainers' decode latencies on an H100 SXM and an RTX 4090, and NVML-metered HF
+  ``generate`` runs on RTX 4090 / 4090D, A100 and T4. It gives the bandwidth efficiency, the device time per kernel, each kernel path's device work per
   weight, and the power states of a GPU class as forms of its datasheet facts
   (:func:`power_priors`, :mod:`qtsim.model.power`);
 - NVIDIA aiconfigurator: effective bandwidth 0.8 x datasheet (the fit's prior);
 - Splitwise-sim: H100 75 W idle of 700 W TDP (the deep-idle prior).
 
-Regenerate the shipped files with ``python -m qtsim.calibration.spec_profiles hardware_profiles/``
-(refit the public rows first with ``python -m qtsim.calibration.public_refit``, which also does
-this).
+Regenerate the shipped files with
+``python -m qtsim.calibration.fit.spec_profiles hardware_profiles/`` (refit the public rows first
+with ``python -m qtsim.calibration.fit.public_refit``, which also does this).
 """
 
 from __future__ import annotations
@@ -67,8 +67,8 @@ PUBLIC_FIT = "public_fit.toml"  # data/reference: the joint device/host fit to p
 
 
 def public_fit() -> dict:
-    """The shipped joint fit to public rows (:mod:`qtsim.calibration.public`), written by
-    ``python -m qtsim.calibration.public_refit``: fitted device factors, host constants and power
+    """The shipped joint fit to public rows (:mod:`qtsim.calibration.fit.public`), written by
+    ``python -m qtsim.calibration.fit.public_refit``: fitted device factors, host constants and power
     coefficients with stderr, the campaigns' spreads, the model error and held-out scores."""
     import copy
 

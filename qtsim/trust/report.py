@@ -2,7 +2,7 @@
 with intervals, the fitted per-hop reliability and eps (eq. 7), Theorem 4.5's batch check,
 as text, JSON or CSV, and the ``--trust`` CSV that ``qtsim trap`` and ``qtsim simulate`` read.
 
-A probe record is what :func:`qtsim.calibration.hops_probe.probe` returns (``probe.json``):
+A probe record is what :func:`qtsim.calibration.trust.hops_probe.probe` returns (``probe.json``):
 per setting, the problems decoded and answered right at each hop count, the histogram of hops
 right before the first error, and the batch-1 vs batch-8 decode of the same problems.
 """

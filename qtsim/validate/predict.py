@@ -43,7 +43,7 @@ def predict_point(sim: Simulator, config: dict, name: str, pt: ValidationPoint) 
 
 def steady_bytes(profile, counts, w: Workload) -> float:
     """The predicted memory a decode's ``steady_memory_bytes`` is scored against
-    (:data:`qtsim.calibration.decode.STEADY_MEMORY_KIND`): on a GPU weights + KV cache +
+    (:data:`qtsim.calibration.probes.decode.STEADY_MEMORY_KIND`): on a GPU weights + KV cache +
     workspace (the runtime overhead excluded), on a CPU the weight bytes alone."""
     if profile.hardware.get("device_type") == "cpu":
         return float(np.ravel(counts.weight_bytes(w.precision if w.precision != "fp4" else "nf4",

@@ -68,7 +68,7 @@ def measure_points(profile: HardwareProfile, request: ValidationRequest, raw: Pa
     """Predict, then decode, every planned point on this machine, appending to ``raw``.
 
     Points whose model and batch calibrated ``profile`` are refused (``allow_overlap``: run and
-    labelled ``overlap``). Returns the runner's report (:func:`qtsim.calibration.runner.run_plan`).
+    labelled ``overlap``). Returns the runner's report (:func:`qtsim.calibration.probes.runner.run_plan`).
     """
     points, reps, configs = plan_points(request)
     names = {m: n for m, (_, n) in configs.items()}
@@ -78,11 +78,11 @@ def measure_points(profile: HardwareProfile, request: ValidationRequest, raw: Pa
                          + (f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else "")
                          + "; choose other models or batches, or pass --allow-overlap")
     try:
-        from qtsim.calibration.device import detect_device
-        from qtsim.calibration.energy import EnergyMonitor
-        from qtsim.calibration.holdout import drift_probes, validation_specs
-        from qtsim.calibration.raw import RawStore
-        from qtsim.calibration.runner import run_plan
+        from qtsim.calibration.measure.device import detect_device
+        from qtsim.calibration.measure.energy import EnergyMonitor
+        from qtsim.calibration.measure.raw import RawStore
+        from qtsim.calibration.probes.runner import run_plan
+        from qtsim.validate.holdout import drift_probes, validation_specs
     except ImportError as e:
         raise QtsimError("measuring needs the calibrate extra (pip install 'qtsim[calibrate]'): "
                          f"{e}") from None
@@ -110,7 +110,7 @@ def report_validation(profile: HardwareProfile, raw: Path, out: Path, *, repredi
                       record_to=None, echo=print) -> ValidationReport:
     """Score every validation decode in ``raw`` against ``profile`` and write ``out``/report.md
     with its plots and tables; the summary goes to ``echo``."""
-    from qtsim.calibration.raw import RawStore
+    from qtsim.calibration.measure.raw import RawStore
     from qtsim.validate.score import measured_frame
 
     decodes = RawStore(raw, readonly=True).summary_frame("decode")

@@ -1,9 +1,10 @@
-"""Refit the shipped priors to the public rows and score them: ``python -m qtsim.calibration.public_refit``.
+"""Refit the shipped priors to the public rows and score them:
+``python -m qtsim.calibration.fit.public_refit``.
 
 One maintenance command does, in order:
 
 1. the joint fit of device, host and power constants to every used public row
-   (:func:`qtsim.calibration.public.fit`);
+   (:func:`qtsim.calibration.fit.public.fit`);
 2. the held-out scores: leave one metered GPU out (J/token, power, tok/s, energy ratio,
    decisive energy verdicts, 68% band coverage) and leave one (GPU, model) group of the
    latency table out (step-time MAPE, time verdicts);
@@ -27,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from qtsim import __version__
-from qtsim.calibration import public, public_rows
-from qtsim.calibration.spec_profiles import write_spec_profiles
+from qtsim.calibration.fit import public, public_rows
+from qtsim.calibration.fit.spec_profiles import write_spec_profiles
 from qtsim.profiles import priors
 from qtsim.profiles.files import atomic_write_text, dumps_toml
 from qtsim.profiles.hosts import HostPart, write_host
@@ -99,7 +100,7 @@ def fit_doc(sc: dict) -> dict:
     host_keys = [s.name for s in public.PARAMS if s.name.startswith("h_") or s.name == "int8_legacy"]
     return {
         "provenance": {"tables": TABLES, "date": date.today().isoformat(), "qtsim_version": __version__,
-                       "model": "qtsim.model.physical (timelines, power states, power capping) via qtsim.calibration.public"},
+                       "model": "qtsim.model.physical (timelines, power states, power capping) via qtsim.calibration.fit.public"},
         "device": {k: entry(k) for k in DEVICE_NAMES},
         "host": {k: entry(k) for k in host_keys if k in f.values},
         "power": {**{k: entry(k) for k in POWER_NAMES}, "names": list(POWER_NAMES),
@@ -229,7 +230,7 @@ def _pooled(folds: list[dict]) -> dict:
 def main(argv=None) -> None:
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m qtsim.calibration.public_refit",
+    ap = argparse.ArgumentParser(prog="python -m qtsim.calibration.fit.public_refit",
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("outdir", nargs="?", default="hardware_profiles")
     ap.add_argument("--score", action="store_true", help="print the held-out tables only")

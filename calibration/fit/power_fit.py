@@ -1,6 +1,6 @@
 """Power-state constants from measured windows, in closed form (no torch, no lmfit).
 
-The windows (:mod:`qtsim.calibration.power_states`; on a CPU the bandwidth and GEMM probes
+The windows (:mod:`qtsim.calibration.probes.power_states`; on a CPU the bandwidth and GEMM probes
 stand in for streaming and GEMM) each hold the device in one state, so the power model
 (:mod:`qtsim.model.power`, eq. P.1-P.2: busy power = p_awake + E_dyn / D, the device busy the
 whole window) solves directly:
@@ -104,7 +104,7 @@ def _state_power(state: str, row, notes: list[str]) -> StatePower | None:
     if row.get("kind") == "membw":
         bytes_ = _num(row, "bandwidth_bytes_per_s")
     elif row.get("kind") == "gemm":
-        from qtsim.calibration.power_states import gemm_traffic_bytes
+        from qtsim.calibration.probes.power_states import gemm_traffic_bytes
 
         bytes_ = gemm_traffic_bytes(int(_num(row, "in_features"))) / _num(row, "t_call_s")
     sem = max(sem, _resolution_w(row, meter, p, n))
@@ -188,7 +188,7 @@ def _power_cap(states: dict[str, StatePower], notes: list[str]) -> PowerConstant
     cap = limits[0]
     g = states.get("gemm")
     if g is not None and g.row.get("kind") == "power_state":
-        from qtsim.calibration.nvml import POWER_CAP_REASONS
+        from qtsim.calibration.measure.nvml import POWER_CAP_REASONS
 
         reasons = int(_num(g.row, "clock_event_reasons_any", -1))
         if g.power_w >= CAPPED_FRACTION * cap or (reasons > 0 and reasons & POWER_CAP_REASONS):

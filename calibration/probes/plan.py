@@ -1,14 +1,14 @@
 """Calibration measurement plans: which points to measure on a device, and each point's spec.
 
 A plan is a list of point specs (frozen dataclasses with ``point_id()``, ``run(ctx)`` and
-``estimate_s(device)``) that :func:`qtsim.calibration.runner.run_plan` executes.
+``estimate_s(device)``) that :func:`qtsim.calibration.probes.runner.run_plan` executes.
 
 - :func:`quick_plan` - minutes: idle, bandwidth, GEMM, linear probes over every kernel path at
   a few shapes and batches, short decodes of a small architecture.
 - :func:`full_plan` - CUDA: shapes 1024..8192 plus the 7 linear shapes of a Llama-3-8B layer,
   batches 1..128 (about 15 minutes on an H100).
 - :func:`calibration_plan` - either, after the power-state windows
-  (:mod:`qtsim.calibration.power_states`) where a real meter can see them.
+  (:mod:`qtsim.calibration.probes.power_states`) where a real meter can see them.
 """
 
 from __future__ import annotations
@@ -17,7 +17,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from qtsim.calibration.bench import (
+from qtsim.calibration.measure.conditions import environment_attrs
+from qtsim.calibration.measure.energy import rapl_status
+from qtsim.calibration.measure.raw import PointResult, make_point_id, now_iso
+from qtsim.calibration.probes.bench import (
     DEFAULT_THRESHOLD,
     default_min_window_s,
     gemm_probe,
@@ -25,10 +28,7 @@ from qtsim.calibration.bench import (
     linear_probe,
     membw_probe,
 )
-from qtsim.calibration.conditions import environment_attrs
-from qtsim.calibration.energy import rapl_status
-from qtsim.calibration.power_states import DEFAULT_WINDOW_S, power_state_plan
-from qtsim.calibration.raw import PointResult, make_point_id, now_iso
+from qtsim.calibration.probes.power_states import DEFAULT_WINDOW_S, power_state_plan
 from qtsim.model import paths
 
 # A tiny Qwen3-like architecture (random weights): big enough to have every kernel of a real
@@ -101,8 +101,8 @@ class IdleSpec:
         return _base(ctx, "idle", seconds=self.seconds)
 
     def run(self, ctx) -> PointResult:
-        from qtsim.calibration.bench import measurements_to_datasets
-        from qtsim.calibration.energy import measure_idle
+        from qtsim.calibration.measure.energy import measure_idle
+        from qtsim.calibration.probes.bench import measurements_to_datasets
 
         attrs = self.base_attrs(ctx)
         m = measure_idle(ctx.monitor, self.seconds)
@@ -235,7 +235,7 @@ class DecodeSpec:
     seed: int = 0
 
     def point_id(self) -> str:
-        from qtsim.calibration.decode import decode_point_id
+        from qtsim.calibration.probes.decode import decode_point_id
 
         return decode_point_id(self.model_name, self.precision, self.batch, self.prompt_len,
                                self.new_tokens, double_quant=self.double_quant,
@@ -252,7 +252,7 @@ class DecodeSpec:
                      config_json=json.dumps(self.config, sort_keys=True))
 
     def run(self, ctx) -> PointResult:
-        from qtsim.calibration.decode import build_model, decode_run
+        from qtsim.calibration.probes.decode import build_model, decode_run
 
         built = ctx.cached_model(self.model_key(), lambda: build_model(
             self.config, self.precision, ctx.device, seed=self.seed,

@@ -1,5 +1,5 @@
 """The trust probe's measurement (``qtsim trust probe``): a trained pointer-chasing checkpoint
-(:mod:`qtsim.calibration.hops_train`) loaded at each precision and bitsandbytes setting, made
+(:mod:`qtsim.calibration.trust.hops_train`) loaded at each precision and bitsandbytes setting, made
 to chase pointers k = 1..K hops by greedy decoding on this CPU, its chains scored exactly.
 
 Settings (:data:`SETTINGS`; names are qtsim's kernel-path families, :mod:`qtsim.model.paths`,
@@ -78,7 +78,7 @@ def load_model(ckpt_dir, setting: str, compute_dtype: str = "fp16"):
     """(model, attrs): the checkpoint at ``setting``, in eval mode on the CPU."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from qtsim.calibration.decode import _quiet_progress_bars, quantised_linears
+    from qtsim.calibration.probes.decode import _quiet_progress_bars, quantised_linears
 
     desc, dtype, bnb_kwargs = SETTINGS[setting]
     kwargs: dict[str, Any] = {"dtype": _dtype(dtype)}
@@ -130,7 +130,7 @@ def outlier_share(model, prompts: np.ndarray, threshold: float = 6.0) -> float |
     fp16 (None without bitsandbytes layers)."""
     import torch
 
-    from qtsim.calibration.decode import quantised_linears
+    from qtsim.calibration.probes.decode import quantised_linears
 
     layers = quantised_linears(model)
     if not layers:
@@ -161,9 +161,9 @@ def probe(ckpt_dir, settings=DEFAULT_SETTINGS, max_hops: int = 8, n_per_hop: int
     """
     import torch
 
-    from qtsim.calibration.conditions import package_version
-    from qtsim.calibration.device import cpu_model_name
-    from qtsim.calibration.hops_train import WEIGHTS_FILE, read_recipe, sha256
+    from qtsim.calibration.measure.conditions import package_version
+    from qtsim.calibration.measure.device import cpu_model_name
+    from qtsim.calibration.trust.hops_train import WEIGHTS_FILE, read_recipe, sha256
 
     ckpt = Path(ckpt_dir)
     rec = read_recipe(ckpt)

@@ -675,12 +675,12 @@ def _energy_fit(pts: dict, measured: dict, notes: list[str]) -> StageResult:
 
 def fit_energy(frame, values: dict, tdp_w: float, hli_assumption: str, notes: list[str]):
     """Stage 3: the power model. Constants measured in power-state windows
-    (:mod:`qtsim.calibration.power_fit`: ``p_idle_w``, ``p_awake_w``, ``e_byte_j``,
+    (:mod:`qtsim.calibration.fit.power_fit`: ``p_idle_w``, ``p_awake_w``, ``e_byte_j``,
     ``e_flop_j``, ``p_cap_w``) are taken as measured; whatever they leave open of ``p_awake_w``,
     ``e_byte_j``, ``e_flop_j`` is fitted to the linear probes' metered energy. With no real
     meter at all (the HLI estimate only) the power model is that labelled assumption. Returns
     the stage and the energy method (the real meter behind the constants, or ``hli``)."""
-    from qtsim.calibration.power_fit import power_constants, state_powers
+    from qtsim.calibration.fit.power_fit import power_constants, state_powers
 
     measured = {k: FittedParam(c.value, c.stderr, c.unit, c.basis, "calibrated")
                 for k, c in power_constants(frame, notes).items()}

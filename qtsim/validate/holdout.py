@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from qtsim.calibration.plan import DecodeSpec
-from qtsim.calibration.raw import PointResult
+from qtsim.calibration.measure.raw import PointResult
+from qtsim.calibration.probes.plan import DecodeSpec
 
 
 @dataclass
@@ -71,15 +71,15 @@ DRIFT_PRECISIONS = ("fp16", "bf16", "nf4")
 def drift_probes(profile, where: str = "before") -> list:
     """Reference points of ``profile``'s calibration to measure again around held-out runs:
     calibration decodes at batch 1 read from its raw file (``[provenance] raw_data``), each a
-    :class:`~qtsim.calibration.contention.DriftSpec` carrying what the calibration measured
+    :class:`~qtsim.calibration.probes.contention.DriftSpec` carrying what the calibration measured
     there (``ref_t_generate_s``), so validation can tell how far the machine moved since.
     Empty when the raw file is not at hand (the report then says drift was not measured)."""
     import json
     from pathlib import Path
 
-    from qtsim.calibration.contention import DriftSpec
-    from qtsim.calibration.plan import DecodeSpec
-    from qtsim.calibration.raw import RawStore
+    from qtsim.calibration.measure.raw import RawStore
+    from qtsim.calibration.probes.contention import DriftSpec
+    from qtsim.calibration.probes.plan import DecodeSpec
 
     raw = profile.provenance.get("raw_data") or ""
     if not raw or not Path(raw).is_file():

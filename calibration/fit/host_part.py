@@ -1,13 +1,8 @@
-"""Host calibration: the host/software part of a profile, measured on this machine (no GPU).
+"""The host part of a profile fitted from the host decodes (``qtsim calibrate --host``; the
+plan that measures them is :mod:`qtsim.calibration.probes.host`), no torch.
 
-DESIGN.md sec. 2a: host constants describe the CPU and the software stack (Python, torch,
-transformers, bitsandbytes), not the accelerator. ``qtsim calibrate --host`` measures them by
-greedy-decoding **tiny-width** random-weight models (hidden 64: the weights of a whole layer fit
-in L1/L2, so the work each aten op does is negligible beside its dispatch) at three depths on
-every kernel path (fp16, bf16, LLM.int8() at threshold 6 and 0, NF4 with and without double
-quantisation) at batch 1 and 3, records every decode to HDF5 like ``calibrate`` does
-(:mod:`qtsim.calibration.raw`, append-only, resumable), then fits through the model's own host
-timeline (:func:`qtsim.model.physical.step_time_s`, overlap off, every traced op counted):
+The fit runs through the model's own host timeline (:func:`qtsim.model.physical.step_time_s`,
+overlap off, every traced op counted):
 
 - ``h_op_s``: host time per traced aten op (dispatch plus a tiny CPU kernel: on a CPU the op
   runs on the dispatching thread);
@@ -26,6 +21,7 @@ decodes on the CPU (no kernels are launched); give a GPU host part a GPU calibra
 
 from __future__ import annotations
 
+import json
 import platform
 from datetime import date
 from pathlib import Path
@@ -33,45 +29,17 @@ from pathlib import Path
 import numpy as np
 
 from qtsim import __version__
+from qtsim.calibration.fit.measured import compute_dtype_4bit, decode_points, fit_host_constants
+from qtsim.calibration.measure.raw import RawStore
 from qtsim.errors import FitError
 from qtsim.model import paths
 from qtsim.profiles.files import file_sha256
+from qtsim.profiles.hosts import HostPart
 from qtsim.profiles.schema import Param
 
-#: the tiny architecture the host decodes use (Qwen3 layout, as the CPU calibration's decodes)
-HOST_CONFIG = {
-    "model_type": "qwen3", "hidden_size": 64, "intermediate_size": 128,
-    "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
-    "head_dim": 32, "vocab_size": 512, "max_position_embeddings": 512,
-    "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": False,
-}
-HOST_DEPTHS = (1, 4, 10)
-HOST_BATCHES = (1, 3)
-HOST_PRECISIONS = ("fp16", "bf16", "int8", "int8_t0", "nf4", "nf4dq")
-HOST_NEW_TOKENS = 12
-HOST_PROMPT = 8
 #: bandwidth assumed for the (negligible) device part of the host decodes, GB/s
 NOMINAL_BW_GBS = 20.0
 
-
-def host_configs(depths=HOST_DEPTHS) -> list[tuple[str, dict]]:
-    return [(f"host-qwen3-h64-{d}l", {**HOST_CONFIG, "num_hidden_layers": int(d)})
-            for d in depths]
-
-
-def host_plan(device, depths=HOST_DEPTHS, batches=HOST_BATCHES, precisions=HOST_PRECISIONS,
-              reps: int = 3) -> list:
-    """Decode points of the host calibration (grouped so each model is built once)."""
-    from qtsim.calibration.plan import DecodeSpec
-
-    plan = []
-    for name, cfg in host_configs(depths):
-        for p in precisions:
-            base, dq, thr = paths.family_settings(p)
-            for b in batches:
-                plan.append(DecodeSpec(name, cfg, base, b, HOST_PROMPT, HOST_NEW_TOKENS, reps,
-                                       double_quant=dq, threshold=thr))
-    return plan
 
 
 def device_base() -> dict:
@@ -83,10 +51,9 @@ def device_base() -> dict:
     return base
 
 
+
 def fit_host_frame(frame, notes: list[str] | None = None):
     """Fit the host constants to the host decodes in ``frame`` (a raw summary frame)."""
-    from qtsim.calibration.fit import compute_dtype_4bit, decode_points, fit_host_constants
-
     notes = [] if notes is None else notes
     pts = decode_points(frame, notes)
     st = fit_host_constants(pts, device_base(), notes, name="host", cd4=compute_dtype_4bit(frame),
@@ -96,16 +63,16 @@ def fit_host_frame(frame, notes: list[str] | None = None):
     return st, pts
 
 
+
 def _first(frame, col, default=""):
     if col in frame and frame[col].notna().any():
         return frame[col].dropna().iloc[0]
     return default
 
 
+
 def host_part_from_fit(st, frame, raw_path: str, name: str, notes: list[str]):
     """A :class:`qtsim.profiles.hosts.HostPart` from the host fit, with provenance."""
-    from qtsim.profiles.hosts import HostPart
-
     today = date.today().isoformat()
     device = str(_first(frame, "device", "cpu"))
     stack = {"python": str(_first(frame, "python", "") or platform.python_version())}
@@ -148,12 +115,9 @@ def host_part_from_fit(st, frame, raw_path: str, name: str, notes: list[str]):
     return HostPart(host, prov, phys, fit_doc)
 
 
+
 def build_host_part(raw_path, name: str | None = None):
     """Read the host decodes in ``raw_path`` and fit a host part (no torch)."""
-    import json
-
-    from qtsim.calibration.raw import RawStore
-
     frame = RawStore(raw_path, readonly=True).summary_frame("decode")
     if frame is None or len(frame) == 0:
         raise FitError(f"{raw_path}: no host decode points")
@@ -165,5 +129,5 @@ def build_host_part(raw_path, name: str | None = None):
     return host_part_from_fit(st, frame, str(Path(raw_path)), name, notes), st
 
 
-__all__ = ["HOST_CONFIG", "HOST_DEPTHS", "HOST_BATCHES", "HOST_PRECISIONS", "host_plan",
-           "fit_host_frame", "build_host_part", "host_part_from_fit", "device_base"]
+__all__ = ["NOMINAL_BW_GBS", "device_base", "fit_host_frame", "host_part_from_fit",
+           "build_host_part"]

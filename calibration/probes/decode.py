@@ -24,7 +24,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from qtsim.calibration.bench import (
+from qtsim.calibration.measure.conditions import environment_attrs
+from qtsim.calibration.measure.energy import EnergyMonitor
+from qtsim.calibration.measure.raw import PointResult, make_point_id, now_iso
+from qtsim.calibration.probes.bench import (
     DEFAULT_THRESHOLD,
     OUTLIER_N_DIMS,
     OUTLIER_SCALE,
@@ -37,9 +40,6 @@ from qtsim.calibration.bench import (
     release_memory,
     skip_on_oom,
 )
-from qtsim.calibration.conditions import environment_attrs
-from qtsim.calibration.energy import EnergyMonitor
-from qtsim.calibration.raw import PointResult, make_point_id, now_iso
 from qtsim.errors import MeasurementError, QtsimError
 from qtsim.model import paths
 
@@ -187,7 +187,7 @@ def quantised_linears(model) -> list:
 
 def add_outlier_hooks(model, n_dims: int = OUTLIER_N_DIMS, scale: float = OUTLIER_SCALE) -> int:
     """Forward pre-hooks on every quantised linear setting ``n_dims`` fixed input dims
-    (:func:`~qtsim.calibration.bench.outlier_dims`) to +-``scale``. Returns hooks added."""
+    (:func:`~qtsim.calibration.probes.bench.outlier_dims`) to +-``scale``. Returns hooks added."""
     import torch
 
     # One index tensor per (device, width), made once: building it from a Python list in

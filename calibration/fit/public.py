@@ -1,6 +1,6 @@
 """Fit the device, host and power constants jointly to public GPU measurements, and score them.
 
-The rows (:mod:`qtsim.calibration.public_rows`): the bitsandbytes maintainers' decode latencies
+The rows (:mod:`qtsim.calibration.fit.public_rows`): the bitsandbytes maintainers' decode latencies
 (H100 SXM server, RTX 4090 desktop) and NVML-metered HF ``generate`` runs (RTX 4090, RTX 4090D,
 A100, T4: throughput, average board power, J/token). Every prediction is the model's own
 :func:`qtsim.model.physical.query` (timelines, power states, power capping), so a change to the
@@ -36,7 +36,7 @@ from importlib import resources
 import numpy as np
 import pandas as pd
 
-from qtsim.calibration import public_rows
+from qtsim.calibration.fit import public_rows
 from qtsim.errors import FitError
 from qtsim.model import physical, power, stack
 from qtsim.model.architecture import load_architecture

@@ -156,9 +156,9 @@ def train(recipe: Recipe, out_dir, progress=None, log_every: int = 10) -> dict[s
     import torch
     from transformers import LlamaForCausalLM
 
-    from qtsim.calibration.conditions import package_version
-    from qtsim.calibration.decode import _quiet_progress_bars
-    from qtsim.calibration.device import cpu_model_name
+    from qtsim.calibration.measure.conditions import package_version
+    from qtsim.calibration.measure.device import cpu_model_name
+    from qtsim.calibration.probes.decode import _quiet_progress_bars
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """How one traced aten op maps to CUDA work: a kernel, no kernel (view, allocation), a sync.
 
-The lists are what the op inventory (:mod:`qtsim.calibration.trace`) counts with; they are
+The lists are what the op inventory (:mod:`qtsim.calibration.trace.step`) counts with; they are
 written into the inventory file so a reader can audit them. Rules, for a leaf aten op (one
 that reaches a backend kernel; composite ops are decomposed first):
 

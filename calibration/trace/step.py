@@ -1,7 +1,7 @@
 """Trace one real decode step: the operation inventory behind the host/device timelines.
 
 A tiny random-weight model of a given architecture (:func:`tiny_config`, built with
-:func:`qtsim.calibration.decode.build_model`) greedy-decodes 3 tokens on the CPU with HF
+:func:`qtsim.calibration.probes.decode.build_model`) greedy-decodes 3 tokens on the CPU with HF
 ``generate`` under a ``TorchDispatchMode`` that records every aten op dispatched, and every
 ``bitsandbytes::*`` custom op as one op without descending into its CPU implementation. The
 traced step is one full steady-state cycle of ``generate``: from the start of the first
@@ -18,10 +18,10 @@ bookkeeping up to the next forward). Composite aten ops (``linear``, ``to``, ``r
 leaf ops that reach a kernel (their number is ``composite_ops``).
 
 Per block: ``aten_ops`` (leaf aten dispatches, views included), ``view_ops`` (the subset in
-:data:`qtsim.calibration.trace_ops.VIEW_OPS`: no kernel), ``bnb_ops`` (bitsandbytes op calls),
+:data:`qtsim.calibration.trace.ops.VIEW_OPS`: no kernel), ``bnb_ops`` (bitsandbytes op calls),
 ``kernels_cuda`` (kernels the block launches on CUDA: each leaf aten op not a view nor in
-:data:`~qtsim.calibration.trace_ops.ALLOC_OPS` counts 1, each bitsandbytes op what its CUDA
-backend launches, counted by :class:`qtsim.calibration.bnb_cuda.BnbCuda` on the very call's
+:data:`~qtsim.calibration.trace.ops.ALLOC_OPS` counts 1, each bitsandbytes op what its CUDA
+backend launches, counted by :class:`qtsim.calibration.trace.bnb_cuda.BnbCuda` on the very call's
 arguments), ``syncs_cuda`` (host-device synchronisations on CUDA, :data:`SYNC_OPS` plus those
 inside the bitsandbytes CUDA code), ``modules`` (``nn.Module`` forward calls started in the
 block), ``bnb_cuda_aten_ops`` (aten dispatches inside the bitsandbytes CUDA code: host work),
@@ -35,7 +35,7 @@ CUDA-side Python branch: ``Linear4bit.forward`` converts weights to a CPU-only p
 and calls ``gemv_4bit`` when the CPU has AVX512-BF16; the trace sets every layer's
 ``support_avx512bf16_for_cpu = False`` so that ``matmul_4bit`` takes the branch CUDA takes
 (``gemm_4bit``). Outlier injection's own ops (forward pre-hooks added by
-:func:`~qtsim.calibration.decode.add_outlier_hooks`) are excluded from the counts (their number
+:func:`~qtsim.calibration.probes.decode.add_outlier_hooks`) are excluded from the counts (their number
 is ``outlier_injection_ops_excluded``).
 
 ``python -m qtsim.calibration.trace OUT.json`` traces every model type, path and batch and
@@ -54,7 +54,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from qtsim.calibration.trace_ops import (
+from qtsim.calibration.trace.ops import (
     ALLOC_OPS,
     SYNC_OPS,
     VIEW_OPS,
@@ -227,14 +227,14 @@ class _Tracer:
         return None if self.skipping else self.block
 
     def bnb_count(self, func, args, kwargs):
-        from qtsim.calibration.bnb_cuda import CudaCount
+        from qtsim.calibration.trace.bnb_cuda import CudaCount
 
         name = func.name().split("::")[-1]
         try:
             c = self.bnb_cuda.count(name, args, kwargs)
             method = "executed"
         except Exception as exc:  # noqa: BLE001 - fall back to the source, recorded
-            from qtsim.calibration.bnb_cuda import lib_calls_by_ast
+            from qtsim.calibration.trace.bnb_cuda import lib_calls_by_ast
 
             n = lib_calls_by_ast().get(name, 0)
             c = CudaCount(kernels=n, lib_calls=n)
@@ -389,9 +389,9 @@ def trace_step(config: dict, spec: PathSpec, batch: int, *, bnb_cuda=None,
     """
     import torch
 
-    from qtsim.calibration.bnb_cuda import BnbCuda
-    from qtsim.calibration.decode import build_model
-    from qtsim.calibration.device import CpuDevice
+    from qtsim.calibration.measure.device import CpuDevice
+    from qtsim.calibration.probes.decode import build_model
+    from qtsim.calibration.trace.bnb_cuda import BnbCuda
 
     bnb_cuda = bnb_cuda or BnbCuda()
     built = build_model(config, spec.precision, CpuDevice(), seed=seed,
@@ -576,7 +576,7 @@ def _count_case(bnb_cuda, op: str, args: tuple, kwargs: dict, ast_counts: dict) 
 def bnb_cuda_table(bnb_cuda) -> dict[str, dict[str, Any]]:
     """CUDA counts of the bitsandbytes ops on these paths, from synthetic inputs (each op
     run once through its CUDA implementation), including variants the traces do not reach."""
-    from qtsim.calibration.bnb_cuda import lib_calls_by_ast
+    from qtsim.calibration.trace.bnb_cuda import lib_calls_by_ast
 
     t = _synthetic_inputs()
     ast_counts = lib_calls_by_ast()
@@ -603,7 +603,7 @@ def bnb_cuda_table(bnb_cuda) -> dict[str, dict[str, Any]]:
 def build_inventory(model_types=tuple(MODEL_SOURCES), specs=PATH_SPECS, batches=BATCHES,
                     *, hidden: int = 128, progress=None) -> dict[str, Any]:
     """Trace every (model type, path, batch) and assemble the inventory dict (schema 1)."""
-    from qtsim.calibration.bnb_cuda import BnbCuda
+    from qtsim.calibration.trace.bnb_cuda import BnbCuda
 
     bnb_cuda = BnbCuda()
     entries, seen_calls = [], {}
@@ -654,10 +654,6 @@ def main(argv=None) -> int:
     print(f"wrote {argv[0]}: {len(inv['entries'])} entries, "
           f"{len(inv['op_sequences'])} op sequences")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
 
 
 __all__ = ["PathSpec", "PATH_SPECS", "tiny_config", "trace_step", "build_inventory",

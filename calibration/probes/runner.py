@@ -1,4 +1,4 @@
-"""Execute a measurement plan into a :class:`~qtsim.calibration.raw.RawStore`.
+"""Execute a measurement plan into a :class:`~qtsim.calibration.measure.raw.RawStore`.
 
 Points already in the store are skipped (resume); each result is appended as soon as it is
 measured, so an interrupted run loses at most the point in flight; out of memory at a point is
@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import click
 
-from qtsim.calibration.raw import PointResult, RawStore, now_iso
+from qtsim.calibration.measure.raw import PointResult, RawStore, now_iso
 from qtsim.errors import QtsimError
 
 
@@ -49,7 +49,7 @@ class RunContext:
 
     def drop_model(self) -> None:
         if self._model is not None:
-            from qtsim.calibration.decode import cleanup
+            from qtsim.calibration.probes.decode import cleanup
 
             cleanup(self._model)
         self._model, self._model_key = None, None
@@ -81,7 +81,7 @@ def run_plan(points: list, store: RawStore, device, monitor, progress: bool = Tr
     """
     import time
 
-    from qtsim.calibration.bench import skip_on_oom
+    from qtsim.calibration.probes.bench import skip_on_oom
 
     ids = [p.point_id() for p in points]
     dup = sorted({i for i in ids if ids.count(i) > 1})

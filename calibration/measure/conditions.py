@@ -1,14 +1,13 @@
 """The conditions recorded with every measured point: hardware, software versions, clocks,
-temperature, power limit and the meters used. Versions are read with importlib.metadata, so
+temperature, power limit, the machine's load and the meters used. Versions are read with importlib.metadata, so
 this module imports neither torch nor bitsandbytes itself."""
 
 from __future__ import annotations
 
+import os
 import platform
 from importlib import metadata
 from typing import Any
-
-from qtsim.calibration.contention import load_attrs
 
 
 def package_version(name: str) -> str | None:
@@ -60,3 +59,12 @@ def environment_attrs(device, monitor=None, purpose: str = "calibration") -> dic
         attrs["tdp_w"] = monitor.tdp_w
         attrs["hli_assumption"] = monitor.hli_assumption
     return attrs
+
+
+def load_attrs() -> dict[str, float]:
+    """The 1- and 5-minute load averages now (runnable threads, all processes), or {}."""
+    try:
+        one, five, _ = os.getloadavg()
+    except (OSError, AttributeError):
+        return {}
+    return {"load_1m": float(one), "load_5m": float(five)}

@@ -5,9 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from qtsim.calibration.contention import contention_report
-from qtsim.calibration.fit import FitResult, compute_dtype_4bit, fit_frame, profile_from_fit
-from qtsim.calibration.raw import RawStore
+from qtsim.calibration.fit.measured import (
+    FitResult,
+    compute_dtype_4bit,
+    fit_frame,
+    profile_from_fit,
+)
+from qtsim.calibration.measure.raw import RawStore
+from qtsim.calibration.probes.contention import contention_report
 from qtsim.errors import FitError, UnknownNameError
 from qtsim.model.architecture import from_config
 from qtsim.profiles.constants import paper_constants_table
@@ -129,7 +134,7 @@ def build_profile(raw_path: str | os.PathLike, name: str | None = None,
 
 def mark_identification(prof: HardwareProfile, contention: dict | None) -> None:
     """Record in ``[fit]`` how far the calibration can be trusted: the machine's disturbance
-    (``contention``: :func:`qtsim.calibration.contention.contention_report`) and the constants
+    (``contention``: :func:`qtsim.calibration.probes.contention.contention_report`) and the constants
     the data did not identify (:func:`qtsim.profiles.hardware.unidentified_constants`), so the
     profile says so wherever it is shown, not only when it was written."""
     from qtsim.profiles.hardware import unidentified_constants

@@ -15,8 +15,8 @@ source is executed into a private namespace with
 
 and each implementation is called on CPU tensors under a dispatch mode that counts the aten
 ops issued inside: each aten op that launches a kernel on CUDA (not a view, not an
-allocation, see :data:`qtsim.calibration.trace_ops.NO_KERNEL_OPS`) counts one kernel, and each
-op in :data:`~qtsim.calibration.trace_ops.SYNC_OPS` one host-device synchronisation. A
+allocation, see :data:`qtsim.calibration.trace.ops.NO_KERNEL_OPS`) counts one kernel, and each
+op in :data:`~qtsim.calibration.trace.ops.SYNC_OPS` one host-device synchronisation. A
 ``torch.ops.bitsandbytes.*`` op called inside resolves to its CUDA implementation, or to the
 backend-independent ("default") one where the CUDA backend has none, as torch would on CUDA.
 
@@ -32,7 +32,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from qtsim.calibration.trace_ops import classify, leaf_name
+from qtsim.calibration.trace.ops import classify, leaf_name
 from qtsim.errors import MeasurementError
 
 _MODULES = ("bitsandbytes.backends.cuda.ops", "bitsandbytes.backends.default.ops")
@@ -204,7 +204,7 @@ class BnbCuda:
                     fn, _ = outer.impl_for(name)
                     with self:
                         return fn(*args, **kwargs)
-                from qtsim.calibration.trace_ops import decompose_if_composite
+                from qtsim.calibration.trace.ops import decompose_if_composite
 
                 out = decompose_if_composite(self, func, args, kwargs)
                 if out is not NotImplemented:

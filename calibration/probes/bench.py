@@ -3,7 +3,7 @@ bitsandbytes kernel path.
 
 Each probe repeats its call back to back inside a measurement window at least
 ``min_window_s`` long (0.2 s on CPU, 1.0 s on CUDA so the NVML counter resolves it), ``reps``
-windows after a warm-up, and returns a :class:`~qtsim.calibration.raw.PointResult` ready for
+windows after a warm-up, and returns a :class:`~qtsim.calibration.measure.raw.PointResult` ready for
 :meth:`RawStore.append`. Out of memory becomes a skipped point with its reason.
 
 Kernel path names (the fitter keys on them):
@@ -35,9 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from qtsim.calibration.conditions import environment_attrs
-from qtsim.calibration.energy import EnergyMonitor, Measurement
-from qtsim.calibration.raw import PointResult, make_point_id, now_iso
+from qtsim.calibration.measure.conditions import environment_attrs
+from qtsim.calibration.measure.energy import EnergyMonitor, Measurement
+from qtsim.calibration.measure.raw import PointResult, make_point_id, now_iso
 from qtsim.errors import QtsimError
 from qtsim.model import paths
 from qtsim.model.paths import DEFAULT_INT8_THRESHOLD as DEFAULT_THRESHOLD

@@ -4,9 +4,9 @@ A calibration on a shared machine measures the machine's mood as well as its spe
 2-core VM that other processes shared, a quick calibration once ran four times its quiet length
 and fitted a bandwidth of 25 ± 53 GB/s. Three things are measured here, none of them assumed:
 
-- **load**: the 1- and 5-minute load averages at every point's start (:func:`load_attrs`,
-  recorded by :func:`qtsim.calibration.conditions.environment_attrs`), less the run's own
-  threads: what other processes asked of the cores;
+- **load**: the 1- and 5-minute load averages at every point's start
+  (:func:`qtsim.calibration.measure.conditions.load_attrs`, recorded with every point), less the
+  run's own threads: what other processes asked of the cores;
 - **run-to-run spread**: the coefficient of variation of every point's repetitions;
 - **drift**: a few *reference points* re-measured at regular places through the run
   (:class:`DriftSpec`, :func:`with_drift_probes`, stored with ``purpose = "drift"`` and never
@@ -35,15 +35,6 @@ SPREAD_TOLERANCE = 0.05
 LOAD_TOLERANCE = 0.5
 #: reference points re-measured through a run: at its start, end and this many places between
 DRIFT_PROBES = 5
-
-
-def load_attrs() -> dict[str, float]:
-    """The 1- and 5-minute load averages now (runnable threads, all processes), or {}."""
-    try:
-        one, five, _ = os.getloadavg()
-    except (OSError, AttributeError):
-        return {}
-    return {"load_1m": float(one), "load_5m": float(five)}
 
 
 @dataclass
@@ -79,7 +70,7 @@ class DriftSpec:
 def reference_points(plan: list) -> list:
     """The plan's cheapest representative points to repeat: its first 16-bit linear layer at
     batch 1 and its first 16-bit decode at batch 1 (either may be absent)."""
-    from qtsim.calibration.plan import DecodeSpec, LinearSpec
+    from qtsim.calibration.probes.plan import DecodeSpec, LinearSpec
 
     lin = next((p for p in plan if isinstance(p, LinearSpec) and p.batch == 1
                 and p.path.startswith(("fp16", "bf16"))), None)
@@ -92,7 +83,7 @@ def with_drift_probes(plan: list, probes: int = DRIFT_PROBES) -> list:
     """``plan`` with its :func:`reference_points` measured again at ``probes`` places spread
     evenly through it (the first before anything else, the last after everything), each place
     moved to the nearest boundary between decode models so no cached model is rebuilt twice."""
-    from qtsim.calibration.plan import DecodeSpec
+    from qtsim.calibration.probes.plan import DecodeSpec
 
     refs = reference_points(plan)
     if not refs or probes < 2:

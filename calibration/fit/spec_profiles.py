@@ -1,8 +1,9 @@
-"""Write the spec-derived hardware profiles: ``python -m qtsim.calibration.spec_profiles [OUTDIR]``.
+"""Write the spec-derived hardware profiles:
+``python -m qtsim.calibration.fit.spec_profiles [OUTDIR]``.
 
 One TOML per row of ``data/reference/gpu_specs.csv``: datasheet facts plus the priors of
 :mod:`qtsim.profiles.priors` (a maintenance command: the shipped ``hardware_profiles/`` are its
-output; ``python -m qtsim.calibration.public_refit`` refits the priors first and runs it too).
+output; ``python -m qtsim.calibration.fit.public_refit`` refits the priors first and runs it too).
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ def write_spec_profiles(outdir: str | Path) -> list[Path]:
 
 
 def main(argv=None) -> None:
-    """``python -m qtsim.calibration.spec_profiles [OUTDIR]``: regenerate the spec-derived profiles."""
+    """``python -m qtsim.calibration.fit.spec_profiles [OUTDIR]``: regenerate the spec profiles."""
     import argparse
 
     ap = argparse.ArgumentParser(
-        prog="python -m qtsim.calibration.spec_profiles",
+        prog="python -m qtsim.calibration.fit.spec_profiles",
         description="Write the spec-derived hardware profiles (one TOML per row of "
                     "data/reference/gpu_specs.csv) into OUTDIR.")
     ap.add_argument("outdir", nargs="?", default="hardware_profiles",

@@ -1,10 +1,10 @@
 """The power states measured directly where a meter exists (issue 19; the model they feed is
-:mod:`qtsim.model.power`, whose constants :mod:`qtsim.calibration.power_fit` derives from these
+:mod:`qtsim.model.power`, whose constants :mod:`qtsim.calibration.fit.power_fit` derives from these
 windows).
 
 Each state is held for ``reps`` windows of ``window_s`` seconds (5 s by default: about 50
 updates of NVML's total-energy counter), after ``warmup_s`` in the state, the device
-synchronised before and after every window (:class:`~qtsim.calibration.energy.EnergyMonitor`,
+synchronised before and after every window (:class:`~qtsim.calibration.measure.energy.EnergyMonitor`,
 whose meters are the NVML counter, NVML power polling where the counter does not answer, RAPL on
 a CPU, and the HLI estimate beside them):
 
@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from qtsim.calibration.conditions import environment_attrs
-from qtsim.calibration.raw import PointResult, make_point_id, now_iso
+from qtsim.calibration.measure.conditions import environment_attrs
+from qtsim.calibration.measure.raw import PointResult, make_point_id, now_iso
 from qtsim.errors import MeasurementError, QtsimError
 
 STATES = ("deep_idle", "awake", "stream", "gemm")
@@ -183,7 +183,7 @@ def _counter_period(gpu, monitor, probe_s: float) -> tuple[float | None, str]:
 
 
 def _window_datasets(ms, steps, conds) -> tuple[dict, list[str], list[str]]:
-    from qtsim.calibration.bench import measurements_to_datasets
+    from qtsim.calibration.probes.bench import measurements_to_datasets
 
     datasets, excl, notes = measurements_to_datasets(ms)
     datasets["steps"] = np.asarray(steps, dtype=float)
@@ -196,7 +196,7 @@ def measure_power_state(spec: PowerStateSpec, device, monitor,
                         purpose: str = "calibration") -> PointResult:
     """Hold ``device`` in ``spec.state`` for ``spec.reps`` windows of ``spec.window_s`` and
     return the point (kind ``power_state``); out of memory becomes a skipped point."""
-    from qtsim.calibration.bench import release_memory, skip_on_oom
+    from qtsim.calibration.probes.bench import release_memory, skip_on_oom
 
     gpu = _nvml_of(device)
     attrs = spec.base_attrs_for(device, monitor, purpose)
@@ -282,7 +282,7 @@ def power_state_plan(device, window_s: float = DEFAULT_WINDOW_S, reps: int = DEF
 
 def _check_requested(gpu, requested: str, cuda_index: int) -> str:
     """qtsim's name of the NVML device, refused (one line) unless it is the ``--gpu`` asked."""
-    from qtsim.calibration.device import accepted_names, normalise_gpu_name
+    from qtsim.calibration.measure.device import accepted_names, normalise_gpu_name
 
     nvml_name = gpu.info().get("nvml_name") or ""
     name = normalise_gpu_name(nvml_name)
@@ -294,12 +294,12 @@ def _check_requested(gpu, requested: str, cuda_index: int) -> str:
 
 
 def deep_idle_device(requested: str, cuda_index: int = 0, log=print):
-    """The GPU ``cuda:<cuda_index>`` as an :class:`~qtsim.calibration.device.NvmlOnlyDevice`
+    """The GPU ``cuda:<cuda_index>`` as an :class:`~qtsim.calibration.measure.device.NvmlOnlyDevice`
     (NVML alone, no CUDA context), or None when NVML is unusable (said on ``log``: the
     calibration then goes on without a deep-idle point). Refused (one line) unless it is the
     ``--gpu`` asked for."""
-    from qtsim.calibration.device import NvmlOnlyDevice
-    from qtsim.calibration.nvml import visible_gpu
+    from qtsim.calibration.measure.device import NvmlOnlyDevice
+    from qtsim.calibration.measure.nvml import visible_gpu
 
     try:
         gpu = visible_gpu(cuda_index)
@@ -314,9 +314,9 @@ def measure_deep_idle(store, device, *, window_s: float = DEFAULT_WINDOW_S,
                       log=print) -> bool:
     """The deep-idle point of a GPU calibration on ``device`` (:func:`deep_idle_device`),
     measured before this process opens a CUDA context and appended to ``store`` (a
-    :class:`~qtsim.calibration.raw.RawStore`); already stored (a resumed run): nothing is
+    :class:`~qtsim.calibration.measure.raw.RawStore`); already stored (a resumed run): nothing is
     measured. True when measured."""
-    from qtsim.calibration.energy import EnergyMonitor
+    from qtsim.calibration.measure.energy import EnergyMonitor
 
     spec = PowerStateSpec("deep_idle", window_s, reps, warmup_s)
     if store.has(spec.point_id()):

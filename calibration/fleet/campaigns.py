@@ -1,7 +1,8 @@
 """``qtsim fleet``'s work, one function per command: join Ray, run the campaign, summarise.
 
 The campaign machinery (slots, manifest, node tasks, gathering, fits, summaries, tiled
-simulate grids) lives in :mod:`qtsim.calibration.fleet`; this module strings it together for
+simulate grids) lives in the other modules of :mod:`qtsim.calibration.fleet`; this module
+strings it together for
 :func:`calibrate_fleet`, :func:`validate_fleet` and :func:`simulate_fleet` and writes their
 terminal summaries through ``echo``.
 """
@@ -11,7 +12,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from qtsim.calibration import fleet as fl
+from qtsim.calibration.fleet.head import MANIFEST, run_campaign
+from qtsim.calibration.fleet.slots import (
+    DEFAULT_WORK_DIR,
+    RESOURCE_PREFIX,
+    Slot,
+    parse_slots,
+    require_ray,
+)
+from qtsim.calibration.fleet.summary import fit_nodes, fleet_summary, validation_summary
+from qtsim.calibration.fleet.tiles import fleet_simulate
 from qtsim.errors import QtsimError
 
 #: how to get a cluster, said with every refusal to join one
@@ -65,7 +75,7 @@ def check_cluster(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
 def connect(address: str | None, num_cpus: int | None = None):
     """Join the Ray cluster at ``address`` (None: start one here with ``num_cpus``); a missing
     cluster is a one-line :class:`QtsimError` within seconds (:func:`check_cluster`)."""
-    ray = fl.require_ray()
+    ray = require_ray()
     if not ray.is_initialized():
         kw = {"log_to_driver": False, "logging_level": "ERROR", "configure_logging": False}
         if address:
@@ -94,16 +104,16 @@ def calibrate_fleet(address, gpu: str, nodes, plan_name: str, tdp_w, out_dir, *,
     """``qtsim fleet calibrate``: calibrate every slot, fit a profile per slot and summarise
     the spread of each constant between units of the same hardware model."""
     ray = connect(address)
-    slots = fl.parse_slots(nodes, gpu, ray.cluster_resources())
+    slots = parse_slots(nodes, gpu, ray.cluster_resources())
     settings = {"plan": plan_name, "gpu": gpu}
     extra = {"*": {"plan": plan_name, "cpu_threads": cpu_threads, "tdp_w": tdp_w}}
     echo(f"fleet calibrate: {len(slots)} slots ({', '.join(f'{s.name}={s.gpu}' for s in slots)}), "
          f"plan {plan_name} -> {out_dir}")
-    m = fl.run_campaign("calibrate", out_dir, slots, settings=settings, job_extra=extra,
-                        resume=resume, work_dir=work_dir or fl.DEFAULT_WORK_DIR,
+    m = run_campaign("calibrate", out_dir, slots, settings=settings, job_extra=extra,
+                        resume=resume, work_dir=work_dir or DEFAULT_WORK_DIR,
                         max_retries=max_retries, crash=parse_crash(crash), echo=echo)
-    profiles = fl.fit_nodes(m, echo=echo)
-    summary = fl.fleet_summary(m, profiles, echo=echo)
+    profiles = fit_nodes(m, echo=echo)
+    summary = fleet_summary(m, profiles, echo=echo)
     for line in summary_lines(m, summary):
         echo(line)
     return m, summary
@@ -134,12 +144,12 @@ def _validation_slots(ray, from_dir, profile_path, nodes, gpu: str):
     """(slots, {slot: profile file}): each calibrated slot's own profile (``from_dir``, a fleet
     calibrate campaign) or one ``profile_path`` for every slot."""
     if from_dir:
-        cal = json.loads((Path(from_dir) / fl.MANIFEST).read_text())
+        cal = json.loads((Path(from_dir) / MANIFEST).read_text())
         have = {n: s for n, s in cal["slots"].items() if s["status"] == "done" and s.get("profile")}
-        wanted = fl.parse_slots(nodes, gpu, {fl.RESOURCE_PREFIX + n: 1 for n in have})
-        slots = [fl.Slot(s.name, have[s.name]["gpu"]) for s in wanted if s.name in have]
+        wanted = parse_slots(nodes, gpu, {RESOURCE_PREFIX + n: 1 for n in have})
+        slots = [Slot(s.name, have[s.name]["gpu"]) for s in wanted if s.name in have]
         return slots, {s.name: Path(from_dir) / have[s.name]["profile"] for s in slots}
-    slots = fl.parse_slots(nodes, gpu, ray.cluster_resources())
+    slots = parse_slots(nodes, gpu, ray.cluster_resources())
     return slots, {s.name: Path(profile_path) for s in slots}
 
 
@@ -167,10 +177,10 @@ def validate_fleet(address, request, out_dir, *, from_dir=None, profile_path=Non
     settings = {"from": str(from_dir or ""), "profile": str(profile_path or ""),
                 "points": len(points), "reps": reps}
     echo(f"fleet validate: {len(slots)} slots x {len(points)} held-out points -> {out_dir}")
-    m = fl.run_campaign("validate", out_dir, slots, settings=settings, job_extra=extra,
-                        resume=resume, work_dir=work_dir or fl.DEFAULT_WORK_DIR,
+    m = run_campaign("validate", out_dir, slots, settings=settings, job_extra=extra,
+                        resume=resume, work_dir=work_dir or DEFAULT_WORK_DIR,
                         max_retries=max_retries, crash=parse_crash(crash), echo=echo)
-    frame = fl.validation_summary(m, profiles, echo=echo)
+    frame = validation_summary(m, profiles, echo=echo)
     for _, r in frame[frame["status"] != "done"].iterrows():
         echo(f"  {r['slot']} {r['status']}: {r['reason']}")
     echo(f"wrote {m.out / 'fleet_validation.csv'}, fleet_validation.json, {m.path.name}")
@@ -192,7 +202,7 @@ def simulate_fleet(address, workers, profiles, archs, size_grid, batches, out, *
     check_grid_size(len(profiles), len(precisions), n_models, len(batches), n_draws)
     connect(address, workers)
     t0 = time.perf_counter()
-    surface = fl.fleet_simulate(profiles, archs, size_grid, batches, family=family,
+    surface = fleet_simulate(profiles, archs, size_grid, batches, family=family,
                                 chunk_models=chunk_models, chunk_batches=chunk_batches,
                                 precisions=precisions, new_tokens=new_tokens,
                                 prompt_tokens=prompt_tokens, n_draws=n_draws, seed=seed)

@@ -170,7 +170,7 @@ class CpuDevice(Device):
         return os.cpu_count() or 1
 
     def describe(self) -> dict[str, Any]:
-        from qtsim.calibration.energy import rapl_power_limit_w
+        from qtsim.calibration.measure.energy import rapl_power_limit_w
 
         try:
             import torch
@@ -203,7 +203,7 @@ class CpuDevice(Device):
 
 @dataclass
 class CudaDevice(Device):
-    """One CUDA GPU; NVML (through :mod:`qtsim.calibration.nvml`) supplies its conditions."""
+    """One CUDA GPU; NVML (through :mod:`qtsim.calibration.measure.nvml`) supplies its conditions."""
 
     backend: str = "cuda"
     name: str = "unknown-gpu"
@@ -217,7 +217,7 @@ class CudaDevice(Device):
     def nvml(self):
         """The :class:`NvmlGpu` for this device (cached), or None when NVML is unusable."""
         if "nvml" not in self._cache:
-            from qtsim.calibration.nvml import NvmlGpu
+            from qtsim.calibration.measure.nvml import NvmlGpu
 
             try:
                 import torch
@@ -270,7 +270,7 @@ class CudaDevice(Device):
 @dataclass
 class NvmlOnlyDevice(Device):
     """A GPU seen through NVML alone, before this process opens a CUDA context on it: what the
-    deep-idle power window measures (:mod:`qtsim.calibration.power_states`). Nothing can be
+    deep-idle power window measures (:mod:`qtsim.calibration.probes.power_states`). Nothing can be
     queued on it, so :meth:`synchronize` has nothing to wait for."""
 
     backend: str = "cuda"
