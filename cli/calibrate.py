@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from qtsim.calibration import calibrate as cal
+from qtsim.calibration.calibrate import refit
 from qtsim.cli.options import StrictCommand
 
 
@@ -24,8 +26,6 @@ def fit(raw, out, name, host_part, lumped, force):
     Example:
       qtsim fit data/raw/cpu-calibration.h5 --out my-cpu.toml
     """
-    from qtsim.calibration.calibrate import refit
-
     refit(raw, out, name, host_part, lumped, echo=click.echo, force=force)
 
 
@@ -75,8 +75,6 @@ def calibrate(gpu, host_only, quick, out_dir, name, resume, tdp_w, cpu_threads, 
       qtsim calibrate --gpu h100 --out my-h100/ --install
       qtsim calibrate --host --out my-host/     # host part: h_op_s, h_step_s, h_call_<path>_s
     """
-    from qtsim.calibration import calibrate as cal
-
     progress = not no_progress
     if host_only:
         cal.calibrate_host(out_dir, name, resume=resume, cpu_threads=cpu_threads, install=install,

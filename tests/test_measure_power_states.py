@@ -345,10 +345,11 @@ def test_rapl_power_states_on_a_cpu_with_wraparound(monkeypatch, tmp_path):
     watts = {"deep_idle": 8.0, "awake": 21.0}
     import functools
 
+    from qtsim.calibration.measure import device as device_mod
     from qtsim.calibration.measure import energy as energy_mod
 
     z = _rapl_board(tmp_path / "powercap", max_uj=3_000_000, pl1_uw=35_000_000)  # wraps every 3 J
-    monkeypatch.setattr(energy_mod, "rapl_power_limit_w",  # what CpuDevice.describe() reads
+    monkeypatch.setattr(device_mod, "rapl_power_limit_w",  # what CpuDevice.describe() reads
                         functools.partial(energy_mod.rapl_power_limit_w, str(tmp_path / "powercap")))
     state = {"w": 8.0, "uj": 0.0, "t": time.perf_counter()}
 

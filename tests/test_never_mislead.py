@@ -174,12 +174,12 @@ def test_simulate_creates_the_out_folder_and_writes_all_or_nothing(tmp_path, mon
     assert out.is_file() and (tmp_path / "c" / "s.csv").is_file()
 
     from qtsim.errors import QtsimError
-    from qtsim.report import plots
+    from qtsim.report import grid
 
     def broken(fig, path, dpi=130):
         raise QtsimError("disk full")
 
-    monkeypatch.setattr(plots, "save", broken)
+    monkeypatch.setattr(grid, "save", broken)  # where `qtsim simulate --plot` saves figures
     target = tmp_path / "fail"
     code, _, err = qtsim("simulate", "--gpu", "l4", "--model", "mistral-7b", "--batch", "1,2",
                          "--out", str(target / "s.h5"), "--csv", str(target / "s.csv"),

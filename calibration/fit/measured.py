@@ -37,6 +37,7 @@ from datetime import date
 import numpy as np
 
 from qtsim import __version__
+from qtsim.calibration.fit.power_fit import power_constants, state_powers
 from qtsim.errors import FitError
 from qtsim.model import paths, physical
 from qtsim.model.architecture import from_config
@@ -680,8 +681,6 @@ def fit_energy(frame, values: dict, tdp_w: float, hli_assumption: str, notes: li
     ``e_byte_j``, ``e_flop_j`` is fitted to the linear probes' metered energy. With no real
     meter at all (the HLI estimate only) the power model is that labelled assumption. Returns
     the stage and the energy method (the real meter behind the constants, or ``hli``)."""
-    from qtsim.calibration.fit.power_fit import power_constants, state_powers
-
     measured = {k: FittedParam(c.value, c.stderr, c.unit, c.basis, "calibrated")
                 for k, c in power_constants(frame, notes).items()}
     core = {k: p for k, p in measured.items() if k in ENERGY_PARAMS}

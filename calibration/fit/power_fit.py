@@ -24,6 +24,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from qtsim.calibration.measure.nvml import POWER_CAP_REASONS
+from qtsim.calibration.probes.power_states import gemm_traffic_bytes
+
 #: real meters in order of preference (the HLI estimate never measures a power state)
 METER_ORDER = ("nvml_counter", "rapl", "nvml_poll")
 NVML_COUNTER_PERIOD_S = 0.1  # assumed where the update period was not measured (NVML docs)
@@ -104,8 +107,6 @@ def _state_power(state: str, row, notes: list[str]) -> StatePower | None:
     if row.get("kind") == "membw":
         bytes_ = _num(row, "bandwidth_bytes_per_s")
     elif row.get("kind") == "gemm":
-        from qtsim.calibration.probes.power_states import gemm_traffic_bytes
-
         bytes_ = gemm_traffic_bytes(int(_num(row, "in_features"))) / _num(row, "t_call_s")
     sem = max(sem, _resolution_w(row, meter, p, n))
     window = _num(row, "t_median_s")
@@ -188,8 +189,6 @@ def _power_cap(states: dict[str, StatePower], notes: list[str]) -> PowerConstant
     cap = limits[0]
     g = states.get("gemm")
     if g is not None and g.row.get("kind") == "power_state":
-        from qtsim.calibration.measure.nvml import POWER_CAP_REASONS
-
         reasons = int(_num(g.row, "clock_event_reasons_any", -1))
         if g.power_w >= CAPPED_FRACTION * cap or (reasons > 0 and reasons & POWER_CAP_REASONS):
             notes.append(f"gemm windows ran at the power limit ({g.power_w:.4g} W of {cap:.4g} W"

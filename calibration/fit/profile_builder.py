@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import json as _json
 import os
 from pathlib import Path
+
+import numpy as np
 
 from qtsim.calibration.fit.measured import (
     FitResult,
@@ -14,9 +18,11 @@ from qtsim.calibration.fit.measured import (
 from qtsim.calibration.measure.raw import RawStore
 from qtsim.calibration.probes.contention import contention_report
 from qtsim.errors import FitError, UnknownNameError
+from qtsim.model import physical
 from qtsim.model.architecture import from_config
 from qtsim.profiles.constants import paper_constants_table
-from qtsim.profiles.hardware import load_profile
+from qtsim.profiles.hardware import load_profile, unidentified_constants
+from qtsim.profiles.hosts import HostPart, load_host
 from qtsim.profiles.profile import HardwareProfile
 
 
@@ -60,13 +66,6 @@ def hardware_facts(frame) -> dict:
 def runtime_overhead_bytes(frame) -> float | None:
     """Memory a decode needs beyond weights, KV cache and workspace (runtime, allocator, and on
     the CPU the interpreter): the median over calibration decodes, or None if none recorded it."""
-    import json
-
-    import numpy as np
-
-    from qtsim.model import physical
-    from qtsim.model.architecture import from_config
-
     if "peak_memory_bytes" not in frame:
         return None
     dec = frame[(frame["kind"] == "decode") & frame["peak_memory_bytes"].notna()]
@@ -88,8 +87,6 @@ def build_profile(raw_path: str | os.PathLike, name: str | None = None,
     or its file, whose ``h_op_s`` is held in stage 2)."""
     h_op_prior = None
     if host_part is not None:
-        from qtsim.profiles.hosts import HostPart, load_host
-
         hp = host_part if isinstance(host_part, HostPart) else load_host(str(host_part))
         h_op_prior = (hp.physical["h_op_s"].value, f"host part {hp.path or hp.name}")
     store = RawStore(raw_path, readonly=True)
@@ -121,8 +118,6 @@ def build_profile(raw_path: str | os.PathLike, name: str | None = None,
                             str(_first(frame, "driver", "") or ""), versions)
     base = frame[frame["kind"] == "decode"].sort_values("model")
     if len(base):
-        import json as _json
-
         ref = base.iloc[0]
         prof.constants = paper_constants_table(
             prof, from_config(_json.loads(ref["config_json"])).counts(), str(ref["model"]))
@@ -137,8 +132,6 @@ def mark_identification(prof: HardwareProfile, contention: dict | None) -> None:
     (``contention``: :func:`qtsim.calibration.probes.contention.contention_report`) and the constants
     the data did not identify (:func:`qtsim.profiles.hardware.unidentified_constants`), so the
     profile says so wherever it is shown, not only when it was written."""
-    from qtsim.profiles.hardware import unidentified_constants
-
     if contention is not None:
         prof.fit["contention"] = {k: v for k, v in contention.items() if k != "lines"}
     bad = unidentified_constants(prof)

@@ -20,6 +20,7 @@ One maintenance command does, in order:
 
 from __future__ import annotations
 
+import argparse
 import sys
 from datetime import date
 from importlib import resources
@@ -228,8 +229,6 @@ def _pooled(folds: list[dict]) -> dict:
 
 
 def main(argv=None) -> None:
-    import argparse
-
     ap = argparse.ArgumentParser(prog="python -m qtsim.calibration.fit.public_refit",
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("outdir", nargs="?", default="hardware_profiles")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import tomllib
 from importlib import resources
+from io import StringIO
 
 import numpy as np
 import pandas as pd
@@ -45,8 +46,6 @@ def campaigns() -> dict:
 
 def latency_rows() -> pd.DataFrame:
     """The maintainers' decode-latency rows as configurations (window ``decode``)."""
-    from io import StringIO
-
     t = pd.read_csv(StringIO(_ref(LATENCY_TABLE)))
     return pd.DataFrame({
         "campaign": t["gpu"].map(LATENCY_CAMPAIGNS), "table": "latency", "gpu": t["gpu"],
@@ -71,8 +70,6 @@ def energy_rows() -> pd.DataFrame:
     """The metered rows as configurations: one per (campaign, GPU, model, precision, batch,
     pairing), metrics in SI per generated token; unmodelled models and excluded campaigns kept
     with ``use`` False and the reason."""
-    from io import StringIO
-
     cfg = campaigns()
     t = pd.read_csv(StringIO(_ref(ENERGY_TABLE)))
     t["output_tokens"] = t["output_tokens"].astype(float)

@@ -8,6 +8,7 @@ output; ``python -m qtsim.calibration.fit.public_refit`` refits the priors first
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -22,8 +23,6 @@ def write_spec_profiles(outdir: str | Path) -> list[Path]:
 
 def main(argv=None) -> None:
     """``python -m qtsim.calibration.fit.spec_profiles [OUTDIR]``: regenerate the spec profiles."""
-    import argparse
-
     ap = argparse.ArgumentParser(
         prog="python -m qtsim.calibration.fit.spec_profiles",
         description="Write the spec-derived hardware profiles (one TOML per row of "

@@ -10,6 +10,9 @@ terminal summaries through ``echo``.
 from __future__ import annotations
 
 import json
+import os
+import socket
+import time
 from pathlib import Path
 
 from qtsim.calibration.fleet.head import MANIFEST, run_campaign
@@ -23,6 +26,10 @@ from qtsim.calibration.fleet.slots import (
 from qtsim.calibration.fleet.summary import fit_nodes, fleet_summary, validation_summary
 from qtsim.calibration.fleet.tiles import fleet_simulate
 from qtsim.errors import QtsimError
+from qtsim.profiles.hardware import read_profile
+from qtsim.report.grid import check_grid_size
+from qtsim.simulate.dataset import grid_line, quantities, write_csv, write_hdf5
+from qtsim.validate.plan import plan_points
 
 #: how to get a cluster, said with every refusal to join one
 START_CLUSTER = ("start one with `ray start --head` on the head node (and `ray start --address "
@@ -36,8 +43,6 @@ def cluster_endpoint(address: str) -> tuple[str, int]:
     """(host, port) a Ray ``address`` points at: ``HOST:PORT``, ``ray://HOST:PORT``, or
     ``auto`` (``RAY_ADDRESS``, else the cluster ``ray start`` began on this machine); a one-line
     :class:`QtsimError` when there is none or the address is malformed."""
-    import os
-
     addr = address
     if addr == "auto":
         addr = os.environ.get("RAY_ADDRESS") or ""
@@ -60,8 +65,6 @@ def cluster_endpoint(address: str) -> tuple[str, int]:
 
 def check_cluster(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
     """Refuse within ``timeout_s`` when nothing listens at ``address`` (Ray would hang)."""
-    import socket
-
     host, port = cluster_endpoint(address)
     try:
         with socket.create_connection((host, port), timeout=timeout_s):
@@ -159,9 +162,6 @@ def validate_fleet(address, request, out_dir, *, from_dir=None, profile_path=Non
     """``qtsim fleet validate``: held-out decodes of ``request``
     (:class:`qtsim.validate.plan.ValidationRequest`) on every slot, each against its own
     profile, with per-slot errors and the fleet's spread."""
-    from qtsim.profiles.hardware import read_profile
-    from qtsim.validate.plan import plan_points
-
     if bool(from_dir) == bool(profile_path):
         raise QtsimError("give --from CAMPAIGN_DIR or --profile FILE")
     points, reps, configs = plan_points(request)
@@ -193,11 +193,6 @@ def simulate_fleet(address, workers, profiles, archs, size_grid, batches, out, *
                    echo=print):
     """``qtsim fleet simulate``: the grid in tiles over Ray workers, written as one machine
     writes it (HDF5, optional CSV)."""
-    import time
-
-    from qtsim.report.grid import check_grid_size
-    from qtsim.simulate.dataset import grid_line, quantities, write_csv, write_hdf5
-
     n_models = len(archs) + (len(size_grid) if size_grid is not None else 0)
     check_grid_size(len(profiles), len(precisions), n_models, len(batches), n_draws)
     connect(address, workers)

@@ -19,6 +19,7 @@ from qtsim.calibration.fleet.slots import (
     require_ray,
     utc_now,
 )
+from qtsim.calibration.measure.raw import RawStore
 from qtsim.errors import QtsimError
 
 MANIFEST = "campaign.json"
@@ -137,8 +138,6 @@ def run_campaign(kind: str, out, slots: list[Slot], *, settings: dict, job_extra
 
 
 def _gather(m: Manifest, slot: Slot, res: dict, out: Path, echo) -> None:
-    from qtsim.calibration.measure.raw import RawStore
-
     info = {"attempts": res["attempt"], "host": res.get("host"), "unit": res.get("unit"),
             "finished": utc_now()}
     if res["status"] == "refused":

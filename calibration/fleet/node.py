@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from qtsim.calibration.fleet.slots import utc_now
+from qtsim.calibration.measure.device import detect_device
+from qtsim.calibration.measure.energy import EnergyMonitor
+from qtsim.calibration.measure.raw import RawStore
+from qtsim.calibration.probes.plan import named_plan
+from qtsim.calibration.probes.runner import run_plan
 from qtsim.errors import QtsimError
+from qtsim.profiles.hardware import read_profile
+from qtsim.validate import holdout
+from qtsim.validate.plan import ValidationPoint, holdout_conflicts
 
 
 class _CrashAfter:
@@ -65,9 +73,6 @@ def validation_specs(profile, points: list, configs: dict, reps: int = 3) -> lis
     """Held-out :class:`~qtsim.validate.holdout.ValidationSpec` s for ``points`` with the
     ``profile``'s predictions (what ``qtsim validate`` measures), refusing points that
     calibrated it. ``configs``: model -> (config, name)."""
-    from qtsim.validate import holdout
-    from qtsim.validate.plan import holdout_conflicts
-
     conflicts = holdout_conflicts(profile, points, {m: n for m, (_, n) in configs.items()})
     if conflicts:
         raise QtsimError(f"not held out: {conflicts[0]}")
@@ -83,8 +88,6 @@ def run_slot(job: dict) -> dict:
     cpu_threads, tdp_w, profile_toml + points + configs + reps (validate), crash_after
     (fault injection).
     """
-    from qtsim.calibration.measure.device import detect_device
-
     slot_dir = Path(job["work_dir"]) / job["campaign"] / job["slot"]
     slot_dir.mkdir(parents=True, exist_ok=True)
     base = {"slot": job["slot"], "attempt": _next_attempt(slot_dir), "host": socket.gethostname()}
@@ -128,11 +131,7 @@ def _slot_plan(job: dict, slot_dir: Path, device) -> tuple[list, str]:
     """The slot's point specs and their purpose: the named calibration plan, or held-out
     validation specs predicted by the job's profile."""
     if job["kind"] == "calibrate":
-        from qtsim.calibration.probes.plan import named_plan
-
         return named_plan(job.get("plan", "tiny"), device), "calibration"
-    from qtsim.profiles.hardware import read_profile
-    from qtsim.validate.plan import ValidationPoint
 
     prof_path = slot_dir / "profile.toml"
     prof_path.write_text(job["profile_toml"])
@@ -146,10 +145,6 @@ def _slot_plan(job: dict, slot_dir: Path, device) -> tuple[list, str]:
 def _measure_slot(job: dict, slot_dir: Path, device) -> dict:
     """Run (or resume) the slot's plan into its node-local raw HDF5: the point ids expected,
     measured and resumed, and the file's bytes."""
-    from qtsim.calibration.measure.energy import EnergyMonitor
-    from qtsim.calibration.measure.raw import RawStore
-    from qtsim.calibration.probes.runner import run_plan
-
     raw = slot_dir / f"{job['kind']}.h5"
     store = RawStore(raw)
     monitor = EnergyMonitor(device, tdp_w=job.get("tdp_w") if device.backend == "cpu" else None)

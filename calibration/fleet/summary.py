@@ -6,25 +6,27 @@ validation summary per slot.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from qtsim.calibration.fit.profile_builder import build_profile
 from qtsim.calibration.fleet.head import Manifest
 from qtsim.calibration.fleet.slots import atomic_write_bytes, require_ray
+from qtsim.calibration.measure.raw import RawStore
+from qtsim.errors import FitError
+from qtsim.profiles.hardware import read_profile
+from qtsim.validate.score import cor_and_verdicts, error_table, measured_frame, verdict_summary
 
 
 def _fit_one(raw_bytes: bytes, raw_path: str, name: str) -> tuple:
     """Fit one gathered raw file, sent as bytes so any worker can fit it: (profile TOML text,
     fit MAPE per stage), or (None, reason). The profile names ``raw_path`` as its raw data
     (same bytes, same checksum)."""
-    import tempfile
-
-    from qtsim.calibration.fit.profile_builder import build_profile
-    from qtsim.errors import FitError
-
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d) / Path(raw_path).name
         tmp.write_bytes(raw_bytes)
@@ -32,7 +34,6 @@ def _fit_one(raw_bytes: bytes, raw_path: str, name: str) -> tuple:
             prof, fit = build_profile(tmp, name)
         except FitError as e:
             return None, f"fit: {e}"
-    import dataclasses
 
     prof.provenance["raw_data"] = raw_path
     prof.physical = {k: dataclasses.replace(p, basis=p.basis.replace(str(tmp), raw_path))
@@ -45,8 +46,6 @@ def fit_nodes(m: Manifest, echo=print, use_ray: bool = True) -> dict:
     """Fit one profile per gathered slot (``OUT/nodes/<slot>/<hardware>-<slot>.toml``), the
     fits spread over the cluster's CPUs as Ray tasks (no torch needed). Returns slot ->
     HardwareProfile; a fit that fails marks the slot ``fit_failed`` with the reason."""
-    from qtsim.profiles.hardware import read_profile
-
     profiles, todo = {}, {}
     for name, st in m.doc["slots"].items():
         if st["status"] not in ("done", "fit_failed") or "raw" not in st:
@@ -190,9 +189,6 @@ def validation_summary(m: Manifest, profiles_by_slot: dict, echo=print):
     verdict agreement, ``OUT/nodes/<slot>/errors.csv``; fleet rows in
     ``OUT/fleet_validation.csv`` and ``.json``, with the spread per hardware model."""
     import pandas as pd
-
-    from qtsim.calibration.measure.raw import RawStore
-    from qtsim.validate.score import cor_and_verdicts, error_table, measured_frame, verdict_summary
 
     rows = []
     for name, st in m.doc["slots"].items():

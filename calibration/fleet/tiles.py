@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 from qtsim.calibration.fleet.slots import require_ray
+from qtsim.model.workload import Workload
+from qtsim.simulate.surface import simulate
 
 
 def _chunks(n: int, size: int | None) -> list[slice]:
@@ -43,9 +45,6 @@ def simulate_tiles(profiles, models=(), sizes=None, batch=(1, 8, 64), *, family=
 
 
 def _simulate_tile(tile: dict):
-    from qtsim.model.workload import Workload
-    from qtsim.simulate.surface import simulate
-
     kw = {k: v for k, v in tile.items() if not k.startswith("_")}
     w = {k: kw.pop(k) for k in ("batch", "new_tokens", "prompt_tokens") if k in kw}
     return simulate(workload=Workload(**w), **kw)

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import platform
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
+from qtsim.calibration.measure.energy import rapl_power_limit_w
+from qtsim.calibration.measure.nvml import NvmlGpu
 from qtsim.errors import QtsimError
 
 # Normalised names qtsim uses for hardware (profiles and raw data key on these).
@@ -119,7 +122,6 @@ def cpu_model_name() -> str:
     m = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
     if m:
         return m.group(1).strip()
-    import platform
 
     return platform.processor() or "unknown cpu"
 
@@ -170,8 +172,6 @@ class CpuDevice(Device):
         return os.cpu_count() or 1
 
     def describe(self) -> dict[str, Any]:
-        from qtsim.calibration.measure.energy import rapl_power_limit_w
-
         try:
             import torch
 
@@ -217,8 +217,6 @@ class CudaDevice(Device):
     def nvml(self):
         """The :class:`NvmlGpu` for this device (cached), or None when NVML is unusable."""
         if "nvml" not in self._cache:
-            from qtsim.calibration.measure.nvml import NvmlGpu
-
             try:
                 import torch
 

@@ -15,6 +15,7 @@ Sanity checks are named functions (``check_*``); a meter whose reading fails one
 
 from __future__ import annotations
 
+import csv
 import glob
 import math
 import os
@@ -22,6 +23,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
 import numpy as np
@@ -387,9 +389,6 @@ def cpu_tdp_w(tdp_w: float | None = None, logical_cores: int | None = None) -> t
 
 def spec_tdp_w(hardware: str) -> float | None:
     """The datasheet TDP (W) for ``hardware`` from qtsim's shipped gpu_specs.csv, or None."""
-    import csv
-    from importlib import resources
-
     try:
         text = resources.files("qtsim.data.reference").joinpath("gpu_specs.csv").read_text()
     except (FileNotFoundError, ModuleNotFoundError):

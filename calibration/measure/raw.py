@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from qtsim import __version__
 from qtsim.errors import QtsimError
 
 SCHEMA = "qtsim-raw/1"
@@ -185,8 +186,6 @@ class RawStore:
         new = not os.path.exists(self.path)
         with self._open("a") as f:
             if new:
-                from qtsim import __version__
-
                 f.attrs["schema"] = SCHEMA
                 f.attrs["created"] = now_iso()
                 f.attrs["qtsim_version"] = __version__

@@ -27,7 +27,13 @@ fp4_b1/bn  4-bit float (quant_type fp4); fp4dq_b1/bn with double quantisation
 
 from __future__ import annotations
 
+import copy
+import gc
+import glob
+import itertools
 import math
+import os
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -202,8 +208,6 @@ def is_oom(exc: BaseException) -> bool:
 
 def release_memory(device) -> None:
     """Give cached allocator memory back after a probe (CUDA)."""
-    import gc
-
     gc.collect()
     if device.backend == "cuda":
         import torch
@@ -451,10 +455,6 @@ def _size_bytes(text: str) -> int | None:
 def last_level_cache_bytes(root: str = "/sys/devices/system/cpu/cpu0/cache") -> tuple[int, str]:
     """(bytes, where from) of the CPU's last-level cache: the highest-level data/unified cache
     in sysfs, else ``lscpu``'s L3/L2, else :data:`DEFAULT_LLC_BYTES` (assumed, said so)."""
-    import glob
-    import os
-    import subprocess
-
     best = (0, 0)
     for d in glob.glob(os.path.join(root, "index*")):
         try:
@@ -512,8 +512,6 @@ def linear_point_id(path: str, in_features: int, out_features: int, batch: int,
 def _layer_copies(layer, attrs: dict) -> list:
     """The extra copies of ``layer`` a rotating probe calls in turn (:func:`rotation_count`
     over the last-level cache); records ``llc_bytes`` and ``llc_source`` in ``attrs``."""
-    import copy
-
     llc, llc_src = last_level_cache_bytes()
     n_rot = rotation_count(attrs["weight_bytes"], llc)
     attrs.update(llc_bytes=int(llc), llc_source=llc_src)
@@ -551,8 +549,6 @@ def linear_probe(device, path: str, in_features: int, out_features: int, batch: 
     behaviour, kept for comparison). Recorded: ``rotation`` (layers rotated over, 1 without),
     ``rotation_bytes``, ``llc_bytes`` and ``llc_source``.
     """
-    import itertools
-
     import torch
 
     lp = linear_path(path, batch)

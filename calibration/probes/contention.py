@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from qtsim.calibration.probes.plan import DecodeSpec, LinearSpec
+
 #: a run whose reference points moved by more than this (max / min - 1 of one point's repeated
 #: measurements) was disturbed: constants fitted early and late describe different machines
 DRIFT_TOLERANCE = 0.10
@@ -70,8 +72,6 @@ class DriftSpec:
 def reference_points(plan: list) -> list:
     """The plan's cheapest representative points to repeat: its first 16-bit linear layer at
     batch 1 and its first 16-bit decode at batch 1 (either may be absent)."""
-    from qtsim.calibration.probes.plan import DecodeSpec, LinearSpec
-
     lin = next((p for p in plan if isinstance(p, LinearSpec) and p.batch == 1
                 and p.path.startswith(("fp16", "bf16"))), None)
     dec = next((p for p in plan if isinstance(p, DecodeSpec) and p.batch == 1
@@ -83,8 +83,6 @@ def with_drift_probes(plan: list, probes: int = DRIFT_PROBES) -> list:
     """``plan`` with its :func:`reference_points` measured again at ``probes`` places spread
     evenly through it (the first before anything else, the last after everything), each place
     moved to the nearest boundary between decode models so no cached model is rebuilt twice."""
-    from qtsim.calibration.probes.plan import DecodeSpec
-
     refs = reference_points(plan)
     if not refs or probes < 2:
         return list(plan)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qtsim.calibration.measure.conditions import environment_attrs
-from qtsim.calibration.measure.energy import rapl_status
+from qtsim.calibration.measure.energy import measure_idle, rapl_status
 from qtsim.calibration.measure.raw import PointResult, make_point_id, now_iso
 from qtsim.calibration.probes.bench import (
     DEFAULT_THRESHOLD,
@@ -26,9 +26,12 @@ from qtsim.calibration.probes.bench import (
     gemm_probe,
     linear_point_id,
     linear_probe,
+    measurements_to_datasets,
     membw_probe,
 )
+from qtsim.calibration.probes.decode import build_model, decode_point_id, decode_run
 from qtsim.calibration.probes.power_states import DEFAULT_WINDOW_S, power_state_plan
+from qtsim.errors import QtsimError
 from qtsim.model import paths
 
 # A tiny Qwen3-like architecture (random weights): big enough to have every kernel of a real
@@ -101,9 +104,6 @@ class IdleSpec:
         return _base(ctx, "idle", seconds=self.seconds)
 
     def run(self, ctx) -> PointResult:
-        from qtsim.calibration.measure.energy import measure_idle
-        from qtsim.calibration.probes.bench import measurements_to_datasets
-
         attrs = self.base_attrs(ctx)
         m = measure_idle(ctx.monitor, self.seconds)
         datasets, excl, notes = measurements_to_datasets([m])
@@ -235,8 +235,6 @@ class DecodeSpec:
     seed: int = 0
 
     def point_id(self) -> str:
-        from qtsim.calibration.probes.decode import decode_point_id
-
         return decode_point_id(self.model_name, self.precision, self.batch, self.prompt_len,
                                self.new_tokens, double_quant=self.double_quant,
                                threshold=self.threshold,
@@ -252,8 +250,6 @@ class DecodeSpec:
                      config_json=json.dumps(self.config, sort_keys=True))
 
     def run(self, ctx) -> PointResult:
-        from qtsim.calibration.probes.decode import build_model, decode_run
-
         built = ctx.cached_model(self.model_key(), lambda: build_model(
             self.config, self.precision, ctx.device, seed=self.seed,
             outlier_injection=self.outlier_injection, double_quant=self.double_quant,
@@ -487,8 +483,6 @@ PLANS = ("tiny", "quick", "full")
 def named_plan(name: str, device) -> list:
     """``tiny`` (:func:`tiny_plan`), ``quick`` (:func:`quick_plan`) or ``full``
     (:func:`full_plan`) for ``device``."""
-    from qtsim.errors import QtsimError
-
     if name not in PLANS:
         raise QtsimError(f"unknown plan {name!r} (choose from {', '.join(PLANS)})")
     if name == "tiny":

@@ -37,8 +37,13 @@ from typing import Any
 import numpy as np
 
 from qtsim.calibration.measure.conditions import environment_attrs
+from qtsim.calibration.measure.device import NvmlOnlyDevice, accepted_names, normalise_gpu_name
+from qtsim.calibration.measure.energy import EnergyMonitor
+from qtsim.calibration.measure.nvml import visible_gpu
 from qtsim.calibration.measure.raw import PointResult, make_point_id, now_iso
+from qtsim.calibration.probes.bench import measurements_to_datasets, release_memory, skip_on_oom
 from qtsim.errors import MeasurementError, QtsimError
+from qtsim.profiles.hosts import DEFAULT_HOST, load_host
 
 STATES = ("deep_idle", "awake", "stream", "gemm")
 DEFAULT_WINDOW_S = 5.0
@@ -71,8 +76,6 @@ class StateLoad:
 def launch_interval_s() -> tuple[float, str]:
     """HF eager's host time per operation (s), and where it comes from: the default host
     part's ``h_op_s``."""
-    from qtsim.profiles.hosts import DEFAULT_HOST, load_host
-
     p = load_host(DEFAULT_HOST).physical["h_op_s"]
     return p.value, f"h_op_s of the default host part {DEFAULT_HOST} ({p.source}: {p.basis})"
 
@@ -183,8 +186,6 @@ def _counter_period(gpu, monitor, probe_s: float) -> tuple[float | None, str]:
 
 
 def _window_datasets(ms, steps, conds) -> tuple[dict, list[str], list[str]]:
-    from qtsim.calibration.probes.bench import measurements_to_datasets
-
     datasets, excl, notes = measurements_to_datasets(ms)
     datasets["steps"] = np.asarray(steps, dtype=float)
     for k in CONDITIONS:
@@ -196,8 +197,6 @@ def measure_power_state(spec: PowerStateSpec, device, monitor,
                         purpose: str = "calibration") -> PointResult:
     """Hold ``device`` in ``spec.state`` for ``spec.reps`` windows of ``spec.window_s`` and
     return the point (kind ``power_state``); out of memory becomes a skipped point."""
-    from qtsim.calibration.probes.bench import release_memory, skip_on_oom
-
     gpu = _nvml_of(device)
     attrs = spec.base_attrs_for(device, monitor, purpose)
     premise = premise_violation(spec.state, device, gpu)
@@ -282,8 +281,6 @@ def power_state_plan(device, window_s: float = DEFAULT_WINDOW_S, reps: int = DEF
 
 def _check_requested(gpu, requested: str, cuda_index: int) -> str:
     """qtsim's name of the NVML device, refused (one line) unless it is the ``--gpu`` asked."""
-    from qtsim.calibration.measure.device import accepted_names, normalise_gpu_name
-
     nvml_name = gpu.info().get("nvml_name") or ""
     name = normalise_gpu_name(nvml_name)
     req = requested.strip().lower()
@@ -298,9 +295,6 @@ def deep_idle_device(requested: str, cuda_index: int = 0, log=print):
     (NVML alone, no CUDA context), or None when NVML is unusable (said on ``log``: the
     calibration then goes on without a deep-idle point). Refused (one line) unless it is the
     ``--gpu`` asked for."""
-    from qtsim.calibration.measure.device import NvmlOnlyDevice
-    from qtsim.calibration.measure.nvml import visible_gpu
-
     try:
         gpu = visible_gpu(cuda_index)
     except MeasurementError as exc:
@@ -316,8 +310,6 @@ def measure_deep_idle(store, device, *, window_s: float = DEFAULT_WINDOW_S,
     measured before this process opens a CUDA context and appended to ``store`` (a
     :class:`~qtsim.calibration.measure.raw.RawStore`); already stored (a resumed run): nothing is
     measured. True when measured."""
-    from qtsim.calibration.measure.energy import EnergyMonitor
-
     spec = PowerStateSpec("deep_idle", window_s, reps, warmup_s)
     if store.has(spec.point_id()):
         log(f"deep idle: {spec.point_id()} already stored")

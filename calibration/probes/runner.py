@@ -8,12 +8,15 @@ stored as ``status="skipped"`` with its reason and the run goes on.
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import click
 
 from qtsim.calibration.measure.raw import PointResult, RawStore, now_iso
+from qtsim.calibration.probes.bench import skip_on_oom
+from qtsim.calibration.probes.decode import cleanup
 from qtsim.errors import QtsimError
 
 
@@ -49,8 +52,6 @@ class RunContext:
 
     def drop_model(self) -> None:
         if self._model is not None:
-            from qtsim.calibration.probes.decode import cleanup
-
             cleanup(self._model)
         self._model, self._model_key = None, None
 
@@ -79,10 +80,6 @@ def run_plan(points: list, store: RawStore, device, monitor, progress: bool = Tr
     append-only; use a new file). Out of memory is caught per point by the probes and stored as
     a skipped point; any other error stops the run, with all finished points kept.
     """
-    import time
-
-    from qtsim.calibration.probes.bench import skip_on_oom
-
     ids = [p.point_id() for p in points]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:

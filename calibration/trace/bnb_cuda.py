@@ -32,7 +32,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from qtsim.calibration.trace.ops import classify, leaf_name
+from qtsim.calibration.trace.ops import classify, decompose_if_composite, leaf_name
 from qtsim.errors import MeasurementError
 
 _MODULES = ("bitsandbytes.backends.cuda.ops", "bitsandbytes.backends.default.ops")
@@ -204,7 +204,6 @@ class BnbCuda:
                     fn, _ = outer.impl_for(name)
                     with self:
                         return fn(*args, **kwargs)
-                from qtsim.calibration.trace.ops import decompose_if_composite
 
                 out = decompose_if_composite(self, func, args, kwargs)
                 if out is not NotImplemented:

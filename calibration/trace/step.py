@@ -54,6 +54,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import qtsim
+from qtsim.calibration.measure.device import CpuDevice
+from qtsim.calibration.probes.decode import build_model
+from qtsim.calibration.trace.bnb_cuda import BnbCuda, CudaCount, lib_calls_by_ast
 from qtsim.calibration.trace.ops import (
     ALLOC_OPS,
     SYNC_OPS,
@@ -227,14 +231,11 @@ class _Tracer:
         return None if self.skipping else self.block
 
     def bnb_count(self, func, args, kwargs):
-        from qtsim.calibration.trace.bnb_cuda import CudaCount
-
         name = func.name().split("::")[-1]
         try:
             c = self.bnb_cuda.count(name, args, kwargs)
             method = "executed"
         except Exception as exc:  # noqa: BLE001 - fall back to the source, recorded
-            from qtsim.calibration.trace.bnb_cuda import lib_calls_by_ast
 
             n = lib_calls_by_ast().get(name, 0)
             c = CudaCount(kernels=n, lib_calls=n)
@@ -389,10 +390,6 @@ def trace_step(config: dict, spec: PathSpec, batch: int, *, bnb_cuda=None,
     """
     import torch
 
-    from qtsim.calibration.measure.device import CpuDevice
-    from qtsim.calibration.probes.decode import build_model
-    from qtsim.calibration.trace.bnb_cuda import BnbCuda
-
     bnb_cuda = bnb_cuda or BnbCuda()
     built = build_model(config, spec.precision, CpuDevice(), seed=seed,
                         outlier_injection=spec.outliers, double_quant=spec.double_quant,
@@ -442,8 +439,6 @@ def _version(dist: str) -> str | None:
 
 
 def produced_by(command: str = COMMAND) -> dict[str, Any]:
-    import qtsim
-
     return {"torch": _version("torch"), "transformers": _version("transformers"),
             "bitsandbytes": _version("bitsandbytes"), "python": platform.python_version(),
             "qtsim": qtsim.__version__, "date": _dt.date.today().isoformat(), "device": "cpu",
@@ -576,8 +571,6 @@ def _count_case(bnb_cuda, op: str, args: tuple, kwargs: dict, ast_counts: dict) 
 def bnb_cuda_table(bnb_cuda) -> dict[str, dict[str, Any]]:
     """CUDA counts of the bitsandbytes ops on these paths, from synthetic inputs (each op
     run once through its CUDA implementation), including variants the traces do not reach."""
-    from qtsim.calibration.trace.bnb_cuda import lib_calls_by_ast
-
     t = _synthetic_inputs()
     ast_counts = lib_calls_by_ast()
     table = {key: _count_case(bnb_cuda, op, args, kwargs, ast_counts)
@@ -603,8 +596,6 @@ def bnb_cuda_table(bnb_cuda) -> dict[str, dict[str, Any]]:
 def build_inventory(model_types=tuple(MODEL_SOURCES), specs=PATH_SPECS, batches=BATCHES,
                     *, hidden: int = 128, progress=None) -> dict[str, Any]:
     """Trace every (model type, path, batch) and assemble the inventory dict (schema 1)."""
-    from qtsim.calibration.trace.bnb_cuda import BnbCuda
-
     bnb_cuda = BnbCuda()
     entries, seen_calls = [], {}
     for mt in model_types:

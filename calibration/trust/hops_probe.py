@@ -34,6 +34,10 @@ from typing import Any
 
 import numpy as np
 
+from qtsim.calibration.measure.conditions import package_version
+from qtsim.calibration.measure.device import cpu_model_name
+from qtsim.calibration.probes.decode import _quiet_progress_bars, quantised_linears
+from qtsim.calibration.trust.hops_train import WEIGHTS_FILE, read_recipe, sha256
 from qtsim.errors import QtsimError
 from qtsim.trust import tasks
 
@@ -77,8 +81,6 @@ def check_settings(settings) -> list[str]:
 def load_model(ckpt_dir, setting: str, compute_dtype: str = "fp16"):
     """(model, attrs): the checkpoint at ``setting``, in eval mode on the CPU."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    from qtsim.calibration.probes.decode import _quiet_progress_bars, quantised_linears
 
     desc, dtype, bnb_kwargs = SETTINGS[setting]
     kwargs: dict[str, Any] = {"dtype": _dtype(dtype)}
@@ -130,8 +132,6 @@ def outlier_share(model, prompts: np.ndarray, threshold: float = 6.0) -> float |
     fp16 (None without bitsandbytes layers)."""
     import torch
 
-    from qtsim.calibration.probes.decode import quantised_linears
-
     layers = quantised_linears(model)
     if not layers:
         return None
@@ -160,10 +160,6 @@ def probe(ckpt_dir, settings=DEFAULT_SETTINGS, max_hops: int = 8, n_per_hop: int
     ``progress(n)`` is called once per (setting, k) decoded and once per setting's batch check.
     """
     import torch
-
-    from qtsim.calibration.measure.conditions import package_version
-    from qtsim.calibration.measure.device import cpu_model_name
-    from qtsim.calibration.trust.hops_train import WEIGHTS_FILE, read_recipe, sha256
 
     ckpt = Path(ckpt_dir)
     rec = read_recipe(ckpt)

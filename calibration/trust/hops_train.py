@@ -25,7 +25,10 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from qtsim.errors import QtsimError
+from qtsim.calibration.measure.conditions import package_version
+from qtsim.calibration.measure.device import cpu_model_name
+from qtsim.calibration.probes.decode import _quiet_progress_bars
+from qtsim.errors import QtsimError, read_user_file
 from qtsim.trust import tasks
 from qtsim.trust.shipped import MODEL_NAME
 
@@ -156,10 +159,6 @@ def train(recipe: Recipe, out_dir, progress=None, log_every: int = 10) -> dict[s
     import torch
     from transformers import LlamaForCausalLM
 
-    from qtsim.calibration.measure.conditions import package_version
-    from qtsim.calibration.measure.device import cpu_model_name
-    from qtsim.calibration.probes.decode import _quiet_progress_bars
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     threads_before = torch.get_num_threads()
@@ -206,8 +205,6 @@ def _recipe_options(recipe: Recipe) -> str:
 
 def read_recipe(ckpt_dir) -> dict[str, Any]:
     """The ``recipe.json`` next to a checkpoint (one-line error when absent or corrupt)."""
-    from qtsim.errors import read_user_file
-
     path = Path(ckpt_dir) / RECIPE_FILE
     text = read_user_file(path, QtsimError, "no recipe.json (not a `qtsim trust train` checkpoint)")
     try:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from qtsim.errors import QtsimError
+
 GIB = 2**30  # bytes per GiB
 BAND = (16.0, 84.0)  # percentiles of the draws: a 68% band, one sigma for a normal
 #: fewest Monte-Carlo draws behind a band: with fewer, the 16th and 84th percentiles are the
@@ -19,8 +21,6 @@ MIN_DRAWS = 10
 def check_draws(n: int, option: str = "--draws", allow_zero: bool = True) -> int:
     """``n`` if it is 0 (no bands, where ``allow_zero``) or at least :data:`MIN_DRAWS`; else a
     one-line :class:`~qtsim.errors.QtsimError`."""
-    from qtsim.errors import QtsimError
-
     if (n == 0 and allow_zero) or n >= MIN_DRAWS:
         return n
     zero = "0 (no bands) or " if allow_zero else ""

@@ -20,14 +20,17 @@ with ``python -m qtsim.calibration.fit.public_refit``, which also does this).
 
 from __future__ import annotations
 
+import copy
 import csv
 import functools
+import tomllib
 from datetime import date
 from importlib import resources
 
 import numpy as np
 
 from qtsim import __version__
+from qtsim.model import power
 from qtsim.model.architecture import load_architecture
 from qtsim.model.physical import DEQ_BYTES_PER_WEIGHT
 from qtsim.model.precision import hardware_dtypes
@@ -70,15 +73,11 @@ def public_fit() -> dict:
     """The shipped joint fit to public rows (:mod:`qtsim.calibration.fit.public`), written by
     ``python -m qtsim.calibration.fit.public_refit``: fitted device factors, host constants and power
     coefficients with stderr, the campaigns' spreads, the model error and held-out scores."""
-    import copy
-
     return copy.deepcopy(_public_fit())
 
 
 @functools.cache
 def _public_fit() -> dict:
-    import tomllib
-
     return tomllib.loads((resources.files("qtsim.data.reference") / PUBLIC_FIT).read_text())
 
 
@@ -205,8 +204,6 @@ def power_priors(row: dict, fit: dict, n_draws: int = 2000) -> dict[str, Param]:
     ``[power]``). stderr: the spread of each state over draws of the coefficients, floored at
     the between-campaign meter spread. Deep idle is a stated prior (not fitted: no public row
     sees it), the board limit the datasheet TDP."""
-    from qtsim.model import power
-
     pw = fit["power"]
     names = list(pw["names"])
     mean = np.array([pw[k]["value"] for k in names])

@@ -27,6 +27,7 @@ from qtsim.model.paths import QUANT_FAMILIES
 from qtsim.model.physical import DISPATCH_FLAG
 from qtsim.profiles import hosts
 from qtsim.profiles.files import dumps_toml
+from qtsim.profiles.hosts import is_host_param
 from qtsim.profiles.schema import POSITIVE_PARAMS, SCHEMA_VERSION, Param
 
 
@@ -221,7 +222,6 @@ class HardwareProfile:
         sd = getattr(self.host, "speed_sd_log", 0.0)
         if sd <= 0:
             return draws
-        from qtsim.profiles.hosts import is_host_param
 
         speed = np.exp(sd * np.random.default_rng([seed, 0x4057]).standard_normal((n, 1)))
         return {k: (v * speed if is_host_param(k) and self.physical[k].unit == "s" else v)

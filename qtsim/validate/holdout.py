@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from qtsim.calibration.measure.raw import PointResult
+from qtsim.calibration.measure.raw import PointResult, RawStore
+from qtsim.calibration.probes.contention import DriftSpec
 from qtsim.calibration.probes.plan import DecodeSpec
+from qtsim.simulate.simulator import Simulator
+from qtsim.validate.predict import PREDICTION_DRAWS, predict_point
 
 
 @dataclass
@@ -46,9 +51,6 @@ def validation_specs(profile, points, configs: dict, reps: int = 3, *, overlap=(
     ``overlap`` (they calibrated the profile) are labelled ``overlap``, the others ``held-out``;
     ``outliers`` injects activation outliers into INT8 models so LLM.int8() takes its fp16 path.
     """
-    from qtsim.simulate.simulator import Simulator
-    from qtsim.validate.predict import PREDICTION_DRAWS, predict_point
-
     sim = Simulator(profile, n_draws=PREDICTION_DRAWS)
     specs = []
     for pt in points:
@@ -74,13 +76,6 @@ def drift_probes(profile, where: str = "before") -> list:
     :class:`~qtsim.calibration.probes.contention.DriftSpec` carrying what the calibration measured
     there (``ref_t_generate_s``), so validation can tell how far the machine moved since.
     Empty when the raw file is not at hand (the report then says drift was not measured)."""
-    import json
-    from pathlib import Path
-
-    from qtsim.calibration.measure.raw import RawStore
-    from qtsim.calibration.probes.contention import DriftSpec
-    from qtsim.calibration.probes.plan import DecodeSpec
-
     raw = profile.provenance.get("raw_data") or ""
     if not raw or not Path(raw).is_file():
         return []
