@@ -74,21 +74,29 @@ def test_malformed_config_json(tmp_path):
     assert r.returncode == 2 and "not valid JSON" in r.stderr
 
 
-@pytest.mark.parametrize("args", [
-    ["trap", "--gpu", "l4", "--model", "mistral-7b", "--precision", "nf4", "--draws", "20"],
-    ["plan", "--model", "qwen3-0.6b", "--demand", "1/s", "--gpu", "l4", "--draws", "10",
-     "--batch", "1:4"],
-    ["trust", "report", "--format", "csv"],  # the shipped trust-probe record
+#: heavy libraries a planner command that does not use them must not load (docs/layout.md)
+START_UP = ("pandas", "xarray", "h5py", "lmfit", "scipy", "matplotlib")
+
+
+@pytest.mark.parametrize("args, start_up", [
+    (["trap", "--gpu", "l4", "--model", "mistral-7b", "--precision", "nf4", "--draws", "20"], []),
+    (["compare", "--model", "qwen3-0.6b", "--gpu", "l4,t4"], []),
+    (["plan", "--model", "qwen3-0.6b", "--demand", "1/s", "--gpu", "l4", "--draws", "10",
+      "--batch", "1:4"], []),
+    (["trust", "report", "--format", "csv"], None),  # the shipped trust-probe record (scipy)
 ])
-def test_planner_imports_no_torch(args):
+def test_planner_imports_no_torch(args, start_up):
     # a fresh interpreter: whether torch gets imported is only visible from a clean sys.modules
     code = ("import sys\nfrom qtsim.cli.main import main\n"
             f"try:\n    main({args!r})\n"
             "except SystemExit:\n    pass\n"
             "main_mods = [m for m in ('torch','transformers','bitsandbytes','pynvml') if m in sys.modules]\n"
-            "print('HEAVY', main_mods)\n")
+            "print('HEAVY', main_mods)\n"
+            f"print('START_UP', [m for m in {START_UP!r} if m in sys.modules])\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "HEAVY []" in r.stdout, r.stdout + r.stderr
+    if start_up is not None:  # what the command does not use it does not load
+        assert f"START_UP {start_up}" in r.stdout, r.stdout + r.stderr
 
 
 def test_profiles_and_models_commands():
