@@ -14,7 +14,6 @@ from qtsim.calibration.fit.host_part import build_host_part
 from qtsim.calibration.fit.profile_builder import build_profile
 from qtsim.calibration.measure import device as device_mod
 from qtsim.calibration.measure import energy
-from qtsim.calibration.measure.device import GPU_ALIASES, KNOWN_GPU_NAMES
 from qtsim.calibration.measure.energy import rapl_status
 from qtsim.calibration.measure.raw import RawStore
 from qtsim.calibration.probes import plan as plan_mod
@@ -23,6 +22,7 @@ from qtsim.calibration.probes.contention import contention_lines, with_drift_pro
 from qtsim.calibration.probes.host import host_plan
 from qtsim.calibration.probes.power_states import deep_idle_device, measure_deep_idle
 from qtsim.errors import QtsimError, UnknownNameError, suggest
+from qtsim.profiles import gpus
 from qtsim.profiles.files import user_profile_dir
 from qtsim.profiles.hardware import write_profile
 from qtsim.profiles.hosts import write_host
@@ -88,7 +88,7 @@ def refit(raw, out=None, name=None, host_part=None, lumped: bool = False, echo=p
 def check_gpu_name(gpu: str) -> None:
     """An unknown --gpu is a naming mistake: say so before looking for CUDA."""
     key = gpu.strip().lower()
-    known = {"cpu", "cuda", "gpu", "auto", *KNOWN_GPU_NAMES, *GPU_ALIASES}
+    known = {"cpu", *gpus.known_names()}
     if key not in known:
         raise UnknownNameError(
             f"unknown GPU {gpu!r}{suggest(gpu, known)}; calibrate takes a known GPU name "

@@ -111,7 +111,8 @@ def _cuda_available() -> bool:
 def test_linear_probe_cuda(path):
     import torch
 
-    from qtsim.calibration.measure.device import detect_device, normalise_gpu_name
+    from qtsim.calibration.measure.device import detect_device
+    from qtsim.profiles.gpus import normalise_gpu_name
 
     dev = detect_device(normalise_gpu_name(torch.cuda.get_device_name(0)))
     mon = EnergyMonitor(dev)

@@ -10,7 +10,7 @@ import types
 import pytest
 
 from qtsim.calibration.measure import nvml as nvml_mod
-from qtsim.calibration.measure.device import CudaDevice, accepted_names, normalise_gpu_name
+from qtsim.calibration.measure.device import CudaDevice
 from qtsim.calibration.measure.energy import (
     EnergyMonitor,
     HliMeter,
@@ -312,20 +312,3 @@ def test_nvml_missing_is_recorded_not_raised():
     mon = EnergyMonitor(dev)
     assert mon.meter_names == ["hli"] and mon.tdp_w == 700.0
     assert any(a.startswith("NVML unavailable (") for a in mon.assumptions)
-
-
-# -- device names ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("device_string, name", [
-    ("NVIDIA GB200", "gb200"),
-    ("NVIDIA GH200 480GB", "gh200"),
-    ("NVIDIA H200 NVL", "h200-nvl"),
-    ("NVIDIA RTX PRO 6000 Blackwell Max-Q Workstation Edition", "rtx-pro-6000-blackwell-max-q"),
-    ("NVIDIA RTX PRO 6000 Blackwell Workstation Edition", "rtx-pro-6000-blackwell"),
-])
-def test_more_device_strings(device_string, name):
-    assert normalise_gpu_name(device_string) == name
-
-
-def test_h200_alias_accepts_both_boards():
-    assert set(accepted_names("h200")) == {"h200", "h200-nvl"}
-    assert accepted_names("h200-sxm") == ("h200",)

@@ -1,7 +1,8 @@
 """The device being measured, behind a small interface: the CPU or one CUDA GPU.
 
 ``detect_device("cpu")`` gives this machine's CPU; ``detect_device("h100")`` gives the visible
-CUDA GPU if it is an H100 and refuses otherwise, with a one-line :class:`QtsimError`.
+CUDA GPU if it is an H100 and refuses otherwise, with a one-line :class:`QtsimError` (GPU names,
+aliases and device strings: :mod:`qtsim.profiles.gpus`).
 Importing this module does not import torch; torch loads inside the methods that need it.
 """
 
@@ -18,88 +19,7 @@ from typing import Any
 from qtsim.calibration.measure.energy import rapl_power_limit_w
 from qtsim.calibration.measure.nvml import NvmlGpu
 from qtsim.errors import QtsimError
-
-# Normalised names qtsim uses for hardware (profiles and raw data key on these).
-KNOWN_GPU_NAMES = (
-    "h100-sxm",
-    "h100-pcie",
-    "h100-nvl",
-    "h200",
-    "h200-nvl",
-    "gh200",
-    "gb200",
-    "a100-80gb",
-    "a100-40gb",
-    "l4",
-    "l40s",
-    "a10g",
-    "t4",
-    "v100",
-    "b200",
-    "rtx-pro-6000-blackwell",
-    "rtx-pro-6000-blackwell-max-q",
-)
-
-# What a user may type for --gpu, beyond the normalised names: alias -> accepted names.
-GPU_ALIASES: dict[str, tuple[str, ...]] = {
-    "h100": ("h100-sxm", "h100-pcie", "h100-nvl"),
-    "h100-sxm5": ("h100-sxm",),
-    "h200": ("h200", "h200-nvl"),
-    "h200-sxm": ("h200",),
-    "a100": ("a100-80gb", "a100-40gb"),
-    "rtx-pro-6000": ("rtx-pro-6000-blackwell", "rtx-pro-6000-blackwell-max-q"),
-    "rtx6000-pro": ("rtx-pro-6000-blackwell", "rtx-pro-6000-blackwell-max-q"),
-}
-
-
-def normalise_gpu_name(device_string: str) -> str:
-    """Map a CUDA device string to qtsim's hardware name.
-
-    ``"NVIDIA H100 80GB HBM3"`` -> ``"h100-sxm"``, ``"NVIDIA H100 PCIe"`` -> ``"h100-pcie"``,
-    ``"NVIDIA A100-SXM4-80GB"`` -> ``"a100-80gb"``, ``"NVIDIA L4"`` -> ``"l4"``. An unknown
-    string becomes a lower-case slug without the vendor prefix.
-    """
-    s = device_string.lower()
-    if "gh200" in s:  # before "h200": "NVIDIA GH200 480GB" contains it
-        return "gh200"
-    if "gb200" in s:  # before "b200": "NVIDIA GB200" contains it
-        return "gb200"
-    if "h100" in s:
-        if "pcie" in s:
-            return "h100-pcie"
-        if "nvl" in s:
-            return "h100-nvl"
-        return "h100-sxm"
-    if "h200" in s:  # "NVIDIA H200 NVL" is a 600 W board, the SXM "NVIDIA H200" 700 W
-        return "h200-nvl" if "nvl" in s else "h200"
-    if "a100" in s:
-        return "a100-40gb" if "40gb" in s else "a100-80gb"
-    if "b200" in s:
-        return "b200"
-    if "rtx pro 6000" in s and "blackwell" in s:  # Max-Q workstation boards are 300 W
-        return "rtx-pro-6000-blackwell-max-q" if "max-q" in s else "rtx-pro-6000-blackwell"
-    if re.search(r"\bl40s\b", s):
-        return "l40s"
-    if re.search(r"\bl4\b", s):
-        return "l4"
-    if re.search(r"\ba10g\b", s):
-        return "a10g"
-    if re.search(r"\bt4\b", s):
-        return "t4"
-    if "v100" in s:
-        return "v100"
-    slug = re.sub(r"^(nvidia|tesla)\s+", "", s)
-    return re.sub(r"[^a-z0-9]+", "-", slug).strip("-") or "unknown-gpu"
-
-
-def accepted_names(requested: str) -> tuple[str, ...]:
-    """The normalised names a ``--gpu`` value accepts (itself, or an alias's members)."""
-    key = requested.strip().lower()
-    if key in GPU_ALIASES:
-        return GPU_ALIASES[key]
-    if key in KNOWN_GPU_NAMES:
-        return (key,)
-    return (normalise_gpu_name(key),)
+from qtsim.profiles.gpus import ANY_CUDA, accepted_names, normalise_gpu_name
 
 
 def _read_text(path: str) -> str | None:
@@ -342,7 +262,7 @@ def detect_device(requested: str, index: int = 0, cpu_threads: int | None = None
     torch.cuda.set_device(index)
     device_string = torch.cuda.get_device_name(index)
     detected = normalise_gpu_name(device_string)
-    if req not in ("cuda", "auto", "gpu") and detected not in accepted_names(req):
+    if req not in ANY_CUDA and detected not in accepted_names(req):
         raise QtsimError(
             f"--gpu {requested} requested but the visible GPU is {device_string!r} "
             f"({detected}); use --gpu {detected}"

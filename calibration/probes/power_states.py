@@ -37,12 +37,13 @@ from typing import Any
 import numpy as np
 
 from qtsim.calibration.measure.conditions import environment_attrs
-from qtsim.calibration.measure.device import NvmlOnlyDevice, accepted_names, normalise_gpu_name
+from qtsim.calibration.measure.device import NvmlOnlyDevice
 from qtsim.calibration.measure.energy import EnergyMonitor
 from qtsim.calibration.measure.nvml import visible_gpu
 from qtsim.calibration.measure.raw import PointResult, make_point_id, now_iso
 from qtsim.calibration.probes.bench import measurements_to_datasets, release_memory, skip_on_oom
 from qtsim.errors import MeasurementError, QtsimError
+from qtsim.profiles.gpus import ANY_CUDA, accepted_names, normalise_gpu_name
 from qtsim.profiles.hosts import DEFAULT_HOST, load_host
 
 STATES = ("deep_idle", "awake", "stream", "gemm")
@@ -284,7 +285,7 @@ def _check_requested(gpu, requested: str, cuda_index: int) -> str:
     nvml_name = gpu.info().get("nvml_name") or ""
     name = normalise_gpu_name(nvml_name)
     req = requested.strip().lower()
-    if req not in ("cuda", "auto", "gpu") and name not in accepted_names(req):
+    if req not in ANY_CUDA and name not in accepted_names(req):
         raise QtsimError(f"--gpu {requested} requested but NVML shows {nvml_name!r} ({name}) "
                          f"as CUDA device {cuda_index}; use --gpu {name}")
     return name

@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from qtsim.errors import ProfileError, UnknownNameError, read_user_file, suggest
-from qtsim.profiles import schema
+from qtsim.profiles import gpus, schema
 from qtsim.profiles.files import atomic_write_text, user_profile_dir
 from qtsim.profiles.priors import DERIVED_FROM, derived_device_constants, spec_constants
 from qtsim.profiles.profile import HardwareProfile
@@ -192,7 +192,9 @@ def list_profiles() -> list[dict]:
 
 
 def load_profile(name: str | None = None, path: str | None = None) -> HardwareProfile:
-    """A profile by ``path``, or by hardware name or alias (user directory searched first)."""
+    """A profile by ``path``, or by hardware name or alias (user directory searched first): a
+    file's own name, then the aliases its ``[hardware]`` lists, then those of the GPU registry
+    (:mod:`qtsim.profiles.gpus`)."""
     if path and name:
         raise ProfileError(f"give --gpu or --profile, not both (--gpu {name} --profile {path})")
     if path:
@@ -216,6 +218,9 @@ def load_profile(name: str | None = None, path: str | None = None) -> HardwarePr
             # the file that owns this stem, even when it is broken: a broken user profile is an
             # error, never silently replaced by the shipped one it shadows
             return first[stem.lower()][3]()
+    canon = gpus.canonical_name(key)  # a registry alias a profile file does not list itself
+    if canon in first:
+        return first[canon][3]()
     raise UnknownNameError(f"unknown GPU {name!r}{suggest(name, set(names))}; "
                            "`qtsim profiles list` shows them, --profile FILE loads any file")
 

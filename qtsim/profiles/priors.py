@@ -34,21 +34,13 @@ from qtsim.model import power
 from qtsim.model.architecture import load_architecture
 from qtsim.model.physical import DEQ_BYTES_PER_WEIGHT
 from qtsim.model.precision import hardware_dtypes
+from qtsim.profiles import gpus
 from qtsim.profiles.constants import paper_constants_table
 from qtsim.profiles.profile import HardwareProfile
 from qtsim.profiles.schema import Param
 
 BNB_TABLE = "bitsandbytes maintainers' H100 HF-generate table (data/reference/peer_measurements.md)"
 HBM = ("hopper", "ampere", "blackwell-dc")
-ALIASES = {
-    "l4": ["nvidia-l4"], "a100-40gb": ["a100-40", "a100-sxm4-40gb"],
-    "a100-80gb": ["a100", "a100-80", "a100-sxm4-80gb"], "h100-sxm": ["h100", "h100-80gb", "h100-sxm5"],
-    "h100-pcie": ["h100pcie"], "h200": ["h200-sxm", "h200-141gb"],
-    "rtx-pro-6000-blackwell": ["rtx-pro-6000", "rtx6000-pro", "rtx-6000-pro"], "b200": ["b200-sxm"],
-    "t4": ["tesla-t4", "nvidia-t4"], "a10g": ["nvidia-a10g"], "a10": ["nvidia-a10"],
-    "l40s": ["nvidia-l40s"], "rtx-4090": ["4090", "rtx4090", "geforce-rtx-4090"],
-    "rtx-6000-ada": ["rtx6000-ada", "rtx-6000-ada-generation"],
-}
 #: GPUs with GDDR memory (the rest HBM): a GDDR byte costs about twice the energy
 GDDR_PREFIXES = ("l4", "rtx", "t4", "l40")
 GDDR_NAMES = ("a10", "a10g")
@@ -120,7 +112,7 @@ def _spec_hardware(row: dict) -> dict:
     native_formats = hardware_dtypes({"architecture": row["architecture"], "native_formats": [
         "fp16", "bf16", "int8", *(f for f in row["native_low_precision"].split() if f != "int8")]})
     return {
-        "name": name, "aliases": ALIASES.get(name, []), "vendor": "nvidia",
+        "name": name, "aliases": gpus.aliases(name), "vendor": "nvidia",
         "architecture": row["architecture"], "device_type": "cuda",
         "memory_gib": round(float(row["memory_gb"]) * 1e9 / 2**30, 2),
         "mem_bw_gbs": float(row["mem_bw_gbs"]), "fp16_tflops": float(row["fp16_dense_tflops"]),
