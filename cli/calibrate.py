@@ -31,7 +31,7 @@ def fit(raw, out, name, host_part, lumped, force):
 
 @click.command(cls=StrictCommand)
 @click.option("--gpu",
-              help="What to calibrate: a GPU name matching the detected device (h100, h200, a100-80gb, l4, ...) or 'cpu'.")
+              help="What to calibrate: a GPU name or alias matching the detected device (any of `qtsim profiles list`: h100, a100-80gb, l4, rtx-4090, ...; h100 or a100 accept every board of the family), 'cuda' for whichever GPU is visible, or 'cpu'.")
 @click.option("--host", "host_only", is_flag=True,
               help="Measure the host part only (this CPU and software stack; no GPU needed): writes OUT/NAME-host.h5 and OUT/NAME-host.toml.")
 @click.option("--quick", is_flag=True, help="The short plan (CPU: a few minutes; H100: about 4 minutes, power states included).")
