@@ -14,25 +14,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from qtsim.model.architecture import load_config
-
-from .conftest import invoke_qtsim
-
-L4 = (Path(__file__).parents[1] / "hardware_profiles" / "l4.toml").read_text()
-
-
-def qtsim(*args, env=None):
-    """Run ``qtsim ARGS`` in-process (:func:`invoke_qtsim`): (status, stdout, stderr)."""
-    r = invoke_qtsim(*args, env=env)
-    return r.returncode, r.stdout, r.stderr
-
-
-def _config(path: Path, **extra):
-    cfg, _, _ = load_config("mistral-7b")
-    cfg = {k: v for k, v in cfg.items() if not k.startswith("_qtsim")}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**cfg, **extra}))
-    return str(path)
+from .conftest import (
+    SHIPPED_L4,
+    TRAP,
+    qtsim_cli,
+    write_config,
+)
 
 
 @pytest.fixture
@@ -40,14 +27,14 @@ def files(tmp_path):
     f = {"dir": tmp_path}
     f["list"] = tmp_path / "list.json"
     f["list"].write_text("[1, 2, 3]")
-    f["awq"] = _config(tmp_path / "awq" / "config.json",
+    f["awq"] = write_config(tmp_path / "awq" / "config.json",
                        quantization_config={"quant_method": "awq", "bits": 4})
-    f["x"] = _config(tmp_path / "x" / "m" / "config.json")
-    f["y"] = _config(tmp_path / "y" / "m" / "config.json")
+    f["x"] = write_config(tmp_path / "x" / "m" / "config.json")
+    f["y"] = write_config(tmp_path / "y" / "m" / "config.json")
     f["nan"] = tmp_path / "nan.toml"
-    f["nan"].write_text(L4.replace("mem_bw_gbs = 300.0", "mem_bw_gbs = nan", 1))
+    f["nan"].write_text(SHIPPED_L4.replace("mem_bw_gbs = 300.0", "mem_bw_gbs = nan", 1))
     f["ok"] = tmp_path / "ok.toml"
-    f["ok"].write_text(L4)
+    f["ok"].write_text(SHIPPED_L4)
     broken = tmp_path / "userdir"
     broken.mkdir()
     (broken / "h100-sxm.toml").write_text("this is [not toml")
@@ -57,7 +44,6 @@ def files(tmp_path):
     return f
 
 
-TRAP = ["trap", "--model", "mistral-7b", "--precision", "nf4"]
 BAD = [
     ("gpu and profile", lambda f: [*TRAP, "--gpu", "h100", "--profile", str(f["ok"])], None,
      "not both"),
@@ -89,7 +75,7 @@ BAD = [
 
 @pytest.mark.parametrize("make_args,make_env,needle", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
 def test_misleading_inputs_are_refused_in_one_line(files, make_args, make_env, needle):
-    code, out, err = qtsim(*make_args(files), env=make_env(files) if make_env else None)
+    code, out, err = qtsim_cli(*make_args(files), env=make_env(files) if make_env else None)
     assert code == 2, (out, err)
     assert needle in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
@@ -97,27 +83,27 @@ def test_misleading_inputs_are_refused_in_one_line(files, make_args, make_env, n
 
 def test_no_fit_is_the_headline_in_text_json_and_csv():
     args = ["trap", "--gpu", "l4", "--model", "qwen2.5-72b", "--precision", "nf4", "--draws", "20"]
-    code, out, _ = qtsim(*args)
+    code, out, _ = qtsim_cli(*args)
     assert code == 0 and out.startswith("DOES NOT FIT: qwen2.5-72b needs")
     assert "IF IT FIT" in out.splitlines()[1]
-    rep = json.loads(qtsim(*args, "--format", "json")[1])
+    rep = json.loads(qtsim_cli(*args, "--format", "json")[1])
     v = rep["verdict"]
     assert v["energy"] == v["time"] == v["si"] == "does not fit"
     assert v["headline"].startswith("DOES NOT FIT") and v["fits"] is False
     assert v["if_it_fit"]["energy"] == "not trapped"
-    row = next(csv.DictReader(io.StringIO(qtsim(*args, "--format", "csv")[1])))
+    row = next(csv.DictReader(io.StringIO(qtsim_cli(*args, "--format", "csv")[1])))
     assert row["verdict_energy"] == "does not fit" and row["fits"] == "0"
 
 
 def test_only_the_quantized_model_fits_is_the_headline():
-    code, out, _ = qtsim("trap", "--gpu", "l4", "--model", "qwen2.5-14b", "--precision", "nf4",
+    code, out, _ = qtsim_cli("trap", "--gpu", "l4", "--model", "qwen2.5-14b", "--precision", "nf4",
                          "--draws", "20")
     assert code == 0 and out.startswith("ONLY NF4 FITS")
     assert out.splitlines()[1].startswith("NOT TRAPPED")
 
 
 def test_bands_print_with_a_comma_never_a_dash():
-    code, out, _ = qtsim("trap", "--gpu", "l4", "--model", "mistral-7b", "--precision", "nf4",
+    code, out, _ = qtsim_cli("trap", "--gpu", "l4", "--model", "mistral-7b", "--precision", "nf4",
                          "--draws", "50")
     assert code == 0
     bands = re.findall(r"\[([^\]]*)\]", out)
@@ -134,7 +120,7 @@ def test_trap_csv_is_one_row_with_stable_columns():
 
     rows = []
     for model, prec in (("mistral-7b", "nf4"), ("qwen3-0.6b", "int8")):
-        code, out, _ = qtsim("trap", "--gpu", "h100", "--model", model, "--precision", prec,
+        code, out, _ = qtsim_cli("trap", "--gpu", "h100", "--model", model, "--precision", prec,
                              "--format", "csv", "--draws", "20")
         assert code == 0
         lines = out.strip().splitlines()
@@ -152,15 +138,15 @@ def test_trap_csv_is_one_row_with_stable_columns():
 def test_model_names_from_files_and_name_equals_path(tmp_path):
     from qtsim.model.architecture import load_architecture
 
-    a = _config(tmp_path / "d" / "config.json")
-    b = _config(tmp_path / "d" / "config-small.json")
-    c = _config(tmp_path / "e" / "model.json", _qtsim_name="mine")
+    a = write_config(tmp_path / "d" / "config.json")
+    b = write_config(tmp_path / "d" / "config-small.json")
+    c = write_config(tmp_path / "e" / "model.json", _qtsim_name="mine")
     assert load_architecture(a).name == "d"
     assert load_architecture(b).name == "config-small"
     assert load_architecture(c).name == "mine"
     assert load_architecture(f"big={a}").name == "big"
     assert load_architecture("seven=mistral-7b").name == "seven"
-    code, out, err = qtsim("simulate", "--gpu", "l4", "--model", f"{a},{b}", "--batch", "1",
+    code, out, err = qtsim_cli("simulate", "--gpu", "l4", "--model", f"{a},{b}", "--batch", "1",
                            "--out", str(tmp_path / "s.h5"))
     assert code == 0, err
     assert "config-small" in out
@@ -168,7 +154,7 @@ def test_model_names_from_files_and_name_equals_path(tmp_path):
 
 def test_simulate_creates_the_out_folder_and_writes_all_or_nothing(tmp_path, monkeypatch):
     out = tmp_path / "new" / "deeper" / "s.h5"
-    code, _, err = qtsim("simulate", "--gpu", "l4", "--model", "mistral-7b", "--batch", "1,2",
+    code, _, err = qtsim_cli("simulate", "--gpu", "l4", "--model", "mistral-7b", "--batch", "1,2",
                          "--out", str(out), "--csv", str(tmp_path / "c" / "s.csv"))
     assert code == 0, err
     assert out.is_file() and (tmp_path / "c" / "s.csv").is_file()
@@ -181,7 +167,7 @@ def test_simulate_creates_the_out_folder_and_writes_all_or_nothing(tmp_path, mon
 
     monkeypatch.setattr(grid, "save", broken)  # where `qtsim simulate --plot` saves figures
     target = tmp_path / "fail"
-    code, _, err = qtsim("simulate", "--gpu", "l4", "--model", "mistral-7b", "--batch", "1,2",
+    code, _, err = qtsim_cli("simulate", "--gpu", "l4", "--model", "mistral-7b", "--batch", "1,2",
                          "--out", str(target / "s.h5"), "--csv", str(target / "s.csv"),
                          "--plot", str(target / "figs"), "--plots", "fig1")
     assert code == 2 and "disk full" in err
@@ -193,7 +179,7 @@ def test_simulate_hdf5_plain_by_default_gzip_on_request(tmp_path):
 
     for flag, want in (([], None), (["--compress"], "gzip")):
         path = tmp_path / f"s{len(flag)}.h5"
-        code, _, err = qtsim("simulate", "--gpu", "l4", "--model", "mistral-7b",
+        code, _, err = qtsim_cli("simulate", "--gpu", "l4", "--model", "mistral-7b",
                              "--batch", "1:1e6:5000", "--out", str(path), *flag)
         assert code == 0, err
         with h5py.File(path) as f:
@@ -219,7 +205,7 @@ def test_profiles_are_written_for_a_team_to_read(tmp_path):
     from qtsim.profiles.hardware import read_profile, write_profile
 
     src = tmp_path / "l4.toml"
-    src.write_text(L4)
+    src.write_text(SHIPPED_L4)
     old = os.umask(0o022)
     try:
         p = write_profile(read_profile(src), tmp_path / "out" / "l4.toml")

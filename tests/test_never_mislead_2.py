@@ -7,7 +7,6 @@ import json
 import re
 import socket
 import tomllib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,35 +14,15 @@ import pytest
 from qtsim.model.architecture import load_config
 from qtsim.profiles.hardware import load_profile
 
-from .conftest import invoke_qtsim
-
-ROOT = Path(__file__).parents[1]
-L4 = (ROOT / "hardware_profiles" / "l4.toml").read_text()
-TRAP = ["trap", "--model", "mistral-7b", "--precision", "nf4", "--draws", "20"]
-
-
-def qtsim(*args, env=None):
-    r = invoke_qtsim(*args, env=env)
-    return r.returncode, r.stdout, r.stderr
-
-
-def refused(args, needle, env=None):
-    """``qtsim ARGS`` exits 2 with one line holding ``needle``."""
-    code, out, err = qtsim(*args, env=env)
-    assert code == 2, (out, err)
-    assert needle in err, err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-
-
-def edited(tmp_path, name, *subs, text=L4):
-    """A copy of the shipped L4 profile with ``(old, new)`` substitutions (each must apply)."""
-    for old, new in subs:
-        assert old in text, old
-        text = text.replace(old, new, 1)
-    f = tmp_path / name
-    f.write_text(text)
-    return str(f)
-
+from .conftest import (
+    ROOT,
+    SHIPPED_L4,
+    TRAP,
+    edited_l4,
+    qtsim_cli,
+    refused,
+    write_config,
+)
 
 # ---- 1. [hardware] numbers drive the answer, or are refused ------------------------------------
 FAST = (("mem_bw_gbs = 300.0", "mem_bw_gbs = 3000.0"), ("fp16_tflops = 121.0", "fp16_tflops = 1000.0"),
@@ -51,26 +30,26 @@ FAST = (("mem_bw_gbs = 300.0", "mem_bw_gbs = 3000.0"), ("fp16_tflops = 121.0", "
 
 
 def test_edited_datasheet_figures_change_the_answer_and_say_so(tmp_path):
-    fast = edited(tmp_path, "l4-fast.toml", *FAST)
-    base = json.loads(qtsim(*TRAP, "--gpu", "l4", "--format", "json")[1])
-    code, out, err = qtsim(*TRAP, "--profile", fast, "--format", "json")
+    fast = edited_l4(tmp_path, "l4-fast.toml", *FAST)
+    base = json.loads(qtsim_cli(*TRAP, "--gpu", "l4", "--format", "json")[1])
+    code, out, err = qtsim_cli(*TRAP, "--profile", fast, "--format", "json")
     assert code == 0, err
     rep = json.loads(out)
     assert rep["quantized"]["j_per_query"]["value"] != base["quantized"]["j_per_query"]["value"]
     assert rep["native"]["tok_per_s"]["value"] > 2 * base["native"]["tok_per_s"]["value"]
     changed = {r["constant"]: r for r in rep["profile"]["recomputed"]}
-    bw = load_profile("l4").physical["mem_bw_gbs"].value  # the shipped L4's effective bandwidth
+    bw = load_profile("l4").physical["mem_bw_gbs"].value  # the shipped SHIPPED_L4's effective bandwidth
     assert changed["mem_bw_gbs"]["file"] == pytest.approx(bw)
     assert changed["mem_bw_gbs"]["derived"] == pytest.approx(10 * bw, rel=1e-4)
     assert changed["p_awake_w"]["derived"] > 3 * changed["p_awake_w"]["file"]  # TDP 72 -> 700 W
     assert changed["p_cap_w"]["derived"] == pytest.approx(700.0)
-    text = qtsim(*TRAP, "--profile", fast)[1]
+    text = qtsim_cli(*TRAP, "--profile", fast)[1]
     assert "profile note: [physical] recomputed from [hardware]" in text
     assert f"mem_bw_gbs {bw:.4g} -> {10 * bw:.4g} GB/s" in text
 
 
 def test_a_value_of_the_users_own_is_kept(tmp_path):
-    own = edited(tmp_path, "l4-own.toml", *FAST,
+    own = edited_l4(tmp_path, "l4-own.toml", *FAST,
                  ('[physical.p_idle_w]\nvalue = 7.2\nstderr = 3.6\nunit = "W"\nsource = "prior"',
                   '[physical.p_idle_w]\nvalue = 20.0\nstderr = 2.0\nunit = "W"\nsource = "assumed"'))
     from qtsim.profiles.hardware import read_profile
@@ -110,7 +89,7 @@ BAD_PROFILES = [
 @pytest.mark.parametrize("subs,needle", [b[1:] for b in BAD_PROFILES],
                          ids=[b[0] for b in BAD_PROFILES])
 def test_impossible_or_misspelled_profiles_are_refused(tmp_path, subs, needle):
-    refused([*TRAP, "--profile", edited(tmp_path, "bad.toml", *subs)], needle)
+    refused([*TRAP, "--profile", edited_l4(tmp_path, "bad.toml", *subs)], needle)
 
 
 # ---- 2. precisions the hardware cannot run -----------------------------------------------------
@@ -124,7 +103,7 @@ def test_bf16_on_turing_is_refused(extra, needle):
 
 
 def test_bf16_where_it_exists_is_answered():
-    code, out, _ = qtsim("trap", "--gpu", "l4", "--model", "mistral-7b", "--precision", "bf16",
+    code, out, _ = qtsim_cli("trap", "--gpu", "l4", "--model", "mistral-7b", "--precision", "bf16",
                          "--draws", "20")
     assert code == 0 and "BF16 vs FP16" in out
     refused(["compare", "--gpu", "l4,t4", "--model", "mistral-7b", "--precision", "bf16",
@@ -134,7 +113,7 @@ def test_bf16_where_it_exists_is_answered():
 # ---- 3. nothing that cannot run is drawn or tabled as if it ran --------------------------------
 @pytest.fixture(scope="module")
 def tight_surface():
-    """T4 and L4 for a model that fits neither in 16 bits at batch 8 on the T4 and one that
+    """T4 and SHIPPED_L4 for a model that fits neither in 16 bits at batch 8 on the T4 and one that
     fits nowhere (Qwen2.5-72B), with draws."""
     from qtsim.model.architecture import load_architecture
     from qtsim.model.workload import Workload
@@ -203,12 +182,12 @@ def test_trap_map_has_a_does_not_fit_class():
 
 
 def test_compare_and_trap_csv_carry_no_hypothetical_figures():
-    code, out, _ = qtsim("compare", "--gpu", "t4", "--model", "llama-3.1-8b", "--batch", "8",
+    code, out, _ = qtsim_cli("compare", "--gpu", "t4", "--model", "llama-3.1-8b", "--batch", "8",
                          "--draws", "10", "--format", "json")
     rows = {r["precision"]: r for r in json.loads(out)["rows"]}
     assert rows["fp16"]["tok_per_s"] is None and rows["fp16"]["j_per_query"] is None
     assert rows["int8"]["energy_ratio"] is None and rows["int8"]["tok_per_s"] > 0
-    code, out, _ = qtsim("trap", "--gpu", "l4", "--model", "qwen2.5-72b", "--precision", "nf4",
+    code, out, _ = qtsim_cli("trap", "--gpu", "l4", "--model", "qwen2.5-72b", "--precision", "nf4",
                          "--draws", "20", "--format", "csv")
     row = next(csv.DictReader(io.StringIO(out)))
     assert row["verdict_energy"] == "does not fit"
@@ -220,37 +199,31 @@ def test_a_user_table_without_the_model_keeps_the_published_figure(tmp_path):
     f = tmp_path / "acc.csv"
     f.write_text("model,task,precision,accuracy\nllama-3.1-8b,gsm8k,fp16,0.8\n"
                  "llama-3.1-8b,gsm8k,nf4,0.72\n")
-    rep = json.loads(qtsim(*TRAP, "--gpu", "l4", "--trust", str(f), "--format", "json")[1])
+    rep = json.loads(qtsim_cli(*TRAP, "--gpu", "l4", "--trust", str(f), "--format", "json")[1])
     assert round(rep["si"]["t_si"], 3) == 0.914
     assert rep["si"]["trust"]["status"] == "published"
-    mine = json.loads(qtsim("trap", "--gpu", "l4", "--model", "llama-3.1-8b", "--precision",
+    mine = json.loads(qtsim_cli("trap", "--gpu", "l4", "--model", "llama-3.1-8b", "--precision",
                             "nf4", "--draws", "20", "--trust", str(f), "--format", "json")[1])
     assert mine["si"]["t_si"] == pytest.approx(0.9) and mine["si"]["trust"]["status"] == "measured"
 
 
-def _config(tmp_path, model, name):
-    cfg, _, _ = load_config(model)
-    path = tmp_path / name / "config.json"
-    path.parent.mkdir()
-    path.write_text(json.dumps({k: v for k, v in cfg.items() if not k.startswith("_qtsim")}))
-    return str(path)
-
-
 def test_published_trust_follows_the_architecture_not_the_name(tmp_path):
-    qwen = _config(tmp_path, "qwen2.5-0.5b", "q")  # a network the paper did not evaluate
-    rep = json.loads(qtsim("trap", "--gpu", "l4", "--model", f"mistral-7b={qwen}",
+    # a network the paper did not evaluate
+    qwen = write_config(tmp_path / "q" / "config.json", "qwen2.5-0.5b")
+    rep = json.loads(qtsim_cli("trap", "--gpu", "l4", "--model", f"mistral-7b={qwen}",
                            "--precision", "nf4", "--draws", "20", "--format", "json")[1])
     t = rep["si"]["trust"]
     assert rep["si"]["t_si"] == 1.0 and t["status"] == "assumed"
     assert "a published figure exists for mistral-7b-v0.3, but this 'mistral-7b' config is " \
            "another network (qwen2, 24 layers, hidden 896 vs mistral, 32 layers, hidden 4096)" \
            in t["source"]
-    qwen3 = _config(tmp_path, "qwen3-0.6b", "q3")  # the paper's Qwen3-0.6B under another name
-    rep = json.loads(qtsim("trap", "--gpu", "l4", "--model", f"mistral-7b={qwen3}",
+    # the paper's Qwen3-0.6B under another name
+    qwen3 = write_config(tmp_path / "q3" / "config.json", "qwen3-0.6b")
+    rep = json.loads(qtsim_cli("trap", "--gpu", "l4", "--model", f"mistral-7b={qwen3}",
                            "--precision", "nf4", "--draws", "20", "--format", "json")[1])
     assert rep["si"]["t_si"] == pytest.approx(0.33 / 0.38)  # Qwen3's, not Mistral's
-    mistral = _config(tmp_path, "mistral-7b", "m")
-    rep = json.loads(qtsim("trap", "--gpu", "l4", "--model", f"my-mistral={mistral}",
+    mistral = write_config(tmp_path / "m" / "config.json", "mistral-7b")
+    rep = json.loads(qtsim_cli("trap", "--gpu", "l4", "--model", f"my-mistral={mistral}",
                            "--precision", "nf4", "--draws", "20", "--format", "json")[1])
     assert round(rep["si"]["t_si"], 3) == 0.914
     assert "matched by architecture: my-mistral has the same shapes" in rep["si"]["trust"]["source"]
@@ -285,7 +258,7 @@ def test_draws_and_grids_that_cannot_fit_in_memory_are_refused_up_front(tmp_path
              str(tmp_path / "s.h5")], "a grid of 7,035,462 points (GPU x precision x model x "
                                       "batch) needs about 3.77 GiB of memory")
     assert not (tmp_path / "s.h5").exists()
-    code, _, err = qtsim("simulate", "--gpu", "l4", "--model", "mistral-7b", "--batch",
+    code, _, err = qtsim_cli("simulate", "--gpu", "l4", "--model", "mistral-7b", "--batch",
                          "1:1e9:1e9", "--out", str(tmp_path / "s.h5"))
     assert code == 2 and "up to 1,000,000,000 batch sizes; give at most 10,000,000" in err
 
@@ -325,8 +298,8 @@ def test_a_missing_profile_directory_is_refused():
 
 
 def test_a_user_profile_shadowing_a_shipped_one_says_so(tmp_path):
-    (tmp_path / "l4.toml").write_text(L4)
-    out = qtsim(*TRAP, "--gpu", "l4", env={"QTSIM_PROFILE_DIR": str(tmp_path)})[1]
+    (tmp_path / "l4.toml").write_text(SHIPPED_L4)
+    out = qtsim_cli(*TRAP, "--gpu", "l4", env={"QTSIM_PROFILE_DIR": str(tmp_path)})[1]
     assert f"profile: l4 (user file {tmp_path / 'l4.toml'} (named like the shipped l4, but not " \
            "its figures)" in out
 
@@ -336,7 +309,7 @@ def test_memory_that_decides_fitting_keeps_its_difference():
 
     assert gib_texts(14.944, 14.9) == ["14.94 GiB", "14.90 GiB"]
     assert gib_texts(6.4, 14.9) == ["6.4 GiB", "14.9 GiB"]
-    out = qtsim("trap", "--gpu", "t4", "--model", "mistral-7b", "--precision", "nf4", "--batch",
+    out = qtsim_cli("trap", "--gpu", "t4", "--model", "mistral-7b", "--precision", "nf4", "--batch",
                 "18", "--draws", "20")[1]
     assert out.startswith("ONLY NF4 FITS: mistral-7b needs 14.94 GiB at FP16 but ")
     assert "t4 has 14.90 GiB (batch 18)" in out.splitlines()[0]
@@ -348,7 +321,7 @@ def test_outputs_are_not_overwritten_without_force(tmp_path):
     args = ["simulate", "--gpu", "l4", "--model", "qwen3-0.6b", "--batch", "1", "--out", str(out)]
     refused(args, f"{out} exists (--out): pass --force to replace it")
     assert out.read_text() == "keep me"
-    assert qtsim(*args, "--force")[0] == 0 and out.read_bytes()[:4] == b"\x89HDF"
+    assert qtsim_cli(*args, "--force")[0] == 0 and out.read_bytes()[:4] == b"\x89HDF"
     png = tmp_path / "c.png"
     png.write_text("keep")
     refused(["compare", "--model", "qwen3-0.6b", "--gpu", "l4", "--draws", "10", "--plot",
@@ -452,7 +425,7 @@ def test_a_fit_marks_what_it_did_not_identify():
     assert bad["h_op_s"].endswith("stderr exceeds the value")
     lines = fit_lines(prof, fit, "x.toml")
     assert any(x.startswith(f"  WARNING: {len(bad)} constant(s) not identified") for x in lines)
-    code, out, _ = qtsim("profiles", "show", "--profile", str(ROOT / "data" / "profiles" /
+    code, out, _ = qtsim_cli("profiles", "show", "--profile", str(ROOT / "data" / "profiles" /
                                                              "cpu-epyc-2c.toml"))
     assert code == 0 and "NOT IDENTIFIED" in out and "not identified by the measurements" in out
 
@@ -556,24 +529,24 @@ def test_reproduce_states_every_agreements_tolerance():
 def test_the_bitsandbytes_release_decides_batch_8_and_is_printed():
     args = ["trap", "--gpu", "l4", "--model", "mistral-7b", "--precision", "nf4", "--batch", "8",
             "--draws", "50"]
-    now = qtsim(*args)[1].splitlines()[0]
-    old = qtsim(*args, "--bnb-version", "0.45.0")[1].splitlines()[0]
+    now = qtsim_cli(*args)[1].splitlines()[0]
+    old = qtsim_cli(*args, "--bnb-version", "0.45.0")[1].splitlines()[0]
     assert now.startswith("NOT TRAPPED") and now.endswith("; bitsandbytes 0.50.2 (assumed)")
     assert old.startswith("TRAPPED") and old.endswith("; bitsandbytes 0.45.0 (given with --bnb-version)")
-    rep = json.loads(qtsim(*args, "--format", "json")[1])
+    rep = json.loads(qtsim_cli(*args, "--format", "json")[1])
     assert rep["verdict"]["bitsandbytes_version"] == rep["serving"]["bitsandbytes_version"] == "0.50.2"
     assert rep["b_star"]["value"] == 65 and "fused 4-bit GEMM ends" in rep["b_star"]["reason"]
-    row = next(csv.DictReader(io.StringIO(qtsim(*args, "--bnb-version", "0.45", "--format",
+    row = next(csv.DictReader(io.StringIO(qtsim_cli(*args, "--bnb-version", "0.45", "--format",
                                                  "csv")[1])))
     assert row["bitsandbytes_version"] == "0.45"
 
 
 def test_compare_and_simulate_carry_the_release(tmp_path):
-    out = qtsim("compare", "--gpu", "l4", "--model", "mistral-7b", "--batch", "8", "--draws",
+    out = qtsim_cli("compare", "--gpu", "l4", "--model", "mistral-7b", "--batch", "8", "--draws",
                 "10", "--format", "csv", "--bnb-version", "0.45.0")[1]
     assert {r["bitsandbytes_version"] for r in csv.DictReader(io.StringIO(out))} == {"0.45.0"}
     h5, c = tmp_path / "s.h5", tmp_path / "s.csv"
-    code, text, err = qtsim("simulate", "--gpu", "l4", "--model", "qwen3-0.6b", "--batch", "1,8",
+    code, text, err = qtsim_cli("simulate", "--gpu", "l4", "--model", "qwen3-0.6b", "--batch", "1,8",
                             "--out", str(h5), "--csv", str(c))
     assert code == 0, err
     assert "bitsandbytes 0.50.2 (assumed: the current release" in text

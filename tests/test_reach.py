@@ -3,14 +3,10 @@
 import csv
 import io
 import json
-from pathlib import Path
 
-import click
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from qtsim.cli.main import main
 from qtsim.errors import QtsimError
 from qtsim.model import paths, physical
 from qtsim.model.architecture import config_display_name, load_architecture, load_config
@@ -20,28 +16,12 @@ from qtsim.report import budget
 from qtsim.simulate import thresholds
 from qtsim.simulate.simulator import Simulator
 
-ROOT = Path(__file__).parents[1]
-CPU_PROFILE = str(ROOT / "data" / "profiles" / "cpu-xeon-2c.toml")
-
-
-@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
-                                 "help_option_names": []})
-@click.pass_context
-def _entry(ctx):
-    main(list(ctx.args))
-
-
-def qt(*args):
-    """Run the CLI in-process through main() (errors -> one line, exit 2), like a user."""
-    return CliRunner().invoke(_entry, [str(a) for a in args])
-
-
-def one_line_error(r, needle):
-    assert r.exit_code == 2, r.output
-    err = r.stderr.strip()
-    assert len(err.splitlines()) == 1, err
-    assert needle in err
-    assert "Traceback" not in r.output
+from .conftest import (
+    CPU_PROFILE,
+    ROOT,
+    assert_refused,
+    invoke_qtsim,
+)
 
 
 # ---- settings reach the model, B* and N* ------------------------------------------------------
@@ -131,10 +111,10 @@ def test_bnb_settings_check_and_config_names():
 
 # ---- trap ---------------------------------------------------------------------------------------
 def test_trap_json_carries_bitsandbytes_budget_and_serving():
-    r = qt("trap", "--gpu", "t4", "--model", "llama-3.1-8b", "--precision", "nf4", "--double-quant",
+    r = invoke_qtsim("trap", "--gpu", "t4", "--model", "llama-3.1-8b", "--precision", "nf4", "--double-quant",
            "--batch", "8", "--draws", "20", "--grid-gco2-per-kwh", "400", "--pue", "1.2",
            "--usd-per-hour", "0.5", "--format", "json")
-    assert r.exit_code == 0, r.output
+    assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
     assert rep["bitsandbytes"]["bnb_4bit_use_double_quant"] is True
     assert rep["bitsandbytes"]["bnb_4bit_compute_dtype"] == "float16"
@@ -160,9 +140,9 @@ def test_trap_json_carries_bitsandbytes_budget_and_serving():
 
 def test_trap_int8_threshold_zero_changes_the_prediction():
     def j(*extra):
-        r = qt("trap", "--gpu", "l4", "--model", "mistral-7b", "--precision", "int8",
+        r = invoke_qtsim("trap", "--gpu", "l4", "--model", "mistral-7b", "--precision", "int8",
                "--draws", "10", "--format", "json", *extra)
-        assert r.exit_code == 0, r.output
+        assert r.returncode == 0, r.stderr
         rep = json.loads(r.stdout)
         return rep["quantized"]["j_per_query"]["value"], rep["bitsandbytes"]["llm_int8_threshold"]
 
@@ -171,9 +151,9 @@ def test_trap_int8_threshold_zero_changes_the_prediction():
 
 
 def test_trap_text_states_assumptions_and_serving_model():
-    r = qt("trap", "--profile", CPU_PROFILE, "--model", "qwen3-0.6b", "--precision", "nf4",
+    r = invoke_qtsim("trap", "--profile", CPU_PROFILE, "--model", "qwen3-0.6b", "--precision", "nf4",
            "--draws", "10", "--usd-per-hour", "1.5")
-    assert r.exit_code == 0, r.output
+    assert r.returncode == 0, r.stderr
     assert "kWh/M queries" in r.stdout and "$1.5/GPU-hour" in r.stdout
     # a CPU profile without RAPL: its energy is the TDP x time estimate, and it says so
     assert "PUE 1 (CPU package energy estimated as TDP x time (no RAPL) only)" in r.stdout
@@ -196,7 +176,7 @@ def test_trap_bad_settings_exit_2(extra, needle):
     args = ["trap", "--gpu", "l4", "--model", "mistral-7b", "--draws", "10"]
     if "--precision" not in extra:
         args += ["--precision", "int8" if "--int8-threshold" in extra else "nf4"]
-    one_line_error(qt(*args, *extra), needle)
+    assert_refused(invoke_qtsim(*args, *extra), needle)
 
 
 def test_budget_arithmetic():
@@ -212,9 +192,9 @@ def test_simulate_records_bitsandbytes_settings(tmp_path):
     import h5py
 
     out = tmp_path / "s.h5"
-    r = qt("simulate", "--gpu", "l4", "--model", "qwen3-0.6b", "--precision", "fp16,nf4",
+    r = invoke_qtsim("simulate", "--gpu", "l4", "--model", "qwen3-0.6b", "--precision", "fp16,nf4",
            "--batch", "1,4", "--double-quant", "--compute-dtype", "bf16", "--out", out)
-    assert r.exit_code == 0, r.output
+    assert r.returncode == 0, r.stderr
     with h5py.File(out) as f:
         assert bool(f.attrs["bnb_4bit_use_double_quant"]) is True
         assert f.attrs["bnb_4bit_compute_dtype"] == "bf16"
@@ -227,7 +207,7 @@ def test_simulate_records_bitsandbytes_settings(tmp_path):
     (["--double-quant", "--precision", "fp16,int8"], "4-bit"),
 ])
 def test_simulate_bad_settings_exit_2(tmp_path, extra, needle):
-    one_line_error(qt("simulate", "--gpu", "l4", "--model", "qwen3-0.6b", "--batch", "1",
+    assert_refused(invoke_qtsim("simulate", "--gpu", "l4", "--model", "qwen3-0.6b", "--batch", "1",
                       "--out", tmp_path / "x.h5", *extra), needle)
 
 
@@ -242,7 +222,7 @@ def test_validate_bad_settings_exit_2_before_measuring(tmp_path, extra, needle):
     args = ["validate", "--profile", CPU_PROFILE, "--out", tmp_path / "r"]
     if "--plan" not in extra:
         args += ["--model", "qwen3-0.6b"]
-    one_line_error(qt(*args, *extra), needle)
+    assert_refused(invoke_qtsim(*args, *extra), needle)
 
 
 def test_validation_plan_takes_bitsandbytes_names(tmp_path):
@@ -311,23 +291,23 @@ def test_new_gpus_ship_with_sources(gpu):
 
 def test_profiles_new_matches_shipped_priors(tmp_path, monkeypatch):
     monkeypatch.setenv("QTSIM_PROFILE_DIR", str(tmp_path))
-    r = qt("profiles", "new", "my-l4", "--memory-gib", "22.35", "--bandwidth-gbs", "300",
+    r = invoke_qtsim("profiles", "new", "my-l4", "--memory-gib", "22.35", "--bandwidth-gbs", "300",
            "--fp16-tflops", "121", "--int8-tops", "242", "--tdp-w", "72",
            "--architecture", "ada-lovelace")
-    assert r.exit_code == 0, r.output
+    assert r.returncode == 0, r.stderr
     mine, shipped = load_profile("my-l4"), load_profile("l4")
     assert (tmp_path / "my-l4.toml").is_file() and mine.path == str(tmp_path / "my-l4.toml")
     for k, p in shipped.physical.items():
         assert mine.physical[k].value == pytest.approx(p.value), k
         assert mine.physical[k].source == p.source
     assert mine.hardware["architecture"] == "ada-lovelace"
-    r = qt("trap", "--gpu", "my-l4", "--model", "mistral-7b", "--precision", "nf4", "--draws", "10")
-    assert r.exit_code == 0 and "(host part hf-eager)" in r.stdout
-    one_line_error(qt("profiles", "new", "my-l4", "--memory-gib", "24", "--bandwidth-gbs", "300",
+    r = invoke_qtsim("trap", "--gpu", "my-l4", "--model", "mistral-7b", "--precision", "nf4", "--draws", "10")
+    assert r.returncode == 0 and "(host part hf-eager)" in r.stdout
+    assert_refused(invoke_qtsim("profiles", "new", "my-l4", "--memory-gib", "24", "--bandwidth-gbs", "300",
                       "--fp16-tflops", "121", "--int8-tops", "242", "--tdp-w", "72"), "--force")
-    r = qt("profiles", "new", "my-l4", "--memory-gib", "24", "--bandwidth-gbs", "300",
+    r = invoke_qtsim("profiles", "new", "my-l4", "--memory-gib", "24", "--bandwidth-gbs", "300",
            "--fp16-tflops", "121", "--int8-tops", "242", "--tdp-w", "72", "--force")
-    assert r.exit_code == 0 and load_profile("my-l4").hardware["memory_gib"] == 24.0
+    assert r.returncode == 0 and load_profile("my-l4").hardware["memory_gib"] == 24.0
 
 
 GOOD = {"--memory-gib": "24", "--bandwidth-gbs": "300", "--fp16-tflops": "121",
@@ -343,26 +323,26 @@ GOOD = {"--memory-gib": "24", "--bandwidth-gbs": "300", "--fp16-tflops": "121",
 def test_profiles_new_refuses_bad_numbers(tmp_path, monkeypatch, opt, value, needle):
     monkeypatch.setenv("QTSIM_PROFILE_DIR", str(tmp_path))
     args = {**GOOD, opt: value}
-    one_line_error(qt("profiles", "new", "x1", *[a for kv in args.items() for a in kv]), needle)
+    assert_refused(invoke_qtsim("profiles", "new", "x1", *[a for kv in args.items() for a in kv]), needle)
     assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("name,needle", [("Bad Name", "profile name"), ("l4", "shadow")])
 def test_profiles_new_refuses_bad_or_shipped_names(tmp_path, monkeypatch, name, needle):
     monkeypatch.setenv("QTSIM_PROFILE_DIR", str(tmp_path))
-    one_line_error(qt("profiles", "new", name, *[a for kv in GOOD.items() for a in kv]), needle)
+    assert_refused(invoke_qtsim("profiles", "new", name, *[a for kv in GOOD.items() for a in kv]), needle)
 
 
 # ---- compare -----------------------------------------------------------------------------------
 def test_compare_text_json_csv(tmp_path):
     base = ["compare", "--model", "llama-3.1-8b", "--batch", "8", "--gpu", "t4,l4,a10g",
             "--precision", "fp16,nf4", "--draws", "20"]
-    r = qt(*base, "--usd-per-hour", "0.53,0.8,1.0", "--sort", "usd_per_million_tokens")
-    assert r.exit_code == 0, r.output
+    r = invoke_qtsim(*base, "--usd-per-hour", "0.53,0.8,1.0", "--sort", "usd_per_million_tokens")
+    assert r.returncode == 0, r.stderr
     for needle in ("tok/s", "latency s", "J/query", "kWh/M q", "$/M tok", "verdict",
                    "does not fit", "t4 0.53", "serving model", "PUE 1"):
         assert needle in r.stdout, needle
-    r = qt(*base, "--format", "json", "--double-quant", "--grid-gco2-per-kwh", "300")
+    r = invoke_qtsim(*base, "--format", "json", "--double-quant", "--grid-gco2-per-kwh", "300")
     rep = json.loads(r.stdout)
     assert len(rep["rows"]) == 6
     assert rep["bitsandbytes"]["nf4"]["bnb_4bit_use_double_quant"] is True
@@ -377,7 +357,7 @@ def test_compare_text_json_csv(tmp_path):
                for row in rep["rows"] if not row["fits"])
     t4 = {row["precision"]: row for row in rep["rows"] if row["gpu"] == "t4"}
     assert t4["fp16"]["verdict"] == "does not fit" and t4["nf4+dq"]["verdict"].startswith("only option")
-    r = qt(*base, "--format", "csv", "--sort", "tok_per_s")
+    r = invoke_qtsim(*base, "--format", "csv", "--sort", "tok_per_s")
     rows = list(csv.DictReader(io.StringIO(r.stdout)))
     assert len(rows) == 6 and "kwh_per_million_queries" in rows[0]
     tps = [float(x["tok_per_s"]) for x in rows if x["fits"] == "True"]
@@ -386,9 +366,9 @@ def test_compare_text_json_csv(tmp_path):
 
 def test_compare_all_gpus_and_plot(tmp_path):
     png = tmp_path / "cmp.png"
-    r = qt("compare", "--model", "qwen3-0.6b", "--precision", "fp16,int8", "--draws", "10",
+    r = invoke_qtsim("compare", "--model", "qwen3-0.6b", "--precision", "fp16,int8", "--draws", "10",
            "--format", "json", "--plot", png)
-    assert r.exit_code == 0, r.output
+    assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
     assert set(NEW_GPUS) <= set(rep["query"]["gpus"]) and "l4" in rep["query"]["gpus"]
     assert png.stat().st_size > 10_000
@@ -404,8 +384,8 @@ def test_compare_all_gpus_and_plot(tmp_path):
 def test_compare_bad_input_exit_2(extra, needle):
     gpu = [] if "--gpu" in extra else ["--gpu", "l4,t4"]  # an option given twice is refused
     args = ["compare", "--model", "mistral-7b", "--draws", "10", *gpu, *extra]
-    r = qt(*args)
+    r = invoke_qtsim(*args)
     if needle == "int3":  # precision errors come from click's option parsing helper
-        assert r.exit_code == 2 and needle in r.stderr
+        assert r.returncode == 2 and needle in r.stderr
         return
-    one_line_error(r, needle)
+    assert_refused(r, needle)
