@@ -7,14 +7,16 @@ resumes it; a slot asking for an L4 on a node without GPUs is refused with its r
 """
 
 import json
+import socket
 import sys
 
 import numpy as np
 import pytest
 
 from qtsim.errors import QtsimError
+from qtsim.profiles.hardware import load_profile
 
-from .conftest import run_qtsim_process
+from .conftest import refused, run_qtsim_process
 
 SLOTS = "cpu-a,cpu-b,cpu-c=l4"
 CRASH_AFTER = 5
@@ -35,6 +37,38 @@ def test_check_points_finds_duplicates_and_gaps():
     assert "duplicate" in check_points(["a", "a", "b"], ["a", "b"])
     assert "missing" in check_points(["a"], ["a", "b"])
     assert "not in the plan" in check_points(["a", "b", "c"], ["a", "b"])
+
+
+# without a cluster: before the module's cluster starts (a Ray driver in this process)
+def test_fleet_without_a_cluster_fails_in_seconds(tmp_path):
+    pytest.importorskip("ray")
+    import time
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.perf_counter()
+    refused(["fleet", "calibrate", "--address", f"127.0.0.1:{port}", "--out",
+             str(tmp_path / "f")], f"--address 127.0.0.1:{port}: no Ray cluster answers at "
+                                   f"127.0.0.1:{port}")
+    assert time.perf_counter() - t0 < 10
+    assert not (tmp_path / "f").exists()
+
+
+def test_fleet_auto_without_a_cluster_says_how_to_start_one(monkeypatch):
+    pytest.importorskip("ray")
+    import ray._private.services as services
+
+    from qtsim.calibration.fleet import campaigns
+    from qtsim.errors import QtsimError
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(services, "canonicalize_bootstrap_address", lambda *a, **k: None)
+    with pytest.raises(QtsimError, match=r"--address auto: no Ray cluster is running on this "
+                                         r"machine; start one with `ray start --head`"):
+        campaigns.cluster_endpoint("auto")
+    with pytest.raises(QtsimError, match="give HOST:PORT, ray://HOST:PORT or auto"):
+        campaigns.cluster_endpoint("nowhere")
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +190,6 @@ def test_simulate_chunked_over_ray_is_bit_for_bit(cluster):
 
     from qtsim.calibration.fleet.tiles import fleet_simulate
     from qtsim.model.architecture import load_architecture
-    from qtsim.profiles.hardware import load_profile
     from qtsim.simulate.surface import simulate
 
     profs = [load_profile("l4"), load_profile("h100-sxm")]

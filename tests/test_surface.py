@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 
@@ -294,3 +295,73 @@ def test_blocked_surface_equals_one_block(monkeypatch):
         assert list(a.data_vars) == list(z.data_vars)
         for k in a.data_vars:
             np.testing.assert_array_equal(a[k].values, z[k].values, err_msg=k)
+
+
+@pytest.fixture(scope="module")
+def tight_surface():
+    """T4 and SHIPPED_L4 for a model that fits neither in 16 bits at batch 8 on the T4 and one that
+    fits nowhere (Qwen2.5-72B), with draws."""
+    from qtsim.model.architecture import load_architecture
+    from qtsim.model.workload import Workload
+    from qtsim.profiles.hardware import load_profile
+    from qtsim.simulate.surface import simulate
+
+    return simulate([load_profile("t4"), load_profile("l4")],
+                    [load_architecture("llama-3.1-8b"), load_architecture("qwen2.5-72b")],
+                    ("fp16", "int8", "nf4"), Workload(batch=[1, 8]), n_draws=20)
+
+
+def test_surface_holds_no_figure_for_what_cannot_run(tight_surface):
+    s = tight_surface
+
+    def at(name, gpu, prec, model, batch=8.0):
+        return float(s[name].sel(gpu=gpu, precision=prec, model=model, batch=batch))
+
+    assert at("fits", "t4", "fp16", "llama-3.1-8b") == 0
+    assert np.isnan(at("j_per_query", "t4", "fp16", "llama-3.1-8b"))
+    assert np.isfinite(at("j_per_query", "t4", "int8", "llama-3.1-8b"))  # it runs...
+    for q in ("energy_ratio", "cor", "si", "trapped_energy", "p_trapped_energy"):
+        assert np.isnan(at(q, "t4", "int8", "llama-3.1-8b")), q  # ...against no 16-bit run
+    for q in ("trapped_energy", "p_trapped_energy", "si", "j_per_query", "j_per_query_low"):
+        assert np.isnan(at(q, "l4", "nf4", "qwen2.5-72b")), q
+    assert at("trapped_energy", "l4", "nf4", "llama-3.1-8b") in (0.0, 1.0)
+    nsf = s["n_star_fits"].sel(gpu="l4", precision="nf4").values
+    ns = s["n_star"].sel(gpu="l4", precision="nf4").values
+    assert np.all(np.isnan(ns[nsf == 0]))
+
+
+def test_summary_csv_and_plots_say_does_not_fit(tight_surface, tmp_path):
+    from qtsim.report.grid import _summary
+    from qtsim.report.plots import plot_cor_vs_batch, plot_fig1_panel, save
+    from qtsim.simulate.dataset import long_frame
+
+    summary = _summary(tight_surface)
+    assert re.search(r"l4 +nf4 +qwen2.5-72b +DOES NOT FIT \(4\d\.\d GiB\)", summary)
+    assert re.search(r"t4 +int8 +llama-3.1-8b +ONLY OPTION \(16-bit does not fit\)", summary)
+    assert "not trapped" not in summary
+    df = long_frame(tight_surface)
+    row = df[(df.gpu == "l4") & (df.precision == "nf4") & (df.model == "qwen2.5-72b")
+             & (df.quantity == "p_trapped_energy")]
+    assert row["value"].isna().all()
+    fig = plot_fig1_panel(tight_surface, "qwen2.5-72b")
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert texts.count("does not fit") >= 2 * 3 * 6 - 6  # every configuration, every panel
+    bars = [p.get_height() for p in fig.axes[0].patches]
+    assert all(np.isnan(h) for h in bars)  # not one throughput bar for what cannot run
+    save(plot_cor_vs_batch(tight_surface), tmp_path / "cor.png")  # all-NaN panels still draw
+
+
+def test_trap_map_has_a_does_not_fit_class():
+    from qtsim.model.architecture import load_architecture
+    from qtsim.model.workload import Workload
+    from qtsim.profiles.hardware import load_profile
+    from qtsim.report.plots import plot_trap_maps
+    from qtsim.simulate.surface import trap_map
+
+    m = trap_map(load_profile("t4"), load_architecture("mistral-7b"),
+                 Workload("nf4", batch=np.array([1.0, 8.0, 64.0])), np.geomspace(1e9, 1e11, 12),
+                 n_draws=0)
+    assert (~m["fits"]).any() and m["fits"].any()
+    fig = plot_trap_maps([m])
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "quantized does not fit: no verdict" in labels

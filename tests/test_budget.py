@@ -1,5 +1,6 @@
-"""What every energy figure covers, said by one function (budget.energy_scope): a GPU board, a
-CPU package metered by RAPL, or a CPU package estimated as TDP x time where RAPL is absent."""
+"""Budgets (qtsim/report/budget.py): kWh, gCO2e and $ from J/query, and what every energy figure
+covers, said by one function (budget.energy_scope): a GPU board, a CPU package metered by RAPL,
+or a CPU package estimated as TDP x time where RAPL is absent."""
 
 import json
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from qtsim.profiles.hardware import load_profile
+from qtsim.report import budget
 from qtsim.report.budget import (
     CPU_NO_RAPL,
     CPU_RAPL,
@@ -58,3 +60,11 @@ def test_trap_and_compare_on_a_cpu_profile_never_say_gpu_board():
     rows = json.loads(invoke_qtsim(*args, "--format", "json").stdout)["rows"]
     assert {(x["gpu"], x["energy_scope"]) for x in rows} == {("cpu-epyc-2c", CPU_NO_RAPL),
                                                             ("l4", GPU_BOARD)}
+
+
+def test_budget_arithmetic():
+    assert budget.kwh_per_million_queries(3.6) == pytest.approx(1.0)
+    assert budget.gco2e_per_query(3.6e6, 500.0, pue=1.5) == pytest.approx(750.0)
+    assert budget.usd_per_million_tokens(1e6 / 3600, 2.0) == pytest.approx(2.0)
+    f = budget.figures(100.0, 10.0, budget.BudgetAssumptions())
+    assert f["gco2e_per_query"] is None and f["usd_per_million_tokens"] is None

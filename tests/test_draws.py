@@ -1,16 +1,16 @@
-"""Issue 10: physically ordered draws, calibrated bands, honest thresholds, SI capping."""
+"""Monte-Carlo draws of a profile's constants (qtsim/profiles/profile.py): physically ordered (no
+draw makes a quantized path cheaper than its reference), mean and spread kept, and the model's
+own error added to every band."""
 
 from __future__ import annotations
 
 from importlib import resources
-from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qtsim.model import sustainability as si
 from qtsim.model.architecture import load_architecture
 from qtsim.model.workload import Workload
 from qtsim.profiles.hardware import parse_profile, read_profile
@@ -21,11 +21,8 @@ from qtsim.profiles.profile import (
     reference_name,
 )
 from qtsim.simulate.simulator import Simulator
-from qtsim.simulate.thresholds import all_crossings, censored_band
 
-ROOT = Path(__file__).resolve().parents[1]
-CPU_PROFILE = ROOT / "data" / "profiles" / "cpu-xeon-2c.toml"
-CPU_VALIDATION = ROOT / "data" / "raw" / "cpu-validation.h5"
+from .conftest import CPU_PROFILE
 
 
 def _all_profiles() -> dict[str, HardwareProfile]:
@@ -116,67 +113,3 @@ def test_bands_widen_with_model_error():
         d = np.log(sim.evaluate(c, Workload("nf4", 2.0, 16.0, 16.0), draws=True)["latency_s"])
         widths.append(np.subtract(*np.percentile(d, [84, 16])))
     assert widths[1] > widths[0] * 1.5
-
-
-def test_cpu_heldout_band_coverage(capsys):
-    """Issue 10's CI figure: 68%/95% band coverage on the CPU held-out validation set."""
-    pytest.importorskip("h5py")
-    from qtsim.calibration.measure.raw import RawStore
-    from qtsim.validate.coverage import coverage_table
-    from qtsim.validate.score import measured_frame
-
-    df = measured_frame(RawStore(CPU_VALIDATION, readonly=True).summary_frame("decode"))
-    table, _ = coverage_table(read_profile(CPU_PROFILE), df)
-    with capsys.disabled():
-        print("\nCPU held-out band coverage (data/raw/cpu-validation.h5, "
-              f"{len(df)} points; model error estimated leaving each architecture out):")
-        for _, r in table.iterrows():
-            print(f"  {r['quantity']:12s} {r['scheme']:22s} 68% band {r['coverage_68_pct']:5.1f}%  "
-                  f"95% band {r['coverage_95_pct']:5.1f}%  (half-width 68% {r['halfwidth_68_pct']:.1f}%)")
-    honest = table[table["scheme"] == "leave-one-model-out"].set_index("quantity")
-    assert 55.0 <= honest.loc["latency_s", "coverage_68_pct"] <= 80.0
-    assert 55.0 <= honest.loc["j_per_query", "coverage_68_pct"] <= 80.0
-    before = table[table["scheme"] == "parameters only"].set_index("quantity")
-    assert before.loc["latency_s", "coverage_68_pct"] < honest.loc["latency_s", "coverage_68_pct"]
-
-
-def test_censored_band_counts_no_crossing_draws():
-    vals = np.array([10.0, 20.0, 30.0, np.inf, np.inf, np.inf, np.inf, np.inf, 0.0, 40.0])
-    kinds = np.array([0, 0, 0, 2, 2, 2, 2, 2, 3, 0])
-    lo, med, hi = censored_band(vals, kinds, 0)
-    assert np.isinf(hi) and med == 40.0 and lo == 10.0  # sorted: 0 10 20 30 40 inf x5
-    lo_r, _, hi_r = censored_band(vals, kinds, 1)  # reverse: trapped everywhere lies below
-    assert lo_r == 0.0
-
-
-def test_all_crossings_finds_every_sign_change():
-    x = np.arange(1.0, 11.0)
-    d = np.array([1, 1, -1, -1, 1, 1, 1, -1, -1, -1], float)
-    c = all_crossings(x, d)
-    assert [side for _, side in c] == ["trapped below", "trapped above", "trapped below"]
-    assert 2 < c[0][0] < 3 and 4 < c[1][0] < 5 and 7 < c[2][0] < 8
-
-
-def test_threshold_reports_shares_and_memory():
-    from qtsim.profiles.hardware import load_profile
-    from qtsim.report.trap import assess_trap
-
-    r = assess_trap(load_profile("h100"), load_architecture("qwen3-0.6b"), Workload("int8"),
-                    n_draws=200)
-    ns, bs = r["n_star"], r["b_star"]
-    for t in (ns, bs):
-        d = t["draws"]
-        assert 0.0 <= d["p_no_crossing"] <= 1.0
-        assert d["p_no_crossing"] == pytest.approx(d["p_trapped_everywhere"] + d["p_never_trapped"])
-        assert isinstance(t["crossings"], list)
-    assert ns["memory"]["fits_quantized"] is False  # an N* of hundreds of billions: no H100 holds it
-    assert ns["memory"]["largest_fitting_quantized_params"] < 2e11
-    assert r["si"]["capped"] is False and r["si"]["si_capped"] <= 1.0
-
-
-def test_eq5_depends_on_units():
-    v = si.s_si_log_by_unit(500.0, 1000.0)
-    assert v["kgCO2e"] == pytest.approx(0.5, rel=1e-3)  # tiny chi: log(1 + x) ~ x
-    assert v["J"] > 0.85  # joules: the log compresses a 2x deficit
-    assert v["ratio"] == 0.5
-    assert si.capped_si(1.0, 2.0, 2.0) == pytest.approx(1.0)
