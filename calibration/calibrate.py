@@ -10,7 +10,24 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from qtsim.errors import QtsimError
+from qtsim.calibration.fit.host_part import build_host_part
+from qtsim.calibration.fit.profile_builder import build_profile
+from qtsim.calibration.measure import device as device_mod
+from qtsim.calibration.measure import energy
+from qtsim.calibration.measure.energy import rapl_status
+from qtsim.calibration.measure.raw import RawStore
+from qtsim.calibration.probes import plan as plan_mod
+from qtsim.calibration.probes import runner
+from qtsim.calibration.probes.contention import contention_lines, with_drift_probes
+from qtsim.calibration.probes.host import host_plan
+from qtsim.calibration.probes.power_states import deep_idle_device, measure_deep_idle
+from qtsim.errors import QtsimError, UnknownNameError, suggest
+from qtsim.profiles import gpus
+from qtsim.profiles.files import user_profile_dir
+from qtsim.profiles.hardware import write_profile
+from qtsim.profiles.hosts import write_host
+from qtsim.report.budget import energy_scope, profile_energy_scope
+from qtsim.report.grid import refuse_existing
 
 #: the constants the fit summary prints, when the profile has them
 SUMMARY_CONSTANTS = ("mem_bw_gbs", "h_op_s", "h_step_s", "t_step_s", "t_layer_s",
@@ -28,7 +45,6 @@ def fit_lines(prof, fit, out) -> list[str]:
     lines += [f"  {s.name:13s} {s.n_points:4d} points  fit MAPE {100 * s.mape:5.1f}%  "
               f"max {100 * s.max_ape:5.1f}%  AIC {s.aic:8.1f}  BIC {s.bic:8.1f}"
               for s in fit.stages if s.n_points]
-    from qtsim.report.budget import profile_energy_scope
 
     lines.append(f"  energy: {profile_energy_scope(prof)} (method: {fit.energy_method})")
     for k in SUMMARY_CONSTANTS:
@@ -43,8 +59,6 @@ def fit_lines(prof, fit, out) -> list[str]:
 def identification_lines(prof) -> list[str]:
     """Warnings a calibrated profile must not be written without: a disturbed machine
     (``[fit.contention]``) and constants the data did not identify (``[fit.unidentified]``)."""
-    from qtsim.calibration.contention import contention_lines
-
     out = []
     cont = prof.fit.get("contention")
     if cont:
@@ -62,10 +76,6 @@ def refit(raw, out=None, name=None, host_part=None, lumped: bool = False, echo=p
           force: bool = False):
     """``qtsim fit``: fit a profile from recorded ``raw`` HDF5 and write it (default next to
     ``raw``; an existing file only with ``force``); returns the profile and the fit."""
-    from qtsim.calibration.profile_builder import build_profile
-    from qtsim.profiles.hardware import write_profile
-    from qtsim.report.grid import refuse_existing
-
     out = out or str(Path(raw).with_suffix(".toml"))
     refuse_existing(out, force, "--out")
     prof, result = build_profile(raw, name, "lumped" if lumped else "inventory", host_part)
@@ -77,11 +87,8 @@ def refit(raw, out=None, name=None, host_part=None, lumped: bool = False, echo=p
 
 def check_gpu_name(gpu: str) -> None:
     """An unknown --gpu is a naming mistake: say so before looking for CUDA."""
-    from qtsim.calibration.device import GPU_ALIASES, KNOWN_GPU_NAMES
-    from qtsim.errors import UnknownNameError, suggest
-
     key = gpu.strip().lower()
-    known = {"cpu", "cuda", "gpu", "auto", *KNOWN_GPU_NAMES, *GPU_ALIASES}
+    known = {"cpu", *gpus.known_names()}
     if key not in known:
         raise UnknownNameError(
             f"unknown GPU {gpu!r}{suggest(gpu, known)}; calibrate takes a known GPU name "
@@ -91,8 +98,6 @@ def check_gpu_name(gpu: str) -> None:
 def same_threads_on_resume(raw, cpu_threads, log=_stderr) -> None:
     """A resumed CPU calibration keeps the thread count its stored points were measured with."""
     import torch
-
-    from qtsim.calibration.raw import RawStore
 
     stored = next((int(p.attrs["torch_threads"]) for p in RawStore(raw, readonly=True).points()
                    if p.attrs.get("torch_threads")), None)
@@ -107,16 +112,6 @@ def same_threads_on_resume(raw, cpu_threads, log=_stderr) -> None:
                          f"--cpu-threads {stored}, or start a new --out")
 
 
-def _measurement():
-    """The measurement modules (the calibrate extra), or a one-line refusal without them."""
-    try:
-        from qtsim.calibration import device, energy, plan, raw, runner
-    except ImportError as e:
-        raise QtsimError("calibration needs the calibrate extra (pip install "
-                         f"'qtsim[calibrate]'): {e}") from None
-    return device, energy, plan, raw, runner
-
-
 def _fresh_raw(raw: Path, resume: bool) -> None:
     if raw.exists() and not resume:
         raise QtsimError(f"{raw} exists: pass --resume to continue it, or choose another --out")
@@ -126,9 +121,6 @@ def _deep_idle_first(gpu: str, name, out: Path, resume: bool, power_window_s: fl
     """A GPU's deep-idle windows, before anything opens a CUDA context in this process, into
     OUT/NAME-calibration.h5 (NAME: ``name``, else the GPU as NVML names it); that file, or
     None when NVML is unusable (then nothing was measured)."""
-    from qtsim.calibration.power_states import deep_idle_device, measure_deep_idle
-    from qtsim.calibration.raw import RawStore
-
     try:  # importing torch opens no context; a build without CUDA is refused just after
         import torch
     except ImportError:
@@ -149,8 +141,6 @@ def energy_meter_line(device, monitor) -> str:
     """Which meter will see this device's energy, in words: on a CPU whether RAPL is there."""
     if device.backend != "cpu":
         return f"meters: {', '.join(monitor.meter_names)}"
-    from qtsim.calibration.energy import rapl_status
-    from qtsim.report.budget import energy_scope
 
     ok, status = rapl_status()
     return f"meters: {', '.join(monitor.meter_names)}; {status}: {energy_scope('cpu', 'rapl' if ok else 'hli')}"
@@ -162,10 +152,6 @@ def calibrate_device(gpu: str, out_dir, name=None, *, resume=False, quick=False,
     """``qtsim calibrate --gpu``: measure the plan on this device into OUT/NAME-calibration.h5
     (resumable; on a GPU the deep-idle windows come first, before any CUDA context), fit, write
     OUT/NAME.toml (and with ``install`` the user profile directory)."""
-    from qtsim.calibration.profile_builder import build_profile
-    from qtsim.profiles.hardware import user_profile_dir, write_profile
-
-    device_mod, energy, plan_mod, raw_mod, runner = _measurement()
     check_gpu_name(gpu)
     cpu = gpu.strip().lower() == "cpu"
     if cpu_threads is not None and not cpu:
@@ -188,14 +174,13 @@ def calibrate_device(gpu: str, out_dir, name=None, *, resume=False, quick=False,
         same_threads_on_resume(raw, cpu_threads, log)
     out.mkdir(parents=True, exist_ok=True)
     monitor = energy.EnergyMonitor(device, tdp_w=tdp_w if device.backend == "cpu" else None)
-    from qtsim.calibration.contention import with_drift_probes
 
     plan = with_drift_probes(plan_mod.calibration_plan(device, quick=quick, rotate=rotate,
                                                        power_window_s=power_window_s))
     log(f"calibrating {device.name} ({device.describe().get('device_string')}): "
         f"{len(plan)} points, about {plan_mod.estimate_plan_s(plan, device) / 60:.1f} min; "
         f"{energy_meter_line(device, monitor)}")
-    report = runner.run_plan(plan, raw_mod.RawStore(raw), device, monitor, progress=progress)
+    report = runner.run_plan(plan, RawStore(raw), device, monitor, progress=progress)
     log(f"measured: {report.line()} -> {raw}")
     prof, result = build_profile(raw, name)
     path = write_profile(prof, out / f"{name}.toml")
@@ -211,10 +196,6 @@ def calibrate_host(out_dir, name=None, *, resume=False, cpu_threads=None, instal
                    progress=True, echo=print, log=_stderr):
     """``qtsim calibrate --host``: tiny-width decodes on every path, then the host-part fit
     (OUT/NAME.h5, OUT/NAME.toml)."""
-    device_mod, energy, plan_mod, raw_mod, runner = _measurement()
-    from qtsim.calibration.host import build_host_part, host_plan
-    from qtsim.profiles.hardware import user_profile_dir
-    from qtsim.profiles.hosts import write_host
 
     device = device_mod.detect_device("cpu", cpu_threads=cpu_threads)
     name = name or f"{device.name}-host"
@@ -225,7 +206,7 @@ def calibrate_host(out_dir, name=None, *, resume=False, cpu_threads=None, instal
     plan = host_plan(device)
     log(f"host calibration on {device.describe().get('device_string')}: {len(plan)} tiny "
         f"decodes, about {plan_mod.estimate_plan_s(plan, device) / 60:.1f} min")
-    report = runner.run_plan(plan, raw_mod.RawStore(raw), device, energy.EnergyMonitor(device),
+    report = runner.run_plan(plan, RawStore(raw), device, energy.EnergyMonitor(device),
                              progress=progress)
     log(f"measured: {report.line()} -> {raw}")
     part, st = build_host_part(str(raw), name)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from qtsim.calibration import calibrate as cal
+from qtsim.calibration.calibrate import refit
 from qtsim.cli.options import StrictCommand
 
 
@@ -24,14 +26,12 @@ def fit(raw, out, name, host_part, lumped, force):
     Example:
       qtsim fit data/raw/cpu-calibration.h5 --out my-cpu.toml
     """
-    from qtsim.calibration.calibrate import refit
-
     refit(raw, out, name, host_part, lumped, echo=click.echo, force=force)
 
 
 @click.command(cls=StrictCommand)
 @click.option("--gpu",
-              help="What to calibrate: a GPU name matching the detected device (h100, h200, a100-80gb, l4, ...) or 'cpu'.")
+              help="What to calibrate: a GPU name or alias matching the detected device (any of `qtsim profiles list`: h100, a100-80gb, l4, rtx-4090, ...; h100 or a100 accept every board of the family), 'cuda' for whichever GPU is visible, or 'cpu'.")
 @click.option("--host", "host_only", is_flag=True,
               help="Measure the host part only (this CPU and software stack; no GPU needed): writes OUT/NAME-host.h5 and OUT/NAME-host.toml.")
 @click.option("--quick", is_flag=True, help="The short plan (CPU: a few minutes; H100: about 4 minutes, power states included).")
@@ -75,8 +75,6 @@ def calibrate(gpu, host_only, quick, out_dir, name, resume, tdp_w, cpu_threads, 
       qtsim calibrate --gpu h100 --out my-h100/ --install
       qtsim calibrate --host --out my-host/     # host part: h_op_s, h_step_s, h_call_<path>_s
     """
-    from qtsim.calibration import calibrate as cal
-
     progress = not no_progress
     if host_only:
         cal.calibrate_host(out_dir, name, resume=resume, cpu_threads=cpu_threads, install=install,

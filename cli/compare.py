@@ -17,6 +17,9 @@ from qtsim.cli.options import (
     split_list,
     stack_option,
 )
+from qtsim.model.workload import Workload
+from qtsim.report.compare import compare_text
+from qtsim.report.grid import refuse_existing
 
 
 @click.command(cls=StrictCommand)
@@ -61,10 +64,6 @@ def compare(model, batch, gpus, profile_paths, precisions, tokens, prompt_tokens
           --usd-per-hour 0.53,1.01,0.80 --sort usd_per_million_tokens --plot cmp.png
       qtsim compare --model mistral-7b --batch 1 --precision fp16,nf4 --double-quant --format csv
     """
-    from qtsim.model.workload import Workload
-    from qtsim.report.compare import compare_text
-    from qtsim.report.grid import refuse_existing
-
     refuse_existing(plot_path, force, "--plot")
     b, k, pr, nd = (int_option(batch, "--batch", 1), int_option(tokens, "--tokens", 1),
                     int_option(prompt_tokens, "--prompt-tokens", 0), int_option(draws, "--draws", 10))

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import click
 
+from qtsim.calibration.fleet.campaigns import calibrate_fleet, simulate_fleet, validate_fleet
 from qtsim.cli.options import StrictGroup, int_list, precision_list, split_list, stack_option
+from qtsim.cli.simulate import parse_batches
+from qtsim.model.workload import Workload
+from qtsim.report.grid import load_grid_inputs, refuse_existing
+from qtsim.validate.plan import ValidationRequest
 
 address_option = click.option(
     "--address", default="auto", show_default=True,
@@ -71,8 +76,6 @@ def calibrate(address, gpu, nodes, plan_name, tdp_w, out_dir, resume, work_dir, 
     Example:
       qtsim fleet calibrate --address auto --gpu h100 --out fleet-h100/
     """
-    from qtsim.calibration.campaigns import calibrate_fleet
-
     calibrate_fleet(address, gpu, nodes, plan_name, tdp_w, out_dir, resume=resume,
                     work_dir=work_dir, max_retries=max_retries, cpu_threads=cpu_threads,
                     crash=crash, echo=click.echo)
@@ -104,10 +107,6 @@ def validate(address, from_dir, profile_path, gpu, nodes, plan_path, model, prec
     Example:
       qtsim fleet validate --from fleet-h100/ --plan holdout.toml --out fleet-h100-val/
     """
-    from qtsim.calibration.campaigns import validate_fleet
-    from qtsim.model.workload import Workload
-    from qtsim.validate.plan import ValidationRequest
-
     request = ValidationRequest(
         plan_path, tuple(split_list(model, "--model")) if model else (),
         tuple(precision_list(precisions)), tuple(int_list(batches, "--batch")),
@@ -151,11 +150,6 @@ def simulate(address, workers, gpus, profile_paths, models, precisions, batches,
       qtsim fleet simulate --gpu l4,h100-sxm --family mistral-7b --sizes 0.5e9:80e9:400 \\
           --batch 1:512:40 --draws 200 --chunk-models 50 --out sweep.h5
     """
-    from qtsim.calibration.campaigns import simulate_fleet
-    from qtsim.cli.simulate import parse_batches
-    from qtsim.model.workload import Workload
-    from qtsim.report.grid import load_grid_inputs, refuse_existing
-
     refuse_existing(out, force, "--out")
     refuse_existing(csv_path, force, "--csv")
     profiles, archs, fam, size_grid = load_grid_inputs(

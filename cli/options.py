@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import click
 
+from qtsim.errors import QtsimError
 from qtsim.model.precision import PRECISIONS
+from qtsim.model.stack import CURRENT_BNB
+from qtsim.model.workload import DEFAULT_INT8_THRESHOLD, BnbSettings
+from qtsim.report.budget import BudgetAssumptions
 
 FORMATS = click.Choice(["text", "json", "csv"], case_sensitive=False)
 
@@ -24,8 +30,6 @@ class StrictCommand(click.Command):
             if isinstance(p, click.Option) and not (p.multiple or p.count):
                 seen[p.name] = seen.get(p.name, 0) + 1
                 if seen[p.name] == 2:
-                    from qtsim.errors import QtsimError
-
                     raise QtsimError(
                         f"{p.opts[0]} given more than once: give it once"
                         + (" (it takes a comma-separated list)" if _takes_list(p) else "")
@@ -100,8 +104,6 @@ def bnb_options(f):
 
 def stack_option(f):
     """--bnb-version: the bitsandbytes release the prediction describes (:mod:`qtsim.model.stack`)."""
-    from qtsim.model.stack import CURRENT_BNB
-
     return click.option(
         "--bnb-version", "bnb_version", metavar="VERSION",
         help=f"bitsandbytes release you run (default {CURRENT_BNB}, the current one, stated as "
@@ -112,8 +114,6 @@ def stack_option(f):
 
 def bnb_settings(double_quant=False, int8_threshold=None, compute_dtype=None):
     """A :class:`qtsim.model.workload.BnbSettings` from the options of :func:`bnb_options`."""
-    from qtsim.model.workload import DEFAULT_INT8_THRESHOLD, BnbSettings
-
     t = DEFAULT_INT8_THRESHOLD if int8_threshold is None else int8_threshold
     if isinstance(t, str):
         t = number_option(t, "--int8-threshold")
@@ -134,8 +134,6 @@ def budget_options(f):
 
 def budget_assumptions(pue="1.0", grid_gco2_per_kwh=None, usd_per_hour=None):
     """A :class:`qtsim.report.budget.BudgetAssumptions` from the options of :func:`budget_options`."""
-    from qtsim.report.budget import BudgetAssumptions
-
     def opt(v, name):
         return None if v is None else number_option(v, name)
 
@@ -145,8 +143,6 @@ def budget_assumptions(pue="1.0", grid_gco2_per_kwh=None, usd_per_hour=None):
 
 def int_option(text, name: str, minimum: int) -> int:
     """An integer option given as text (checked here so the error is one line, exit 2)."""
-    from qtsim.errors import QtsimError
-
     try:
         x = int(str(text))
     except ValueError:
@@ -166,10 +162,6 @@ def prices_option(text):
 
 def number_option(text, name: str) -> float:
     """A finite number given as text (one-line error otherwise, exit 2)."""
-    import math
-
-    from qtsim.errors import QtsimError
-
     try:
         x = float(text)
     except (TypeError, ValueError):

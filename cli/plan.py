@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import click
 
-from qtsim.cli.options import FORMATS, budget_assumptions, budget_options, split_list
-from qtsim.report.plan import DEFAULT_SETTINGS
+from qtsim.cli.options import (
+    FORMATS,
+    budget_assumptions,
+    budget_options,
+    int_option,
+    number_option,
+    prices_option,
+    split_list,
+)
+from qtsim.cli.simulate import LateBar, parse_batches
+from qtsim.report.plan import DEFAULT_SETTINGS, Targets
+from qtsim.report.plan_output import plan_answer
 
 
 @click.command()
@@ -62,11 +72,6 @@ def plan(model, demand, peak_factor, prompt_tokens, tokens, max_step_ms, max_que
           --max-step-ms 80 --gpu l4,a10g,l40s,h100 --usd-per-hour 0.80,1.01,1.86,3.00 --plot plan.png
       qtsim plan --model mistral-7b --demand 5/s --max-query-s 30 --minimize kwh --format csv
     """
-    from qtsim.cli.options import int_option, number_option, prices_option
-    from qtsim.cli.simulate import LateBar, parse_batches
-    from qtsim.report.plan import Targets
-    from qtsim.report.plan_output import plan_answer
-
     def opt(v, name, scale=1.0):
         return None if v is None else number_option(v, name) * scale
 

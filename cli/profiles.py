@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from qtsim.cli.options import FORMATS, StrictCommand, StrictGroup
+from qtsim.profiles.hardware import load_profile
+from qtsim.report.catalog import host_list, model_list, new_profile, profile_card, profile_list
 
 
 @click.group(cls=StrictGroup)
@@ -16,8 +18,6 @@ def profiles():
 @click.option("--format", "fmt", default="text", type=FORMATS, show_default=True)
 def list_cmd(fmt):
     """Every visible profile, with where its numbers come from."""
-    from qtsim.report.catalog import profile_list
-
     click.echo(profile_list(fmt))
 
 
@@ -27,9 +27,6 @@ def list_cmd(fmt):
 @click.option("--format", "fmt", default="text", type=click.Choice(["text", "json", "toml"]), show_default=True)
 def show_cmd(name, profile_path, fmt):
     """One profile's facts, constants (value ± stderr, unit, source) and provenance."""
-    from qtsim.profiles.hardware import load_profile
-    from qtsim.report.catalog import profile_card
-
     click.echo(profile_card(load_profile(name, profile_path), fmt))
 
 
@@ -65,8 +62,6 @@ def new_cmd(name, memory_gib, bandwidth_gbs, fp16_tflops, int8_tops, tdp_w, arch
       qtsim profiles new a6000 --memory-gib 48 --bandwidth-gbs 768 --fp16-tflops 154.8 \\
           --int8-tops 309.7 --tdp-w 300 --architecture ampere
     """
-    from qtsim.report.catalog import new_profile
-
     click.echo(new_profile(name, memory_gib, bandwidth_gbs, fp16_tflops, int8_tops, tdp_w,
                            architecture, memory_type, force, dry_run, segment))
 
@@ -75,8 +70,6 @@ def new_cmd(name, memory_gib, bandwidth_gbs, fp16_tflops, int8_tops, tdp_w, arch
 @click.option("--format", "fmt", default="text", type=FORMATS, show_default=True)
 def hosts_cmd(fmt):
     """Host/software parts: the host CPU and stack that issue a GPU's work (`trap --host`)."""
-    from qtsim.report.catalog import host_list
-
     click.echo(host_list(fmt))
 
 
@@ -84,6 +77,4 @@ def hosts_cmd(fmt):
 @click.option("--format", "fmt", default="text", type=FORMATS, show_default=True)
 def models(fmt):
     """Shipped model architectures (any config.json path works too)."""
-    from qtsim.report.catalog import model_list
-
     click.echo(model_list(fmt))

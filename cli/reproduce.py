@@ -7,6 +7,8 @@ import json
 import click
 
 from qtsim.cli.options import StrictCommand
+from qtsim.report.reproduce import format_text
+from qtsim.report.reproduce import reproduce as run
 
 
 @click.command(cls=StrictCommand)
@@ -23,9 +25,6 @@ def reproduce(fmt, draws, seed):
     Sections: worked example (arithmetic on the paper's own figures), consistency (the paper
     against itself), simulator (qtsim from spec-derived profiles with wide priors).
     """
-    from qtsim.report.reproduce import format_text
-    from qtsim.report.reproduce import reproduce as run
-
     report = run(draws, seed)
     if fmt.lower() == "json":
         click.echo(json.dumps(report, indent=2))

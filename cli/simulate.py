@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 
 import click
+import numpy as np
 
 from qtsim.cli.options import (
     StrictCommand,
@@ -16,15 +18,15 @@ from qtsim.cli.options import (
     split_list,
     stack_option,
 )
+from qtsim.errors import QtsimError
+from qtsim.model.workload import Workload
+from qtsim.report.grid import simulate_to_files
+from qtsim.simulate.memory import MAX_BATCHES
 
 
 def parse_batches(text: str) -> list[int]:
     """``1,2,4``, ``LO:HI:N`` (N geometric steps, rounded to distinct integers) or ``LO:HI``
     (every integer from LO to HI)."""
-    import numpy as np
-
-    from qtsim.errors import QtsimError
-
     if ":" in text:
         try:
             parts = [float(x) for x in text.split(":")]
@@ -34,7 +36,6 @@ def parse_batches(text: str) -> list[int]:
                              "(every integer)") from None
         if not (1 <= lo <= hi) or (n is not None and n < 1) or not np.isfinite(hi):
             raise QtsimError(f"--batch {text!r}: need 1 <= LO <= HI and N >= 1")
-        from qtsim.simulate.memory import MAX_BATCHES
 
         span = np.floor(hi) - np.ceil(lo) + 1  # distinct integers it can round to
         most = span if n is None else min(n, span)
@@ -77,8 +78,6 @@ class LateBar:
 
 def _command_line(ctx) -> str:
     """The invocation, rebuilt from the parsed options (recorded in the HDF5 file)."""
-    import shlex
-
     parts = ["qtsim", ctx.info_name]
     for p in ctx.command.params:
         v = ctx.params.get(p.name)
@@ -145,9 +144,6 @@ def simulate(gpus, profile_paths, models, precisions, batches, tokens, prompt_to
       qtsim simulate --gpu h100 --family mistral-7b --sizes 0.5e9:80e9:40 --precision int8,nf4 \\
           --draws 200 --out sweep.h5 --csv sweep.csv --plot figs/
     """
-    from qtsim.model.workload import Workload
-    from qtsim.report.grid import simulate_to_files
-
     workload = Workload(batch=parse_batches(batches), new_tokens=tokens,
                         prompt_tokens=prompt_tokens,
                         bnb=bnb_settings(double_quant, int8_threshold, compute_dtype))

@@ -15,6 +15,8 @@ from qtsim.cli.options import (
     stack_option,
 )
 from qtsim.model.precision import PRECISIONS
+from qtsim.model.workload import Workload
+from qtsim.report.trap import trap_text
 
 
 @click.command(cls=StrictCommand)
@@ -59,9 +61,6 @@ def trap(gpu, profile_path, model, precision, batch, tokens, prompt_tokens, trus
       qtsim trap --gpu t4 --model llama-3.1-8b --precision nf4 --double-quant --batch 8 \\
           --grid-gco2-per-kwh 400 --usd-per-hour 0.53
     """
-    from qtsim.model.workload import Workload
-    from qtsim.report.trap import trap_text
-
     workload = Workload(precision, batch, tokens, prompt_tokens,
                         bnb_settings(double_quant, int8_threshold, compute_dtype))
     assumptions = budget_assumptions(pue, grid_gco2_per_kwh, usd_per_hour)

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import fields
+
 import click
 
+from qtsim.calibration.measure.device import require_measurement_stack
+from qtsim.calibration.trust.hops_probe import check_settings
+from qtsim.calibration.trust.hops_probe import probe as run_probe
+from qtsim.calibration.trust.hops_train import Recipe
+from qtsim.calibration.trust.hops_train import train as run_train
 from qtsim.cli.options import FORMATS, int_list, split_list
+from qtsim.cli.simulate import LateBar
+from qtsim.errors import QtsimError
+from qtsim.trust import report
+from qtsim.trust.shipped import shipped_checkpoint, shipped_record
 
 
 @click.group()
@@ -52,14 +64,7 @@ def train(out_dir, overrides, fmt, no_progress):
       qtsim trust train --out data/trust/hops-llama-3m      # the shipped checkpoint
       qtsim trust train --out quick/ --set steps=20 --set hidden_size=64 --set num_hidden_layers=1
     """
-    import json
-
-    from qtsim.calibration.device import require_measurement_stack
-
     require_measurement_stack()
-    from qtsim.calibration.hops_train import Recipe
-    from qtsim.calibration.hops_train import train as run_train
-    from qtsim.cli.simulate import LateBar
 
     recipe = _recipe(Recipe, overrides)
     with LateBar(recipe.steps, "training", after_s=0 if not no_progress else float("inf")) as bar:
@@ -83,10 +88,6 @@ def train(out_dir, overrides, fmt, no_progress):
 
 
 def _recipe(cls, overrides):
-    from dataclasses import fields
-
-    from qtsim.errors import QtsimError
-
     types = {f.name: f.type for f in fields(cls)}
     values = {}
     for item in overrides:
@@ -145,14 +146,7 @@ def probe(checkpoint, settings, max_hops, n_per_hop, seed, batch, check_batch, c
       qtsim trust probe --out my-probe/
       qtsim trust probe --settings fp16,nf4 --max-hops 4 --problems 100 --format json
     """
-    from qtsim.calibration.device import require_measurement_stack
-
     require_measurement_stack()
-    from qtsim.calibration.hops_probe import check_settings
-    from qtsim.calibration.hops_probe import probe as run_probe
-    from qtsim.cli.simulate import LateBar
-    from qtsim.trust import report
-    from qtsim.trust.shipped import shipped_checkpoint
 
     names = check_settings(split_list(settings, "--settings"))
     ckpt = checkpoint or shipped_checkpoint()
@@ -179,9 +173,6 @@ def report_cmd(record, reference, out_dir, fmt):
       qtsim trust report --format csv
       qtsim trust report my-probe/probe.json --out my-probe/
     """
-    from qtsim.trust import report
-    from qtsim.trust.shipped import shipped_record
-
     rec = report.read_record(record or shipped_record())
     _emit(rec, reference, out_dir, fmt, report)
 

@@ -12,6 +12,11 @@ from qtsim.cli.options import (
     precision_list,
     split_list,
 )
+from qtsim.errors import QtsimError
+from qtsim.model.workload import Workload
+from qtsim.profiles.hardware import load_profile
+from qtsim.validate.plan import ValidationRequest
+from qtsim.validate.run import run_validation
 
 
 @click.command(cls=StrictCommand)
@@ -62,12 +67,6 @@ def validate(profile_path, gpu, plan_path, model, precisions, batches, tokens, p
       qtsim validate --profile cpu.toml --plan data/validation/cpu-holdout.toml --out report/
       qtsim validate --profile cpu.toml --raw report/validation.h5 --report-only
     """
-    from qtsim.errors import QtsimError
-    from qtsim.model.workload import Workload
-    from qtsim.profiles.hardware import load_profile
-    from qtsim.validate.plan import ValidationRequest
-    from qtsim.validate.run import run_validation
-
     bnb = bnb_settings(double_quant, int8_threshold, compute_dtype)
     prof = load_profile(gpu, profile_path)
     if record_error and not profile_path:

@@ -1,5 +1,8 @@
 """Errors a user can cause. The CLI prints their message on one line and exits with status 2."""
 
+import difflib
+from pathlib import Path
+
 
 class QtsimError(Exception):
     """Base class: bad input, unknown names, corrupt files, failed fits."""
@@ -28,8 +31,6 @@ class MeasurementError(QtsimError):
 def read_user_file(path, error: type[QtsimError] = QtsimError, missing: str = "no such file") -> str:
     """The text of a file a user named, or ``error`` with one line (``"<path>: <missing>"``
     when it is not a file, ``"<path>: cannot read (...)"`` when it cannot be read as text)."""
-    from pathlib import Path
-
     p = Path(path)
     if not p.is_file():
         raise error(f"{p}: {missing}")
@@ -41,8 +42,6 @@ def read_user_file(path, error: type[QtsimError] = QtsimError, missing: str = "n
 
 def suggest(name: str, choices) -> str:
     """' (did you mean: a, b?)' for the nearest of ``choices``, or '' when none is close."""
-    import difflib
-
     close = difflib.get_close_matches(name.lower(), [c.lower() for c in choices], n=3, cutoff=0.4)
     if not close:
         return f" (known: {', '.join(sorted(choices))})"

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from qtsim.errors import ArchitectureError, UnknownNameError
-from qtsim.model.architecture import from_config, load_architecture, shipped_models
+from qtsim.model.architecture import from_config, load_architecture, load_config, shipped_models
+
+from .conftest import qtsim_cli, refused, write_config
 
 PUBLISHED = {r["model"]: float(r["n_params"]) for r in csv.DictReader(
     (resources.files("qtsim.data.reference") / "published_params.csv").read_text().splitlines())}
@@ -78,3 +80,30 @@ def test_scaled_family_hits_target_and_reproduces_base():
     base = a.scaled(a.n_params)
     assert float(base.n_quant_weights) == pytest.approx(a.n_quant_weights, rel=1e-6)
     assert float(base.n_linear_calls) == pytest.approx(a.n_linear_calls, rel=1e-6)
+
+
+def test_model_names_from_files_and_name_equals_path(tmp_path):
+    from qtsim.model.architecture import load_architecture
+
+    a = write_config(tmp_path / "d" / "config.json")
+    b = write_config(tmp_path / "d" / "config-small.json")
+    c = write_config(tmp_path / "e" / "model.json", _qtsim_name="mine")
+    assert load_architecture(a).name == "d"
+    assert load_architecture(b).name == "config-small"
+    assert load_architecture(c).name == "mine"
+    assert load_architecture(f"big={a}").name == "big"
+    assert load_architecture("seven=mistral-7b").name == "seven"
+    code, out, err = qtsim_cli("simulate", "--gpu", "l4", "--model", f"{a},{b}", "--batch", "1",
+                               "--out", str(tmp_path / "s.h5"))
+    assert code == 0, err
+    assert "config-small" in out
+
+
+def test_impossible_grouped_query_attention_is_refused(tmp_path):
+    cfg, _, _ = load_config("qwen2.5-0.5b")  # 14 heads
+    cfg = {k: v for k, v in cfg.items() if not k.startswith("_qtsim")}
+    path = tmp_path / "odd.json"
+    path.write_text(json.dumps({**cfg, "num_attention_heads": 28, "num_key_value_heads": 5,
+                                "head_dim": 64}))
+    refused(["trap", "--gpu", "l4", "--model", str(path), "--precision", "nf4"],
+            "num_key_value_heads 5 does not divide num_attention_heads 28")

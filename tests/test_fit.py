@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qtsim.calibration.fit import fit_frame
-from qtsim.calibration.profile_builder import build_profile
-from qtsim.calibration.raw import RawStore
+from qtsim.calibration.fit.measured import fit_frame
+from qtsim.calibration.fit.profile_builder import build_profile
+from qtsim.calibration.measure.raw import RawStore
 from qtsim.errors import FitError
 from qtsim.profiles.hardware import read_profile, write_profile
 

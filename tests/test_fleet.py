@@ -7,21 +7,23 @@ resumes it; a slot asking for an L4 on a node without GPUs is refused with its r
 """
 
 import json
+import socket
 import sys
 
 import numpy as np
 import pytest
 
 from qtsim.errors import QtsimError
+from qtsim.profiles.hardware import load_profile
 
-from .conftest import run_qtsim_process
+from .conftest import refused, run_qtsim_process
 
 SLOTS = "cpu-a,cpu-b,cpu-c=l4"
 CRASH_AFTER = 5
 
 
 def test_missing_ray_is_one_clear_line(monkeypatch):
-    from qtsim.calibration.fleet import require_ray
+    from qtsim.calibration.fleet.slots import require_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(QtsimError, match=r"pip install 'qtsim\[fleet\]'"):
@@ -29,12 +31,44 @@ def test_missing_ray_is_one_clear_line(monkeypatch):
 
 
 def test_check_points_finds_duplicates_and_gaps():
-    from qtsim.calibration.fleet import check_points
+    from qtsim.calibration.fleet.head import check_points
 
     assert check_points(["a", "b"], ["a", "b"]) is None
     assert "duplicate" in check_points(["a", "a", "b"], ["a", "b"])
     assert "missing" in check_points(["a"], ["a", "b"])
     assert "not in the plan" in check_points(["a", "b", "c"], ["a", "b"])
+
+
+# without a cluster: before the module's cluster starts (a Ray driver in this process)
+def test_fleet_without_a_cluster_fails_in_seconds(tmp_path):
+    pytest.importorskip("ray")
+    import time
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.perf_counter()
+    refused(["fleet", "calibrate", "--address", f"127.0.0.1:{port}", "--out",
+             str(tmp_path / "f")], f"--address 127.0.0.1:{port}: no Ray cluster answers at "
+                                   f"127.0.0.1:{port}")
+    assert time.perf_counter() - t0 < 10
+    assert not (tmp_path / "f").exists()
+
+
+def test_fleet_auto_without_a_cluster_says_how_to_start_one(monkeypatch):
+    pytest.importorskip("ray")
+    import ray._private.services as services
+
+    from qtsim.calibration.fleet import campaigns
+    from qtsim.errors import QtsimError
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(services, "canonicalize_bootstrap_address", lambda *a, **k: None)
+    with pytest.raises(QtsimError, match=r"--address auto: no Ray cluster is running on this "
+                                         r"machine; start one with `ray start --head`"):
+        campaigns.cluster_endpoint("auto")
+    with pytest.raises(QtsimError, match="give HOST:PORT, ray://HOST:PORT or auto"):
+        campaigns.cluster_endpoint("nowhere")
 
 
 @pytest.fixture(scope="module")
@@ -61,25 +95,27 @@ def campaign(cluster):
     """The calibration campaign, cpu-a's worker killed after CRASH_AFTER points."""
     pytest.importorskip("torch")
     pytest.importorskip("bitsandbytes")
-    from qtsim.calibration import fleet as fl
+    from qtsim.calibration.fleet.head import run_campaign
+    from qtsim.calibration.fleet.slots import parse_slots, require_ray, wait_for_resources
+    from qtsim.calibration.fleet.summary import fit_nodes, fleet_summary
 
-    ray = fl.require_ray()
-    slots = fl.parse_slots(SLOTS, "cpu", ray.cluster_resources())
-    fl.wait_for_resources([s.resource for s in slots])
+    ray = require_ray()
+    slots = parse_slots(SLOTS, "cpu", ray.cluster_resources())
+    wait_for_resources([s.resource for s in slots])
     lines = []
-    m = fl.run_campaign("calibrate", cluster["out"], slots, settings={"plan": "tiny", "gpu": "cpu"},
-                        job_extra={"*": {"plan": "tiny", "cpu_threads": 1}},
-                        work_dir=str(cluster["work"]), crash={"cpu-a": CRASH_AFTER},
-                        echo=lines.append)
-    profiles = fl.fit_nodes(m, echo=lines.append)
-    summary = fl.fleet_summary(m, profiles, echo=lines.append)
+    m = run_campaign("calibrate", cluster["out"], slots, settings={"plan": "tiny", "gpu": "cpu"},
+                     job_extra={"*": {"plan": "tiny", "cpu_threads": 1}},
+                     work_dir=str(cluster["work"]), crash={"cpu-a": CRASH_AFTER},
+                     echo=lines.append)
+    profiles = fit_nodes(m, echo=lines.append)
+    summary = fleet_summary(m, profiles, echo=lines.append)
     return {"manifest": m, "profiles": profiles, "summary": summary, "lines": lines,
             "work": cluster["work"] / m.doc["campaign"]}
 
 
 @pytest.mark.measure
 def test_killed_worker_is_retried_and_loses_nothing(campaign):
-    from qtsim.calibration.raw import RawStore
+    from qtsim.calibration.measure.raw import RawStore
 
     m = campaign["manifest"]
     a, b = m.slot("cpu-a"), m.slot("cpu-b")
@@ -152,9 +188,8 @@ def test_interrupted_campaign_resumes_from_the_manifest(campaign, cluster):
 def test_simulate_chunked_over_ray_is_bit_for_bit(cluster):
     import xarray as xr
 
-    from qtsim.calibration.fleet import fleet_simulate
+    from qtsim.calibration.fleet.tiles import fleet_simulate
     from qtsim.model.architecture import load_architecture
-    from qtsim.profiles.hardware import load_profile
     from qtsim.simulate.surface import simulate
 
     profs = [load_profile("l4"), load_profile("h100-sxm")]

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qtsim.calibration.bench import last_level_cache_bytes, rotation_count
-from qtsim.calibration.fit import row_family
-from qtsim.calibration.host import build_host_part, host_configs
-from qtsim.calibration.raw import RawStore
+from qtsim.calibration.fit.host_part import build_host_part
+from qtsim.calibration.fit.measured import row_family
+from qtsim.calibration.measure.raw import RawStore
+from qtsim.calibration.probes.bench import last_level_cache_bytes, rotation_count
+from qtsim.calibration.probes.host import host_configs
 from qtsim.model import inventory, physical
 from qtsim.model.architecture import from_config
 from qtsim.model.precision import get_precision
@@ -58,7 +59,7 @@ def test_host_part_provenance_and_roundtrip(host, tmp_path):
 
 def test_host_fit_uses_the_model_itself(host):
     """Re-predict the recorded steps with the written constants through physical.step_time_s."""
-    from qtsim.calibration.host import device_base
+    from qtsim.calibration.fit.host_part import device_base
 
     part, st = host
     frame = RawStore(HOST_RAW, readonly=True).summary_frame("decode")

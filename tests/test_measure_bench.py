@@ -5,7 +5,9 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("bitsandbytes")
 
-from qtsim.calibration.bench import (  # noqa: E402
+from qtsim.calibration.measure.device import CpuDevice  # noqa: E402
+from qtsim.calibration.measure.energy import EnergyMonitor  # noqa: E402
+from qtsim.calibration.probes.bench import (  # noqa: E402
     gemm_probe,
     is_oom,
     kernel_path,
@@ -14,8 +16,6 @@ from qtsim.calibration.bench import (  # noqa: E402
     membw_probe,
     parse_path,
 )
-from qtsim.calibration.device import CpuDevice  # noqa: E402
-from qtsim.calibration.energy import EnergyMonitor  # noqa: E402
 from qtsim.errors import QtsimError  # noqa: E402
 from qtsim.model.paths import PATHS  # noqa: E402
 
@@ -111,7 +111,8 @@ def _cuda_available() -> bool:
 def test_linear_probe_cuda(path):
     import torch
 
-    from qtsim.calibration.device import detect_device, normalise_gpu_name
+    from qtsim.calibration.measure.device import detect_device
+    from qtsim.profiles.gpus import normalise_gpu_name
 
     dev = detect_device(normalise_gpu_name(torch.cuda.get_device_name(0)))
     mon = EnergyMonitor(dev)

@@ -9,16 +9,16 @@ import types
 
 import pytest
 
-from qtsim.calibration import nvml as nvml_mod
-from qtsim.calibration.device import CudaDevice, accepted_names, normalise_gpu_name
-from qtsim.calibration.energy import (
+from qtsim.calibration.measure import nvml as nvml_mod
+from qtsim.calibration.measure.device import CudaDevice
+from qtsim.calibration.measure.energy import (
     EnergyMonitor,
     HliMeter,
     NvmlEnergyCounter,
     NvmlPowerPoller,
     measure_idle,
 )
-from qtsim.calibration.nvml import NvmlGpu
+from qtsim.calibration.measure.nvml import NvmlGpu
 
 pytestmark = pytest.mark.measure
 
@@ -234,7 +234,7 @@ def test_abort_window_frees_the_key_and_the_poller(use_fake):
 def test_measure_windows_aborts_on_out_of_memory(use_fake):
     import torch
 
-    from qtsim.calibration.bench import measure_windows
+    from qtsim.calibration.probes.bench import measure_windows
 
     use_fake()
     dev = FakeCudaDevice(NvmlGpu(0))
@@ -255,8 +255,8 @@ def test_measure_windows_aborts_on_out_of_memory(use_fake):
 def test_skip_on_oom_drops_the_frames():
     import torch
 
-    from qtsim.calibration.bench import skip_on_oom
-    from qtsim.calibration.device import CpuDevice
+    from qtsim.calibration.measure.device import CpuDevice
+    from qtsim.calibration.probes.bench import skip_on_oom
 
     def inner():
         big = [0] * 10  # noqa: F841 - a local the traceback would keep alive
@@ -272,7 +272,7 @@ def test_skip_on_oom_drops_the_frames():
 
 
 def test_measure_idle_aborts_on_interrupt(monkeypatch):
-    from qtsim.calibration.device import CpuDevice
+    from qtsim.calibration.measure.device import CpuDevice
 
     mon = EnergyMonitor(CpuDevice(), meters=[HliMeter(10.0)])
 
@@ -288,8 +288,8 @@ def test_measure_idle_aborts_on_interrupt(monkeypatch):
 def test_cuda_point_attrs_round_trip_through_hdf5(use_fake, tmp_path):
     import numpy as np
 
-    from qtsim.calibration.conditions import environment_attrs
-    from qtsim.calibration.raw import RawStore
+    from qtsim.calibration.measure.conditions import environment_attrs
+    from qtsim.calibration.measure.raw import RawStore
 
     use_fake()
     dev = FakeCudaDevice(NvmlGpu(0, H100_UUID))
@@ -312,20 +312,3 @@ def test_nvml_missing_is_recorded_not_raised():
     mon = EnergyMonitor(dev)
     assert mon.meter_names == ["hli"] and mon.tdp_w == 700.0
     assert any(a.startswith("NVML unavailable (") for a in mon.assumptions)
-
-
-# -- device names ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("device_string, name", [
-    ("NVIDIA GB200", "gb200"),
-    ("NVIDIA GH200 480GB", "gh200"),
-    ("NVIDIA H200 NVL", "h200-nvl"),
-    ("NVIDIA RTX PRO 6000 Blackwell Max-Q Workstation Edition", "rtx-pro-6000-blackwell-max-q"),
-    ("NVIDIA RTX PRO 6000 Blackwell Workstation Edition", "rtx-pro-6000-blackwell"),
-])
-def test_more_device_strings(device_string, name):
-    assert normalise_gpu_name(device_string) == name
-
-
-def test_h200_alias_accepts_both_boards():
-    assert set(accepted_names("h200")) == {"h200", "h200-nvl"}
-    assert accepted_names("h200-sxm") == ("h200",)

@@ -8,9 +8,9 @@ pytest.importorskip("torch")
 pytest.importorskip("bitsandbytes")
 pytest.importorskip("transformers")
 
-from qtsim.calibration.decode import build_model, decode_point_id, decode_run  # noqa: E402
-from qtsim.calibration.device import CpuDevice  # noqa: E402
-from qtsim.calibration.energy import EnergyMonitor  # noqa: E402
+from qtsim.calibration.measure.device import CpuDevice  # noqa: E402
+from qtsim.calibration.measure.energy import EnergyMonitor  # noqa: E402
+from qtsim.calibration.probes.decode import build_model, decode_point_id, decode_run  # noqa: E402
 from qtsim.errors import QtsimError  # noqa: E402
 
 pytestmark = pytest.mark.measure
@@ -95,7 +95,8 @@ def _cuda_available() -> bool:
 def test_decode_cuda(precision):
     import torch
 
-    from qtsim.calibration.device import detect_device, normalise_gpu_name
+    from qtsim.calibration.measure.device import detect_device
+    from qtsim.profiles.gpus import normalise_gpu_name
 
     dev = detect_device(normalise_gpu_name(torch.cuda.get_device_name(0)))
     built = build_model(MICRO, precision, dev)
@@ -103,3 +104,43 @@ def test_decode_cuda(precision):
                    model_name="micro")
     assert r.status == "ok" and r.attrs["peak_memory_kind"] == "torch.cuda.max_memory_allocated"
     assert r.datasets["peak_memory_bytes"] > 0
+
+
+def test_steady_memory_is_what_the_model_holds():
+    from types import SimpleNamespace
+
+    from qtsim.calibration.probes.decode import steady_memory
+
+    cpu, cuda = SimpleNamespace(backend="cpu"), SimpleNamespace(backend="cuda")
+    got = steady_memory(900_000_000, 6_000_000, cpu)  # the process's peak RSS is not it
+    assert got["steady_memory_bytes"] == 6_000_000
+    assert got["steady_memory_kind"].startswith("bytes of the tensors the built model holds")
+    assert steady_memory(900, None, cpu) == {}
+    assert steady_memory(900, 6, cuda)["steady_memory_bytes"] == 900
+
+
+def test_held_tensor_bytes_count_bitsandbytes_state():
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("bitsandbytes")
+    from types import SimpleNamespace
+
+    from qtsim.calibration.probes.decode import build_model, held_tensor_bytes
+    from qtsim.calibration.probes.plan import TINY_QWEN3_CONFIG
+    from qtsim.model.architecture import from_config
+    from qtsim.validate.predict import steady_bytes
+
+    class Cpu(SimpleNamespace):
+        def synchronize(self):
+            pass
+
+    dev = Cpu(backend="cpu", name="cpu", torch_device=torch.device("cpu"))
+    counts = from_config(TINY_QWEN3_CONFIG).counts()
+    cpu_profile = SimpleNamespace(hardware={"device_type": "cpu"})
+    from qtsim.model.workload import Workload
+
+    for prec in ("fp16", "nf4", "int8"):
+        built = build_model(TINY_QWEN3_CONFIG, prec, dev)
+        held = held_tensor_bytes(built.model)
+        assert held == built.attrs["held_tensor_bytes"]
+        pred = steady_bytes(cpu_profile, counts, Workload(prec))
+        assert abs(held / pred - 1) < 0.05, (prec, held, pred)

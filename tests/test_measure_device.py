@@ -1,17 +1,13 @@
-"""Device layer: name normalisation, --gpu refusal without CUDA, CPU description."""
+"""Device layer: --gpu refusal without CUDA, CPU description (GPU names: test_gpus.py)."""
 
 import subprocess
 import sys
 
 import pytest
 
-from qtsim.calibration.device import (
-    CpuDevice,
-    accepted_names,
-    detect_device,
-    normalise_gpu_name,
-)
+from qtsim.calibration.measure.device import CpuDevice, detect_device
 from qtsim.errors import QtsimError
+from qtsim.profiles.gpus import normalise_gpu_name
 
 pytestmark = pytest.mark.measure
 
@@ -22,31 +18,6 @@ def _cuda_available() -> bool:
     except ImportError:
         return False
     return torch.cuda.is_available()
-
-
-@pytest.mark.parametrize("device_string, name", [
-    ("NVIDIA H100 80GB HBM3", "h100-sxm"),
-    ("NVIDIA H100 PCIe", "h100-pcie"),
-    ("NVIDIA H100 NVL", "h100-nvl"),
-    ("NVIDIA H200", "h200"),
-    ("NVIDIA A100-SXM4-80GB", "a100-80gb"),
-    ("NVIDIA A100-SXM4-40GB", "a100-40gb"),
-    ("NVIDIA A100 80GB PCIe", "a100-80gb"),
-    ("NVIDIA L4", "l4"),
-    ("NVIDIA L40S", "l40s"),
-    ("NVIDIA B200", "b200"),
-    ("NVIDIA RTX PRO 6000 Blackwell Server Edition", "rtx-pro-6000-blackwell"),
-    ("Tesla T4", "t4"),
-    ("NVIDIA GeForce RTX 4090", "geforce-rtx-4090"),
-])
-def test_normalise_gpu_name(device_string, name):
-    assert normalise_gpu_name(device_string) == name
-
-
-def test_aliases():
-    assert set(accepted_names("h100")) == {"h100-sxm", "h100-pcie", "h100-nvl"}
-    assert accepted_names("H100-SXM") == ("h100-sxm",)
-    assert accepted_names("a100") == ("a100-80gb", "a100-40gb")
 
 
 @pytest.mark.skipif(_cuda_available(), reason="this machine has CUDA")
@@ -72,8 +43,8 @@ def test_cpu_device_describes_itself():
 
 
 def test_modules_import_without_torch():
-    code = ("import sys; import qtsim.calibration.device, qtsim.calibration.energy, "
-            "qtsim.calibration.raw, qtsim.calibration.nvml; "
+    code = ("import sys; import qtsim.calibration.measure.device, qtsim.calibration.measure.energy, "
+            "qtsim.calibration.measure.raw, qtsim.calibration.measure.nvml; "
             "print('torch' in sys.modules, 'pynvml' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()
@@ -98,7 +69,7 @@ def test_cuda_device_matches_and_refuses_mismatch():
 def test_missing_measurement_stack_is_one_line(monkeypatch):
     import importlib.util
 
-    from qtsim.calibration import device
+    from qtsim.calibration.measure import device
 
     real = importlib.util.find_spec
     monkeypatch.setattr(device.importlib.util, "find_spec",

@@ -6,8 +6,8 @@ import time
 import numpy as np
 import pytest
 
-from qtsim.calibration.device import CpuDevice
-from qtsim.calibration.energy import (
+from qtsim.calibration.measure.device import CpuDevice
+from qtsim.calibration.measure.energy import (
     EnergyMonitor,
     HliMeter,
     Measurement,
@@ -161,7 +161,8 @@ def _cuda_available() -> bool:
 def test_real_nvml_meters_on_cuda():
     import torch
 
-    from qtsim.calibration.device import detect_device, normalise_gpu_name
+    from qtsim.calibration.measure.device import detect_device
+    from qtsim.profiles.gpus import normalise_gpu_name
 
     dev = detect_device(normalise_gpu_name(torch.cuda.get_device_name(0)))
     mon = EnergyMonitor(dev)

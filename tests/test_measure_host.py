@@ -8,11 +8,12 @@ pytestmark = pytest.mark.measure
 def test_host_plan_runs_and_fits(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("bitsandbytes")
-    from qtsim.calibration.device import detect_device
-    from qtsim.calibration.energy import EnergyMonitor
-    from qtsim.calibration.host import build_host_part, host_plan
-    from qtsim.calibration.raw import RawStore
-    from qtsim.calibration.runner import run_plan
+    from qtsim.calibration.fit.host_part import build_host_part
+    from qtsim.calibration.measure.device import detect_device
+    from qtsim.calibration.measure.energy import EnergyMonitor
+    from qtsim.calibration.measure.raw import RawStore
+    from qtsim.calibration.probes.host import host_plan
+    from qtsim.calibration.probes.runner import run_plan
     from qtsim.profiles.hosts import load_host, write_host
 
     dev = detect_device("cpu")

@@ -18,14 +18,19 @@ import h5py
 import numpy as np
 import pytest
 
-from qtsim.calibration import nvml as nvml_mod
-from qtsim.calibration import power_states as ps
-from qtsim.calibration.device import CpuDevice
-from qtsim.calibration.energy import EnergyMonitor, RaplMeter, rapl_power_limit_w, rapl_status
-from qtsim.calibration.nvml import NvmlGpu, visible_gpu
-from qtsim.calibration.power_fit import power_constants, state_powers
-from qtsim.calibration.raw import RawStore
-from qtsim.calibration.runner import run_plan
+from qtsim.calibration.fit.power_fit import power_constants, state_powers
+from qtsim.calibration.measure import nvml as nvml_mod
+from qtsim.calibration.measure.device import CpuDevice
+from qtsim.calibration.measure.energy import (
+    EnergyMonitor,
+    RaplMeter,
+    rapl_power_limit_w,
+    rapl_status,
+)
+from qtsim.calibration.measure.nvml import NvmlGpu, visible_gpu
+from qtsim.calibration.measure.raw import RawStore
+from qtsim.calibration.probes import power_states as ps
+from qtsim.calibration.probes.runner import run_plan
 from qtsim.errors import MeasurementError, QtsimError
 
 from .test_measure_cuda_fakes import FakeCudaDevice, FakeNVMLError, fake_pynvml
@@ -294,8 +299,8 @@ def test_calibrate_gpu_measures_power_states_and_the_profile_uses_them(board, mo
     import torch
 
     from qtsim.calibration import calibrate as cal
-    from qtsim.calibration import device as device_mod
-    from qtsim.calibration import plan as plan_mod
+    from qtsim.calibration.measure import device as device_mod
+    from qtsim.calibration.probes import plan as plan_mod
     from qtsim.report.budget import profile_energy_scope
 
     monkeypatch.setattr(torch.version, "cuda", "12.8")  # a CUDA build of torch, as on a GPU box
@@ -340,10 +345,11 @@ def test_rapl_power_states_on_a_cpu_with_wraparound(monkeypatch, tmp_path):
     watts = {"deep_idle": 8.0, "awake": 21.0}
     import functools
 
-    from qtsim.calibration import energy as energy_mod
+    from qtsim.calibration.measure import device as device_mod
+    from qtsim.calibration.measure import energy as energy_mod
 
     z = _rapl_board(tmp_path / "powercap", max_uj=3_000_000, pl1_uw=35_000_000)  # wraps every 3 J
-    monkeypatch.setattr(energy_mod, "rapl_power_limit_w",  # what CpuDevice.describe() reads
+    monkeypatch.setattr(device_mod, "rapl_power_limit_w",  # what CpuDevice.describe() reads
                         functools.partial(energy_mod.rapl_power_limit_w, str(tmp_path / "powercap")))
     state = {"w": 8.0, "uj": 0.0, "t": time.perf_counter()}
 

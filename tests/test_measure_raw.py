@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from qtsim.calibration.raw import SCHEMA, RawStore, make_point_id
+from qtsim.calibration.measure.raw import SCHEMA, RawStore, make_point_id
 from qtsim.errors import QtsimError
 
 pytestmark = pytest.mark.measure

@@ -2,15 +2,17 @@
 
 import dataclasses
 
+import numpy as np
 import pytest
 
 pytest.importorskip("torch")
 pytest.importorskip("bitsandbytes")
 pytest.importorskip("transformers")
 
-from qtsim.calibration.device import CpuDevice, CudaDevice  # noqa: E402
-from qtsim.calibration.energy import EnergyMonitor  # noqa: E402
-from qtsim.calibration.plan import (  # noqa: E402
+from qtsim.calibration.measure.device import CpuDevice, CudaDevice  # noqa: E402
+from qtsim.calibration.measure.energy import EnergyMonitor  # noqa: E402
+from qtsim.calibration.measure.raw import PointResult, RawStore  # noqa: E402
+from qtsim.calibration.probes.plan import (  # noqa: E402
     DecodeSpec,
     GemmSpec,
     IdleSpec,
@@ -21,8 +23,7 @@ from qtsim.calibration.plan import (  # noqa: E402
     full_plan,
     quick_plan,
 )
-from qtsim.calibration.raw import PointResult, RawStore  # noqa: E402
-from qtsim.calibration.runner import run_plan  # noqa: E402
+from qtsim.calibration.probes.runner import run_plan  # noqa: E402
 from qtsim.errors import QtsimError  # noqa: E402
 
 pytestmark = pytest.mark.measure
@@ -128,3 +129,36 @@ def test_out_of_memory_is_stored_as_skipped(tmp_path):
     assert rec.attrs["status"] == "skipped" and "out of memory" in rec.attrs["skip_reason"]
     frame = store.summary_frame()
     assert len(frame) == 0 and "out of memory" in frame.attrs["skipped"][0]
+
+
+def test_ctrl_c_says_resume_continues(tmp_path, capsys):
+    from qtsim.calibration.measure.raw import PointResult, RawStore
+    from qtsim.calibration.probes.runner import run_plan
+
+    class Point:
+        def __init__(self, i, stop=False):
+            self.i, self.stop = i, stop
+
+        def point_id(self):
+            return f"p{self.i}"
+
+        def base_attrs(self, ctx):
+            return {"kind": "test"}
+
+        def estimate_s(self, device):
+            return 0.0
+
+        def run(self, ctx):
+            if self.stop:
+                raise KeyboardInterrupt
+            return PointResult({"kind": "test"}, {"x": np.ones(2)})
+
+    class Dev:
+        name = "fake"
+
+    store = RawStore(tmp_path / "r.h5")
+    with pytest.raises(KeyboardInterrupt):
+        run_plan([Point(0), Point(1, stop=True)], store, Dev(), None, progress=False)
+    err = capsys.readouterr().err
+    assert "interrupted: 1 of 2 points are stored" in err and "--resume" in err
+    assert store.ids() == ["p0"]

@@ -11,8 +11,8 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("bitsandbytes")
 
-from qtsim.calibration.hops_probe import probe  # noqa: E402
-from qtsim.calibration.hops_train import Recipe, read_recipe, train  # noqa: E402
+from qtsim.calibration.trust.hops_probe import probe  # noqa: E402
+from qtsim.calibration.trust.hops_train import Recipe, read_recipe, train  # noqa: E402
 from qtsim.model.trust import lookup_trust  # noqa: E402
 from qtsim.trust import report, tasks  # noqa: E402
 from qtsim.trust.shipped import MODEL_NAME, shipped_checkpoint, shipped_record  # noqa: E402

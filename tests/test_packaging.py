@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -29,6 +30,41 @@ def test_wheel_layout(wheel):
                 "qtsim/data/reference/paper_figures.csv"):
         assert sub in names
     assert not any(n.endswith((".h5", ".hdf5")) for n in names), "raw HDF5 must stay out of the wheel"
+
+
+def _package_dirs() -> dict[str, str]:
+    """pyproject's explicit package -> folder mapping (every listed package mapped)."""
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert sorted(tool["package-dir"]) == sorted(tool["packages"]), "every package listed and mapped"
+    return tool["package-dir"]
+
+
+def _source_modules() -> dict[str, Path]:
+    """Every module of the source tree by the path it has in the wheel."""
+    out = {}
+    for pkg, folder in _package_dirs().items():
+        for f in (ROOT / folder).glob("*.py"):
+            out[pkg.replace(".", "/") + "/" + f.name] = f
+    return out
+
+
+def test_every_package_is_listed():
+    """A folder with an ``__init__.py`` that pyproject does not list would be left out of the
+    wheel silently (packages are listed explicitly, not found)."""
+    mapped = {(ROOT / folder).resolve() for folder in _package_dirs().values()}
+    unlisted = []
+    for top in ("qtsim", "calibration", "cli", "hardware_profiles", "data"):
+        for init in (ROOT / top).rglob("__init__.py"):
+            if init.parent.resolve() not in mapped and "__pycache__" not in init.parts:
+                unlisted.append(str(init.parent.relative_to(ROOT)))
+    assert unlisted == []
+
+
+def test_wheel_holds_every_module(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    missing = sorted(set(_source_modules()) - names)
+    assert missing == []
+    assert "qtsim/calibration/fit/measured.py" in names  # the stages install under qtsim
 
 
 def test_non_editable_install_answers_trap(wheel, tmp_path):

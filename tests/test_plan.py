@@ -10,12 +10,12 @@ import pytest
 
 from qtsim.errors import QtsimError
 from qtsim.model.architecture import load_architecture
+from qtsim.model.stats import nan_percentiles
 from qtsim.model.workload import Workload, parse_setting
 from qtsim.profiles.hardware import load_profile
 from qtsim.report.budget import BudgetAssumptions
 from qtsim.report.plan import PlanRequest, Targets, parse_demand, parse_settings, plan
 from qtsim.simulate.simulator import Simulator
-from qtsim.simulate.stats import nan_percentiles
 
 from .conftest import invoke_qtsim
 

@@ -1,5 +1,8 @@
+import json
 import math
 import os
+import re
+import stat
 import tomllib
 from pathlib import Path
 
@@ -8,8 +11,9 @@ import pytest
 
 from qtsim.errors import ProfileError, UnknownNameError
 from qtsim.model.architecture import load_architecture
+from qtsim.profiles.constants import paper_constants_table
+from qtsim.profiles.files import dumps_toml
 from qtsim.profiles.hardware import (
-    dumps_toml,
     list_profiles,
     load_profile,
     parse_profile,
@@ -18,7 +22,8 @@ from qtsim.profiles.hardware import (
 )
 from qtsim.profiles.hosts import parse_host
 from qtsim.profiles.priors import REFERENCE_MODEL, spec_profile, spec_rows
-from qtsim.simulate.simulator import paper_constants_table
+
+from .conftest import SHIPPED_L4, TRAP, edited_l4, qtsim_cli, refused
 
 SHIPPED = ["l4", "a100-40gb", "a100-80gb", "h100-sxm", "h100-pcie", "h200",
            "rtx-pro-6000-blackwell", "b200", "rtx-4090"]
@@ -74,7 +79,6 @@ def test_user_directory_searched_first(tmp_path, monkeypatch):
 
 def _drop_table(text: str, name: str) -> str:
     """``text`` without the TOML table ``[name]`` (its header and keys)."""
-    import re
 
     return re.sub(rf"\[{re.escape(name)}\]\n(?:[^\[\n][^\n]*\n)*", "", text)
 
@@ -207,3 +211,126 @@ def test_written_toml_reads_back_numpy_and_nan():
     assert back["a"] == 0.1 and back["n"] == 3 and back["arr"] == [1.5, math.inf]
     assert math.isnan(back["t"]["nan"]) and back["t"]["rows"] == [[1, 2], [3, 4]]
     assert back["t"]["s"] == 'say "hi"\n'
+
+
+def test_schema_knows_every_spec_prior():
+    """The schema names the constants without asking the priors (profiles/schema.py sits below
+    profiles/priors.py): every constant a spec-derived profile holds must still be one it knows."""
+    from qtsim.profiles import schema
+    from qtsim.profiles.priors import spec_prior_names
+
+    names = spec_prior_names()
+    assert len(names) > 20
+    assert [n for n in names if not schema.is_known_param(n)] == []
+    assert not schema.is_known_param("t_call_nf5_b1_s")  # the check can fail
+
+
+def test_profiles_are_written_for_a_team_to_read(tmp_path):
+    from qtsim.profiles.hardware import read_profile, write_profile
+
+    src = tmp_path / "l4.toml"
+    src.write_text(SHIPPED_L4)
+    old = os.umask(0o022)
+    try:
+        p = write_profile(read_profile(src), tmp_path / "out" / "l4.toml")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o644
+
+
+FAST = (("mem_bw_gbs = 300.0", "mem_bw_gbs = 3000.0"), ("fp16_tflops = 121.0", "fp16_tflops = 1000.0"),
+        ("tdp_w = 72.0", "tdp_w = 700.0"), ("idle_w = 7.2", "idle_w = 70.0"))
+
+
+def test_edited_datasheet_figures_change_the_answer_and_say_so(tmp_path):
+    fast = edited_l4(tmp_path, "l4-fast.toml", *FAST)
+    base = json.loads(qtsim_cli(*TRAP, "--gpu", "l4", "--format", "json")[1])
+    code, out, err = qtsim_cli(*TRAP, "--profile", fast, "--format", "json")
+    assert code == 0, err
+    rep = json.loads(out)
+    assert rep["quantized"]["j_per_query"]["value"] != base["quantized"]["j_per_query"]["value"]
+    assert rep["native"]["tok_per_s"]["value"] > 2 * base["native"]["tok_per_s"]["value"]
+    changed = {r["constant"]: r for r in rep["profile"]["recomputed"]}
+    bw = load_profile("l4").physical["mem_bw_gbs"].value  # the shipped SHIPPED_L4's effective bandwidth
+    assert changed["mem_bw_gbs"]["file"] == pytest.approx(bw)
+    assert changed["mem_bw_gbs"]["derived"] == pytest.approx(10 * bw, rel=1e-4)
+    assert changed["p_awake_w"]["derived"] > 3 * changed["p_awake_w"]["file"]  # TDP 72 -> 700 W
+    assert changed["p_cap_w"]["derived"] == pytest.approx(700.0)
+    text = qtsim_cli(*TRAP, "--profile", fast)[1]
+    assert "profile note: [physical] recomputed from [hardware]" in text
+    assert f"mem_bw_gbs {bw:.4g} -> {10 * bw:.4g} GB/s" in text
+
+
+def test_a_value_of_the_users_own_is_kept(tmp_path):
+    own = edited_l4(tmp_path, "l4-own.toml", *FAST,
+                    ('[physical.p_idle_w]\nvalue = 7.2\nstderr = 3.6\nunit = "W"\nsource = "prior"',
+                  '[physical.p_idle_w]\nvalue = 20.0\nstderr = 2.0\nunit = "W"\nsource = "assumed"'))
+    from qtsim.profiles.hardware import read_profile
+
+    p = read_profile(own)
+    assert p.physical["p_idle_w"].value == 20.0  # source assumed: the user's, not re-derived
+    assert p.physical["mem_bw_gbs"].value == pytest.approx(
+        10 * load_profile("l4").physical["mem_bw_gbs"].value)
+
+
+def test_shipped_profiles_agree_with_their_datasheet_figures():
+    from qtsim.profiles.hardware import list_profiles, load_profile
+
+    for r in list_profiles():
+        assert not load_profile(r["name"]).provenance.get("recomputed"), r["name"]
+
+
+BAD_PROFILES = [
+    ("negative bandwidth", (("mem_bw_gbs = 300.0", "mem_bw_gbs = -300.0"),),
+     "[hardware] mem_bw_gbs = -300.0 is outside 10-100000 GB/s"),
+    ("idle above TDP", (("idle_w = 7.2", "idle_w = 500.0"),),
+     "[hardware] idle_w = 500.0 must lie between 0 and tdp_w = 72 W"),
+    ("misspelled hardware key", (("mem_bw_gbs = 300.0", "mem_bw_gbsx = 300.0"),),
+     "unknown [hardware] key 'mem_bw_gbsx' (did you mean: mem_bw_gbs"),
+    ("misspelled constant", (("[physical.p_idle_w]", "[physical.p_idel_w]"),),
+     "[physical.p_idel_w] is not a constant of qtsim's model (did you mean: p_idle_w"),
+    ("misspelled field", (('basis = "streaming at', 'basiz = "streaming at'),),
+     "[physical.e_byte_j] unknown field 'basiz' (did you mean: basis?)"),
+    ("unknown table", (("[provenance]", "[provenence]"),), "unknown table 'provenence'"),
+    ("power above TDP", (("[physical.p_idle_w]\nvalue = 7.2", "[physical.p_idle_w]\nvalue = 100.0"),
+                         ('[physical.p_idle_w]\nvalue = 100.0\nstderr = 3.6\nunit = "W"\nsource = "prior"',
+                          '[physical.p_idle_w]\nvalue = 100.0\nstderr = 3.6\nunit = "W"\nsource = "assumed"')),
+     "[physical.p_idle_w] 100 W exceeds [hardware] tdp_w = 72 W"),
+]
+
+
+@pytest.mark.parametrize("subs,needle", [b[1:] for b in BAD_PROFILES],
+                         ids=[b[0] for b in BAD_PROFILES])
+def test_impossible_or_misspelled_profiles_are_refused(tmp_path, subs, needle):
+    refused([*TRAP, "--profile", edited_l4(tmp_path, "bad.toml", *subs)], needle)
+
+
+def test_a_missing_profile_directory_is_refused():
+    refused([*TRAP, "--gpu", "l4"], "QTSIM_PROFILE_DIR=/no/such/dir: no such directory",
+            env={"QTSIM_PROFILE_DIR": "/no/such/dir"})
+
+
+def test_a_user_profile_shadowing_a_shipped_one_says_so(tmp_path):
+    (tmp_path / "l4.toml").write_text(SHIPPED_L4)
+    out = qtsim_cli(*TRAP, "--gpu", "l4", env={"QTSIM_PROFILE_DIR": str(tmp_path)})[1]
+    assert f"profile: l4 (user file {tmp_path / 'l4.toml'} (named like the shipped l4, but not " \
+           "its figures)" in out
+
+
+NEW_GPUS = {"t4": (320, 65, 70), "a10g": (600, 70, 300), "a10": (600, 125, 150),
+            "l40s": (864, 362.05, 350), "rtx-4090": (1008, 165.2, 450),
+            "rtx-6000-ada": (960, 364.2, 300)}
+
+
+@pytest.mark.parametrize("gpu", sorted(NEW_GPUS))
+def test_new_gpus_ship_with_sources(gpu):
+    from qtsim.profiles.priors import public_fit, spec_rows
+
+    row = {r["gpu"]: r for r in spec_rows()}[gpu]
+    assert row["source"].strip()
+    bw, tflops, tdp = NEW_GPUS[gpu]
+    prof = load_profile(gpu)
+    assert prof.hardware["mem_bw_gbs"] == bw and prof.hardware["fp16_tflops"] == tflops
+    assert prof.tdp_w == tdp and prof.source == "spec"
+    share = public_fit()["power"]["byte_share"]["value"]  # streaming at datasheet BW: share x TDP
+    assert prof.physical["e_byte_j"].value == pytest.approx(share * tdp / (bw * 1e9), rel=1e-3)

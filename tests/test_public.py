@@ -10,10 +10,11 @@ decisive energy verdict right, 68% coverage in [55%, 80%], latency by group <= 1
 print which are met; the assertions below guard what is met today against regressions.
 """
 
+
 import numpy as np
 import pytest
 
-from qtsim.calibration import public, public_refit, public_rows
+from qtsim.calibration.fit import public, public_refit, public_rows
 from qtsim.profiles.priors import public_fit
 
 
@@ -73,3 +74,14 @@ def test_prediction_is_the_model_itself():
     alone = public.predict(used.iloc[[5]], v)
     assert alone.iloc[0]["j_per_tok"] == pytest.approx(together.iloc[5]["j_per_tok"], rel=1e-12)
     assert (together[["step_s", "power_w", "j_per_tok"]] > 0).all().all()
+
+
+def test_spec_profiles_help_writes_nothing(tmp_path, monkeypatch, capsys):
+    from qtsim.calibration.fit import spec_profiles
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        spec_profiles.main(["--help"])
+    assert e.value.code == 0
+    assert "usage" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []

@@ -115,3 +115,17 @@ def test_reproduce_command_json_and_text():
     assert {"checks", "summary", "profiles", "caveat"} <= set(rep)
     r = invoke_qtsim("reproduce", "--draws", "30")
     assert r.returncode == 0 and "S_SI worked example" in r.stdout
+
+
+def test_reproduce_states_every_agreements_tolerance():
+    from qtsim.report.reproduce import TOLERANCE_NOTE, Check, format_text, reproduce
+
+    rep = reproduce(n_draws=40)
+    checks = {c["id"]: c for c in rep["checks"]}
+    assert checks["S16b"]["status"] == "disagrees" and checks["S16b"]["tolerance"] == "> 128"
+    assert checks["S16b"]["ours"] < 1
+    assert checks["W1"]["tolerance"] == "±0.0005"
+    assert all(c["tolerance"] for c in rep["checks"] if c["status"] in ("agrees", "disagrees"))
+    assert TOLERANCE_NOTE in format_text(rep)
+    with pytest.raises(ValueError, match="needs a stated tolerance"):
+        Check("X1", "simulator", "claim", 1.0, 1.0, "agrees")

@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 
@@ -7,13 +8,13 @@ import pytest
 
 from qtsim.errors import QtsimError
 from qtsim.model.architecture import load_architecture
+from qtsim.model.stats import nan_percentiles
 from qtsim.model.workload import Workload
 from qtsim.profiles.hardware import load_profile
 from qtsim.simulate import dataset as sd
 from qtsim.simulate import surface as sf
 from qtsim.simulate import thresholds
 from qtsim.simulate.simulator import Simulator
-from qtsim.simulate.stats import nan_percentiles
 
 GPUS = ("l4", "h100-sxm")
 MODELS = ("mistral-7b", "qwen3-0.6b")
@@ -77,32 +78,6 @@ def test_paper_mode_trapped_above_eq18_b_star(surf):
     trapped = surf["trapped_energy_paper"].values
     assert np.array_equal(trapped[:, quant].astype(bool),
                           np.broadcast_to(expect, trapped.shape)[:, quant])
-
-
-@pytest.mark.parametrize("gpu", ("l4", "a100-80gb", "h100-sxm", "rtx-pro-6000-blackwell"))
-@pytest.mark.parametrize("prec", ("int8", "nf4"))
-def test_b_star_rows_match_simulator(gpu, prec):
-    names = ("mistral-7b", "qwen3-0.6b", "falcon3-3b", "llama-3.1-70b", "qwen2.5-14b")
-    archs = [load_architecture(m) for m in names]
-    sim = Simulator(load_profile(gpu), n_draws=40)
-    r = thresholds.b_star_rows(sim, sf.stack_counts([a.counts() for a in archs]), Workload(prec),
-                              draws=True)
-    for i, a in enumerate(archs):
-        t = sim.b_star(a.counts(), Workload(prec), draws=True)
-        assert thresholds.KIND_CODES[int(r["b_star_kind"][i])] == t.kind
-        np.testing.assert_allclose([r["b_star"][i], r["b_star_low"][i], r["b_star_high"][i]],
-                                   [t.value, t.low, t.high], rtol=1e-9)
-
-
-@pytest.mark.parametrize("prec", ("int8", "nf4"))
-def test_n_star_rows_match_simulator(prec):
-    arch = load_architecture("mistral-7b")
-    sim = Simulator(load_profile("l4"), n_draws=40)
-    r = thresholds.n_star_rows(sim, arch, Workload(prec, [1, 8, 64]), draws=True)
-    for j, b in enumerate((1, 8, 64)):
-        t = sim.n_star(arch, Workload(prec, b), draws=True)
-        np.testing.assert_allclose([r["n_star"][j], r["n_star_low"][j], r["n_star_high"][j]],
-                                   [t.value, t.low, t.high], rtol=1e-9)
 
 
 def test_draw_bands_and_shares(surf):
@@ -274,11 +249,15 @@ def test_n_star_from_anchors_equals_the_full_size_grid(gpu, prec):
         np.testing.assert_array_equal(fast["n_star_kind"], full["n_star_kind"])
 
 
-def test_blocked_surface_equals_one_block(monkeypatch):
+@pytest.mark.parametrize("n_batches", [
+    200,  # small by default: still many 7-point blocks and more batches than the 16 anchors
+    pytest.param(1500, marks=pytest.mark.slow),  # full size: pytest -m slow
+])
+def test_blocked_surface_equals_one_block(monkeypatch, n_batches):
     """Blocks of batches (and N* from anchors) give exactly what one block gives."""
     profs = [load_profile("l4"), load_profile("h100-sxm")]
     archs = [load_architecture("mistral-7b"), load_architecture("qwen3-0.6b")]
-    b = np.unique(np.round(np.geomspace(1, 1e6, 1500)))
+    b = np.unique(np.round(np.geomspace(1, 1e6, n_batches)))
     args = (profs, archs, ("fp16", "int8", "nf4"), Workload(batch=b))
     kw = {"sizes": np.geomspace(1e9, 7e10, 3)}
     monkeypatch.setattr(sf, "CHUNK_POINTS", 1 << 30)
@@ -294,3 +273,73 @@ def test_blocked_surface_equals_one_block(monkeypatch):
         assert list(a.data_vars) == list(z.data_vars)
         for k in a.data_vars:
             np.testing.assert_array_equal(a[k].values, z[k].values, err_msg=k)
+
+
+@pytest.fixture(scope="module")
+def tight_surface():
+    """T4 and SHIPPED_L4 for a model that fits neither in 16 bits at batch 8 on the T4 and one that
+    fits nowhere (Qwen2.5-72B), with draws."""
+    from qtsim.model.architecture import load_architecture
+    from qtsim.model.workload import Workload
+    from qtsim.profiles.hardware import load_profile
+    from qtsim.simulate.surface import simulate
+
+    return simulate([load_profile("t4"), load_profile("l4")],
+                    [load_architecture("llama-3.1-8b"), load_architecture("qwen2.5-72b")],
+                    ("fp16", "int8", "nf4"), Workload(batch=[1, 8]), n_draws=20)
+
+
+def test_surface_holds_no_figure_for_what_cannot_run(tight_surface):
+    s = tight_surface
+
+    def at(name, gpu, prec, model, batch=8.0):
+        return float(s[name].sel(gpu=gpu, precision=prec, model=model, batch=batch))
+
+    assert at("fits", "t4", "fp16", "llama-3.1-8b") == 0
+    assert np.isnan(at("j_per_query", "t4", "fp16", "llama-3.1-8b"))
+    assert np.isfinite(at("j_per_query", "t4", "int8", "llama-3.1-8b"))  # it runs...
+    for q in ("energy_ratio", "cor", "si", "trapped_energy", "p_trapped_energy"):
+        assert np.isnan(at(q, "t4", "int8", "llama-3.1-8b")), q  # ...against no 16-bit run
+    for q in ("trapped_energy", "p_trapped_energy", "si", "j_per_query", "j_per_query_low"):
+        assert np.isnan(at(q, "l4", "nf4", "qwen2.5-72b")), q
+    assert at("trapped_energy", "l4", "nf4", "llama-3.1-8b") in (0.0, 1.0)
+    nsf = s["n_star_fits"].sel(gpu="l4", precision="nf4").values
+    ns = s["n_star"].sel(gpu="l4", precision="nf4").values
+    assert np.all(np.isnan(ns[nsf == 0]))
+
+
+def test_summary_csv_and_plots_say_does_not_fit(tight_surface, tmp_path):
+    from qtsim.report.grid import _summary
+    from qtsim.report.plots import plot_cor_vs_batch, plot_fig1_panel, save
+    from qtsim.simulate.dataset import long_frame
+
+    summary = _summary(tight_surface)
+    assert re.search(r"l4 +nf4 +qwen2.5-72b +DOES NOT FIT \(4\d\.\d GiB\)", summary)
+    assert re.search(r"t4 +int8 +llama-3.1-8b +ONLY OPTION \(16-bit does not fit\)", summary)
+    assert "not trapped" not in summary
+    df = long_frame(tight_surface)
+    row = df[(df.gpu == "l4") & (df.precision == "nf4") & (df.model == "qwen2.5-72b")
+             & (df.quantity == "p_trapped_energy")]
+    assert row["value"].isna().all()
+    fig = plot_fig1_panel(tight_surface, "qwen2.5-72b")
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert texts.count("does not fit") >= 2 * 3 * 6 - 6  # every configuration, every panel
+    bars = [p.get_height() for p in fig.axes[0].patches]
+    assert all(np.isnan(h) for h in bars)  # not one throughput bar for what cannot run
+    save(plot_cor_vs_batch(tight_surface), tmp_path / "cor.png")  # all-NaN panels still draw
+
+
+def test_trap_map_has_a_does_not_fit_class():
+    from qtsim.model.architecture import load_architecture
+    from qtsim.model.workload import Workload
+    from qtsim.profiles.hardware import load_profile
+    from qtsim.report.plots import plot_trap_maps
+    from qtsim.simulate.surface import trap_map
+
+    m = trap_map(load_profile("t4"), load_architecture("mistral-7b"),
+                 Workload("nf4", batch=np.array([1.0, 8.0, 64.0])), np.geomspace(1e9, 1e11, 12),
+                 n_draws=0)
+    assert (~m["fits"]).any() and m["fits"].any()
+    fig = plot_trap_maps([m])
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "quantized does not fit: no verdict" in labels

@@ -1,3 +1,5 @@
+from __future__ import annotations
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -53,3 +55,11 @@ def test_trap_prop32_discrete_grid():
 def test_bad_weights_rejected():
     with pytest.raises(ValueError):
         si.si_linear(1, 1, 1, weights=(0.5, 0.5, 0.5))
+
+
+def test_eq5_depends_on_units():
+    v = si.s_si_log_by_unit(500.0, 1000.0)
+    assert v["kgCO2e"] == pytest.approx(0.5, rel=1e-3)  # tiny chi: log(1 + x) ~ x
+    assert v["J"] > 0.85  # joules: the log compresses a 2x deficit
+    assert v["ratio"] == 0.5
+    assert si.capped_si(1.0, 2.0, 2.0) == pytest.approx(1.0)

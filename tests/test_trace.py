@@ -8,8 +8,8 @@ pytest.importorskip("torch")
 pytest.importorskip("bitsandbytes")
 pytest.importorskip("transformers")
 
-from qtsim.calibration.bnb_cuda import BnbCuda  # noqa: E402
-from qtsim.calibration.trace import PathSpec, main, tiny_config, trace_step  # noqa: E402
+from qtsim.calibration.trace.bnb_cuda import BnbCuda  # noqa: E402
+from qtsim.calibration.trace.step import PathSpec, main, tiny_config, trace_step  # noqa: E402
 
 pytestmark = pytest.mark.measure
 

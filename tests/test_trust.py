@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -13,6 +14,9 @@ from qtsim.model.trust import (
     t_si_at_depth,
     t_si_compound,
 )
+from qtsim.profiles.hardware import load_profile
+
+from .conftest import TRAP, qtsim_cli, write_config
 
 
 def test_shipped_table_holds_the_papers_accuracies():
@@ -114,9 +118,42 @@ def test_missing_table():
 def test_trap_report_states_trust_status():
     from qtsim.model.architecture import load_architecture
     from qtsim.model.workload import Workload
-    from qtsim.profiles.hardware import load_profile
     from qtsim.report.trap import assess_trap
 
     r = assess_trap(load_profile("l4"), load_architecture("mistral-7b"), Workload("nf4"), n_draws=20)
     assert r["si"]["trust"]["status"] == "published"
     assert math.isclose(r["si"]["t_si"], 0.3942 / 0.4314)
+
+
+def test_a_user_table_without_the_model_keeps_the_published_figure(tmp_path):
+    f = tmp_path / "acc.csv"
+    f.write_text("model,task,precision,accuracy\nllama-3.1-8b,gsm8k,fp16,0.8\n"
+                 "llama-3.1-8b,gsm8k,nf4,0.72\n")
+    rep = json.loads(qtsim_cli(*TRAP, "--gpu", "l4", "--trust", str(f), "--format", "json")[1])
+    assert round(rep["si"]["t_si"], 3) == 0.914
+    assert rep["si"]["trust"]["status"] == "published"
+    mine = json.loads(qtsim_cli("trap", "--gpu", "l4", "--model", "llama-3.1-8b", "--precision",
+                                "nf4", "--draws", "20", "--trust", str(f), "--format", "json")[1])
+    assert mine["si"]["t_si"] == pytest.approx(0.9) and mine["si"]["trust"]["status"] == "measured"
+
+
+def test_published_trust_follows_the_architecture_not_the_name(tmp_path):
+    # a network the paper did not evaluate
+    qwen = write_config(tmp_path / "q" / "config.json", "qwen2.5-0.5b")
+    rep = json.loads(qtsim_cli("trap", "--gpu", "l4", "--model", f"mistral-7b={qwen}",
+                               "--precision", "nf4", "--draws", "20", "--format", "json")[1])
+    t = rep["si"]["trust"]
+    assert rep["si"]["t_si"] == 1.0 and t["status"] == "assumed"
+    assert "a published figure exists for mistral-7b-v0.3, but this 'mistral-7b' config is " \
+           "another network (qwen2, 24 layers, hidden 896 vs mistral, 32 layers, hidden 4096)" \
+           in t["source"]
+    # the paper's Qwen3-0.6B under another name
+    qwen3 = write_config(tmp_path / "q3" / "config.json", "qwen3-0.6b")
+    rep = json.loads(qtsim_cli("trap", "--gpu", "l4", "--model", f"mistral-7b={qwen3}",
+                               "--precision", "nf4", "--draws", "20", "--format", "json")[1])
+    assert rep["si"]["t_si"] == pytest.approx(0.33 / 0.38)  # Qwen3's, not Mistral's
+    mistral = write_config(tmp_path / "m" / "config.json", "mistral-7b")
+    rep = json.loads(qtsim_cli("trap", "--gpu", "l4", "--model", f"my-mistral={mistral}",
+                               "--precision", "nf4", "--draws", "20", "--format", "json")[1])
+    assert round(rep["si"]["t_si"], 3) == 0.914
+    assert "matched by architecture: my-mistral has the same shapes" in rep["si"]["trust"]["source"]

@@ -1,19 +1,23 @@
 """Validation report from recorded held-out runs (data/raw/cpu-validation.h5): no torch."""
 
-from pathlib import Path
+from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 
-from qtsim.calibration.raw import RawStore
+from qtsim.calibration.measure.raw import RawStore
 from qtsim.errors import QtsimError
-from qtsim.profiles.hardware import read_profile
+from qtsim.model.architecture import config_display_name, load_config
+from qtsim.model.workload import Workload
+from qtsim.profiles.hardware import load_profile, read_profile
+from qtsim.simulate.simulator import Simulator
 from qtsim.validate.plan import ValidationPoint, holdout_conflicts, point_workload, read_plan
 from qtsim.validate.score import cor_and_verdicts, error_table, measured_frame, verdict_summary
 
-from .conftest import invoke_qtsim
+from .conftest import CPU_PROFILE, ROOT, assert_refused, invoke_qtsim
 
-ROOT = Path(__file__).parents[1]
 RAW = ROOT / "data" / "raw" / "cpu-validation.h5"
 PROFILE = ROOT / "data" / "profiles" / "cpu-xeon-2c.toml"
 
@@ -124,7 +128,7 @@ def test_out_of_range_holdout_error(capsys):
 def test_fleet_validate_job_carries_the_points_and_their_workloads(tmp_path):
     """`fleet validate` ships points to Ray jobs as plain values: a node rebuilds the same
     points (workload included) and predicts them as `qtsim validate` does."""
-    from qtsim.calibration.fleet import _slot_plan
+    from qtsim.calibration.fleet.node import _slot_plan
     from qtsim.validate.plan import ValidationRequest, plan_points
 
     plan = ROOT / "data" / "validation" / "cpu-holdout.toml"
@@ -138,3 +142,122 @@ def test_fleet_validate_job_carries_the_points_and_their_workloads(tmp_path):
     assert specs[0].decode.precision == points[0].workload.precision
     assert specs[0].predictions["holdout"] == "held-out"
     assert specs[0].predictions["pred_step_s"] > 0
+
+
+def test_validation_scores_at_the_calibrated_machines_speed():
+    import pandas as pd
+
+    from qtsim.validate.score import correct_for_drift, drift_since_calibration
+
+    decodes = pd.DataFrame([
+        {"purpose": "drift", "t_generate_s": 1.2, "ref_t_generate_s": 1.0, "drift_when": "before"},
+        {"purpose": "drift", "t_generate_s": 1.3, "ref_t_generate_s": 1.0, "drift_when": "after"},
+        {"purpose": "validation", "t_generate_s": 2.5, "ref_t_generate_s": None}])
+    drift = drift_since_calibration(decodes)
+    assert drift["factor"] == pytest.approx(1.25) and drift["before"] == pytest.approx(1.2)
+    assert not drift["unsteady"] and "1.250x their calibration times" in drift["text"]
+    df = pd.DataFrame([{"t_generate_s": 2.5, "t_step_s": 0.1, "j_per_query": 5.0,
+                        "energy_meter": "hli"}])
+    fixed, _ = correct_for_drift(df, drift)
+    assert fixed["t_generate_s"].iloc[0] == pytest.approx(2.0)
+    assert fixed["j_per_query"].iloc[0] == pytest.approx(4.0)  # HLI energy is TDP x time
+    assert fixed["t_generate_s_uncorrected"].iloc[0] == 2.5
+    assert drift_since_calibration(decodes[decodes.purpose == "validation"])["factor"] is None
+
+
+def test_one_model_gives_no_leave_one_model_out_figure():
+    from qtsim.calibration.measure.raw import RawStore
+    from qtsim.profiles.hardware import read_profile
+    from qtsim.validate.report import summary_lines
+    from qtsim.validate.run import score_validation
+    from qtsim.validate.score import measured_frame
+
+    raw = ROOT / "data" / "raw" / "cpu-validation.h5"
+    df = measured_frame(RawStore(raw, readonly=True).summary_frame("decode"))
+    one = df[df["model"] == df["model"].iloc[0]]
+    rep = score_validation(read_profile(ROOT / "data" / "profiles" / "cpu-epyc-2c.toml"), one, raw)
+    assert not rep.coverage["scheme"].str.startswith("leave-one").any()
+    text = "\n".join(summary_lines(rep, "cpu"))
+    assert "no leave-one-model-out figure: every point is of one model" in text
+    # these points hold process peak RSS only: memory is not scored against the prediction
+    assert "steady_memory_bytes" not in set(rep.errors["quantity"])
+    assert "peak memory not validated: these points record only the process's peak RSS" in text
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--int8-threshold", "5"], "llm_int8_threshold"),
+    (["--compute-dtype", "fp16"], "calibrated with (bf16)"),
+    (["--compute-dtype", "int4"], "--compute-dtype"),
+    (["--double-quant", "--plan", str(ROOT / "data/validation/cpu-holdout.toml")], "in the plan"),
+    (["--double-quant", "--precision", "fp16,int8"], "4-bit"),
+])
+def test_validate_bad_settings_exit_2_before_measuring(tmp_path, extra, needle):
+    args = ["validate", "--profile", CPU_PROFILE, "--out", tmp_path / "r"]
+    if "--plan" not in extra:
+        args += ["--model", "qwen3-0.6b"]
+    assert_refused(invoke_qtsim(*args, *extra), needle)
+
+
+def test_validation_plan_takes_bitsandbytes_names(tmp_path):
+    from qtsim.validate.plan import read_plan
+    from qtsim.validate.predict import predict_point
+
+    plan = tmp_path / "p.toml"
+    plan.write_text('[validation]\nbnb_4bit_use_double_quant = true\n'
+                    '[[points]]\nmodel = "m"\nprecision = "nf4"\nbatch = 2\n'
+                    '[[points]]\nmodel = "m"\nprecision = "int8"\nbatch = 2\nllm_int8_threshold = 0\n')
+    _, pts = read_plan(str(plan))
+    assert pts[0].workload.double_quant and pts[0].workload.family == "nf4dq"
+    assert pts[1].workload.bnb.int8_threshold == 0.0 and not pts[1].workload.bnb.double_quant
+    cfg, name, _ = load_config("qwen3-0.6b")
+    pred = predict_point(Simulator(load_profile(path=CPU_PROFILE)), cfg, name, pts[0])
+    assert pred["pred_kernel_family"] == "nf4dq"
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[points]]\nmodel = "m"\nprecision = "int8"\nbatch = 2\nllm_int8_threshold = 4\n')
+    with pytest.raises(QtsimError, match="llm_int8_threshold"):
+        read_plan(str(bad))
+
+
+def test_config_names_two_files_in_one_folder(tmp_path):
+    """`validate --model d/a.json,d/b.json` once stopped on duplicate point ids."""
+    from qtsim.calibration.probes.plan import DecodeSpec
+    from qtsim.validate.plan import grid_points
+
+    cfg = json.loads((ROOT / "data/validation/tiny-llama-a.json").read_text())
+    cfg.pop("_qtsim_name", None)
+    d = tmp_path / "d"
+    d.mkdir()
+    for n in ("a", "b"):
+        (d / f"{n}.json").write_text(json.dumps(cfg))
+    (tmp_path / "llama").mkdir()
+    (tmp_path / "llama" / "config.json").write_text(json.dumps(cfg))
+    assert config_display_name(d / "a.json", cfg) == "a"
+    assert config_display_name(tmp_path / "llama" / "config.json", cfg) == "llama"
+    assert config_display_name(d / "a.json", {**cfg, "_qtsim_name": "mine"}) == "mine"
+    pts = grid_points([str(d / "a.json"), str(d / "b.json")], ["fp16"], [2],
+                      Workload(new_tokens=8, prompt_tokens=4))
+    ids = {DecodeSpec(load_config(p.model)[1], cfg, p.workload.precision, p.batch,
+                      p.workload.prompt_tokens, p.workload.new_tokens).point_id() for p in pts}
+    assert len(ids) == 2
+
+
+def test_cpu_heldout_band_coverage(capsys):
+    """The CI figure: 68%/95% band coverage on the CPU held-out validation set."""
+    pytest.importorskip("h5py")
+    from qtsim.calibration.measure.raw import RawStore
+    from qtsim.validate.coverage import coverage_table
+    from qtsim.validate.score import measured_frame
+
+    df = measured_frame(RawStore(ROOT / "data" / "raw" / "cpu-validation.h5", readonly=True).summary_frame("decode"))
+    table, _ = coverage_table(read_profile(CPU_PROFILE), df)
+    with capsys.disabled():
+        print("\nCPU held-out band coverage (data/raw/cpu-validation.h5, "
+              f"{len(df)} points; model error estimated leaving each architecture out):")
+        for _, r in table.iterrows():
+            print(f"  {r['quantity']:12s} {r['scheme']:22s} 68% band {r['coverage_68_pct']:5.1f}%  "
+                  f"95% band {r['coverage_95_pct']:5.1f}%  (half-width 68% {r['halfwidth_68_pct']:.1f}%)")
+    honest = table[table["scheme"] == "leave-one-model-out"].set_index("quantity")
+    assert 55.0 <= honest.loc["latency_s", "coverage_68_pct"] <= 80.0
+    assert 55.0 <= honest.loc["j_per_query", "coverage_68_pct"] <= 80.0
+    before = table[table["scheme"] == "parameters only"].set_index("quantity")
+    assert before.loc["latency_s", "coverage_68_pct"] < honest.loc["latency_s", "coverage_68_pct"]

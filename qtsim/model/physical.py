@@ -50,7 +50,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from qtsim.model import power
+from qtsim.model import (
+    inventory,  # local: the table loads once, on first use
+    power,
+    timeline,
+)
 from qtsim.model.architecture import NATIVE_BYTES, ArchCounts
 from qtsim.model.paths import (
     FOUR_BIT,
@@ -216,8 +220,6 @@ def timelines(counts: ArchCounts, family: str, context, params: Mapping,
     ``per_seq_scale`` multiplies the per-sequence (per-token) device time: a prefill's GEMMs over
     many rows run at another efficiency than a decode's (``prefill_tok_scale``, fitted).
     """
-    from qtsim.model import inventory  # local: the table loads once, on first use
-
     b_rep = 1.0 if side == "b1" else 2.0  # any batch on this side selects the same constants
     bw = params["mem_bw_gbs"]
     t_call, t_weight, t_tok = path_coefficients(params, family, b_rep)
@@ -307,8 +309,6 @@ def step_timelines(counts: ArchCounts, family: str, batch, context, params: Mapp
     their own code path's timelines. ``device_scale`` (>= 1, broadcasting with ``batch``)
     stretches the device timeline of a power-capped device (:func:`qtsim.model.power.cap_stretch`).
     """
-    from qtsim.model import timeline
-
     b = np.asarray(batch, float)
     deq = dequantizes(params, family, b, overlap)
     one = b <= 1

@@ -46,6 +46,8 @@ from dataclasses import dataclass
 from importlib import resources
 
 from qtsim.errors import QtsimError, read_user_file
+from qtsim.errors import QtsimError as _Err
+from qtsim.model.architecture import load_architecture
 
 TASK_DEPTH = {"gsm8k": 5.0, "mathqa": 8.0}
 DEFAULT_DEPTH = 5.0  # tasks the table does not know: GSM8K's documented default
@@ -209,9 +211,6 @@ def _shipped_rows() -> tuple[dict, ...]:
 def _published_arch(model: str):
     """The shipped architecture a published row's model name stands for (None when qtsim ships
     no config of it)."""
-    from qtsim.errors import QtsimError as _Err
-    from qtsim.model.architecture import load_architecture
-
     try:
         return load_architecture(_norm_model(model))
     except _Err:

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from qtsim.errors import QtsimError
-from qtsim.model.paths import DEFAULT_INT8_THRESHOLD, INT8_THRESHOLDS, path_family
+from qtsim.errors import ProfileError, QtsimError
+from qtsim.model.paths import DEFAULT_INT8_THRESHOLD, INT8_THRESHOLDS, path_family, resolve_path
 from qtsim.model.paths import FOUR_BIT_PRECISIONS as FOUR_BIT
 from qtsim.model.precision import get_precision, hardware_dtypes
 
@@ -91,9 +91,6 @@ class BnbSettings:
             if self.compute_dtype is not None and names & set(FOUR_BIT):
                 check_dtype(profile, self.compute_dtype, "--compute-dtype")
         if profile is not None and self.compute_dtype is not None:
-            from qtsim.errors import ProfileError
-            from qtsim.model.paths import resolve_path
-
             try:
                 for side in ("b1", "bn"):
                     resolve_path(profile.physical, f"{self.compute_dtype}_{side}")

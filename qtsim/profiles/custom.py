@@ -13,7 +13,10 @@ import re
 from pathlib import Path
 
 from qtsim.errors import QtsimError
-from qtsim.profiles.hardware import HardwareProfile, user_profile_dir, write_profile
+from qtsim.profiles.files import user_profile_dir
+from qtsim.profiles.hardware import list_profiles, write_profile
+from qtsim.profiles.priors import spec_profile
+from qtsim.profiles.profile import HardwareProfile
 from qtsim.profiles.schema import DATASHEET
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -63,8 +66,6 @@ def new_spec_profile(name: str, memory_gib, bandwidth_gbs, fp16_tflops, int8_top
     is recorded (default: hbm from 1500 GB/s up, else gddr); ``segment`` (datacenter,
     workstation, desktop) picks the awake-power form (:func:`qtsim.model.power.awake_power_w`).
     """
-    from qtsim.profiles.priors import spec_profile
-
     key = check_name(name)
     v = {k: check_number(k, x) for k, x in (("memory_gib", memory_gib),
                                             ("bandwidth_gbs", bandwidth_gbs),
@@ -93,8 +94,6 @@ def save_user_profile(profile: HardwareProfile, force: bool = False,
                       directory: str | Path | None = None) -> Path:
     """Write ``profile`` to the user directory as NAME.toml; refuse to replace a file, or to
     shadow a shipped profile of the same name, unless ``force``."""
-    from qtsim.profiles.hardware import list_profiles
-
     d = Path(directory) if directory else user_profile_dir()
     d.mkdir(parents=True, exist_ok=True)  # the user directory need not exist yet
     path = d / f"{profile.name}.toml"

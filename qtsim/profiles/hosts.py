@@ -27,6 +27,7 @@ from pathlib import Path
 
 from qtsim.errors import ProfileError, UnknownNameError, read_user_file, suggest
 from qtsim.profiles import schema
+from qtsim.profiles.files import atomic_write_text, dumps_toml, user_profile_dir
 from qtsim.profiles.schema import HOST_PARAM_PREFIXES
 
 #: the host assumed where none is named: HF eager decode on the population-centre host of the
@@ -74,8 +75,6 @@ def parse_host(text: str, where: str = "host") -> HostPart:
 
 
 def _dirs():
-    from qtsim.profiles.hardware import user_profile_dir
-
     yield "user", user_profile_dir() / "hosts"
     yield "shipped", Path(str(resources.files("qtsim.hardware_profiles") / "hosts"))
 
@@ -108,8 +107,6 @@ def load_host(name_or_path: str | None = None) -> HostPart:
 
 def write_host(part: HostPart, path) -> Path:
     """Write a host file atomically (read back before it lands)."""
-    from qtsim.profiles.hardware import atomic_write_text, dumps_toml
-
     doc = {"schema_version": schema.SCHEMA_VERSION, "host": part.host,
            "provenance": part.provenance,
            "physical": {k: p.to_table() for k, p in part.physical.items()}}

@@ -4,48 +4,43 @@ Every constant a datasheet cannot give is a *prior*: a value with a wide standar
 beside it, where it came from. ``qtsim calibrate`` replaces priors with measurements. Sources of
 the priors (``data/reference/peer_measurements.md``):
 
-- the joint fit of the timeline and power model to public rows (``data/reference/public_fit.toml``,
-  :mod:`qtsim.calibration.public`): the bitsandbytes maintainers' decode latencies on an H100 SXM
-  and an RTX 4090, and NVML-metered HF ``generate`` runs on RTX 4090 / 4090D, A100 and T4. It
-  gives the bandwidth efficiency, the device time per kernel, each kernel path's device work per
+- the joint fit of the timeline and power model to public rows
+  (``data/reference/public_fit.toml``, :mod:`qtsim.calibration.fit.public`): the bitsandbytes
+  maintainers' decode latencies on an H100 SXM and an RTX 4090, and NVML-metered HF
+  ``generate`` runs on RTX 4090 / 4090D, A100 and T4. It gives the bandwidth efficiency, the device time per kernel, each kernel path's device work per
   weight, and the power states of a GPU class as forms of its datasheet facts
   (:func:`power_priors`, :mod:`qtsim.model.power`);
 - NVIDIA aiconfigurator: effective bandwidth 0.8 x datasheet (the fit's prior);
 - Splitwise-sim: H100 75 W idle of 700 W TDP (the deep-idle prior).
 
-Regenerate the shipped files with ``python -m qtsim.profiles.priors hardware_profiles/`` (refit
-the public rows first with ``python -m qtsim.calibration.public_refit``, which also does this).
+Regenerate the shipped files with
+``python -m qtsim.calibration.fit.spec_profiles hardware_profiles/`` (refit the public rows first
+with ``python -m qtsim.calibration.fit.public_refit``, which also does this).
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import functools
-import sys
+import tomllib
 from datetime import date
 from importlib import resources
-from pathlib import Path
 
 import numpy as np
 
 from qtsim import __version__
+from qtsim.model import power
 from qtsim.model.architecture import load_architecture
 from qtsim.model.physical import DEQ_BYTES_PER_WEIGHT
 from qtsim.model.precision import hardware_dtypes
-from qtsim.profiles.hardware import HardwareProfile, Param, write_profile
-from qtsim.simulate.simulator import paper_constants_table
+from qtsim.profiles import gpus
+from qtsim.profiles.constants import paper_constants_table
+from qtsim.profiles.profile import HardwareProfile
+from qtsim.profiles.schema import Param
 
 BNB_TABLE = "bitsandbytes maintainers' H100 HF-generate table (data/reference/peer_measurements.md)"
 HBM = ("hopper", "ampere", "blackwell-dc")
-ALIASES = {
-    "l4": ["nvidia-l4"], "a100-40gb": ["a100-40", "a100-sxm4-40gb"],
-    "a100-80gb": ["a100", "a100-80", "a100-sxm4-80gb"], "h100-sxm": ["h100", "h100-80gb", "h100-sxm5"],
-    "h100-pcie": ["h100pcie"], "h200": ["h200-sxm", "h200-141gb"],
-    "rtx-pro-6000-blackwell": ["rtx-pro-6000", "rtx6000-pro", "rtx-6000-pro"], "b200": ["b200-sxm"],
-    "t4": ["tesla-t4", "nvidia-t4"], "a10g": ["nvidia-a10g"], "a10": ["nvidia-a10"],
-    "l40s": ["nvidia-l40s"], "rtx-4090": ["4090", "rtx4090", "geforce-rtx-4090"],
-    "rtx-6000-ada": ["rtx6000-ada", "rtx-6000-ada-generation"],
-}
 #: GPUs with GDDR memory (the rest HBM): a GDDR byte costs about twice the energy
 GDDR_PREFIXES = ("l4", "rtx", "t4", "l40")
 GDDR_NAMES = ("a10", "a10g")
@@ -67,18 +62,14 @@ PUBLIC_FIT = "public_fit.toml"  # data/reference: the joint device/host fit to p
 
 
 def public_fit() -> dict:
-    """The shipped joint fit to public rows (:mod:`qtsim.calibration.public`), written by
-    ``python -m qtsim.calibration.public_refit``: fitted device factors, host constants and power
+    """The shipped joint fit to public rows (:mod:`qtsim.calibration.fit.public`), written by
+    ``python -m qtsim.calibration.fit.public_refit``: fitted device factors, host constants and power
     coefficients with stderr, the campaigns' spreads, the model error and held-out scores."""
-    import copy
-
     return copy.deepcopy(_public_fit())
 
 
 @functools.cache
 def _public_fit() -> dict:
-    import tomllib
-
     return tomllib.loads((resources.files("qtsim.data.reference") / PUBLIC_FIT).read_text())
 
 
@@ -121,7 +112,7 @@ def _spec_hardware(row: dict) -> dict:
     native_formats = hardware_dtypes({"architecture": row["architecture"], "native_formats": [
         "fp16", "bf16", "int8", *(f for f in row["native_low_precision"].split() if f != "int8")]})
     return {
-        "name": name, "aliases": ALIASES.get(name, []), "vendor": "nvidia",
+        "name": name, "aliases": gpus.aliases(name), "vendor": "nvidia",
         "architecture": row["architecture"], "device_type": "cuda",
         "memory_gib": round(float(row["memory_gb"]) * 1e9 / 2**30, 2),
         "mem_bw_gbs": float(row["mem_bw_gbs"]), "fp16_tflops": float(row["fp16_dense_tflops"]),
@@ -205,8 +196,6 @@ def power_priors(row: dict, fit: dict, n_draws: int = 2000) -> dict[str, Param]:
     ``[power]``). stderr: the spread of each state over draws of the coefficients, floored at
     the between-campaign meter spread. Deep idle is a stated prior (not fitted: no public row
     sees it), the board limit the datasheet TDP."""
-    from qtsim.model import power
-
     pw = fit["power"]
     names = list(pw["names"])
     mean = np.array([pw[k]["value"] for k in names])
@@ -269,27 +258,3 @@ def _path_priors(tflops: float, tops: float, bw_eff: float, t_kernel: float,
                                             f"{x_basis[path.replace('_t0', '')]}: {v:.3g} bytes/weight at effective bandwidth (joint fit to public rows, {PUBLIC_FIT})")
         p[f"t_tokweight_{path}_s"] = _prior(tok, 0.5, "s/(weight*token)", "2 FLOPs per weight at half the datasheet dense throughput" + (" (int8)" if "int8" in path else ""))
     return p
-
-
-def write_spec_profiles(outdir: str | Path) -> list[Path]:
-    fit = public_fit()
-    return [write_profile(spec_profile(r, fit), Path(outdir) / f"{r['gpu']}.toml") for r in spec_rows()]
-
-
-def main(argv=None) -> None:
-    """``python -m qtsim.profiles.priors [OUTDIR] [--refit]``: regenerate the spec-derived profiles."""
-    import argparse
-
-    ap = argparse.ArgumentParser(
-        prog="python -m qtsim.profiles.priors",
-        description="Write the spec-derived hardware profiles (one TOML per row of "
-                    "data/reference/gpu_specs.csv) into OUTDIR.")
-    ap.add_argument("outdir", nargs="?", default="hardware_profiles",
-                    help="folder to write (default: hardware_profiles)")
-    args = ap.parse_args(argv)
-    for f in write_spec_profiles(args.outdir):
-        print(f)
-
-
-if __name__ == "__main__":  # pragma: no cover - maintenance entry point
-    main(sys.argv[1:])

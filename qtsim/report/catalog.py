@@ -8,6 +8,14 @@ from __future__ import annotations
 
 import json
 
+from qtsim.errors import ArchitectureError
+from qtsim.model.architecture import load_architecture, shipped_models
+from qtsim.profiles.custom import new_spec_profile, save_user_profile
+from qtsim.profiles.files import user_profile_dir
+from qtsim.profiles.hardware import list_profiles, profile_notes, unidentified_constants
+from qtsim.profiles.hosts import DEFAULT_HOST, list_hosts, load_host
+from qtsim.report.budget import profile_energy_scope
+
 
 def table_text(rows: list[dict], fmt: str, text, columns=None, floats: str | None = None) -> str:
     """``rows`` as JSON, CSV (pandas; ``columns`` picks and orders them, ``floats`` formats
@@ -24,8 +32,6 @@ def table_text(rows: list[dict], fmt: str, text, columns=None, floats: str | Non
 
 def profile_list(fmt: str = "text") -> str:
     """Every visible profile, with where its numbers come from."""
-    from qtsim.profiles.hardware import list_profiles, user_profile_dir
-
     def text(rows):
         return "\n".join([f"{'name':26s} {'origin':8s} {'source':11s} device"]
                          + [f"{r['name']:26s} {r['origin']:8s} {r['source']:11s} {r['device']}"
@@ -38,9 +44,6 @@ def profile_list(fmt: str = "text") -> str:
 
 def profile_card(prof, fmt: str = "text") -> str:
     """One profile's facts, constants (value ± stderr, unit, source) and provenance."""
-    from qtsim.profiles.hardware import profile_notes, unidentified_constants
-    from qtsim.report.budget import profile_energy_scope
-
     if fmt == "toml":
         return prof.to_toml()
     scope = profile_energy_scope(prof)
@@ -106,8 +109,6 @@ def new_profile(name, memory_gib, bandwidth_gbs, fp16_tflops, int8_tops, tdp_w,
                 segment="datacenter") -> str:
     """``profiles new``: a spec-derived profile written to the user directory (``dry_run``:
     its TOML only); returns the text to print."""
-    from qtsim.profiles.custom import new_spec_profile, save_user_profile
-
     prof = new_spec_profile(name, memory_gib, bandwidth_gbs, fp16_tflops, int8_tops, tdp_w,
                             architecture, memory_type, segment=segment)
     if dry_run:
@@ -117,8 +118,6 @@ def new_profile(name, memory_gib, bandwidth_gbs, fp16_tflops, int8_tops, tdp_w,
 
 def host_list(fmt: str = "text") -> str:
     """Host/software parts: the host CPU and stack that issue a GPU's work."""
-    from qtsim.profiles.hosts import DEFAULT_HOST, list_hosts, load_host
-
     rows = []
     for name, where in list_hosts():
         part = load_host(where)
@@ -147,9 +146,6 @@ def model_list(fmt: str = "text") -> str:
 
 
 def _model_rows() -> list[dict]:
-    from qtsim.errors import ArchitectureError
-    from qtsim.model.architecture import load_architecture, shipped_models
-
     rows = []
     for m in shipped_models():
         try:

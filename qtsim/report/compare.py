@@ -9,8 +9,12 @@ JSON, CSV and a plot (:func:`plot_compare`) come from the same rows.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
+import json
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -18,14 +22,16 @@ import numpy as np
 
 from qtsim.errors import QtsimError
 from qtsim.model import verdicts
-from qtsim.model.architecture import Architecture
+from qtsim.model.architecture import Architecture, load_architecture
 from qtsim.model.precision import get_precision
+from qtsim.model.stats import GIB, band
 from qtsim.model.workload import BnbSettings, Workload
-from qtsim.profiles.hardware import HardwareProfile
+from qtsim.profiles.hardware import list_profiles, load_profile, profile_notes
+from qtsim.profiles.profile import HardwareProfile
 from qtsim.report import budget
+from qtsim.report.plots import DISCLAIMER, PRECISION_COLORS, save
 from qtsim.report.serving import bnb_version, serving_assumption
 from qtsim.simulate.simulator import Simulator
-from qtsim.simulate.stats import GIB, band
 
 #: column -> (header, unit, format, True when smaller is better: the default sort direction)
 COLUMNS = {
@@ -129,7 +135,6 @@ def compare(profiles: Sequence[HardwareProfile], arch: Architecture,
             raise QtsimError(f"no GPU price for {', '.join(missing)}")
         assumptions = dataclasses.replace(assumptions, usd_per_hour=None)
     counts = arch.counts()
-    from qtsim.profiles.hardware import profile_notes
 
     rows, serving = [], []
     origins = [f"profile {p.name}: {n}" for p in profiles for n in profile_notes(p)]
@@ -163,10 +168,6 @@ def compare_text(model: str, gpus: Sequence[str], profile_paths: Sequence[str],
     (the formatted comparison, the plot written to ``plot_path`` or None): the plot shows the
     sort column, or J/query when that column is not numeric.
     """
-    import json
-
-    from qtsim.model.architecture import load_architecture
-
     if sort not in COLUMNS:
         raise QtsimError(f"--sort {sort!r}: choose from {', '.join(COLUMNS)}")
     assumptions = assumptions or budget.BudgetAssumptions()
@@ -182,8 +183,6 @@ def compare_text(model: str, gpus: Sequence[str], profile_paths: Sequence[str],
             csv_text(result) if fmt == "csv" else format_text(result))
     written = None
     if plot_path:
-        from qtsim.report.plots import save
-
         col = sort if COLUMNS[sort][2] != "{}" and sort != "fits" else "j_per_query"
         written = save(plot_compare(result, col), plot_path)
     return text, written
@@ -192,8 +191,6 @@ def compare_text(model: str, gpus: Sequence[str], profile_paths: Sequence[str],
 def load_gpus(gpus: Sequence[str], profile_paths: Sequence[str] = ()) -> list[HardwareProfile]:
     """The profiles of ``gpus`` (names or aliases, or ``["all"]``: every visible profile, the
     user's included), then of ``profile_paths``; a GPU listed twice is refused."""
-    from qtsim.profiles.hardware import list_profiles, load_profile
-
     if [n.lower() for n in gpus] == ["all"]:
         profiles = [load_profile(r["name"]) for r in list_profiles() if r["source"] != "INVALID"]
     else:
@@ -220,8 +217,6 @@ def gpu_prices(prices: Sequence[float] | None, profiles) -> dict | None:
 
 def _scope(rows: list[dict]) -> str:
     """What the energy figures cover: the label most GPUs share, then the others by name."""
-    from collections import Counter
-
     by_gpu = {r["gpu"]: r["energy_scope"] for r in rows}
     common = Counter(by_gpu.values()).most_common(1)[0][0] if by_gpu else budget.GPU_BOARD
     return "; ".join([common] + [f"{g}: {s}" for g, s in by_gpu.items() if s != common])
@@ -357,9 +352,6 @@ def format_text(c: Comparison) -> str:
 
 def csv_text(c: Comparison) -> str:
     """One row per configuration; the assumptions repeated in every row (self-contained)."""
-    import csv
-    import io
-
     keys = list(c.rows[0]) if c.rows else list(COLUMNS)
     extra = {"model": c.query["model"], "batch": c.query["batch"],
              "new_tokens": c.query["new_tokens"], "prompt_tokens": c.query["prompt_tokens"],
@@ -408,8 +400,6 @@ def plot_compare(c: Comparison, column: str = "j_per_query"):
     """
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
-
-    from qtsim.report.plots import DISCLAIMER, PRECISION_COLORS
 
     if column not in COLUMNS or COLUMNS[column][2] in ("{}",):
         raise QtsimError(f"cannot plot column {column!r}")

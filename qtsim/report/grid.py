@@ -5,12 +5,34 @@ figures drawn and a short summary, from names and a :class:`~qtsim.model.workloa
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from qtsim.errors import QtsimError
+from qtsim.model.architecture import check_context, load_architecture
+from qtsim.model.precision import get_precision
+from qtsim.model.stats import check_draws
 from qtsim.model.workload import Workload
+from qtsim.profiles.hardware import load_profile
+from qtsim.report import plots as qp
+from qtsim.report.plots import save
+from qtsim.simulate.dataset import (
+    DIMS,
+    grid_line,
+    profiles,
+    quantities,
+    trust_status,
+    write_csv,
+    write_hdf5,
+)
+from qtsim.simulate.memory import check_surface
+from qtsim.simulate.surface import n_blocks, parse_sizes, simulate, trap_map
+from qtsim.simulate.surface import simulate as simulate_grid
+from qtsim.simulate.thresholds import KIND_CODES
 
 #: the figures ``--plots`` may ask for
 PLOTS = ("trap", "fig1", "cor")
@@ -34,10 +56,6 @@ def simulate_to_files(gpus: Sequence[str], profile_paths: Sequence[str], models:
     ``force``. ``progress_bar(total)`` gives a context manager with ``update(n)``; ``echo``
     receives the report lines.
     """
-    from qtsim.report.plots import save
-    from qtsim.simulate.dataset import grid_line, quantities, write_csv, write_hdf5
-    from qtsim.simulate.surface import n_blocks, simulate
-
     profiles, archs, fam, size_grid = load_grid_inputs(gpus, profile_paths, models, family, sizes,
                                               workload, plots, bnb_release)
     _check_targets(out, csv_path, plot_dir, force)  # refuse before computing, not after
@@ -69,12 +87,9 @@ def simulate_to_files(gpus: Sequence[str], profile_paths: Sequence[str], models:
 
 def check_grid_size(n_gpus: int, n_precisions: int, n_models: int, n_batches: int,
                     n_draws: int) -> None:
-    """Refuse, before any work, too few draws for a band (:func:`qtsim.simulate.stats.check_draws`)
+    """Refuse, before any work, too few draws for a band (:func:`qtsim.model.stats.check_draws`)
     and a grid whose surface cannot fit in this machine's memory
     (:func:`qtsim.simulate.memory.check_surface`)."""
-    from qtsim.simulate.memory import check_surface
-    from qtsim.simulate.stats import check_draws
-
     check_draws(n_draws)
     check_surface(n_gpus * n_precisions * max(n_models, 1) * n_batches, n_draws)
 
@@ -85,10 +100,6 @@ def load_grid_inputs(gpus, profile_paths, models, family, sizes, workload: Workl
     refused with one line when a GPU is listed twice, a context is too long or a figure is
     unknown. Each profile comes with its host part and bitsandbytes stack (``bnb_release``:
     :meth:`~qtsim.profiles.hardware.HardwareProfile.for_serving`)."""
-    from qtsim.model.architecture import check_context, load_architecture
-    from qtsim.profiles.hardware import load_profile
-    from qtsim.simulate.surface import parse_sizes
-
     if not gpus and not profile_paths:
         raise QtsimError("give --gpu GPU[,GPU...] or --profile FILE")
     profiles = [load_profile(g) for g in gpus] + [load_profile(path=p) for p in profile_paths]
@@ -124,13 +135,6 @@ class NoBar:
 
 def _plots(surface, plots, profiles, archs, fam, size_grid, workload: Workload, draws, seed):
     """(file name, figure) for every figure asked for."""
-    import numpy as np
-
-    from qtsim.model.precision import get_precision
-    from qtsim.report import plots as qp
-    from qtsim.simulate.surface import simulate as simulate_grid
-    from qtsim.simulate.surface import trap_map
-
     out = []
     batches = [float(x) for x in workload.batch]
     c = {k: surface[k].values.tolist() for k in ("precision", "model", "synthetic", "batch")}
@@ -190,8 +194,6 @@ def _check_targets(out, csv_path, plot_dir, force: bool = False) -> None:
 
 def _safe(name: str) -> str:
     """A model name as a file-name part (user names may hold '/', spaces, ...)."""
-    import re
-
     return re.sub(r"[^A-Za-z0-9._~+-]+", "_", name).strip("_") or "model"
 
 
@@ -232,12 +234,6 @@ class Outputs:
 
 def _summary(surface) -> str:
     """A few lines per (GPU, quantized precision, model) at the smallest batch; large grids skip it."""
-    import numpy as np
-
-    from qtsim.model.precision import get_precision
-    from qtsim.simulate.dataset import DIMS, profiles, trust_status
-    from qtsim.simulate.thresholds import KIND_CODES
-
     c = {d: surface[d].values.tolist() for d in DIMS}
     quant = [p for p in c["precision"] if get_precision(p).quantized]
     rows = len(c["gpu"]) * len(quant) * len(c["model"])

@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from qtsim.errors import QtsimError
-from qtsim.model import verdicts
-from qtsim.model.architecture import Architecture
+from qtsim.model import timeline, verdicts
+from qtsim.model.architecture import Architecture, check_context
+from qtsim.model.stats import BAND, GIB, nan_percentiles
 from qtsim.model.workload import BnbSettings, Workload, parse_setting
-from qtsim.profiles.hardware import HardwareProfile
+from qtsim.profiles.profile import HardwareProfile
 from qtsim.report import budget, serving
 from qtsim.simulate.simulator import Simulator
-from qtsim.simulate.stats import BAND, GIB, nan_percentiles
 
 #: objective -> (figure, unit, what it needs)
 OBJECTIVES = {"usd": ("usd_per_month", "$/month", "--usd-per-hour"),
@@ -377,8 +377,6 @@ def _f(x) -> float | None:
 
 def row(g: GpuGrid, req: PlanRequest, s: int, b: int) -> dict:
     """One configuration (setting ``s``, batch index ``b``) of a GPU as the answer reports it."""
-    from qtsim.model import timeline
-
     f, st, t = g.fig, req.settings[s], req.targets
     head = {}
     if t.step_s is not None:
@@ -439,8 +437,6 @@ def target_checks(t: Targets) -> list[tuple]:
 
 def _bound(f: dict, s: int, i: int) -> str:
     """'host-bound (host 13.3 ms, device 8.71 ms)' for configuration (s, i)."""
-    from qtsim.model import timeline
-
     h, d = f["host_s"][s, i], f["device_s"][s, i]
     return f"{timeline.binding(h, d)} (host {h * 1e3:.3g} ms, device {d * 1e3:.3g} ms)"
 
@@ -502,8 +498,6 @@ class Plan:
                 for _, gpu, st, b in sorted(out)]
 
     def to_dict(self) -> dict:
-        from qtsim.report.plan_output import query_dict
-
         return {"query": query_dict(self), "assumptions": assumptions_dict(self),
                 "serving": {"arithmetic": serving.static_batching_statement(
                     self.request.demand.peak_factor, self.request.targets.percentile),
@@ -514,6 +508,20 @@ class Plan:
                 "note": ("predictions from hardware profiles, not measurements; [low, high] = "
                          "16th-84th percentiles over Monte-Carlo draws of each profile's "
                          "constants and the model's own error")}
+
+
+def query_dict(p: Plan) -> dict:
+    r, d, t = p.request, p.request.demand, p.request.targets
+    return {"model": r.arch.name, "model_params": r.arch.n_params,
+            "demand": {"given": d.text, "queries_per_s": d.queries_per_s,
+                       "peak_factor": d.peak_factor, "peak_queries_per_s": d.peak_queries_per_s,
+                       "queries_per_month": d.queries_per_s * budget.SECONDS_PER_MONTH},
+            "prompt_tokens": r.prompt_tokens, "new_tokens": r.new_tokens,
+            "targets": {"step_s": t.step_s, "time_per_query_s": t.query_s,
+                        "percentile": t.percentile},
+            "settings": [s.label for s in r.settings],
+            "batches": {"min": min(r.batches), "max": max(r.batches), "count": len(r.batches)},
+            "gpus": [g.profile.name for g in p.grids], "n_draws": r.n_draws}
 
 
 def assumptions_dict(p: Plan) -> dict:
@@ -545,8 +553,6 @@ def plan(profiles: Sequence[HardwareProfile], req: PlanRequest, prices: dict | N
     (no configuration fits and meets the targets) is refused with the reason
     (:class:`QtsimError`: one line, exit 2).
     """
-    from qtsim.model.architecture import check_context
-
     objective = req.validate(prices)
     if not profiles:
         raise QtsimError("no GPUs to plan with")
@@ -635,8 +641,6 @@ def refusal(grids: list[GpuGrid], req: PlanRequest) -> str:
 
 def _floor(g: GpuGrid, req: PlanRequest, s: int, b: int) -> str:
     """What bounds the fastest configuration: the host's floor or the device's."""
-    from qtsim.model import timeline
-
     f = g.fig
     h, d = f["host_s"][s, b], f["device_s"][s, b]
     host = getattr(g.profile.host, "name", None) or "this host"

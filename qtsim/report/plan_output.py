@@ -5,12 +5,29 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from qtsim.report import budget, serving
-from qtsim.report.plan import OBJECTIVES, Plan, PlanRequest, Targets, assumptions_dict, plan
+from qtsim.model.architecture import load_architecture
+from qtsim.report import serving
+from qtsim.report.compare import gpu_prices, load_gpus
+from qtsim.report.grid import NoBar
+from qtsim.report.plan import (
+    OBJECTIVES,
+    Plan,
+    PlanRequest,
+    Targets,
+    assumptions_dict,
+    parse_demand,
+    parse_settings,
+    plan,
+    query_dict,
+)
+from qtsim.report.plots import DISCLAIMER, PRECISION_COLORS, _footnote, save
 
 #: CSV columns after the query's: one row per GPU x setting (its best batch)
 CSV_ROW = ("rank", "gpu", "setting", "precision", "quantized", "feasible", "batch",
@@ -28,20 +45,6 @@ SERVING_FORMULAS = ("HF generate, static batches: replicas = ceil(demand x peak 
                     "latency)); time per query = (B - 1) x replicas / demand + latency; kWh = "
                     "(queries x J/query + idle replica-s x idle W) x PUE / 3.6e6; $ = replicas x "
                     "$/GPU-hour x 730.5 h; continuous batching and multi-GPU sharding out of scope")
-
-
-def query_dict(p: Plan) -> dict:
-    r, d, t = p.request, p.request.demand, p.request.targets
-    return {"model": r.arch.name, "model_params": r.arch.n_params,
-            "demand": {"given": d.text, "queries_per_s": d.queries_per_s,
-                       "peak_factor": d.peak_factor, "peak_queries_per_s": d.peak_queries_per_s,
-                       "queries_per_month": d.queries_per_s * budget.SECONDS_PER_MONTH},
-            "prompt_tokens": r.prompt_tokens, "new_tokens": r.new_tokens,
-            "targets": {"step_s": t.step_s, "time_per_query_s": t.query_s,
-                        "percentile": t.percentile},
-            "settings": [s.label for s in r.settings],
-            "batches": {"min": min(r.batches), "max": max(r.batches), "count": len(r.batches)},
-            "gpus": [g.profile.name for g in p.grids], "n_draws": r.n_draws}
 
 
 # ---- text -------------------------------------------------------------------------------------
@@ -206,9 +209,6 @@ def describe_assumptions(p: Plan) -> str:
 def csv_text(p: Plan) -> str:
     """One row per GPU x setting (its best batch; infeasible ones with their reason), the query
     and the assumptions repeated in every row so files stack."""
-    import csv
-    import io
-
     q, a = query_dict(p), assumptions_dict(p)
     head = {"model": q["model"], "queries_per_s": q["demand"]["queries_per_s"],
             "peak_factor": q["demand"]["peak_factor"], "prompt_tokens": q["prompt_tokens"],
@@ -252,8 +252,6 @@ MAX_LABELS = 8
 
 def _style(setting: str) -> tuple[str, str]:
     """(colour, marker) of a setting: the precision's colour, the modifier's marker."""
-    from qtsim.report.plots import PRECISION_COLORS
-
     base = setting.split("+")[0].split(" ")[0]
     rest = setting[len(base):]
     marker = next((m for k, m in SETTING_MARKERS.items() if k in rest), "D" if rest else "o")
@@ -267,8 +265,6 @@ def plot_plan(p: Plan):
     cheaper and less energy-hungry) joined and labelled, the best ranked rows numbered as in
     the table, and the best plan per objective starred."""
     from matplotlib.figure import Figure
-
-    from qtsim.report.plots import DISCLAIMER, _footnote
 
     pts = p.points()
     box = _zoom_box(p, pts)
@@ -441,13 +437,6 @@ def plan_answer(model: str, gpus: Sequence[str], profile_paths: Sequence[str], d
     ``peak_factor``) and ``settings``, plan, and format as ``fmt``; ``req_options`` holds the
     other :class:`PlanRequest` fields. Returns (the answer, the figure written or None).
     """
-    import json
-
-    from qtsim.model.architecture import load_architecture
-    from qtsim.report.compare import gpu_prices, load_gpus
-    from qtsim.report.grid import NoBar
-    from qtsim.report.plan import parse_demand, parse_settings
-
     opts = dict(req_options)
     d = parse_demand(demand, opts.pop("peak_factor", 1.0))
     req = PlanRequest(load_architecture(model), d, settings=tuple(parse_settings(settings)),
@@ -461,8 +450,6 @@ def plan_answer(model: str, gpus: Sequence[str], profile_paths: Sequence[str], d
             csv_text(result) if fmt == "csv" else format_text(result, top))
     written = None
     if plot_path:
-        from qtsim.report.plots import save
-
         written = save(plot_plan(result), plot_path)
     return text, written
 

@@ -14,8 +14,12 @@ canvas, so nothing depends on a display or on pyplot's global state.
 
 from __future__ import annotations
 
+import textwrap
+from pathlib import Path
+
 import numpy as np
 
+from qtsim.errors import QtsimError
 from qtsim.simulate.dataset import trust_status
 
 PRECISION_COLORS = {"fp16": "#4c72b0", "bf16": "#64b5cd", "int8": "#dd8452", "nf4": "#55a868",
@@ -35,8 +39,6 @@ def _figure(nrows: int, ncols: int, width: float, height: float):
 
 def _footnote(fig, text: str) -> None:
     """A grey footer under the axes, wrapped to the figure's width so no edge clips it."""
-    import textwrap
-
     width_in, height_in = fig.get_size_inches()
     lines = textwrap.wrap(text, max(40, int(width_in * 15)))  # about 15 characters per inch at 8 pt
     frac = (0.05 + 0.15 * len(lines)) / height_in  # 8 pt lines are about 0.15 inch apart
@@ -76,10 +78,6 @@ def _params_fmt(x, _pos=None) -> str:
 
 def save(fig, path, dpi: int = 130) -> str:
     """Write ``fig`` (PNG, PDF or SVG by suffix) and return the path."""
-    from pathlib import Path
-
-    from qtsim.errors import QtsimError
-
     p = Path(path)
     try:
         p.parent.mkdir(parents=True, exist_ok=True)

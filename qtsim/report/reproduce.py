@@ -25,10 +25,15 @@ from importlib import resources
 
 import numpy as np
 
+from qtsim import __version__
 from qtsim.model import paper
 from qtsim.model import sustainability as si
+from qtsim.model.architecture import load_architecture
 from qtsim.model.verdicts import json_number
 from qtsim.model.workload import Workload
+from qtsim.profiles.hardware import load_profile
+from qtsim.simulate.simulator import Simulator
+from qtsim.simulate.surface import simulate
 
 SECTIONS = ("worked example", "consistency", "simulator")
 NEW_TOKENS = 256  # the paper states no tokens per query; qtsim's default
@@ -312,10 +317,6 @@ def _model_flags() -> list[Check]:
 # ---- 3. qtsim at the paper's configurations ---------------------------------------------------
 def _sim_rows(n_draws: int, seed: int):
     """Surfaces at the paper's configurations: batch 1 on L4/A100/H100, batches 1..128 on RTX PRO."""
-    from qtsim.model.architecture import load_architecture
-    from qtsim.profiles.hardware import load_profile
-    from qtsim.simulate.surface import simulate
-
     gpus = [load_profile(g) for g in ("l4", "a100-80gb", "h100-sxm")]
     models = [load_architecture(m) for m in ("mistral-7b", "qwen3-0.6b")]
     s1 = simulate(gpus, models, ("fp16", "int8", "nf4"), PAPER_WORKLOAD.replace(batch=[1]),
@@ -427,10 +428,6 @@ def _tokens_check(rows, s, gpus) -> Check:
 def _b_star_checks(n_draws: int, seed: int):
     """(S15-S16 checks, profile): B* on the RTX PRO 6000 Blackwell over batches 1..128 (sec 4.5,
     fig 4), physical and by eq. 18."""
-    from qtsim.model.architecture import load_architecture
-    from qtsim.profiles.hardware import load_profile
-    from qtsim.simulate.simulator import Simulator
-
     out = []
     int8 = PAPER_WORKLOAD.replace(precision="int8")
     prof = load_profile("rtx-pro-6000-blackwell")
@@ -470,7 +467,6 @@ def reproduce(n_draws: int = 400, seed: int = 0) -> dict:
     rows = paper_figures()
     sim_checks, rho, gpus = simulator_checks(rows, n_draws, seed)
     checks = worked_examples(rows) + consistency_checks(rows, rho) + sim_checks
-    from qtsim import __version__
 
     counts = {}
     for c in checks:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from qtsim.model.stack import describe
+
 
 def bnb_version(profile) -> str:
     """bitsandbytes version the profile's numbers describe, or ``"not stated"``.
@@ -27,8 +29,6 @@ def bnb_text(profile) -> str:
     """The bitsandbytes release a verdict depends on, with where it comes from, e.g.
     ``bitsandbytes 0.50.2 (assumed: the current release (--bnb-version to change); host
     constants fitted on 0.45.0.dev)``."""
-    from qtsim.model.stack import describe
-
     return describe(getattr(profile, "bnb", None)) or f"bitsandbytes {bnb_version(profile)}"
 
 

@@ -8,21 +8,32 @@ the profile's provenance.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
+import json
 
 import numpy as np
 
 from qtsim.model import sustainability as si
 from qtsim.model import timeline
-from qtsim.model.architecture import Architecture
+from qtsim.model.architecture import Architecture, check_context, load_architecture
+from qtsim.model.stats import GIB, band, check_draws, gib_texts
 from qtsim.model.trust import lookup_trust
 from qtsim.model.verdicts import costs_more, si_trapped, slower, verdict
 from qtsim.model.workload import Workload
-from qtsim.profiles.hardware import HardwareProfile
+from qtsim.profiles.hardware import (
+    load_profile,
+    profile_notes,
+    profile_origin,
+    unidentified_constants,
+)
+from qtsim.profiles.profile import HardwareProfile
 from qtsim.report import budget
+from qtsim.report.budget import GPU_BOARD, BudgetAssumptions
 from qtsim.report.serving import bnb_version, serving_assumption
+from qtsim.simulate.memory import check_trap_draws
 from qtsim.simulate.simulator import Simulator
-from qtsim.simulate.stats import GIB, band, gib_texts
 
 
 def _stat(central, draws):
@@ -44,9 +55,6 @@ def assess_trap(profile: HardwareProfile, arch: Architecture, workload: Workload
     ``bnb_release``: the bitsandbytes release predicted (default: the profile's recorded one,
     else the current release, stated as assumed: :mod:`qtsim.model.stack`).
     """
-    from qtsim.simulate.memory import check_trap_draws
-    from qtsim.simulate.stats import check_draws
-
     check_draws(n_draws, allow_zero=False)
     check_trap_draws(n_draws)
     sim = Simulator(profile, n_draws=n_draws, seed=seed, host=host, bnb_version=bnb_release)
@@ -108,11 +116,6 @@ def trap_text(gpu: str | None, profile_path: str | None, model: str, workload: W
     """``qtsim trap``: the report for ``model`` on a profile (``gpu`` name or ``profile_path``)
     at ``workload``, as ``fmt`` (text, json or csv: :func:`format_text`, the JSON of
     :func:`assess_trap`, or :func:`csv_text`)."""
-    import json
-
-    from qtsim.model.architecture import check_context, load_architecture
-    from qtsim.profiles.hardware import load_profile
-
     prof = load_profile(gpu, profile_path)
     arch = load_architecture(model)
     check_context(arch, workload.prompt_tokens, workload.new_tokens)
@@ -228,8 +231,6 @@ def _host(profile: HardwareProfile) -> dict:
 
 
 def _profile(sim: Simulator, n_draws: int) -> dict:
-    from qtsim.profiles.hardware import profile_notes, profile_origin, unidentified_constants
-
     profile = sim.profile
     return {"name": profile.name, "source": profile.source, "origin": profile_origin(profile),
             "recomputed": list(profile.provenance.get("recomputed") or []),
@@ -366,8 +367,6 @@ def _budget_text(b: dict, p: str, nat: str) -> str:
         if f["usd_per_million_tokens"] is not None:
             out += f", ${f['usd_per_million_tokens']:.3g}/M tokens"
         return out
-
-    from qtsim.report.budget import GPU_BOARD, BudgetAssumptions
 
     a = b["assumptions"]
     text = BudgetAssumptions(a["pue"], a["grid_gco2_per_kwh"], a["usd_per_hour"],
@@ -518,9 +517,6 @@ def _blank_hypothetical(row: dict, fits: bool, native_fits: bool) -> None:
 
 def csv_text(report: dict) -> str:
     """One row per configuration under a fixed header (:data:`CSV_COLUMNS`)."""
-    import csv
-    import io
-
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
     w.writeheader()

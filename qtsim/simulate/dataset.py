@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from qtsim.errors import QtsimError
-from qtsim.simulate.stats import BAND
+from qtsim.model.stats import BAND
 from qtsim.simulate.thresholds import KIND_CODES
 
 if TYPE_CHECKING:

@@ -13,14 +13,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qtsim.model import paper, physical
+from qtsim.model import physical
 from qtsim.model.architecture import ArchCounts, Architecture
-from qtsim.model.precision import get_precision
+from qtsim.model.stats import GIB
 from qtsim.model.verdicts import json_number, ratios
 from qtsim.model.workload import Workload
-from qtsim.profiles.hardware import HardwareProfile, model_error_deviates
+from qtsim.profiles import constants
+from qtsim.profiles.profile import HardwareProfile, model_error_deviates
 from qtsim.simulate import thresholds
-from qtsim.simulate.stats import GIB, band
 
 
 @dataclass(frozen=True)
@@ -319,49 +319,6 @@ class Simulator:
 
     def paper_constants(self, counts: ArchCounts, workload: Workload, draws: bool = False) -> dict:
         """The paper's alpha, gamma, phi(h, p) and eq. 18 B* of ``workload``'s precision (with its
-        bitsandbytes settings), derived at batch 1 (``workload.batch`` and tokens are ignored)."""
-        prof = self.profile
-        c = physical.paper_constants(counts, workload, self.params(draws), prof.tdp_w,
-                                     prof.native, prof.compute_dtype_4bit, overlap=prof.overlap)
-        c["b_star_paper"] = paper.b_star(c["alpha_j_per_bit"], c["phi_j"],
-                                         get_precision(workload.precision).bits)
-        return c
-
-
-def paper_constants_table(profile: HardwareProfile, counts: ArchCounts, reference_model: str,
-                          precisions=("int8", "nf4"), n_draws: int = 400) -> dict:
-    """The ``[constants]`` table of a profile: the paper's alpha, gamma, phi(h, p) and eq. 18 B*.
-
-    Derived from the physical constants at batch 1 for ``reference_model`` (the paper's
-    constants carry no model-size dependence, so they only mean something for a stated model);
-    stderr is half the 16-84% range over Monte-Carlo draws of the profile's constants (equal to
-    the standard deviation for a normal, and robust for B*, a ratio whose draws can pass near
-    phi = 0). Also
-    the model-free hardware alpha: J per bit of weight streamed, (e_byte + p_static / BW) / 8.
-    """
-    sim = Simulator(profile, n_draws=n_draws)
-    v, d = sim.params(), sim.params(draws=True)
-
-    def per_bit(p):
-        return (p["e_byte_j"] + p["p_awake_w"] / (p["mem_bw_gbs"] * 1e9)) / 8.0
-
-    def stat(central, draws):  # robust to ratios whose draws pass near a pole (B* = alpha / phi)
-        _, lo, hi = band(np.asarray(draws, float).ravel())
-        return float(np.asarray(central)), float((hi - lo) / 2.0)
-
-    a, a_se = stat(per_bit(v), per_bit(d))
-    table = {"reference_model": reference_model, "reference_batch": 1, "context_tokens": 0,
-             "alpha_j_per_weight_bit": float(f"{a:.6g}"), "alpha_j_per_weight_bit_stderr": float(f"{a_se:.4g}"),
-             "note": ("the paper's constants (eq. 18, 19) derived from this profile's physical constants "
-                      "at batch 1 for the reference model; stderr = half the 16-84% range over Monte-Carlo draws")}
-    for p in precisions:
-        w = Workload(p)
-        c, cd = sim.paper_constants(counts, w), sim.paper_constants(counts, w, draws=True)
-        row = {}
-        for k in ("alpha_j_per_bit", "gamma_j", "phi_j", "b_star_paper"):
-            val, se = stat(c[k], cd[k])
-            name = "b_star_eq18" if k == "b_star_paper" else k
-            row[name] = float(f"{val:.6g}")
-            row[f"{name}_stderr"] = float(f"{se:.4g}")
-        table[p] = row
-    return table
+        bitsandbytes settings), derived at batch 1 (``workload.batch`` and tokens are ignored):
+        :func:`qtsim.profiles.constants.paper_constants` on this simulator's constants."""
+        return constants.paper_constants(self.profile, counts, workload, self.params(draws))

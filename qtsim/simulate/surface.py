@@ -31,18 +31,21 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from qtsim import __version__
 from qtsim.errors import QtsimError
 from qtsim.model import paper, verdicts
 from qtsim.model import sustainability as si
 from qtsim.model.architecture import ArchCounts, Architecture
 from qtsim.model.paths import path_family
 from qtsim.model.precision import get_precision
+from qtsim.model.stack import describe
+from qtsim.model.stats import BAND, GIB, nan_percentiles
 from qtsim.model.trust import TrustEstimate, lookup_trust
 from qtsim.model.workload import Workload
-from qtsim.profiles.hardware import HardwareProfile
+from qtsim.profiles.hardware import profile_notes, profile_origin
+from qtsim.profiles.profile import HardwareProfile
 from qtsim.simulate.dataset import make_surface
 from qtsim.simulate.simulator import Simulator
-from qtsim.simulate.stats import BAND, GIB, nan_percentiles
 from qtsim.simulate.thresholds import (
     N_GRID,
     N_RANGE,
@@ -575,10 +578,6 @@ def _model_axis(models: Sequence[Architecture], sizes, family: Architecture | No
 def _attrs(profiles, workload: Workload, family, trust_table, depth, policy, weights, n_draws,
            seed) -> dict:
     """A surface's provenance: qtsim version, workload, SI options, draws and every profile."""
-    from qtsim import __version__
-    from qtsim.model.stack import describe
-    from qtsim.profiles.hardware import profile_notes, profile_origin
-
     bnb = workload.bnb
     return {
         "qtsim_version": __version__,

@@ -16,8 +16,8 @@ import numpy as np
 
 from qtsim.model import physical
 from qtsim.model.architecture import ArchCounts, Architecture
+from qtsim.model.stats import BAND, GIB
 from qtsim.model.workload import Workload
-from qtsim.simulate.stats import BAND, GIB
 
 KIND_NAMES = {0: "crossing", 1: "reverse", 2: "trapped_everywhere", 3: "never_trapped"}
 KIND_CODES = {**KIND_NAMES, 4: "native_oom"}

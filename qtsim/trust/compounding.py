@@ -20,7 +20,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import optimize, stats
 
 from qtsim.model.trust import t_si_compound
 
@@ -30,6 +29,8 @@ _TINY = 1e-12
 
 def binomial_ci(successes, n, level: float = LEVEL):
     """Clopper-Pearson (exact) interval of a binomial proportion: (low, high), arrays welcome."""
+    from scipy import stats
+
     s = np.asarray(successes, dtype=float)
     n = np.asarray(n, dtype=float)
     a = 1.0 - level
@@ -56,6 +57,8 @@ def _nll_saturated(s, n) -> float:
 def _profile_bounds(nll, best_x, best, lo, hi, level):
     """Where 2 (nll(x) - best) crosses the chi-square(1) quantile on each side of ``best_x``
     inside [lo, hi] (the end itself when it never does)."""
+    from scipy import optimize, stats
+
     crit = stats.chi2.ppf(level, 1) / 2.0
 
     def g(x):
@@ -87,6 +90,8 @@ def fit_hop_reliability(hops, successes, n, level: float = LEVEL) -> HopFit:
 
     The fit is constrained to 0 < r <= 1; its interval is the profile-likelihood one.
     """
+    from scipy import optimize, stats
+
     k, s, n = (np.asarray(v, dtype=float) for v in (hops, successes, n))
     if not (len(k) == len(s) == len(n)) or len(k) == 0 or (n <= 0).any() or (s > n).any():
         raise ValueError("need matching, non-empty hops, successes <= n and n > 0")
@@ -131,6 +136,8 @@ def fit_eps(hops, s_ref, n_ref, s_p, n_p, reference: str = "fp16",
 
     eps < 0 means the precision was more reliable per hop than the reference.
     """
+    from scipy import optimize
+
     k = np.asarray(hops, dtype=float)
     sr, nr, sp, npr = (np.asarray(v, dtype=float) for v in (s_ref, n_ref, s_p, n_p))
 
@@ -195,6 +202,8 @@ def intervals_overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
 def ratio_ci(s_p, n_p, s_ref, n_ref, level: float = LEVEL):
     """T_SI = acc_p / acc_ref with Katz's log interval: (ratio, low, high), arrays welcome
     (nan where either side has no success)."""
+    from scipy import stats
+
     sp, npr, sr, nr = (np.asarray(v, dtype=float) for v in (s_p, n_p, s_ref, n_ref))
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = (sp / npr) / (sr / nr)

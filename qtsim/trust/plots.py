@@ -16,7 +16,6 @@ import numpy as np
 
 from qtsim.report.plots import PRECISION_COLORS, _figure, _footnote, _legend
 from qtsim.trust.compounding import binomial_ci, ratio_ci
-from qtsim.trust.report import _params
 
 COLORS = {**PRECISION_COLORS, "fp32": "#222222", "int8_t0": "#c44e52", "nf4dq": "#8c8c3a"}
 MARKERS = {"fp32": "o", "fp16": "s", "bf16": "D", "int8": "^", "int8_t0": "v", "nf4": "P",
@@ -72,7 +71,7 @@ def plot_accuracy_vs_hops(rec: dict, an: dict):
     for ax in (ax_acc, ax_ratio, ax_same):
         ax.grid(alpha=0.3)
     _legend(fig, handles, fontsize=8, col_in=2.7)
-    _footnote(fig, f"{rec['model']} ({_params(rec)} parameters, trained here on pointer "
+    _footnote(fig, f"{rec['model']} ({params_text(rec)} parameters, trained here on pointer "
                    f"chasing over {rec['task']['n_nodes']} nodes), bitsandbytes "
                    f"{rec['environment']['versions'].get('bitsandbytes')} on "
                    f"{rec['environment']['cpu']}; measured, greedy decoding. A small model on a "
@@ -84,3 +83,9 @@ def plot_accuracy_vs_hops(rec: dict, an: dict):
 def _label(name: str, description: str, ref: str) -> str:
     text = name if description.split(" (")[0] == name else f"{name}: {description}"
     return text + (" (eps reference)" if name == ref else "")
+
+
+def params_text(rec: dict) -> str:
+    """The probe model's size from its record, e.g. '3.1M' ('?' if not recorded)."""
+    n = rec["checkpoint"].get("n_params")
+    return f"{n / 1e6:.1f}M" if n else "?"

@@ -2,7 +2,7 @@
 with intervals, the fitted per-hop reliability and eps (eq. 7), Theorem 4.5's batch check,
 as text, JSON or CSV, and the ``--trust`` CSV that ``qtsim trap`` and ``qtsim simulate`` read.
 
-A probe record is what :func:`qtsim.calibration.hops_probe.probe` returns (``probe.json``):
+A probe record is what :func:`qtsim.calibration.trust.hops_probe.probe` returns (``probe.json``):
 per setting, the problems decoded and answered right at each hop count, the histogram of hops
 right before the first error, and the batch-1 vs batch-8 decode of the same problems.
 """
@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from qtsim.errors import QtsimError, read_user_file
+from qtsim.report.plots import save
 from qtsim.trust import compounding as cmp
 from qtsim.trust import tasks
+from qtsim.trust.plots import params_text, plot_accuracy_vs_hops
 
 TASK = "pointer-chase"
 #: below this goodness-of-fit p-value accuracy is said not to fall as r**k
@@ -128,6 +129,8 @@ def _paired_eps(ref_right: int, pred_right: int, at_risk: int, level: float) -> 
     """Extra error per hop from the paired flips: (ref right - setting right) / hops decoded
     while the chains agreed, with McNemar's exact test and an interval from the exact
     (Clopper-Pearson) interval of the share of one-sided flips that went against the setting."""
+    from scipy import stats
+
     m = ref_right + pred_right
     if m == 0 or at_risk == 0:
         return {"mcnemar_p": 1.0, "eps_paired": 0.0, "eps_paired_low": 0.0,
@@ -208,7 +211,7 @@ def format_text(rec: dict, an: dict) -> str:
             for lo, hi in zip(a["ci_low"], a["ci_high"], strict=True)))
     lines += ["", *_finding_lines(an, hops), "", *_batch_lines(rec, an)]
     lines.append("")
-    lines.append(f"  a {_params(rec)}-parameter model trained here on a synthetic task: it "
+    lines.append(f"  a {params_text(rec)}-parameter model trained here on a synthetic task: it "
                  "tests the compounding claim itself, not any LLM's accuracy "
                  "(docs/trust-probe.md)")
     return "\n".join(lines)
@@ -260,11 +263,6 @@ def _batch_lines(rec: dict, an: dict) -> list[str]:
                      + f"  {'equal' if b['equal_within_intervals'] else 'DIFFERENT'} within "
                      f"intervals; identical chains {last['identical_chains']}/{last['n']}")
     return lines
-
-
-def _params(rec: dict) -> str:
-    n = rec["checkpoint"].get("n_params")
-    return f"{n / 1e6:.1f}M" if n else "?"
 
 
 def table_rows(an: dict) -> list[dict[str, Any]]:
@@ -323,9 +321,6 @@ def write_outputs(rec: dict, an: dict, out_dir, plot: bool = True) -> dict[str, 
     paths["trust_csv"].write_text(csv_text(trust_rows(rec, an), TRUST_COLUMNS))
     paths["table_csv"].write_text(csv_text(table_rows(an), TABLE_COLUMNS))
     if plot:
-        from qtsim.report.plots import save
-        from qtsim.trust.plots import plot_accuracy_vs_hops
-
         paths["plot"] = out / "accuracy_vs_hops.png"
         save(plot_accuracy_vs_hops(rec, an), paths["plot"])
     return {k: str(v) for k, v in paths.items()}

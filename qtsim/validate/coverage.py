@@ -8,12 +8,13 @@ predicted)| (:func:`conformal_halfwidth`), scored leaving each architecture out
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 
 from qtsim.model.architecture import from_config
-from qtsim.profiles.hardware import HardwareProfile, model_error_deviates
+from qtsim.profiles.profile import HardwareProfile, model_error_deviates
 from qtsim.simulate.simulator import Simulator
 from qtsim.validate.predict import row_point
 
@@ -30,8 +31,6 @@ def point_draws(profile: HardwareProfile, df, n_draws: int = 400, seed: int = 0)
     ``{quantity: (central (P,), log-draws (n, P))}`` over the rows of ``df`` (which needs the
     recorded ``config_json`` and the recorded workload columns).
     """
-    import json
-
     sim = Simulator(profile, n_draws=n_draws, seed=seed, model_error=False)
     cen = {q: [] for q in BAND_QUANTITIES}
     drw = {q: [] for q in BAND_QUANTITIES}

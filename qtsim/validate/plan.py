@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qtsim.errors import QtsimError, read_user_file
+from qtsim.model.architecture import from_config, load_config
 from qtsim.model.precision import get_precision
 from qtsim.model.workload import DEFAULT_INT8_THRESHOLD, FOUR_BIT, BnbSettings, Workload
-from qtsim.profiles.hardware import HardwareProfile
+from qtsim.profiles.profile import HardwareProfile
 
 #: a plan's defaults: new tokens K and prompt tokens per query
 PLAN_NEW_TOKENS = 32
@@ -149,8 +150,6 @@ def plan_points(request: ValidationRequest):
     From a plan file (model paths relative to it) or the request's grid; every architecture is
     checked (unsupported ones refused) before anything is measured.
     """
-    from qtsim.model.architecture import from_config, load_config
-
     reps = request.reps
     if request.plan_path:
         opts, points = read_plan(request.plan_path)

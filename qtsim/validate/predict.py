@@ -13,9 +13,9 @@ import numpy as np
 
 from qtsim.model import physical
 from qtsim.model.architecture import from_config
+from qtsim.model.stats import band
 from qtsim.model.workload import DEFAULT_INT8_THRESHOLD, Workload
 from qtsim.simulate.simulator import Simulator
-from qtsim.simulate.stats import band
 from qtsim.simulate.surface import paper_energy
 from qtsim.validate.plan import ValidationPoint, point_workload
 
@@ -43,7 +43,7 @@ def predict_point(sim: Simulator, config: dict, name: str, pt: ValidationPoint) 
 
 def steady_bytes(profile, counts, w: Workload) -> float:
     """The predicted memory a decode's ``steady_memory_bytes`` is scored against
-    (:data:`qtsim.calibration.decode.STEADY_MEMORY_KIND`): on a GPU weights + KV cache +
+    (:data:`qtsim.calibration.probes.decode.STEADY_MEMORY_KIND`): on a GPU weights + KV cache +
     workspace (the runtime overhead excluded), on a CPU the weight bytes alone."""
     if profile.hardware.get("device_type") == "cpu":
         return float(np.ravel(counts.weight_bytes(w.precision if w.precision != "fp4" else "nf4",

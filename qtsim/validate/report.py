@@ -6,11 +6,14 @@ Pure functions over the scored frames (:mod:`qtsim.validate.score`,
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from qtsim.model.stack import describe
+from qtsim.report.budget import energy_scope
 from qtsim.validate.score import MEMORY_NOT_VALIDATED, QUANTITIES, verdict_summary
 
 #: quantities the summary prints, in order
@@ -36,8 +39,6 @@ class ValidationReport:
 def report_meta(profile, raw, df) -> dict:
     """The report's header: profile, raw data, points, energy meter and what it covers,
     outliers, hold-out."""
-    from qtsim.report.budget import energy_scope
-
     meter = df["energy_meter"].iloc[0]
     return {"profile": f"{profile.name} ({profile.source}, {profile.provenance.get('date', '')}, "
                        f"{profile.path})",
@@ -53,8 +54,6 @@ def report_meta(profile, raw, df) -> dict:
 
 def _stack_line(profile, df) -> str:
     """The bitsandbytes release the runs used and the one the predictions assumed."""
-    from qtsim.model.stack import describe
-
     ran = (", ".join(sorted(df["bitsandbytes"].dropna().astype(str).unique()))
            if "bitsandbytes" in df else "") or "not recorded"
     return f"measured with {ran}; predicted for {describe(profile.for_serving().bnb)}"
@@ -71,8 +70,6 @@ def write_report(rep: ValidationReport, out: Path) -> Path:
     rep.df.to_csv(out / "points.csv", index=False)
     rep.errors.to_csv(out / "errors.csv", index=False)
     if rep.drift is not None:
-        import json
-
         (out / "drift.json").write_text(json.dumps(rep.drift, indent=2))
     if not rep.verdicts.empty:
         rep.verdicts.to_csv(out / "verdicts.csv", index=False)

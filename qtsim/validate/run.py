@@ -8,14 +8,37 @@ model error into a profile file when asked (:func:`record_model_error`).
 
 from __future__ import annotations
 
+import datetime
 import sys
 from pathlib import Path
 
+from qtsim.calibration.measure.device import detect_device
+from qtsim.calibration.measure.energy import EnergyMonitor
+from qtsim.calibration.measure.raw import RawStore
+from qtsim.calibration.probes.runner import run_plan
 from qtsim.errors import QtsimError
-from qtsim.profiles.hardware import HardwareProfile
+from qtsim.profiles.hardware import write_profile
+from qtsim.profiles.profile import HardwareProfile
+from qtsim.simulate.simulator import Simulator
+from qtsim.validate.coverage import coverage_table, cross_precision_rho, model_error_record
+from qtsim.validate.holdout import drift_probes, validation_specs
 from qtsim.validate.plan import ValidationRequest, calibrated_points, holdout_conflicts, plan_points
-from qtsim.validate.report import ValidationReport, report_meta, summary_lines, write_report
-from qtsim.validate.score import correct_for_drift, drift_since_calibration
+from qtsim.validate.predict import PREDICTION_DRAWS
+from qtsim.validate.predict import repredict as remake
+from qtsim.validate.report import (
+    ValidationReport,
+    paper_vs_physical,
+    report_meta,
+    summary_lines,
+    write_report,
+)
+from qtsim.validate.score import (
+    cor_and_verdicts,
+    correct_for_drift,
+    drift_since_calibration,
+    error_table,
+    measured_frame,
+)
 
 
 def _stderr(line: str) -> None:
@@ -68,7 +91,9 @@ def measure_points(profile: HardwareProfile, request: ValidationRequest, raw: Pa
     """Predict, then decode, every planned point on this machine, appending to ``raw``.
 
     Points whose model and batch calibrated ``profile`` are refused (``allow_overlap``: run and
-    labelled ``overlap``). Returns the runner's report (:func:`qtsim.calibration.runner.run_plan`).
+    labelled ``overlap``). Returns the runner's report
+    (:func:`qtsim.calibration.probes.runner.run_plan`); measuring needs the calibrate extra
+    (:func:`~qtsim.calibration.measure.device.detect_device` refuses without it).
     """
     points, reps, configs = plan_points(request)
     names = {m: n for m, (_, n) in configs.items()}
@@ -77,16 +102,7 @@ def measure_points(profile: HardwareProfile, request: ValidationRequest, raw: Pa
         raise QtsimError(f"not held out: {conflicts[0]}"
                          + (f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else "")
                          + "; choose other models or batches, or pass --allow-overlap")
-    try:
-        from qtsim.calibration.device import detect_device
-        from qtsim.calibration.energy import EnergyMonitor
-        from qtsim.calibration.holdout import drift_probes, validation_specs
-        from qtsim.calibration.raw import RawStore
-        from qtsim.calibration.runner import run_plan
-    except ImportError as e:
-        raise QtsimError("measuring needs the calibrate extra (pip install 'qtsim[calibrate]'): "
-                         f"{e}") from None
-    device = _device(profile, cpu_threads, detect_device)
+    device = _device(profile, cpu_threads)
     monitor = EnergyMonitor(device, tdp_w=profile.tdp_w if device.backend == "cpu" else None)
     specs = validation_specs(profile, points, configs, reps,
                              overlap=set(calibrated_points(profile, points, names)),
@@ -98,7 +114,7 @@ def measure_points(profile: HardwareProfile, request: ValidationRequest, raw: Pa
                     purpose="validation")
 
 
-def _device(profile: HardwareProfile, cpu_threads: int | None, detect_device):
+def _device(profile: HardwareProfile, cpu_threads: int | None):
     """The device ``profile`` describes (CPU: with its calibrated thread count unless given)."""
     cpu = profile.hardware.get("device_type") == "cpu"
     threads = (cpu_threads or profile.hardware.get("cpu_threads") or None) if cpu else None
@@ -110,19 +126,12 @@ def report_validation(profile: HardwareProfile, raw: Path, out: Path, *, repredi
                       record_to=None, echo=print) -> ValidationReport:
     """Score every validation decode in ``raw`` against ``profile`` and write ``out``/report.md
     with its plots and tables; the summary goes to ``echo``."""
-    from qtsim.calibration.raw import RawStore
-    from qtsim.validate.score import measured_frame
-
     decodes = RawStore(raw, readonly=True).summary_frame("decode")
     df = measured_frame(decodes)
     if df.empty:
         raise QtsimError(f"{raw}: no validation decode points")
     df, drift = correct_for_drift(df, drift_since_calibration(decodes))
     if repredict:
-        from qtsim.simulate.simulator import Simulator
-        from qtsim.validate.predict import PREDICTION_DRAWS
-        from qtsim.validate.predict import repredict as remake
-
         df = remake(df, Simulator(profile, n_draws=PREDICTION_DRAWS))
     rep = score_validation(profile, df, raw)
     rep.meta["drift since calibration"] = drift["text"]
@@ -139,10 +148,6 @@ def report_validation(profile: HardwareProfile, raw: Path, out: Path, *, repredi
 
 def score_validation(profile: HardwareProfile, df, raw) -> ValidationReport:
     """Errors, COR and verdicts, paper vs physical model, and band coverage of ``df``."""
-    from qtsim.validate.coverage import coverage_table
-    from qtsim.validate.report import paper_vs_physical
-    from qtsim.validate.score import cor_and_verdicts, error_table
-
     coverage, est = coverage_table(profile, df)
     return ValidationReport(df, error_table(df), cor_and_verdicts(df, profile.native),
                             paper_vs_physical(df), coverage, est, report_meta(profile, raw, df))
@@ -150,11 +155,6 @@ def score_validation(profile: HardwareProfile, df, raw) -> ValidationReport:
 
 def record_model_error(profile: HardwareProfile, path, rep: ValidationReport, raw) -> None:
     """Write the measured model error into the profile file ``path``'s ``[fit.model_error]``."""
-    import datetime
-
-    from qtsim.profiles.hardware import write_profile
-    from qtsim.validate.coverage import cross_precision_rho, model_error_record
-
     rho = cross_precision_rho(rep.df, profile.native)
     profile.fit["model_error"] = model_error_record(rep.estimate, str(raw),
                                                     datetime.date.today().isoformat(), rho)

@@ -127,7 +127,7 @@ DRIFT_TIME_COLUMNS = ("t_generate_s", "t_step_s", "t_prefill_s")
 def drift_since_calibration(decodes) -> dict:
     """How much slower (> 1) or faster the machine ran the calibration's reference points
     during validation than during calibration: the median over the re-measured points
-    (``purpose = "drift"``, :func:`qtsim.calibration.holdout.drift_probes`) of measured /
+    (``purpose = "drift"``, :func:`qtsim.validate.holdout.drift_probes`) of measured /
     calibration time, with the factors before and after the held-out runs. ``factor`` is None
     where no reference point was re-measured."""
     none = {"factor": None, "text": "not measured (the calibration's raw data was not at hand, "
