@@ -8,6 +8,7 @@ a leading axis of draws, summarised by :func:`band`.
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from dataclasses import dataclass
 
@@ -77,6 +78,22 @@ def _draw_stats(r: dict, prefix: str, n_draws: int) -> dict:
 _num = json_number
 
 
+def grid_ndim(counts: ArchCounts, workload: Workload) -> int:
+    """Dimensions of the grid that ``counts`` and ``workload`` broadcast to (at least 1)."""
+    shapes = [np.shape(getattr(counts, f.name)) for f in dataclasses.fields(counts)]
+    shapes += [np.shape(workload.batch), np.shape(workload.new_tokens),
+               np.shape(workload.prompt_tokens)]
+    return max(1, len(np.broadcast_shapes(*shapes)))
+
+
+def _draw_axes(x, ndim: int):
+    """A per-draw array (n_draws, 1) reshaped to (n_draws, 1, ..., 1) with ``ndim`` trailing
+    axes; anything else (flags, scalars) unchanged."""
+    if ndim == 1 or not isinstance(x, np.ndarray) or x.ndim != 2 or x.shape[1] != 1:
+        return x
+    return x.reshape((x.shape[0],) + (1,) * ndim)
+
+
 class Simulator:
     """Physical-model predictions from one hardware profile.
 
@@ -108,12 +125,16 @@ class Simulator:
         self._draws = None
         self._errz = {}
 
-    def params(self, draws: bool = False):
+    def params(self, draws: bool = False, ndim: int = 1):
+        """Central constants, or with ``draws`` their Monte-Carlo draws shaped (n_draws, 1, ...)
+        with ``ndim`` trailing axes, so that they broadcast against an ``ndim``-D grid."""
         if not draws:
             return self._central
         if self._draws is None:
-            self._draws = {**self.profile.draws(self.n_draws, self.seed), **self._flags}
-        return self._draws
+            self._draws = {1: {**self.profile.draws(self.n_draws, self.seed), **self._flags}}
+        if ndim not in self._draws:
+            self._draws[ndim] = {k: _draw_axes(v, ndim) for k, v in self._draws[1].items()}
+        return self._draws[ndim]
 
     def error_z(self, family: str) -> np.ndarray:
         """Standard-normal model-error deviates of one kernel family, shape (n_draws, 1).
@@ -130,11 +151,11 @@ class Simulator:
             self._errz[family] = np.sqrt(rho) * common + np.sqrt(1.0 - rho) * own
         return self._errz[family]
 
-    def _add_model_error(self, out: dict, family: str) -> dict:
+    def _add_model_error(self, out: dict, family: str, ndim: int = 1) -> dict:
         """Scale draws by exp(model-error deviate): latency, step, tok/s, J/query (both forms)."""
         if not self.model_error:
             return out
-        me, z = self.model_error, self.error_z(family)
+        me, z = self.model_error, _draw_axes(self.error_z(family), ndim)
 
         def f(q):
             return np.exp(model_error_deviates(z, me["q68"][q], me["q95"][q]))
@@ -156,17 +177,19 @@ class Simulator:
 
         Vectorised: ``workload.batch`` and the ``counts`` fields may be arrays that broadcast;
         with ``draws`` every value gets a leading axis of Monte-Carlo draws (model error
-        included). ``overrides`` replaces named constants (central values only: a what-if, e.g.
+        included), the draws broadcasting against a grid of any dimension
+        (:func:`grid_ndim`). ``overrides`` replaces named constants (central values only: a what-if, e.g.
         one power state at the edge of its band). Returns the dict of
         :func:`qtsim.model.physical.query` plus ``peak_bytes`` and ``fits`` (peak memory within
         the device's).
         """
         prof = self.profile
-        params = {**self.params(draws), **(overrides or {})}
+        ndim = grid_ndim(counts, workload) if draws else 1
+        params = {**self.params(draws, ndim), **(overrides or {})}
         out = physical.query(counts, workload, params, prof.tdp_w, prof.native,
                              prof.compute_dtype_4bit, overlap=prof.overlap)
         if draws:
-            out = self._add_model_error(out, workload.family)
+            out = self._add_model_error(out, workload.family, ndim)
         out["peak_bytes"], out["fits"] = self.memory(counts, workload)
         return out
 

@@ -43,22 +43,21 @@ def map_counts(counts: ArchCounts, fn) -> ArchCounts:
 def grid_eval(sim: Evaluator, counts: ArchCounts, workload: Workload, draws: bool = False) -> dict:
     """``sim.evaluate`` on the outer grid models x batches: arrays (M, B), or (n, M, B) with draws.
 
-    ``counts`` fields are 1-D (M,); ``workload.batch`` is (B,) or per-model (M, B). Central
-    values broadcast without copies; draws (whose parameters carry shape (n, 1)) evaluate the
-    flattened grid and reshape.
+    ``counts`` fields are 1-D (M,); ``workload.batch`` is (B,) or per-model (M, B). Models go on
+    a column axis and the batch broadcasts along rows, so each model's batch-independent part
+    (its timelines' prefix and suffix sums) is computed once per model (and draw), not once
+    per grid point; the draws' constants take shape (n, 1, 1) for it.
     """
     b = np.asarray(workload.batch, float)
     m = np.size(np.asarray(counts.n_params))
     shape = (m, b.shape[-1])
-    if not draws:
-        col = map_counts(counts, lambda a: a.reshape(-1, 1) if a.size == m else a)
-        out = sim.evaluate(col, workload.replace(batch=b))
-        return {k: np.broadcast_to(v, shape) for k, v in out.items()}
-    flat = map_counts(counts, lambda a: np.broadcast_to(a.reshape(-1, 1) if a.size == m else a,
-                                                         shape).ravel())
-    out = sim.evaluate(flat, workload.replace(batch=np.broadcast_to(b, shape).ravel()),
-                       draws=True)
-    return {k: np.asarray(v).reshape(np.shape(v)[:-1] + shape) for k, v in out.items()}
+    col = map_counts(counts, lambda a: a.reshape(-1, 1) if a.size == m else a)
+    out = sim.evaluate(col, workload.replace(batch=b), draws=draws)
+    return {k: _broadcast(v, np.shape(v)[:-2] + shape) for k, v in out.items()}
+
+
+def _broadcast(v, shape):
+    return v if np.shape(v) == shape else np.broadcast_to(v, shape)
 
 
 def delta_j(sim: Evaluator, counts: ArchCounts, workload: Workload, draws: bool = False):
