@@ -89,9 +89,21 @@ def grid_ndim(counts: ArchCounts, workload: Workload) -> int:
 def _draw_axes(x, ndim: int):
     """A per-draw array (n_draws, 1) reshaped to (n_draws, 1, ..., 1) with ``ndim`` trailing
     axes; anything else (flags, scalars) unchanged."""
-    if ndim == 1 or not isinstance(x, np.ndarray) or x.ndim != 2 or x.shape[1] != 1:
+    if ndim == 1 or not _per_draw(x):
         return x
     return x.reshape((x.shape[0],) + (1,) * ndim)
+
+
+def _pick_draws(x, index, ndim: int):
+    """The draws ``index`` of a per-draw array (n_draws, 1), shaped (len(index), 1, ..., 1)
+    with ``ndim`` trailing axes; anything else (flags, scalars) unchanged."""
+    if not _per_draw(x):
+        return x
+    return x[np.asarray(index), 0].reshape((-1,) + (1,) * ndim)
+
+
+def _per_draw(x) -> bool:
+    return isinstance(x, np.ndarray) and x.ndim == 2 and x.shape[1] == 1
 
 
 class Simulator:
@@ -151,11 +163,13 @@ class Simulator:
             self._errz[family] = np.sqrt(rho) * common + np.sqrt(1.0 - rho) * own
         return self._errz[family]
 
-    def _add_model_error(self, out: dict, family: str, ndim: int = 1) -> dict:
+    def _add_model_error(self, out: dict, family: str, ndim: int = 1, draw_index=None) -> dict:
         """Scale draws by exp(model-error deviate): latency, step, tok/s, J/query (both forms)."""
         if not self.model_error:
             return out
-        me, z = self.model_error, _draw_axes(self.error_z(family), ndim)
+        z = self.error_z(family)
+        z = _draw_axes(z, ndim) if draw_index is None else _pick_draws(z, draw_index, ndim - 1)
+        me = self.model_error
 
         def f(q):
             return np.exp(model_error_deviates(z, me["q68"][q], me["q95"][q]))
@@ -172,24 +186,30 @@ class Simulator:
 
     # ---- one configuration -------------------------------------------------------------------
     def evaluate(self, counts: ArchCounts, workload: Workload, draws: bool = False,
-                 overrides: dict | None = None) -> dict:
+                 overrides: dict | None = None, draw_index=None) -> dict:
         """Latency, throughput, J/query (power model and HLI) and peak memory of ``workload``.
 
         Vectorised: ``workload.batch`` and the ``counts`` fields may be arrays that broadcast;
         with ``draws`` every value gets a leading axis of Monte-Carlo draws (model error
         included), the draws broadcasting against a grid of any dimension
-        (:func:`grid_ndim`). ``overrides`` replaces named constants (central values only: a what-if, e.g.
-        one power state at the edge of its band). Returns the dict of
+        (:func:`grid_ndim`). With ``draw_index`` (1-D ints) the grid's first axis runs over
+        those draws instead, entry i taking draw ``draw_index[i]`` (a threshold refined only
+        where each draw crosses) and no draw axis is added. ``overrides`` replaces named
+        constants (central values only: a what-if, e.g. one power state at the edge of its
+        band). Returns the dict of
         :func:`qtsim.model.physical.query` plus ``peak_bytes`` and ``fits`` (peak memory within
         the device's).
         """
         prof = self.profile
         ndim = grid_ndim(counts, workload) if draws else 1
-        params = {**self.params(draws, ndim), **(overrides or {})}
+        params = self.params(draws, ndim)
+        if draws and draw_index is not None:
+            params = {k: _pick_draws(v, draw_index, ndim - 1) for k, v in self.params(True).items()}
+        params = {**params, **(overrides or {})}
         out = physical.query(counts, workload, params, prof.tdp_w, prof.native,
                              prof.compute_dtype_4bit, overlap=prof.overlap)
         if draws:
-            out = self._add_model_error(out, workload.family, ndim)
+            out = self._add_model_error(out, workload.family, ndim, draw_index)
         out["peak_bytes"], out["fits"] = self.memory(counts, workload)
         return out
 
@@ -329,13 +349,15 @@ class Simulator:
         """
         cap = self.profile.memory_bytes
         sizes = np.geomspace(1e7, 1e13, 241)
+        family = arch.scaled(sizes)
+        at = arch.scaled([n_params]) if np.isfinite(n_params) and n_params > 0 else None
         out = {"device_gib": cap / GIB, "batch": workload.batch}
         for tag, w in (("quantized", workload),
                        ("native", workload.replace(precision=self.profile.native))):
-            ok = np.asarray(self.peak_bytes(arch.scaled(sizes), w)) <= cap
+            ok = np.asarray(self.peak_bytes(family, w)) <= cap
             out[f"largest_fitting_{tag}_params"] = float(sizes[ok].max()) if ok.any() else 0.0
-            if np.isfinite(n_params) and n_params > 0:
-                one = float(np.ravel(self.peak_bytes(arch.scaled([n_params]), w))[0])
+            if at is not None:
+                one = float(np.ravel(self.peak_bytes(at, w))[0])
                 out[f"{tag}_gib"] = one / GIB
                 out[f"fits_{tag}"] = bool(one <= cap)
         return out
