@@ -50,7 +50,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from qtsim.model import power
+from qtsim.model import power, timeline
 from qtsim.model.architecture import NATIVE_BYTES, ArchCounts
 from qtsim.model.paths import (
     FOUR_BIT,
@@ -329,8 +329,6 @@ def _path_timelines(counts: ArchCounts, family: str, b, context, params: Mapping
     """[(batches selected, :func:`timelines`, their :class:`~qtsim.model.timeline.LayerSums`)]
     for each code path some batch of ``b`` takes (batch 1; >= 2 fused or not dequantising;
     >= 2 dequantising). The sums are taken once and serve every composition of the step."""
-    from qtsim.model import timeline
-
     deq = dequantizes(params, family, b, overlap)
     one = b <= 1
     parts = []
@@ -350,8 +348,6 @@ def _compose(parts: list, counts: ArchCounts, b, overlap: bool, device_scale=1.0
     taking its own path's. Where paths split the batch axis (the last), each path is composed
     only on the batch columns it takes (the same floats, less work: the batch-1 GEMV path of
     a 200-batch grid composes one column, not 200)."""
-    from qtsim.model import timeline
-
     if len(parts) == 1:
         _, tl, sums = parts[0]
         return timeline.compose(sums, tl["h_pre"], tl["d_pre"], counts.n_layers, tl["h_post"],
