@@ -90,13 +90,15 @@ def delta_j(sim: Evaluator, counts: ArchCounts, workload: Workload, draws: bool 
     return q["j_per_query"] - n["j_per_query"]
 
 
-def delta_j_picked(sim: Evaluator, counts: ArchCounts, workload: Workload, draw_index):
-    """Quantized minus native J/query on a grid whose first axis runs over the draws
-    ``draw_index`` (entry i taking draw ``draw_index[i]``:
-    :meth:`~qtsim.simulate.simulator.Simulator.evaluate`), J."""
+def delta_j_points(sim: Evaluator, counts: ArchCounts, workload: Workload, draw_index=None):
+    """Quantized minus native J/query at points (``counts`` fields and ``workload.batch``
+    broadcasting to any shape), J; with ``draw_index`` of the draws, the points' first axis
+    running over those draws (entry i taking draw ``draw_index[i]``:
+    :meth:`~qtsim.simulate.simulator.Simulator.evaluate`)."""
     native = workload.replace(precision=sim.profile.native)
-    q = sim.evaluate(counts, workload, draws=True, draw_index=draw_index)["j_per_query"]
-    return q - sim.evaluate(counts, native, draws=True, draw_index=draw_index)["j_per_query"]
+    draws = draw_index is not None
+    q = sim.evaluate(counts, workload, draws=draws, draw_index=draw_index)["j_per_query"]
+    return q - sim.evaluate(counts, native, draws=draws, draw_index=draw_index)["j_per_query"]
 
 
 def crossing(x, delta):
@@ -127,8 +129,18 @@ def crossing(x, delta):
 
 def refined_crossings(x, delta_at, delta_picked, coarse: int = COARSE, keep=(),
                       near: float = NEAR):
-    """:func:`crossing` and :func:`n_sign_changes` of every draw on the grid ``x`` without
-    evaluating every grid point of every draw (bracket and refine).
+    """:func:`crossing` and :func:`n_sign_changes` of every draw on the grid ``x`` from
+    :func:`refined_delta` (the arguments are its). Returns (value, kind, number of sign
+    changes), each (n, rows)."""
+    d = refined_delta(x, delta_at, delta_picked, coarse, keep, near)
+    val, kind = crossing(np.broadcast_to(np.asarray(x, float), d.shape), d)
+    return val, kind, n_sign_changes(d)
+
+
+def refined_delta(x, delta_at, delta_picked, coarse: int = COARSE, keep=(),
+                  near: float = NEAR):
+    """Delta J/query of every draw on the grid ``x`` without evaluating every grid point of
+    every draw (bracket and refine), as :func:`crossing` and :func:`n_sign_changes` read it.
 
     ``x`` (rows x S, or S) is the grid, increasing along its last axis; ``delta_at(idx)``
     returns the draws' delta (n, rows, len(idx)) at grid indices ``idx`` shared by all draws,
@@ -139,20 +151,17 @@ def refined_crossings(x, delta_at, delta_picked, coarse: int = COARSE, keep=(),
     sign or come within ``near`` times the neighbouring coarse steps of zero (where the curve
     may dip across zero and back). Unevaluated points take the value of the evaluated point
     before them (they lie inside intervals whose ends agree in sign, so they add no sign
-    change), and the whole grid is then read as :func:`crossing` reads it: the first crossing,
-    its kind, its interpolation and the number of sign changes are the whole grid's unless a
-    pair of sign changes hides strictly inside an interval not refined (``coarse`` = 1
-    evaluates every point). Returns (value, kind, number of sign changes), each (n, rows).
+    change). Read by :func:`crossing`, the first crossing, its kind, its interpolation and the
+    number of sign changes are the whole grid's unless a pair of sign changes hides strictly
+    inside an interval not refined (``coarse`` = 1 evaluates every point). Returns (n, rows, S).
     """
     s_len = np.shape(x)[-1]
     cidx = np.unique(np.concatenate([np.arange(0, s_len, max(int(coarse), 1)), [s_len - 1],
                                      np.asarray(keep, int).ravel()]))
     dc = np.asarray(delta_at(cidx), float)
-    xg = np.broadcast_to(np.asarray(x, float), dc.shape[:-1] + (s_len,))
     if cidx.size == s_len:
-        val, kind = crossing(xg, dc)
-        return val, kind, n_sign_changes(dc)
-    d = np.full(xg.shape, np.nan)
+        return dc
+    d = np.full(dc.shape[:-1] + (s_len,), np.nan)
     d[..., cidx] = dc
     draw, row, j = np.nonzero(_refine(dc, near))
     if draw.size:
@@ -161,9 +170,7 @@ def refined_crossings(x, delta_at, delta_picked, coarse: int = COARSE, keep=(),
         fine = np.maximum(np.minimum(fine, hi[:, None] - 1), lo[:, None])
         d[draw[:, None], row[:, None], fine] = delta_picked(draw, row, fine)
     known = np.where(np.isnan(d), 0, np.arange(s_len))
-    d = np.take_along_axis(d, np.maximum.accumulate(known, axis=-1), -1)  # forward fill
-    val, kind = crossing(xg, d)
-    return val, kind, n_sign_changes(d)
+    return np.take_along_axis(d, np.maximum.accumulate(known, axis=-1), -1)  # forward fill
 
 
 def _refine(dc, near: float):
@@ -283,7 +290,7 @@ def b_star_rows(sim: Evaluator, counts: ArchCounts, workload: Workload, b_max: f
 
         def picked(draw, row, idx):
             cnt = _take_counts(counts, row[:, None])
-            return delta_j_picked(sim, cnt, workload.replace(batch=grid[row[:, None], idx]), draw)
+            return delta_j_points(sim, cnt, workload.replace(batch=grid[row[:, None], idx]), draw)
 
         vd, kd, nd = refined_crossings(grid, at, picked, coarse,
                                        _switch_indices(sim, workload, grid))
@@ -351,33 +358,37 @@ def _draw_band(prefix: str, vd, kd, kind, n_cross, details: bool, mask=False) ->
 
 def n_star_rows(sim: Evaluator, arch: Architecture, workload: Workload, n_range=N_RANGE,
                 n_grid: int = N_GRID, draws: bool = False, details: bool = False,
-                coarse: int = COARSE) -> dict:
+                coarse: int = COARSE, central_coarse: int = 1) -> dict:
     """N* for every batch of ``workload.batch`` at once along ``arch``'s synthetic family (width
     and depth scaled).
 
-    Same fields, censoring and search of the draws as :func:`b_star_rows` (``n_star_*``).
+    Same fields, censoring and search of the draws as :func:`b_star_rows` (``n_star_*``);
+    ``central_coarse`` > 1 brackets and refines the central curves too
+    (:func:`refined_delta`; ``n_star_delta`` then holds the refined delta).
     """
     sizes = np.geomspace(n_range[0], n_range[1], n_grid)
     fam = arch.scaled(sizes)
     w = workload.replace(batch=np.atleast_1d(np.asarray(workload.batch, float)))
 
-    def delta(d):
-        return np.swapaxes(delta_j(sim, fam, w, d), -1, -2)  # (..., B, S)
+    def at(draws):
+        def delta(idx):  # (..., B, len(idx)): rows are batches, the grid the sizes
+            d = np.swapaxes(delta_j(sim, _take_counts(fam, idx), w, draws), -1, -2)
+            return d if draws else d[None]
+        return delta
 
-    dc = delta(False)
+    def picked(draws):
+        def delta(draw, row, idx):
+            return delta_j_points(sim, _take_counts(fam, idx),
+                                  w.replace(batch=w.batch[row][:, None]), draw if draws else None)
+        return delta
+
+    dc = refined_delta(sizes, at(False), picked(False), central_coarse)[0]
     val, kind = crossing(sizes, dc)
     out = {"n_star": val, "n_star_kind": kind}
     if details:
         out.update(n_star_n_crossings=n_sign_changes(dc), n_star_sizes=sizes, n_star_delta=dc)
     if draws:
-        def at(idx):
-            return np.swapaxes(delta_j(sim, _take_counts(fam, idx), w, True), -1, -2)
-
-        def picked(draw, row, idx):  # rows are batches, the grid the sizes
-            return delta_j_picked(sim, _take_counts(fam, idx),
-                                  w.replace(batch=w.batch[row][:, None]), draw)
-
-        vd, kd, nd = refined_crossings(sizes, at, picked, coarse)
+        vd, kd, nd = refined_crossings(sizes, at(True), picked(True), coarse)
         out.update(_draw_band("n_star", vd, kd, kind, nd, details))
     return out
 
