@@ -362,24 +362,28 @@ def _compose(parts: list, counts: ArchCounts, b, overlap: bool, device_scale=1.0
         if cols is None:
             out = r if not out else {k: np.where(sel, r[k], out[k]) for k in r}
             continue
+        whole = bool(np.all(sel[..., cols]))  # the path takes every batch of its columns
         for k, v in r.items():
             shape = np.shape(v)[:-1] + (b.shape[-1],)
             if k not in out:
                 out[k] = np.full(np.broadcast_shapes(shape, sel.shape), np.nan)
             elif np.shape(out[k]) != np.broadcast_shapes(np.shape(out[k]), shape):
                 out[k] = np.broadcast_to(out[k], np.broadcast_shapes(np.shape(out[k]), shape)).copy()
-            out[k][..., cols] = np.where(sel[..., cols], v, out[k][..., cols])
+            out[k][..., cols] = v if whole else np.where(sel[..., cols], v, out[k][..., cols])
     return out
 
 
 def _batch_columns(sel, b, device_scale):
     """(columns, batch, device scale) restricted to the columns of the batch axis (the last)
-    where ``sel`` selects some batch; (None, b, device_scale) where that saves nothing."""
+    where ``sel`` selects some batch (a slice where they are contiguous, as on a sorted batch
+    axis); (None, b, device_scale) where that saves nothing."""
     if b.ndim == 0 or b.shape[-1] < 2:
         return None, b, device_scale
     cols = np.flatnonzero(np.any(sel.reshape(-1, b.shape[-1]), axis=0))
     if cols.size == b.shape[-1]:
         return None, b, device_scale
+    if cols.size and cols[-1] - cols[0] + 1 == cols.size:
+        cols = slice(int(cols[0]), int(cols[-1]) + 1)
     sc = device_scale
     if np.ndim(sc) and np.shape(sc)[-1] == b.shape[-1]:
         sc = sc[..., cols]

@@ -58,15 +58,40 @@ def _envelope(p, a, c, batch, scale=1.0):
     """max_k (p_k + scale (a_k + batch c_k)): eq. (2a.1) for blocks whose device cost is affine
     in the batch (a + batch c, suffix sums ``a``, ``c``), stretched by ``scale`` (power capping),
     and host cost is not (prefix sums ``p``; each a list of per-block arrays). Only this last
-    step runs at the grid's full shape."""
+    step runs at the grid's full shape, in two buffers of that shape (the same floats as the
+    expression: only the operands of additions and products are swapped)."""
+    unscaled = np.ndim(scale) == 0 and scale == 1.0
+    if unscaled:
+        out = (p[0] + a[0]) + batch * c[0]
+    else:
+        out = p[0] + scale * (a[0] + batch * c[0])
+    shape = np.broadcast_shapes(np.shape(out), np.shape(batch), np.shape(scale),
+                                *(np.shape(x) for x in (*p, *a, *c)))
+    if len(shape) == 0:
+        return _envelope_scalar(p, a, c, batch, scale)
+    out = out if np.shape(out) == shape else np.broadcast_to(out, shape).copy()
+    tmp = np.empty(shape)
+    for pk, ak, ck in zip(p[1:], a[1:], c[1:], strict=True):
+        if unscaled and not np.any(ck != 0.0):  # a flat line: no batch term
+            np.maximum(out, pk + ak, out=out)
+            continue
+        np.multiply(batch, ck, out=tmp)
+        if unscaled:
+            np.add(tmp, pk + ak, out=tmp)
+        else:
+            np.add(tmp, ak, out=tmp)
+            np.multiply(tmp, scale, out=tmp)
+            np.add(tmp, pk, out=tmp)
+        np.maximum(out, tmp, out=out)
+    return out
+
+
+def _envelope_scalar(p, a, c, batch, scale):
+    """:func:`_envelope` of scalars, term for term."""
     if np.ndim(scale) == 0 and scale == 1.0:
         out = (p[0] + a[0]) + batch * c[0]
         for pk, ak, ck in zip(p[1:], a[1:], c[1:], strict=True):
-            # an upper envelope of lines: no (grid x blocks) temporary
-            if np.any(ck != 0.0):
-                out = np.maximum(out, (pk + ak) + batch * ck)
-            else:
-                out = np.maximum(out, pk + ak)
+            out = np.maximum(out, (pk + ak) + batch * ck if ck != 0.0 else pk + ak)
         return out
     out = p[0] + scale * (a[0] + batch * c[0])
     for pk, ak, ck in zip(p[1:], a[1:], c[1:], strict=True):
