@@ -163,7 +163,7 @@ def test_threshold_reports_shares_and_memory():
     from qtsim.report.trap import assess_trap
 
     r = assess_trap(load_profile("h100"), load_architecture("qwen3-0.6b"), Workload("int8"),
-                    n_draws=200)
+                    n_draws=200).to_dict()
     ns, bs = r["n_star"], r["b_star"]
     for t in (ns, bs):
         d = t["draws"]

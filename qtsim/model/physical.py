@@ -63,6 +63,7 @@ from qtsim.model.paths import (
     resolve_path,
 )
 from qtsim.model.precision import get_precision
+from qtsim.model.results import QueryResult
 from qtsim.model.workload import Workload
 
 GLOBAL_PARAMS = ("mem_bw_gbs", "p_awake_w", "e_byte_j", "e_flop_j")
@@ -502,12 +503,12 @@ def query(counts: ArchCounts, workload: Workload, params: Mapping, tdp_w, native
     with the counts and parameters), new tokens K and prompt tokens. ``compute_dtype_4bit`` is
     the profile's 4-bit compute dtype, used where the workload names none.
 
-    Returns a dict of arrays: ``step_s`` (mean decode step), ``host_s`` / ``device_s`` (the
-    decode step's two timelines alone, the device's stretched where power-capped),
-    ``prefill_s``, ``latency_s`` (whole batch), ``tok_per_s`` (all sequences), ``j_per_query``
-    (power states, :mod:`qtsim.model.power`), ``j_per_query_hli`` (TDP x latency / B, the
-    paper's HLI), ``avg_power_w``, ``step_j`` (one decode step, all sequences); the decode
-    step's power-state mix ``busy_frac``, ``busy_w``,
+    Returns a :class:`~qtsim.model.results.QueryResult` of arrays: ``step_s`` (mean decode
+    step), ``host_s`` / ``device_s`` (the decode step's two timelines alone, the device's
+    stretched where power-capped), ``prefill_s``, ``latency_s`` (whole batch), ``tok_per_s``
+    (all sequences), ``j_per_query`` (power states, :mod:`qtsim.model.power`),
+    ``j_per_query_hli`` (TDP x latency / B, the paper's HLI), ``avg_power_w``, ``step_j`` (one
+    decode step, all sequences); the decode step's power-state mix ``busy_frac``, ``busy_w``,
     ``awake_frac``, ``awake_w`` and ``cap_stretch`` (device slow-down from the board limit).
     """
     family = workload.family
@@ -533,13 +534,13 @@ def query(counts: ArchCounts, workload: Workload, params: Mapping, tdp_w, native
     latency = prefill + n_steps * step
     energy = pre["energy_j"] + params["p_awake_w"] * extra + n_steps * st["energy_j"]
     mix = power.state_mix(step, st["device_s"], st["e_dyn_j"], params["p_awake_w"], overlap)
-    return {
-        "step_s": step, "host_s": st["host_s"], "device_s": st["device_s"],
-        "prefill_s": prefill, "latency_s": latency,
-        "tok_per_s": b * k / latency, "j_per_query": energy / b,
-        "j_per_query_hli": tdp_w * latency / b, "avg_power_w": energy / latency,
-        "step_j": st["energy_j"], **mix, "cap_stretch": st["cap_stretch"],
-    }
+    return QueryResult(
+        step_s=step, host_s=st["host_s"], device_s=st["device_s"],
+        prefill_s=prefill, latency_s=latency,
+        tok_per_s=b * k / latency, j_per_query=energy / b,
+        j_per_query_hli=tdp_w * latency / b, avg_power_w=energy / latency,
+        step_j=st["energy_j"], **mix, cap_stretch=st["cap_stretch"],
+    )
 
 
 def peak_memory_bytes(counts: ArchCounts, precision: str, batch, new_tokens, prompt_tokens,

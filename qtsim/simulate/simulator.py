@@ -17,6 +17,7 @@ import numpy as np
 from qtsim.model import paper, physical
 from qtsim.model.architecture import ArchCounts, Architecture
 from qtsim.model.precision import get_precision
+from qtsim.model.results import Evaluation, QueryResult
 from qtsim.model.verdicts import json_number, ratios
 from qtsim.model.workload import Workload
 from qtsim.profiles.hardware import HardwareProfile, model_error_deviates
@@ -163,7 +164,8 @@ class Simulator:
             self._errz[family] = np.sqrt(rho) * common + np.sqrt(1.0 - rho) * own
         return self._errz[family]
 
-    def _add_model_error(self, out: dict, family: str, ndim: int = 1, draw_index=None) -> dict:
+    def _add_model_error(self, out: QueryResult, family: str, ndim: int = 1,
+                         draw_index=None) -> QueryResult:
         """Scale draws by exp(model-error deviate): latency, step, tok/s, J/query (both forms)."""
         if not self.model_error:
             return out
@@ -175,18 +177,15 @@ class Simulator:
             return np.exp(model_error_deviates(z, me["q68"][q], me["q95"][q]))
 
         f_t, f_e = f("latency_s"), f("j_per_query")
-        scale = {"latency_s": f_t, "prefill_s": f_t, "step_s": f("step_s"),
-                 "tok_per_s": 1.0 / f_t, "j_per_query_hli": f_t, "j_per_query": f_e,
-                 "avg_power_w": f_e / f_t}
-        out = dict(out)
-        for k, fac in scale.items():
-            if k in out:
-                out[k] = out[k] * fac
-        return out
+        return out.replace(latency_s=out.latency_s * f_t, prefill_s=out.prefill_s * f_t,
+                           step_s=out.step_s * f("step_s"), tok_per_s=out.tok_per_s * (1.0 / f_t),
+                           j_per_query_hli=out.j_per_query_hli * f_t,
+                           j_per_query=out.j_per_query * f_e,
+                           avg_power_w=out.avg_power_w * (f_e / f_t))
 
     # ---- one configuration -------------------------------------------------------------------
     def evaluate(self, counts: ArchCounts, workload: Workload, draws: bool = False,
-                 overrides: dict | None = None, draw_index=None) -> dict:
+                 overrides: dict | None = None, draw_index=None) -> Evaluation:
         """Latency, throughput, J/query (power model and HLI) and peak memory of ``workload``.
 
         Vectorised: ``workload.batch`` and the ``counts`` fields may be arrays that broadcast;
@@ -196,9 +195,9 @@ class Simulator:
         those draws instead, entry i taking draw ``draw_index[i]`` (a threshold refined only
         where each draw crosses) and no draw axis is added. ``overrides`` replaces named
         constants (central values only: a what-if, e.g. one power state at the edge of its
-        band). Returns the dict of
-        :func:`qtsim.model.physical.query` plus ``peak_bytes`` and ``fits`` (peak memory within
-        the device's).
+        band). Returns an :class:`~qtsim.model.results.Evaluation`: the
+        :class:`~qtsim.model.results.QueryResult` of :func:`qtsim.model.physical.query` plus
+        ``peak_bytes`` and ``fits`` (peak memory within the device's).
         """
         prof = self.profile
         ndim = grid_ndim(counts, workload) if draws else 1
@@ -210,8 +209,8 @@ class Simulator:
                              prof.compute_dtype_4bit, overlap=prof.overlap)
         if draws:
             out = self._add_model_error(out, workload.family, ndim, draw_index)
-        out["peak_bytes"], out["fits"] = self.memory(counts, workload)
-        return out
+        peak, fits = self.memory(counts, workload)
+        return Evaluation(**out, peak_bytes=peak, fits=fits)
 
     def memory(self, counts: ArchCounts, workload: Workload):
         """(peak bytes, fits): :meth:`peak_bytes` of ``workload`` and whether it is within the

@@ -16,6 +16,7 @@ import numpy as np
 
 from qtsim.model import physical
 from qtsim.model.architecture import ArchCounts, Architecture
+from qtsim.model.results import Evaluation
 from qtsim.model.workload import Workload
 from qtsim.simulate.stats import BAND, GIB
 
@@ -49,7 +50,9 @@ def map_counts(counts: ArchCounts, fn) -> ArchCounts:
 
 def grid_eval(sim: Evaluator, counts: ArchCounts, workload: Workload, draws: bool = False,
               keys=None) -> dict:
-    """``sim.evaluate`` on the outer grid models x batches: arrays (M, B), or (n, M, B) with draws.
+    """``sim.evaluate`` on the outer grid models x batches: an
+    :class:`~qtsim.model.results.Evaluation` of arrays (M, B), or (n, M, B) with draws (a dict
+    of the quantities ``keys`` where given).
 
     ``counts`` fields are 1-D (M,); ``workload.batch`` is (B,) or per-model (M, B). Models go on
     a column axis and the batch broadcasts along rows, so each model's batch-independent part
@@ -62,16 +65,15 @@ def grid_eval(sim: Evaluator, counts: ArchCounts, workload: Workload, draws: boo
     m = np.size(np.asarray(counts.n_params))
     shape = (m, b.shape[-1])
     col = map_counts(counts, lambda a: a.reshape(-1, 1) if a.size == m else a)
+    back = None
     if b.size == b.shape[-1]:  # one batch axis for every model: each distinct batch once
         uniq, back = np.unique(b.ravel(), return_inverse=True)
-        if uniq.size < b.size:
-            out = sim.evaluate(col, workload.replace(batch=uniq), draws=draws)
-            return {k: _broadcast(np.take(v, back, axis=-1) if np.shape(v)[-1:] == uniq.shape
-                                  else v, np.shape(v)[:-2] + shape)
-                    for k, v in out.items() if keys is None or k in keys}
+        b, back = (uniq, back) if uniq.size < b.size else (b, None)
     out = sim.evaluate(col, workload.replace(batch=b), draws=draws)
-    return {k: _broadcast(v, np.shape(v)[:-2] + shape) for k, v in out.items()
-            if keys is None or k in keys}
+    grid = {k: _broadcast(np.take(v, back, axis=-1) if back is not None
+                          and np.shape(v)[-1:] == b.shape else v, np.shape(v)[:-2] + shape)
+            for k, v in out.items() if keys is None or k in keys}
+    return grid if keys is not None or not isinstance(out, Evaluation) else Evaluation(**grid)
 
 
 def _broadcast(v, shape):
