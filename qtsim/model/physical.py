@@ -356,7 +356,9 @@ def _compose(parts: list, counts: ArchCounts, b, overlap: bool, device_scale=1.0
                                 device_scale=device_scale)
     out = {}
     for sel, tl, sums in parts:
-        cols, bb, sc = _batch_columns(sel, b, device_scale)
+        per_model = (tl["h_pre"], tl["d_pre"], tl["h_post"], tl["d_post0"], tl["d_post1"],
+                     counts.n_layers, *sums.p, *sums.a, *sums.c)
+        cols, bb, sc = _batch_columns(sel, b, device_scale, per_model)
         r = timeline.compose(sums, tl["h_pre"], tl["d_pre"], counts.n_layers, tl["h_post"],
                              tl["d_post0"] + bb * tl["d_post1"], overlap=overlap, batch=bb,
                              device_scale=sc)
@@ -374,11 +376,15 @@ def _compose(parts: list, counts: ArchCounts, b, overlap: bool, device_scale=1.0
     return out
 
 
-def _batch_columns(sel, b, device_scale):
+def _batch_columns(sel, b, device_scale, per_model=()):
     """(columns, batch, device scale) restricted to the columns of the batch axis (the last)
     where ``sel`` selects some batch (a slice where they are contiguous, as on a sorted batch
-    axis); (None, b, device_scale) where that saves nothing."""
+    axis); (None, b, device_scale) where that saves nothing, or where the batch's last axis is
+    not a batch axis of a grid (a ``per_model`` quantity varies along it too: points given one
+    by one)."""
     if b.ndim == 0 or b.shape[-1] < 2:
+        return None, b, device_scale
+    if any(np.ndim(x) and np.shape(x)[-1] != 1 for x in per_model):
         return None, b, device_scale
     cols = np.flatnonzero(np.any(sel.reshape(-1, b.shape[-1]), axis=0))
     if cols.size == b.shape[-1]:

@@ -37,9 +37,12 @@ import numpy as np
 
 
 def _prefix(x) -> list:
-    """Prefix sums of ``x`` along its last (block) axis, one array per block: a loop of whole-
-    array additions, in ``np.cumsum``'s order (the same floats) but without its per-row inner
-    loop over a short axis."""
+    """Prefix sums of ``x`` along its last (block) axis, one array per block, in ``np.cumsum``'s
+    order (the same floats): one cumsum for small arrays, else a loop of whole-array additions
+    (a cumsum runs an inner loop per row over the short block axis)."""
+    if x.size < SMALL_GRID:
+        cs = np.cumsum(x, axis=-1)
+        return [cs[..., k] for k in range(x.shape[-1])]
     out = [x[..., 0]]
     for k in range(1, x.shape[-1]):
         out.append(out[-1] + x[..., k])
@@ -48,10 +51,17 @@ def _prefix(x) -> list:
 
 def _suffix(x) -> list:
     """Suffix sums of ``x`` along its last (block) axis, one array per block (see :func:`_prefix`)."""
+    if x.size < SMALL_GRID:
+        cs = np.flip(np.cumsum(np.flip(x, axis=-1), axis=-1), axis=-1)
+        return [cs[..., k] for k in range(x.shape[-1])]
     out = [x[..., -1]]
     for k in range(x.shape[-1] - 2, -1, -1):
         out.append(out[-1] + x[..., k])
     return out[::-1]
+
+
+#: arrays smaller than this take the plain paths (temporaries cost less than the bookkeeping)
+SMALL_GRID = 4096
 
 
 def _envelope(p, a, c, batch, scale=1.0):
@@ -65,10 +75,10 @@ def _envelope(p, a, c, batch, scale=1.0):
         out = (p[0] + a[0]) + batch * c[0]
     else:
         out = p[0] + scale * (a[0] + batch * c[0])
+    if np.size(out) < SMALL_GRID:  # small: temporaries cost less than the bookkeeping
+        return _envelope_small(out, p, a, c, batch, scale)
     shape = np.broadcast_shapes(np.shape(out), np.shape(batch), np.shape(scale),
                                 *(np.shape(x) for x in (*p, *a, *c)))
-    if len(shape) == 0:
-        return _envelope_scalar(p, a, c, batch, scale)
     out = out if np.shape(out) == shape else np.broadcast_to(out, shape).copy()
     tmp = np.empty(shape)
     for pk, ak, ck in zip(p[1:], a[1:], c[1:], strict=True):
@@ -86,14 +96,12 @@ def _envelope(p, a, c, batch, scale=1.0):
     return out
 
 
-def _envelope_scalar(p, a, c, batch, scale):
-    """:func:`_envelope` of scalars, term for term."""
+def _envelope_small(out, p, a, c, batch, scale):
+    """:func:`_envelope` term for term, from its first line ``out``, with plain expressions."""
     if np.ndim(scale) == 0 and scale == 1.0:
-        out = (p[0] + a[0]) + batch * c[0]
         for pk, ak, ck in zip(p[1:], a[1:], c[1:], strict=True):
-            out = np.maximum(out, (pk + ak) + batch * ck if ck != 0.0 else pk + ak)
+            out = np.maximum(out, (pk + ak) + batch * ck if np.any(ck != 0.0) else pk + ak)
         return out
-    out = p[0] + scale * (a[0] + batch * c[0])
     for pk, ak, ck in zip(p[1:], a[1:], c[1:], strict=True):
         out = np.maximum(out, pk + scale * (ak + batch * ck))
     return out
