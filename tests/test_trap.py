@@ -48,7 +48,7 @@ def test_bands_print_with_a_comma_never_a_dash():
 
 
 def test_trap_csv_is_one_row_with_stable_columns():
-    from qtsim.report.trap import CSV_COLUMNS
+    from qtsim.report.trap_report import CSV_COLUMNS
 
     rows = []
     for model, prec in (("mistral-7b", "nf4"), ("qwen3-0.6b", "int8")):

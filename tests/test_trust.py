@@ -121,8 +121,8 @@ def test_trap_report_states_trust_status():
     from qtsim.report.trap import assess_trap
 
     r = assess_trap(load_profile("l4"), load_architecture("mistral-7b"), Workload("nf4"), n_draws=20)
-    assert r["si"]["trust"]["status"] == "published"
-    assert math.isclose(r["si"]["t_si"], 0.3942 / 0.4314)
+    assert r.si.trust["status"] == "published"
+    assert math.isclose(r.si.t_si, 0.3942 / 0.4314)
 
 
 def test_a_user_table_without_the_model_keeps_the_published_figure(tmp_path):

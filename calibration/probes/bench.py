@@ -518,6 +518,18 @@ def _layer_copies(layer, attrs: dict) -> list:
     return [copy.deepcopy(layer) for _ in range(n_rot - 1)]
 
 
+def probe_layers(device, lp: LinearPath, in_features: int, out_features: int, seed: int = 0,
+                 rotate: bool = False) -> tuple[list, dict]:
+    """The layers a linear probe calls (:func:`build_linear`, and with ``rotate`` its copies
+    over the last-level cache) and their attributes: ``weight_bytes``, ``rotation``,
+    ``rotation_bytes`` (and ``llc_bytes``, ``llc_source`` with ``rotate``)."""
+    layer = build_linear(lp, in_features, out_features, device, seed)
+    attrs = {"weight_bytes": weight_storage_bytes(layer)}
+    layers = [layer] + _layer_copies(layer, attrs) if rotate else [layer]
+    attrs.update(rotation=len(layers), rotation_bytes=len(layers) * attrs["weight_bytes"])
+    return layers, attrs
+
+
 def probe_input(batch: int, in_features: int, seed: int, outlier_injection: bool = False):
     """A linear probe's seeded float32 input (batch x in_features); with
     ``outlier_injection`` the :func:`outlier_dims` set to +-``OUTLIER_SCALE``."""
@@ -535,7 +547,8 @@ def linear_probe(device, path: str, in_features: int, out_features: int, batch: 
                  monitor: EnergyMonitor | None = None, reps: int = 3,
                  min_window_s: float | None = None, warmup_s: float | None = None,
                  seed: int = 0, outlier_injection: bool = False,
-                 purpose: str = "calibration", rotate: bool = False) -> PointResult:
+                 purpose: str = "calibration", rotate: bool = False,
+                 layers=None) -> PointResult:
     """Time one linear forward ``y = x W^T`` (x: batch x in_features) on kernel ``path``.
 
     Calls run under ``torch.inference_mode()``; durations are per window of
@@ -548,6 +561,10 @@ def linear_probe(device, path: str, in_features: int, out_features: int, batch: 
     step; without it one weight matrix is called over and over and stays in cache (the older
     behaviour, kept for comparison). Recorded: ``rotation`` (layers rotated over, 1 without),
     ``rotation_bytes``, ``llc_bytes`` and ``llc_source``.
+
+    ``layers``: a callable returning what :func:`probe_layers` returns for this path, shape,
+    seed and rotation (e.g. kept from the previous batch of the same layer: building and
+    copying them is not measured, and a layer's weights do not depend on the batch).
     """
     import torch
 
@@ -563,10 +580,11 @@ def linear_probe(device, path: str, in_features: int, out_features: int, batch: 
         attrs.update(outlier_dims=outlier_dims(in_features), outlier_scale=OUTLIER_SCALE)
     try:
         with torch.inference_mode():
-            layer = build_linear(lp, in_features, out_features, device, seed)
-            attrs["weight_bytes"] = weight_storage_bytes(layer)
-            layers = [layer] + _layer_copies(layer, attrs) if rotate else [layer]
-            attrs.update(rotation=len(layers), rotation_bytes=len(layers) * attrs["weight_bytes"])
+            built = layers() if layers is not None else probe_layers(
+                device, lp, in_features, out_features, seed, rotate)
+            layers, layer_attrs = built
+            layer = layers[0]
+            attrs.update(layer_attrs)
             x = probe_input(batch, in_features, seed, outlier_injection).to(
                 device.torch_device, _torch_dtype(attrs["compute_dtype"]))
             if len(layers) == 1:
@@ -577,9 +595,9 @@ def linear_probe(device, path: str, in_features: int, out_features: int, batch: 
             extra, datasets = _window_probe(device, monitor, fn, reps=reps,
                                             min_window_s=min_window_s, warmup_s=warmup_s,
                                             key=f"linear-{lp.name}")
-        layer = layers = fn = nxt = x = None
+        layer = layers = built = fn = nxt = x = None
     except Exception as exc:
-        layer = layers = fn = nxt = x = None
+        layer = layers = built = fn = nxt = x = None
         return skip_on_oom(exc, device, attrs, f"batch {batch}")
     release_memory(device)
     return PointResult({**attrs, **extra, "status": "ok", "finished": now_iso()}, datasets)

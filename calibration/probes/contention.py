@@ -35,8 +35,9 @@ DRIFT_TOLERANCE = 0.10
 SPREAD_TOLERANCE = 0.05
 #: other processes' load per logical core above which the machine was shared
 LOAD_TOLERANCE = 0.5
-#: reference points re-measured through a run: at its start, end and this many places between
-DRIFT_PROBES = 5
+#: places in a run where its reference points are measured again: its start, its end and
+#: between (3: start, middle, end; 5 before issue 21, which localised a drift more finely)
+DRIFT_PROBES = 3
 
 
 @dataclass

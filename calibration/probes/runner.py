@@ -40,15 +40,27 @@ class RunContext:
     purpose: str = "calibration"
     _model_key: Any = None
     _model: Any = None
+    _layers_key: Any = None
+    _layers: Any = None
 
     def cached_model(self, key, build):
         """The model for ``key``, building it with ``build()`` (and dropping the previous
-        one) when the key changes."""
+        one, and any cached probe layers) when the key changes."""
         if key != self._model_key:
             self.drop_model()
+            self._layers_key = self._layers = None
             self._model = build()
             self._model_key = key
         return self._model
+
+    def cached_layers(self, key, build):
+        """A linear probe's layers for ``key`` (:func:`qtsim.calibration.bench.probe_layers`),
+        built with ``build()`` when the key changes: the batches of one layer share them."""
+        if key != self._layers_key:
+            self._layers_key = self._layers = None  # free the previous set before building
+            self._layers = build()
+            self._layers_key = key
+        return self._layers
 
     def drop_model(self) -> None:
         if self._model is not None:

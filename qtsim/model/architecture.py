@@ -272,8 +272,10 @@ def scale_counts(a: Architecture, n_params, depth_exponent: float = DEPTH_EXPONE
     for _ in range(80):  # bisection on log s, vectorised; total is increasing in s
         mid = np.sqrt(lo * hi)
         too_big = parts(mid)[-1] > target
-        hi = np.where(too_big, mid, hi)
-        lo = np.where(too_big, lo, mid)
+        new_hi, new_lo = np.where(too_big, mid, hi), np.where(too_big, lo, mid)
+        if np.array_equal(new_hi, hi) and np.array_equal(new_lo, lo):
+            break  # converged to adjacent floats: every further step repeats this one
+        hi, lo = new_hi, new_lo
     s = np.sqrt(lo * hi)
     h, layers, q, kv, inter, quant, bias, norms, emb, total = parts(s)
     rows = layers * (q + 2 * kv + h + 2 * inter + h)

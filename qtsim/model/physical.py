@@ -67,6 +67,7 @@ from qtsim.model.paths import (
     resolve_path,
 )
 from qtsim.model.precision import get_precision
+from qtsim.model.results import QueryResult
 from qtsim.model.workload import Workload
 
 GLOBAL_PARAMS = ("mem_bw_gbs", "p_awake_w", "e_byte_j", "e_flop_j")
@@ -227,7 +228,7 @@ def timelines(counts: ArchCounts, family: str, context, params: Mapping,
     if side == "bn" and family in FOUR_BIT:  # casting only where it dequantises
         t_weight = t_weight * deq
     inv = inventory.path_blocks(family.replace("fp4dq", "nf4dq"), side)
-    cls = np.asarray(counts.model_class, float).astype(int)
+    cls = _model_class(counts)
     is_lin = _IS_LINEAR
     kern = inv["kernels"][cls] + deq * inv["unfused_kernels"] * is_lin
     ops = inv["ops"][cls] + deq * inv["unfused_ops"] * is_lin
@@ -242,8 +243,9 @@ def timelines(counts: ArchCounts, family: str, context, params: Mapping,
                     + context * counts.attn_flops_per_token_per_ctx / counts.n_layers * act[2] / 2.0
                     + t_layertok)
     onehot_o = np.eye(8)[3]
-    d_layer_per_seq = ((linear_token_s(w, _blk(t_tok)) + _blk(attn_per_seq) * onehot_o)
-                       * _blk(per_seq_scale))
+    d_layer_per_seq = linear_token_s(w, _blk(t_tok)) + _blk(attn_per_seq) * onehot_o
+    if not (np.ndim(per_seq_scale) == 0 and per_seq_scale == 1.0):  # x * 1.0 is x
+        d_layer_per_seq = d_layer_per_seq * _blk(per_seq_scale)
     head0, head1 = _lm_head_s(counts, act, bw, params.get("t_vocab_s", 0.0), per_seq_scale)
     d_post0 = inv["post_kernels"][cls] * t_kernel + head0
     d_pre = inv["pre_kernels"][cls] * t_kernel
@@ -256,6 +258,16 @@ def timelines(counts: ArchCounts, family: str, context, params: Mapping,
     return {"h_pre": h_pre, "d_pre": d_pre, "h_layer": h_layer, "d_layer": d_layer,
             "d_layer_per_seq": d_layer_per_seq, "h_post": h_post, "d_post0": d_post0,
             "d_post1": head1, "sync": inv["sync"]}
+
+
+def _model_class(counts: ArchCounts):
+    """The model class index of every model of ``counts`` (:data:`~qtsim.model.architecture.MODEL_CLASSES`):
+    one int where all share it (one architecture, or a synthetic family of one), so that the
+    per-class operation counts stay per block and do not take the shape of the grid."""
+    cls = np.asarray(counts.model_class, float).astype(int)
+    if cls.ndim and cls.size and np.all(cls == cls.flat[0]):
+        return int(cls.flat[0])
+    return cls
 
 
 def _block_weights(counts: ArchCounts):
@@ -310,21 +322,81 @@ def step_timelines(counts: ArchCounts, family: str, batch, context, params: Mapp
     stretches the device timeline of a power-capped device (:func:`qtsim.model.power.cap_stretch`).
     """
     b = np.asarray(batch, float)
+    parts = _path_timelines(counts, family, b, context, params, native, compute_dtype_4bit,
+                            overlap, per_seq_scale)
+    return _compose(parts, counts, b, overlap, device_scale)
+
+
+def _path_timelines(counts: ArchCounts, family: str, b, context, params: Mapping, native: str,
+                    compute_dtype_4bit: str | None, overlap: bool, per_seq_scale) -> list:
+    """[(batches selected, :func:`timelines`, their :class:`~qtsim.model.timeline.LayerSums`)]
+    for each code path some batch of ``b`` takes (batch 1; >= 2 fused or not dequantising;
+    >= 2 dequantising). The sums are taken once and serve every composition of the step."""
     deq = dequantizes(params, family, b, overlap)
     one = b <= 1
-    out = {}
+    parts = []
     for side, d, sel in (("b1", 0.0, one), ("bn", 0.0, ~one & (deq == 0)),
                          ("bn", 1.0, ~one & (deq > 0))):
-        if not np.any(sel):
+        if np.any(sel):
+            tl = timelines(counts, family, context, params, native, compute_dtype_4bit, side, d,
+                           per_seq_scale)
+            sums = timeline.layer_sums(tl["h_layer"], tl["d_layer"], tl["d_layer_per_seq"],
+                                       tl["sync"] if overlap else None)
+            parts.append((sel, tl, sums))
+    return parts
+
+
+def _compose(parts: list, counts: ArchCounts, b, overlap: bool, device_scale=1.0) -> dict:
+    """The step of each code path's timelines (:func:`qtsim.model.timeline.compose`), each batch
+    taking its own path's. Where paths split the batch axis (the last), each path is composed
+    only on the batch columns it takes (the same floats, less work: the batch-1 GEMV path of
+    a 200-batch grid composes one column, not 200)."""
+    if len(parts) == 1:
+        _, tl, sums = parts[0]
+        return timeline.compose(sums, tl["h_pre"], tl["d_pre"], counts.n_layers, tl["h_post"],
+                                tl["d_post0"] + b * tl["d_post1"], overlap=overlap, batch=b,
+                                device_scale=device_scale)
+    out = {}
+    for sel, tl, sums in parts:
+        per_model = (tl["h_pre"], tl["d_pre"], tl["h_post"], tl["d_post0"], tl["d_post1"],
+                     counts.n_layers, *sums.p, *sums.a, *sums.c)
+        cols, bb, sc = _batch_columns(sel, b, device_scale, per_model)
+        r = timeline.compose(sums, tl["h_pre"], tl["d_pre"], counts.n_layers, tl["h_post"],
+                             tl["d_post0"] + bb * tl["d_post1"], overlap=overlap, batch=bb,
+                             device_scale=sc)
+        if cols is None:
+            out = r if not out else {k: np.where(sel, r[k], out[k]) for k in r}
             continue
-        tl = timelines(counts, family, context, params, native, compute_dtype_4bit, side, d,
-                       per_seq_scale)
-        r = timeline.step_s(tl["h_pre"], tl["d_pre"], tl["h_layer"], tl["d_layer"],
-                            counts.n_layers, tl["h_post"], tl["d_post0"] + b * tl["d_post1"],
-                            sync=tl["sync"] if overlap else None, overlap=overlap, batch=b,
-                            d_layer_per_seq=tl["d_layer_per_seq"], device_scale=device_scale)
-        out = r if not out else {k: np.where(sel, r[k], out[k]) for k in r}
+        whole = bool(np.all(sel[..., cols]))  # the path takes every batch of its columns
+        for k, v in r.items():
+            shape = np.shape(v)[:-1] + (b.shape[-1],)
+            if k not in out:
+                out[k] = np.full(np.broadcast_shapes(shape, sel.shape), np.nan)
+            elif np.shape(out[k]) != np.broadcast_shapes(np.shape(out[k]), shape):
+                out[k] = np.broadcast_to(out[k], np.broadcast_shapes(np.shape(out[k]), shape)).copy()
+            out[k][..., cols] = v if whole else np.where(sel[..., cols], v, out[k][..., cols])
     return out
+
+
+def _batch_columns(sel, b, device_scale, per_model=()):
+    """(columns, batch, device scale) restricted to the columns of the batch axis (the last)
+    where ``sel`` selects some batch (a slice where they are contiguous, as on a sorted batch
+    axis); (None, b, device_scale) where that saves nothing, or where the batch's last axis is
+    not a batch axis of a grid (a ``per_model`` quantity varies along it too: points given one
+    by one)."""
+    if b.ndim == 0 or b.shape[-1] < 2:
+        return None, b, device_scale
+    if any(np.ndim(x) and np.shape(x)[-1] != 1 for x in per_model):
+        return None, b, device_scale
+    cols = np.flatnonzero(np.any(sel.reshape(-1, b.shape[-1]), axis=0))
+    if cols.size == b.shape[-1]:
+        return None, b, device_scale
+    if cols.size and cols[-1] - cols[0] + 1 == cols.size:
+        cols = slice(int(cols[0]), int(cols[-1]) + 1)
+    sc = device_scale
+    if np.ndim(sc) and np.shape(sc)[-1] == b.shape[-1]:
+        sc = sc[..., cols]
+    return cols, b[..., cols], sc
 
 
 def step_time_s(counts: ArchCounts, family: str, batch, context, params: Mapping,
@@ -385,20 +457,21 @@ def capped_step(counts: ArchCounts, family: str, batch, context, params: Mapping
 
     The device timeline is stretched where its busy power would exceed the board limit and its
     dynamic energy lowered (:func:`qtsim.model.power.cap_stretch`, eq. P.3), and the step
-    recomposed from the stretched timeline (only
-    where some point is capped: the second composition is skipped otherwise). Returns the
+    recomposed from the stretched timeline (the same timelines composed again, only where
+    some point is capped: the second composition is skipped otherwise). Returns the
     :func:`step_timelines` dict plus ``energy_j`` (eq. P.1), ``e_dyn_j`` (dynamic energy spent)
     and ``cap_stretch`` (1 where the device runs at full clocks).
     """
-    st = step_timelines(counts, family, batch, context, params, native, compute_dtype_4bit,
-                        overlap, per_seq_scale)
+    b = np.asarray(batch, float)
+    parts = _path_timelines(counts, family, b, context, params, native, compute_dtype_4bit,
+                            overlap, per_seq_scale)
+    st = _compose(parts, counts, b, overlap)
     e_dyn = power.dynamic_energy_j(bytes_, flops, params["e_byte_j"], params["e_flop_j"])
     dev = st["device_s"] if overlap else st["step_s"]
     stretch = power.cap_stretch(e_dyn, dev, params["p_awake_w"], power.power_cap_w(params, tdp_w))
     capped = stretch > 1.0
     if np.any(capped):  # only capped points take the recomposed step (bit-stable under tiling)
-        st2 = step_timelines(counts, family, batch, context, params, native, compute_dtype_4bit,
-                             overlap, per_seq_scale, device_scale=stretch)
+        st2 = _compose(parts, counts, b, overlap, device_scale=stretch)
         st = {k: np.where(capped, st2[k], st[k]) for k in st}
     return {**st, "energy_j": power.step_energy_j(st["step_s"], bytes_, flops, params, stretch),
             "e_dyn_j": power.capped_dynamic_j(e_dyn, stretch), "cap_stretch": stretch}
@@ -438,12 +511,12 @@ def query(counts: ArchCounts, workload: Workload, params: Mapping, tdp_w, native
     with the counts and parameters), new tokens K and prompt tokens. ``compute_dtype_4bit`` is
     the profile's 4-bit compute dtype, used where the workload names none.
 
-    Returns a dict of arrays: ``step_s`` (mean decode step), ``host_s`` / ``device_s`` (the
-    decode step's two timelines alone, the device's stretched where power-capped),
-    ``prefill_s``, ``latency_s`` (whole batch), ``tok_per_s`` (all sequences), ``j_per_query``
-    (power states, :mod:`qtsim.model.power`), ``j_per_query_hli`` (TDP x latency / B, the
-    paper's HLI), ``avg_power_w``, ``step_j`` (one decode step, all sequences); the decode
-    step's power-state mix ``busy_frac``, ``busy_w``,
+    Returns a :class:`~qtsim.model.results.QueryResult` of arrays: ``step_s`` (mean decode
+    step), ``host_s`` / ``device_s`` (the decode step's two timelines alone, the device's
+    stretched where power-capped), ``prefill_s``, ``latency_s`` (whole batch), ``tok_per_s``
+    (all sequences), ``j_per_query`` (power states, :mod:`qtsim.model.power`),
+    ``j_per_query_hli`` (TDP x latency / B, the paper's HLI), ``avg_power_w``, ``step_j`` (one
+    decode step, all sequences); the decode step's power-state mix ``busy_frac``, ``busy_w``,
     ``awake_frac``, ``awake_w`` and ``cap_stretch`` (device slow-down from the board limit).
     """
     family = workload.family
@@ -469,13 +542,13 @@ def query(counts: ArchCounts, workload: Workload, params: Mapping, tdp_w, native
     latency = prefill + n_steps * step
     energy = pre["energy_j"] + params["p_awake_w"] * extra + n_steps * st["energy_j"]
     mix = power.state_mix(step, st["device_s"], st["e_dyn_j"], params["p_awake_w"], overlap)
-    return {
-        "step_s": step, "host_s": st["host_s"], "device_s": st["device_s"],
-        "prefill_s": prefill, "latency_s": latency,
-        "tok_per_s": b * k / latency, "j_per_query": energy / b,
-        "j_per_query_hli": tdp_w * latency / b, "avg_power_w": energy / latency,
-        "step_j": st["energy_j"], **mix, "cap_stretch": st["cap_stretch"],
-    }
+    return QueryResult(
+        step_s=step, host_s=st["host_s"], device_s=st["device_s"],
+        prefill_s=prefill, latency_s=latency,
+        tok_per_s=b * k / latency, j_per_query=energy / b,
+        j_per_query_hli=tdp_w * latency / b, avg_power_w=energy / latency,
+        step_j=st["energy_j"], **mix, cap_stretch=st["cap_stretch"],
+    )
 
 
 def peak_memory_bytes(counts: ArchCounts, precision: str, batch, new_tokens, prompt_tokens,

@@ -31,29 +31,79 @@ vectorised: block arrays carry the block axis last and broadcast with any grid i
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 
-def _suffix(x):
-    return np.flip(np.cumsum(np.flip(x, axis=-1), axis=-1), axis=-1)
+def _prefix(x) -> list:
+    """Prefix sums of ``x`` along its last (block) axis, one array per block, in ``np.cumsum``'s
+    order (the same floats): one cumsum for small arrays, else a loop of whole-array additions
+    (a cumsum runs an inner loop per row over the short block axis)."""
+    if x.size < SMALL_GRID:
+        cs = np.cumsum(x, axis=-1)
+        return [cs[..., k] for k in range(x.shape[-1])]
+    out = [x[..., 0]]
+    for k in range(1, x.shape[-1]):
+        out.append(out[-1] + x[..., k])
+    return out
+
+
+def _suffix(x) -> list:
+    """Suffix sums of ``x`` along its last (block) axis, one array per block (see :func:`_prefix`)."""
+    if x.size < SMALL_GRID:
+        cs = np.flip(np.cumsum(np.flip(x, axis=-1), axis=-1), axis=-1)
+        return [cs[..., k] for k in range(x.shape[-1])]
+    out = [x[..., -1]]
+    for k in range(x.shape[-1] - 2, -1, -1):
+        out.append(out[-1] + x[..., k])
+    return out[::-1]
+
+
+#: arrays smaller than this take the plain paths (temporaries cost less than the bookkeeping)
+SMALL_GRID = 4096
 
 
 def _envelope(p, a, c, batch, scale=1.0):
     """max_k (p_k + scale (a_k + batch c_k)): eq. (2a.1) for blocks whose device cost is affine
     in the batch (a + batch c, suffix sums ``a``, ``c``), stretched by ``scale`` (power capping),
-    and host cost is not (prefix sums ``p``). Only this last step runs at the grid's full shape."""
+    and host cost is not (prefix sums ``p``; each a list of per-block arrays). Only this last
+    step runs at the grid's full shape, in two buffers of that shape (the same floats as the
+    expression: only the operands of additions and products are swapped)."""
+    unscaled = np.ndim(scale) == 0 and scale == 1.0
+    if unscaled:
+        out = (p[0] + a[0]) + batch * c[0]
+    else:
+        out = p[0] + scale * (a[0] + batch * c[0])
+    if np.size(out) < SMALL_GRID:  # small: temporaries cost less than the bookkeeping
+        return _envelope_small(out, p, a, c, batch, scale)
+    shape = np.broadcast_shapes(np.shape(out), np.shape(batch), np.shape(scale),
+                                *(np.shape(x) for x in (*p, *a, *c)))
+    out = out if np.shape(out) == shape else np.broadcast_to(out, shape).copy()
+    tmp = np.empty(shape)
+    for pk, ak, ck in zip(p[1:], a[1:], c[1:], strict=True):
+        if unscaled and not np.any(ck != 0.0):  # a flat line: no batch term
+            np.maximum(out, pk + ak, out=out)
+            continue
+        np.multiply(batch, ck, out=tmp)
+        if unscaled:
+            np.add(tmp, pk + ak, out=tmp)
+        else:
+            np.add(tmp, ak, out=tmp)
+            np.multiply(tmp, scale, out=tmp)
+            np.add(tmp, pk, out=tmp)
+        np.maximum(out, tmp, out=out)
+    return out
+
+
+def _envelope_small(out, p, a, c, batch, scale):
+    """:func:`_envelope` term for term, from its first line ``out``, with plain expressions."""
     if np.ndim(scale) == 0 and scale == 1.0:
-        const = p + a
-        out = const[..., 0] + batch * c[..., 0]
-        for k in range(1, const.shape[-1]):  # an upper envelope of lines: no (grid x blocks) temp
-            if np.any(c[..., k] != 0.0):
-                out = np.maximum(out, const[..., k] + batch * c[..., k])
-            else:
-                out = np.maximum(out, const[..., k])
+        for pk, ak, ck in zip(p[1:], a[1:], c[1:], strict=True):
+            out = np.maximum(out, (pk + ak) + batch * ck if np.any(ck != 0.0) else pk + ak)
         return out
-    out = p[..., 0] + scale * (a[..., 0] + batch * c[..., 0])
-    for k in range(1, p.shape[-1]):
-        out = np.maximum(out, p[..., k] + scale * (a[..., k] + batch * c[..., k]))
+    for pk, ak, ck in zip(p[1:], a[1:], c[1:], strict=True):
+        out = np.maximum(out, pk + scale * (ak + batch * ck))
     return out
 
 
@@ -83,27 +133,55 @@ def step_s(h_pre, d_pre, h_layer, d_layer, n_layers, h_post, d_post, *, sync=Non
     dict with ``step_s`` and the two timelines' totals ``host_s`` and ``device_s`` (what the
     step would take on either side alone), all s.
     """
+    sums = layer_sums(h_layer, d_layer, d_layer_per_seq, sync if overlap else None)
+    return compose(sums, h_pre, d_pre, n_layers, h_post, d_post, overlap=overlap, batch=batch,
+                   device_scale=device_scale)
+
+
+class LayerSums(NamedTuple):
+    """One layer's block sums, taken once per model and reused for every batch and device
+    scale (:func:`compose`): ``p``, ``a``, ``c`` the prefix host sums and suffix device sums
+    (batch-independent, per sequence) over the layer's blocks, each a list of per-block arrays;
+    ``segments`` the same per synchronisation segment where blocks synchronise (else empty)."""
+
+    p: list
+    a: list
+    c: list
+    segments: tuple = ()
+
+
+def layer_sums(h_layer, d_layer, d_layer_per_seq=None, sync=None) -> LayerSums:
+    """The :class:`LayerSums` of one layer's host and device block times (block axis last);
+    ``sync`` as in :func:`step_s` (None: no block synchronises)."""
     h_layer = np.asarray(h_layer, float)
     d0 = np.asarray(d_layer, float)
     d1 = np.zeros_like(d0) if d_layer_per_seq is None else np.asarray(d_layer_per_seq, float)
+    segs = ()
+    if sync is not None and np.any(sync):
+        shift = -int(np.argmax(sync))  # the layer starts at its first synchronising block
+        hr, d0r, d1r = (np.roll(x, shift, axis=-1) for x in (h_layer, d0, d1))
+        segs = tuple((_prefix(hr[..., lo:hi]), _suffix(d0r[..., lo:hi]), _suffix(d1r[..., lo:hi]))
+                     for lo, hi in segments(np.roll(sync, shift)))
+    return LayerSums(_prefix(h_layer), _suffix(d0), _suffix(d1), segs)
+
+
+def compose(sums: LayerSums, h_pre, d_pre, n_layers, h_post, d_post, *, overlap: bool = True,
+            batch=0.0, device_scale=1.0) -> dict:
+    """:func:`step_s` from a layer's :class:`LayerSums` (the same arguments otherwise)."""
     b = np.asarray(batch, float)
-    p, a, c = np.cumsum(h_layer, axis=-1), _suffix(d0), _suffix(d1)
+    p, a, c = sums.p, sums.a, sums.c
     sc = device_scale
-    big_h = p[..., -1]
-    big_d = sc * (a[..., 0] + b * c[..., 0])
+    big_h = p[-1]
+    big_d = sc * (a[0] + b * c[0])
     d_pre, d_post = sc * d_pre, sc * d_post
     host = h_pre + n_layers * big_h + h_post
     device = d_pre + n_layers * big_d + d_post
     if not overlap:
         return {"step_s": host + device, "host_s": host, "device_s": device}
-    if sync is not None and np.any(sync):
-        shift = -int(np.argmax(sync))  # the layer starts at its first synchronising block
-        hr, d0r, d1r = (np.roll(x, shift, axis=-1) for x in (h_layer, d0, d1))
+    if sums.segments:
         per_layer = 0.0
-        for lo, hi in segments(np.roll(sync, shift)):
-            hs, ds0, ds1 = hr[..., lo:hi], d0r[..., lo:hi], d1r[..., lo:hi]
-            per_layer = per_layer + _envelope(np.cumsum(hs, axis=-1), _suffix(ds0),
-                                              _suffix(ds1), b, sc)
+        for sp, sa, scc in sums.segments:
+            per_layer = per_layer + _envelope(sp, sa, scc, b, sc)
         t = h_pre + d_pre + n_layers * per_layer + h_post + d_post
     else:
         m1 = _envelope(p, a, c, b, sc)

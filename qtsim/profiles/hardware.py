@@ -173,8 +173,10 @@ def profile_origin(profile: HardwareProfile) -> str:
     return text
 
 
-def list_profiles() -> list[dict]:
-    """Every visible profile: name, origin (user or shipped), source and location."""
+def list_profiles(loaded: bool = False) -> list[dict]:
+    """Every visible profile: name, origin (user or shipped), source and location; with
+    ``loaded`` also the :class:`HardwareProfile` itself (``profile``; None where invalid), so a
+    caller that needs them all does not read every file twice."""
     rows, seen = [], set()
     for origin, stem, where, load in _candidates():
         if stem in seen:
@@ -184,10 +186,12 @@ def list_profiles() -> list[dict]:
             prof = load()
             rows.append({"name": prof.name, "origin": origin, "source": prof.source,
                          "device": prof.provenance.get("device", ""),
-                         "aliases": prof.hardware.get("aliases", []), "location": where})
+                         "aliases": prof.hardware.get("aliases", []), "location": where,
+                         **({"profile": prof} if loaded else {})})
         except ProfileError as e:
             rows.append({"name": stem, "origin": origin, "source": "INVALID",
-                         "device": str(e), "aliases": [], "location": where})
+                         "device": str(e), "aliases": [], "location": where,
+                         **({"profile": None} if loaded else {})})
     return rows
 
 

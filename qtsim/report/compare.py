@@ -144,7 +144,8 @@ def compare(profiles: Sequence[HardwareProfile], arch: Architecture,
         serving.append(serving_assumption(sim.profile))  # with its host part
         price = (dataclasses.replace(assumptions, usd_per_hour=usd_per_hour_by_gpu[prof.name])
                  if usd_per_hour_by_gpu else assumptions)
-        nat = sim.evaluate(counts, workload.replace(precision=prof.native))
+        native = workload.replace(precision=prof.native)  # every precision's reference, once
+        nat = (sim.evaluate(counts, native), sim.evaluate(counts, native, draws=True))
         rows += [_row(sim, counts, workload.replace(precision=p), nat, price) for p in precs]
     assumptions = dataclasses.replace(assumptions, scope=_scope(rows))
     query = {"model": arch.name, "model_params": arch.n_params, "batch": int(workload.batch),
@@ -192,7 +193,7 @@ def load_gpus(gpus: Sequence[str], profile_paths: Sequence[str] = ()) -> list[Ha
     """The profiles of ``gpus`` (names or aliases, or ``["all"]``: every visible profile, the
     user's included), then of ``profile_paths``; a GPU listed twice is refused."""
     if [n.lower() for n in gpus] == ["all"]:
-        profiles = [load_profile(r["name"]) for r in list_profiles() if r["source"] != "INVALID"]
+        profiles = [r["profile"] for r in list_profiles(loaded=True) if r["source"] != "INVALID"]
     else:
         profiles = [load_profile(g) for g in gpus]
     profiles += [load_profile(path=p) for p in profile_paths]
@@ -237,11 +238,18 @@ def _check_compare(profiles, workload: Workload, precisions, sort: str) -> list[
     return precs
 
 
-def _row(sim: Simulator, counts, w: Workload, nat: dict, price: budget.BudgetAssumptions) -> dict:
-    """One GPU x precision row: memory, speed, energy with its band, budget and the verdict."""
+def _row(sim: Simulator, counts, w: Workload, nat: tuple, price: budget.BudgetAssumptions) -> dict:
+    """One GPU x precision row: memory, speed, energy with its band, budget and the verdict.
+    ``nat``: the GPU's native run at the same workload, central and drawn (what
+    :meth:`Simulator.compare` compares a quantized run with)."""
     prof = sim.profile
-    q, n, d = sim.compare(counts, w)
-    qd, nd, _ = sim.compare(counts, w, draws=True)
+    if w.precision == prof.native:
+        q, qd = nat
+    else:
+        q, qd = sim.evaluate(counts, w), sim.evaluate(counts, w, draws=True)
+    n, nd = nat if w.quantized else (q, qd)
+    d = verdicts.ratios(q, n)
+    nat = nat[0]
     share = float(np.mean(verdicts.costs_more(qd["j_per_query"], nd["j_per_query"])))
     quant = w.quantized
     fits, nat_fits = bool(q["fits"]), bool(nat["fits"])

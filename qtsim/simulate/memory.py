@@ -14,11 +14,12 @@ import os
 from qtsim.errors import QtsimError
 from qtsim.simulate.thresholds import B_GRID, N_GRID
 
-#: temporaries per grid point and draw in the B* and N* searches (measured: 128 KB per draw
-#: over the 360 grid points, i.e. about 44 float64 arrays; 48 keeps a margin)
-ARRAYS_PER_THRESHOLD_POINT = 48
+#: temporaries per grid point and draw in the B* and N* searches (measured: 17.4 KB per draw
+#: over the 360 grid points, i.e. about 6 float64 arrays, since issue 21 searches each draw on
+#: a coarse grid and refines it where it crosses (128 KB, 44 arrays, before); 8 keeps a margin)
+ARRAYS_PER_THRESHOLD_POINT = 8
 TRAP_BYTES_PER_DRAW = (B_GRID + N_GRID) * 8 * ARRAYS_PER_THRESHOLD_POINT
-TRAP_BASE_BYTES = 100 * 2**20  # interpreter, numpy, profile and model (measured about 90 MB)
+TRAP_BASE_BYTES = 48 * 2**20  # interpreter, numpy, profile and model (measured about 41 MB)
 #: a stored surface value is float64, and xarray and the writer hold it about twice
 SURFACE_BYTES_PER_VALUE = 16
 #: quantities per grid point without draws, and the bands and shares draws add

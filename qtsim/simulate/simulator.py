@@ -8,6 +8,7 @@ a leading axis of draws, summarised by :func:`band`.
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ import numpy as np
 
 from qtsim.model import physical
 from qtsim.model.architecture import ArchCounts, Architecture
+from qtsim.model.results import Evaluation, QueryResult
 from qtsim.model.stats import GIB
 from qtsim.model.verdicts import json_number, ratios
 from qtsim.model.workload import Workload
@@ -77,6 +79,34 @@ def _draw_stats(r: dict, prefix: str, n_draws: int) -> dict:
 _num = json_number
 
 
+def grid_ndim(counts: ArchCounts, workload: Workload) -> int:
+    """Dimensions of the grid that ``counts`` and ``workload`` broadcast to (at least 1)."""
+    shapes = [np.shape(getattr(counts, f.name)) for f in dataclasses.fields(counts)]
+    shapes += [np.shape(workload.batch), np.shape(workload.new_tokens),
+               np.shape(workload.prompt_tokens)]
+    return max(1, len(np.broadcast_shapes(*shapes)))
+
+
+def _draw_axes(x, ndim: int):
+    """A per-draw array (n_draws, 1) reshaped to (n_draws, 1, ..., 1) with ``ndim`` trailing
+    axes; anything else (flags, scalars) unchanged."""
+    if ndim == 1 or not _per_draw(x):
+        return x
+    return x.reshape((x.shape[0],) + (1,) * ndim)
+
+
+def _pick_draws(x, index, ndim: int):
+    """The draws ``index`` of a per-draw array (n_draws, 1), shaped (len(index), 1, ..., 1)
+    with ``ndim`` trailing axes; anything else (flags, scalars) unchanged."""
+    if not _per_draw(x):
+        return x
+    return x[np.asarray(index), 0].reshape((-1,) + (1,) * ndim)
+
+
+def _per_draw(x) -> bool:
+    return isinstance(x, np.ndarray) and x.ndim == 2 and x.shape[1] == 1
+
+
 class Simulator:
     """Physical-model predictions from one hardware profile.
 
@@ -108,12 +138,16 @@ class Simulator:
         self._draws = None
         self._errz = {}
 
-    def params(self, draws: bool = False):
+    def params(self, draws: bool = False, ndim: int = 1):
+        """Central constants, or with ``draws`` their Monte-Carlo draws shaped (n_draws, 1, ...)
+        with ``ndim`` trailing axes, so that they broadcast against an ``ndim``-D grid."""
         if not draws:
             return self._central
         if self._draws is None:
-            self._draws = {**self.profile.draws(self.n_draws, self.seed), **self._flags}
-        return self._draws
+            self._draws = {1: {**self.profile.draws(self.n_draws, self.seed), **self._flags}}
+        if ndim not in self._draws:
+            self._draws[ndim] = {k: _draw_axes(v, ndim) for k, v in self._draws[1].items()}
+        return self._draws[ndim]
 
     def error_z(self, family: str) -> np.ndarray:
         """Standard-normal model-error deviates of one kernel family, shape (n_draws, 1).
@@ -130,45 +164,53 @@ class Simulator:
             self._errz[family] = np.sqrt(rho) * common + np.sqrt(1.0 - rho) * own
         return self._errz[family]
 
-    def _add_model_error(self, out: dict, family: str) -> dict:
+    def _add_model_error(self, out: QueryResult, family: str, ndim: int = 1,
+                         draw_index=None) -> QueryResult:
         """Scale draws by exp(model-error deviate): latency, step, tok/s, J/query (both forms)."""
         if not self.model_error:
             return out
-        me, z = self.model_error, self.error_z(family)
+        z = self.error_z(family)
+        z = _draw_axes(z, ndim) if draw_index is None else _pick_draws(z, draw_index, ndim - 1)
+        me = self.model_error
 
         def f(q):
             return np.exp(model_error_deviates(z, me["q68"][q], me["q95"][q]))
 
         f_t, f_e = f("latency_s"), f("j_per_query")
-        scale = {"latency_s": f_t, "prefill_s": f_t, "step_s": f("step_s"),
-                 "tok_per_s": 1.0 / f_t, "j_per_query_hli": f_t, "j_per_query": f_e,
-                 "avg_power_w": f_e / f_t}
-        out = dict(out)
-        for k, fac in scale.items():
-            if k in out:
-                out[k] = out[k] * fac
-        return out
+        return out.replace(latency_s=out.latency_s * f_t, prefill_s=out.prefill_s * f_t,
+                           step_s=out.step_s * f("step_s"), tok_per_s=out.tok_per_s * (1.0 / f_t),
+                           j_per_query_hli=out.j_per_query_hli * f_t,
+                           j_per_query=out.j_per_query * f_e,
+                           avg_power_w=out.avg_power_w * (f_e / f_t))
 
     # ---- one configuration -------------------------------------------------------------------
     def evaluate(self, counts: ArchCounts, workload: Workload, draws: bool = False,
-                 overrides: dict | None = None) -> dict:
+                 overrides: dict | None = None, draw_index=None) -> Evaluation:
         """Latency, throughput, J/query (power model and HLI) and peak memory of ``workload``.
 
         Vectorised: ``workload.batch`` and the ``counts`` fields may be arrays that broadcast;
         with ``draws`` every value gets a leading axis of Monte-Carlo draws (model error
-        included). ``overrides`` replaces named constants (central values only: a what-if, e.g.
-        one power state at the edge of its band). Returns the dict of
-        :func:`qtsim.model.physical.query` plus ``peak_bytes`` and ``fits`` (peak memory within
-        the device's).
+        included), the draws broadcasting against a grid of any dimension
+        (:func:`grid_ndim`). With ``draw_index`` (1-D ints) the grid's first axis runs over
+        those draws instead, entry i taking draw ``draw_index[i]`` (a threshold refined only
+        where each draw crosses) and no draw axis is added. ``overrides`` replaces named
+        constants (central values only: a what-if, e.g. one power state at the edge of its
+        band). Returns an :class:`~qtsim.model.results.Evaluation`: the
+        :class:`~qtsim.model.results.QueryResult` of :func:`qtsim.model.physical.query` plus
+        ``peak_bytes`` and ``fits`` (peak memory within the device's).
         """
         prof = self.profile
-        params = {**self.params(draws), **(overrides or {})}
+        ndim = grid_ndim(counts, workload) if draws else 1
+        params = self.params(draws, ndim)
+        if draws and draw_index is not None:
+            params = {k: _pick_draws(v, draw_index, ndim - 1) for k, v in self.params(True).items()}
+        params = {**params, **(overrides or {})}
         out = physical.query(counts, workload, params, prof.tdp_w, prof.native,
                              prof.compute_dtype_4bit, overlap=prof.overlap)
         if draws:
-            out = self._add_model_error(out, workload.family)
-        out["peak_bytes"], out["fits"] = self.memory(counts, workload)
-        return out
+            out = self._add_model_error(out, workload.family, ndim, draw_index)
+        peak, fits = self.memory(counts, workload)
+        return Evaluation(**out, peak_bytes=peak, fits=fits)
 
     def memory(self, counts: ArchCounts, workload: Workload):
         """(peak bytes, fits): :meth:`peak_bytes` of ``workload`` and whether it is within the
@@ -306,13 +348,15 @@ class Simulator:
         """
         cap = self.profile.memory_bytes
         sizes = np.geomspace(1e7, 1e13, 241)
+        family = arch.scaled(sizes)
+        at = arch.scaled([n_params]) if np.isfinite(n_params) and n_params > 0 else None
         out = {"device_gib": cap / GIB, "batch": workload.batch}
         for tag, w in (("quantized", workload),
                        ("native", workload.replace(precision=self.profile.native))):
-            ok = np.asarray(self.peak_bytes(arch.scaled(sizes), w)) <= cap
+            ok = np.asarray(self.peak_bytes(family, w)) <= cap
             out[f"largest_fitting_{tag}_params"] = float(sizes[ok].max()) if ok.any() else 0.0
-            if np.isfinite(n_params) and n_params > 0:
-                one = float(np.ravel(self.peak_bytes(arch.scaled([n_params]), w))[0])
+            if at is not None:
+                one = float(np.ravel(self.peak_bytes(at, w))[0])
                 out[f"{tag}_gib"] = one / GIB
                 out[f"fits_{tag}"] = bool(one <= cap)
         return out

@@ -47,6 +47,7 @@ from qtsim.profiles.profile import HardwareProfile
 from qtsim.simulate.dataset import make_surface
 from qtsim.simulate.simulator import Simulator
 from qtsim.simulate.thresholds import (
+    COARSE,
     N_GRID,
     N_RANGE,
     b_star_rows,
@@ -424,7 +425,7 @@ def n_star_fast(sim: Simulator, arch: Architecture, workload: Workload, draws: b
             cnt = map_counts(fam, lambda x: x[idx] if x.size == sizes.size else x)
         return delta_j(sim, cnt, workload.replace(batch=bb))
 
-    a_idx, a_val, a_kind, a_br = _n_star_anchors(delta, sizes, b, anchors)
+    a_idx, a_val, a_kind, a_br = _n_star_anchors(sim, arch, workload, sizes, b, anchors)
     seg = np.clip(np.searchsorted(a_idx, np.arange(b.size), side="right") - 1, 0, a_idx.size - 2)
     left, right = seg, seg + 1
     same = (a_kind[left] == a_kind[right]) & (a_br[left] == a_br[right])
@@ -436,14 +437,15 @@ def n_star_fast(sim: Simulator, arch: Architecture, workload: Workload, draws: b
     ok[a_idx] = True
     redo = np.flatnonzero(~ok)
     if redo.size:
-        r = n_star_rows(sim, arch, workload.replace(batch=b[redo]))
+        r = n_star_rows(sim, arch, workload.replace(batch=b[redo]), central_coarse=COARSE)
         out["n_star"][redo] = r["n_star"]
         out["n_star_kind"][redo] = r["n_star_kind"]
     return out
 
 
-def _n_star_anchors(delta, sizes, b, anchors: int):
-    """N* solved on the full size grid at the anchor batches of :func:`n_star_fast`.
+def _n_star_anchors(sim: Simulator, arch: Architecture, workload: Workload, sizes, b,
+                    anchors: int):
+    """N* solved on the size grid at the anchor batches of :func:`n_star_fast`.
 
     Anchors are spread evenly in log batch (every small integer batch is one), plus batch 2
     (bitsandbytes' kernel switch) and both ends. Returns (anchor indices, N*, kind, index of
@@ -451,7 +453,8 @@ def _n_star_anchors(delta, sizes, b, anchors: int):
     """
     at = np.searchsorted(b, np.geomspace(b[0], b[-1], anchors))
     a_idx = np.unique(np.concatenate([np.minimum(at, b.size - 1), [0, 1, b.size - 1]]))
-    da = np.swapaxes(delta(None, b[a_idx]), -1, -2)  # (anchors, S), as n_star_rows
+    da = n_star_rows(sim, arch, workload.replace(batch=b[a_idx]), details=True,
+                     central_coarse=COARSE)["n_star_delta"]  # (anchors, S)
     a_val, a_kind = crossing(sizes, da)
     pos = da > 0
     a_br = np.where(np.isin(a_kind, (0, 1)), (pos[:, 1:] != pos[:, :1]).argmax(axis=-1), 0)

@@ -16,6 +16,7 @@ import numpy as np
 
 from qtsim.model import physical
 from qtsim.model.architecture import ArchCounts, Architecture
+from qtsim.model.results import Evaluation
 from qtsim.model.stats import BAND, GIB
 from qtsim.model.workload import Workload
 
@@ -25,6 +26,13 @@ B_MAX = 4096.0  # B* search range
 B_GRID = 200
 N_RANGE = (1e8, 1e12)  # N* search range, parameters
 N_GRID = 160
+#: the draws' thresholds are searched on every COARSE-th grid point first, then on every grid
+#: point inside each coarse interval where a draw changes sign (:func:`refined_crossings`);
+#: 1 evaluates every grid point of every draw
+COARSE = 4
+#: ... and also refines a coarse interval whose ends lie within NEAR times the neighbouring
+#: coarse steps of zero, where a draw's curve may dip across zero and back between them
+NEAR = 0.5
 
 
 class Evaluator(Protocol):
@@ -40,25 +48,36 @@ def map_counts(counts: ArchCounts, fn) -> ArchCounts:
                          for f in dataclasses.fields(ArchCounts)})
 
 
-def grid_eval(sim: Evaluator, counts: ArchCounts, workload: Workload, draws: bool = False) -> dict:
-    """``sim.evaluate`` on the outer grid models x batches: arrays (M, B), or (n, M, B) with draws.
+def grid_eval(sim: Evaluator, counts: ArchCounts, workload: Workload, draws: bool = False,
+              keys=None) -> dict:
+    """``sim.evaluate`` on the outer grid models x batches: an
+    :class:`~qtsim.model.results.Evaluation` of arrays (M, B), or (n, M, B) with draws (a dict
+    of the quantities ``keys`` where given).
 
-    ``counts`` fields are 1-D (M,); ``workload.batch`` is (B,) or per-model (M, B). Central
-    values broadcast without copies; draws (whose parameters carry shape (n, 1)) evaluate the
-    flattened grid and reshape.
+    ``counts`` fields are 1-D (M,); ``workload.batch`` is (B,) or per-model (M, B). Models go on
+    a column axis and the batch broadcasts along rows, so each model's batch-independent part
+    (its timelines' prefix and suffix sums) is computed once per model (and draw), not once
+    per grid point; the draws' constants take shape (n, 1, 1) for it. A batch axis shared by
+    every model is evaluated at its distinct batches (B* rounds a geometric grid to integers,
+    which repeats the small ones) and spread back. ``keys``: only these quantities (default all).
     """
     b = np.asarray(workload.batch, float)
     m = np.size(np.asarray(counts.n_params))
     shape = (m, b.shape[-1])
-    if not draws:
-        col = map_counts(counts, lambda a: a.reshape(-1, 1) if a.size == m else a)
-        out = sim.evaluate(col, workload.replace(batch=b))
-        return {k: np.broadcast_to(v, shape) for k, v in out.items()}
-    flat = map_counts(counts, lambda a: np.broadcast_to(a.reshape(-1, 1) if a.size == m else a,
-                                                         shape).ravel())
-    out = sim.evaluate(flat, workload.replace(batch=np.broadcast_to(b, shape).ravel()),
-                       draws=True)
-    return {k: np.asarray(v).reshape(np.shape(v)[:-1] + shape) for k, v in out.items()}
+    col = map_counts(counts, lambda a: a.reshape(-1, 1) if a.size == m else a)
+    back = None
+    if b.size == b.shape[-1]:  # one batch axis for every model: each distinct batch once
+        uniq, back = np.unique(b.ravel(), return_inverse=True)
+        b, back = (uniq, back) if uniq.size < b.size else (b, None)
+    out = sim.evaluate(col, workload.replace(batch=b), draws=draws)
+    grid = {k: _broadcast(np.take(v, back, axis=-1) if back is not None
+                          and np.shape(v)[-1:] == b.shape else v, np.shape(v)[:-2] + shape)
+            for k, v in out.items() if keys is None or k in keys}
+    return grid if keys is not None or not isinstance(out, Evaluation) else Evaluation(**grid)
+
+
+def _broadcast(v, shape):
+    return v if np.shape(v) == shape else np.broadcast_to(v, shape)
 
 
 def delta_j(sim: Evaluator, counts: ArchCounts, workload: Workload, draws: bool = False):
@@ -67,9 +86,21 @@ def delta_j(sim: Evaluator, counts: ArchCounts, workload: Workload, draws: bool 
     Positive where the quantized ``workload`` costs more energy per query than the same
     workload at the profile's native dtype (trapped on energy).
     """
-    q = grid_eval(sim, counts, workload, draws)
-    n = grid_eval(sim, counts, workload.replace(precision=sim.profile.native), draws)
+    keys = ("j_per_query",)
+    q = grid_eval(sim, counts, workload, draws, keys)
+    n = grid_eval(sim, counts, workload.replace(precision=sim.profile.native), draws, keys)
     return q["j_per_query"] - n["j_per_query"]
+
+
+def delta_j_points(sim: Evaluator, counts: ArchCounts, workload: Workload, draw_index=None):
+    """Quantized minus native J/query at points (``counts`` fields and ``workload.batch``
+    broadcasting to any shape), J; with ``draw_index`` of the draws, the points' first axis
+    running over those draws (entry i taking draw ``draw_index[i]``:
+    :meth:`~qtsim.simulate.simulator.Simulator.evaluate`)."""
+    native = workload.replace(precision=sim.profile.native)
+    draws = draw_index is not None
+    q = sim.evaluate(counts, workload, draws=draws, draw_index=draw_index)["j_per_query"]
+    return q - sim.evaluate(counts, native, draws=draws, draw_index=draw_index)["j_per_query"]
 
 
 def crossing(x, delta):
@@ -96,6 +127,65 @@ def crossing(x, delta):
         val = np.where(has, np.exp(x0 + frac * (x1 - x0)), np.where(pos[..., 0], np.inf, 0.0))
     kind = np.where(has, np.where(pos[..., 0], 0, 1), np.where(pos[..., 0], 2, 3))
     return val, kind
+
+
+def refined_crossings(x, delta_at, delta_picked, coarse: int = COARSE, keep=(),
+                      near: float = NEAR):
+    """:func:`crossing` and :func:`n_sign_changes` of every draw on the grid ``x`` from
+    :func:`refined_delta` (the arguments are its). Returns (value, kind, number of sign
+    changes), each (n, rows)."""
+    d = refined_delta(x, delta_at, delta_picked, coarse, keep, near)
+    val, kind = crossing(np.broadcast_to(np.asarray(x, float), d.shape), d)
+    return val, kind, n_sign_changes(d)
+
+
+def refined_delta(x, delta_at, delta_picked, coarse: int = COARSE, keep=(),
+                  near: float = NEAR):
+    """Delta J/query of every draw on the grid ``x`` without evaluating every grid point of
+    every draw (bracket and refine), as :func:`crossing` and :func:`n_sign_changes` read it.
+
+    ``x`` (rows x S, or S) is the grid, increasing along its last axis; ``delta_at(idx)``
+    returns the draws' delta (n, rows, len(idx)) at grid indices ``idx`` shared by all draws,
+    ``delta_picked(draw, row, idx)`` the delta (F, K) of draw ``draw[f]`` and row ``row[f]`` at
+    grid indices ``idx[f]`` (F x K). Every ``coarse``-th grid point (both ends and the indices
+    ``keep``, e.g. either side of a kernel switch, included) is evaluated for every draw; then,
+    for each draw and row, every grid point inside each coarse interval whose ends differ in
+    sign or come within ``near`` times the neighbouring coarse steps of zero (where the curve
+    may dip across zero and back). Unevaluated points take the value of the evaluated point
+    before them (they lie inside intervals whose ends agree in sign, so they add no sign
+    change). Read by :func:`crossing`, the first crossing, its kind, its interpolation and the
+    number of sign changes are the whole grid's unless a pair of sign changes hides strictly
+    inside an interval not refined (``coarse`` = 1 evaluates every point). Returns (n, rows, S).
+    """
+    s_len = np.shape(x)[-1]
+    cidx = np.unique(np.concatenate([np.arange(0, s_len, max(int(coarse), 1)), [s_len - 1],
+                                     np.asarray(keep, int).ravel()]))
+    dc = np.asarray(delta_at(cidx), float)
+    if cidx.size == s_len:
+        return dc
+    d = np.full(dc.shape[:-1] + (s_len,), np.nan)
+    d[..., cidx] = dc
+    draw, row, j = np.nonzero(_refine(dc, near))
+    if draw.size:
+        lo, hi = cidx[j], cidx[j + 1]
+        fine = lo[:, None] + np.arange(1, int(np.diff(cidx).max()))
+        fine = np.maximum(np.minimum(fine, hi[:, None] - 1), lo[:, None])
+        d[draw[:, None], row[:, None], fine] = delta_picked(draw, row, fine)
+    known = np.where(np.isnan(d), 0, np.arange(s_len))
+    return np.take_along_axis(d, np.maximum.accumulate(known, axis=-1), -1)  # forward fill
+
+
+def _refine(dc, near: float):
+    """Coarse intervals to refine (n, rows, C - 1): a sign change, or both ends near zero
+    relative to the largest of this and the neighbouring coarse steps."""
+    pos = dc > 0
+    change = pos[..., 1:] != pos[..., :-1]
+    step = np.abs(np.diff(dc, axis=-1))
+    local = step.copy()
+    local[..., 1:] = np.maximum(local[..., 1:], step[..., :-1])
+    local[..., :-1] = np.maximum(local[..., :-1], step[..., 1:])
+    close = np.minimum(np.abs(dc[..., 1:]), np.abs(dc[..., :-1])) <= near * local
+    return change | close
 
 
 def censored_band(val_draws, kind_draws, kind_central=0, qs=(BAND[0], 50.0, BAND[1])):
@@ -165,7 +255,8 @@ def batch_limit(sim: Evaluator, counts: ArchCounts, workload: Workload):
 
 
 def b_star_rows(sim: Evaluator, counts: ArchCounts, workload: Workload, b_max: float = B_MAX,
-                n_grid: int = B_GRID, draws: bool = False, details: bool = False) -> dict:
+                n_grid: int = B_GRID, draws: bool = False, details: bool = False,
+                coarse: int = COARSE) -> dict:
     """B* for every model at once: where quantized J/query equals native (physical model).
 
     ``workload`` gives the quantized precision, its bitsandbytes settings and the tokens; its
@@ -176,7 +267,9 @@ def b_star_rows(sim: Evaluator, counts: ArchCounts, workload: Workload, b_max: f
     ``KIND_CODES``), ``b_star_max`` and with draws ``b_star_low``, ``b_star_high``: 16/84% over
     all draws, no-crossing draws censored (:func:`censored_band`). With ``details`` also
     ``b_star_n_crossings``, the grid and central delta (for :func:`all_crossings`),
-    ``b_star_median`` and the shares of :func:`threshold_draw_stats`.
+    ``b_star_median`` and the shares of :func:`threshold_draw_stats`. The central curve is
+    evaluated on the whole grid; the draws are bracketed and refined (:func:`refined_crossings`
+    with ``coarse``; 1: the whole grid for every draw).
     """
     native = workload.replace(precision=sim.profile.native)
     lim = np.atleast_1d(np.minimum(b_max, batch_limit(sim, counts, native)))
@@ -194,12 +287,36 @@ def b_star_rows(sim: Evaluator, counts: ArchCounts, workload: Workload, b_max: f
     if details:
         out.update(b_star_n_crossings=n_sign_changes(dc), b_star_grid=grid, b_star_delta=dc)
     if draws:
-        dd = delta_j(sim, counts, on_grid, True)
-        vd, kd = crossing(grid, dd)
+        def at(idx):
+            return delta_j(sim, counts, workload.replace(batch=grid[:, idx]), True)
+
+        def picked(draw, row, idx):
+            cnt = _take_counts(counts, row[:, None])
+            return delta_j_points(sim, cnt, workload.replace(batch=grid[row[:, None], idx]), draw)
+
+        vd, kd, nd = refined_crossings(grid, at, picked, coarse,
+                                       _switch_indices(sim, workload, grid))
         vd = _snap_to_switch(sim, counts, workload, vd, kd, top, n_grid, draws=True)
         vd = np.where(np.isin(kd, (0, 1)) & (vd < 2.0), 2.0, vd)
-        out.update(_draw_band("b_star", vd, kd, kind, dd, details, mask=oom))
+        out.update(_draw_band("b_star", vd, kd, kind, nd, details, mask=oom))
     return out
+
+
+def _switch_indices(sim: Evaluator, workload: Workload, grid) -> np.ndarray:
+    """Indices of the B* grid around each kernel switch (batch 1 / 2; the last fused 4-bit batch
+    / the first dequantising one): the two grid points on either side of the switch and their
+    neighbours, always evaluated by :func:`refined_crossings`, as delta J/query jumps there."""
+    g = np.asarray(grid, float).reshape(-1, np.shape(grid)[-1])
+    switches = [2.0]
+    s = dequantise_switch(sim, workload.family)
+    if s is not None:
+        switches.append(s)
+    out = []
+    for sw in switches:
+        first = np.argmax(g >= sw, axis=-1)  # first grid point at or above the switch, per row
+        out += [first - 2, first - 1, first, first + 1]
+    idx = np.concatenate(out)
+    return np.unique(idx[(idx >= 0) & (idx < g.shape[-1])])
 
 
 def dequantise_switch(sim: Evaluator, family: str, b_max: float = B_MAX) -> float | None:
@@ -229,39 +346,56 @@ def _snap_to_switch(sim: Evaluator, counts, workload: Workload, val, kind, top, 
     return np.where(np.isin(kind, (0, 1)) & flips & near, switch, val)
 
 
-def _draw_band(prefix: str, vd, kd, kind, dd, details: bool, mask=False) -> dict:
+def _draw_band(prefix: str, vd, kd, kind, n_cross, details: bool, mask=False) -> dict:
     """``<prefix>_low``/``_high`` (and with ``details`` the median and draw shares) of the
-    thresholds ``vd`` (kinds ``kd``) of the draws; NaN where ``mask``."""
+    thresholds ``vd`` (kinds ``kd``, ``n_cross`` sign changes) of the draws; NaN where ``mask``."""
     lo, med, hi = censored_band(vd, kd, kind)
     out = {f"{prefix}_low": np.where(mask, np.nan, lo), f"{prefix}_high": np.where(mask, np.nan, hi)}
     if details:
         out[f"{prefix}_median"] = np.where(mask, np.nan, med)
-        for k, v in threshold_draw_stats(vd, kd, n_sign_changes(dd)).items():
+        for k, v in threshold_draw_stats(vd, kd, n_cross).items():
             out[f"{prefix}_{k}"] = v
     return out
 
 
 def n_star_rows(sim: Evaluator, arch: Architecture, workload: Workload, n_range=N_RANGE,
-                n_grid: int = N_GRID, draws: bool = False, details: bool = False) -> dict:
+                n_grid: int = N_GRID, draws: bool = False, details: bool = False,
+                coarse: int = COARSE, central_coarse: int = 1) -> dict:
     """N* for every batch of ``workload.batch`` at once along ``arch``'s synthetic family (width
     and depth scaled).
 
-    Same fields and censoring as :func:`b_star_rows` (``n_star_*``).
+    Same fields, censoring and search of the draws as :func:`b_star_rows` (``n_star_*``);
+    ``central_coarse`` > 1 brackets and refines the central curves too
+    (:func:`refined_delta`; ``n_star_delta`` then holds the refined delta).
     """
     sizes = np.geomspace(n_range[0], n_range[1], n_grid)
     fam = arch.scaled(sizes)
     w = workload.replace(batch=np.atleast_1d(np.asarray(workload.batch, float)))
 
-    def delta(d):
-        return np.swapaxes(delta_j(sim, fam, w, d), -1, -2)  # (..., B, S)
+    def at(draws):
+        def delta(idx):  # (..., B, len(idx)): rows are batches, the grid the sizes
+            d = np.swapaxes(delta_j(sim, _take_counts(fam, idx), w, draws), -1, -2)
+            return d if draws else d[None]
+        return delta
 
-    dc = delta(False)
+    def picked(draws):
+        def delta(draw, row, idx):
+            return delta_j_points(sim, _take_counts(fam, idx),
+                                  w.replace(batch=w.batch[row][:, None]), draw if draws else None)
+        return delta
+
+    dc = refined_delta(sizes, at(False), picked(False), central_coarse)[0]
     val, kind = crossing(sizes, dc)
     out = {"n_star": val, "n_star_kind": kind}
     if details:
         out.update(n_star_n_crossings=n_sign_changes(dc), n_star_sizes=sizes, n_star_delta=dc)
     if draws:
-        dd = delta(True)
-        vd, kd = crossing(sizes, dd)
-        out.update(_draw_band("n_star", vd, kd, kind, dd, details))
+        vd, kd, nd = refined_crossings(sizes, at(True), picked(True), coarse)
+        out.update(_draw_band("n_star", vd, kd, kind, nd, details))
     return out
+
+
+def _take_counts(counts: ArchCounts, idx) -> ArchCounts:
+    """The models ``idx`` (any shape) of a 1-D family of counts."""
+    m = np.size(np.asarray(counts.n_params))
+    return map_counts(counts, lambda a: a[idx] if a.size == m else a)
