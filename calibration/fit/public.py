@@ -30,6 +30,9 @@ rows and score the held-out ones; nothing held out is looked at while fitting.
 from __future__ import annotations
 
 import csv
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -442,15 +445,10 @@ def leave_one_gpu_out(rows: pd.DataFrame | None = None, n_draws: int = 100,
     used = rows[rows["use"]]
     metered = sorted(used.loc[used["table"] == "energy", "gpu"].unique())
     folds = groups or {g: (g,) for g in metered}
-    fits = {}
-    for name, gpus in folds.items():
-        train = used[~used["gpu"].isin(gpus)]
-        test = used[used["gpu"].isin(gpus) & (used["table"] == "energy")]
-        f = fit(train)
-        pred = predict(test, f.values)
-        r = np.log(pred["j_per_tok"].to_numpy(float) / test["obs_j_per_tok"].to_numpy(float))
-        host = band_draws(f, test, 0.0, max(n_draws // 3, 20), host_only=True)
-        fits[name] = (f, test, pred, r, np.std(host, axis=0), host)
+    jobs = [(used[~used["gpu"].isin(gpus)],
+             used[used["gpu"].isin(gpus) & (used["table"] == "energy")], n_draws)
+            for gpus in folds.values()]
+    fits = dict(zip(folds, each_fold(_energy_fold, jobs), strict=True))
     out = []
     for name, (f, test, pred, r, s_host, host) in fits.items():
         excess = np.concatenate([(x[3] ** 2 - x[4] ** 2)[np.isfinite(x[3])]
@@ -477,21 +475,48 @@ def leave_one_group_out(rows: pd.DataFrame | None = None) -> list[dict]:
     row (the RTX 4090 desktop) gets the population-centre host, whose spread the bands carry."""
     rows = public_rows.read() if rows is None else rows
     used = rows[rows["use"]]
-    out = []
-    for gpu, model in latency_groups(used):
-        held = (used["table"] == "latency") & (used["gpu"] == gpu) & (used["model"] == model)
-        f = fit(used[~held])
-        test = used[held]
-        pred = predict(test, f.values, f.effects)  # a campaign seen in other groups: its host
-        ape = _ape(pred["step_s"], test["obs_step_s"])
-        right, n = time_verdicts(test, pred["step_s"].to_numpy(float))
-        out.append({"fold": f"{gpu} / {model}", "rows": test, "pred": pred, "fit": f,
-                    "host_known": bool(test["campaign"].iloc[0] in f.effects),
-                    "log_resid": np.log(pred["step_s"].to_numpy(float)
-                                        / test["obs_step_s"].to_numpy(float)),
-                    "mape": float(np.mean(ape)), "max_ape": float(np.max(ape)),
-                    "verdicts_right": right, "verdicts": n})
-    return out
+    groups = latency_groups(used)
+    held = [(used["table"] == "latency") & (used["gpu"] == gpu) & (used["model"] == model)
+            for gpu, model in groups]
+    done = each_fold(_latency_fold, [(used[~h], used[h]) for h in held])
+    return [{"fold": f"{gpu} / {model}", **r} for (gpu, model), r in zip(groups, done, strict=True)]
+
+
+def _energy_fold(train: pd.DataFrame, test: pd.DataFrame, n_draws: int) -> tuple:
+    """One metered GPU's fold: the fit without it, its prediction, log residuals of J/token and
+    the spread the host factor alone gives each row."""
+    f = fit(train)
+    pred = predict(test, f.values)
+    r = np.log(pred["j_per_tok"].to_numpy(float) / test["obs_j_per_tok"].to_numpy(float))
+    host = band_draws(f, test, 0.0, max(n_draws // 3, 20), host_only=True)
+    return f, test, pred, r, np.std(host, axis=0), host
+
+
+def _latency_fold(train: pd.DataFrame, test: pd.DataFrame) -> dict:
+    """One (GPU, model) latency group's fold: fit without it, predict it, score it."""
+    f = fit(train)
+    pred = predict(test, f.values, f.effects)  # a campaign seen in other groups: its host
+    ape = _ape(pred["step_s"], test["obs_step_s"])
+    right, n = time_verdicts(test, pred["step_s"].to_numpy(float))
+    return {"rows": test, "pred": pred, "fit": f,
+            "host_known": bool(test["campaign"].iloc[0] in f.effects),
+            "log_resid": np.log(pred["step_s"].to_numpy(float) / test["obs_step_s"].to_numpy(float)),
+            "mape": float(np.mean(ape)), "max_ape": float(np.max(ape)),
+            "verdicts_right": right, "verdicts": n}
+
+
+def each_fold(fn, jobs: list[tuple], workers: int | None = None) -> list:
+    """``fn(*job)`` for every held-out fold, the folds side by side on the machine's cores.
+
+    The folds are independent fits, so one process each (``spawn``: a fresh interpreter, safe
+    beside a parent that loaded torch) gives the same floats as one after another, in the same
+    order; ``workers`` defaults to the number of CPUs this process may use (one: in line)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    workers = min(len(jobs), workers or cpus or 1)
+    if workers <= 1:
+        return [fn(*job) for job in jobs]
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(fn, *zip(*jobs, strict=True)))
 
 
 def time_verdicts(rows: pd.DataFrame, step: np.ndarray, margin: float = DECISIVE):
