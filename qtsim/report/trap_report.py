@@ -18,7 +18,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from qtsim.model.results import Evaluation, field_table
+from qtsim.model.results import Evaluation, QueryResult, field_table
 from qtsim.simulate.simulator import Threshold
 
 
@@ -110,13 +110,20 @@ class Verdict(Section):
                             omit_if_none=True)
 
 
+def as_evaluated(name: str) -> Any:
+    """A report field that is one of the evaluation's quantities: its unit and meaning are the
+    evaluation's (:class:`~qtsim.model.results.QueryResult`), stated once."""
+    meta = {f.name: f.metadata for f in dataclasses.fields(QueryResult)}[name]
+    return about(meta["unit"], meta["description"])
+
+
 @dataclass
 class PowerStates(Section):
-    busy_frac: float = about("1", "share of the decode step the device works")
-    busy_w: float = about("W", "board power while it works")
-    awake_frac: float = about("1", "share of the step it waits for the host (awake)")
-    awake_w: float = about("W", "board power while it waits")
-    cap_stretch: float = about("1", "device slow-down from the board power limit (1: none)")
+    busy_frac: float = as_evaluated("busy_frac")
+    busy_w: float = as_evaluated("busy_w")
+    awake_frac: float = as_evaluated("awake_frac")
+    awake_w: float = as_evaluated("awake_w")
+    cap_stretch: float = as_evaluated("cap_stretch")
 
 
 @dataclass
