@@ -82,6 +82,11 @@ class HardwareProfile:
             return self.host.describe()
         return "this machine (host part calibrated with the device)"
 
+    @property
+    def n_priors(self) -> int:
+        """How many physical constants are priors (not measured, not from a datasheet)."""
+        return sum(1 for p in self.physical.values() if p.source == "prior")
+
     def with_host(self, host=None) -> HardwareProfile:
         """This device part combined with a host part (:mod:`qtsim.profiles.hosts`).
 

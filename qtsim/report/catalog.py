@@ -94,7 +94,7 @@ def _paper_constant_lines(c: dict) -> list[str]:
 def new_profile_summary(prof, path) -> str:
     """What ``profiles new`` wrote, and how to use it."""
     hw = prof.hardware
-    n_priors = sum(1 for p in prof.physical.values() if p.source == "prior")
+    n_priors = prof.n_priors
     return "\n".join([
         f"wrote {path}",
         f"  {prof.name}: {hw['memory_gib']} GiB, {hw['mem_bw_gbs']:g} GB/s, "

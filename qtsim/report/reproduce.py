@@ -479,7 +479,7 @@ def reproduce(n_draws: int = 400, seed: int = 0) -> dict:
                      "note": "the paper states no tokens per query; qtsim's defaults"},
         "profiles": [{"name": p.name, "source": p.source, "date": p.provenance.get("date", ""),
                       "device": p.provenance.get("device", ""),
-                      "priors": sum(1 for x in p.physical.values() if x.source == "prior")}
+                      "priors": p.for_serving().n_priors}
                      for p in gpus],
         "caveat": ("simulator rows use shipped spec-derived profiles: every constant no datasheet "
                    "gives is a prior with a wide stderr; bands are 16-84% over "

@@ -255,7 +255,7 @@ def _profile(sim: Simulator, n_draws: int) -> ProfileInfo:
         notes=profile_notes(profile, origin=False),
         memory_gib=profile.memory_bytes / GIB,
         calibrated=profile.source == "calibrated",
-        priors=sum(1 for p in profile.physical.values() if p.source == "prior"),
+        priors=profile.n_priors,
         date=profile.provenance.get("date", ""),
         device=profile.provenance.get("device", ""),
         location=profile.path or "",

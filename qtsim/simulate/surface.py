@@ -602,7 +602,7 @@ def _attrs(profiles, workload: Workload, family, trust_table, depth, policy, wei
                       "date": str(p.provenance.get("date", "")),
                       "device": str(p.provenance.get("device", "")),
                       "location": p.path or "", "tdp_w": p.tdp_w,
-                      "priors": sum(1 for x in p.physical.values() if x.source == "prior")}
+                      "priors": p.for_serving().n_priors}
                      for p in profiles],
         "energy_methods": ("j_per_query: integrated power model (what an NVML energy counter "
                            "would read); j_per_query_hli: the paper's HLI, TDP x latency / B, a "
