@@ -18,7 +18,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from qtsim.model.results import Evaluation, QueryResult, field_table
+from qtsim.model.results import Evaluation, field_table
 from qtsim.simulate.simulator import Threshold
 
 
@@ -112,9 +112,12 @@ class Verdict(Section):
 
 def as_evaluated(name: str) -> Any:
     """A report field that is one of the evaluation's quantities: its unit and meaning are the
-    evaluation's (:class:`~qtsim.model.results.QueryResult`), stated once."""
-    meta = {f.name: f.metadata for f in dataclasses.fields(QueryResult)}[name]
+    evaluation's (:class:`~qtsim.model.results.Evaluation`), stated once."""
+    meta = _EVALUATED[name]
     return about(meta["unit"], meta["description"])
+
+
+_EVALUATED = {f.name: f.metadata for f in dataclasses.fields(Evaluation)}
 
 
 @dataclass
@@ -130,19 +133,19 @@ class PowerStates(Section):
 class Side(Section):
     """One configuration (the quantized run, or its native reference)."""
 
-    tok_per_s: Band = about("tokens/s", "new tokens per second, all sequences")
-    j_per_query: Band = about("J", "energy per query, power states (what an energy counter reads)")
-    j_per_query_hli: Band = about("J", "energy per query by the paper's HLI (TDP x latency / B)")
-    latency_s: Band = about("s", "latency of one batch (prefill + K - 1 decode steps)")
-    step_s: Band = about("s", "mean decode step")
-    host_s: float = about("s", "the decode step's host timeline alone")
-    device_s: float = about("s", "the decode step's device timeline alone")
+    tok_per_s: Band = as_evaluated("tok_per_s")
+    j_per_query: Band = as_evaluated("j_per_query")
+    j_per_query_hli: Band = as_evaluated("j_per_query_hli")
+    latency_s: Band = as_evaluated("latency_s")
+    step_s: Band = as_evaluated("step_s")
+    host_s: float = as_evaluated("host_s")
+    device_s: float = as_evaluated("device_s")
     binding: str = about("", "host-bound or device-bound: the longer timeline")
-    avg_power_w: Band = about("W", "average board power")
+    avg_power_w: Band = as_evaluated("avg_power_w")
     power_states: PowerStates = about("", "where the decode step's energy goes")
     peak_memory_gib: float = about("GiB", "peak device memory (weights, KV cache, workspace, "
                                           "runtime overhead)")
-    fits: bool = about("bool", "peak memory within the device's")
+    fits: bool = as_evaluated("fits")
 
 
 BUDGET_KEYS = (

@@ -595,22 +595,26 @@ def _attrs(profiles, workload: Workload, family, trust_table, depth, policy, wei
         "n_star_family": family.name if family else "",
         "trust_depth": float(depth) if depth is not None else float("nan"),
         "trust_table": trust_table or "shipped: data/reference/trust_table.csv",
-        "profiles": [{"name": p.name, "source": p.source, "origin": profile_origin(p),
-                      "bitsandbytes": describe(p.for_serving().bnb),
-                      "bitsandbytes_version": str(p.for_serving().bnb["version"]),
-                      "notes": profile_notes(p, origin=False),
-                      "date": str(p.provenance.get("date", "")),
-                      "device": str(p.provenance.get("device", "")),
-                      "location": p.path or "", "tdp_w": p.tdp_w,
-                      "priors": p.for_serving().n_priors}
-                     for p in profiles],
+        "profiles": [_profile_meta(p) for p in profiles],
         "energy_methods": ("j_per_query: integrated power model (what an NVML energy counter "
                            "would read); j_per_query_hli: the paper's HLI, TDP x latency / B, a "
                            "latency ratio in disguise; j_per_query_paper: eq. 19"),
     }
 
 
+def _profile_meta(p: HardwareProfile) -> dict:
+    """A profile's entry in a surface's metadata; the stack and the prior count are the serving
+    profile's (with the default host part: what the surface was evaluated on)."""
+    served = p.for_serving()
+    return {"name": p.name, "source": p.source, "origin": profile_origin(p),
+            "bitsandbytes": describe(served.bnb), "bitsandbytes_version": str(served.bnb["version"]),
+            "notes": profile_notes(p, origin=False), "date": str(p.provenance.get("date", "")),
+            "device": str(p.provenance.get("device", "")), "location": p.path or "",
+            "tdp_w": p.tdp_w, "priors": served.n_priors}
+
+
 # ---- trap map data --------------------------------------------------------------------------
+
 def trap_map(profile: HardwareProfile, arch: Architecture, workload: Workload, sizes,
              n_draws: int = 200, seed: int = 0) -> dict:
     """Model size x batch map of one GPU and precision for :func:`qtsim.report.plots.plot_trap_map`.
