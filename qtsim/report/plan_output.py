@@ -300,6 +300,10 @@ def plot_plan(p: Plan):
                  f"{r.demand.peak_factor:g}), {r.prompt_tokens}-token prompts, {r.new_tokens} new "
                  f"tokens; targets: {r.targets.short()}", fontsize=10.5)
     zoom.yaxis.set_major_formatter("{x:,.0f}")
+    if not p.prices:  # replicas are whole GPUs: ticks on integers (a formatter alone repeats them)
+        from matplotlib.ticker import MaxNLocator
+
+        zoom.yaxis.set_major_locator(MaxNLocator(integer=True))
     zoom.legend(handles=_handles(p), loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8,
                 frameon=False, title="setting", title_fontsize=8)
     n_bad = sum(1 for x in p.rows if not x["feasible"])
@@ -355,8 +359,8 @@ def _points(ax, p: Plan, pts, box=None) -> None:
         else:
             spots.append([x, y, [k + 1]])
     for x, y, ranks in spots:
-        ax.annotate(", ".join(map(str, ranks)), (x, y), xytext=(-5, -5),
-                    textcoords="offset points", ha="right", va="top", fontsize=8,
+        ax.annotate(", ".join(map(str, ranks)), (x, y), xytext=(-5, 5),
+                    textcoords="offset points", ha="right", va="bottom", fontsize=8,
                     color="0.25", zorder=3, clip_on=True)
 
 
